@@ -1,0 +1,59 @@
+"""The `fastres` command line: run, convert, bench, check.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and ``main(args) -> int``.
+A user mistake is one clear line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "run": ("fastres.runner", "build a ResNet, run a batch through the Triton forward, check it against torchvision"),
+    "convert": ("fastres.convert", "convert a torchvision checkpoint into a fastres .safetensors file"),
+    "bench": ("fastres.benchmark", "benchmark fastres against cuDNN (end to end and per layer)"),
+    "check": ("fastres.check", "compile every dispatchable kernel config for Hopper (sm_90) and inspect the cubin"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastres", description="ResNet inference with hand-written Triton kernels.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.configure(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"fastres {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except UserError as exc:
+        print(f"fastres {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastres {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

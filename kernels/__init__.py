@@ -1,0 +1,24 @@
+"""fastres' Triton kernels (shipped as ``fastres.kernels``). All activations are channels_last.
+
+    conv_bn_relu(x, w, b, *, stride=1, padding=0, relu=True, residual=None)
+    conv1x1(x, w, b, *, stride=1, relu=True, residual=None)
+    add_relu(x, residual)
+    max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    avgpool_fc(x, w, b)
+    fold_bn(conv_weight, bn_weight, bn_bias, running_mean, running_var, eps)
+
+On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUDA device.
+"""
+from ._checks import interpreting
+from .config import Config, config_space, select_config, use_config
+from .conv import conv_bn_relu
+from .elementwise import add_relu
+from .fold import fold_bn
+from .gemm1x1 import conv1x1
+from .head import avgpool_fc
+from .pool import max_pool2d
+
+__all__ = [
+    "Config", "config_space", "select_config", "use_config", "interpreting",
+    "conv_bn_relu", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
+]

@@ -1,0 +1,108 @@
+"""Input validation shared by the launchers: every error names the argument and shows
+expected vs actual, so a bad call never reaches a kernel and never returns garbage."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """True when triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(**tensors: torch.Tensor | None) -> torch.device:
+    """All tensors on one device; CPU only under the interpreter, CUDA otherwise."""
+    named = {k: t for k, t in tensors.items() if t is not None}
+    devices = {k: t.device for k, t in named.items()}
+    first_name, device = next(iter(devices.items()))
+    for name, dev in devices.items():
+        if dev != device:
+            raise ValueError(
+                f"{name} is on {dev} but {first_name} is on {device}: all tensors must be on one device"
+            )
+    if device.type == "cpu":
+        if not interpreting():
+            raise RuntimeError(
+                "fastres kernels need a CUDA device; CPU tensors run only through triton's "
+                "interpreter (set TRITON_INTERPRET=1 before importing triton)"
+            )
+    elif device.type != "cuda":
+        raise ValueError(f"{first_name} is on {device}: fastres kernels run on cuda (or cpu under TRITON_INTERPRET=1)")
+    return device
+
+
+def check_tensor(name: str, t: torch.Tensor, *, rank: int, dtypes=FLOAT_DTYPES) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must have rank {rank}, got rank {t.dim()} with shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d) for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
+
+
+def check_channels_last(name: str, t: torch.Tensor) -> None:
+    """Kernels read NHWC: a contiguous NCHW tensor is refused rather than silently copied."""
+    if not t.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(
+            f"{name} must be channels_last (physically NHWC), got shape {tuple(t.shape)} with strides "
+            f"{tuple(t.stride())}: pass {name}.contiguous(memory_format=torch.channels_last)"
+        )
+
+
+def check_same_dtype(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}: they must match")
+
+
+def check_bias(b: torch.Tensor, cout: int) -> None:
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor, got {type(b).__name__}")
+    if tuple(b.shape) != (cout,):
+        raise ValueError(f"b must have shape ({cout},) (one per output channel), got {tuple(b.shape)}")
+    if b.dtype != torch.float32:
+        raise TypeError(f"b must be float32 (biases stay float32), got {b.dtype}")
+    if b.stride(0) != 1:
+        raise ValueError("b must be contiguous")
+
+
+def check_like(name: str, t: torch.Tensor | None, shape: tuple, dtype: torch.dtype) -> None:
+    """`residual` / `out` must have exactly the output's shape, dtype and NHWC layout."""
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (the output's), got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the output's), got {t.dtype}")
+    check_channels_last(name, t)
+
+
+def check_precision(input_precision: str, dtype: torch.dtype) -> str:
+    if input_precision not in ("ieee", "tf32"):
+        raise ValueError(f"input_precision must be 'ieee' or 'tf32', got {input_precision!r}")
+    return input_precision if dtype == torch.float32 else "ieee"
+
+
+def pair(name: str, v) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return int(v[0]), int(v[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def out_size(size: int, k: int, stride: int, pad: int, dilation: int = 1) -> int:
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """Strides of a logical [N, C, H, W] tensor in the kernels' (n, h, w, c) argument order."""
+    s = t.stride()
+    return s[0], s[2], s[3], s[1]

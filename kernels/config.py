@@ -1,0 +1,167 @@
+"""Tile configurations: the one mechanism that picks block sizes for every kernel.
+
+The launchers, the engine and the Hopper compile gate (``fastres check``) all read the
+config space from here. A config the gate rejects (compile error, spill, shared memory over
+the sm_90 limit, a GEMM without wgmma) is removed from this file, not tolerated.
+
+Rules that shape the space:
+- GEMM tiles have BLOCK_M >= 64 so that Hopper's wgmma (one warpgroup = 64 rows) is used.
+- Non-1x1 convolutions keep num_warps <= 4: triton miscompiled conv kernels at num_warps=8
+  (pytorch issue 173068).
+- BLOCK_K for ``conv`` runs over input channels inside one (kh, kw) tap, so thin inputs (the
+  stem's Cin = 3) get BLOCK_K = 16, the smallest K that ``tl.dot`` takes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+import torch
+
+from ._checks import interpreting
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Block sizes and launch parameters of one kernel launch.
+
+    For GEMM-type kernels BLOCK_M x BLOCK_N is the output tile (pixels x output channels)
+    and BLOCK_K the reduction step; element-wise kernels use BLOCK_M (elements or pixels)
+    and BLOCK_N (channels).
+    """
+
+    BLOCK_M: int
+    BLOCK_N: int = 1
+    BLOCK_K: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    GROUP_M: int = 8
+
+    @property
+    def name(self) -> str:
+        return f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}_w{self.num_warps}_s{self.num_stages}"
+
+    def launch_kwargs(self, *fields: str) -> dict:
+        kw = {f: getattr(self, f) for f in fields}
+        kw.update(num_warps=self.num_warps, num_stages=self.num_stages)
+        return kw
+
+
+C = Config
+# The space for float16 / bfloat16 GEMM-type kernels (implicit-GEMM conv and 1x1 GEMM).
+_GEMM_16 = (
+    C(128, 128, 64, 4, 3),
+    C(128, 64, 64, 4, 4),
+    C(64, 128, 64, 4, 4),
+    C(64, 64, 64, 4, 4),
+    C(128, 128, 32, 4, 4),
+    C(64, 64, 32, 4, 4),
+    C(128, 64, 16, 4, 4),
+    C(64, 64, 16, 4, 4),
+)
+_GEMM_32 = (
+    C(128, 64, 32, 4, 3),
+    C(64, 128, 32, 4, 3),
+    C(64, 64, 32, 4, 3),
+    C(64, 64, 16, 4, 3),
+)
+_SPACE: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
+    "conv": {torch.float16: _GEMM_16, torch.bfloat16: _GEMM_16, torch.float32: _GEMM_32},
+    "conv1x1": {torch.float16: _GEMM_16, torch.bfloat16: _GEMM_16, torch.float32: _GEMM_32},
+    # BLOCK_M = batch rows, BLOCK_N = classes, BLOCK_K = channels per step.
+    "avgpool_fc": {
+        torch.float16: (C(64, 64, 64, 4, 1),),
+        torch.bfloat16: (C(64, 64, 64, 4, 1),),
+        torch.float32: (C(64, 64, 32, 4, 1),),
+    },
+    # BLOCK_M = output pixels, BLOCK_N = channels.
+    "max_pool2d": {dt: (C(32, 64, 1, 4, 1),) for dt in (torch.float16, torch.bfloat16, torch.float32)},
+    # BLOCK_M = elements.
+    "add_relu": {dt: (C(2048, 1, 1, 4, 1),) for dt in (torch.float16, torch.bfloat16, torch.float32)},
+}
+
+# Under the CPU interpreter every program and loop step costs milliseconds of Python while
+# numpy on a tile is cheap: big tiles (clamped to the problem in select_config) run fastest.
+_INTERPRETER = {
+    "conv": C(128, 128, 128, 4, 1),
+    "conv1x1": C(128, 128, 128, 4, 1),
+    "avgpool_fc": C(16, 64, 64, 4, 1),
+    "max_pool2d": C(64, 64, 1, 4, 1),
+    "add_relu": C(4096, 1, 1, 4, 1),
+}
+
+KERNELS = tuple(_SPACE)
+GEMM_KERNELS = ("conv", "conv1x1", "avgpool_fc")
+NUM_SMS_DEFAULT = 132  # H100 SXM / H200
+
+_local = threading.local()
+
+
+def config_space(kernel: str, dtype: torch.dtype) -> tuple[Config, ...]:
+    """Every config the engine may dispatch for `kernel` at `dtype` (what the gate compiles)."""
+    try:
+        return _SPACE[kernel][dtype]
+    except KeyError:
+        raise ValueError(f"no config space for kernel {kernel!r} at dtype {dtype}") from None
+
+
+@contextlib.contextmanager
+def use_config(kernel: str, config: Config):
+    """Force `config` for every launch of `kernel` in this thread (tests, tuning)."""
+    stack = _local.__dict__.setdefault("overrides", {})
+    old = stack.get(kernel)
+    stack[kernel] = config
+    try:
+        yield config
+    finally:
+        if old is None:
+            stack.pop(kernel, None)
+        else:
+            stack[kernel] = old
+
+
+def _num_sms(device: torch.device | None) -> int:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return NUM_SMS_DEFAULT
+
+
+def _pow2_at_least(v: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, int(v) - 1).bit_length())
+
+
+def select_config(
+    kernel: str, dtype: torch.dtype, *, M: int = 1, N: int = 1, K: int = 1, device: torch.device | None = None
+) -> Config:
+    """The config for one launch: a thread's override, else the interpreter's, else a heuristic.
+
+    The heuristic, for GEMM-type kernels: the widest BLOCK_K the reduction fills, then the
+    biggest tile that still gives every SM a program, else the smallest tile.
+    """
+    override = getattr(_local, "overrides", {}).get(kernel)
+    if override is not None:
+        return override
+    if interpreting():
+        cfg = _INTERPRETER[kernel]
+        if kernel in GEMM_KERNELS:
+            cfg = dataclasses.replace(
+                cfg, BLOCK_M=min(cfg.BLOCK_M, _pow2_at_least(M)), BLOCK_N=min(cfg.BLOCK_N, _pow2_at_least(N)),
+                BLOCK_K=min(cfg.BLOCK_K, _pow2_at_least(K)),
+            )
+        return cfg
+    space = config_space(kernel, dtype)
+    if kernel not in ("conv", "conv1x1"):
+        return space[0]
+    kmax = _pow2_at_least(K)
+    widest = max(c.BLOCK_K for c in space if c.BLOCK_K <= kmax) if any(c.BLOCK_K <= kmax for c in space) else min(c.BLOCK_K for c in space)
+    cands = [c for c in space if c.BLOCK_K == widest]
+    sms = _num_sms(device)
+
+    def programs(c: Config) -> int:
+        return -(-M // c.BLOCK_M) * -(-N // c.BLOCK_N)
+
+    full = [c for c in cands if programs(c) >= sms]
+    if full:
+        return max(full, key=lambda c: (c.BLOCK_M * c.BLOCK_N, c.BLOCK_M))
+    return min(cands, key=lambda c: (c.BLOCK_M * c.BLOCK_N, -c.BLOCK_M))

@@ -1,0 +1,172 @@
+"""Implicit-GEMM convolution with a fused bias (folded BN) + residual + ReLU epilogue.
+
+GEMM view: M = N*OH*OW output pixels, N = Cout, K = KH*KW*Cin, with K ordered (kh, kw, cin)
+so that both operands are contiguous in cin: activations are NHWC, weights [Cout, KH, KW, Cin]
+(a channels_last [Cout, Cin, KH, KW] tensor).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import (
+    check_bias, check_channels_last, check_device, check_like, check_precision, check_same_dtype,
+    check_tensor, nhwc_strides, out_size, pair,
+)
+from .config import Config, select_config
+from .epilogue import bias_residual_relu_store
+from .indexing import grouped_tile, nhwc_rows
+
+
+@triton.jit
+def _conv_kernel(
+    # pointers
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    # sizes
+    M, H, W, C, OH, OW, CO, SH, SW, PH, PW,
+    # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order)
+    sxn, sxh, sxw, sxc,
+    swo, swh, sww, swc,
+    srn, srh, srw, src,
+    syn, syh, syw, syc,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < CO
+    # Per-row input origin computed once per tile; the K loop adds only scalars to it.
+    x_row, ih0, iw0 = nhwc_rows(rm, OH, OW, SH, SW, PH, PW, sxn, sxh, sxw)
+    w_col = rn.to(tl.int64) * swo
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
+    # kh and kw unroll into copies of the body and spill at big tiles.
+    n_cb = tl.cdiv(C, BLOCK_K)
+    for it in range(0, KH * KW * n_cb):
+        tap = it // n_cb
+        c0 = (it - tap * n_cb) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = ih0 + kh
+        iw = iw0 + kw
+        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        c = c0 + rk
+        c_ok = c < C
+        a = tl.load(
+            x_ptr + (x_row + (kh * sxh + kw * sxw))[:, None] + c[None, :] * sxc,
+            mask=row_ok[:, None] & c_ok[None, :], other=0.0,
+        )
+        b = tl.load(
+            w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + c[:, None] * swc,
+            mask=c_ok[:, None] & n_ok[None, :], other=0.0,
+        )
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    bias_residual_relu_store(
+        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
+        srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+    )
+
+
+class ConvGeometry(NamedTuple):
+    N: int
+    C: int
+    H: int
+    W: int
+    CO: int
+    KH: int
+    KW: int
+    SH: int
+    SW: int
+    PH: int
+    PW: int
+    OH: int
+    OW: int
+    precision: str
+
+    @property
+    def M(self) -> int:
+        return self.N * self.OH * self.OW
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.CO, self.OH, self.OW)
+
+
+def check_conv_args(x, w, b, stride, padding, residual, out, input_precision) -> ConvGeometry:
+    """Validate a fused-conv call and return its geometry (shared by conv and conv1x1)."""
+    check_tensor("x", x, rank=4)
+    check_tensor("w", w, rank=4)
+    check_same_dtype("x", x, w=w)
+    check_device(x=x, w=w, b=b, residual=residual, out=out)
+    check_channels_last("x", x)
+    check_channels_last("w", w)
+    N, C, H, W = x.shape
+    CO, CI, KH, KW = w.shape
+    if CI != C:
+        raise ValueError(f"w has {CI} input channels (shape {tuple(w.shape)}) but x has {C} (shape {tuple(x.shape)})")
+    check_bias(b, CO)
+    (SH, SW), (PH, PW) = pair("stride", stride), pair("padding", padding)
+    if SH < 1 or SW < 1 or PH < 0 or PW < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    OH, OW = out_size(H, KH, SH, PH), out_size(W, KW, SW, PW)
+    if OH < 1 or OW < 1:
+        raise ValueError(
+            f"empty output: input {H}x{W} with kernel {KH}x{KW}, stride {(SH, SW)}, padding {(PH, PW)} "
+            f"gives {OH}x{OW}"
+        )
+    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, x.dtype))
+    check_like("residual", residual, g.out_shape, x.dtype)
+    check_like("out", out, g.out_shape, x.dtype)
+    return g
+
+
+def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
+
+
+def conv_bn_relu(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    relu: bool = True,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    input_precision: str = "ieee",
+    config: Config | None = None,
+) -> torch.Tensor:
+    """y = relu(conv2d(x, w) + b (+ residual)) in one launch, BN already folded into w, b.
+
+    x: [N, Cin, H, W] channels_last, float16 / bfloat16 / float32.
+    w: [Cout, Cin, KH, KW] channels_last (physically [Cout, KH, KW, Cin]), x's dtype.
+    b: [Cout] float32.  residual: [N, Cout, OH, OW] channels_last, x's dtype.
+    Returns y: [N, Cout, OH, OW] channels_last in x's dtype (written into `out` if given).
+    Accumulates in float32; float32 inputs use exact fp32 products unless input_precision="tf32".
+    """
+    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision)
+    y = out if out is not None else alloc_nhwc(g.out_shape, x)
+    if g.M == 0:
+        return y
+    cfg = config or select_config("conv", x.dtype, M=g.M, N=g.CO, K=g.C, device=x.device)
+    r = residual if residual is not None else y
+    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
+    _conv_kernel[grid](
+        x, w, b, r, y,
+        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW,
+        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y),
+        KH=g.KH, KW=g.KW, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
+        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+    )
+    return y

@@ -1,0 +1,33 @@
+"""Test set-up: the device, the interpreter, the shared assert_close and model builders.
+
+On a machine without CUDA the kernels run through triton's interpreter; TRITON_INTERPRET must
+be set before triton is first imported, which is why it happens here at import time.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from helpers import assert_close, DEVICE  # noqa: E402  (after TRITON_INTERPRET)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """Fresh inputs per test, reproducible: seed from the test's id."""
+    import zlib
+
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    yield
+
+
+__all__ = ["assert_close", "DEVICE"]

@@ -1,0 +1,84 @@
+"""Shared test utilities: assert_close with diagnostics, tolerances, random channels_last data,
+and calibrated torchvision ResNets (DESIGN.md section 4)."""
+from __future__ import annotations
+
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ON_GPU = DEVICE.type == "cuda"
+
+# Per-kernel relative-L2 bounds (DESIGN.md section 4).
+KERNEL_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+TF32_RTOL = 1e-3
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    # The interpreter's tl.dot multiplies bf16 bit patterns (triton issue 11584).
+    __import__("pytest").param(torch.bfloat16, marks=__import__("pytest").mark.skipif(
+        not ON_GPU, reason="bf16 tl.dot is wrong in triton's CPU interpreter (triton issue 11584): GPU only")),
+]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, rtol: float, what: str = "output") -> float:
+    """Fail unless ||out - ref||_2 / ||ref||_2 <= rtol; report rel, max |err| and where it is."""
+    assert tuple(out.shape) == tuple(ref.shape), f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    o, r = out.detach().double().cpu(), ref.detach().double().cpu()
+    nonfinite = ~torch.isfinite(o) & torch.isfinite(r)
+    if nonfinite.any():
+        idx = tuple(int(i) for i in nonfinite.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(nonfinite.sum())} non-finite values where the reference is finite, first at {idx}: "
+            f"got {o[idx].item()}, expected {r[idx].item()}"
+        )
+    rel = rel_error(o, r)
+    if not rel <= rtol:
+        err = (o - r).abs()
+        flat = int(err.argmax())
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), err.shape))
+        raise AssertionError(
+            f"{what}: relative L2 error {rel:.3e} > {rtol:.1e}; max |err| {err.max().item():.3e} at {idx} "
+            f"(got {o[idx].item():.6g}, expected {r[idx].item():.6g}); shape {tuple(o.shape)}"
+        )
+    return rel
+
+
+def nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def rand_nhwc(*shape: int, dtype=torch.float32, device=DEVICE, scale: float = 1.0) -> torch.Tensor:
+    return nhwc((torch.randn(*shape) * scale).to(dtype)).to(device)
+
+
+def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch: int = 4, generator=None) -> torch.nn.Module:
+    """Calibrated BatchNorm as trained ResNets have it (DESIGN.md section 4), then eval().
+
+    gamma in [0.5, 1.5] except a small gamma in [0.05, 0.3] on the last BN of each residual
+    branch; beta in [-0.2, 0.2]; running statistics from random batches with momentum=None.
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    g = generator or torch.Generator().manual_seed(0)
+    last = set()
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            last.add(id(m.bn2))
+        elif isinstance(m, Bottleneck):
+            last.add(id(m.bn3))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                lo, hi = (0.05, 0.3) if id(m) in last else (0.5, 1.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * (hi - lo) + lo)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        for _ in range(batches):
+            model(torch.randn(batch, 3, *size, generator=g))
+    return model.eval()
