@@ -17,6 +17,9 @@ def interpreting() -> bool:
 def check_device(**tensors: torch.Tensor | None) -> torch.device:
     """All tensors on one device; CPU only under the interpreter, CUDA otherwise."""
     named = {k: t for k, t in tensors.items() if t is not None}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     devices = {k: t.device for k, t in named.items()}
     first_name, device = next(iter(devices.items()))
     for name, dev in devices.items():
@@ -106,3 +109,26 @@ def nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Strides of a logical [N, C, H, W] tensor in the kernels' (n, h, w, c) argument order."""
     s = t.stride()
     return s[0], s[2], s[3], s[1]
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    start = t.data_ptr()
+    span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1 if t.numel() else 0
+    return start, start + span * t.element_size()
+
+
+def check_no_overlap(out_name: str, out: torch.Tensor | None, **inputs: torch.Tensor | None) -> None:
+    """`out` must not share memory with an input that other programs still read.
+
+    (A residual read element by element by the program that overwrites it is fine, so it is
+    not passed here.)
+    """
+    if out is None or out.numel() == 0:
+        return
+    o0, o1 = _byte_range(out)
+    for name, t in inputs.items():
+        if t is None or t.numel() == 0 or t.device != out.device:
+            continue
+        t0, t1 = _byte_range(t)
+        if o0 < t1 and t0 < o1:
+            raise ValueError(f"{out_name} overlaps {name} in memory: the kernel would read values it has already overwritten")

@@ -84,8 +84,8 @@ _SPACE: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
 # Under the CPU interpreter every program and loop step costs milliseconds of Python while
 # numpy on a tile is cheap: big tiles (clamped to the problem in select_config) run fastest.
 _INTERPRETER = {
-    "conv": C(128, 128, 128, 4, 1),
-    "conv1x1": C(128, 128, 128, 4, 1),
+    "conv": C(512, 256, 256, 4, 1),
+    "conv1x1": C(512, 256, 256, 4, 1),
     "avgpool_fc": C(16, 64, 64, 4, 1),
     "max_pool2d": C(64, 64, 1, 4, 1),
     "add_relu": C(4096, 1, 1, 4, 1),

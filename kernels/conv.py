@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    check_bias, check_channels_last, check_device, check_like, check_precision, check_same_dtype,
+    check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_precision, check_same_dtype,
     check_tensor, nhwc_strides, out_size, pair,
 )
 from .config import Config, select_config
@@ -33,7 +33,7 @@ def _conv_kernel(
     srn, srh, srw, src,
     syn, syh, syw, syc,
     # meta-parameters
-    KH: tl.constexpr, KW: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -48,28 +48,50 @@ def _conv_kernel(
     w_col = rn.to(tl.int64) * swo
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
-    # kh and kw unroll into copies of the body and spill at big tiles.
-    n_cb = tl.cdiv(C, BLOCK_K)
-    for it in range(0, KH * KW * n_cb):
-        tap = it // n_cb
-        c0 = (it - tap * n_cb) * BLOCK_K
-        kh = tap // KW
-        kw = tap - kh * KW
-        ih = ih0 + kh
-        iw = iw0 + kw
-        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        c = c0 + rk
-        c_ok = c < C
-        a = tl.load(
-            x_ptr + (x_row + (kh * sxh + kw * sxw))[:, None] + c[None, :] * sxc,
-            mask=row_ok[:, None] & c_ok[None, :], other=0.0,
-        )
-        b = tl.load(
-            w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + c[:, None] * swc,
-            mask=c_ok[:, None] & n_ok[None, :], other=0.0,
-        )
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    if FLAT_K:
+        # Thin inputs (the stem's Cin = 3): one K index runs over (kh, kw, cin) together, so a
+        # BLOCK_K step covers several taps instead of padding 3 channels up to 16.
+        K_TOTAL = KH * KW * C
+        for k0 in range(0, K_TOTAL, BLOCK_K):
+            kk = k0 + rk
+            tap = kk // C
+            c = kk - tap * C
+            kh = tap // KW
+            kw = tap - kh * KW
+            k_ok = kk < K_TOTAL
+            ih = ih0[:, None] + kh[None, :]
+            iw = iw0[:, None] + kw[None, :]
+            a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + x_row[:, None] + (kh * sxh + kw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
+            b = tl.load(
+                w_ptr + w_col[None, :] + (kh * swh + kw * sww + c * swc)[:, None],
+                mask=k_ok[:, None] & n_ok[None, :], other=0.0,
+            )
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+    else:
+        # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
+        # kh and kw unroll into copies of the body and spill at big tiles.
+        n_cb = tl.cdiv(C, BLOCK_K)
+        for it in range(0, KH * KW * n_cb):
+            tap = it // n_cb
+            c0 = (it - tap * n_cb) * BLOCK_K
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = ih0 + kh
+            iw = iw0 + kw
+            row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            c = c0 + rk
+            c_ok = c < C
+            a = tl.load(
+                x_ptr + (x_row + (kh * sxh + kw * sxw))[:, None] + c[None, :] * sxc,
+                mask=row_ok[:, None] & c_ok[None, :], other=0.0,
+            )
+            b = tl.load(
+                w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + c[:, None] * swc,
+                mask=c_ok[:, None] & n_ok[None, :], other=0.0,
+            )
+            # The cast is a no-op except in the stem, which reads the user's input as it comes.
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
 
     bias_residual_relu_store(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
@@ -102,13 +124,17 @@ class ConvGeometry(NamedTuple):
         return (self.N, self.CO, self.OH, self.OW)
 
 
-def check_conv_args(x, w, b, stride, padding, residual, out, input_precision) -> ConvGeometry:
-    """Validate a fused-conv call and return its geometry (shared by conv and conv1x1)."""
+def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False) -> ConvGeometry:
+    """Validate a fused-conv call and return its geometry (shared by conv and conv1x1).
+
+    any_input: x may have any float dtype and memory layout (the stem reads the user's input).
+    """
     check_tensor("x", x, rank=4)
     check_tensor("w", w, rank=4)
-    check_same_dtype("x", x, w=w)
     check_device(x=x, w=w, b=b, residual=residual, out=out)
-    check_channels_last("x", x)
+    if not any_input:
+        check_same_dtype("x", x, w=w)
+        check_channels_last("x", x)
     check_channels_last("w", w)
     N, C, H, W = x.shape
     CO, CI, KH, KW = w.shape
@@ -124,14 +150,35 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision) ->
             f"empty output: input {H}x{W} with kernel {KH}x{KW}, stride {(SH, SW)}, padding {(PH, PW)} "
             f"gives {OH}x{OW}"
         )
-    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, x.dtype))
-    check_like("residual", residual, g.out_shape, x.dtype)
-    check_like("out", out, g.out_shape, x.dtype)
+    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype))
+    check_like("residual", residual, g.out_shape, w.dtype)
+    check_like("out", out, g.out_shape, w.dtype)
+    check_no_overlap("out", out, x=x, w=w, b=b)
     return g
 
 
 def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
+
+
+def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config) -> torch.Tensor:
+    y = out if out is not None else alloc_nhwc(g.out_shape, w)
+    if g.M == 0:
+        return y
+    # Below 16 channels a (kh, kw) tap cannot fill tl.dot's K: reduce over taps and channels at once.
+    flat = g.C < 16
+    k = g.KH * g.KW * g.C if flat else g.C
+    cfg = config or select_config("conv", w.dtype, M=g.M, N=g.CO, K=k, device=x.device)
+    r = residual if residual is not None else y
+    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
+    _conv_kernel[grid](
+        x, w, b, r, y,
+        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW,
+        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y),
+        KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
+        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+    )
+    return y
 
 
 def conv_bn_relu(
@@ -156,17 +203,27 @@ def conv_bn_relu(
     Accumulates in float32; float32 inputs use exact fp32 products unless input_precision="tf32".
     """
     g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision)
-    y = out if out is not None else alloc_nhwc(g.out_shape, x)
-    if g.M == 0:
-        return y
-    cfg = config or select_config("conv", x.dtype, M=g.M, N=g.CO, K=g.C, device=x.device)
-    r = residual if residual is not None else y
-    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
-    _conv_kernel[grid](
-        x, w, b, r, y,
-        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW,
-        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y),
-        KH=g.KH, KW=g.KW, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
-        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
-    )
-    return y
+    return _launch_conv(x, w, b, g, relu, residual, out, config)
+
+
+def stem_conv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    stride: int | tuple[int, int] = 2,
+    padding: int | tuple[int, int] = 3,
+    relu: bool = True,
+    out: torch.Tensor | None = None,
+    input_precision: str = "ieee",
+    config: Config | None = None,
+) -> torch.Tensor:
+    """conv_bn_relu for the network's first layer, reading the user's input as it is.
+
+    x: [N, Cin, H, W] float32 / float16 / bfloat16 in any memory layout (NCHW read in place);
+    it is cast to w's dtype as it is loaded, so the NCHW -> NHWC pack and the input cast cost
+    no extra pass. w: [Cout, Cin, KH, KW] channels_last; b: [Cout] float32.
+    Returns [N, Cout, OH, OW] channels_last in w's dtype.
+    """
+    g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input=True)
+    return _launch_conv(x, w, b, g, relu, None, out, config)

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    check_bias, check_channels_last, check_device, check_precision, check_same_dtype, check_tensor, nhwc_strides,
+    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_precision, check_same_dtype, check_tensor, nhwc_strides,
 )
 from .config import Config, select_config
 
@@ -48,7 +48,7 @@ def _avgpool_fc_kernel(
         wt = tl.load(w_ptr + rn.to(tl.int64)[None, :] * swo + c[:, None] * swc, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(pooled.to(wt.dtype), wt, acc, input_precision=INPUT_PRECISION)
     acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0)[None, :]
-    tl.store(y_ptr + rm.to(tl.int64)[:, None] * syn + rn[None, :] * syo, acc, mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(y_ptr + rm.to(tl.int64)[:, None] * syn + rn[None, :] * syo, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 def avgpool_fc(
@@ -64,7 +64,8 @@ def avgpool_fc(
 
     x: [N, C, H, W] channels_last, float16 / bfloat16 / float32.
     w: [classes, C] in x's dtype (contiguous).  b: [classes] float32.
-    Returns float32 logits [N, classes] (written into `out` if given). The pooled features
+    Returns float32 logits [N, classes], or writes them into `out` (any float dtype: the
+    engine asks for the input's dtype, rounded once from fp32). The pooled features
     are kept in float32 and rounded to x's dtype only as the product's input.
     """
     check_tensor("x", x, rank=4)
@@ -79,8 +80,8 @@ def avgpool_fc(
     check_bias(b, CLS)
     if H < 1 or W < 1:
         raise ValueError(f"x has an empty spatial size {H}x{W}")
-    if out is not None and (tuple(out.shape) != (N, CLS) or out.dtype != torch.float32):
-        raise ValueError(f"out must be float32 with shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
+    if out is not None and (tuple(out.shape) != (N, CLS) or out.dtype not in FLOAT_DTYPES):
+        raise ValueError(f"out must be a float tensor of shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
     precision = check_precision(input_precision, x.dtype)
     y = out if out is not None else torch.empty((N, CLS), device=x.device, dtype=torch.float32)
     if N == 0:

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_channels_last, check_device, check_like, check_tensor, nhwc_strides, out_size, pair
+from ._checks import check_channels_last, check_device, check_like, check_no_overlap, check_tensor, nhwc_strides, out_size, pair
 from .config import Config, select_config
 from .indexing import nhwc_rows
 
@@ -76,6 +76,7 @@ def max_pool2d(
         raise ValueError(f"empty output: input {H}x{W} with kernel {(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)}")
     shape = (N, C, OH, OW)
     check_like("out", out, shape, x.dtype)
+    check_no_overlap("out", out, x=x)
     y = out if out is not None else torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     P = N * OH * OW
     if P == 0 or C == 0:

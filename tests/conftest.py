@@ -31,3 +31,19 @@ def _seed(request):
 
 
 __all__ = ["assert_close", "DEVICE"]
+
+
+_PARITY: list[str] = []
+
+
+@pytest.fixture
+def parity_report() -> list[str]:
+    """Lines appended here are printed in the terminal summary (network parity figures)."""
+    return _PARITY
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PARITY:
+        terminalreporter.section("fastres parity against torchvision (float64 reference)")
+        for line in _PARITY:
+            terminalreporter.write_line(line)

@@ -55,30 +55,8 @@ def rand_nhwc(*shape: int, dtype=torch.float32, device=DEVICE, scale: float = 1.
     return nhwc((torch.randn(*shape) * scale).to(dtype)).to(device)
 
 
-def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch: int = 4, generator=None) -> torch.nn.Module:
-    """Calibrated BatchNorm as trained ResNets have it (DESIGN.md section 4), then eval().
+def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch: int = 4, seed: int = 0):
+    """Calibrated BatchNorm as trained ResNets have it (DESIGN.md section 4), then eval()."""
+    from fastres.models import calibrate_ as calibrate
 
-    gamma in [0.5, 1.5] except a small gamma in [0.05, 0.3] on the last BN of each residual
-    branch; beta in [-0.2, 0.2]; running statistics from random batches with momentum=None.
-    """
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    g = generator or torch.Generator().manual_seed(0)
-    last = set()
-    for m in model.modules():
-        if isinstance(m, BasicBlock):
-            last.add(id(m.bn2))
-        elif isinstance(m, Bottleneck):
-            last.add(id(m.bn3))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                lo, hi = (0.05, 0.3) if id(m) in last else (0.5, 1.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * (hi - lo) + lo)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        for _ in range(batches):
-            model(torch.randn(batch, 3, *size, generator=g))
-    return model.eval()
+    return calibrate(model, size=size, batches=batches, batch=batch, seed=seed)

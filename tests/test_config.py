@@ -1,0 +1,212 @@
+"""fastres.kernels.config: the config space, the GPU heuristic, the interpreter's choice and
+use_config overrides (restored on exit, per thread); every dispatchable config computes right."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastres.kernels.config as config_mod
+from fastres import kernels as K
+from fastres.kernels import Config, config_space, select_config, use_config
+from helpers import KERNEL_RTOL, ON_GPU, assert_close, rand_nhwc
+
+KERNELS = ("conv", "conv1x1", "avgpool_fc", "max_pool2d", "add_relu")
+GEMMS = ("conv", "conv1x1")
+SPACE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def dtype_id(d) -> str:
+    return str(d).removeprefix("torch.")
+
+
+@pytest.fixture
+def gpu_heuristic(monkeypatch):
+    """select_config as on a GPU, whatever this machine is (interpreting() read at call time)."""
+    monkeypatch.setattr(config_mod, "interpreting", lambda: False)
+
+
+def ref_conv(x, w, b, *, stride=1, padding=0, relu=True, residual=None):
+    """torch reference in float64 on the CPU."""
+    y = F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), stride=stride, padding=padding)
+    if residual is not None:
+        y = y + residual.double().cpu()
+    return F.relu(y) if relu else y
+
+
+# ---------------------------------------------------------------- the space itself
+
+@pytest.mark.parametrize("dtype", SPACE_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_space_rules(kernel, dtype):
+    space = config_space(kernel, dtype)
+    assert space and all(isinstance(c, Config) for c in space)
+    assert len(set(space)) == len(space), "duplicate configs"
+    for c in space:
+        for v in (c.BLOCK_M, c.BLOCK_N, c.BLOCK_K, c.num_warps):
+            assert v & (v - 1) == 0, f"{c.name}: block sizes and warps must be powers of two"
+        if kernel in GEMMS:
+            assert c.BLOCK_M >= 64, f"{c.name}: wgmma needs BLOCK_M >= 64"
+            assert c.BLOCK_N >= 16 and c.BLOCK_K >= 16, f"{c.name}: tl.dot needs N, K >= 16"
+        if kernel == "conv":
+            assert c.num_warps <= 4, f"{c.name}: non-1x1 convs keep num_warps <= 4"
+    # The gate's documented spill case must not be in the space.
+    assert all(not (c.BLOCK_M == 128 and c.BLOCK_N == 256 and c.BLOCK_K == 64) for c in space)
+
+
+def test_unknown_kernel_or_dtype():
+    with pytest.raises(ValueError, match=r"no config space for kernel 'conv3d' at dtype torch.float16"):
+        config_space("conv3d", torch.float16)
+    with pytest.raises(ValueError, match=r"no config space for kernel 'conv' at dtype torch.float64"):
+        config_space("conv", torch.float64)
+
+
+def test_config_name_and_launch_kwargs():
+    c = Config(64, 32, 16, num_warps=2, num_stages=3, GROUP_M=4)
+    assert c.name == "64x32x16_w2_s3"
+    assert c.launch_kwargs("BLOCK_M", "GROUP_M") == dict(BLOCK_M=64, GROUP_M=4, num_warps=2, num_stages=3)
+    with pytest.raises(Exception):
+        c.BLOCK_M = 128  # frozen: a config is a value
+
+
+# ---------------------------------------------------------------- the GPU heuristic
+
+PROBLEMS = [
+    # M, N, K (pixels, output channels, reduction channels)
+    (1 * 112 * 112, 64, 3),       # stem, batch 1
+    (256 * 56 * 56, 64, 64),      # layer1, batch 256
+    (1 * 7 * 7, 512, 512),        # layer4, batch 1
+    (32 * 28 * 28, 128, 128),
+    (1, 1, 1),
+    (8 * 14 * 14, 1024, 256),
+]
+
+
+@pytest.mark.parametrize("dtype", SPACE_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("mnk", PROBLEMS, ids=lambda p: "x".join(map(str, p)))
+def test_gpu_heuristic_picks_from_the_space(mnk, kernel, dtype, gpu_heuristic):
+    M, N, K_ = mnk
+    cfg = select_config(kernel, dtype, M=M, N=N, K=K_)
+    assert cfg in config_space(kernel, dtype)
+
+
+@pytest.mark.parametrize("dtype", SPACE_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kernel", GEMMS)
+def test_gpu_heuristic_shape_rules(kernel, dtype, gpu_heuristic):
+    space = config_space(kernel, dtype)
+    widest = max(c.BLOCK_K for c in space)
+    # Thin reduction (stem Cin = 3): the smallest BLOCK_K in the space.
+    assert select_config(kernel, dtype, M=112 * 112, N=64, K=3).BLOCK_K == min(c.BLOCK_K for c in space)
+    # A wide reduction fills the widest BLOCK_K.
+    assert select_config(kernel, dtype, M=56 * 56, N=256, K=512).BLOCK_K == widest
+    # Plenty of tiles: the biggest tile with that BLOCK_K; too few: the smallest.
+    big = select_config(kernel, dtype, M=256 * 56 * 56, N=1024, K=1024)
+    small = select_config(kernel, dtype, M=49, N=64, K=1024)
+    cands = [c for c in space if c.BLOCK_K == widest]
+    assert big.BLOCK_M * big.BLOCK_N == max(c.BLOCK_M * c.BLOCK_N for c in cands)
+    assert small.BLOCK_M * small.BLOCK_N == min(c.BLOCK_M * c.BLOCK_N for c in cands)
+
+
+def test_gpu_heuristic_reads_the_sm_count(monkeypatch, gpu_heuristic):
+    """With fewer SMs a mid-sized problem already fills the machine with big tiles."""
+    M, N, K_ = 4 * 28 * 28, 128, 128
+    monkeypatch.setattr(config_mod, "_num_sms", lambda device: 132)
+    many = select_config("conv", torch.float16, M=M, N=N, K=K_)
+    monkeypatch.setattr(config_mod, "_num_sms", lambda device: 8)
+    few = select_config("conv", torch.float16, M=M, N=N, K=K_)
+    assert few.BLOCK_M * few.BLOCK_N >= many.BLOCK_M * many.BLOCK_N
+    assert few.BLOCK_M * few.BLOCK_N == max(c.BLOCK_M * c.BLOCK_N for c in config_space("conv", torch.float16)
+                                            if c.BLOCK_K == few.BLOCK_K)
+
+
+def test_interpreter_choice_is_clamped_to_the_problem(monkeypatch):
+    monkeypatch.setattr(config_mod, "interpreting", lambda: True)
+    c = select_config("conv", torch.float32, M=35, N=24, K=3)
+    assert c.BLOCK_M <= 64 and c.BLOCK_N <= 32 and c.BLOCK_K == 16, c.name   # next powers of two, >= 16
+    c = select_config("conv1x1", torch.float16, M=1, N=1, K=1)
+    assert min(c.BLOCK_M, c.BLOCK_N, c.BLOCK_K) >= 16, "tl.dot needs tiles of at least 16"
+
+
+# ---------------------------------------------------------------- use_config
+
+def test_use_config_overrides_and_restores(gpu_heuristic):
+    default = select_config("conv", torch.float16, M=4096, N=256, K=256)
+    a, b = Config(64, 64, 16), Config(128, 64, 16)
+    with use_config("conv", a) as got:
+        assert got is a
+        assert select_config("conv", torch.float16, M=4096, N=256, K=256) is a
+        assert select_config("conv", torch.float32, M=1, N=1, K=1) is a       # any dtype, any shape
+        assert select_config("conv1x1", torch.float16, M=4096, N=256, K=256) != a  # only that kernel
+        with use_config("conv", b):
+            assert select_config("conv", torch.float16, M=4096, N=256, K=256) is b
+        assert select_config("conv", torch.float16, M=4096, N=256, K=256) is a    # outer one back
+    assert select_config("conv", torch.float16, M=4096, N=256, K=256) == default
+
+
+def test_use_config_restores_on_error(gpu_heuristic):
+    default = select_config("add_relu", torch.float16)
+    with pytest.raises(RuntimeError, match="boom"):
+        with use_config("add_relu", Config(256)):
+            raise RuntimeError("boom")
+    assert select_config("add_relu", torch.float16) == default
+
+
+def test_use_config_is_thread_local(gpu_heuristic):
+    forced = Config(64, 64, 16)
+    default = select_config("conv", torch.float16, M=4096, N=256, K=256)
+    seen = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        seen["other_sees_main"] = select_config("conv", torch.float16, M=4096, N=256, K=256)
+        with use_config("conv", Config(128, 128, 32)):
+            inside.set()
+            release.wait(10)
+        seen["other_after"] = select_config("conv", torch.float16, M=4096, N=256, K=256)
+
+    with use_config("conv", forced):
+        t = threading.Thread(target=other)
+        t.start()
+        assert inside.wait(10)
+        # The other thread's override is active now; this thread still sees its own.
+        assert select_config("conv", torch.float16, M=4096, N=256, K=256) is forced
+        release.set()
+        t.join(10)
+    assert seen["other_sees_main"] == default and seen["other_after"] == default
+    assert select_config("conv", torch.float16, M=4096, N=256, K=256) == default
+
+
+# ---------------------------------------------------------------- every config computes right
+
+def _space_params():
+    out = []
+    for kernel in GEMMS:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for c in config_space(kernel, dtype):
+                marks = ()
+                if dtype == torch.bfloat16 and not ON_GPU:
+                    marks = pytest.mark.skip(reason="bf16 tl.dot is wrong in triton's CPU interpreter "
+                                                    "(triton issue 11584): GPU only")
+                out.append(pytest.param(kernel, dtype, c, marks=marks, id=f"{kernel}-{dtype_id(dtype)}-{c.name}"))
+    return out
+
+
+@pytest.mark.parametrize("kernel,dtype,cfg", _space_params())
+def test_every_dispatchable_config(kernel, dtype, cfg, device):
+    """Each config the engine may dispatch, forced through use_config, on a problem with tails in
+    M (2*5*7 = 70 pixels), N (Cout 72) and K (Cin 40)."""
+    x = rand_nhwc(2, 40, 5, 7, dtype=dtype, device=device)
+    k = 3 if kernel == "conv" else 1
+    w = rand_nhwc(72, 40, k, k, dtype=dtype, device=device, scale=(40 * k * k) ** -0.5)
+    b = torch.randn(72).to(device)
+    r = rand_nhwc(2, 72, 5, 7, dtype=dtype, device=device)
+    out = torch.full((2, 72, 5, 7), float("nan"), dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    with use_config(kernel, cfg):
+        if kernel == "conv":
+            y = K.conv_bn_relu(x, w, b, padding=1, residual=r, out=out)
+        else:
+            y = K.conv1x1(x, w, b, residual=r, out=out)
+    assert_close(y, ref_conv(x, w, b, padding=k // 2, residual=r), KERNEL_RTOL[dtype], what=f"{kernel} {cfg.name}")

@@ -1,0 +1,134 @@
+"""Parity of fastres.kernels.avgpool_fc with torch: adaptive_avg_pool2d(1) + flatten + F.linear in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastres import kernels as K
+from fastres.kernels import Config, use_config
+from helpers import DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, nhwc, rand_nhwc
+
+
+def dtype_id(d) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def ref_avgpool_fc(x, w, b):
+    """torch reference in float64 on the CPU: torchvision's avgpool + flatten + fc."""
+    pooled = F.adaptive_avg_pool2d(x.double().cpu(), 1).flatten(1)
+    return F.linear(pooled, w.double().cpu(), b.double().cpu())
+
+
+def make_inputs(n, c, h, w, classes, dtype, device):
+    # Features after a ReLU are non-negative, as in a real ResNet.
+    x = nhwc(rand_nhwc(n, c, h, w, dtype=dtype, device=device).abs())
+    wt = (torch.randn(classes, c) * c ** -0.5).to(dtype).to(device)
+    b = (torch.randn(classes) * 0.1).to(device)
+    return x, wt, b
+
+
+def check(n, c, h, w, classes, dtype, device, *, input_precision="ieee", config=None, rtol=None):
+    x, wt, b = make_inputs(n, c, h, w, classes, dtype, device)
+    out = torch.full((n, classes), float("nan"), dtype=torch.float32, device=device)
+    y = K.avgpool_fc(x, wt, b, out=out, input_precision=input_precision, config=config)
+    assert y.data_ptr() == out.data_ptr() and y.dtype == torch.float32 and y.shape == (n, classes)
+    assert_close(y, ref_avgpool_fc(x, wt, b), rtol if rtol is not None else KERNEL_RTOL[dtype], what="avgpool_fc")
+
+
+CASES = [
+    # n, c, h, w, classes
+    (1, 512, 3, 3, 1000),     # resnet18 / 34 head (at a small size)
+    (2, 2048, 2, 1, 1000),    # resnet50+ head
+    (3, 2048, 1, 1, 10),
+    (2, 16, 7, 7, 10),        # the 7x7 map of a 224 input
+    (17, 40, 3, 5, 24),       # batch past one row block, C and classes not multiples of 16
+    (1, 3, 2, 2, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", CASES, ids=["n{}_c{}_{}x{}_cls{}".format(*c) for c in CASES])
+def test_avgpool_fc(case, dtype, device):
+    check(*case, dtype, device)
+
+
+def test_default_allocates_float32(device):
+    x, wt, b = make_inputs(2, 64, 3, 3, 10, torch.float16, device)
+    y = K.avgpool_fc(x, wt, b)
+    assert y.dtype == torch.float32 and y.shape == (2, 10)
+    assert_close(y, ref_avgpool_fc(x, wt, b), KERNEL_RTOL[torch.float16])
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=dtype_id)
+def test_out_in_another_float_dtype(out_dtype, device):
+    """`out` may be any float dtype: the fp32 logits are rounded once into it."""
+    x, wt, b = make_inputs(3, 64, 2, 3, 20, torch.float16, device)
+    out = torch.full((3, 20), float("nan"), dtype=out_dtype, device=device)
+    y = K.avgpool_fc(x, wt, b, out=out)
+    assert y.data_ptr() == out.data_ptr() and y.dtype == out_dtype
+    assert_close(y, ref_avgpool_fc(x, wt, b), max(KERNEL_RTOL[out_dtype], KERNEL_RTOL[torch.float16]))
+
+
+def test_tf32_opt_in(device):
+    check(3, 512, 3, 3, 100, torch.float32, device, input_precision="tf32", rtol=TF32_RTOL)
+
+
+@pytest.mark.parametrize("cfg", [Config(16, 16, 16, num_stages=1), Config(32, 64, 32, num_stages=1)],
+                         ids=lambda c: c.name)
+def test_forced_config(cfg, device):
+    """Rows, classes and channels all have tails: N = 19, classes = 40, C = 72."""
+    check(19, 72, 2, 3, 40, torch.float32, device, config=cfg)
+    with use_config("avgpool_fc", cfg):
+        check(19, 72, 2, 3, 40, torch.float16, device)
+
+
+def test_nan_propagates(device):
+    x, wt, b = make_inputs(3, 16, 3, 3, 5, torch.float32, device)
+    x[1, 4, 2, 0] = float("nan")
+    y = K.avgpool_fc(x, wt, b).cpu()
+    ref = ref_avgpool_fc(x, wt, b)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y[1]).all()
+    assert_close(y[[0, 2]], ref[[0, 2]], KERNEL_RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_empty_batch(dtype, device):
+    x, wt, b = make_inputs(0, 16, 3, 3, 5, dtype, device)
+    y = K.avgpool_fc(x, wt, b)
+    assert y.shape == (0, 5) and y.dtype == torch.float32
+
+
+def test_bad_input(device):
+    x, wt, b = make_inputs(2, 16, 3, 3, 5, torch.float32, device)
+    with pytest.raises(ValueError, match=r"w has 15 input features \(shape \(5, 15\)\) but x has 16 channels"):
+        K.avgpool_fc(x, wt[:, :15], b)
+    with pytest.raises(ValueError, match=r"x must have rank 4, got rank 2"):
+        K.avgpool_fc(x.mean((2, 3)), wt, b)
+    with pytest.raises(ValueError, match=r"w must have rank 2, got rank 4"):
+        K.avgpool_fc(x, wt[:, :, None, None], b)
+    with pytest.raises(ValueError, match=r"x must be channels_last"):
+        K.avgpool_fc(x.contiguous(), wt, b)
+    with pytest.raises(ValueError, match=r"b must have shape \(5,\).*got \(4,\)"):
+        K.avgpool_fc(x, wt, b[:4])
+    with pytest.raises(TypeError, match=r"b must be float32.*got torch.float16"):
+        K.avgpool_fc(x, wt, b.half())
+    with pytest.raises(TypeError, match=r"w has dtype torch.float16 but x has dtype torch.float32"):
+        K.avgpool_fc(x, wt.half(), b)
+    with pytest.raises(ValueError, match=r"w is on meta but x is on .*one device"):
+        K.avgpool_fc(x, wt.to("meta"), b)
+    with pytest.raises(ValueError, match=r"out must be a float tensor of shape \(2, 5\), got torch.int32"):
+        K.avgpool_fc(x, wt, b, out=torch.empty(2, 5, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match=r"out must be a float tensor of shape \(2, 5\), got torch.float32 with shape \(2, 6\)"):
+        K.avgpool_fc(x, wt, b, out=torch.empty(2, 6, device=device))
+    with pytest.raises(ValueError, match=r"x has an empty spatial size 0x3"):
+        K.avgpool_fc(rand_nhwc(2, 16, 0, 3, device=device), wt, b)
+    with pytest.raises(ValueError, match=r"input_precision must be 'ieee' or 'tf32'"):
+        K.avgpool_fc(x, wt, b, input_precision="fp8")
+
+
+def test_cpu_without_interpreter(monkeypatch):
+    x, wt, b = make_inputs(1, 8, 2, 2, 3, torch.float32, torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+        K.avgpool_fc(x, wt, b)
