@@ -5,14 +5,29 @@ Public API (see README.md):
     fastres.convert(src, out=None, *, arch=None, dtype=torch.float16) -> pathlib.Path
     fastres.load(path, device="cuda") -> fastres.ResNet
     fastres.kernels  (the Triton kernels and their launchers)
+
+Attributes load on first use (PEP 562), so that `fastres.cli` can decide on triton's CPU
+interpreter (TRITON_INTERPRET, read when kernels are defined) before any kernel module loads.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "from_torchvision": "fastres.build",
+    "ResNet": "fastres.engine",
+    "ARCHS": "fastres.plan",
+    "UnsupportedModelError": "fastres.plan",
+    "convert": "fastres.convert",
+    "load": "fastres.convert",
+}
+
+__all__ = ["ARCHS", "ResNet", "UnsupportedModelError", "convert", "from_torchvision", "kernels", "load", "__version__"]
 
 
 def _load_checkout_kernels():
@@ -34,9 +49,25 @@ def _load_checkout_kernels():
     return module
 
 
-try:
-    from . import kernels
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on how fastres was installed
-    if exc.name != "fastres.kernels":
-        raise
-    kernels = _load_checkout_kernels()
+def _kernels():
+    try:
+        return importlib.import_module("fastres.kernels")
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on how fastres was installed
+        if exc.name != "fastres.kernels":
+            raise
+        return _load_checkout_kernels()
+
+
+def __getattr__(name: str):
+    if name == "kernels":
+        value = _kernels()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'fastres' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

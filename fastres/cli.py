@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -39,7 +40,23 @@ def _version() -> str:
     return f"fastres {__version__}"
 
 
+# Subcommands that run kernels: without CUDA they go through triton's CPU interpreter, which
+# must be chosen before any kernel module is imported (triton reads it when kernels are defined).
+_INTERPRETED = ("run", "bench")
+
+
+def _prepare_environment(argv: list[str]) -> None:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _INTERPRETED and "TRITON_INTERPRET" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _prepare_environment(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,0 +1,273 @@
+"""Converted weights: `fastres.convert` writes one .safetensors file (BN folded, weights packed
+in the kernels' layout and dtype) and `fastres.load` runs it. The format is in weights/README.md.
+
+Nothing here executes code from a file: .pth files are read with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+FORMAT = "fastres"
+FORMAT_VERSION = 1
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DEFAULT_DIR = Path("weights")
+
+
+class WeightsError(ValueError):
+    """A weights file or state_dict that fastres cannot convert or load (nothing was loaded)."""
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise WeightsError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise WeightsError(f"{path} is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path} is truncated or corrupt: {exc}") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path} was refused by torch.load(weights_only=True): it holds objects other than tensors, "
+            f"which fastres never unpickles ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} is truncated or corrupt: {first}") from None
+    return _unwrap(obj, str(path))
+
+
+def _unwrap(obj, where: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise WeightsError(f"{where} does not hold a state_dict (a mapping of names to tensors), but a {type(obj).__name__}")
+    sd = dict(obj)
+    # Saved from a DataParallel/DistributedDataParallel wrapper.
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _pack(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Conv weights as stored: their physical [Cout, KH, KW, Cin] layout, contiguous."""
+    return {k: (v.permute(0, 2, 3, 1).contiguous() if v.dim() == 4 else v.contiguous()) for k, v in params.items()}
+
+
+def _unpack(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.permute(0, 3, 1, 2) if v.dim() == 4 else v) for k, v in tensors.items()}
+
+
+def convert(
+    src,
+    out: str | os.PathLike | None = None,
+    *,
+    arch: str | None = None,
+    dtype: torch.dtype | str = torch.float16,
+    verbose: bool = False,
+) -> Path:
+    """Convert a torchvision ResNet checkpoint into a fastres .safetensors file; returns its path.
+
+    src: a .pth/.pt state_dict (or a dict holding one under "state_dict"/"model"), a
+    .safetensors state_dict, a state_dict mapping, or a torchvision ResNet module.
+    arch: inferred from the keys and shapes; when given, it must agree with them.
+    out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
+    Raises WeightsError (a ValueError) for anything it cannot convert exactly.
+    """
+    from .build import check_module
+    from .plan import ARCHS, UnsupportedModelError, fold_params, infer_arch
+
+    dtype = _dtype(dtype)
+    if arch is not None and arch not in ARCHS:
+        raise WeightsError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+    eps: float | dict[str, float] = 1e-5  # torchvision's BatchNorm2d default; a state_dict does not record it
+    try:
+        if isinstance(src, torch.nn.Module):
+            found, _, eps = check_module(src)
+            sd = src.state_dict()
+            digest = hashlib.sha256()
+            for k, v in sd.items():
+                digest.update(k.encode())
+                digest.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+            sha, name = digest.hexdigest(), found
+        elif isinstance(src, Mapping):
+            sd = _unwrap(src, "the state_dict")
+            sha, name = hashlib.sha256(repr(sorted(sd)).encode()).hexdigest(), "state_dict"
+        else:
+            path = Path(src)
+            if verbose:
+                print(f"reading {path}", file=sys.stderr)
+            sd = _read_state_dict(path)
+            sha, name = _sha256(path), path.stem
+        found, num_classes = infer_arch(sd)
+        if arch is not None and arch != found:
+            raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are {found}'s")
+        if verbose:
+            print(f"folding BatchNorm of {found} ({num_classes} classes) into {_dtype_name(dtype)} weights", file=sys.stderr)
+        params = fold_params(sd, found, num_classes, dtype, eps)
+    except UnsupportedModelError as exc:
+        raise WeightsError(str(exc)) from None
+
+    from . import __version__
+
+    target = Path(out) if out is not None else DEFAULT_DIR / f"{name}-{_dtype_name(dtype)}.safetensors"
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "arch": found,
+        "dtype": _dtype_name(dtype),
+        "num_classes": str(num_classes),
+        "source_sha256": sha,
+        "fastres_version": __version__,
+    }
+    _atomic_save(_pack(params), metadata, target)
+    if verbose:
+        print(f"wrote {target}", file=sys.stderr)
+    return target
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], target: Path) -> None:
+    """Write to a temporary file beside `target`, then rename: no partial file ever appears."""
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with __import__("contextlib").suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a converted file, checked: format, version, arch, dtype, num_classes."""
+    from safetensors import safe_open
+
+    from .plan import ARCHS
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a fastres weights file (metadata format={meta.get('format')!r}); convert it with `fastres convert`")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise WeightsError(
+            f"{path} has format version {meta.get('format_version')!r}; this fastres reads version {FORMAT_VERSION}"
+        )
+    if meta.get("arch") not in ARCHS:
+        raise WeightsError(f"{path} names an unknown arch {meta.get('arch')!r}")
+    if meta.get("dtype") not in DTYPES:
+        raise WeightsError(f"{path} names an unknown dtype {meta.get('dtype')!r}")
+    if not str(meta.get("num_classes", "")).isdigit() or int(meta["num_classes"]) < 1:
+        raise WeightsError(f"{path} has an invalid num_classes {meta.get('num_classes')!r}")
+    return meta
+
+
+def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_graph: bool = True):
+    """A fastres.ResNet from a file written by `convert` (no re-folding: the weights run as stored).
+
+    Every tensor is checked (names, shapes, dtypes) before the engine is built: a bad file
+    raises WeightsError and nothing is half-loaded.
+    """
+    from safetensors.torch import load_file
+
+    from .engine import ResNet
+    from .plan import param_shapes
+
+    meta = read_metadata(path)
+    arch, dtype, num_classes = meta["arch"], DTYPES[meta["dtype"]], int(meta["num_classes"])
+    try:
+        stored = load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path} is truncated or corrupt: {exc}") from None
+    expected = param_shapes(arch, num_classes)
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing:
+        raise WeightsError(f"{path} is missing tensor '{missing[0]}' for {arch}")
+    if unexpected:
+        raise WeightsError(f"{path} has unexpected tensor '{unexpected[0]}' for {arch}")
+    params = _unpack(stored)
+    for key, shape in expected.items():
+        t = params[key]
+        if tuple(t.shape) != shape:
+            raise WeightsError(f"{path}: tensor '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch}")
+        want = torch.float32 if key.endswith(".bias") else dtype
+        if t.dtype != want:
+            raise WeightsError(f"{path}: tensor '{key}' has dtype {t.dtype}, expected {want}")
+    return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph)
+
+
+# -- command line -----------------------------------------------------------------------
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from .plan import ARCHS
+
+    p.add_argument("src", help="a torchvision checkpoint: .pth / .pt state_dict, or .safetensors")
+    p.add_argument("--out", help="output file (default weights/<name>-<dtype>.safetensors)")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="expected architecture (default: inferred from the keys)")
+    p.add_argument("--dtype", default="float16", help="float16 (default), bfloat16 or float32")
+
+
+def main(args) -> int:
+    from .cli import UserError
+
+    if args.dtype not in DTYPES:
+        raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
+    try:
+        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype, verbose=True)
+    except (WeightsError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise UserError(str(exc)) from None
+    meta = read_metadata(path)
+    size = path.stat().st_size / 1e6
+    print(f"{path}: {meta['arch']}, {meta['num_classes']} classes, {meta['dtype']}, {size:.1f} MB")
+    return 0

@@ -1,0 +1,287 @@
+"""The runtime: a torch.nn.Module whose forward is fastres' Triton kernels only.
+
+Per input shape (and CUDA stream) the engine builds an arena once: activation buffers assigned
+by liveness, every launch's arguments and tile config resolved, and on CUDA a captured graph.
+A repeated forward at a known shape allocates nothing but its output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Callable, Mapping
+
+import torch
+
+from . import kernels as K
+from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, param_shapes
+
+_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ENGINE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# triton's interpreter patches triton.language while it runs a kernel: not thread-safe.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass
+class _Value:
+    """An activation tensor of the plan: shape [N, C, H, W], defined at step `first`."""
+
+    shape: tuple[int, int, int, int]
+    first: int
+    last: int = -1
+    slot: int = -1
+
+
+class _Arena:
+    """Buffers, launches and (on CUDA) the graph for one input shape on one stream."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.steps: list[Callable[[torch.Tensor], None]] = []
+        self.slots: list[torch.Tensor] = []
+        self.logits: torch.Tensor | None = None
+        self.graph = None
+        self.static_input: torch.Tensor | None = None
+
+
+def _conv_out(h: int, k: int, s: int, p: int) -> int:
+    return (h + 2 * p - k) // s + 1
+
+
+def _assign_slots(values: list[_Value]) -> list[int]:
+    """Greedy liveness allocation: a value reuses a slot whose last reader came before it."""
+    caps: list[int] = []
+    busy_until: list[int] = []
+    for v in sorted(values, key=lambda v: v.first):
+        numel = v.shape[0] * v.shape[1] * v.shape[2] * v.shape[3]
+        free = [i for i in range(len(caps)) if busy_until[i] < v.first]
+        if free:
+            # Prefer a slot already big enough (smallest such), else grow the biggest.
+            fits = [i for i in free if caps[i] >= numel]
+            i = min(fits, key=lambda i: caps[i]) if fits else max(free, key=lambda i: caps[i])
+            caps[i] = max(caps[i], numel)
+        else:
+            caps.append(numel)
+            busy_until.append(-1)
+            i = len(caps) - 1
+        busy_until[i] = v.last
+        v.slot = i
+    return caps
+
+
+class ResNet(torch.nn.Module):
+    """A torchvision ResNet forward computed by fastres' Triton kernels.
+
+    Build with `fastres.from_torchvision(model)` or `fastres.load(path)`. Call with x
+    [N, 3, H, W] float32/float16/bfloat16 (NCHW or channels_last) on the engine's device;
+    returns logits [N, num_classes] in x's dtype. Internally activations are NHWC in
+    `dtype`, BatchNorm is folded, accumulation is float32.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        params: Mapping[str, torch.Tensor],
+        *,
+        num_classes: int,
+        dtype: torch.dtype = torch.float16,
+        device: torch.device | str = "cuda",
+        cuda_graph: bool = True,
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+        if dtype not in ENGINE_DTYPES:
+            raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
+        self.arch, self.num_classes, self.dtype = arch, int(num_classes), dtype
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        expected = param_shapes(arch, num_classes)
+        missing = sorted(set(expected) - set(params))
+        if missing:
+            raise UnsupportedModelError(f"parameters for {arch} are missing '{missing[0]}'")
+        self._params: dict[str, torch.Tensor] = {}
+        for key, shape in expected.items():
+            t = params[key]
+            if tuple(t.shape) != shape:
+                raise UnsupportedModelError(f"parameter '{key}' has shape {tuple(t.shape)}, expected {shape}")
+            want = torch.float32 if key.endswith(".bias") else dtype
+            if t.dtype != want:
+                raise TypeError(f"parameter '{key}' has dtype {t.dtype}, expected {want}")
+            fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
+            with torch.inference_mode(False):
+                self._params[key] = t.to(self.device).contiguous(memory_format=fmt)
+        self.stem, self.blocks = arch_blocks(arch)
+        self._arenas: dict[tuple, _Arena] = {}
+        self._arenas_lock = threading.Lock()
+
+    # nn.Module plumbing: the packed parameters are tied to one device and dtype.
+    def _apply(self, fn, recurse=True):
+        raise RuntimeError(
+            "a fastres.ResNet is built for one device and dtype; rebuild it with "
+            "fastres.from_torchvision(model, dtype=..., device=...) or fastres.load(path, device=...)"
+        )
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The folded, packed parameters (what `fastres.convert` writes)."""
+        return dict(self._params)
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, num_classes={self.num_classes}, dtype={self.dtype}, device={self.device}"
+
+    # -- input checks -----------------------------------------------------------------
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x must be [N, 3, H, W] (rank 4), got rank {x.dim()} with shape {tuple(x.shape)}")
+        if x.shape[1] != 3:
+            raise ValueError(f"x must have 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if x.dtype not in _INPUT_DTYPES:
+            raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device != self.device:
+            raise ValueError(f"x is on {x.device} but the engine is on {self.device}")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"spatial size {x.shape[2]}x{x.shape[3]} is too small for {self.arch}: need at least 1x1")
+        if self.device.type == "cpu" and not K.interpreting():
+            raise RuntimeError(
+                "fastres needs a CUDA device; on the CPU it runs only through triton's interpreter "
+                "(TRITON_INTERPRET=1 set before triton is imported)"
+            )
+
+    # -- the plan for one input shape --------------------------------------------------
+    def _build(self, N: int, H: int, W: int, out_dtype: torch.dtype) -> _Arena:
+        arena = _Arena()
+        values: list[_Value] = []
+        launches: list[tuple] = []  # (conv spec or op name, input value, residual value, output value)
+
+        def new(shape) -> _Value:
+            v = _Value(tuple(shape), first=len(launches))
+            values.append(v)
+            return v
+
+        def use(v: _Value | None):
+            if v is not None:
+                v.last = max(v.last, len(launches))
+
+        def conv(spec: ConvSpec, x: _Value | None, h: int, w: int, residual: _Value | None = None):
+            oh, ow = _conv_out(h, spec.k, spec.stride, spec.pad), _conv_out(w, spec.k, spec.stride, spec.pad)
+            use(x)
+            use(residual)
+            y = new((N, spec.cout, oh, ow))
+            launches.append((spec, x, residual, y))
+            return y, oh, ow
+
+        x0 = None  # the user's input, read in place by the stem
+        s, h, w = conv(self.stem, x0, H, W)
+        ph, pw = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+        use(s)
+        cur = new((N, 64, ph, pw))
+        launches.append(("maxpool", s, None, cur))
+        h, w = ph, pw
+        for block in self.blocks:
+            t, th, tw = cur, h, w
+            for spec in block.convs[:-1]:
+                t, th, tw = conv(spec, t, th, tw)
+            res = cur
+            if block.downsample:
+                res, _, _ = conv(block.downsample, cur, h, w)
+            cur, h, w = conv(block.convs[-1], t, th, tw, residual=res)
+        use(cur)
+        launches.append(("head", cur, None, None))
+
+        caps = _assign_slots(values)
+        with torch.inference_mode(False):
+            arena.slots = [torch.empty(c, device=self.device, dtype=self.dtype) for c in caps]
+            arena.logits = torch.empty((N, self.num_classes), device=self.device, dtype=out_dtype)
+
+        def view(v: _Value | None):
+            if v is None:
+                return None
+            n, c, hh, ww = v.shape
+            return arena.slots[v.slot][: n * c * hh * ww].view(n, hh, ww, c).permute(0, 3, 1, 2)
+
+        p = self._params
+        for op, src, res, dst in launches:
+            a, r, y = view(src), view(res), view(dst)
+            if op == "maxpool":
+                arena.steps.append(lambda x, a=a, y=y: K.max_pool2d(a, 3, 2, 1, out=y))
+            elif op == "head":
+                arena.steps.append(
+                    lambda x, a=a: K.avgpool_fc(a, p["fc.weight"], p["fc.bias"], out=arena.logits)
+                )
+            elif op is self.stem:
+                arena.steps.append(
+                    lambda x, spec=op, y=y: K.stem_conv(
+                        x, p[f"{spec.name}.weight"], p[f"{spec.name}.bias"], stride=spec.stride,
+                        padding=spec.pad, out=y,
+                    )
+                )
+            elif op.kernel == "conv1x1":
+                arena.steps.append(
+                    lambda x, spec=op, a=a, r=r, y=y: K.conv1x1(
+                        a, p[f"{spec.name}.weight"], p[f"{spec.name}.bias"], stride=spec.stride, relu=spec.relu,
+                        residual=r, out=y,
+                    )
+                )
+            else:
+                arena.steps.append(
+                    lambda x, spec=op, a=a, r=r, y=y: K.conv_bn_relu(
+                        a, p[f"{spec.name}.weight"], p[f"{spec.name}.bias"], stride=spec.stride,
+                        padding=spec.pad, relu=spec.relu, residual=r, out=y,
+                    )
+                )
+        return arena
+
+    def _run(self, arena: _Arena, x: torch.Tensor) -> None:
+        for step in arena.steps:
+            step(x)
+
+    def _capture(self, arena: _Arena, x: torch.Tensor) -> None:
+        """Record the launches of one shape into a CUDA graph over static buffers."""
+        with torch.inference_mode(False):
+            arena.static_input = torch.empty_like(x, memory_format=torch.contiguous_format)
+        arena.static_input.copy_(x)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._run(arena, arena.static_input)  # compiles every kernel before capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                self._run(arena, arena.static_input)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        arena.graph = graph
+
+    def _arena(self, x: torch.Tensor) -> _Arena:
+        N, _, H, W = x.shape
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        key = (N, H, W, x.dtype, stream)
+        arena = self._arenas.get(key)
+        if arena is None:
+            with self._arenas_lock:
+                arena = self._arenas.get(key)
+                if arena is None:
+                    arena = self._build(N, H, W, x.dtype)
+                    self._arenas[key] = arena
+        return arena
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        N = x.shape[0]
+        if N == 0:
+            return torch.empty((0, self.num_classes), device=self.device, dtype=x.dtype)
+        arena = self._arena(x)
+        with arena.lock:
+            if self.cuda_graph:
+                if arena.graph is None:
+                    self._capture(arena, x)
+                else:
+                    arena.static_input.copy_(x)
+                arena.graph.replay()
+            elif self.device.type == "cpu":
+                with _INTERPRETER_LOCK:
+                    self._run(arena, x)
+            else:
+                self._run(arena, x)
+            return arena.logits.clone()

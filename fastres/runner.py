@@ -1,0 +1,151 @@
+"""`fastres run`: build a ResNet, run one batch through the Triton forward, check it against
+torchvision in float64, print parity, top-5 classes per image and the time per batch."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
+# Interpreter defaults: small enough that resnet50 finishes within a minute on 2 cores.
+CPU_SIZE, CPU_BATCH = 64, 2
+GPU_SIZE, GPU_BATCH = 224, 8
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from .plan import ARCHS
+
+    p.add_argument("--arch", choices=sorted(ARCHS), default=None, help="architecture (default resnet50; with --weights, the file's)")
+    p.add_argument("--weights", metavar="FILE", help="a file written by `fastres convert` (default: calibrated random weights)")
+    p.add_argument("--batch", type=int, default=None, help=f"images per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on the CPU)")
+    p.add_argument("--size", type=int, default=None, help=f"image height and width (default {GPU_SIZE} on a GPU, {CPU_SIZE} on the CPU)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="engine dtype (default float16; with --weights, the file's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
+    p.add_argument("--iters", type=int, default=20, help="timed repetitions on a GPU (median reported)")
+
+
+@contextlib.contextmanager
+def _step(text: str):
+    print(f"{text} ...", end="", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    yield
+    print(f" {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+
+
+def _median_ms(fn, iters: int) -> float:
+    import torch
+
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main(args) -> int:
+    import torch
+
+    from .cli import UserError
+    from .kernels import interpreting
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and not interpreting():
+        raise UserError("no CUDA device and TRITON_INTERPRET is not set: run `TRITON_INTERPRET=1 fastres run`")
+    device = torch.device("cuda" if on_gpu else "cpu")
+    size = args.size if args.size is not None else (GPU_SIZE if on_gpu else CPU_SIZE)
+    batch = args.batch if args.batch is not None else (GPU_BATCH if on_gpu else CPU_BATCH)
+    if batch < 1 or size < 1:
+        raise UserError(f"--batch and --size must be >= 1, got {batch} and {size}")
+    if args.dtype == "bfloat16" and not on_gpu:
+        raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
+    if on_gpu:
+        print(f"device: {torch.cuda.get_device_name(device)}")
+    else:
+        print(f"no CUDA device: running through triton's CPU interpreter at {size}x{size}, batch {batch} "
+              "(times are not performance figures)")
+
+    from . import convert as conv
+    from .build import from_torchvision
+    from .models import random_resnet, unfolded
+    from .plan import arch_convs  # noqa: F401  (keeps plan import errors early and clear)
+
+    if args.weights:
+        with _step(f"loading {args.weights}"):
+            try:
+                fast = conv.load(args.weights, device=device)
+            except (conv.WeightsError, FileNotFoundError) as exc:
+                raise UserError(str(exc)) from None
+        if args.arch and args.arch != fast.arch:
+            raise UserError(f"--arch {args.arch} contradicts {args.weights}, which holds {fast.arch}")
+        if args.dtype and getattr(torch, args.dtype) != fast.dtype:
+            raise UserError(f"--dtype {args.dtype} contradicts {args.weights}, which holds {str(fast.dtype)[6:]}")
+        arch, dtype = fast.arch, fast.dtype
+        # The file holds folded weights: torchvision with identity BatchNorms computes the same.
+        model = unfolded(arch, {k: v.cpu() for k, v in fast.params().items()}, fast.num_classes)
+        source = args.weights
+    else:
+        arch, dtype = args.arch or "resnet50", getattr(torch, args.dtype or "float16")
+        with _step(f"building {arch} with calibrated random weights (seed {args.seed})"):
+            model = random_resnet(arch, seed=args.seed)
+        with _step(f"folding BatchNorm and packing {str(dtype)[6:]} weights"):
+            fast = from_torchvision(model, dtype=dtype, device=device)
+        source = "random weights"
+    if dtype == torch.bfloat16 and not on_gpu:
+        raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    x = images.to(device, dtype)
+    with _step("first forward (compiles kernels, builds buffers" + (", captures a CUDA graph)" if on_gpu else ")")):
+        logits = fast(x)
+        if on_gpu:
+            torch.cuda.synchronize()
+    if on_gpu:
+        fast_ms = _median_ms(lambda: fast(x), args.iters)
+    else:
+        t = time.perf_counter()
+        logits = fast(x)
+        fast_ms = (time.perf_counter() - t) * 1e3
+
+    ref_device = device if on_gpu else torch.device("cpu")
+    with _step("torchvision reference in float64"), torch.inference_mode():
+        ref = model.to(ref_device, torch.float64)(images.to(ref_device, torch.float64)).cpu()
+        model.to(device, dtype).to(memory_format=torch.channels_last)
+        theirs = model(x.contiguous(memory_format=torch.channels_last)).cpu()
+    out = logits.cpu().double()
+    rel = ((out - ref).norm() / ref.norm()).item()
+    torch_rel = ((theirs.double() - ref).norm() / ref.norm()).item()
+    bound = {torch.float32: 1e-4, torch.float16: min(max(5e-3, 2 * torch_rel), 2e-2),
+             torch.bfloat16: min(max(2e-2, 2 * torch_rel), 5e-2)}[dtype]
+    err = (out - ref).abs()
+    top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+
+    print(f"{arch} ({source}), {str(dtype)[6:]}, batch {batch}, {size}x{size}")
+    print(f"parity vs torchvision float64: rel L2 {rel:.2e} (torchvision {str(dtype)[6:]}: {torch_rel:.2e}; bound {bound:.1e}), "
+          f"max |err| {err.max().item():.3e}, top-1 agreement {top1:.0%}")
+    top5 = out.topk(5, dim=1).indices
+    for i in range(batch):
+        print(f"  image {i}: top-5 classes {top5[i].tolist()}")
+    if on_gpu:
+        with torch.inference_mode():
+            saved = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = True
+            try:
+                xc = x.contiguous(memory_format=torch.channels_last)
+                model(xc)
+                eager_ms = _median_ms(lambda: model(xc), args.iters)
+            finally:
+                torch.backends.cudnn.benchmark = saved
+        print(f"time per batch: fastres {fast_ms:.3f} ms, torchvision eager (cuDNN) {eager_ms:.3f} ms "
+              f"({eager_ms / fast_ms:.2f}x)")
+    else:
+        print(f"time per batch: {fast_ms / 1e3:.1f} s through the interpreter (not a performance figure)")
+    if not rel <= bound:
+        print(f"FAILED: rel L2 {rel:.2e} exceeds the bound {bound:.1e}", file=sys.stderr)
+        return 1
+    return 0

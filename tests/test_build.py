@@ -1,0 +1,159 @@
+"""from_torchvision: parity of every supported architecture against torchvision in float64,
+and a refusal for everything fastres cannot run exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import fastres
+from fastres.plan import UnsupportedModelError
+from helpers import DEVICE, ON_GPU, assert_close, calibrate_, rel_error
+
+ARCH_NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2"]
+# Small, odd, non-square inputs keep the interpreter fast; the GPU tier runs 224x224 too.
+SIZE = (33, 45)
+_models: dict = {}
+
+
+def calibrated(arch: str, num_classes: int = 10) -> torch.nn.Module:
+    key = (arch, num_classes)
+    if key not in _models:
+        torch.manual_seed(1)
+        _models[key] = calibrate_(getattr(torchvision.models, arch)(num_classes=num_classes), size=(48, 40))
+    return _models[key]
+
+
+def reference(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's own forward in float64 on the CPU: the numerics policy's reference."""
+    import copy
+
+    return copy.deepcopy(model).double()(x.double().cpu())
+
+
+def torch_error(model, x, dtype, ref) -> float:
+    """torch's own error at `dtype` on the same input (the float16 bound is relative to it)."""
+    import copy
+
+    m = copy.deepcopy(model).to(DEVICE, dtype)
+    with torch.inference_mode():
+        return rel_error(m(x.to(DEVICE, dtype)), ref)
+
+
+def network_bound(dtype, model, x, ref) -> float:
+    if dtype == torch.float32:
+        return 1e-4
+    if dtype == torch.float16:
+        return min(max(5e-3, 2 * torch_error(model, x, dtype, ref)), 2e-2)
+    return min(max(2e-2, 2 * torch_error(model, x, dtype, ref)), 5e-2)
+
+
+DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not ON_GPU, reason="bf16 tl.dot is wrong in triton's CPU interpreter (triton issue 11584): GPU only"))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_parity(arch, dtype, parity_report):
+    model = calibrated(arch)
+    # Batch 1 and 2 alternate across architectures to keep the CPU suite in budget.
+    batch = 1 + ARCH_NAMES.index(arch) % 2 if not ON_GPU else 2
+    x = torch.randn(batch, 3, *SIZE)
+    ref = reference(model, x)
+    fast = fastres.from_torchvision(model, dtype=dtype, device=DEVICE)
+    y = fast(x.to(DEVICE, dtype))
+    assert y.dtype == dtype and tuple(y.shape) == (batch, 10)
+    bound = network_bound(dtype, model, x, ref)
+    rel = assert_close(y, ref, bound, what=f"{arch} {dtype} logits")
+    top1 = (y.float().cpu().argmax(1) == ref.argmax(1)).float().mean().item()
+    parity_report.append(f"{arch:18s} {str(dtype):15s} batch {batch} {SIZE[0]}x{SIZE[1]}: rel {rel:.2e} (bound {bound:.1e}), top-1 agreement {top1:.0%}")
+
+
+@pytest.mark.slow
+def test_resnet50_224(parity_report):
+    model = calibrated("resnet50", 1000)
+    x = torch.randn(1, 3, 224, 224)
+    ref = reference(model, x)
+    fast = fastres.from_torchvision(model, dtype=torch.float16, device=DEVICE)
+    y = fast(x.to(DEVICE, torch.float16))
+    bound = network_bound(torch.float16, model, x, ref)
+    rel = assert_close(y, ref, bound, what="resnet50 224x224 fp16 logits")
+    top5 = set(y.float().cpu().topk(5).indices[0].tolist()) & set(ref.topk(5).indices[0].tolist())
+    parity_report.append(f"resnet50 torch.float16 batch 1 224x224: rel {rel:.2e} (bound {bound:.1e}), top-5 overlap {len(top5)}/5")
+    assert y.float().cpu().argmax(1).item() == ref.argmax(1).item()
+
+
+def test_num_classes_and_layouts():
+    model = calibrated("resnet18", 7)
+    x = torch.randn(2, 3, 20, 17)
+    ref = reference(model, x)
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
+    nchw = fast(x.to(DEVICE))
+    nhwc = fast(x.to(DEVICE).contiguous(memory_format=torch.channels_last))
+    assert tuple(nchw.shape) == (2, 7)
+    assert_close(nchw, ref, 1e-4)
+    torch.testing.assert_close(nchw, nhwc, rtol=0, atol=0)
+    # An fp16 engine takes fp32 input (cast inside the stem) and answers in fp32.
+    half = fastres.from_torchvision(model, dtype=torch.float16, device=DEVICE)
+    y = half(x.to(DEVICE))
+    assert y.dtype == torch.float32
+    assert_close(y, ref, network_bound(torch.float16, model, x, ref))
+
+
+# -- refusals -------------------------------------------------------------------------
+
+def _refuses(model, *words):
+    with pytest.raises(UnsupportedModelError) as info:
+        fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
+    msg = str(info.value)
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_refuses_resnext():
+    _refuses(torchvision.models.resnext50_32x4d().eval(), "grouped")
+
+
+def test_refuses_training_mode():
+    _refuses(torchvision.models.resnet18().train(), "training mode", "eval()")
+
+
+def test_refuses_non_resnet():
+    _refuses(torchvision.models.alexnet().eval(), "torchvision ResNet", "AlexNet")
+    _refuses(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).eval(), "torchvision ResNet")
+    with pytest.raises(UnsupportedModelError):
+        fastres.from_torchvision("resnet50")
+
+
+def test_refuses_dilation():
+    m = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, True]).eval()
+    # torchvision trades layer4's stride for dilation: the first block already differs in stride.
+    msg = _refuses(m, "layer4.0.conv2")
+    assert "stride" in msg or "dilation" in msg, msg
+    m = torchvision.models.resnet18().eval()
+    m.layer2[1].conv1.dilation = (2, 2)
+    _refuses(m, "layer2.1.conv1", "dilation")
+
+
+def test_refuses_modified_blocks():
+    m = torchvision.models.resnet18().eval()
+    m.layer2[1].relu = torch.nn.GELU()
+    _refuses(m, "layer2.1.relu", "GELU")
+    m = torchvision.models.resnet18().eval()
+    m.layer1[0].conv2.stride = (2, 2)
+    _refuses(m, "layer1.0.conv2", "stride")
+    m = torchvision.models.resnet18().eval()
+    m.layer3[0].extra = torch.nn.Identity()
+    _refuses(m, "layer3.0", "extra")
+    m = torchvision.models.resnet18().eval()
+    m.fc = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(512, 10))
+    _refuses(m, "fc")
+    m = torchvision.models.resnet18().eval()
+    m.maxpool = torch.nn.MaxPool2d(2)
+    _refuses(m, "maxpool")
+
+
+def test_refuses_bad_dtype():
+    with pytest.raises(TypeError, match="dtype"):
+        fastres.from_torchvision(calibrated("resnet18"), dtype=torch.int8, device=DEVICE)

@@ -1,0 +1,188 @@
+"""The runtime: Triton kernels only, the arena, thread safety, input checks, NaN propagation."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastres
+from helpers import DEVICE, ON_GPU, assert_close
+from test_build import calibrated, reference
+
+# aten ops a Triton-only forward must never run.
+FORBIDDEN = (
+    "conv", "batch_norm", "relu", "threshold", "add", "sub", "mul", "pool", "mean", "sum", "linear", "addmm",
+    "mm", "matmul", "bmm", "clamp", "maximum",
+)
+
+
+_ALLOC_OPS = ("empty", "empty_strided", "new_empty", "new_empty_strided", "clone", "zeros", "ones", "full", "_to_copy")
+
+
+class OpSpy(TorchDispatchMode):
+    """Records every aten op; for allocations, also whether fastres itself asked for them
+    (triton's CPU interpreter copies kernel arguments through its own temporaries)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+        self.own_allocs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops.append(name)
+        if name in _ALLOC_OPS:
+            import traceback
+
+            files = [f.filename.replace("\\", "/") for f in traceback.extract_stack()]
+            if not any("triton/runtime/interpreter" in f for f in files):
+                self.own_allocs.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE)
+
+
+def test_forward_is_triton_only(engine):
+    x = torch.randn(1, 3, 19, 23, device=DEVICE)
+    engine(x)  # build the arena (and graph) first
+    with OpSpy() as spy:
+        engine(x)
+    bad = sorted({op for op in spy.ops if any(f in op for f in FORBIDDEN)})
+    assert not bad, f"aten ops in the forward: {bad} (all ops: {sorted(set(spy.ops))})"
+
+
+def test_bottleneck_forward_is_triton_only():
+    fast = fastres.from_torchvision(calibrated("resnet50"), dtype=torch.float16, device=DEVICE)
+    x = torch.randn(1, 3, 17, 15, device=DEVICE, dtype=torch.float16)
+    with OpSpy() as spy:
+        fast(x)
+    bad = sorted({op for op in spy.ops if any(f in op for f in FORBIDDEN)})
+    assert not bad, f"aten ops in the forward: {bad}"
+
+
+def test_arena_second_forward_allocates_only_output(engine):
+    x = torch.randn(2, 3, 21, 18, device=DEVICE)
+    first = engine(x)
+    if ON_GPU:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_stats()["allocation.all.allocated"]
+        second = engine(x)
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_stats()["allocation.all.allocated"] - before == 1
+    else:
+        arena_slots = [id(s) for a in engine._arenas.values() for s in a.slots]
+        with OpSpy() as spy:
+            second = engine(x)
+        assert spy.own_allocs == ["clone"], f"allocations in a repeated forward: {spy.own_allocs}"
+        # The spy does see allocations (the interpreter's own), so it cannot pass vacuously.
+        assert any(op in _ALLOC_OPS for op in spy.ops)
+        assert arena_slots == [id(s) for a in engine._arenas.values() for s in a.slots]
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert second.data_ptr() != first.data_ptr()
+
+
+def test_arena_reuses_buffers_by_liveness(engine):
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    engine(x)
+    arena = next(a for k, a in engine._arenas.items() if k[:3] == (1, 32, 32))
+    # resnet18 has 20 conv/pool outputs; liveness needs only a handful of buffers.
+    assert len(arena.slots) <= 5, [s.numel() for s in arena.slots]
+
+
+def test_threads_at_different_batch_sizes():
+    fast = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE)
+    inputs = {n: torch.randn(n, 3, 16, 16, device=DEVICE) for n in (1, 3)}
+    expected = {n: fast(x) for n, x in inputs.items()}
+    errors: list[BaseException] = []
+
+    def work(n):
+        try:
+            torch.testing.assert_close(fast(inputs[n]), expected[n], rtol=0, atol=0)
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (1, 3, 1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_inference_mode_and_no_grad(engine):
+    x = torch.randn(1, 3, 16, 20, device=DEVICE)
+    plain = engine(x)
+    with torch.inference_mode():
+        a = engine(x)
+    with torch.no_grad():
+        b = engine(x)
+    torch.testing.assert_close(a, plain, rtol=0, atol=0)
+    torch.testing.assert_close(b, plain, rtol=0, atol=0)
+
+
+def test_empty_batch(engine):
+    y = engine(torch.randn(0, 3, 16, 16, device=DEVICE))
+    assert tuple(y.shape) == (0, 10) and y.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: torch.randn(1, 4, 16, 16), ValueError, ["3 channels", "4"]),
+        (lambda: torch.randn(3, 16, 16), ValueError, ["rank 4", "rank 3"]),
+        (lambda: torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8), TypeError, ["torch.uint8"]),
+        (lambda: torch.randn(1, 3, 16, 16, device="meta"), ValueError, ["meta", "engine"]),
+        (lambda: torch.randn(1, 3, 0, 16), ValueError, ["too small", "0x16"]),
+        (lambda: [[1.0]], TypeError, ["torch.Tensor"]),
+    ],
+    ids=["channels", "rank", "integer", "device", "spatial", "not-a-tensor"],
+)
+def test_bad_input(engine, make, exc, words):
+    x = make()
+    if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+        x = x.to(DEVICE)
+    with pytest.raises(exc) as info:
+        engine(x)
+    for w in words:
+        assert w in str(info.value), str(info.value)
+
+
+def test_cpu_without_interpreter_says_so(engine, monkeypatch):
+    if ON_GPU:
+        pytest.skip("the engine is on CUDA here")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        engine(torch.randn(1, 3, 16, 16))
+
+
+def test_nan_and_inf_propagate_as_in_torchvision(engine):
+    model = calibrated("resnet18")
+    x = torch.randn(2, 3, 16, 16)
+    x[0, 1, 5, 7] = float("nan")
+    x[1, 0, 2, 2] = float("inf")
+    ref = model(x)
+    y = engine(x.to(DEVICE)).cpu()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)), (y, ref)
+    assert torch.equal(torch.isinf(y), torch.isinf(ref)), (y, ref)
+
+
+def test_rebuild_required_for_device_moves(engine):
+    with pytest.raises(RuntimeError, match="rebuild"):
+        engine.to(torch.float64)
+
+
+def test_engine_from_params_checks_them():
+    params = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE).params()
+    bad = dict(params)
+    bad["fc.weight"] = bad["fc.weight"][:, :10]
+    with pytest.raises(fastres.UnsupportedModelError, match="fc.weight"):
+        fastres.ResNet("resnet18", bad, num_classes=10, dtype=torch.float32, device=DEVICE)
+    bad = dict(params)
+    bad["conv1.bias"] = bad["conv1.bias"].half()
+    with pytest.raises(TypeError, match="conv1.bias"):
+        fastres.ResNet("resnet18", bad, num_classes=10, dtype=torch.float32, device=DEVICE)

@@ -1,0 +1,61 @@
+"""`fastres run`, the main job, end to end as a user runs it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ON_GPU
+
+
+def fastres(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the CLI must choose the interpreter by itself
+    return subprocess.run(
+        [sys.executable, "-m", "fastres", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_run_end_to_end():
+    r = fastres("run", "--arch", "resnet18", "--size", "40", "--batch", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    if not ON_GPU:
+        assert "no CUDA device" in out.splitlines()[0] and "interpreter" in out.splitlines()[0]
+    assert "parity vs torchvision float64: rel L2" in out
+    assert out.count("top-5 classes") == 2
+    assert "time per batch" in out
+    # Progress of the long steps goes to stderr.
+    assert "first forward" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["run", "--batch", "0"], ["--batch"]),
+        (["run", "--arch", "resnext50"], ["invalid choice"]),
+        (["run", "--weights", "does-not-exist.safetensors"], ["no such file"]),
+    ],
+)
+def test_run_user_errors_are_one_line(args, words):
+    r = fastres(*args)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU bfloat16 runs")
+def test_run_bf16_on_cpu_says_why():
+    r = fastres("run", "--arch", "resnet18", "--size", "16", "--batch", "1", "--dtype", "bfloat16")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "11584" in r.stderr
+
+
+def test_help_lists_subcommands():
+    r = fastres("--help")
+    assert r.returncode == 0
+    for cmd in ("run", "convert", "bench", "check"):
+        assert cmd in r.stdout
