@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import torch
 
 from . import kernels as K
+from .kernels.conv import reduction
 from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, param_shapes
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -206,32 +207,30 @@ class ResNet(torch.nn.Module):
         for op, src, res, dst in launches:
             a, r, y = view(src), view(res), view(dst)
             if op == "maxpool":
-                arena.steps.append(lambda x, a=a, y=y: K.max_pool2d(a, 3, 2, 1, out=y))
-            elif op == "head":
+                cfg = K.select_config("max_pool2d", self.dtype)
+                arena.steps.append(lambda x, a=a, y=y, cfg=cfg: K.max_pool2d(a, 3, 2, 1, out=y, config=cfg))
+                continue
+            if op == "head":
+                cfg = K.select_config("avgpool_fc", self.dtype, M=N, N=self.num_classes, K=a.shape[1], device=self.device)
                 arena.steps.append(
-                    lambda x, a=a: K.avgpool_fc(a, p["fc.weight"], p["fc.bias"], out=arena.logits)
+                    lambda x, a=a, cfg=cfg: K.avgpool_fc(a, p["fc.weight"], p["fc.bias"], out=arena.logits, config=cfg)
                 )
-            elif op is self.stem:
-                arena.steps.append(
-                    lambda x, spec=op, y=y: K.stem_conv(
-                        x, p[f"{spec.name}.weight"], p[f"{spec.name}.bias"], stride=spec.stride,
-                        padding=spec.pad, out=y,
-                    )
-                )
+                continue
+            # The tile config of every conv is fixed here, once per shape (the launchers' own
+            # choice, made from the same geometry), so a forward does no selection work.
+            w, b = p[f"{op.name}.weight"], p[f"{op.name}.bias"]
+            m = dst.shape[0] * dst.shape[2] * dst.shape[3]
+            k = reduction(op.cin, op.k, op.k)[1] if op.kernel == "conv" else op.cin
+            cfg = K.select_config(op.kernel, self.dtype, M=m, N=op.cout, K=k, device=self.device)
+            if op is self.stem:
+                arena.steps.append(lambda x, w=w, b=b, spec=op, y=y, cfg=cfg: K.stem_conv(
+                    x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg))
             elif op.kernel == "conv1x1":
-                arena.steps.append(
-                    lambda x, spec=op, a=a, r=r, y=y: K.conv1x1(
-                        a, p[f"{spec.name}.weight"], p[f"{spec.name}.bias"], stride=spec.stride, relu=spec.relu,
-                        residual=r, out=y,
-                    )
-                )
+                arena.steps.append(lambda x, w=w, b=b, spec=op, a=a, r=r, y=y, cfg=cfg: K.conv1x1(
+                    a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg))
             else:
-                arena.steps.append(
-                    lambda x, spec=op, a=a, r=r, y=y: K.conv_bn_relu(
-                        a, p[f"{spec.name}.weight"], p[f"{spec.name}.bias"], stride=spec.stride,
-                        padding=spec.pad, relu=spec.relu, residual=r, out=y,
-                    )
-                )
+                arena.steps.append(lambda x, w=w, b=b, spec=op, a=a, r=r, y=y, cfg=cfg: K.conv_bn_relu(
+                    a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu, residual=r, out=y, config=cfg))
         return arena
 
     def _run(self, arena: _Arena, x: torch.Tensor) -> None:

@@ -161,13 +161,22 @@ def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
 
 
+def reduction(C: int, KH: int, KW: int) -> tuple[bool, int]:
+    """(flat K?, the K a config is chosen for) of a conv with C input channels.
+
+    Below 16 channels a (kh, kw) tap cannot fill tl.dot's K, so the kernel reduces over taps
+    and channels at once (FLAT_K) and the config sees K = KH*KW*C; otherwise it steps through
+    channels tap by tap and the config sees K = C.
+    """
+    flat = C < 16
+    return flat, (KH * KW * C if flat else C)
+
+
 def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config) -> torch.Tensor:
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:
         return y
-    # Below 16 channels a (kh, kw) tap cannot fill tl.dot's K: reduce over taps and channels at once.
-    flat = g.C < 16
-    k = g.KH * g.KW * g.C if flat else g.C
+    flat, k = reduction(g.C, g.KH, g.KW)
     cfg = config or select_config("conv", w.dtype, M=g.M, N=g.CO, K=k, device=x.device)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
