@@ -23,8 +23,8 @@ _LAZY = {
     "ResNet": "fastres.engine",
     "ARCHS": "fastres.plan",
     "UnsupportedModelError": "fastres.plan",
-    "convert": "fastres.convert",
-    "load": "fastres.convert",
+    "convert": "fastres.weights",
+    "load": "fastres.weights",
 }
 
 __all__ = ["ARCHS", "ResNet", "UnsupportedModelError", "convert", "from_torchvision", "kernels", "load", "__version__"]

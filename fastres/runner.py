@@ -69,7 +69,7 @@ def main(args) -> int:
         print(f"no CUDA device: running through triton's CPU interpreter at {size}x{size}, batch {batch} "
               "(times are not performance figures)")
 
-    from . import convert as conv
+    from . import weights as conv
     from .build import from_torchvision
     from .models import random_resnet, unfolded
     from .plan import arch_convs  # noqa: F401  (keeps plan import errors early and clear)

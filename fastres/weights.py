@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import os
 import pickle
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +47,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _state_dict_sha256(sd: Mapping[str, torch.Tensor]) -> str:
+    """For sources that are not files: the sha256 of every name and tensor's bytes, in order."""
+    h = hashlib.sha256()
+    for k, v in sd.items():
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -62,13 +79,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         raise WeightsError(
             f"{path} was refused by torch.load(weights_only=True): it holds objects other than tensors, "
             f"which fastres never unpickles ({first})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         raise WeightsError(f"{path} is truncated or corrupt: {first}") from None
     return _unwrap(obj, str(path))
 
@@ -124,14 +141,10 @@ def convert(
         if isinstance(src, torch.nn.Module):
             found, _, eps = check_module(src)
             sd = src.state_dict()
-            digest = hashlib.sha256()
-            for k, v in sd.items():
-                digest.update(k.encode())
-                digest.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-            sha, name = digest.hexdigest(), found
+            sha, name = _state_dict_sha256(sd), found
         elif isinstance(src, Mapping):
             sd = _unwrap(src, "the state_dict")
-            sha, name = hashlib.sha256(repr(sorted(sd)).encode()).hexdigest(), "state_dict"
+            sha, name = _state_dict_sha256(sd), "state_dict"
         else:
             path = Path(src)
             if verbose:
@@ -264,8 +277,8 @@ def main(args) -> int:
     if args.dtype not in DTYPES:
         raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     try:
-        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype, verbose=True)
-    except (WeightsError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype)
+    except (WeightsError, OSError) as exc:
         raise UserError(str(exc)) from None
     meta = read_metadata(path)
     size = path.stat().st_size / 1e6
