@@ -220,8 +220,8 @@ class ResNet(torch.nn.Module):
             # choice, made from the same geometry), so a forward does no selection work.
             w, b = p[f"{op.name}.weight"], p[f"{op.name}.bias"]
             m = dst.shape[0] * dst.shape[2] * dst.shape[3]
-            k = reduction(op.cin, op.k, op.k)[1] if op.kernel == "conv" else op.cin
-            cfg = K.select_config(op.kernel, self.dtype, M=m, N=op.cout, K=k, device=self.device)
+            _, k, space = reduction(op.cin, op.k, op.k) if op.kernel == "conv" else (False, op.cin, op.kernel)
+            cfg = K.select_config(space, self.dtype, M=m, N=op.cout, K=k, device=self.device)
             if op is self.stem:
                 arena.steps.append(lambda x, w=w, b=b, spec=op, y=y, cfg=cfg: K.stem_conv(
                     x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg))

@@ -24,6 +24,7 @@ def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch
     running statistics measured on random batches (momentum=None: a true average).
     """
     g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     last = set()
     for m in model.modules():
         name = type(m).__name__
@@ -41,7 +42,7 @@ def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch
                 m.momentum = None
         model.train()
         for _ in range(batches):
-            model(torch.randn(batch, 3, *size, generator=g))
+            model(torch.randn(batch, 3, *size, generator=g).to(device))
     return model.eval()
 
 

@@ -49,42 +49,41 @@ class Config:
 
 
 C = Config
-# The space for float16 / bfloat16 GEMM-type kernels (implicit-GEMM conv and 1x1 GEMM).
-_GEMM_16 = (
-    C(128, 128, 64, 4, 3),
-    C(128, 64, 64, 4, 4),
-    C(64, 128, 64, 4, 4),
-    C(64, 64, 64, 4, 4),
-    C(128, 128, 32, 4, 4),
-    C(64, 64, 32, 4, 4),
-    C(128, 64, 16, 4, 4),
-    C(64, 64, 16, 4, 4),
-)
-_GEMM_32 = (
-    C(128, 64, 32, 4, 3),
-    C(64, 128, 32, 4, 3),
-    C(64, 64, 32, 4, 3),
-    C(64, 64, 16, 4, 3),
-)
-_SPACE: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
-    "conv": {torch.float16: _GEMM_16, torch.bfloat16: _GEMM_16, torch.float32: _GEMM_32},
-    "conv1x1": {torch.float16: _GEMM_16, torch.bfloat16: _GEMM_16, torch.float32: _GEMM_32},
-    # BLOCK_M = batch rows, BLOCK_N = classes, BLOCK_K = channels per step.
-    "avgpool_fc": {
-        torch.float16: (C(64, 64, 64, 4, 1),),
-        torch.bfloat16: (C(64, 64, 64, 4, 1),),
-        torch.float32: (C(64, 64, 32, 4, 1),),
-    },
-    # BLOCK_M = output pixels, BLOCK_N = channels.
-    "max_pool2d": {dt: (C(32, 64, 1, 4, 1),) for dt in (torch.float16, torch.bfloat16, torch.float32)},
-    # BLOCK_M = elements.
-    "add_relu": {dt: (C(2048, 1, 1, 4, 1),) for dt in (torch.float16, torch.bfloat16, torch.float32)},
+# Every config below compiles for sm_90 with wgmma and without spilling on triton 3.6 and 3.8
+# (`fastres check`). Removed by the gate: 128x128 tiles on 4 warps (the fused residual epilogue
+# spills next to a 128-register accumulator), and for the flat-K stem anything wider than
+# 128x64x16 / 64x64x32 (its 2-D index math spills).
+_SPACE: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {}
+_16 = (torch.float16, torch.bfloat16)
+# conv: implicit GEMM over (kh, kw, cin-block); num_warps <= 4 (see above).
+_SPACE["conv"] = {
+    **{dt: (C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 128, 32, 4, 4), C(64, 64, 32, 4, 4))
+       for dt in _16},
+    torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
 }
+# conv_stem: the same kernel on its flat-K path (Cin < 16: the stem's 7x7 over 3 channels).
+_SPACE["conv_stem"] = {
+    **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
+    torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
+}
+# conv1x1: a plain GEMM, so 8 warps are allowed and carry the 128x128 tile.
+_SPACE["conv1x1"] = {
+    **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4))
+       for dt in _16},
+    torch.float32: (C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 3)),
+}
+# avgpool_fc: BLOCK_M = batch rows, BLOCK_N = classes, BLOCK_K = channels per step.
+_SPACE["avgpool_fc"] = {**{dt: (C(64, 64, 64, 4, 1),) for dt in _16}, torch.float32: (C(64, 64, 32, 4, 1),)}
+# max_pool2d: BLOCK_M = output pixels, BLOCK_N = channels.
+_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
+# add_relu: BLOCK_M = elements.
+_SPACE["add_relu"] = {dt: (C(2048, 1, 1, 4, 1),) for dt in (*_16, torch.float32)}
 
 # Under the CPU interpreter every program and loop step costs milliseconds of Python while
 # numpy on a tile is cheap: big tiles (clamped to the problem in select_config) run fastest.
 _INTERPRETER = {
     "conv": C(512, 256, 256, 4, 1),
+    "conv_stem": C(512, 256, 256, 4, 1),
     "conv1x1": C(512, 256, 256, 4, 1),
     "avgpool_fc": C(16, 64, 64, 4, 1),
     "max_pool2d": C(64, 64, 1, 4, 1),
@@ -92,7 +91,7 @@ _INTERPRETER = {
 }
 
 KERNELS = tuple(_SPACE)
-GEMM_KERNELS = ("conv", "conv1x1", "avgpool_fc")
+GEMM_KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc")
 NUM_SMS_DEFAULT = 132  # H100 SXM / H200
 
 _local = threading.local()
@@ -151,7 +150,7 @@ def select_config(
             )
         return cfg
     space = config_space(kernel, dtype)
-    if kernel not in ("conv", "conv1x1"):
+    if kernel not in ("conv", "conv_stem", "conv1x1"):
         return space[0]
     kmax = _pow2_at_least(K)
     widest = max(c.BLOCK_K for c in space if c.BLOCK_K <= kmax) if any(c.BLOCK_K <= kmax for c in space) else min(c.BLOCK_K for c in space)

@@ -161,23 +161,24 @@ def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
 
 
-def reduction(C: int, KH: int, KW: int) -> tuple[bool, int]:
-    """(flat K?, the K a config is chosen for) of a conv with C input channels.
+def reduction(C: int, KH: int, KW: int) -> tuple[bool, int, str]:
+    """(flat K?, the K a config is chosen for, the config space) of a conv with C input channels.
 
     Below 16 channels a (kh, kw) tap cannot fill tl.dot's K, so the kernel reduces over taps
-    and channels at once (FLAT_K) and the config sees K = KH*KW*C; otherwise it steps through
-    channels tap by tap and the config sees K = C.
+    and channels at once (FLAT_K, configs of "conv_stem") and the config sees K = KH*KW*C;
+    otherwise it steps through channels tap by tap ("conv") and the config sees K = C.
     """
-    flat = C < 16
-    return flat, (KH * KW * C if flat else C)
+    if C < 16:
+        return True, KH * KW * C, "conv_stem"
+    return False, C, "conv"
 
 
 def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config) -> torch.Tensor:
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:
         return y
-    flat, k = reduction(g.C, g.KH, g.KW)
-    cfg = config or select_config("conv", w.dtype, M=g.M, N=g.CO, K=k, device=x.device)
+    flat, k, space = reduction(g.C, g.KH, g.KW)
+    cfg = config or select_config(space, w.dtype, M=g.M, N=g.CO, K=k, device=x.device)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
     _conv_kernel[grid](

@@ -13,8 +13,8 @@ from fastres import kernels as K
 from fastres.kernels import Config, config_space, select_config, use_config
 from helpers import KERNEL_RTOL, ON_GPU, assert_close, rand_nhwc
 
-KERNELS = ("conv", "conv1x1", "avgpool_fc", "max_pool2d", "add_relu")
-GEMMS = ("conv", "conv1x1")
+KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc", "max_pool2d", "add_relu")
+GEMMS = ("conv", "conv_stem", "conv1x1")
 SPACE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -50,7 +50,7 @@ def test_space_rules(kernel, dtype):
         if kernel in GEMMS:
             assert c.BLOCK_M >= 64, f"{c.name}: wgmma needs BLOCK_M >= 64"
             assert c.BLOCK_N >= 16 and c.BLOCK_K >= 16, f"{c.name}: tl.dot needs N, K >= 16"
-        if kernel == "conv":
+        if kernel in ("conv", "conv_stem"):
             assert c.num_warps <= 4, f"{c.name}: non-1x1 convs keep num_warps <= 4"
     # The gate's documented spill case must not be in the space.
     assert all(not (c.BLOCK_M == 128 and c.BLOCK_N == 256 and c.BLOCK_K == 64) for c in space)

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# bench/device_run.sh OUTDIR - the one prepared run on a GPU machine (DESIGN.md section 7).
+#
+# For an H100 / H200 with no network: installs nothing but this checkout
+# (pip install --no-deps --no-build-isolation -e .), then, each step under its own `timeout`
+# and the whole under TOTAL_S (default 470 s, i.e. < 8 minutes):
+#
+#   step        cap   expected  what
+#   env          60 s    ~15 s  nvidia-smi, versions, device properties, editable install
+#   tests        95 s   60-95 s pytest tests/ -x -q on cuda (the CPU smoke of the bench deselected)
+#   check        40 s   15-40 s fastres check (Hopper compile gate; cached after the first run)
+#   layers       80 s   60-80 s every distinct ResNet-50 conv, batch 1/32/256, float16,
+#                               fastres vs cudnn-eager vs cudnn-conv (+ the matmul/copy peaks)
+#   e2e         110 s  90-110 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
+#                               fastres vs cudnn-eager vs cudnn-eager-graph (stops at --budget-s)
+#   sanitizer    50 s   30-50 s one resnet18 64x64 batch-2 float16 forward (no CUDA graph)
+#                               under compute-sanitizer --tool memcheck
+#   compile   <= 90 s   40-60 s torch.compile (default mode) on resnet50 batch 32 float16, only
+#                               if >= 50 s are left (inductor compiles for most of that)
+#   report       15 s    ~5 s   markdown + plot from the results JSON, then the short table
+#
+# The benchmark steps stop starting measurements at their --budget-s and say so in the JSON,
+# so a slow compile shortens a step instead of killing it. The full matrix of DESIGN.md
+# section 6 (5 models x 6 batches x 2 dtypes x 4 systems, both models' layers) takes far
+# longer: run `fastres bench` without a budget when more GPU time is available.
+#
+# OUTDIR gets at most 8 files, flat: env.txt, tests.log, check.log, bench.log, sanitizer.log,
+# and CARD-DATE.json / .md / .png (the results, named by the harness).
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: bench/device_run.sh OUTDIR" >&2
+  exit 2
+fi
+mkdir -p "$1" || exit 2
+OUT=$(cd "$1" && pwd)
+cd "$(dirname "$0")/.." || exit 2
+REPO=$(pwd)
+# the results' "commit": git where the checkout has its .git, else FASTRES_COMMIT if given
+if [ -z "${FASTRES_COMMIT:-}" ]; then FASTRES_COMMIT=$(git rev-parse HEAD 2>/dev/null || true); fi
+export FASTRES_COMMIT
+PY=${PYTHON:-python3}
+TOTAL_S=${TOTAL_S:-470}
+export PYTHONUNBUFFERED=1
+# the checkout is importable even if the editable install fails
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+T0=$(date +%s)
+STEPS=()
+FAILED_LOGS=()
+
+left() { echo $(( TOTAL_S - ($(date +%s) - T0) )); }
+
+# step NAME CAP LOG CMD...: CMD under `timeout`, its cap cut to what TOTAL_S leaves (keeping 15 s
+# for the report); output appended to LOG; one line per step in the summary.
+step() {
+  local name=$1 cap=$2 log=$3
+  shift 3
+  local room=$(( $(left) - 15 ))
+  if [ "$room" -lt "$cap" ]; then cap=$room; fi
+  if [ "$cap" -lt 10 ]; then
+    STEPS+=("$(printf '%-10s %-9s %5s %5s' "$name" "no time" "-" "-")")
+    echo "== $name: not run (time is up)" | tee -a "$log"
+    return 0
+  fi
+  echo "== $name (cap ${cap}s): $*" >>"$log"
+  echo "== $name (cap ${cap}s)"
+  local t=$(date +%s)
+  timeout --kill-after=10 "$cap" "$@" >>"$log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t ))
+  local what="ok"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then what="TIMEOUT"; elif [ $rc -ne 0 ]; then what="rc=$rc"; fi
+  if [ $rc -ne 0 ]; then FAILED_LOGS+=("$name:$log"); fi
+  STEPS+=("$(printf '%-10s %-9s %4ss %4ss' "$name" "$what" "$dt" "$cap")")
+  echo "== $name: $what in ${dt}s" | tee -a "$log"
+  return 0
+}
+
+# ---- env --------------------------------------------------------------------------------
+ENV="$OUT/env.txt"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: ${FASTRES_COMMIT:-unknown}"
+  git status --short 2>/dev/null | head -20
+  echo "uname: $(uname -a)"
+  echo
+  nvidia-smi || echo "nvidia-smi failed"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.limit --format=csv || true
+  echo
+  echo "compute-sanitizer: $(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo missing)"
+} >"$ENV" 2>&1
+step install 45 "$ENV" "$PY" -m pip install --no-deps --no-build-isolation --no-input -q -e .
+step versions 30 "$ENV" "$PY" - <<'EOF'
+import platform, torch, triton
+import fastres
+print("python", platform.python_version(), "| torch", torch.__version__, "| triton", triton.__version__,
+      "| cuda", torch.version.cuda, "| cudnn", torch.backends.cudnn.version(), "| fastres", fastres.__version__, fastres.__file__)
+try:
+    import torchvision; print("torchvision", torchvision.__version__)
+except ImportError as e:
+    print("torchvision missing:", e)
+for name in ("matplotlib", "pytest", "pytest_benchmark", "hypothesis", "numpy", "safetensors"):
+    try:
+        m = __import__(name); print(name, getattr(m, "__version__", "?"))
+    except ImportError:
+        print(name, "missing")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", torch.cuda.get_device_name(0), f"cc {p.major}.{p.minor}", "SMs", p.multi_processor_count,
+          "memory GiB", round(p.total_memory / 2**30, 1), "L2 MB", getattr(p, "L2_cache_size", 0) / 1e6)
+else:
+    print("NO CUDA DEVICE VISIBLE")
+EOF
+head -c 2000 "$ENV" | grep -m1 -E "H100|H200|NVIDIA" || true
+
+# ---- GPU test tier -----------------------------------------------------------------------
+step tests 95 "$OUT/tests.log" "$PY" -m pytest tests/ -x -q -p no:cacheprovider --durations=15 \
+  --deselect tests/test_benchmark.py::test_bench_smoke_end_to_end
+
+# ---- compile gate ------------------------------------------------------------------------
+step check 40 "$OUT/check.log" "$PY" -m fastres check --no-progress
+
+# ---- benchmarks (results merge into one CARD-DATE.json in OUT) ---------------------------
+BENCH="$OUT/bench.log"
+step layers 80 "$BENCH" "$PY" -m fastres bench layers --out "$OUT" --no-plot \
+  --models resnet50 --batches 1,32,256 --dtypes float16 --warmup-ms 5 --rep-ms 25 --budget-s 60
+step e2e 110 "$BENCH" "$PY" -m fastres bench e2e --out "$OUT" --no-plot \
+  --models resnet50,resnet18 --batches 1,32,256 --dtypes float16,bfloat16 \
+  --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 200 --budget-s 90
+
+# ---- memcheck of one small forward ---------------------------------------------------------
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$SAN" ]; then
+  # no caching allocator, so that an out-of-bounds access cannot land inside a cached block
+  step sanitizer 50 "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck --error-exitcode 3 \
+    --print-limit 30 "$PY" -m fastres bench forward --models resnet18 --size 64 --batches 2 --dtypes float16
+else
+  echo "compute-sanitizer not found: skipped" >"$OUT/sanitizer.log"
+  STEPS+=("$(printf '%-10s %-9s %5s %5s' sanitizer missing - -)")
+fi
+
+# ---- torch.compile, if time is left ------------------------------------------------------
+if [ $(( $(left) - 15 )) -ge 50 ]; then
+  step compile 90 "$BENCH" "$PY" -m fastres bench e2e --out "$OUT" --no-plot \
+    --models resnet50 --batches 32 --dtypes float16 --systems fastres,torch-compile --warmup-ms 30 --rep-ms 200
+else
+  STEPS+=("$(printf '%-10s %-9s %5s %5s' compile "no time" - -)")
+fi
+
+# ---- report --------------------------------------------------------------------------------
+RESULTS=$(ls -t "$OUT"/*.json 2>/dev/null | head -1)
+if [ -n "$RESULTS" ]; then
+  step report 15 "$BENCH" "$PY" -m fastres bench report "$RESULTS"
+fi
+{
+  echo
+  echo "steps (name, outcome, seconds, cap); total $(( $(date +%s) - T0 ))s of ${TOTAL_S}s"
+  printf '%s\n' "${STEPS[@]}"
+} | tee -a "$ENV"
+SHOWN=" "
+for entry in "${FAILED_LOGS[@]}"; do
+  log=${entry#*:}
+  case "$SHOWN" in *" $log "*) continue;; esac
+  SHOWN="$SHOWN$log "
+  echo
+  echo "---- ${entry%%:*} failed; the end of $(basename "$log"):"
+  tail -n 15 "$log" | cut -c1-300
+done
+echo
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -5 || true
+tail -3 "$OUT/check.log" 2>/dev/null || true
+grep -E "^forward |ERROR SUMMARY" "$OUT/sanitizer.log" 2>/dev/null | tail -3 || true
+if [ -n "$RESULTS" ]; then
+  echo
+  echo "results: $(basename "$RESULTS") (+ .md, .png)"
+  "$PY" -m fastres bench summary "$RESULTS"
+fi
