@@ -7,7 +7,7 @@
 #
 #   step        cap   expected  what
 #   env          60 s    ~15 s  nvidia-smi, versions, device properties, editable install
-#   tests        95 s   60-95 s pytest tests/ -x -q on cuda (the CPU smoke of the bench deselected)
+#   tests       150 s  90-150 s pytest tests/ on cuda, --maxfail=20 (no wheel/interpreter/gate/smoke tests)
 #   check        40 s   15-40 s fastres check (Hopper compile gate; cached after the first run)
 #   layers       80 s   60-80 s every distinct ResNet-50 conv, batch 1/32/256, float16,
 #                               fastres vs cudnn-eager vs cudnn-conv (+ the matmul/copy peaks)
@@ -115,7 +115,11 @@ EOF
 head -c 2000 "$ENV" | grep -m1 -E "H100|H200|NVIDIA" || true
 
 # ---- GPU test tier -----------------------------------------------------------------------
-step tests 95 "$OUT/tests.log" "$PY" -m pytest tests/ -x -q -p no:cacheprovider --durations=15 \
+# The GPU tier: every parity test on cuda (bf16 included). Not here: the wheel test and the
+# interpreter probes (CPU tier; triton 3.6's interpreter breaks with the image's numpy), the
+# compile gate (its own step below), the CPU smoke of the bench.
+step tests 150 "$OUT/tests.log" "$PY" -m pytest tests/ -q -p no:cacheprovider --maxfail=20 --durations=15 \
+  --ignore tests/test_packaging.py --ignore tests/test_check.py \
   --deselect tests/test_benchmark.py::test_bench_smoke_end_to_end
 
 # ---- compile gate ------------------------------------------------------------------------

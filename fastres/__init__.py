@@ -25,9 +25,10 @@ _LAZY = {
     "UnsupportedModelError": "fastres.plan",
     "convert": "fastres.weights",
     "load": "fastres.weights",
+    "WeightsError": "fastres.weights",
 }
 
-__all__ = ["ARCHS", "ResNet", "UnsupportedModelError", "convert", "from_torchvision", "kernels", "load", "__version__"]
+__all__ = ["ARCHS", "ResNet", "UnsupportedModelError", "WeightsError", "convert", "from_torchvision", "kernels", "load", "__version__"]
 
 
 def _load_checkout_kernels():

@@ -42,6 +42,13 @@ def check_module(model: torch.nn.Module) -> tuple[str, int, dict[str, float]]:
     _expect(t.__name__ == "ResNet" and t.__module__.startswith("torchvision.models"),
             f"expected a torchvision ResNet (torchvision.models.resnet.ResNet), got {_kind(model)}")
     _expect(not model.training, "the model is in training mode: call model.eval() first (BatchNorm is folded with its running statistics)")
+    for name, mod in model.named_modules():
+        # A BatchNorm left training would use batch statistics in torchvision's forward.
+        _expect(not (mod.training and isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)),
+                f"{name} is in training mode while the model is not: call model.eval() "
+                "(BatchNorm is folded with its running statistics)")
+        hooks = [h for h in ("_forward_hooks", "_forward_pre_hooks") if getattr(mod, h, None)]
+        _expect(not hooks, f"{name or 'the model'} has forward hooks, which fastres would not run")
     children = {n for n, _ in model.named_children()}
     want = {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"}
     _expect(children == want, f"the model's submodules {sorted(children)} differ from torchvision's ResNet {sorted(want)}")
@@ -96,13 +103,16 @@ def from_torchvision(
     dtype: torch.dtype = torch.float16,
     device: torch.device | str | None = None,
     cuda_graph: bool = True,
+    tune=False,
 ) -> ResNet:
     """A fastres engine computing `model(x)` with Triton kernels.
 
     model: a torchvision ResNet (resnet18/34/50/101/152, wide_resnet50_2/101_2, any
     num_classes) in eval mode. dtype: the engine's activation/weight dtype (float16,
     bfloat16 or float32). device: defaults to the model's. cuda_graph: on CUDA, capture one
-    graph per input shape. Unsupported models raise UnsupportedModelError (a ValueError).
+    graph per input shape. tune: measure every conv's configs on the first forward at each
+    batch bucket, remembered on disk (True on CUDA, or a fastres.tuning.Tuner); the default
+    picks configs by a heuristic. Unsupported models raise UnsupportedModelError (a ValueError).
     """
     if dtype not in ENGINE_DTYPES:
         raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
@@ -110,4 +120,5 @@ def from_torchvision(
     if device is None:
         device = next(model.parameters()).device
     params = fold_params(model.state_dict(), arch, num_classes, dtype, eps)
-    return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph)
+    return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph,
+                  tune=tune)

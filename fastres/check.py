@@ -181,25 +181,25 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
     Each is a ResNet-50 layer at batch 32 (224x224), float32 GEMMs in both input precisions:
 
     - conv_stem: the stem 7x7/2 (Cin = 3, the flat-K path) reading the user's input as the
-      engine hands it over (a contiguous NCHW batch in float32 or in the engine's dtype) and as
-      ``conv_bn_relu`` takes it (channels_last).
+      engine hands it over: float32, float16 or bfloat16, NCHW or channels_last.
     - conv: 3x3/1 with and without the fused residual
       (BasicBlock conv1 / conv2); 3x3/2 (a stage's first 3x3, never a residual); 1x1/1 with
       the residual (``conv_bn_relu`` on a 1x1 weight, the heavier of its two epilogues).
     - conv1x1: (ReLU, residual) = (yes, no) bottleneck conv1, (yes, yes) conv3, (no, no) the
       strided downsample.
-    - avgpool_fc: batch 32 with float32 logits, batch 1 (the JIT makes N = 1 a constant) with
-      logits in the engine's dtype (the engine returns logits in the input's dtype).
+    - avgpool_fc: batch 32 and batch 1 (the JIT makes N = 1 a constant), logits in each float
+      dtype (the engine returns logits in the input's dtype).
     - max_pool2d: the stem's 3x3/2 pool; add_relu: one flat launch.
     """
     dt = _dtype_name(dtype)
     out: list[Variant] = []
     if kernel == "conv_stem":
+        # The stem reads the caller's input as it comes: any float dtype, NCHW or channels_last.
         for prec in _precisions(dt):
-            out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type="fp32", x_nchw=True))
-            if dt != "float32":
-                out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=_TRITON_TYPE[dt], x_nchw=True))
-            out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec))
+            for x_type in ("fp32", "fp16", "bf16"):
+                out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=x_type, x_nchw=True))
+                nhwc = "x" if x_type == _TRITON_TYPE[dt] else x_type
+                out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=nhwc))
     elif kernel == "conv":
         for prec in _precisions(dt):
             for res in (False, True):
@@ -213,7 +213,8 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
             out.append(_gemm1x1_variant("downsample", 2, 256, 512, 56, False, False, prec))
     elif kernel == "avgpool_fc":
         for prec in _precisions(dt):
-            for n, y in ((BATCH, "fp32"), (1, _TRITON_TYPE[dt])):
+            # Logits come back in the caller's input dtype: any float dtype, at any batch.
+            for n, y in ((BATCH, "fp32"), (BATCH, "fp16"), (BATCH, "bf16"), (1, "fp32"), (1, "fp16"), (1, "bf16")):
                 values = {
                     "N": n, "C": 2048, "H": 7, "W": 7, "CLS": 1000, **_nhwc(n, 2048, 7, 7, "sx"),
                     "swo": 2048, "swc": 1, "syn": 1000, "syo": 1,

@@ -13,7 +13,9 @@ from typing import Callable, Mapping
 import torch
 
 from . import kernels as K
+from .kernels._checks import out_size
 from .kernels.conv import reduction
+from .tuning import Tuner, cache_key
 from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, param_shapes
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -42,10 +44,6 @@ class _Arena:
         self.logits: torch.Tensor | None = None
         self.graph = None
         self.static_input: torch.Tensor | None = None
-
-
-def _conv_out(h: int, k: int, s: int, p: int) -> int:
-    return (h + 2 * p - k) // s + 1
 
 
 def _assign_slots(values: list[_Value]) -> list[int]:
@@ -87,6 +85,7 @@ class ResNet(torch.nn.Module):
         dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cuda",
         cuda_graph: bool = True,
+        tune: "bool | Tuner" = False,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -95,9 +94,21 @@ class ResNet(torch.nn.Module):
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
         self.arch, self.num_classes, self.dtype = arch, int(num_classes), dtype
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {self.device} was asked for but no CUDA device is available; on a CPU fastres runs "
+                "only through triton's interpreter: device='cpu' with TRITON_INTERPRET=1"
+            )
+        if self.device.type == "cpu" and dtype == torch.bfloat16:
+            raise TypeError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        if tune is True:
+            if self.device.type != "cuda":
+                raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
+            tune = Tuner()
+        self.tuner: Tuner | None = tune or None
         expected = param_shapes(arch, num_classes)
         missing = sorted(set(expected) - set(params))
         if missing:
@@ -146,13 +157,32 @@ class ResNet(torch.nn.Module):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"spatial size {x.shape[2]}x{x.shape[3]} is too small for {self.arch}: need at least 1x1")
         if self.device.type == "cpu" and not K.interpreting():
-            raise RuntimeError(
-                "fastres needs a CUDA device; on the CPU it runs only through triton's interpreter "
-                "(TRITON_INTERPRET=1 set before triton is imported)"
+            raise ValueError(
+                "x is a CPU tensor: fastres needs a CUDA device; on the CPU it runs only through triton's "
+                "interpreter (TRITON_INTERPRET=1 set before triton is imported)"
             )
 
     # -- the plan for one input shape --------------------------------------------------
-    def _build(self, N: int, H: int, W: int, out_dtype: torch.dtype) -> _Arena:
+    def _tune(self, op: ConvSpec, space: str, default, launch, a, r, in_shape, in_dtype):
+        """The measured-fastest config of one conv, on its own (randomly filled) buffers."""
+        x = None
+        with torch.inference_mode(False):
+            if op is self.stem:
+                x = torch.randn(in_shape, device=self.device).to(in_dtype)
+            for t in (a, r):
+                if t is not None:
+                    t.normal_()
+        geometry = (op.k, op.stride, op.pad, op.cin, op.cout, *(in_shape[2:] if a is None else a.shape[2:]))
+        key = cache_key(self._device_name(), self.dtype, space, geometry, in_shape[0])
+        candidates = K.config_space(space, self.dtype)
+        return self.tuner.choose(key, lambda cfg: launch(x, cfg), candidates, default, self.dtype)
+
+    def _device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return "cpu-interpreter"
+
+    def _build(self, N: int, H: int, W: int, out_dtype: torch.dtype, in_dtype: torch.dtype | None = None) -> _Arena:
         arena = _Arena()
         values: list[_Value] = []
         launches: list[tuple] = []  # (conv spec or op name, input value, residual value, output value)
@@ -167,7 +197,7 @@ class ResNet(torch.nn.Module):
                 v.last = max(v.last, len(launches))
 
         def conv(spec: ConvSpec, x: _Value | None, h: int, w: int, residual: _Value | None = None):
-            oh, ow = _conv_out(h, spec.k, spec.stride, spec.pad), _conv_out(w, spec.k, spec.stride, spec.pad)
+            oh, ow = out_size(h, spec.k, spec.stride, spec.pad), out_size(w, spec.k, spec.stride, spec.pad)
             use(x)
             use(residual)
             y = new((N, spec.cout, oh, ow))
@@ -176,7 +206,7 @@ class ResNet(torch.nn.Module):
 
         x0 = None  # the user's input, read in place by the stem
         s, h, w = conv(self.stem, x0, H, W)
-        ph, pw = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+        ph, pw = out_size(h, 3, 2, 1), out_size(w, 3, 2, 1)
         use(s)
         cur = new((N, 64, ph, pw))
         launches.append(("maxpool", s, None, cur))
@@ -204,6 +234,13 @@ class ResNet(torch.nn.Module):
             return arena.slots[v.slot][: n * c * hh * ww].view(n, hh, ww, c).permute(0, 3, 1, 2)
 
         p = self._params
+        convs = [op for op, *_ in launches if isinstance(op, ConvSpec)]
+        progress = None
+        if self.tuner is not None:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(convs), desc=f"tuning {self.arch} batch {N} {H}x{W}", unit="conv",
+                            disable=None, leave=False)
         for op, src, res, dst in launches:
             a, r, y = view(src), view(res), view(dst)
             if op == "maxpool":
@@ -223,14 +260,21 @@ class ResNet(torch.nn.Module):
             _, k, space = reduction(op.cin, op.k, op.k) if op.kernel == "conv" else (False, op.cin, op.kernel)
             cfg = K.select_config(space, self.dtype, M=m, N=op.cout, K=k, device=self.device)
             if op is self.stem:
-                arena.steps.append(lambda x, w=w, b=b, spec=op, y=y, cfg=cfg: K.stem_conv(
-                    x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg))
+                def launch(x, cfg, w=w, b=b, spec=op, y=y):
+                    return K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg)
             elif op.kernel == "conv1x1":
-                arena.steps.append(lambda x, w=w, b=b, spec=op, a=a, r=r, y=y, cfg=cfg: K.conv1x1(
-                    a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg))
+                def launch(x, cfg, w=w, b=b, spec=op, a=a, r=r, y=y):
+                    return K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg)
             else:
-                arena.steps.append(lambda x, w=w, b=b, spec=op, a=a, r=r, y=y, cfg=cfg: K.conv_bn_relu(
-                    a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu, residual=r, out=y, config=cfg))
+                def launch(x, cfg, w=w, b=b, spec=op, a=a, r=r, y=y):
+                    return K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
+                                          residual=r, out=y, config=cfg)
+            if self.tuner is not None:
+                cfg = self._tune(op, space, cfg, launch, a, r, (N, 3, H, W), in_dtype)
+                progress.update()
+            arena.steps.append(lambda x, launch=launch, cfg=cfg: launch(x, cfg))
+        if progress is not None:
+            progress.close()
         return arena
 
     def _run(self, arena: _Arena, x: torch.Tensor) -> None:
@@ -240,47 +284,61 @@ class ResNet(torch.nn.Module):
     def _capture(self, arena: _Arena, x: torch.Tensor) -> None:
         """Record the launches of one shape into a CUDA graph over static buffers."""
         with torch.inference_mode(False):
-            arena.static_input = torch.empty_like(x, memory_format=torch.contiguous_format)
+            # Same layout as the caller's input: the stem reads it in place, no layout pass.
+            arena.static_input = torch.empty_like(x)
         arena.static_input.copy_(x)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             self._run(arena, arena.static_input)  # compiles every kernel before capture
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=side):
+            # thread_local: other threads may keep using CUDA (their own replays, allocations)
+            # while this one captures.
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                 self._run(arena, arena.static_input)
         torch.cuda.current_stream(self.device).wait_stream(side)
         arena.graph = graph
 
     def _arena(self, x: torch.Tensor) -> _Arena:
+        """The arena of x's shape on the current stream: built (tuned, captured) on first use."""
         N, _, H, W = x.shape
         stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
         key = (N, H, W, x.dtype, stream)
         arena = self._arenas.get(key)
         if arena is None:
+            # One build at a time per engine: plan, tuning and graph capture of a new shape.
             with self._arenas_lock:
                 arena = self._arenas.get(key)
                 if arena is None:
-                    arena = self._build(N, H, W, x.dtype)
+                    arena = self._build(N, H, W, x.dtype, x.dtype)
+                    if self.cuda_graph:
+                        self._capture(arena, x)
                     self._arenas[key] = arena
         return arena
+
+    def clear(self) -> None:
+        """Free every input shape's buffers and CUDA graph (they are rebuilt on demand)."""
+        with self._arenas_lock:
+            self._arenas.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         N = x.shape[0]
         if N == 0:
             return torch.empty((0, self.num_classes), device=self.device, dtype=x.dtype)
+        if self.device.type == "cuda":
+            # Triton launches on the current device: make it the engine's.
+            with torch.cuda.device(self.device):
+                return self._forward(x)
+        with _INTERPRETER_LOCK:
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         arena = self._arena(x)
         with arena.lock:
-            if self.cuda_graph:
-                if arena.graph is None:
-                    self._capture(arena, x)
-                else:
-                    arena.static_input.copy_(x)
+            if arena.graph is not None:
+                arena.static_input.copy_(x)
                 arena.graph.replay()
-            elif self.device.type == "cpu":
-                with _INTERPRETER_LOCK:
-                    self._run(arena, x)
             else:
                 self._run(arena, x)
             return arena.logits.clone()

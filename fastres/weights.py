@@ -80,6 +80,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = _first_line(exc)
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+            raise WeightsError(f"{path} is truncated or corrupt: {first}") from None
         raise WeightsError(
             f"{path} was refused by torch.load(weights_only=True): it holds objects other than tensors, "
             f"which fastres never unpickles ({first})"
@@ -225,7 +227,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_graph: bool = True):
+def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_graph: bool = True, tune=False):
     """A fastres.ResNet from a file written by `convert` (no re-folding: the weights run as stored).
 
     Every tensor is checked (names, shapes, dtypes) before the engine is built: a bad file
@@ -257,7 +259,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
         want = torch.float32 if key.endswith(".bias") else dtype
         if t.dtype != want:
             raise WeightsError(f"{path}: tensor '{key}' has dtype {t.dtype}, expected {want}")
-    return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph)
+    return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph, tune=tune)
 
 
 # -- command line -----------------------------------------------------------------------

@@ -29,10 +29,16 @@ def check_device(**tensors: torch.Tensor | None) -> torch.device:
             )
     if device.type == "cpu":
         if not interpreting():
-            raise RuntimeError(
-                "fastres kernels need a CUDA device; CPU tensors run only through triton's "
-                "interpreter (set TRITON_INTERPRET=1 before importing triton)"
+            raise ValueError(
+                f"{first_name} is a CPU tensor: fastres kernels need a CUDA device; CPU tensors run only "
+                "through triton's interpreter (set TRITON_INTERPRET=1 before importing triton)"
             )
+        for name, t in named.items():
+            if t.dtype == torch.bfloat16:
+                raise TypeError(
+                    f"{name} is bfloat16 on the CPU: triton's interpreter multiplies bf16 wrongly "
+                    "(triton issue 11584), so bf16 runs only on a GPU"
+                )
     elif device.type != "cuda":
         raise ValueError(f"{first_name} is on {device}: fastres kernels run on cuda (or cpu under TRITON_INTERPRET=1)")
     return device
@@ -117,17 +123,25 @@ def _byte_range(t: torch.Tensor) -> tuple[int, int]:
     return start, start + span * t.element_size()
 
 
-def check_no_overlap(out_name: str, out: torch.Tensor | None, **inputs: torch.Tensor | None) -> None:
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
+def check_no_overlap(
+    out_name: str, out: torch.Tensor | None, *, elementwise: tuple[str, ...] = (), **inputs: torch.Tensor | None
+) -> None:
     """`out` must not share memory with an input that other programs still read.
 
-    (A residual read element by element by the program that overwrites it is fine, so it is
-    not passed here.)
+    Inputs named in `elementwise` are read at exactly the element each program then writes
+    (a residual, add_relu's operands): being `out` itself is fine there, a shifted view is not.
     """
     if out is None or out.numel() == 0:
         return
     o0, o1 = _byte_range(out)
     for name, t in inputs.items():
         if t is None or t.numel() == 0 or t.device != out.device:
+            continue
+        if name in elementwise and _same_view(t, out):
             continue
         t0, t1 = _byte_range(t)
         if o0 < t1 and t0 < o1:

@@ -153,7 +153,7 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *,
     g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype))
     check_like("residual", residual, g.out_shape, w.dtype)
     check_like("out", out, g.out_shape, w.dtype)
-    check_no_overlap("out", out, x=x, w=w, b=b)
+    check_no_overlap("out", out, x=x, w=w, b=b, residual=residual, elementwise=("residual",))
     return g
 
 

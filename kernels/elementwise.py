@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_channels_last, check_device, check_like, check_same_dtype, check_tensor
+from ._checks import check_channels_last, check_device, check_like, check_no_overlap, check_same_dtype, check_tensor
 from .config import Config, select_config
 
 
@@ -37,6 +37,7 @@ def add_relu(
     check_channels_last("x", x)
     check_like("residual", residual, tuple(x.shape), x.dtype)
     check_like("out", out, tuple(x.shape), x.dtype)
+    check_no_overlap("out", out, x=x, residual=residual, elementwise=("x", "residual"))
     y = out if out is not None else torch.empty_like(x, memory_format=torch.channels_last)
     numel = x.numel()
     if numel == 0:

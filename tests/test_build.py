@@ -52,12 +52,11 @@ DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytes
     not ON_GPU, reason="bf16 tl.dot is wrong in triton's CPU interpreter (triton issue 11584): GPU only"))]
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("arch", ARCH_NAMES)
-def test_parity(arch, dtype, parity_report):
+def test_parity(arch, dtype, batch, parity_report):
     model = calibrated(arch)
-    # Batch 1 and 2 alternate across architectures to keep the CPU suite in budget.
-    batch = 1 + ARCH_NAMES.index(arch) % 2 if not ON_GPU else 2
     x = torch.randn(batch, 3, *SIZE)
     ref = reference(model, x)
     fast = fastres.from_torchvision(model, dtype=dtype, device=DEVICE)
@@ -117,6 +116,18 @@ def test_refuses_resnext():
 
 def test_refuses_training_mode():
     _refuses(torchvision.models.resnet18().train(), "training mode", "eval()")
+    m = torchvision.models.resnet18().eval()
+    m.layer2[0].bn1.train()  # a submodule left training would silently use batch statistics
+    _refuses(m, "layer2.0.bn1", "training mode")
+
+
+def test_refuses_forward_hooks():
+    m = torchvision.models.resnet18().eval()
+    m.layer1[0].conv1.register_forward_hook(lambda mod, inp, out: out * 2)
+    _refuses(m, "layer1.0.conv1", "hooks")
+    m = torchvision.models.resnet18().eval()
+    m.register_forward_pre_hook(lambda mod, inp: inp)
+    _refuses(m, "the model", "hooks")
 
 
 def test_refuses_non_resnet():

@@ -512,7 +512,7 @@ def test_cpu_without_interpreter(monkeypatch):
     """CPU tensors need TRITON_INTERPRET=1 (read at call time); otherwise a clear error, on any machine."""
     x, w, b = _ok(torch.device("cpu"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"x is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.conv_bn_relu(x, w, b, padding=1)
 
 
@@ -554,3 +554,22 @@ def test_interpreter_flag_is_set_on_cpu():
     """The suite itself must run the kernels through the interpreter when there is no GPU."""
     if DEVICE.type == "cpu":
         assert os.environ.get("TRITON_INTERPRET") == "1" and K.interpreting()
+
+
+def test_residual_shifted_over_out_is_refused(device):
+    """out may be the residual itself, but not a view shifted over it: programs would read
+    residual elements another program already overwrote."""
+    n, cin, h, w, cout = 2, 16, 5, 5, 16
+    x, wt, b, _ = make_conv_inputs(n, cin, h, w, cout, 3, 3, torch.float32, device)
+    big = rand_nhwc(n + 1, cout, h, w, device=device)
+    with pytest.raises(ValueError, match=r"out overlaps residual"):
+        K.conv_bn_relu(x, wt, b, padding=1, residual=big[1:], out=big[:-1])
+
+
+def test_bf16_on_cpu_is_refused(device):
+    if device.type != "cpu":
+        pytest.skip("bf16 runs on a GPU")
+    x = rand_nhwc(1, 16, 5, 5, dtype=torch.bfloat16, device=device)
+    w = rand_nhwc(16, 16, 3, 3, dtype=torch.bfloat16, device=device)
+    with pytest.raises(TypeError, match="11584"):
+        K.conv_bn_relu(x, w, torch.zeros(16, device=device), padding=1)

@@ -148,7 +148,7 @@ def test_bad_input(device):
 def test_cpu_without_interpreter(monkeypatch):
     x = rand_nhwc(1, 4, 3, 3, device=torch.device("cpu"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"x is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.add_relu(x, x)
 
 
@@ -178,3 +178,10 @@ def test_flat_index_past_2_31(device):
         bad = (of[sl] != ref).nonzero()
         assert bad.numel() == 0, f"wrong value at flat index {lo + int(bad[0])}: {of[sl][bad[0]]} != {ref[bad[0]]}"
     assert not torch.isnan(out).any(), "elements left unwritten"
+
+
+def test_out_shifted_over_an_input_is_refused(device):
+    big = rand_nhwc(3, 8, 4, 4, device=device)
+    r = rand_nhwc(2, 8, 4, 4, device=device)
+    with pytest.raises(ValueError, match=r"out overlaps x"):
+        K.add_relu(big[1:], r, out=big[:-1])

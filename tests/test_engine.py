@@ -156,7 +156,7 @@ def test_cpu_without_interpreter_says_so(engine, monkeypatch):
     if ON_GPU:
         pytest.skip("the engine is on CUDA here")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="CUDA device"):
+    with pytest.raises(ValueError, match="x is a CPU tensor.*CUDA device"):
         engine(torch.randn(1, 3, 16, 16))
 
 
@@ -186,3 +186,41 @@ def test_engine_from_params_checks_them():
     bad["conv1.bias"] = bad["conv1.bias"].half()
     with pytest.raises(TypeError, match="conv1.bias"):
         fastres.ResNet("resnet18", bad, num_classes=10, dtype=torch.float32, device=DEVICE)
+
+
+def test_repeated_shape_with_new_values_matches_reference(engine):
+    """A second call at a known shape (a CUDA-graph replay on a GPU) must read the new input."""
+    model = calibrated("resnet18")
+    for _ in range(2):
+        x = torch.randn(2, 3, 18, 14)
+        assert_close(engine(x.to(DEVICE)), reference(model, x), 1e-4)
+    if ON_GPU:
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            x = torch.randn(2, 3, 18, 14)
+            y = engine(x.to(DEVICE))
+        torch.cuda.current_stream().wait_stream(side)
+        assert_close(y, reference(model, x), 1e-4)
+
+
+def test_clear_frees_arenas(engine):
+    engine(torch.randn(1, 3, 16, 16, device=DEVICE))
+    assert engine._arenas
+    engine.clear()
+    assert not engine._arenas
+    assert tuple(engine(torch.randn(1, 3, 16, 16, device=DEVICE)).shape) == (1, 10)
+
+
+def test_bf16_engine_on_cpu_is_refused():
+    if ON_GPU:
+        pytest.skip("bf16 runs on a GPU")
+    with pytest.raises(TypeError, match="11584"):
+        fastres.from_torchvision(calibrated("resnet18"), dtype=torch.bfloat16, device="cpu")
+
+
+def test_cuda_engine_without_cuda_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    params = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device="cpu").params()
+    with pytest.raises(ValueError, match="no CUDA device"):
+        fastres.ResNet("resnet18", params, num_classes=10, dtype=torch.float32, device="cuda")

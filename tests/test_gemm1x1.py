@@ -262,7 +262,7 @@ def test_shared_checks(device):
 def test_cpu_without_interpreter(monkeypatch):
     x, w, b = _ok(torch.device("cpu"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"x is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.conv1x1(x, w, b)
 
 

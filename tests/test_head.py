@@ -130,5 +130,5 @@ def test_bad_input(device):
 def test_cpu_without_interpreter(monkeypatch):
     x, wt, b = make_inputs(1, 8, 2, 2, 3, torch.float32, torch.device("cpu"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.avgpool_fc(x, wt, b)

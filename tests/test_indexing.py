@@ -93,6 +93,6 @@ def test_bad_input(device):
 
 def test_cpu_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         indexing.nhwc_row_offsets(torch.arange(4, dtype=torch.int32), out_hw=(2, 2), stride=(1, 1),
                                   padding=(0, 0), strides=(4, 2, 1))

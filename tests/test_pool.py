@@ -133,5 +133,5 @@ def test_bad_input(device):
 def test_cpu_without_interpreter(monkeypatch):
     x = rand_nhwc(1, 4, 5, 5, device=torch.device("cpu"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.max_pool2d(x)

@@ -1,0 +1,138 @@
+"""Per-layer tile selection by measurement, remembered on disk.
+
+For each conv of a plan the engine asks `Tuner.choose`: a cached answer is used as is; otherwise
+every config of the layer's (gate-cleared) config space is run on the layer's own buffers,
+checked against the default config's output (a config that computes something else, e.g. a
+miscompile, is rejected, never timed), timed, and the fastest is stored. The cache is keyed by
+device name, triton version, dtype, config space, layer geometry and batch bucket, so a second
+start with the same cache tunes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .kernels.config import Config
+
+# A config's output must match the default config's this closely (fp32 accumulation in both;
+# only the reduction order differs) or it is rejected.
+AGREE_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FASTRES_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "fastres"
+
+
+def batch_bucket(n: int) -> int:
+    """Batches share a tuning result within a power-of-two bucket (1, 2, 4, ..., 256, ...)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cache_key(device: str, dtype: torch.dtype, space: str, geometry: Sequence[int], batch: int) -> str:
+    import triton
+
+    geo = "x".join(str(int(g)) for g in geometry)
+    return f"{device}|triton-{triton.__version__}|{str(dtype).removeprefix('torch.')}|{space}|{geo}|b{batch_bucket(batch)}"
+
+
+class TuningCache:
+    """A JSON file of key -> {"config": Config fields, "ms": float}; written atomically."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else cache_dir() / "tuning.json"
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict] | None = None
+
+    def _load(self) -> dict[str, dict]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path.exists():
+                try:
+                    data = json.loads(self.path.read_text())
+                    if not isinstance(data, dict):
+                        raise ValueError("not a JSON object")
+                    self._entries = data
+                except (OSError, ValueError) as exc:
+                    warnings.warn(f"ignoring unreadable tuning cache {self.path}: {exc}", stacklevel=3)
+        return self._entries
+
+    def get(self, key: str) -> Config | None:
+        with self._lock:
+            entry = self._load().get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            return None
+        try:
+            return Config(**entry["config"])
+        except TypeError:
+            return None
+
+    def put(self, key: str, config: Config, ms: float) -> None:
+        import dataclasses
+
+        with self._lock:
+            entries = self._load()
+            entries[key] = {"config": dataclasses.asdict(config), "ms": ms}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._load())
+
+
+def cuda_timer(fn: Callable[[], object]) -> float:
+    """Median milliseconds of `fn` on the current CUDA stream (triton's do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    o, r = out.double(), ref.double()
+    return ((o - r).norm() / r.norm().clamp_min(1e-300)).item()
+
+
+class Tuner:
+    """Chooses a config per layer: from the cache, else by checking and timing every candidate."""
+
+    def __init__(self, cache: TuningCache | None = None, *, timer: Callable[[Callable[[], object]], float] | None = None):
+        self.cache = cache if cache is not None else TuningCache()
+        self.timer = timer or cuda_timer
+        self.tuned = 0  # layers measured (not found in the cache) by this tuner
+
+    def choose(
+        self,
+        key: str,
+        run: Callable[[Config], torch.Tensor],
+        candidates: Sequence[Config],
+        default: Config,
+        dtype: torch.dtype,
+    ) -> Config:
+        """`run(config)` launches the layer with `config` and returns its output tensor."""
+        hit = self.cache.get(key)
+        if hit is not None and hit in candidates:
+            return hit
+        ref = run(default).clone()
+        best, best_ms = default, float("inf")
+        for cfg in candidates:
+            out = run(cfg)
+            rel = _rel(out, ref)
+            if not rel <= AGREE_RTOL[dtype]:
+                warnings.warn(f"tuning {key}: config {cfg.name} disagrees with {default.name} (rel {rel:.1e}); rejected",
+                              stacklevel=2)
+                continue
+            ms = self.timer(lambda cfg=cfg: run(cfg))
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        self.tuned += 1
+        self.cache.put(key, best, best_ms)
+        return best

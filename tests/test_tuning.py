@@ -1,0 +1,113 @@
+"""Per-layer tuning: measured choice over the gate-cleared space, checked before timed,
+remembered on disk so that a second start tunes nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fastres
+from fastres.kernels import Config, config_space
+from fastres.tuning import Tuner, TuningCache, batch_bucket, cache_key
+from helpers import DEVICE, assert_close
+from test_build import calibrated, reference
+
+
+def make_tuner(path, cost=lambda cfg: cfg.BLOCK_M * cfg.BLOCK_N * cfg.BLOCK_K):
+    calls = []
+
+    def timer(fn):
+        calls.append(fn)
+        return float(cost(current[0]))
+
+    current = [None]
+
+    class _Tuner(Tuner):
+        def choose(self, key, run, candidates, default, dtype):
+            def run_tracked(cfg):
+                current[0] = cfg
+                return run(cfg)
+            return super().choose(key, run_tracked, candidates, default, dtype)
+
+    return _Tuner(TuningCache(path), timer=timer), calls
+
+
+# Two candidates per space that the interpreter runs quickly (the real spaces' 64-row tiles
+# make hundreds of interpreter steps per launch); the selection logic is the same.
+FAST_SPACE = (Config(256, 128, 128, 4, 1), Config(128, 64, 64, 4, 1))
+
+
+@pytest.fixture
+def fast_space(monkeypatch):
+    import fastres.engine as engine
+
+    if DEVICE.type == "cpu":
+        monkeypatch.setattr(engine.K, "config_space", lambda space, dtype: FAST_SPACE)
+        return lambda space, dtype: FAST_SPACE
+    return config_space
+
+
+def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
+    model = calibrated("resnet18")
+    x = torch.randn(2, 3, 12, 12)
+    ref = reference(model, x)
+    tuner, calls = make_tuner(tmp_path / "tuning.json")
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE, tune=tuner)
+    assert_close(fast(x.to(DEVICE)), ref, 1e-4)
+    entries = json.loads((tmp_path / "tuning.json").read_text())
+    # One entry per distinct conv geometry of resnet18 at this input (repeats hit the cache).
+    assert tuner.tuned == len(entries) >= 8
+    # The fake timer prefers the smallest tile: that is what was stored.
+    for key, entry in entries.items():
+        space = key.split("|")[3]
+        smallest = min(fast_space(space, torch.float32), key=lambda c: c.BLOCK_M * c.BLOCK_N * c.BLOCK_K)
+        assert Config(**entry["config"]) == smallest, key
+    assert calls
+
+    # A second start with the same cache measures nothing and gives the same logits.
+    again, calls2 = make_tuner(tmp_path / "tuning.json")
+    fast2 = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE, tune=again)
+    torch.testing.assert_close(fast2(x.to(DEVICE)), fast(x.to(DEVICE)), rtol=0, atol=0)
+    assert again.tuned == 0 and not calls2
+
+    # Batches share results within a power-of-two bucket (the bucket is part of the key).
+    assert batch_bucket(2) == 2 and batch_bucket(3) == batch_bucket(4) == 4 and batch_bucket(5) == 8
+    assert all(k.endswith("|b2") for k in entries)
+
+
+def test_cache_key_names_everything_that_matters():
+    import triton
+
+    key = cache_key("NVIDIA H100 80GB HBM3", torch.float16, "conv", (3, 1, 1, 64, 64, 56, 56), 24)
+    assert key == f"NVIDIA H100 80GB HBM3|triton-{triton.__version__}|float16|conv|3x1x1x64x64x56x56|b32"
+
+
+def test_disagreeing_config_is_rejected(tmp_path):
+    good, bad = Config(64, 64, 32), Config(64, 64, 16)
+    ref = torch.randn(8, 8)
+
+    def run(cfg):
+        return ref.clone() if cfg == good else ref + 1.0  # `bad` computes something else
+
+    tuner = Tuner(TuningCache(tmp_path / "t.json"), timer=lambda fn: 1.0 if fn else 0.0)
+    with pytest.warns(UserWarning, match="disagrees"):
+        chosen = tuner.choose("k", run, [bad, good], good, torch.float32)
+    assert chosen == good
+
+
+def test_unreadable_cache_is_ignored_with_a_warning(tmp_path):
+    path = tmp_path / "tuning.json"
+    path.write_text("{not json")
+    cache = TuningCache(path)
+    with pytest.warns(UserWarning, match="unreadable tuning cache"):
+        assert cache.get("anything") is None
+    cache.put("k", Config(64, 64, 32), 1.5)
+    assert TuningCache(path).get("k") == Config(64, 64, 32)
+
+
+def test_tune_true_needs_a_gpu():
+    if DEVICE.type == "cuda":
+        pytest.skip("on a GPU tune=True measures")
+    with pytest.raises(ValueError, match="GPU"):
+        fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE, tune=True)
