@@ -942,11 +942,17 @@ class GraphedModule:
         return self.static_y
 
 
+# `fastres bench --tune`: the fastres system tunes each conv's tile config on its first forward
+# (fastres.tuning; the tuning time is in `first_call_s`, never in the timed calls).
+FASTRES_OPTIONS = {"tune": False}
+
+
 def build_fastres(model: torch.nn.Module, dtype: torch.dtype, device: torch.device):
     """The fastres engine for `model` (CUDA-graphed on a GPU)."""
     import fastres
 
-    return fastres.from_torchvision(model, dtype=dtype, cuda_graph=device.type == "cuda")
+    tune = FASTRES_OPTIONS["tune"] and device.type == "cuda"
+    return fastres.from_torchvision(model, dtype=dtype, cuda_graph=device.type == "cuda", tune=tune)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1332,6 +1338,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="input height = width (default 224)")
     parser.add_argument("--systems", default=None, help=f"e2e systems, comma list of {','.join(ALL_E2E_SYSTEMS)} (default: the first four)")
     parser.add_argument("--layer-systems", default=None, help=f"per-layer systems, comma list of {','.join(LAYER_SYSTEMS)} (default: all)")
+    parser.add_argument("--tune", action="store_true",
+                        help="fastres measures every conv's tile configs on its first forward (cached on disk)")
     parser.add_argument("--max-autotune", action="store_true", help="also time torch.compile(mode='max-autotune') (compiles for minutes)")
     parser.add_argument("--max-layers", type=int, default=None, help="per model, at most this many distinct convs (the most varied first)")
     parser.add_argument("--warmup-ms", type=float, default=None, help="warm-up per measurement (default 25)")
@@ -1478,7 +1486,9 @@ def main(args: argparse.Namespace) -> int:
         out_dir = Path(tempfile.mkdtemp(prefix="fastres-smoke-"))
     else:
         out_dir = Path("bench") / "results"
+    FASTRES_OPTIONS["tune"] = bool(args.tune)
     env = environment(device, smoke=smoke)
+    env["fastres_tuned"] = bool(args.tune) and device.type == "cuda"
     path = results_path(out_dir, env)
     results = open_results(path, env)
     results["timing"] = (

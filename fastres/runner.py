@@ -23,6 +23,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="engine dtype (default float16; with --weights, the file's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions on a GPU (median reported)")
+    p.add_argument("--tune", action="store_true", help="on a GPU: measure each conv's tile configs first (cached on disk)")
 
 
 @contextlib.contextmanager
@@ -77,7 +78,7 @@ def main(args) -> int:
     if args.weights:
         with _step(f"loading {args.weights}"):
             try:
-                fast = conv.load(args.weights, device=device)
+                fast = conv.load(args.weights, device=device, tune=args.tune and on_gpu)
             except (conv.WeightsError, FileNotFoundError) as exc:
                 raise UserError(str(exc)) from None
         if args.arch and args.arch != fast.arch:
@@ -93,7 +94,7 @@ def main(args) -> int:
         with _step(f"building {arch} with calibrated random weights (seed {args.seed})"):
             model = random_resnet(arch, seed=args.seed)
         with _step(f"folding BatchNorm and packing {str(dtype)[6:]} weights"):
-            fast = from_torchvision(model, dtype=dtype, device=device)
+            fast = from_torchvision(model, dtype=dtype, device=device, tune=args.tune and on_gpu)
         source = "random weights"
     if dtype == torch.bfloat16 and not on_gpu:
         raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
@@ -101,7 +102,8 @@ def main(args) -> int:
     g = torch.Generator().manual_seed(args.seed + 1)
     images = torch.randn(batch, 3, size, size, generator=g)
     x = images.to(device, dtype)
-    with _step("first forward (compiles kernels, builds buffers" + (", captures a CUDA graph)" if on_gpu else ")")):
+    first = "first forward (compiles kernels, builds buffers" + (", tunes" if args.tune and on_gpu else "")
+    with _step(first + (", captures a CUDA graph)" if on_gpu else ")")):
         logits = fast(x)
         if on_gpu:
             torch.cuda.synchronize()
