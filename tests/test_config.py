@@ -197,16 +197,30 @@ def _space_params():
 @pytest.mark.parametrize("kernel,dtype,cfg", _space_params())
 def test_every_dispatchable_config(kernel, dtype, cfg, device):
     """Each config the engine may dispatch, forced through use_config, on a problem with tails in
-    M (2*5*7 = 70 pixels), N (Cout 72) and K (Cin 40)."""
-    x = rand_nhwc(2, 40, 5, 7, dtype=dtype, device=device)
-    k = 3 if kernel == "conv" else 1
-    w = rand_nhwc(72, 40, k, k, dtype=dtype, device=device, scale=(40 * k * k) ** -0.5)
+    M, N (Cout 72) and K: conv 3x3 over Cin 40, the stem 7x7/2 over Cin 3 (K = 147) read from an
+    NCHW float32 input, conv1x1 over Cin 40."""
+    if kernel == "conv_stem":
+        x = torch.randn(2, 3, 13, 11).to(device)  # the caller's input as it comes
+        cin, k, stride, pad = 3, 7, 2, 3
+    else:
+        cin, k, stride, pad = 40, (3 if kernel == "conv" else 1), 1, (1 if kernel == "conv" else 0)
+        x = rand_nhwc(2, cin, 5, 7, dtype=dtype, device=device)
+    w = rand_nhwc(72, cin, k, k, dtype=dtype, device=device, scale=(cin * k * k) ** -0.5)
     b = torch.randn(72).to(device)
-    r = rand_nhwc(2, 72, 5, 7, dtype=dtype, device=device)
-    out = torch.full((2, 72, 5, 7), float("nan"), dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    oh, ow = (x.shape[2] + 2 * pad - k) // stride + 1, (x.shape[3] + 2 * pad - k) // stride + 1
+    r = rand_nhwc(2, 72, oh, ow, dtype=dtype, device=device)
+    out = torch.full((2, 72, oh, ow), float("nan"), dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    if kernel != "conv1x1":
+        # The launcher picks its config from this space for this input (the override is not ignored).
+        assert K.conv.reduction(cin, k, k)[2] == kernel
     with use_config(kernel, cfg):
         if kernel == "conv":
             y = K.conv_bn_relu(x, w, b, padding=1, residual=r, out=out)
+            ref = ref_conv(x, w, b, padding=1, residual=r)
+        elif kernel == "conv_stem":
+            y = K.stem_conv(x, w, b, stride=2, padding=3, out=out)
+            ref = ref_conv(x, w, b, stride=2, padding=3)
         else:
             y = K.conv1x1(x, w, b, residual=r, out=out)
-    assert_close(y, ref_conv(x, w, b, padding=k // 2, residual=r), KERNEL_RTOL[dtype], what=f"{kernel} {cfg.name}")
+            ref = ref_conv(x, w, b, residual=r)
+    assert_close(y, ref, KERNEL_RTOL[dtype], what=f"{kernel} {cfg.name}")
