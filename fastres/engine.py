@@ -6,6 +6,7 @@ A repeated forward at a known shape allocates nothing but its output.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from typing import Callable, Mapping
@@ -86,6 +87,7 @@ class ResNet(torch.nn.Module):
         device: torch.device | str = "cuda",
         cuda_graph: bool = True,
         tune: "bool | Tuner" = False,
+        max_shapes: int = 16,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -125,8 +127,13 @@ class ResNet(torch.nn.Module):
             with torch.inference_mode(False):
                 self._params[key] = t.to(self.device).contiguous(memory_format=fmt)
         self.stem, self.blocks = arch_blocks(arch)
-        self._arenas: dict[tuple, _Arena] = {}
+        if max_shapes < 1:
+            raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
+        # Input shapes (x stream) kept built; the least recently used beyond this is freed.
+        self.max_shapes = int(max_shapes)
+        self._arenas: collections.OrderedDict[tuple, _Arena] = collections.OrderedDict()
         self._arenas_lock = threading.Lock()
+        self._build_lock = threading.Lock()
 
     # nn.Module plumbing: the packed parameters are tied to one device and dtype.
     def _apply(self, fn, recurse=True):
@@ -304,16 +311,25 @@ class ResNet(torch.nn.Module):
         N, _, H, W = x.shape
         stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
         key = (N, H, W, x.dtype, stream)
-        arena = self._arenas.get(key)
-        if arena is None:
-            # One build at a time per engine: plan, tuning and graph capture of a new shape.
+        with self._arenas_lock:
+            arena = self._arenas.get(key)
+            if arena is not None:
+                self._arenas.move_to_end(key)
+                return arena
+        # One build at a time per engine (plan, tuning, graph capture of a new shape); threads
+        # running shapes already built are not held up by it.
+        with self._build_lock:
             with self._arenas_lock:
                 arena = self._arenas.get(key)
-                if arena is None:
-                    arena = self._build(N, H, W, x.dtype, x.dtype)
-                    if self.cuda_graph:
-                        self._capture(arena, x)
+            if arena is None:
+                arena = self._build(N, H, W, x.dtype, x.dtype)
+                if self.cuda_graph:
+                    self._capture(arena, x)
+                with self._arenas_lock:
                     self._arenas[key] = arena
+                    # A thread still running an evicted arena keeps it alive until it is done.
+                    while len(self._arenas) > self.max_shapes:
+                        self._arenas.popitem(last=False)
         return arena
 
     def clear(self) -> None:

@@ -224,3 +224,14 @@ def test_cuda_engine_without_cuda_is_refused():
     params = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device="cpu").params()
     with pytest.raises(ValueError, match="no CUDA device"):
         fastres.ResNet("resnet18", params, num_classes=10, dtype=torch.float32, device="cuda")
+
+
+def test_least_recently_used_shapes_are_freed():
+    params = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE).params()
+    fast = fastres.ResNet("resnet18", params, num_classes=10, dtype=torch.float32, device=DEVICE, max_shapes=2)
+    shapes = {"a": (1, 3, 8, 8), "b": (1, 3, 9, 8), "c": (1, 3, 8, 9)}
+    for name in ("a", "b", "a", "c"):
+        fast(torch.randn(shapes[name], device=DEVICE))
+    assert {k[1:3] for k in fast._arenas} == {(8, 8), (8, 9)}  # "b" was the least recently used
+    with pytest.raises(ValueError, match="max_shapes"):
+        fastres.ResNet("resnet18", params, num_classes=10, dtype=torch.float32, device=DEVICE, max_shapes=0)
