@@ -17,7 +17,7 @@ from . import kernels as K
 from .kernels._checks import out_size
 from .kernels.conv import reduction
 from .tuning import Tuner, cache_key
-from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, param_shapes
+from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, check_params, param_shapes
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ENGINE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -111,18 +111,10 @@ class ResNet(torch.nn.Module):
                 raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
-        expected = param_shapes(arch, num_classes)
-        missing = sorted(set(expected) - set(params))
-        if missing:
-            raise UnsupportedModelError(f"parameters for {arch} are missing '{missing[0]}'")
+        check_params(params, arch, num_classes, dtype)
         self._params: dict[str, torch.Tensor] = {}
-        for key, shape in expected.items():
+        for key in param_shapes(arch, num_classes):
             t = params[key]
-            if tuple(t.shape) != shape:
-                raise UnsupportedModelError(f"parameter '{key}' has shape {tuple(t.shape)}, expected {shape}")
-            want = torch.float32 if key.endswith(".bias") else dtype
-            if t.dtype != want:
-                raise TypeError(f"parameter '{key}' has dtype {t.dtype}, expected {want}")
             fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
             with torch.inference_mode(False):
                 self._params[key] = t.to(self.device).contiguous(memory_format=fmt)

@@ -220,3 +220,28 @@ def param_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
     shapes["fc.weight"] = (num_classes, ARCHS[arch].features)
     shapes["fc.bias"] = (num_classes,)
     return shapes
+
+
+def check_params(params: Mapping[str, torch.Tensor], arch: str, num_classes: int, dtype: torch.dtype) -> None:
+    """Folded parameters exactly as the engine runs them (what fold_params makes and a converted
+    file holds): every key, nothing else, each shape, weights in `dtype` and biases float32.
+
+    Raises UnsupportedModelError for a missing, unexpected or misshaped tensor, TypeError for a
+    wrong dtype.
+    """
+    expected = param_shapes(arch, num_classes)
+    missing = [k for k in expected if k not in params]
+    if missing:
+        raise UnsupportedModelError(f"missing tensor '{missing[0]}' for {arch}")
+    unexpected = sorted(set(params) - set(expected))
+    if unexpected:
+        raise UnsupportedModelError(f"unexpected tensor '{unexpected[0]}' for {arch}")
+    for key, shape in expected.items():
+        t = params[key]
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensor '{key}' is a {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise UnsupportedModelError(f"tensor '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch}")
+        want = torch.float32 if key.endswith(".bias") else dtype
+        if t.dtype != want:
+            raise TypeError(f"tensor '{key}' has dtype {t.dtype}, expected {want}")

@@ -236,7 +236,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
     from safetensors.torch import load_file
 
     from .engine import ResNet
-    from .plan import param_shapes
+    from .plan import UnsupportedModelError, check_params
 
     meta = read_metadata(path)
     arch, dtype, num_classes = meta["arch"], DTYPES[meta["dtype"]], int(meta["num_classes"])
@@ -244,21 +244,11 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
         stored = load_file(str(path))
     except Exception as exc:
         raise WeightsError(f"{path} is truncated or corrupt: {exc}") from None
-    expected = param_shapes(arch, num_classes)
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    if missing:
-        raise WeightsError(f"{path} is missing tensor '{missing[0]}' for {arch}")
-    if unexpected:
-        raise WeightsError(f"{path} has unexpected tensor '{unexpected[0]}' for {arch}")
     params = _unpack(stored)
-    for key, shape in expected.items():
-        t = params[key]
-        if tuple(t.shape) != shape:
-            raise WeightsError(f"{path}: tensor '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch}")
-        want = torch.float32 if key.endswith(".bias") else dtype
-        if t.dtype != want:
-            raise WeightsError(f"{path}: tensor '{key}' has dtype {t.dtype}, expected {want}")
+    try:
+        check_params(params, arch, num_classes, dtype)
+    except (UnsupportedModelError, TypeError) as exc:
+        raise WeightsError(f"{path}: {exc}") from None
     return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph, tune=tune)
 
 

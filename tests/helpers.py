@@ -1,6 +1,8 @@
 """Shared test utilities: assert_close with diagnostics, tolerances, random channels_last data,
-and calibrated torchvision ResNets (DESIGN.md section 4)."""
+the conv geometries of torchvision's ResNets, and calibrated models (DESIGN.md section 4)."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -60,3 +62,36 @@ def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch
     from fastres.models import calibrate_ as calibrate
 
     return calibrate(model, size=size, batches=batches, batch=batch, seed=seed)
+
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+
+
+@functools.lru_cache(maxsize=None)
+def resnet_conv_geometries() -> tuple[tuple, ...]:
+    """Unique (k, stride, padding, cin, cout, role) over the torchvision ResNets.
+
+    role: "residual" for the last conv of a residual branch (add + ReLU fused), "projection"
+    for the downsample conv (no ReLU), "relu" otherwise. Built on the meta device: no weights.
+    """
+    import torchvision.models as tvm
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    found = set()
+    for name in RESNETS:
+        with torch.device("meta"):
+            model = getattr(tvm, name)()
+        role = {}
+        for m in model.modules():
+            if isinstance(m, BasicBlock):
+                role[id(m.conv2)] = "residual"
+            elif isinstance(m, Bottleneck):
+                role[id(m.conv3)] = "residual"
+            if isinstance(m, (BasicBlock, Bottleneck)) and m.downsample is not None:
+                role[id(m.downsample[0])] = "projection"
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                assert m.kernel_size[0] == m.kernel_size[1] and m.groups == 1 and m.dilation == (1, 1)
+                found.add((m.kernel_size[0], m.stride[0], m.padding[0], m.in_channels, m.out_channels,
+                           role.get(id(m), "relu")))
+    return tuple(sorted(found))

@@ -6,7 +6,6 @@ propagation and the launcher's argument checks.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import pytest
@@ -16,9 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from fastres import kernels as K
 from fastres.kernels import Config, use_config
-from helpers import DEVICE, DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, nhwc, rand_nhwc
+from helpers import DEVICE, DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, nhwc, rand_nhwc, resnet_conv_geometries
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 
 
 def dtype_id(d) -> str:
@@ -31,36 +29,6 @@ def ref_conv(x, w, b, *, stride=1, padding=0, relu=True, residual=None):
     if residual is not None:
         y = y + residual.double().cpu()
     return F.relu(y) if relu else y
-
-
-@functools.lru_cache(maxsize=None)
-def resnet_conv_geometries() -> tuple[tuple, ...]:
-    """Unique (k, stride, padding, cin, cout, role) over the torchvision ResNets.
-
-    role: "residual" for the last conv of a residual branch (add + ReLU fused), "projection"
-    for the downsample conv (no ReLU), "relu" otherwise. Built on the meta device: no weights.
-    """
-    import torchvision.models as tvm
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    found = set()
-    for name in RESNETS:
-        with torch.device("meta"):
-            model = getattr(tvm, name)()
-        role = {}
-        for m in model.modules():
-            if isinstance(m, BasicBlock):
-                role[id(m.conv2)] = "residual"
-            elif isinstance(m, Bottleneck):
-                role[id(m.conv3)] = "residual"
-            if isinstance(m, (BasicBlock, Bottleneck)) and m.downsample is not None:
-                role[id(m.downsample[0])] = "projection"
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                assert m.kernel_size[0] == m.kernel_size[1] and m.groups == 1 and m.dilation == (1, 1)
-                found.add((m.kernel_size[0], m.stride[0], m.padding[0], m.in_channels, m.out_channels,
-                           role.get(id(m), "relu")))
-    return tuple(sorted(found))
 
 
 def _geometry_id(g) -> str:

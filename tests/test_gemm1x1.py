@@ -6,7 +6,6 @@ from torchvision): reduce, expand, and the stride-1 / stride-2 downsample projec
 """
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -14,9 +13,8 @@ import torch.nn.functional as F
 
 from fastres import kernels as K
 from fastres.kernels import Config, use_config
-from helpers import DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, rand_nhwc
+from helpers import DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, rand_nhwc, resnet_conv_geometries
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 
 
 def dtype_id(d) -> str:
@@ -31,28 +29,9 @@ def ref_conv1x1(x, w, b, *, stride=1, relu=True, residual=None):
     return F.relu(y) if relu else y
 
 
-@functools.lru_cache(maxsize=None)
 def resnet_1x1_geometries() -> tuple[tuple, ...]:
-    """Unique (stride, cin, cout, role) of the 1x1 convs; role as in test_conv (residual /
-    projection / relu). Models are built on the meta device: no weights are allocated."""
-    import torchvision.models as tvm
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    found = set()
-    for name in RESNETS:
-        with torch.device("meta"):
-            model = getattr(tvm, name)()
-        role = {}
-        for m in model.modules():
-            if isinstance(m, Bottleneck):
-                role[id(m.conv3)] = "residual"
-            if isinstance(m, (BasicBlock, Bottleneck)) and m.downsample is not None:
-                role[id(m.downsample[0])] = "projection"
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1):
-                assert m.padding == (0, 0) and m.groups == 1
-                found.add((m.stride[0], m.in_channels, m.out_channels, role.get(id(m), "relu")))
-    return tuple(sorted(found))
+    """Unique (stride, cin, cout, role) of the 1x1 convs (role as in helpers.resnet_conv_geometries)."""
+    return tuple((s, cin, cout, role) for k, s, p, cin, cout, role in resnet_conv_geometries() if k == 1)
 
 
 GEOMETRIES = list(resnet_1x1_geometries())
