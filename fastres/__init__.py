@@ -12,6 +12,8 @@ interpreter (TRITON_INTERPRET, read when kernels are defined) before any kernel 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -31,37 +33,36 @@ _LAZY = {
 __all__ = ["ARCHS", "ResNet", "UnsupportedModelError", "WeightsError", "convert", "from_torchvision", "kernels", "load", "__version__"]
 
 
-def _load_checkout_kernels():
-    """Import the top-level ``kernels/`` folder of a source checkout as ``fastres.kernels``.
+_HERE = Path(__file__).resolve().parent
+_CHECKOUT_KERNELS = _HERE.parent / "kernels"
 
-    An installed wheel ships the kernels inside the package and an editable install maps
-    them there; a plain checkout (pytest from the repository root) has them one folder up.
+
+class _CheckoutKernelsFinder(importlib.abc.MetaPathFinder):
+    """In a source checkout, ``fastres.kernels`` is the ``kernels/`` folder beside ``fastres/``.
+
+    An installed wheel ships the kernels inside the package; an editable install maps them
+    there too, but possibly to another checkout's folder: this finder makes the package that
+    was imported always use its own kernels.
     """
-    folder = Path(__file__).resolve().parent.parent / "kernels"
-    init = folder / "__init__.py"
-    if not init.is_file():
-        raise ModuleNotFoundError("fastres.kernels is missing: reinstall fastres", name="fastres.kernels")
-    spec = importlib.util.spec_from_file_location(
-        "fastres.kernels", init, submodule_search_locations=[str(folder)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fastres.kernels"] = module
-    spec.loader.exec_module(module)
-    return module
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "fastres.kernels":
+            return importlib.util.spec_from_file_location(
+                fullname, _CHECKOUT_KERNELS / "__init__.py", submodule_search_locations=[str(_CHECKOUT_KERNELS)]
+            )
+        if fullname.startswith("fastres.kernels."):
+            return importlib.machinery.PathFinder.find_spec(fullname, [str(_CHECKOUT_KERNELS)], target)
+        return None
 
 
-def _kernels():
-    try:
-        return importlib.import_module("fastres.kernels")
-    except ModuleNotFoundError as exc:  # pragma: no cover - depends on how fastres was installed
-        if exc.name != "fastres.kernels":
-            raise
-        return _load_checkout_kernels()
+if not (_HERE / "kernels").is_dir() and (_CHECKOUT_KERNELS / "__init__.py").is_file():
+    if not any(isinstance(f, _CheckoutKernelsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _CheckoutKernelsFinder())
 
 
 def __getattr__(name: str):
     if name == "kernels":
-        value = _kernels()
+        value = importlib.import_module("fastres.kernels")
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:

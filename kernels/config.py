@@ -72,8 +72,9 @@ _SPACE["conv1x1"] = {
        for dt in _16},
     torch.float32: (C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 3)),
 }
-# avgpool_fc: BLOCK_M = batch rows, BLOCK_N = classes, BLOCK_K = channels per step.
-_SPACE["avgpool_fc"] = {**{dt: (C(64, 64, 64, 4, 1),) for dt in _16}, torch.float32: (C(64, 64, 32, 4, 1),)}
+# avgpool_fc: BLOCK_M = batch rows, BLOCK_N = classes, BLOCK_K = channels per step. Every class
+# tile pools its rows' activations again, so the tile is wide: 1000 classes read x 4 times.
+_SPACE["avgpool_fc"] = {**{dt: (C(64, 256, 64, 8, 1),) for dt in _16}, torch.float32: (C(64, 256, 32, 8, 1),)}
 # max_pool2d: BLOCK_M = output pixels, BLOCK_N = channels.
 _SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # add_relu: BLOCK_M = elements.
