@@ -1532,16 +1532,9 @@ def main(args: argparse.Namespace) -> int:
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
     """`python -m fastres.benchmark ...` (the same as `fastres bench ...`)."""
-    from .cli import UserError
+    from .cli import run_subcommand
 
-    parser = argparse.ArgumentParser(prog="fastres bench")
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except UserError as exc:
-        print(f"fastres bench: error: {exc}", file=sys.stderr)
-        return 2
+    return run_subcommand("bench", None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -441,8 +441,9 @@ def _compile_row(kernel: str, config, dtype: str, variant: Variant) -> dict:
 
 
 def cache_file() -> Path:
-    root = os.environ.get("FASTRES_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastres")
-    return Path(root) / "check" / "results.json"
+    from .tuning import cache_dir
+
+    return cache_dir() / "check" / "results.json"
 
 
 def _kernel_sources_digest() -> str:
@@ -794,17 +795,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _cli(argv: list[str] | None = None) -> int:
-    """``python -m fastres.check``: the same command without the other subcommands."""
-    from .cli import UserError
+    """``python -m fastres.check``: the same as ``fastres check``."""
+    from .cli import run_subcommand
 
-    parser = argparse.ArgumentParser(prog="fastres check", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except UserError as exc:
-        print(f"fastres check: error: {exc}", file=sys.stderr)
-        return 2
+    return run_subcommand("check", argv)
 
 
 if __name__ == "__main__":

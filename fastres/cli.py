@@ -72,5 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run_subcommand(name: str, argv: list[str] | None = None) -> int:
+    """`python -m fastres.<module> ARGS`: the same as `fastres NAME ARGS`."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,7 +73,6 @@ def main(args) -> int:
     from . import weights as conv
     from .build import from_torchvision
     from .models import random_resnet, unfolded
-    from .plan import arch_convs  # noqa: F401  (keeps plan import errors early and clear)
 
     if args.weights:
         with _step(f"loading {args.weights}"):
