@@ -12,6 +12,7 @@ import errno
 import hashlib
 import importlib
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -390,10 +391,10 @@ def _bad_sources(zoo, folder: Path):
         "a folder": (lambda p: p.mkdir(), ".pth", [], WeightsError, ["not a file"]),
         "empty .pth": (lambda p: p.write_bytes(b""), ".pth", [], WeightsError, ["truncated or corrupt"]),
         "truncated .pth": (cut(0.5, ".pth"), ".pth", [], WeightsError, ["truncated or corrupt"]),
-        "random bytes .pth": (lambda p: p.write_bytes(os.urandom(4096)), ".pth", [], WeightsError, []),
+        "random bytes .pth": (lambda p: p.write_bytes(random.Random(11).randbytes(4096)), ".pth", [], WeightsError, []),
         "truncated .safetensors": (cut(0.5, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "truncated early .safetensors": (cut(0.0005, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
-        "random bytes .safetensors": (lambda p: p.write_bytes(os.urandom(4096)), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
+        "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "resnext50_32x4d": (saved(lambda: torchvision.models.resnext50_32x4d(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
                             WeightsError, ["grouped"]),
         "alexnet": (saved(lambda: torchvision.models.alexnet(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
@@ -647,3 +648,18 @@ def test_public_convert_is_the_function(tmp_path):
     (out1, err1), (out2, err2) = (p.communicate(timeout=300) for p in procs)
     assert procs[0].returncode == 0, err1
     assert procs[1].returncode == 2 and "Traceback" not in err2 and "no such file" in err2, err2
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_any_damaged_bytes_are_a_weights_error(tmp_path, suffix):
+    """Random bytes reach torch.load's and safetensors' parsers at every depth; whatever they
+    raise (IndexError, struct.error, UnicodeDecodeError, ...) becomes a one-line WeightsError
+    (for a pickle, torch may report it as a refused weights-only load: also never unpickled)."""
+    src = tmp_path / f"input{suffix}"
+    gen = random.Random(0)
+    for i in range(64):
+        src.write_bytes(gen.randbytes(gen.choice((16, 256, 4096))))
+        with pytest.raises(WeightsError, match="truncated or corrupt|refused by torch.load") as info:
+            W.convert(src, tmp_path / "out.safetensors", arch="resnet18")
+        assert "\n" not in str(info.value).strip()
+        assert not (tmp_path / "out.safetensors").exists()
