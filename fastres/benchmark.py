@@ -804,6 +804,13 @@ def summary_text(results: dict) -> str:
                 ratio = f"  fastres {totals['cudnn-eager'] / totals['fastres']:.2f}x vs cudnn-eager"
             n = len({r["layer"] for rs in groups[key].values() for r in rs})
             lines.append(f"{key[0]:10s}{key[1]:9s}b{key[2]:<5d} {n:2d} convs: " + ", ".join(parts) + ratio)
+    split = [r for r in layer if r.get("unsplit_median_ms")]
+    if split:
+        lines.append("split-K layers (fastres split vs the same tile unsplit, device time)")
+        for r in split:
+            lines.append(f"  {r['model']} {r['dtype']} b{r['batch']} {r['layer']}: {r['config']} "
+                         f"{r['median_ms'] * 1e3:.1f} us vs {r['unsplit_median_ms'] * 1e3:.1f} us "
+                         f"({r['split_speedup']:.2f}x)")
     bad = [r for r in recs if r.get("status") in ("wrong", "error")]
     for r in bad:
         lines.append(f"{r['status'].upper()}: {r.get('kind')} {r['model']} {r.get('layer', '')} b{r['batch']} {r['dtype']} "
@@ -1159,17 +1166,27 @@ def layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch
     return sets
 
 
-def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs]) -> Callable[[int], torch.Tensor]:
+def fastres_layer_config(layer: ConvLayer, s: LayerInputs):
+    """The config fastres' launcher picks for `layer` on input set `s` (what the engine runs)."""
+    from .kernels.conv import check_conv_args, conv_config
+    from .kernels.gemm1x1 import conv1x1_config
+
+    g = check_conv_args(s.x, s.w, s.b, layer.stride, layer.pad, s.r, s.out, "ieee")
+    return (conv1x1_config if layer.k == 1 else conv_config)(g, s.x.dtype, s.x.device)
+
+
+def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config=None) -> Callable[[int], torch.Tensor]:
     """fn(i) running `system` on input set i: 'fastres' (the kernel, written into the set's
-    output buffer), 'cudnn-eager' (F.conv2d + bias, then in-place add and ReLU) or 'cudnn-conv'."""
+    output buffer; `config` overrides the launcher's choice), 'cudnn-eager' (F.conv2d + bias,
+    then in-place add and ReLU) or 'cudnn-conv'."""
     from . import kernels as K
 
     if system == "fastres":
         if layer.k == 1:
             return lambda i: K.conv1x1(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, relu=layer.relu,
-                                       residual=sets[i].r, out=sets[i].out)
+                                       residual=sets[i].r, out=sets[i].out, config=config)
         return lambda i: K.conv_bn_relu(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
-                                        relu=layer.relu, residual=sets[i].r, out=sets[i].out)
+                                        relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=config)
     if system == "cudnn-eager":
         def fused(i):
             s = sets[i]
@@ -1276,6 +1293,8 @@ def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size
             if floor_ms:
                 rec["pct_floor"] = 100.0 * floor_ms / stats["median_ms"]
             run.log(f"{tag} {stats['median_ms'] * 1e3:10.1f} us  {rec['tflops']:7.2f} TFLOP/s  rel {rel:.1e}")
+            if system == "fastres":
+                _split_comparison(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag)
         except Exception as exc:
             rec.update(status="error", reason=_first_line(exc))
             run.log(f"{tag} ERROR {rec['reason']}")
@@ -1285,6 +1304,29 @@ def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size
     del sets, refs
     if device.type == "cuda" and batch >= 32:
         _free(device)
+
+
+def _split_comparison(run, rec, layer, sets, ref, n_sets, flush, l2, tag) -> None:
+    """Record fastres' config; where it splits the K loop, also check and time the same tile
+    unsplit, side by side, so every run measures what split-K gains layer by layer."""
+    cfg = fastres_layer_config(layer, sets[0])
+    rec.update(config=cfg.name, split_k=cfg.SPLIT_K)
+    if cfg.SPLIT_K <= 1:
+        return
+    fn = layer_callable("fastres", layer, sets, config=dataclasses.replace(cfg, SPLIT_K=1))
+    sets[0].out.fill_(float("nan"))
+    with torch.inference_mode():
+        rel = rel_error(fn(0), ref)
+    if not rel <= rec["tol"]:
+        rec["unsplit_status"] = f"wrong: rel error {rel:.3e} > {rec['tol']:.1e}"
+        run.log(f"{tag} unsplit WRONG rel {rel:.2e}")
+        return
+    with torch.inference_mode():
+        stats = measure(fn, n_sets, device=run.device, options=run.timing, flush_bytes=2 * l2 if flush else 0,
+                        device_time=True)
+    rec.update(unsplit_median_ms=stats["median_ms"], split_speedup=stats["median_ms"] / rec["median_ms"])
+    run.log(f"{tag} unsplit {stats['median_ms'] * 1e3:7.1f} us: split {cfg.SPLIT_K} ways is "
+            f"{rec['split_speedup']:.2f}x")
 
 
 def checked_forward(model_name: str, size: int, batch: int, dtype_name: str, device: torch.device, log=print) -> bool:

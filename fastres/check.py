@@ -78,6 +78,7 @@ _KERNEL_FN = {
     "avgpool_fc": ("head", "_avgpool_fc_kernel"),
     "max_pool2d": ("pool", "_max_pool_kernel"),
     "add_relu": ("elementwise", "_add_relu_kernel"),
+    "splitk_reduce": ("splitk", "_splitk_reduce_kernel"),
 }
 # Config fields that are constexpr meta-parameters of the kernels (the rest are launch options).
 _CONFIG_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
@@ -106,10 +107,14 @@ class Variant:
     values: tuple[tuple[str, int], ...]
     pointers: tuple[tuple[str, str], ...]
     gemm_k: int | None = None  # the K the launcher hands select_config (GEMM-type kernels)
+    # (K, taps, SPLIT_K asked for) of a conv's K loop: its ITERS argument depends on the
+    # config's BLOCK_K, so `specialize` computes it per config, as the launcher does.
+    k_loop: tuple[int, int, int] | None = None
 
     @classmethod
-    def make(cls, name: str, meta: dict, values: dict, pointers: dict, gemm_k: int | None = None) -> "Variant":
-        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k)
+    def make(cls, name: str, meta: dict, values: dict, pointers: dict, gemm_k: int | None = None,
+             k_loop: tuple[int, int, int] | None = None) -> "Variant":
+        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k, k_loop)
 
     @property
     def precision(self) -> str | None:
@@ -131,43 +136,74 @@ def _out(size: int, k: int, s: int, p: int) -> int:
 
 
 BATCH = 32  # the representative batch (sizes only; see the module docstring)
-_POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x"}
+# Split-K variants: ResNet-50 layers at batch 1, split as many ways as the heuristic would.
+SPLIT_BATCH = 1
+_POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x", "ws_ptr": "fp32"}
+
+
+def _split_request(m: int, cout: int, k: int, taps: int) -> int:
+    """The SPLIT_K the heuristic asks for a layer (64x64 tiles, 64-wide K steps, 132 SMs)."""
+    from .kernels.config import NUM_SMS_DEFAULT, choose_split, k_iters
+
+    return choose_split(-(-m // 64) * -(-cout // 64), k_iters(k, 64, taps), NUM_SMS_DEFAULT)
 
 
 def _conv_variant(
     label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, prec: str,
-    *, x_type: str = "x", x_nchw: bool = False,
+    *, x_type: str = "x", x_nchw: bool = False, split: bool = False,
 ) -> Variant:
     """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``)."""
+    n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, k, s, p)
     flat = cin < 16  # the launcher reduces over (kh, kw, cin) at once below 16 channels
+    kk, taps = (k * k * cin, 1) if flat else (cin, k * k)
+    request = _split_request(n * oh * oh, cout, kk, taps) if split else 1
+    if split and request < 2:
+        raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {
-        "M": BATCH * oh * oh, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
+        "M": n * oh * oh, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
         "SH": s, "SW": s, "PH": p, "PW": p,
-        **(_nchw if x_nchw else _nhwc)(BATCH, cin, hw, hw, "sx"),
+        **(_nchw if x_nchw else _nhwc)(n, cin, hw, hw, "sx"),
         # weights [Cout, KH, KW, Cin]
         "swo": k * k * cin, "swh": k * cin, "sww": cin, "swc": 1,
-        **_nhwc(BATCH, cout, oh, oh, "sr"), **_nhwc(BATCH, cout, oh, oh, "sy"),
+        **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
+        "sws": n * oh * oh * cout if split else 0,
     }
     meta = {"KH": k, "KW": k, "FLAT_K": flat, "HAS_RESIDUAL": residual, "RELU": True,
-            "INPUT_PRECISION": prec}
+            "INPUT_PRECISION": prec, "SPLIT": split}
     x = f"/x:nchw-{x_type}" if x_nchw else ("" if x_type == "x" else f"/x:{x_type}")
-    name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + f"/{prec} [{label}]"
-    return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type), gemm_k=k * k * cin if flat else cin)
+    name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + ("/splitk" if split else "") + f"/{prec} [{label}]"
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type), gemm_k=kk, k_loop=(kk, taps, request))
 
 
-def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: bool, residual: bool, prec: str):
+def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: bool, residual: bool, prec: str,
+                     *, split: bool = False):
     """A ``_gemm1x1_kernel`` launch as ``kernels/gemm1x1.py`` makes it."""
+    n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, 1, s, 0)
+    request = _split_request(n * oh * oh, cout, cin, 1) if split else 1
+    if split and request < 2:
+        raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {
-        "M": BATCH * oh * oh, "C": cin, "OH": oh, "OW": oh, "CO": cout, "SH": s, "SW": s,
-        **_nhwc(BATCH, cin, hw, hw, "sx"),
+        "M": n * oh * oh, "C": cin, "OH": oh, "OW": oh, "CO": cout, "SH": s, "SW": s,
+        **_nhwc(n, cin, hw, hw, "sx"),
         "swo": cin, "swc": 1,
-        **_nhwc(BATCH, cout, oh, oh, "sr"), **_nhwc(BATCH, cout, oh, oh, "sy"),
+        **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
+        "sws": n * oh * oh * cout if split else 0,
     }
-    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec}
-    name = f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + f"/{prec} [{label}]"
-    return Variant.make(name, meta, values, _POINTERS_CONV, gemm_k=cin)
+    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split}
+    name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + ("/splitk" if split else "")
+            + f"/{prec} [{label}]")
+    return Variant.make(name, meta, values, _POINTERS_CONV, gemm_k=cin, k_loop=(cin, 1, request))
+
+
+def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, residual: bool, splits: int):
+    """A ``_splitk_reduce_kernel`` launch as ``kernels/splitk.py`` makes it."""
+    values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": m * cout,
+              **_nhwc(m // (hw * hw), cout, hw, hw, "sr"), **_nhwc(m // (hw * hw), cout, hw, hw, "sy")}
+    name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + f" [{label}]"
+    return Variant.make(name, {"HAS_RESIDUAL": residual, "RELU": relu}, values,
+                        {"ws_ptr": "fp32", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x"})
 
 
 def _precisions(dtype: str) -> tuple[str, ...]:
@@ -181,12 +217,16 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
     Each is a ResNet-50 layer at batch 32 (224x224), float32 GEMMs in both input precisions:
 
     - conv_stem: the stem 7x7/2 (Cin = 3, the flat-K path) reading the user's input as the
-      engine hands it over: float32, float16 or bfloat16, NCHW or channels_last.
+      engine hands it over: float32, float16 or bfloat16, NCHW or channels_last. (Never split:
+      its K loop is at most 10 steps, under two splits' worth by ``choose_split``'s rule.)
     - conv: 3x3/1 with and without the fused residual
       (BasicBlock conv1 / conv2); 3x3/2 (a stage's first 3x3, never a residual); 1x1/1 with
-      the residual (``conv_bn_relu`` on a 1x1 weight, the heavier of its two epilogues).
+      the residual (``conv_bn_relu`` on a 1x1 weight, the heavier of its two epilogues); split-K
+      3x3/1 and 3x3/2 of layer4 at batch 1.
     - conv1x1: (ReLU, residual) = (yes, no) bottleneck conv1, (yes, yes) conv3, (no, no) the
-      strided downsample.
+      strided downsample; split-K conv1 and downsample of layer4 at batch 1.
+    - splitk_reduce: the sum of the partials with each epilogue (ReLU with and without the
+      residual, neither: the downsample), at layer4's batch-1 size.
     - avgpool_fc: batch 32 and batch 1 (the JIT makes N = 1 a constant), logits in each float
       dtype (the engine returns logits in the input's dtype).
     - max_pool2d: the stem's 3x3/2 pool; add_relu: one flat launch.
@@ -206,11 +246,15 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
                 out.append(_conv_variant("layer1", 3, 1, 1, 64, 64, 56, res, prec))
             out.append(_conv_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, prec))
             out.append(_conv_variant("layer1", 1, 1, 0, 256, 64, 56, True, prec))
+            out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True))
+            out.append(_conv_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, prec, split=True))
     elif kernel == "conv1x1":
         for prec in _precisions(dt):
             out.append(_gemm1x1_variant("conv1", 1, 256, 64, 56, True, False, prec))
             out.append(_gemm1x1_variant("conv3", 1, 64, 256, 56, True, True, prec))
             out.append(_gemm1x1_variant("downsample", 2, 256, 512, 56, False, False, prec))
+            out.append(_gemm1x1_variant("layer4 conv1", 1, 2048, 512, 7, True, False, prec, split=True))
+            out.append(_gemm1x1_variant("layer4 downsample", 2, 1024, 2048, 14, False, False, prec, split=True))
     elif kernel == "avgpool_fc":
         for prec in _precisions(dt):
             # Logits come back in the caller's input dtype: any float dtype, at any batch.
@@ -229,6 +273,9 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
             **_nhwc(BATCH, 64, 112, 112, "sx"), **_nhwc(BATCH, 64, 56, 56, "sy"),
         }
         out.append(Variant.make("3x3/s2 [stem pool]", {"KH": 3, "KW": 3}, values, {"x_ptr": "x", "y_ptr": "x"}))
+    elif kernel == "splitk_reduce":
+        for relu, res in ((True, False), (True, True), (False, False)):
+            out.append(_splitk_reduce_variant("layer4 b1", 49, 2048, 7, relu, res, 8))
     elif kernel == "add_relu":
         out.append(Variant.make(
             "flat [layer1 out]", {}, {"NUMEL": BATCH * 256 * 56 * 56}, {"x_ptr": "x", "r_ptr": "x", "y_ptr": "x"}
@@ -301,6 +348,12 @@ def specialize(fn, config, dtype: str | torch.dtype, variant: Variant):
     for f in _CONFIG_META:
         meta.setdefault(f, getattr(config, f))
     values, pointers = dict(variant.values), dict(variant.pointers)
+    if variant.k_loop is not None:
+        from .kernels.config import k_iters
+        from .kernels.splitk import split_plan
+
+        k, taps, request = variant.k_loop
+        values["ITERS"] = split_plan(k_iters(k, config.BLOCK_K, taps), request)[1]
     signature: dict[str, str] = {}
     constexprs: dict[tuple[int, ...], Any] = {}
     attrs: dict[tuple[int, ...], list] = {}

@@ -15,7 +15,9 @@ import torch
 
 from . import kernels as K
 from .kernels._checks import out_size
+from .kernels.config import k_iters
 from .kernels.conv import reduction
+from .kernels.splitk import split_plan, workspace_numel
 from .tuning import Tuner, cache_key
 from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, check_params, param_shapes
 
@@ -42,6 +44,7 @@ class _Arena:
         self.lock = threading.Lock()
         self.steps: list[Callable[[torch.Tensor], None]] = []
         self.slots: list[torch.Tensor] = []
+        self.workspace: torch.Tensor | None = None  # float32 partial sums of the split-K convs
         self.logits: torch.Tensor | None = None
         self.graph = None
         self.static_input: torch.Tensor | None = None
@@ -162,7 +165,7 @@ class ResNet(torch.nn.Module):
             )
 
     # -- the plan for one input shape --------------------------------------------------
-    def _tune(self, op: ConvSpec, space: str, default, launch, a, r, in_shape, in_dtype):
+    def _tune(self, op: ConvSpec, space: str, default, candidates, launch, a, r, in_shape, in_dtype):
         """The measured-fastest config of one conv, on its own (randomly filled) buffers."""
         x = None
         with torch.inference_mode(False):
@@ -173,8 +176,7 @@ class ResNet(torch.nn.Module):
                     t.normal_()
         geometry = (op.k, op.stride, op.pad, op.cin, op.cout, *(in_shape[2:] if a is None else a.shape[2:]))
         key = cache_key(self._device_name(), self.dtype, space, geometry, in_shape[0])
-        candidates = K.config_space(space, self.dtype)
-        return self.tuner.choose(key, lambda cfg: launch(x, cfg), candidates, default, self.dtype)
+        return self.tuner.choose(key, lambda cfg: launch(x, cfg, None), candidates, default, self.dtype)
 
     def _device_name(self) -> str:
         if self.device.type == "cuda":
@@ -235,6 +237,8 @@ class ResNet(torch.nn.Module):
         p = self._params
         convs = [op for op, *_ in launches if isinstance(op, ConvSpec)]
         progress = None
+        ws_numel = 0
+        conv_steps: list[int] = []  # steps held as (launch, cfg) until the workspace exists
         if self.tuner is not None:
             from tqdm import tqdm
 
@@ -256,24 +260,37 @@ class ResNet(torch.nn.Module):
             # choice, made from the same geometry), so a forward does no selection work.
             w, b = p[f"{op.name}.weight"], p[f"{op.name}.bias"]
             m = dst.shape[0] * dst.shape[2] * dst.shape[3]
-            _, k, space = reduction(op.cin, op.k, op.k) if op.kernel == "conv" else (False, op.cin, op.kernel)
-            cfg = K.select_config(space, self.dtype, M=m, N=op.cout, K=k, device=self.device)
+            flat, k, space = reduction(op.cin, op.k, op.k) if op.kernel == "conv" else (False, op.cin, op.kernel)
+            taps = 1 if flat else op.k * op.k
+            cfg = K.select_config(space, self.dtype, M=m, N=op.cout, K=k, taps=taps, device=self.device)
             if op is self.stem:
-                def launch(x, cfg, w=w, b=b, spec=op, y=y):
-                    return K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg)
+                def launch(x, cfg, ws, w=w, b=b, spec=op, y=y):
+                    return K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws)
             elif op.kernel == "conv1x1":
-                def launch(x, cfg, w=w, b=b, spec=op, a=a, r=r, y=y):
-                    return K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg)
+                def launch(x, cfg, ws, w=w, b=b, spec=op, a=a, r=r, y=y):
+                    return K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
+                                     workspace=ws)
             else:
-                def launch(x, cfg, w=w, b=b, spec=op, a=a, r=r, y=y):
+                def launch(x, cfg, ws, w=w, b=b, spec=op, a=a, r=r, y=y):
                     return K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
-                                          residual=r, out=y, config=cfg)
+                                          residual=r, out=y, config=cfg, workspace=ws)
             if self.tuner is not None:
-                cfg = self._tune(op, space, cfg, launch, a, r, (N, 3, H, W), in_dtype)
+                candidates = K.tuning_candidates(space, self.dtype, M=m, N=op.cout, K=k, taps=taps, device=self.device)
+                cfg = self._tune(op, space, cfg, candidates, launch, a, r, (N, 3, H, W), in_dtype)
                 progress.update()
-            arena.steps.append(lambda x, launch=launch, cfg=cfg: launch(x, cfg))
+            splits, _ = split_plan(k_iters(k, cfg.BLOCK_K, taps), cfg.SPLIT_K)
+            ws_numel = max(ws_numel, workspace_numel(m, op.cout, splits))
+            conv_steps.append(len(arena.steps))
+            arena.steps.append((launch, cfg))
         if progress is not None:
             progress.close()
+        # One workspace serves every split conv: the launches run one after another on one stream.
+        if ws_numel:
+            with torch.inference_mode(False):
+                arena.workspace = torch.empty(ws_numel, device=self.device, dtype=torch.float32)
+        for i in conv_steps:
+            launch, cfg = arena.steps[i]
+            arena.steps[i] = lambda x, launch=launch, cfg=cfg, ws=arena.workspace: launch(x, cfg, ws)
         return arena
 
     def _run(self, arena: _Arena, x: torch.Tensor) -> None:

@@ -90,10 +90,15 @@ class TuningCache:
 
 
 def cuda_timer(fn: Callable[[], object]) -> float:
-    """Median milliseconds of `fn` on the current CUDA stream (triton's do_bench)."""
+    """Median milliseconds of `fn`, replayed from a CUDA graph (triton's do_bench_cudagraph).
+
+    The engine runs its launches from a CUDA graph, so a layer is timed the same way: a
+    batch-1 layer takes a few microseconds on the GPU but tens on the host, and timing host
+    launches would rank configs by Python overhead (a split-K config's second launch most).
+    """
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
+    return float(triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median"))
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:

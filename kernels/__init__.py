@@ -8,10 +8,12 @@
     avgpool_fc(x, w, b)
     fold_bn(conv_weight, bn_weight, bn_bias, running_mean, running_var, eps)
 
+The convs take config= (a Config; SPLIT_K > 1 splits the K loop over a second launch) and
+workspace= (float32 scratch for a split launch's partial sums).
 On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUDA device.
 """
 from ._checks import interpreting
-from .config import Config, config_space, select_config, use_config
+from .config import Config, config_space, select_config, tuning_candidates, use_config
 from .conv import conv_bn_relu, stem_conv
 from .elementwise import add_relu
 from .fold import fold_bn
@@ -20,6 +22,6 @@ from .head import avgpool_fc
 from .pool import max_pool2d
 
 __all__ = [
-    "Config", "config_space", "select_config", "use_config", "interpreting",
+    "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
     "conv_bn_relu", "stem_conv", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
 ]

@@ -128,7 +128,7 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def check_no_overlap(
-    out_name: str, out: torch.Tensor | None, *, elementwise: tuple[str, ...] = (), **inputs: torch.Tensor | None
+    out_name: str, out: torch.Tensor | None, /, *, elementwise: tuple[str, ...] = (), **inputs: torch.Tensor | None
 ) -> None:
     """`out` must not share memory with an input that other programs still read.
 

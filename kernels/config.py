@@ -37,10 +37,13 @@ class Config:
     num_warps: int = 4
     num_stages: int = 3
     GROUP_M: int = 8
+    # GEMM-type convs: split the K loop this many ways (kernels/splitk.py); 1 = no split.
+    SPLIT_K: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}_w{self.num_warps}_s{self.num_stages}"
+        split = f"_k{self.SPLIT_K}" if self.SPLIT_K > 1 else ""
+        return f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}_w{self.num_warps}_s{self.num_stages}{split}"
 
     def launch_kwargs(self, *fields: str) -> dict:
         kw = {f: getattr(self, f) for f in fields}
@@ -79,6 +82,8 @@ _SPACE["avgpool_fc"] = {**{dt: (C(64, 256, 64, 8, 1),) for dt in _16}, torch.flo
 _SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # add_relu: BLOCK_M = elements.
 _SPACE["add_relu"] = {dt: (C(2048, 1, 1, 4, 1),) for dt in (*_16, torch.float32)}
+# splitk_reduce: BLOCK_M = output pixels, BLOCK_N = channels (128 contiguous fp32 = 512 B rows).
+_SPACE["splitk_reduce"] = {dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
 
 # Under the CPU interpreter every program and loop step costs milliseconds of Python while
 # numpy on a tile is cheap: big tiles (clamped to the problem in select_config) run fastest.
@@ -89,11 +94,22 @@ _INTERPRETER = {
     "avgpool_fc": C(16, 64, 64, 4, 1),
     "max_pool2d": C(64, 64, 1, 4, 1),
     "add_relu": C(4096, 1, 1, 4, 1),
+    "splitk_reduce": C(64, 256, 1, 4, 1),
 }
 
 KERNELS = tuple(_SPACE)
 GEMM_KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc")
+# The convs whose K loop may be split (kernels/splitk.py).
+SPLIT_KERNELS = ("conv", "conv_stem", "conv1x1")
 NUM_SMS_DEFAULT = 132  # H100 SXM / H200
+# Split-K heuristic: split only grids that leave at least half the SMs idle, and give every
+# split at least this many K-loop iterations (each split writes a float32 partial tile that
+# the reduce launch reads back: with 4 iterations that is 1/4 of what the split loaded).
+MIN_ITERS_PER_SPLIT = 4
+# ... and only where the longest program gets this many iterations shorter: the reduce launch
+# costs about one launch gap in a CUDA graph (~2 us), the time of several 64x64x64 steps of
+# one SM. A prediction (bench/NOTES.md) that `fastres bench layers` measures layer by layer.
+MIN_SAVED_ITERS = 8
 
 _local = threading.local()
 
@@ -131,13 +147,54 @@ def _pow2_at_least(v: int, floor: int = 16) -> int:
     return max(floor, 1 << max(0, int(v) - 1).bit_length())
 
 
+def k_iters(K: int, block_k: int, taps: int = 1) -> int:
+    """K-loop iterations of a GEMM-type conv: `taps` (kh, kw) positions x ceil(K / BLOCK_K)."""
+    return int(taps) * -(-int(K) // int(block_k))
+
+
+def choose_split(programs: int, iters: int, sms: int) -> int:
+    """How many ways to split the K loop of a grid of `programs` tiles (1 = not at all).
+
+    Only a grid that leaves at least half the SMs idle is split, by enough to fill them but
+    never below MIN_ITERS_PER_SPLIT iterations per split, and only if that makes the longest
+    program at least MIN_SAVED_ITERS iterations shorter.
+    """
+    if 2 * programs > sms:
+        return 1
+    split = min(-(-sms // programs), iters // MIN_ITERS_PER_SPLIT)
+    if split < 2 or iters - -(-iters // split) < MIN_SAVED_ITERS:
+        return 1
+    return split
+
+
+def tuning_candidates(
+    kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
+) -> tuple[Config, ...]:
+    """What per-layer tuning measures for one conv: every config of the space, and each of them
+    split by `choose_split` where that splits it (the heuristic's own choice is among them)."""
+    space = config_space(kernel, dtype)
+    if kernel not in SPLIT_KERNELS:
+        return space
+    sms = _num_sms(device)
+    out = list(space)
+    for c in space:
+        split = choose_split(-(-M // c.BLOCK_M) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
+        if split > 1:
+            out.append(dataclasses.replace(c, SPLIT_K=split))
+    return tuple(out)
+
+
 def select_config(
-    kernel: str, dtype: torch.dtype, *, M: int = 1, N: int = 1, K: int = 1, device: torch.device | None = None
+    kernel: str, dtype: torch.dtype, *, M: int = 1, N: int = 1, K: int = 1, device: torch.device | None = None,
+    taps: int = 1,
 ) -> Config:
     """The config for one launch: a thread's override, else the interpreter's, else a heuristic.
 
+    For the convs, K is what one (kh, kw) tap reduces over and `taps` the number of taps
+    (KH*KW for ``conv``; 1 for ``conv1x1`` and the flat-K ``conv_stem``, whose K is all of it).
     The heuristic, for GEMM-type kernels: the widest BLOCK_K the reduction fills, then the
-    biggest tile that still gives every SM a program, else the smallest tile.
+    biggest tile that still gives every SM a program, else the smallest tile; a grid that
+    leaves most SMs idle then gets a split K loop (`choose_split`).
     """
     override = getattr(_local, "overrides", {}).get(kernel)
     if override is not None:
@@ -164,4 +221,6 @@ def select_config(
     full = [c for c in cands if programs(c) >= sms]
     if full:
         return max(full, key=lambda c: (c.BLOCK_M * c.BLOCK_N, c.BLOCK_M))
-    return min(cands, key=lambda c: (c.BLOCK_M * c.BLOCK_N, -c.BLOCK_M))
+    cfg = min(cands, key=lambda c: (c.BLOCK_M * c.BLOCK_N, -c.BLOCK_M))
+    split = choose_split(programs(cfg), k_iters(K, cfg.BLOCK_K, taps), sms)
+    return dataclasses.replace(cfg, SPLIT_K=split) if split > 1 else cfg

@@ -16,28 +16,33 @@ from ._checks import (
     check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_precision, check_same_dtype,
     check_tensor, nhwc_strides, out_size, pair,
 )
-from .config import Config, select_config
-from .epilogue import bias_residual_relu_store
+from .config import Config, k_iters, select_config
 from .indexing import grouped_tile, nhwc_rows
+from .splitk import check_workspace, finish_tile, reduce_partials, split_plan, workspace_numel
 
 
 @triton.jit
 def _conv_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
-    # sizes
-    M, H, W, C, OH, OW, CO, SH, SW, PH, PW,
-    # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr,
+    # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
+    M, H, W, C, OH, OW, CO, SH, SW, PH, PW, ITERS,
+    # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order; the
+    # split-K workspace's plane)
     sxn, sxh, sxw, sxc,
     swo, swh, sww, swc,
     srn, srh, srw, src,
     syn, syh, syw, syc,
+    sws,
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
+    # Split-K: this program sums K-loop iterations [it0, it1) (program_id(1) is 0 when unsplit).
+    pid_k = tl.program_id(1)
+    it0 = pid_k * ITERS
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -52,8 +57,9 @@ def _conv_kernel(
         # Thin inputs (the stem's Cin = 3): one K index runs over (kh, kw, cin) together, so a
         # BLOCK_K step covers several taps instead of padding 3 channels up to 16.
         K_TOTAL = KH * KW * C
-        for k0 in range(0, K_TOTAL, BLOCK_K):
-            kk = k0 + rk
+        it1 = tl.minimum(it0 + ITERS, tl.cdiv(K_TOTAL, BLOCK_K))
+        for it in range(it0, it1):
+            kk = it * BLOCK_K + rk
             tap = kk // C
             c = kk - tap * C
             kh = tap // KW
@@ -72,7 +78,8 @@ def _conv_kernel(
         # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
         # kh and kw unroll into copies of the body and spill at big tiles.
         n_cb = tl.cdiv(C, BLOCK_K)
-        for it in range(0, KH * KW * n_cb):
+        it1 = tl.minimum(it0 + ITERS, KH * KW * n_cb)
+        for it in range(it0, it1):
             tap = it // n_cb
             c0 = (it - tap * n_cb) * BLOCK_K
             kh = tap // KW
@@ -93,9 +100,9 @@ def _conv_kernel(
             # The cast is a no-op except in the stem, which reads the user's input as it comes.
             acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
 
-    bias_residual_relu_store(
-        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
-        srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+    finish_tile(
+        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, pid_k, OH, OW, CO,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT,
     )
 
 
@@ -173,21 +180,41 @@ def reduction(C: int, KH: int, KW: int) -> tuple[bool, int, str]:
     return False, C, "conv"
 
 
-def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config) -> torch.Tensor:
+def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None) -> Config:
+    """The launcher's own config for a conv of geometry `g` (the engine fixes it per layer)."""
+    flat, k, space = reduction(g.C, g.KH, g.KW)
+    return select_config(space, dtype, M=g.M, N=g.CO, K=k, taps=1 if flat else g.KH * g.KW, device=device)
+
+
+def conv_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
+    """(splits, K-loop iterations per split) of a conv launched with `cfg`."""
+    flat, k, _ = reduction(g.C, g.KH, g.KW)
+    return split_plan(k_iters(k, cfg.BLOCK_K, 1 if flat else g.KH * g.KW), cfg.SPLIT_K)
+
+
+def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace) -> torch.Tensor:
+    cfg = config or conv_config(g, w.dtype, x.device)
+    splits, iters = conv_splits(g, cfg)
+    ws_numel = workspace_numel(g.M, g.CO, splits)
+    check_workspace(workspace if splits > 1 else None, ws_numel, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:
         return y
-    flat, k, space = reduction(g.C, g.KH, g.KW)
-    cfg = config or select_config(space, w.dtype, M=g.M, N=g.CO, K=k, device=x.device)
+    flat, _, _ = reduction(g.C, g.KH, g.KW)
+    ws = b  # an unused stand-in when unsplit
+    if splits > 1:
+        ws = workspace if workspace is not None else torch.empty(ws_numel, device=x.device, dtype=torch.float32)
     r = residual if residual is not None else y
-    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
+    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
     _conv_kernel[grid](
-        x, w, b, r, y,
-        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW,
-        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y),
+        x, w, b, r, y, ws,
+        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
+        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), g.M * g.CO if splits > 1 else 0,
         KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
-        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        SPLIT=splits > 1, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
+    if splits > 1:
+        reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
     return y
 
 
@@ -203,6 +230,7 @@ def conv_bn_relu(
     out: torch.Tensor | None = None,
     input_precision: str = "ieee",
     config: Config | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = relu(conv2d(x, w) + b (+ residual)) in one launch, BN already folded into w, b.
 
@@ -211,9 +239,13 @@ def conv_bn_relu(
     b: [Cout] float32.  residual: [N, Cout, OH, OW] channels_last, x's dtype.
     Returns y: [N, Cout, OH, OW] channels_last in x's dtype (written into `out` if given).
     Accumulates in float32; float32 inputs use exact fp32 products unless input_precision="tf32".
+    A config with SPLIT_K > 1 (the default for grids that leave most SMs idle) takes two
+    launches: the split K loop into float32 partials, then their sum with the epilogue; the
+    partials go to `workspace` (float32, contiguous, >= splits*M*Cout elements) if given,
+    else to a fresh buffer.
     """
     g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision)
-    return _launch_conv(x, w, b, g, relu, residual, out, config)
+    return _launch_conv(x, w, b, g, relu, residual, out, config, workspace)
 
 
 def stem_conv(
@@ -227,6 +259,7 @@ def stem_conv(
     out: torch.Tensor | None = None,
     input_precision: str = "ieee",
     config: Config | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """conv_bn_relu for the network's first layer, reading the user's input as it is.
 
@@ -236,4 +269,4 @@ def stem_conv(
     Returns [N, Cout, OH, OW] channels_last in w's dtype.
     """
     g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input=True)
-    return _launch_conv(x, w, b, g, relu, None, out, config)
+    return _launch_conv(x, w, b, g, relu, None, out, config, workspace)

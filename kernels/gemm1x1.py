@@ -10,39 +10,47 @@ import triton
 import triton.language as tl
 
 from ._checks import nhwc_strides
-from .config import Config, select_config
-from .conv import alloc_nhwc, check_conv_args
-from .epilogue import bias_residual_relu_store
+from .config import Config, k_iters, select_config
+from .conv import ConvGeometry, alloc_nhwc, check_conv_args
 from .indexing import grouped_tile, nhwc_rows
+from .splitk import check_workspace, finish_tile, reduce_partials, split_plan, workspace_numel
 
 
 @triton.jit
 def _gemm1x1_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
-    # sizes
-    M, C, OH, OW, CO, SH, SW,
-    # strides (elements, in n, h, w, c order; weights in cout, cin order)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr,
+    # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
+    M, C, OH, OW, CO, SH, SW, ITERS,
+    # strides (elements, in n, h, w, c order; weights in cout, cin order; the split-K
+    # workspace's plane)
     sxn, sxh, sxw, sxc,
     swo, swc,
     srn, srh, srw, src,
     syn, syh, syw, syc,
+    sws,
     # meta-parameters
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
+    # Split-K: this program sums channels [k_lo, k_hi) (program_id(1) is 0 when unsplit).
+    pid_k = tl.program_id(1)
+    k_lo = pid_k * ITERS * BLOCK_K
+    k_hi = tl.minimum(k_lo + ITERS * BLOCK_K, C)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < CO
     x_row, _, _ = nhwc_rows(rm, OH, OW, SH, SW, 0, 0, sxn, sxh, sxw)
-    a_ptrs = x_ptr + x_row[:, None] + rk[None, :] * sxc
-    b_ptrs = w_ptr + rn.to(tl.int64)[None, :] * swo + rk[:, None] * swc
+    a_ptrs = x_ptr + x_row[:, None] + (k_lo + rk)[None, :] * sxc
+    b_ptrs = w_ptr + rn.to(tl.int64)[None, :] * swo + (k_lo + rk)[:, None] * swc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        # Against C, not k_hi: splits are whole BLOCK_K steps, and C's known divisibility by 16
+        # keeps the loads vectorized.
         k_ok = (k0 + rk) < C
         a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -50,10 +58,20 @@ def _gemm1x1_kernel(
         a_ptrs += BLOCK_K * sxc
         b_ptrs += BLOCK_K * swc
 
-    bias_residual_relu_store(
-        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
-        srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+    finish_tile(
+        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, pid_k, OH, OW, CO,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT,
     )
+
+
+def conv1x1_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None) -> Config:
+    """The launcher's own config for a 1x1 conv of geometry `g` (the engine fixes it per layer)."""
+    return select_config("conv1x1", dtype, M=g.M, N=g.CO, K=g.C, device=device)
+
+
+def conv1x1_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
+    """(splits, K-loop iterations per split) of a 1x1 conv launched with `cfg`."""
+    return split_plan(k_iters(g.C, cfg.BLOCK_K), cfg.SPLIT_K)
 
 
 def conv1x1(
@@ -67,6 +85,7 @@ def conv1x1(
     out: torch.Tensor | None = None,
     input_precision: str = "ieee",
     config: Config | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = relu(x @ w^T + b (+ residual)) over pixels: a 1x1 conv (no padding) in one launch.
 
@@ -74,22 +93,32 @@ def conv1x1(
     w: [Cout, Cin, 1, 1] channels_last, x's dtype.  b: [Cout] float32.
     residual: [N, Cout, OH, OW] channels_last, x's dtype; OH = (H-1)//stride + 1.
     Returns y: [N, Cout, OH, OW] channels_last in x's dtype (written into `out` if given).
+    A config with SPLIT_K > 1 takes two launches (split K loop, then the sum with the
+    epilogue); see conv_bn_relu for `workspace`.
     """
     if isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) != (1, 1):
         raise ValueError(f"conv1x1 needs a [Cout, Cin, 1, 1] weight, got shape {tuple(w.shape)}: use conv_bn_relu")
     g = check_conv_args(x, w, b, stride, 0, residual, out, input_precision)
+    cfg = config or conv1x1_config(g, x.dtype, x.device)
+    splits, iters = conv1x1_splits(g, cfg)
+    ws_numel = workspace_numel(g.M, g.CO, splits)
+    check_workspace(workspace if splits > 1 else None, ws_numel, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, x)
     if g.M == 0:
         return y
-    cfg = config or select_config("conv1x1", x.dtype, M=g.M, N=g.CO, K=g.C, device=x.device)
+    ws = b  # an unused stand-in when unsplit
+    if splits > 1:
+        ws = workspace if workspace is not None else torch.empty(ws_numel, device=x.device, dtype=torch.float32)
     r = residual if residual is not None else y
-    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N),)
+    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
     _gemm1x1_kernel[grid](
-        x, w, b, r, y,
-        g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW,
+        x, w, b, r, y, ws,
+        g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, iters,
         *nhwc_strides(x), w.stride(0), w.stride(1),
-        *nhwc_strides(r), *nhwc_strides(y),
-        HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
+        *nhwc_strides(r), *nhwc_strides(y), g.M * g.CO if splits > 1 else 0,
+        HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision, SPLIT=splits > 1,
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
+    if splits > 1:
+        reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
     return y

@@ -443,3 +443,25 @@ def test_smoke_reexecs_with_the_interpreter(tmp_path, monkeypatch):
     assert seen["cmd"][0] == sys.executable and "_child_main" in seen["cmd"][-1]
     args = json.loads(seen["env"]["FASTRES_BENCH_ARGS"])
     assert args["action"] == "layers" and args["smoke"] is True and args["max_layers"] == 2 and args["out"] == str(tmp_path)
+
+
+def test_layer_point_times_split_k_beside_unsplit(tmp_path):
+    """Where fastres' config splits the K loop, the same tile unsplit is checked and timed too."""
+    from fastres.kernels import Config, use_config
+
+    run = _cpu_run(tmp_path)
+    layer = next(l for l in B.conv_layers("resnet18", 32) if l.k == 3 and l.residual)
+    with use_config("conv", Config(64, 64, 64, 4, 1, SPLIT_K=3)):
+        B._layer_point(run, "resnet18", layer, 1, "float32", torch.float32, ["fastres"], 32,
+                       B.l2_bytes(run.device), None, None)
+    (rec,) = run.results["records"]
+    assert rec["status"] == "ok" and rec["split_k"] == 3 and rec["config"].endswith("_k3"), rec
+    assert rec["unsplit_median_ms"] > 0
+    assert rec["split_speedup"] == pytest.approx(rec["unsplit_median_ms"] / rec["median_ms"])
+    assert "split-K layers" in B.summary_text(run.results) and rec["config"] in B.summary_text(run.results)
+    # An unsplit config records its name and no comparison.
+    run2 = _cpu_run(tmp_path / "b")
+    B._layer_point(run2, "resnet18", layer, 1, "float32", torch.float32, ["fastres"], 32,
+                   B.l2_bytes(run2.device), None, None)
+    (rec2,) = run2.results["records"]
+    assert rec2["split_k"] == 1 and "unsplit_median_ms" not in rec2

@@ -2,6 +2,7 @@
 use_config overrides (restored on exit, per thread); every dispatchable config computes right."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -13,7 +14,7 @@ from fastres import kernels as K
 from fastres.kernels import Config, config_space, select_config, use_config
 from helpers import KERNEL_RTOL, ON_GPU, assert_close, rand_nhwc
 
-KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc", "max_pool2d", "add_relu")
+KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc", "max_pool2d", "add_relu", "splitk_reduce")
 GEMMS = ("conv", "conv_stem", "conv1x1")
 SPACE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -90,7 +91,9 @@ PROBLEMS = [
 def test_gpu_heuristic_picks_from_the_space(mnk, kernel, dtype, gpu_heuristic):
     M, N, K_ = mnk
     cfg = select_config(kernel, dtype, M=M, N=N, K=K_)
-    assert cfg in config_space(kernel, dtype)
+    # The tile is from the space; a split of it (small grids) is among what tuning measures.
+    assert dataclasses.replace(cfg, SPLIT_K=1) in config_space(kernel, dtype)
+    assert cfg in K.tuning_candidates(kernel, dtype, M=M, N=N, K=K_)
 
 
 @pytest.mark.parametrize("dtype", SPACE_DTYPES, ids=dtype_id)

@@ -235,3 +235,24 @@ def test_least_recently_used_shapes_are_freed():
     assert {k[1:3] for k in fast._arenas} == {(8, 8), (8, 9)}  # "b" was the least recently used
     with pytest.raises(ValueError, match="max_shapes"):
         fastres.ResNet("resnet18", params, num_classes=10, dtype=torch.float32, device=DEVICE, max_shapes=0)
+
+
+def test_split_k_layers_match_and_share_one_workspace():
+    """Split-K configs fixed at build: one float32 workspace sized for the biggest split layer,
+    the forward still torchvision's, and later forwards (outside use_config) reuse the plan."""
+    from fastres.kernels import Config, use_config
+
+    model = calibrated("resnet18")
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
+    x = torch.randn(1, 3, 20, 20)
+    # 3x3 convs over 64+ channels in 64-wide steps: 9+ K steps, split 3 ways; the 1x1
+    # downsamples over 128+ channels 2 ways. The stem has its own space and stays unsplit.
+    with use_config("conv", Config(128, 64, 64, 4, 1, SPLIT_K=3)), \
+            use_config("conv1x1", Config(128, 64, 64, 4, 1, SPLIT_K=2)):
+        y = fast(x.to(DEVICE))
+    assert_close(y, reference(model, x), 1e-4, what="split-K resnet18")
+    (arena,) = fast._arenas.values()
+    # The biggest split layer: layer1's 3x3s, 3 planes of 5x5 pixels x 64 channels.
+    assert arena.workspace is not None and arena.workspace.dtype == torch.float32
+    assert arena.workspace.numel() == 3 * 25 * 64
+    torch.testing.assert_close(fast(x.to(DEVICE)), y, rtol=0, atol=0)

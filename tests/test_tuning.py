@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import fastres
-from fastres.kernels import Config, config_space
+from fastres.kernels import Config, tuning_candidates
+from fastres.kernels.conv import reduction
 from fastres.tuning import Tuner, TuningCache, batch_bucket, cache_key
 from helpers import DEVICE, assert_close
 from test_build import calibrated, reference
 
 
-def make_tuner(path, cost=lambda cfg: cfg.BLOCK_M * cfg.BLOCK_N * cfg.BLOCK_K):
+def make_tuner(path, cost=lambda cfg: cfg.BLOCK_M * cfg.BLOCK_N * cfg.BLOCK_K / cfg.SPLIT_K):
     calls = []
 
     def timer(fn):
@@ -33,19 +34,20 @@ def make_tuner(path, cost=lambda cfg: cfg.BLOCK_M * cfg.BLOCK_N * cfg.BLOCK_K):
     return _Tuner(TuningCache(path), timer=timer), calls
 
 
-# Two candidates per space that the interpreter runs quickly (the real spaces' 64-row tiles
-# make hundreds of interpreter steps per launch); the selection logic is the same.
-FAST_SPACE = (Config(256, 128, 128, 4, 1), Config(128, 64, 64, 4, 1))
+# Candidates per layer that the interpreter runs quickly (the real spaces' 64-row tiles make
+# hundreds of interpreter steps per launch), one of them split; the selection logic is the same.
+FAST_SPACE = (Config(256, 128, 128, 4, 1), Config(128, 64, 64, 4, 1), Config(128, 64, 64, 4, 1, SPLIT_K=2))
 
 
 @pytest.fixture
 def fast_space(monkeypatch):
+    """What tuning measures per layer: FAST_SPACE under the interpreter, the real candidates on a GPU."""
     import fastres.engine as engine
 
     if DEVICE.type == "cpu":
-        monkeypatch.setattr(engine.K, "config_space", lambda space, dtype: FAST_SPACE)
-        return lambda space, dtype: FAST_SPACE
-    return config_space
+        monkeypatch.setattr(engine.K, "tuning_candidates", lambda space, dtype, **geometry: FAST_SPACE)
+        return lambda space, dtype, **geometry: FAST_SPACE
+    return tuning_candidates
 
 
 def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
@@ -58,12 +60,20 @@ def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
     entries = json.loads((tmp_path / "tuning.json").read_text())
     # One entry per distinct conv geometry of resnet18 at this input (repeats hit the cache).
     assert tuner.tuned == len(entries) >= 8
-    # The fake timer prefers the smallest tile: that is what was stored.
+    # The fake timer prefers the smallest tile per split: that is what was stored (on the CPU
+    # the split one, so the tuned engine runs split-K layers out of its workspace).
     for key, entry in entries.items():
         space = key.split("|")[3]
-        smallest = min(fast_space(space, torch.float32), key=lambda c: c.BLOCK_M * c.BLOCK_N * c.BLOCK_K)
-        assert Config(**entry["config"]) == smallest, key
+        k, stride, pad, cin, cout, h, w = (int(g) for g in key.split("|")[4].split("x"))
+        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        flat, kk, _ = reduction(cin, k, k)
+        cands = fast_space(space, torch.float32, M=2 * oh * ow, N=cout, K=kk, taps=1 if flat else k * k)
+        best = min(cands, key=lambda c: c.BLOCK_M * c.BLOCK_N * c.BLOCK_K / c.SPLIT_K)
+        assert Config(**entry["config"]) == best, key
     assert calls
+    if DEVICE.type == "cpu":
+        (arena,) = fast._arenas.values()
+        assert arena.workspace is not None
 
     # A second start with the same cache measures nothing and gives the same logits.
     again, calls2 = make_tuner(tmp_path / "tuning.json")

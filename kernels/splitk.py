@@ -1,0 +1,130 @@
+"""Split-K for the GEMM-type convs: small-M layers spread their reduction over more SMs.
+
+At batch 1 ResNet-50's last stage is M = 49 output pixels: a 64x64 tile grid gives 8 programs
+for 132 SMs, each running a 72-step K loop alone. With split-K the grid gets a second axis of
+`splits` programs per tile, each summing one contiguous range of K-loop iterations into a
+float32 partial in a workspace [splits, M, Cout]; a second launch sums the partials in a fixed
+order (deterministic, unlike atomics) and applies the fused epilogue (bias, residual, ReLU)
+with the same `bias_residual_relu_store` as the unsplit kernels.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_device, check_no_overlap, nhwc_strides
+from .config import select_config
+from .epilogue import bias_residual_relu_store
+
+
+def split_plan(iters: int, split: int) -> tuple[int, int]:
+    """(splits, K-loop iterations per split) for a loop of `iters` steps asked to split `split`
+    ways: at most one split per iteration and none left empty (the last may be shorter)."""
+    split = max(1, min(int(split), int(iters)))
+    per = -(-int(iters) // split)
+    return -(-int(iters) // per), per
+
+
+def workspace_numel(M: int, CO: int, splits: int) -> int:
+    """Float32 elements of the partial-sum workspace of one split launch (0 when unsplit)."""
+    return 0 if splits <= 1 else splits * M * CO
+
+
+def check_workspace(ws: torch.Tensor | None, numel: int, **others: torch.Tensor | None) -> None:
+    """A caller's workspace must be float32, contiguous, big enough, and share no memory with
+    the launch's other tensors (the partials are written while those are read)."""
+    if ws is None:
+        return
+    if not isinstance(ws, torch.Tensor):
+        raise TypeError(f"workspace must be a torch.Tensor, got {type(ws).__name__}")
+    if ws.dtype != torch.float32:
+        raise TypeError(f"workspace must be float32 (partial sums), got {ws.dtype}")
+    if not ws.is_contiguous():
+        raise ValueError(f"workspace must be contiguous, got shape {tuple(ws.shape)} with strides {tuple(ws.stride())}")
+    if ws.numel() < numel:
+        raise ValueError(f"workspace has {ws.numel()} elements but this split launch needs {numel} (splits x M x Cout)")
+    check_device(**others, workspace=ws)
+    check_no_overlap("workspace", ws[:numel], **others)
+
+
+@triton.jit
+def store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws):
+    """One program's float32 partial sum into plane `pid_k` of the [splits, M, CO] workspace."""
+    p = ws_ptr + pid_k.to(tl.int64) * sws + rm.to(tl.int64)[:, None] * CO + rn[None, :]
+    tl.store(p, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def finish_tile(
+    acc, rm, rn, m_ok, n_ok,
+    b_ptr, r_ptr, y_ptr, ws_ptr, pid_k,
+    OH, OW, CO,
+    srn, srh, srw, src,
+    syn, syh, syw, syc,
+    sws,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """The end of a conv program: its partial into the workspace when split, else the fused
+    epilogue straight into y."""
+    if SPLIT:
+        store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws)
+    else:
+        bias_residual_relu_store(
+            acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
+            srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+        )
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    # pointers
+    ws_ptr, b_ptr, r_ptr, y_ptr,
+    # sizes
+    M, CO, OH, OW, SPLITS,
+    # strides (elements; the workspace's split plane, then residual and output in n, h, w, c order)
+    sws,
+    srn, srh, srw, src,
+    syn, syh, syw, syc,
+    # meta-parameters
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < CO
+    mask = m_ok[:, None] & n_ok[None, :]
+    # The pointer advances by one plane per split: no split x plane product that could overflow.
+    p = ws_ptr + rm.to(tl.int64)[:, None] * CO + rn[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, SPLITS):
+        acc += tl.load(p, mask=mask, other=0.0)
+        p += sws
+    bias_residual_relu_store(
+        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
+        srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+    )
+
+
+def reduce_partials(
+    ws: torch.Tensor, splits: int, b: torch.Tensor, residual: torch.Tensor | None, y: torch.Tensor,
+    *, M: int, OH: int, OW: int, relu: bool,
+) -> None:
+    """y = relu(sum of the `splits` partial planes of ws + b (+ residual)), cast to y's dtype.
+
+    ws: float32 [splits, M, CO] (contiguous, at least that many elements); y, residual:
+    [N, CO, OH, OW] channels_last. Called by the launchers right after their split launch;
+    their checks cover these tensors.
+    """
+    CO = y.shape[1]
+    cfg = select_config("splitk_reduce", y.dtype, M=M, N=CO)
+    r = residual if residual is not None else y
+    grid = (triton.cdiv(M, cfg.BLOCK_M), triton.cdiv(CO, cfg.BLOCK_N))
+    _splitk_reduce_kernel[grid](
+        ws, b, r, y,
+        M, CO, OH, OW, splits,
+        M * CO, *nhwc_strides(r), *nhwc_strides(y),
+        HAS_RESIDUAL=residual is not None, RELU=bool(relu),
+        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
+    )
