@@ -752,7 +752,34 @@ def render_markdown(results: dict) -> str:
     lines.append(markdown_e2e_table(results))
     lines.append("## Per layer\n")
     lines.append(markdown_layer_table(results))
+    heads = markdown_head_table(results)
+    if heads:
+        lines.append("## Classifier head\n")
+        lines.append(heads)
     return "\n".join(lines)
+
+
+def markdown_head_table(results: dict) -> str:
+    """The classifier head alone per (model, dtype, batch): fastres beside torch eager."""
+    recs = [r for r in results.get("records", []) if r.get("kind") == "head"]
+    if not recs:
+        return ""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in recs:
+        groups.setdefault((r["model"], r["dtype"], r["batch"], r["layer"]), {})[r["system"]] = r
+    out = ["| model | dtype | batch | head | fastres ms | config | unsplit ms | cudnn-eager ms | fastres vs cudnn-eager |",
+           "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for (model, dtype, batch, layer), by_sys in sorted(groups.items()):
+        f, e = by_sys.get("fastres") or {}, by_sys.get("cudnn-eager") or {}
+
+        def cell(r):
+            return _status_cell(r) or _fmt_ms(r.get("median_ms")) if r else "-"
+
+        ratio = f"{e['fastres_speedup']:.2f}x" if e.get("fastres_speedup") else "-"
+        unsplit = _fmt_ms(f.get("unsplit_median_ms")) if f.get("unsplit_median_ms") else "-"
+        out.append(f"| {model} | {dtype} | {batch} | {layer} | {cell(f)} | {f.get('config', '-')} | {unsplit} "
+                   f"| {cell(e)} | {ratio} |")
+    return "\n".join(out) + "\n"
 
 
 def summary_text(results: dict) -> str:
@@ -804,7 +831,16 @@ def summary_text(results: dict) -> str:
                 ratio = f"  fastres {totals['cudnn-eager'] / totals['fastres']:.2f}x vs cudnn-eager"
             n = len({r["layer"] for rs in groups[key].values() for r in rs})
             lines.append(f"{key[0]:10s}{key[1]:9s}b{key[2]:<5d} {n:2d} convs: " + ", ".join(parts) + ratio)
-    split = [r for r in layer if r.get("unsplit_median_ms")]
+    for r in (r for r in recs if r.get("kind") == "head" and r.get("system") == "fastres"):
+        eager = next((e for e in recs if e.get("kind") == "head" and e.get("system") == "cudnn-eager"
+                      and all(e.get(k) == r.get(k) for k in ("model", "dtype", "batch", "size"))), None)
+        parts = [f"fastres {_fmt_ms(r.get('median_ms'))} ms ({r.get('config')})"]
+        if eager is not None:
+            parts.append(f"cudnn-eager {_fmt_ms(eager.get('median_ms'))} ms")
+        if r.get("status") != "ok":
+            parts.append(f"{r.get('status')}: {r.get('reason')}")
+        lines.append(f"head {r['model']} {r['dtype']} b{r['batch']}: " + ", ".join(parts))
+    split = [r for r in recs if r.get("unsplit_median_ms") and r.get("median_ms")]
     if split:
         lines.append("split-K layers (fastres split vs the same tile unsplit, device time)")
         for r in split:
@@ -1241,6 +1277,102 @@ def run_layers(run: Run, models: Sequence[str], batches: Sequence[int], dtypes: 
                         return _budget_note(run, "layers", f"layers {model_name} {dtype_name} batch {batch}")
                     _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak, peaks.get("copy_tb_s"))
                     run.save()
+                if run.budget.spent():
+                    return _budget_note(run, "layers", f"head {model_name} {dtype_name} batch {batch}")
+                _head_point(run, model_name, batch, dtype_name, dtype, size, l2)
+                run.save()
+
+
+HEAD_SYSTEMS = ("fastres", "cudnn-eager")
+
+
+def head_geometry(model_name: str, size: int = 224) -> tuple[int, int, int, int]:
+    """(channels, H, W, classes) at the classifier head of torchvision's `model_name`."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, model_name)()
+    seen = {}
+
+    def record(module, inp, out) -> None:  # a hook that returns something replaces the output
+        seen["x"] = tuple(inp[0].shape)
+
+    hook = model.avgpool.register_forward_hook(record)
+    with torch.no_grad():
+        model.eval()(torch.empty(1, 3, size, size, device="meta"))
+    hook.remove()
+    _, c, h, w = seen["x"]
+    return c, h, w, model.fc.out_features
+
+
+def _head_point(run, model_name, batch, dtype_name, dtype, size, l2) -> None:
+    """The classifier head alone, as the engine runs it (logits in the activation dtype):
+    fastres' avgpool_fc vs torch eager's adaptive_avg_pool2d + flatten + linear; where
+    fastres' classifier GEMM is split, the same tile unsplit too."""
+    from . import kernels as K
+    from .kernels.head import fc_config
+
+    device = run.device
+    c, h, w, classes = head_geometry(model_name, size)
+    name = f"avgpool+fc {c}->{classes} @{h}x{w}"
+    nbytes = (batch * c * h * w + classes * c + batch * classes) * dtype.itemsize
+    n_sets, flush = rotation_count(nbytes, l2)
+    gen = torch.Generator(device=device).manual_seed(zlib.crc32(name.encode()) + batch)
+    sets = []
+    for _ in range(n_sets):
+        x = torch.randn(batch, c, h, w, generator=gen, device=device).relu().to(dtype)
+        wt = (torch.randn(classes, c, generator=gen, device=device) * c ** -0.5).to(dtype)
+        b = torch.randn(classes, generator=gen, device=device) * 0.1
+        sets.append((x.contiguous(memory_format=torch.channels_last), wt, b, b.to(dtype),
+                     torch.empty(batch, classes, device=device, dtype=dtype)))
+    x0, w0, b0 = sets[0][:3]
+    rdt = torch.float64 if (device.type == "cpu" or dtype == torch.float32) else torch.float32
+    with baseline_flags(benchmark=False):
+        ref = F.linear(x0.to(rdt).mean((2, 3)), w0.to(rdt), b0.to(rdt))
+    cfg = fc_config(batch, c, classes, dtype, device)
+    fns = {
+        "fastres": lambda i, cfg=cfg: K.avgpool_fc(sets[i][0], sets[i][1], sets[i][2], out=sets[i][4], config=cfg),
+        "cudnn-eager": lambda i: F.linear(torch.flatten(F.adaptive_avg_pool2d(sets[i][0], 1), 1), sets[i][1], sets[i][3]),
+    }
+    tol = LAYER_TOL[dtype_name]
+    point = {}
+    for system in HEAD_SYSTEMS:
+        rec = _base_record("head", model_name, batch, dtype_name, system, size)
+        rec.update(layer=name, bytes=nbytes, rotation_sets=n_sets, l2_flush=flush, tol=tol)
+        if system == "fastres":
+            rec.update(config=cfg.name, split_k=cfg.SPLIT_K)
+        add_record(run.results, rec)
+        point[system] = rec
+        tag = f"head  {model_name:9s} {dtype_name:8s} b{batch:<4d} {name:34s} {system:12s}"
+        variants = [("", fns[system])]
+        if system == "fastres" and cfg.SPLIT_K > 1:
+            unsplit = dataclasses.replace(cfg, SPLIT_K=1)
+            variants.append(("unsplit_", lambda i: K.avgpool_fc(sets[i][0], sets[i][1], sets[i][2], out=sets[i][4],
+                                                                 config=unsplit)))
+        try:
+            for prefix, fn in variants:
+                sets[0][4].fill_(float("nan"))
+                with torch.inference_mode(), system_flags(system):
+                    rel = rel_error(fn(0), ref)
+                rec[prefix + "rel_err"] = _finite_or_none(rel)
+                if not rel <= tol:
+                    rec.update({prefix + "status": "wrong", prefix + "reason": f"rel error {rel:.3e} > {tol:.1e}: not timed"})
+                    run.log(f"{tag} {prefix}WRONG rel {rel:.2e} > {tol:.1e}")
+                    break
+                with torch.inference_mode(), system_flags(system):
+                    stats = measure(fn, n_sets, device=device, options=run.timing,
+                                    flush_bytes=2 * l2 if flush else 0, device_time=True)
+                if prefix:
+                    rec.update(unsplit_median_ms=stats["median_ms"], split_speedup=stats["median_ms"] / rec["median_ms"])
+                    run.log(f"{tag} unsplit {stats['median_ms'] * 1e3:7.1f} us: split {cfg.SPLIT_K} ways is "
+                            f"{rec['split_speedup']:.2f}x")
+                else:
+                    _timed_record(rec, stats, batch)
+                    run.log(f"{tag} {stats['median_ms'] * 1e3:10.1f} us  rel {rel:.1e}")
+        except Exception as exc:
+            rec.update(status="error", reason=_first_line(exc))
+            run.log(f"{tag} ERROR {rec['reason']}")
+    _speedups(point)
 
 
 def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak, copy_tb_s):

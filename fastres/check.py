@@ -75,7 +75,7 @@ _KERNEL_FN = {
     "conv": ("conv", "_conv_kernel"),
     "conv_stem": ("conv", "_conv_kernel"),
     "conv1x1": ("gemm1x1", "_gemm1x1_kernel"),
-    "avgpool_fc": ("head", "_avgpool_fc_kernel"),
+    "avgpool": ("head", "_avgpool_kernel"),
     "max_pool2d": ("pool", "_max_pool_kernel"),
     "add_relu": ("elementwise", "_add_relu_kernel"),
     "splitk_reduce": ("splitk", "_splitk_reduce_kernel"),
@@ -197,13 +197,30 @@ def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: boo
     return Variant.make(name, meta, values, _POINTERS_CONV, gemm_k=cin, k_loop=(cin, 1, request))
 
 
-def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, residual: bool, splits: int):
+def _fc_variant(n: int, y: str, prec: str) -> Variant:
+    """The head's linear layer as ``kernels/head.py`` launches ``_gemm1x1_kernel``: float32
+    pooled features [n, 2048] as a 1x1 "image" per sample, 1000 classes, logits of type `y`."""
+    request = _split_request(n, 1000, 2048, 1)
+    values = {
+        "M": n, "C": 2048, "OH": 1, "OW": 1, "CO": 1000, "SH": 1, "SW": 1,
+        "sxn": 2048, "sxh": 2048, "sxw": 2048, "sxc": 1, "swo": 2048, "swc": 1,
+        "srn": 1000, "srh": 1, "srw": 1, "src": 1, "syn": 1000, "syh": 1, "syw": 1, "syc": 1,
+        "sws": n * 1000 if request > 1 else 0,
+    }
+    meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1}
+    name = f"fc/N{n}" + ("/splitk" if request > 1 else "") + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
+    pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y)
+    return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request))
+
+
+def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, residual: bool, splits: int,
+                           y: str = "x"):
     """A ``_splitk_reduce_kernel`` launch as ``kernels/splitk.py`` makes it."""
     values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": m * cout,
               **_nhwc(m // (hw * hw), cout, hw, hw, "sr"), **_nhwc(m // (hw * hw), cout, hw, hw, "sy")}
-    name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + f" [{label}]"
+    name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + ("" if y == "x" else f"/y:{y}") + f" [{label}]"
     return Variant.make(name, {"HAS_RESIDUAL": residual, "RELU": relu}, values,
-                        {"ws_ptr": "fp32", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x"})
+                        {"ws_ptr": "fp32", "b_ptr": "fp32", "r_ptr": y, "y_ptr": y})
 
 
 def _precisions(dtype: str) -> tuple[str, ...]:
@@ -227,8 +244,10 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
       strided downsample; split-K conv1 and downsample of layer4 at batch 1.
     - splitk_reduce: the sum of the partials with each epilogue (ReLU with and without the
       residual, neither: the downsample), at layer4's batch-1 size.
-    - avgpool_fc: batch 32 and batch 1 (the JIT makes N = 1 a constant), logits in each float
-      dtype (the engine returns logits in the input's dtype).
+    - conv1x1, also the head's linear layer on float32 pooled features [N, 2048] -> 1000
+      classes: split at batch 1 and 32 (the JIT makes N = 1 a constant), unsplit at batch
+      1024 with logits in each float dtype (the engine returns logits in the input's dtype).
+    - avgpool: the head's pool over ResNet-50's 7x7 x 2048 map.
     - max_pool2d: the stem's 3x3/2 pool; add_relu: one flat launch.
     """
     dt = _dtype_name(dtype)
@@ -255,18 +274,11 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
             out.append(_gemm1x1_variant("downsample", 2, 256, 512, 56, False, False, prec))
             out.append(_gemm1x1_variant("layer4 conv1", 1, 2048, 512, 7, True, False, prec, split=True))
             out.append(_gemm1x1_variant("layer4 downsample", 2, 1024, 2048, 14, False, False, prec, split=True))
-    elif kernel == "avgpool_fc":
-        for prec in _precisions(dt):
-            # Logits come back in the caller's input dtype: any float dtype, at any batch.
-            for n, y in ((BATCH, "fp32"), (BATCH, "fp16"), (BATCH, "bf16"), (1, "fp32"), (1, "fp16"), (1, "bf16")):
-                values = {
-                    "N": n, "C": 2048, "H": 7, "W": 7, "CLS": 1000, **_nhwc(n, 2048, 7, 7, "sx"),
-                    "swo": 2048, "swc": 1, "syn": 1000, "syo": 1,
-                }
-                out.append(Variant.make(
-                    f"N{n}/y:{y}/{prec} [head]", {"INPUT_PRECISION": prec}, values,
-                    {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "y_ptr": y}, gemm_k=2048,
-                ))
+            for n, y in ((1, "x"), (32, "x"), (1024, "fp32"), (1024, "fp16"), (1024, "bf16")):
+                out.append(_fc_variant(n, y, prec))
+    elif kernel == "avgpool":
+        values = {"C": 2048, "HW": 49, "W": 7, **_nhwc(BATCH, 2048, 7, 7, "sx"), "spn": 2048}
+        out.append(Variant.make("7x7 [head pool]", {}, values, {"x_ptr": "x", "p_ptr": "fp32"}))
     elif kernel == "max_pool2d":
         values = {
             "P": BATCH * 56 * 56, "H": 112, "W": 112, "C": 64, "OH": 56, "OW": 56, "SH": 2, "SW": 2, "PH": 1, "PW": 1,
@@ -276,6 +288,10 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
     elif kernel == "splitk_reduce":
         for relu, res in ((True, False), (True, True), (False, False)):
             out.append(_splitk_reduce_variant("layer4 b1", 49, 2048, 7, relu, res, 8))
+        # The head's logits, in the caller's dtype, at batch 1 (N = 1 a constant) and 32.
+        for n, splits in ((1, 8), (32, 8)):
+            for y in ("fp32", "fp16", "bf16"):
+                out.append(_splitk_reduce_variant(f"head N{n}", n, 1000, 1, False, False, splits, y))
     elif kernel == "add_relu":
         out.append(Variant.make(
             "flat [layer1 out]", {}, {"NUMEL": BATCH * 256 * 56 * 56}, {"x_ptr": "x", "r_ptr": "x", "y_ptr": "x"}
@@ -744,8 +760,10 @@ def _default_jobs() -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from .kernels.config import KERNELS
+
     parser.add_argument("--kernel", action="append", metavar="NAME",
-                        help="only this kernel (repeatable): conv, conv1x1, avgpool_fc, max_pool2d, add_relu")
+                        help=f"only this kernel (repeatable): {', '.join(KERNELS)}")
     parser.add_argument("--dtype", action="append", metavar="DTYPE",
                         help="only this dtype (repeatable): float16, bfloat16, float32")
     parser.add_argument("--jobs", "-j", type=int, default=_default_jobs(), metavar="N",

@@ -17,6 +17,7 @@ from . import kernels as K
 from .kernels._checks import out_size
 from .kernels.config import k_iters
 from .kernels.conv import reduction
+from .kernels.head import fc_config, head_workspace_numel
 from .kernels.splitk import split_plan, workspace_numel
 from .tuning import Tuner, cache_key
 from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, check_params, param_shapes
@@ -44,7 +45,7 @@ class _Arena:
         self.lock = threading.Lock()
         self.steps: list[Callable[[torch.Tensor], None]] = []
         self.slots: list[torch.Tensor] = []
-        self.workspace: torch.Tensor | None = None  # float32 partial sums of the split-K convs
+        self.workspace: torch.Tensor | None = None  # float32: pooled features, split-K partial sums
         self.logits: torch.Tensor | None = None
         self.graph = None
         self.static_input: torch.Tensor | None = None
@@ -238,7 +239,7 @@ class ResNet(torch.nn.Module):
         convs = [op for op, *_ in launches if isinstance(op, ConvSpec)]
         progress = None
         ws_numel = 0
-        conv_steps: list[int] = []  # steps held as (launch, cfg) until the workspace exists
+        steps_with_ws: list[int] = []  # steps held as (launch, cfg) until the workspace exists
         if self.tuner is not None:
             from tqdm import tqdm
 
@@ -251,10 +252,13 @@ class ResNet(torch.nn.Module):
                 arena.steps.append(lambda x, a=a, y=y, cfg=cfg: K.max_pool2d(a, 3, 2, 1, out=y, config=cfg))
                 continue
             if op == "head":
-                cfg = K.select_config("avgpool_fc", self.dtype, M=N, N=self.num_classes, K=a.shape[1], device=self.device)
-                arena.steps.append(
-                    lambda x, a=a, cfg=cfg: K.avgpool_fc(a, p["fc.weight"], p["fc.bias"], out=arena.logits, config=cfg)
-                )
+                cfg = fc_config(N, a.shape[1], self.num_classes, self.dtype, self.device)
+                ws_numel = max(ws_numel, head_workspace_numel(N, a.shape[1], self.num_classes, cfg))
+
+                def launch(x, cfg, ws, a=a):
+                    return K.avgpool_fc(a, p["fc.weight"], p["fc.bias"], out=arena.logits, config=cfg, workspace=ws)
+                steps_with_ws.append(len(arena.steps))
+                arena.steps.append((launch, cfg))
                 continue
             # The tile config of every conv is fixed here, once per shape (the launchers' own
             # choice, made from the same geometry), so a forward does no selection work.
@@ -280,15 +284,16 @@ class ResNet(torch.nn.Module):
                 progress.update()
             splits, _ = split_plan(k_iters(k, cfg.BLOCK_K, taps), cfg.SPLIT_K)
             ws_numel = max(ws_numel, workspace_numel(m, op.cout, splits))
-            conv_steps.append(len(arena.steps))
+            steps_with_ws.append(len(arena.steps))
             arena.steps.append((launch, cfg))
         if progress is not None:
             progress.close()
-        # One workspace serves every split conv: the launches run one after another on one stream.
+        # One workspace serves every split conv and the head: the launches run one after
+        # another on one stream.
         if ws_numel:
             with torch.inference_mode(False):
                 arena.workspace = torch.empty(ws_numel, device=self.device, dtype=torch.float32)
-        for i in conv_steps:
+        for i in steps_with_ws:
             launch, cfg = arena.steps[i]
             arena.steps[i] = lambda x, launch=launch, cfg=cfg, ws=arena.workspace: launch(x, cfg, ws)
         return arena

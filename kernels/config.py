@@ -75,9 +75,9 @@ _SPACE["conv1x1"] = {
        for dt in _16},
     torch.float32: (C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 3)),
 }
-# avgpool_fc: BLOCK_M = batch rows, BLOCK_N = classes, BLOCK_K = channels per step. Every class
-# tile pools its rows' activations again, so the tile is wide: 1000 classes read x 4 times.
-_SPACE["avgpool_fc"] = {**{dt: (C(64, 256, 64, 8, 1),) for dt in _16}, torch.float32: (C(64, 256, 32, 8, 1),)}
+# avgpool (the head's pool; its linear layer runs on conv1x1 configs): BLOCK_M = pixels per
+# load (a 7x7 map in one), BLOCK_N = channels.
+_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # max_pool2d: BLOCK_M = output pixels, BLOCK_N = channels.
 _SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # add_relu: BLOCK_M = elements.
@@ -91,14 +91,14 @@ _INTERPRETER = {
     "conv": C(512, 256, 256, 4, 1),
     "conv_stem": C(512, 256, 256, 4, 1),
     "conv1x1": C(512, 256, 256, 4, 1),
-    "avgpool_fc": C(16, 64, 64, 4, 1),
+    "avgpool": C(64, 256, 1, 4, 1),
     "max_pool2d": C(64, 64, 1, 4, 1),
     "add_relu": C(4096, 1, 1, 4, 1),
     "splitk_reduce": C(64, 256, 1, 4, 1),
 }
 
 KERNELS = tuple(_SPACE)
-GEMM_KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc")
+GEMM_KERNELS = ("conv", "conv_stem", "conv1x1")
 # The convs whose K loop may be split (kernels/splitk.py).
 SPLIT_KERNELS = ("conv", "conv_stem", "conv1x1")
 NUM_SMS_DEFAULT = 132  # H100 SXM / H200

@@ -54,7 +54,8 @@ def _gemm1x1_kernel(
         k_ok = (k0 + rk) < C
         a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        # The cast is a no-op except in the classifier head, whose pooled features are float32.
+        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_K * sxc
         b_ptrs += BLOCK_K * swc
 

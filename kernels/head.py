@@ -1,4 +1,13 @@
-"""The classifier head: global average pool fused with the final linear layer."""
+"""The classifier head: global average pool, then the final linear layer as a GEMM.
+
+Two steps, because one kernel doing both is latency-bound: a program that pools its rows for
+each K step walks the H*W pixels one dependent load after another (49 per step at 7x7, 32
+steps for 2048 channels), and re-pools them for every class tile. Here the pool reads every
+activation once, H*W pixels x a channel block per load, into float32 features [N, C]; the
+linear layer is the 1x1-conv GEMM kernel on those features (cast to the weights' dtype as
+loaded), with split-K (kernels/splitk.py) where the class tiles alone leave SMs idle, as at
+small batches: 1000 classes in 64-wide tiles are 16 programs for 132 SMs.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,49 +15,59 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_precision, check_same_dtype, check_tensor, nhwc_strides,
+    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_precision, check_same_dtype, check_tensor,
+    nhwc_strides,
 )
-from .config import Config, select_config
+from .config import Config, k_iters, select_config
+from .gemm1x1 import _gemm1x1_kernel
+from .splitk import check_workspace, reduce_partials, split_plan, workspace_numel
 
 
 @triton.jit
-def _avgpool_fc_kernel(
+def _avgpool_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, p_ptr,
     # sizes
-    N, C, H, W, CLS,
-    # strides (x: n, h, w, c; w: class, channel; y: n, class)
+    C, HW, W,
+    # strides (x: n, h, w, c; p: n)
     sxn, sxh, sxw, sxc,
-    swo, swc,
-    syn, syo,
+    spn,
     # meta-parameters
-    INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < N
-    n_ok = rn < CLS
-    x_row = rm.to(tl.int64) * sxn
-    inv_hw = 1.0 / (H * W)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
-        c = k0 + rk
-        c_ok = c < C
-        mask = m_ok[:, None] & c_ok[None, :]
-        # The pooled features never leave registers: sum in fp32, scale once.
-        pooled = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for h in range(0, H):
-            for w in range(0, W):
-                pooled += tl.load(
-                    x_ptr + (x_row + (h * sxh + w * sxw))[:, None] + c[None, :] * sxc, mask=mask, other=0.0
-                ).to(tl.float32)
-        pooled = pooled * inv_hw
-        wt = tl.load(w_ptr + rn.to(tl.int64)[None, :] * swo + c[:, None] * swc, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(pooled.to(wt.dtype), wt, acc, input_precision=INPUT_PRECISION)
-    acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0)[None, :]
-    tl.store(y_ptr + rm.to(tl.int64)[:, None] * syn + rn[None, :] * syo, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    # One image (program_id 0) x BLOCK_N channels; BLOCK_M pixels per load, so a 7x7 map is
+    # one load per program instead of 49 dependent ones.
+    n = tl.program_id(0).to(tl.int64)
+    rc = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = rc < C
+    rp = tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for p0 in range(0, HW, BLOCK_M):
+        p = p0 + rp
+        h = p // W
+        w = p - h * W
+        offs = n * sxn + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + rc[None, :] * sxc
+        tile = tl.load(x_ptr + offs, mask=(p < HW)[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.sum(tile.to(tl.float32), axis=0)
+    tl.store(p_ptr + n * spn + rc, acc * (1.0 / HW), mask=c_ok)
+
+
+def fc_config(N: int, C: int, classes: int, dtype: torch.dtype, device: torch.device | None = None) -> Config:
+    """The linear layer's GEMM config (the 1x1-conv space: it is that kernel)."""
+    return select_config("conv1x1", dtype, M=N, N=classes, K=C, device=device)
+
+
+def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
+    """Float32 elements `avgpool_fc` needs in its workspace: the pooled features, then the
+    split-K partials of the linear layer (if its config splits)."""
+    splits, _ = split_plan(k_iters(C, config.BLOCK_K), config.SPLIT_K)
+    return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
+
+
+def _pooled_numel(N: int, C: int) -> int:
+    # Rounded up to 4 floats so that the partials after it start 16-byte aligned, which the
+    # JIT specializes on (vectorized stores).
+    return -(-N * C // 4) * 4
 
 
 def avgpool_fc(
@@ -59,6 +78,7 @@ def avgpool_fc(
     out: torch.Tensor | None = None,
     input_precision: str = "ieee",
     config: Config | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """logits = mean over H, W of x, times w^T, plus b: torchvision's avgpool + flatten + fc.
 
@@ -67,6 +87,9 @@ def avgpool_fc(
     Returns float32 logits [N, classes], or writes them into `out` (any float dtype: the
     engine asks for the input's dtype, rounded once from fp32). The pooled features
     are kept in float32 and rounded to x's dtype only as the product's input.
+    `config` is the linear layer's GEMM config (a "conv1x1" config, SPLIT_K included);
+    `workspace`: float32 scratch of at least `head_workspace_numel(...)` elements (else a
+    fresh buffer). Two launches, three when split.
     """
     check_tensor("x", x, rank=4)
     check_tensor("w", w, rank=2)
@@ -78,18 +101,42 @@ def avgpool_fc(
     if CW != C:
         raise ValueError(f"w has {CW} input features (shape {tuple(w.shape)}) but x has {C} channels (shape {tuple(x.shape)})")
     check_bias(b, CLS)
+    if w.stride(1) != 1:
+        raise ValueError(f"w must be contiguous in its input features, got strides {tuple(w.stride())}")
     if H < 1 or W < 1:
         raise ValueError(f"x has an empty spatial size {H}x{W}")
     if out is not None and (tuple(out.shape) != (N, CLS) or out.dtype not in FLOAT_DTYPES):
         raise ValueError(f"out must be a float tensor of shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
     precision = check_precision(input_precision, x.dtype)
+    cfg = config or fc_config(N, C, CLS, x.dtype, x.device)
+    splits, iters = split_plan(k_iters(C, cfg.BLOCK_K), cfg.SPLIT_K)
+    need = head_workspace_numel(N, C, CLS, cfg)
+    check_workspace(workspace, need, x=x, w=w, b=b, out=out)
     y = out if out is not None else torch.empty((N, CLS), device=x.device, dtype=torch.float32)
     if N == 0:
         return y
-    cfg = config or select_config("avgpool_fc", x.dtype, M=N, N=CLS, K=C, device=x.device)
-    grid = (triton.cdiv(N, cfg.BLOCK_M), triton.cdiv(CLS, cfg.BLOCK_N))
-    _avgpool_fc_kernel[grid](
-        x, w, b, y, N, C, H, W, CLS, *nhwc_strides(x), w.stride(0), w.stride(1), y.stride(0), y.stride(1),
-        INPUT_PRECISION=precision, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+    ws = workspace if workspace is not None else torch.empty(need, device=x.device, dtype=torch.float32)
+    pooled, partials = ws[: N * C], ws[_pooled_numel(N, C):]
+
+    pcfg = select_config("avgpool", x.dtype, M=H * W, N=C)
+    _avgpool_kernel[(N, triton.cdiv(C, pcfg.BLOCK_N))](
+        x, pooled, C, H * W, W, *nhwc_strides(x), C, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
     )
+
+    # The linear layer is a 1x1 conv over a 1x1 "image" per sample: pooled [N, C] as NHWC
+    # rows, logits [N, CLS] likewise; the bias is added in the epilogue (or the split sum).
+    y4 = y.view(N, CLS, 1, 1) if y.is_contiguous() else y.unsqueeze(2).unsqueeze(3)
+    ys = nhwc_strides(y4)
+    grid = (triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N), splits)
+    _gemm1x1_kernel[grid](
+        pooled, w, b, y4, y4, partials if splits > 1 else b,
+        N, C, 1, 1, CLS, 1, 1, iters,
+        C, C, C, 1,
+        w.stride(0), 1,
+        *ys, *ys, N * CLS if splits > 1 else 0,
+        HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1,
+        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+    )
+    if splits > 1:
+        reduce_partials(partials, splits, b, None, y4, M=N, OH=1, OW=1, relu=False)
     return y

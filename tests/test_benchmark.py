@@ -465,3 +465,26 @@ def test_layer_point_times_split_k_beside_unsplit(tmp_path):
                    B.l2_bytes(run2.device), None, None)
     (rec2,) = run2.results["records"]
     assert rec2["split_k"] == 1 and "unsplit_median_ms" not in rec2
+
+
+def test_head_point_checks_and_times_the_head(tmp_path):
+    """The classifier head alone: fastres (split and, beside it, unsplit) and torch eager, each
+    checked before it is timed, in the results' markdown and summary."""
+    from fastres.kernels import Config, use_config
+
+    assert B.head_geometry("resnet50") == (2048, 7, 7, 1000)
+    assert B.head_geometry("resnet18", 32) == (512, 1, 1, 1000)
+    run = _cpu_run(tmp_path)
+    with use_config("conv1x1", Config(64, 256, 128, 4, 1, SPLIT_K=2)):
+        B._head_point(run, "resnet18", 2, "float32", torch.float32, 32, B.l2_bytes(run.device))
+    recs = {r["system"]: r for r in run.results["records"]}
+    assert set(recs) == set(B.HEAD_SYSTEMS)
+    f, e = recs["fastres"], recs["cudnn-eager"]
+    assert f["status"] == e["status"] == "ok" and f["kind"] == "head" and f["layer"] == "avgpool+fc 512->1000 @1x1"
+    assert f["rel_err"] <= f["tol"] and f["unsplit_rel_err"] <= f["tol"]
+    assert f["split_k"] == 2 and f["unsplit_median_ms"] > 0 and e["fastres_speedup"] > 0
+    assert B.validate_results(run.results) == []
+    md = B.render_markdown(run.results)
+    assert "## Classifier head" in md and "| resnet18 | float32 | 2 | avgpool+fc 512->1000 @1x1 |" in md
+    text = B.summary_text(run.results)
+    assert "head resnet18 float32 b2: fastres" in text and "split-K layers" in text

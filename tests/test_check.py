@@ -248,7 +248,7 @@ Resource usage:
 def test_wgmma_required():
     assert check.wgmma_required("conv", torch.float16, "ieee")
     assert check.wgmma_required("conv1x1", "float32", "tf32")
-    assert not check.wgmma_required("avgpool_fc", "float32", "ieee")
+    assert not check.wgmma_required("avgpool", "float16", None)
     assert not check.wgmma_required("max_pool2d", "float16", None)
 
 

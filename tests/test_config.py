@@ -14,7 +14,7 @@ from fastres import kernels as K
 from fastres.kernels import Config, config_space, select_config, use_config
 from helpers import KERNEL_RTOL, ON_GPU, assert_close, rand_nhwc
 
-KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool_fc", "max_pool2d", "add_relu", "splitk_reduce")
+KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool", "max_pool2d", "add_relu", "splitk_reduce")
 GEMMS = ("conv", "conv_stem", "conv1x1")
 SPACE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -1,4 +1,7 @@
-"""Parity of fastres.kernels.avgpool_fc with torch: adaptive_avg_pool2d(1) + flatten + F.linear in float64."""
+"""Parity of fastres.kernels.avgpool_fc with torch: adaptive_avg_pool2d(1) + flatten + F.linear in float64.
+
+The head is a pool launch then the 1x1-conv GEMM (split-K at small batches): both paths, the
+pool's pixel loop past one block, the workspace and the logits' dtype and strides are covered."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +10,7 @@ import torch.nn.functional as F
 
 from fastres import kernels as K
 from fastres.kernels import Config, use_config
+from fastres.kernels.head import head_workspace_numel
 from helpers import DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, nhwc, rand_nhwc
 
 
@@ -74,13 +78,50 @@ def test_tf32_opt_in(device):
     check(3, 512, 3, 3, 100, torch.float32, device, input_precision="tf32", rtol=TF32_RTOL)
 
 
-@pytest.mark.parametrize("cfg", [Config(16, 16, 16, num_stages=1), Config(32, 64, 32, num_stages=1)],
+@pytest.mark.parametrize("cfg", [Config(16, 16, 16, num_stages=1), Config(32, 64, 32, num_stages=1),
+                                 Config(16, 16, 16, num_stages=1, SPLIT_K=3), Config(32, 64, 16, num_stages=1, SPLIT_K=64)],
                          ids=lambda c: c.name)
 def test_forced_config(cfg, device):
-    """Rows, classes and channels all have tails: N = 19, classes = 40, C = 72."""
+    """Rows, classes and channels all have tails: N = 19, classes = 40, C = 72; unsplit, split
+    3 ways, and split more ways than the K loop has steps (clamped)."""
     check(19, 72, 2, 3, 40, torch.float32, device, config=cfg)
-    with use_config("avgpool_fc", cfg):
+    with use_config("conv1x1", cfg):  # the linear layer is the 1x1-conv GEMM
         check(19, 72, 2, 3, 40, torch.float16, device)
+
+
+def test_pool_loops_past_one_pixel_block(device):
+    """A 9x11 map (99 pixels) takes two pixel blocks of the pool at its default config (64)."""
+    check(2, 24, 9, 11, 7, torch.float32, device)
+
+
+@pytest.mark.parametrize("split", [1, 4])
+def test_workspace_given_and_poisoned(split, device):
+    """A caller's NaN-filled workspace gives the same bits as a fresh one; too small is refused."""
+    x, wt, b = make_inputs(2, 96, 3, 3, 30, torch.float16, device)
+    cfg = Config(16, 16, 16, num_stages=1, SPLIT_K=split)
+    fresh = K.avgpool_fc(x, wt, b, config=cfg)
+    need = head_workspace_numel(2, 96, 30, cfg)
+    # Pooled features, then (split) 96 channels in 16-wide steps = 6 steps in 3 splits of 2.
+    assert need == 2 * 96 + (3 * 2 * 30 if split > 1 else 0)
+    ws = torch.full((need + 5,), float("nan"), device=device)
+    for _ in range(2):
+        assert torch.equal(K.avgpool_fc(x, wt, b, config=cfg, workspace=ws), fresh)
+    assert_close(fresh, ref_avgpool_fc(x, wt, b), KERNEL_RTOL[torch.float16])
+    with pytest.raises(ValueError, match=rf"workspace has {need - 1} elements but this split launch needs {need}"):
+        K.avgpool_fc(x, wt, b, config=cfg, workspace=ws[: need - 1])
+    with pytest.raises(TypeError, match=r"workspace must be float32"):
+        K.avgpool_fc(x, wt, b, config=cfg, workspace=torch.empty(need, dtype=torch.float16, device=device))
+
+
+def test_strided_out(device):
+    """Logits written through a transposed view land where the view says."""
+    x, wt, b = make_inputs(3, 32, 2, 2, 12, torch.float32, device)
+    base = torch.full((12, 3), float("nan"), device=device)
+    y = K.avgpool_fc(x, wt, b, out=base.t(), config=Config(16, 16, 16, num_stages=1, SPLIT_K=2))
+    assert y.data_ptr() == base.data_ptr()
+    assert_close(base.t(), ref_avgpool_fc(x, wt, b), KERNEL_RTOL[torch.float32], what="transposed out")
+    y = K.avgpool_fc(x, wt, b, out=base.t(), config=Config(16, 16, 16, num_stages=1))
+    assert_close(base.t(), ref_avgpool_fc(x, wt, b), KERNEL_RTOL[torch.float32], what="transposed out, unsplit")
 
 
 def test_nan_propagates(device):
