@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import warnings
 from typing import Callable, Mapping
 
 import torch
@@ -166,25 +167,53 @@ class ResNet(torch.nn.Module):
             )
 
     # -- the plan for one input shape --------------------------------------------------
-    def _tune(self, op: ConvSpec, space: str, default, candidates, launch, a, r, in_shape, in_dtype):
+    def _tune_key(self, op: ConvSpec, space: str, a, example: torch.Tensor) -> str:
+        geometry = (op.k, op.stride, op.pad, op.cin, op.cout, *(example.shape[2:] if a is None else a.shape[2:]))
+        return cache_key(self._device_name(), self.dtype, space, geometry, example.shape[0])
+
+    def _tune(self, op: ConvSpec, key: str, default, candidates, launch, a, r, example: torch.Tensor):
         """The measured-fastest config of one conv, on its own (randomly filled) buffers."""
         x = None
         with torch.inference_mode(False):
             if op is self.stem:
-                x = torch.randn(in_shape, device=self.device).to(in_dtype)
+                # Laid out as the caller's input: the stem's kernel is specialized on its strides.
+                x = torch.empty_strided(example.shape, example.stride(), device=self.device, dtype=example.dtype)
+                x.copy_(torch.randn(example.shape, device=self.device))
             for t in (a, r):
                 if t is not None:
                     t.normal_()
-        geometry = (op.k, op.stride, op.pad, op.cin, op.cout, *(in_shape[2:] if a is None else a.shape[2:]))
-        key = cache_key(self._device_name(), self.dtype, space, geometry, in_shape[0])
         return self.tuner.choose(key, lambda cfg: launch(x, cfg, None), candidates, default, self.dtype)
+
+    def _precompile(self, arena: _Arena, example: torch.Tensor, label: str) -> None:
+        """Compile every kernel this shape will launch (and every config tuning will measure)
+        on a thread pool before anything runs: the first forward at a new shape then waits for
+        the slowest compile, not for the sum of them."""
+        if self.device.type != "cuda" or not K.can_precompile():
+            return
+        try:
+            with torch.inference_mode(False):
+                x = torch.empty_strided(example.shape, example.stride(), device=self.device, dtype=example.dtype)
+            with K.precompiling(progress=label):
+                for step in arena.steps:
+                    if callable(step):
+                        step(x)
+                    else:
+                        launch, configs = step[0], step[2]
+                        for cfg in configs:
+                            launch(x, cfg, None)
+        except Exception as exc:  # noqa: BLE001 - an optimization: every kernel still compiles at its first launch
+            warnings.warn(f"fastres: compiling ahead in parallel failed ({type(exc).__name__}: {exc}); kernels "
+                          "compile one by one at their first launch instead", stacklevel=4)
 
     def _device_name(self) -> str:
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         return "cpu-interpreter"
 
-    def _build(self, N: int, H: int, W: int, out_dtype: torch.dtype, in_dtype: torch.dtype | None = None) -> _Arena:
+    def _build(self, example: torch.Tensor) -> _Arena:
+        """The plan, buffers, configs (tuned if asked) and compiled kernels of example's shape,
+        dtype and layout (its values are not read)."""
+        N, _, H, W = example.shape
         arena = _Arena()
         values: list[_Value] = []
         launches: list[tuple] = []  # (conv spec or op name, input value, residual value, output value)
@@ -227,7 +256,7 @@ class ResNet(torch.nn.Module):
         caps = _assign_slots(values)
         with torch.inference_mode(False):
             arena.slots = [torch.empty(c, device=self.device, dtype=self.dtype) for c in caps]
-            arena.logits = torch.empty((N, self.num_classes), device=self.device, dtype=out_dtype)
+            arena.logits = torch.empty((N, self.num_classes), device=self.device, dtype=example.dtype)
 
         def view(v: _Value | None):
             if v is None:
@@ -236,15 +265,9 @@ class ResNet(torch.nn.Module):
             return arena.slots[v.slot][: n * c * hh * ww].view(n, hh, ww, c).permute(0, 3, 1, 2)
 
         p = self._params
-        convs = [op for op, *_ in launches if isinstance(op, ConvSpec)]
-        progress = None
-        ws_numel = 0
-        steps_with_ws: list[int] = []  # steps held as (launch, cfg) until the workspace exists
-        if self.tuner is not None:
-            from tqdm import tqdm
-
-            progress = tqdm(total=len(convs), desc=f"tuning {self.arch} batch {N} {H}x{W}", unit="conv",
-                            disable=None, leave=False)
+        # Until the workspace exists, the steps that use it are tuples (launch, config, configs
+        # to compile ahead, tuning or None, config -> workspace elements it needs), tuning =
+        # (conv spec, cache key, candidates, a, r).
         for op, src, res, dst in launches:
             a, r, y = view(src), view(res), view(dst)
             if op == "maxpool":
@@ -253,12 +276,11 @@ class ResNet(torch.nn.Module):
                 continue
             if op == "head":
                 cfg = fc_config(N, a.shape[1], self.num_classes, self.dtype, self.device)
-                ws_numel = max(ws_numel, head_workspace_numel(N, a.shape[1], self.num_classes, cfg))
 
                 def launch(x, cfg, ws, a=a):
                     return K.avgpool_fc(a, p["fc.weight"], p["fc.bias"], out=arena.logits, config=cfg, workspace=ws)
-                steps_with_ws.append(len(arena.steps))
-                arena.steps.append((launch, cfg))
+                arena.steps.append((launch, cfg, (cfg,), None,
+                                    lambda cfg, c=a.shape[1]: head_workspace_numel(N, c, self.num_classes, cfg)))
                 continue
             # The tile config of every conv is fixed here, once per shape (the launchers' own
             # choice, made from the same geometry), so a forward does no selection work.
@@ -278,14 +300,36 @@ class ResNet(torch.nn.Module):
                 def launch(x, cfg, ws, w=w, b=b, spec=op, a=a, r=r, y=y):
                     return K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
                                           residual=r, out=y, config=cfg, workspace=ws)
+
+            def ws_numel_of(cfg, m=m, cout=op.cout, k=k, taps=taps):
+                return workspace_numel(m, cout, split_plan(k_iters(k, cfg.BLOCK_K, taps), cfg.SPLIT_K)[0])
+            tuning, configs = None, (cfg,)
             if self.tuner is not None:
+                key = self._tune_key(op, space, a, example)
                 candidates = K.tuning_candidates(space, self.dtype, M=m, N=op.cout, K=k, taps=taps, device=self.device)
-                cfg = self._tune(op, space, cfg, candidates, launch, a, r, (N, 3, H, W), in_dtype)
+                hit = self.tuner.cache.get(key)
+                configs = (hit,) if hit in candidates else tuple(dict.fromkeys((cfg, *candidates)))
+                tuning = (op, key, candidates, a, r)
+            arena.steps.append((launch, cfg, configs, tuning, ws_numel_of))
+
+        self._precompile(arena, example, f"compiling {self.arch} batch {N} {H}x{W}")
+
+        pending = [i for i, step in enumerate(arena.steps) if not callable(step)]
+        progress = None
+        if self.tuner is not None:
+            from tqdm import tqdm
+
+            progress = tqdm(total=sum(1 for i in pending if arena.steps[i][3] is not None),
+                            desc=f"tuning {self.arch} batch {N} {H}x{W}", unit="conv", disable=None, leave=False)
+        ws_numel = 0
+        for i in pending:
+            launch, cfg, _, tuning, ws_numel_of = arena.steps[i]
+            if tuning is not None:
+                op, key, candidates, a, r = tuning
+                cfg = self._tune(op, key, cfg, candidates, launch, a, r, example)
                 progress.update()
-            splits, _ = split_plan(k_iters(k, cfg.BLOCK_K, taps), cfg.SPLIT_K)
-            ws_numel = max(ws_numel, workspace_numel(m, op.cout, splits))
-            steps_with_ws.append(len(arena.steps))
-            arena.steps.append((launch, cfg))
+            ws_numel = max(ws_numel, ws_numel_of(cfg))
+            arena.steps[i] = (launch, cfg)
         if progress is not None:
             progress.close()
         # One workspace serves every split conv and the head: the launches run one after
@@ -293,7 +337,7 @@ class ResNet(torch.nn.Module):
         if ws_numel:
             with torch.inference_mode(False):
                 arena.workspace = torch.empty(ws_numel, device=self.device, dtype=torch.float32)
-        for i in steps_with_ws:
+        for i in pending:
             launch, cfg = arena.steps[i]
             arena.steps[i] = lambda x, launch=launch, cfg=cfg, ws=arena.workspace: launch(x, cfg, ws)
         return arena
@@ -336,7 +380,7 @@ class ResNet(torch.nn.Module):
             with self._arenas_lock:
                 arena = self._arenas.get(key)
             if arena is None:
-                arena = self._build(N, H, W, x.dtype, x.dtype)
+                arena = self._build(x)
                 if self.cuda_graph:
                     self._capture(arena, x)
                 with self._arenas_lock:

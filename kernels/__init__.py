@@ -19,9 +19,11 @@ from .elementwise import add_relu
 from .fold import fold_bn
 from .gemm1x1 import conv1x1
 from .head import avgpool_fc
+from .launch import can_precompile, precompiling
 from .pool import max_pool2d
 
 __all__ = [
     "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
+    "can_precompile", "precompiling",
     "conv_bn_relu", "stem_conv", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
 ]

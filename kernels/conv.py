@@ -19,6 +19,7 @@ from ._checks import (
 from .config import Config, k_iters, select_config
 from .indexing import grouped_tile, nhwc_rows
 from .splitk import check_workspace, finish_tile, reduce_partials, split_plan, workspace_numel
+from .launch import launch
 
 
 @triton.jit
@@ -206,7 +207,7 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
         ws = workspace if workspace is not None else torch.empty(ws_numel, device=x.device, dtype=torch.float32)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
-    _conv_kernel[grid](
+    launch(_conv_kernel, grid,
         x, w, b, r, y, ws,
         g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), g.M * g.CO if splits > 1 else 0,

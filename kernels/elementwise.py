@@ -7,6 +7,7 @@ import triton.language as tl
 
 from ._checks import check_channels_last, check_device, check_like, check_no_overlap, check_same_dtype, check_tensor
 from .config import Config, select_config
+from .launch import launch
 
 
 @triton.jit
@@ -44,5 +45,5 @@ def add_relu(
         return y
     cfg = config or select_config("add_relu", x.dtype)
     # All three are dense channels_last with one shape, so one flat index addresses them all.
-    _add_relu_kernel[(triton.cdiv(numel, cfg.BLOCK_M),)](x, residual, y, numel, **cfg.launch_kwargs("BLOCK_M"))
+    launch(_add_relu_kernel, (triton.cdiv(numel, cfg.BLOCK_M),), x, residual, y, numel, **cfg.launch_kwargs("BLOCK_M"))
     return y

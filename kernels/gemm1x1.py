@@ -14,6 +14,7 @@ from .config import Config, k_iters, select_config
 from .conv import ConvGeometry, alloc_nhwc, check_conv_args
 from .indexing import grouped_tile, nhwc_rows
 from .splitk import check_workspace, finish_tile, reduce_partials, split_plan, workspace_numel
+from .launch import launch
 
 
 @triton.jit
@@ -112,7 +113,7 @@ def conv1x1(
         ws = workspace if workspace is not None else torch.empty(ws_numel, device=x.device, dtype=torch.float32)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
-    _gemm1x1_kernel[grid](
+    launch(_gemm1x1_kernel, grid,
         x, w, b, r, y, ws,
         g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, iters,
         *nhwc_strides(x), w.stride(0), w.stride(1),

@@ -21,6 +21,7 @@ from ._checks import (
 from .config import Config, k_iters, select_config
 from .gemm1x1 import _gemm1x1_kernel
 from .splitk import check_workspace, reduce_partials, split_plan, workspace_numel
+from .launch import launch
 
 
 @triton.jit
@@ -119,7 +120,7 @@ def avgpool_fc(
     pooled, partials = ws[: N * C], ws[_pooled_numel(N, C):]
 
     pcfg = select_config("avgpool", x.dtype, M=H * W, N=C)
-    _avgpool_kernel[(N, triton.cdiv(C, pcfg.BLOCK_N))](
+    launch(_avgpool_kernel, (N, triton.cdiv(C, pcfg.BLOCK_N)),
         x, pooled, C, H * W, W, *nhwc_strides(x), C, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
     )
 
@@ -128,7 +129,7 @@ def avgpool_fc(
     y4 = y.view(N, CLS, 1, 1) if y.is_contiguous() else y.unsqueeze(2).unsqueeze(3)
     ys = nhwc_strides(y4)
     grid = (triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N), splits)
-    _gemm1x1_kernel[grid](
+    launch(_gemm1x1_kernel, grid,
         pooled, w, b, y4, y4, partials if splits > 1 else b,
         N, C, 1, 1, CLS, 1, 1, iters,
         C, C, C, 1,

@@ -8,6 +8,7 @@ import triton.language as tl
 from ._checks import check_channels_last, check_device, check_like, check_no_overlap, check_tensor, nhwc_strides, out_size, pair
 from .config import Config, select_config
 from .indexing import nhwc_rows
+from .launch import launch
 
 
 @triton.jit
@@ -83,7 +84,7 @@ def max_pool2d(
         return y
     cfg = config or select_config("max_pool2d", x.dtype)
     grid = (triton.cdiv(P, cfg.BLOCK_M), triton.cdiv(C, cfg.BLOCK_N))
-    _max_pool_kernel[grid](
+    launch(_max_pool_kernel, grid,
         x, y, P, H, W, C, OH, OW, SH, SW, PH, PW, *nhwc_strides(x), *nhwc_strides(y),
         KH=KH, KW=KW, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
     )

@@ -16,6 +16,7 @@ import triton.language as tl
 from ._checks import check_device, check_no_overlap, nhwc_strides
 from .config import select_config
 from .epilogue import bias_residual_relu_store
+from .launch import launch
 
 
 def split_plan(iters: int, split: int) -> tuple[int, int]:
@@ -121,7 +122,7 @@ def reduce_partials(
     cfg = select_config("splitk_reduce", y.dtype, M=M, N=CO)
     r = residual if residual is not None else y
     grid = (triton.cdiv(M, cfg.BLOCK_M), triton.cdiv(CO, cfg.BLOCK_N))
-    _splitk_reduce_kernel[grid](
+    launch(_splitk_reduce_kernel, grid,
         ws, b, r, y,
         M, CO, OH, OW, splits,
         M * CO, *nhwc_strides(r), *nhwc_strides(y),

@@ -1,0 +1,62 @@
+"""Launching kernels, and compiling them ahead of the first launch in parallel.
+
+Every launcher launches through `launch`. Inside `precompiling()`, the same calls compile
+their kernels instead of running them, on a thread pool (triton's AsyncCompileMode: most of a
+compile runs outside the GIL, and ptxas is a process of its own), so an engine building a new
+input shape compiles its tens of kernels, and every candidate config tuning will measure, at
+once rather than one after the other on the first forward.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Iterator
+
+import triton
+
+from ._checks import interpreting
+
+_warming_up: contextvars.ContextVar[bool] = contextvars.ContextVar("fastres_warming_up", default=False)
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """kernel[grid](*args, **kwargs); inside `precompiling()`, only compile it for these arguments."""
+    if _warming_up.get():
+        kernel.warmup(*args, grid=grid, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+def can_precompile() -> bool:
+    """Compiled kernels (not the interpreter) and a triton with AsyncCompileMode (>= 3.4)."""
+    return not interpreting() and hasattr(triton, "AsyncCompileMode")
+
+
+@contextlib.contextmanager
+def precompiling(workers: int | None = None, progress: str | None = None) -> Iterator[None]:
+    """Launches in this block (this thread) are compiled on `workers` threads, not run; the
+    block's exit waits for every compile. `progress`: a tqdm label for that wait.
+
+    Raises RuntimeError where `can_precompile()` is False: nothing could be launched there
+    without running it.
+    """
+    if not can_precompile():
+        raise RuntimeError("precompiling needs compiled triton kernels (not TRITON_INTERPRET) and triton >= 3.4")
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    workers = workers or max(1, min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="fastres-compile") as pool:
+        mode = triton.AsyncCompileMode(pool)
+        with mode:
+            token = _warming_up.set(True)
+            try:
+                yield
+            finally:
+                _warming_up.reset(token)
+            if progress is not None and mode.raw_futures:
+                from tqdm import tqdm
+
+                for _ in tqdm(as_completed(mode.raw_futures), total=len(mode.raw_futures), desc=progress,
+                              unit="kernel", disable=None, leave=False):
+                    pass
