@@ -8,8 +8,9 @@
     avgpool_fc(x, w, b)
     fold_bn(conv_weight, bn_weight, bn_bias, running_mean, running_var, eps)
 
-The convs take config= (a Config; SPLIT_K > 1 splits the K loop over a second launch) and
-workspace= (float32 scratch for a split launch's partial sums).
+The convs and avgpool_fc take config= (a Config; SPLIT_K > 1 splits the K loop over a second
+launch) and workspace= (float32 scratch for partial sums and the head's pooled features).
+Inside `with precompiling():` launches only compile, on a thread pool (see kernels/launch.py).
 On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUDA device.
 """
 from ._checks import interpreting
