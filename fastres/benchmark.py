@@ -1208,7 +1208,9 @@ def fastres_layer_config(layer: ConvLayer, s: LayerInputs):
     from .kernels.gemm1x1 import conv1x1_config
 
     g = check_conv_args(s.x, s.w, s.b, layer.stride, layer.pad, s.r, s.out, "ieee")
-    return (conv1x1_config if layer.k == 1 else conv_config)(g, s.x.dtype, s.x.device)
+    if layer.k == 1:
+        return conv1x1_config(g, s.x.dtype, s.x.device)
+    return conv_config(g, s.x.dtype, s.x.device, residual=s.r is not None)
 
 
 def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config=None) -> Callable[[int], torch.Tensor]:

@@ -671,8 +671,14 @@ def dispatchable(kernel: str, config, variant: Variant) -> bool:
     ``select_config``) rounded up to a power of two (at least 16, the smallest ``tl.dot`` K)
     is never chosen: ``select_config`` takes the widest BLOCK_K <= that, and a wider K step
     would only multiply zeros. ResNet layers have K >= 64, so today this removes nothing;
+    a tile whose fused residual spills (``config.residual_unsafe``) is never launched with a
+    residual either;
     every config of the space is compiled for some variant either way.
     """
+    from .kernels.config import residual_unsafe
+
+    if dict(variant.meta).get("HAS_RESIDUAL") and residual_unsafe(kernel, config):
+        return False  # kept from residual convs by select_config / tuning_candidates(residual=True)
     k = variant.gemm_k
     if k is None:
         return True

@@ -288,7 +288,8 @@ class ResNet(torch.nn.Module):
             m = dst.shape[0] * dst.shape[2] * dst.shape[3]
             flat, k, space = reduction(op.cin, op.k, op.k) if op.kernel == "conv" else (False, op.cin, op.kernel)
             taps = 1 if flat else op.k * op.k
-            cfg = K.select_config(space, self.dtype, M=m, N=op.cout, K=k, taps=taps, device=self.device)
+            geometry = dict(M=m, N=op.cout, K=k, taps=taps, device=self.device, residual=op.residual is not None)
+            cfg = K.select_config(space, self.dtype, **geometry)
             if op is self.stem:
                 def launch(x, cfg, ws, w=w, b=b, spec=op, y=y):
                     return K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws)
@@ -306,7 +307,7 @@ class ResNet(torch.nn.Module):
             tuning, configs = None, (cfg,)
             if self.tuner is not None:
                 key = self._tune_key(op, space, a, example)
-                candidates = K.tuning_candidates(space, self.dtype, M=m, N=op.cout, K=k, taps=taps, device=self.device)
+                candidates = K.tuning_candidates(space, self.dtype, **geometry)
                 hit = self.tuner.cache.get(key)
                 configs = (hit,) if hit in candidates else tuple(dict.fromkeys((cfg, *candidates)))
                 tuning = (op, key, candidates, a, r)

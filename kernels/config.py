@@ -60,10 +60,15 @@ _SPACE: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {}
 _16 = (torch.float16, torch.bfloat16)
 # conv: implicit GEMM over (kh, kw, cin-block); num_warps <= 4 (see above).
 _SPACE["conv"] = {
-    **{dt: (C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 128, 32, 4, 4), C(64, 64, 32, 4, 4))
+    **{dt: (C(128, 128, 64, 4, 4), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 128, 32, 4, 4),
+            C(64, 64, 32, 4, 4))
        for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
 }
+# Tiles whose fused residual epilogue spills (the gate: 128x128x64 on 4 warps, 88 B of stack)
+# while the plain epilogue does not: dispatched only to convs without a residual, which are
+# all of ResNet-50's 3x3s (config_space(..., residual=True) leaves them out).
+_NO_RESIDUAL: dict[str, tuple[Config, ...]] = {"conv": (C(128, 128, 64, 4, 4),)}
 # conv_stem: the same kernel on its flat-K path (Cin < 16: the stem's 7x7 over 3 channels).
 _SPACE["conv_stem"] = {
     **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
@@ -114,12 +119,21 @@ MIN_SAVED_ITERS = 8
 _local = threading.local()
 
 
-def config_space(kernel: str, dtype: torch.dtype) -> tuple[Config, ...]:
-    """Every config the engine may dispatch for `kernel` at `dtype` (what the gate compiles)."""
+def config_space(kernel: str, dtype: torch.dtype, *, residual: bool = False) -> tuple[Config, ...]:
+    """Every config the engine may dispatch for `kernel` at `dtype` (what the gate compiles);
+    residual=True: only those whose fused residual epilogue does not spill."""
     try:
-        return _SPACE[kernel][dtype]
+        space = _SPACE[kernel][dtype]
     except KeyError:
         raise ValueError(f"no config space for kernel {kernel!r} at dtype {dtype}") from None
+    if residual:
+        space = tuple(c for c in space if not residual_unsafe(kernel, c))
+    return space
+
+
+def residual_unsafe(kernel: str, config: Config) -> bool:
+    """Whether `config`'s tile spills with the fused residual (never dispatched to one)."""
+    return dataclasses.replace(config, SPLIT_K=1) in _NO_RESIDUAL.get(kernel, ())
 
 
 @contextlib.contextmanager
@@ -169,10 +183,12 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
 
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
+    residual: bool = False,
 ) -> tuple[Config, ...]:
-    """What per-layer tuning measures for one conv: every config of the space, and each of them
-    split by `choose_split` where that splits it (the heuristic's own choice is among them)."""
-    space = config_space(kernel, dtype)
+    """What per-layer tuning measures for one conv: every config of the space (for a conv with
+    a residual, those that take one), and each of them split by `choose_split` where that
+    splits it (the heuristic's own choice is among them)."""
+    space = config_space(kernel, dtype, residual=residual)
     if kernel not in SPLIT_KERNELS:
         return space
     sms = _num_sms(device)
@@ -186,15 +202,17 @@ def tuning_candidates(
 
 def select_config(
     kernel: str, dtype: torch.dtype, *, M: int = 1, N: int = 1, K: int = 1, device: torch.device | None = None,
-    taps: int = 1,
+    taps: int = 1, residual: bool = False,
 ) -> Config:
     """The config for one launch: a thread's override, else the interpreter's, else a heuristic.
 
     For the convs, K is what one (kh, kw) tap reduces over and `taps` the number of taps
-    (KH*KW for ``conv``; 1 for ``conv1x1`` and the flat-K ``conv_stem``, whose K is all of it).
-    The heuristic, for GEMM-type kernels: the widest BLOCK_K the reduction fills, then the
-    biggest tile that still gives every SM a program, else the smallest tile; a grid that
-    leaves most SMs idle then gets a split K loop (`choose_split`).
+    (KH*KW for ``conv``; 1 for ``conv1x1`` and the flat-K ``conv_stem``, whose K is all of it);
+    `residual`: the launch fuses a residual add (some tiles cannot).
+    The heuristic, for GEMM-type kernels: the widest BLOCK_K the reduction fills, tiles no
+    wider than the output channels need, then the biggest tile that still gives every SM a
+    program, else the smallest tile; a grid that leaves most SMs idle then gets a split K loop
+    (`choose_split`).
     """
     override = getattr(_local, "overrides", {}).get(kernel)
     if override is not None:
@@ -207,12 +225,15 @@ def select_config(
                 BLOCK_K=min(cfg.BLOCK_K, _pow2_at_least(K)),
             )
         return cfg
-    space = config_space(kernel, dtype)
+    space = config_space(kernel, dtype, residual=residual)
     if kernel not in ("conv", "conv_stem", "conv1x1"):
         return space[0]
     kmax = _pow2_at_least(K)
     widest = max(c.BLOCK_K for c in space if c.BLOCK_K <= kmax) if any(c.BLOCK_K <= kmax for c in space) else min(c.BLOCK_K for c in space)
     cands = [c for c in space if c.BLOCK_K == widest]
+    # A tile wider than the output channels computes zeros (64 channels in a 128-wide tile).
+    narrow = [c for c in cands if c.BLOCK_N <= _pow2_at_least(N)]
+    cands = narrow or [c for c in cands if c.BLOCK_N == min(d.BLOCK_N for d in cands)]
     sms = _num_sms(device)
 
     def programs(c: Config) -> int:

@@ -181,10 +181,12 @@ def reduction(C: int, KH: int, KW: int) -> tuple[bool, int, str]:
     return False, C, "conv"
 
 
-def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None) -> Config:
+def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None, *,
+                residual: bool = False) -> Config:
     """The launcher's own config for a conv of geometry `g` (the engine fixes it per layer)."""
     flat, k, space = reduction(g.C, g.KH, g.KW)
-    return select_config(space, dtype, M=g.M, N=g.CO, K=k, taps=1 if flat else g.KH * g.KW, device=device)
+    return select_config(space, dtype, M=g.M, N=g.CO, K=k, taps=1 if flat else g.KH * g.KW, device=device,
+                         residual=residual)
 
 
 def conv_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
@@ -194,7 +196,7 @@ def conv_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
 
 
 def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace) -> torch.Tensor:
-    cfg = config or conv_config(g, w.dtype, x.device)
+    cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     splits, iters = conv_splits(g, cfg)
     ws_numel = workspace_numel(g.M, g.CO, splits)
     check_workspace(workspace if splits > 1 else None, ws_numel, x=x, w=w, b=b, residual=residual, out=out)

@@ -211,7 +211,8 @@ def test_every_dispatchable_config(kernel, dtype, cfg, device):
     w = rand_nhwc(72, cin, k, k, dtype=dtype, device=device, scale=(cin * k * k) ** -0.5)
     b = torch.randn(72).to(device)
     oh, ow = (x.shape[2] + 2 * pad - k) // stride + 1, (x.shape[3] + 2 * pad - k) // stride + 1
-    r = rand_nhwc(2, 72, oh, ow, dtype=dtype, device=device)
+    # A tile that spills with the fused residual is only ever launched without one.
+    r = None if config_mod.residual_unsafe(kernel, cfg) else rand_nhwc(2, 72, oh, ow, dtype=dtype, device=device)
     out = torch.full((2, 72, oh, ow), float("nan"), dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
     if kernel != "conv1x1":
         # The launcher picks its config from this space for this input (the override is not ignored).
@@ -227,3 +228,35 @@ def test_every_dispatchable_config(kernel, dtype, cfg, device):
             y = K.conv1x1(x, w, b, residual=r, out=out)
             ref = ref_conv(x, w, b, residual=r)
     assert_close(y, ref, KERNEL_RTOL[dtype], what=f"{kernel} {cfg.name}")
+
+
+# ---------------------------------------------------------------- tiles that cannot take a residual
+
+def test_residual_unsafe_tiles_never_reach_a_residual(gpu_heuristic):
+    from fastres import check
+
+    dt = torch.float16
+    unsafe = [c for c in config_space("conv", dt) if config_mod.residual_unsafe("conv", c)]
+    assert unsafe, "the space has a tile for convs without a residual only (128x128x64, 4 warps)"
+    assert not set(unsafe) & set(config_space("conv", dt, residual=True))
+    # At batch 256 a 3x3 without a residual (ResNet-50's) takes the big tile; BasicBlock's
+    # second 3x3 (with one) cannot, split or not.
+    plain = select_config("conv", dt, M=256 * 28 * 28, N=128, K=128, taps=9)
+    assert config_mod.residual_unsafe("conv", plain), plain.name
+    assert not config_mod.residual_unsafe("conv", select_config("conv", dt, M=256 * 28 * 28, N=128, K=128, taps=9,
+                                                                 residual=True))
+    for m in (49, 784, 256 * 3136):
+        cands = K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9, residual=True)
+        assert cands and not any(config_mod.residual_unsafe("conv", c) for c in cands)
+        assert any(config_mod.residual_unsafe("conv", c)
+                   for c in K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9))
+    # The gate compiles that tile for the launches without a residual, and only those.
+    rows = [t for t in check.tasks(kernels=["conv"], dtypes=["float16"]) if t.config in unsafe]
+    assert rows and not any(dict(t.variant.meta)["HAS_RESIDUAL"] for t in rows)
+
+
+def test_heuristic_keeps_tiles_within_the_output_channels(gpu_heuristic):
+    """64 output channels never get a 128-wide tile (half of it would compute zeros)."""
+    for kernel, taps in (("conv", 9), ("conv1x1", 1)):
+        assert select_config(kernel, torch.float16, M=256 * 56 * 56, N=64, K=64, taps=taps).BLOCK_N == 64
+        assert select_config(kernel, torch.float16, M=256 * 56 * 56, N=256, K=64, taps=taps).BLOCK_N == 128
