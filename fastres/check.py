@@ -215,9 +215,12 @@ def _fc_variant(n: int, y: str, prec: str) -> Variant:
 
 def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, residual: bool, splits: int,
                            y: str = "x"):
-    """A ``_splitk_reduce_kernel`` launch as ``kernels/splitk.py`` makes it."""
+    """A ``_splitk_reduce_kernel`` launch as ``kernels/splitk.py`` makes it; at hw = 1, the
+    head's logits [N, classes] viewed as [N, classes, 1, 1] (h and w strides 1)."""
+    n = m // (hw * hw)
+    strides = _nhwc(n, cout, hw, hw, "s") if hw > 1 else {"sn": cout, "sh": 1, "sw": 1, "sc": 1}
     values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": m * cout,
-              **_nhwc(m // (hw * hw), cout, hw, hw, "sr"), **_nhwc(m // (hw * hw), cout, hw, hw, "sy")}
+              **{"sr" + k[1:]: v for k, v in strides.items()}, **{"sy" + k[1:]: v for k, v in strides.items()}}
     name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + ("" if y == "x" else f"/y:{y}") + f" [{label}]"
     return Variant.make(name, {"HAS_RESIDUAL": residual, "RELU": relu}, values,
                         {"ws_ptr": "fp32", "b_ptr": "fp32", "r_ptr": y, "y_ptr": y})

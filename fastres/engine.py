@@ -168,7 +168,9 @@ class ResNet(torch.nn.Module):
 
     # -- the plan for one input shape --------------------------------------------------
     def _tune_key(self, op: ConvSpec, space: str, a, example: torch.Tensor) -> str:
-        geometry = (op.k, op.stride, op.pad, op.cin, op.cout, *(example.shape[2:] if a is None else a.shape[2:]))
+        # The residual is part of the layer: it changes the epilogue and the tiles allowed.
+        geometry = (op.k, op.stride, op.pad, op.cin, op.cout, *(example.shape[2:] if a is None else a.shape[2:]),
+                    int(op.residual is not None))
         return cache_key(self._device_name(), self.dtype, space, geometry, example.shape[0])
 
     def _tune(self, op: ConvSpec, key: str, default, candidates, launch, a, r, example: torch.Tensor):
@@ -308,8 +310,8 @@ class ResNet(torch.nn.Module):
             if self.tuner is not None:
                 key = self._tune_key(op, space, a, example)
                 candidates = K.tuning_candidates(space, self.dtype, **geometry)
-                hit = self.tuner.cache.get(key)
-                configs = (hit,) if hit in candidates else tuple(dict.fromkeys((cfg, *candidates)))
+                hit = self.tuner.cached(key, candidates)
+                configs = (hit,) if hit is not None else tuple(dict.fromkeys((cfg, *candidates)))
                 tuning = (op, key, candidates, a, r)
             arena.steps.append((launch, cfg, configs, tuning, ws_numel_of))
 

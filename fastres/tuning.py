@@ -1,14 +1,16 @@
 """Per-layer tile selection by measurement, remembered on disk.
 
 For each conv of a plan the engine asks `Tuner.choose`: a cached answer is used as is; otherwise
-every config of the layer's (gate-cleared) config space is run on the layer's own buffers,
+every candidate of the layer (`kernels.tuning_candidates`: its gate-cleared config space, and
+each tile split-K where the heuristic would split it) is run on the layer's own buffers,
 checked against the default config's output (a config that computes something else, e.g. a
-miscompile, is rejected, never timed), timed, and the fastest is stored. The cache is keyed by
-device name, triton version, dtype, config space, layer geometry and batch bucket, so a second
-start with the same cache tunes nothing.
+miscompile, is rejected, never timed), timed from a CUDA graph, and the fastest is stored. The
+cache is keyed by device name, triton version, dtype, config space, layer geometry (residual
+included) and batch bucket, so a second start with the same cache tunes nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -74,8 +76,6 @@ class TuningCache:
             return None
 
     def put(self, key: str, config: Config, ms: float) -> None:
-        import dataclasses
-
         with self._lock:
             entries = self._load()
             entries[key] = {"config": dataclasses.asdict(config), "ms": ms}
@@ -89,18 +89,47 @@ class TuningCache:
             return len(self._load())
 
 
-def cuda_timer(fn: Callable[[], object]) -> float:
-    """Median milliseconds of `fn`, replayed from a CUDA graph (triton's do_bench_cudagraph).
+def cuda_timer(fn: Callable[[], object], *, target_ms: float = 5.0, samples: int = 10) -> float:
+    """Median milliseconds of one `fn`, replayed from a CUDA graph of back-to-back calls.
 
     The engine runs its launches from a CUDA graph, so a layer is timed the same way: a
     batch-1 layer takes a few microseconds on the GPU but tens on the host, and timing host
     launches would rank configs by Python overhead (a split-K config's second launch most).
+    The graph is captured in thread-local mode on a side stream, without the collection and
+    cache flush of `torch.cuda.graph`: other threads keep running their own shapes meanwhile.
     """
-    import triton.testing
-
-    # 5 ms of back-to-back launches per replay, median of triton's 10 replays: enough to rank
-    # configs, and short enough that a ResNet-50's ~200 candidates tune in seconds.
-    return float(triton.testing.do_bench_cudagraph(fn, rep=5, return_mode="median"))
+    device = torch.cuda.current_device()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()  # compiled and warm
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(3):
+            fn()
+        end.record()
+        end.synchronize()
+        # Calls per replay: about target_ms of them, as far as eager timing (an upper bound of
+        # the device time) tells.
+        calls = int(min(1000, max(10, target_ms / max(start.elapsed_time(end) / 3, 1e-3))))
+        graph = torch.cuda.CUDAGraph()
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            for _ in range(calls):
+                fn()
+        finally:
+            graph.capture_end()
+        graph.replay()
+        times = []
+        for _ in range(samples):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    times.sort()
+    return float(times[len(times) // 2])
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -116,6 +145,21 @@ class Tuner:
         self.timer = timer or cuda_timer
         self.tuned = 0  # layers measured (not found in the cache) by this tuner
 
+    def cached(self, key: str, candidates: Sequence[Config]) -> Config | None:
+        """The cached choice for `key` as one of `candidates`, or None.
+
+        Batches share an entry within a power-of-two bucket, but a split's count follows the
+        exact batch: an entry matches the candidate with its tile and the same split-or-not.
+        """
+        hit = self.cache.get(key)
+        if hit is None:
+            return None
+        tile = dataclasses.replace(hit, SPLIT_K=1)
+        for c in candidates:
+            if dataclasses.replace(c, SPLIT_K=1) == tile and (c.SPLIT_K > 1) == (hit.SPLIT_K > 1):
+                return c
+        return None
+
     def choose(
         self,
         key: str,
@@ -125,8 +169,8 @@ class Tuner:
         dtype: torch.dtype,
     ) -> Config:
         """`run(config)` launches the layer with `config` and returns its output tensor."""
-        hit = self.cache.get(key)
-        if hit is not None and hit in candidates:
+        hit = self.cached(key, candidates)
+        if hit is not None:
             return hit
         ref = run(default).clone()
         best, best_ms = default, float("inf")

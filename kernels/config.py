@@ -173,7 +173,7 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
     never below MIN_ITERS_PER_SPLIT iterations per split, and only if that makes the longest
     program at least MIN_SAVED_ITERS iterations shorter.
     """
-    if 2 * programs > sms:
+    if programs <= 0 or iters <= 0 or 2 * programs > sms:  # an empty problem: nothing to split
         return 1
     split = min(-(-sms // programs), iters // MIN_ITERS_PER_SPLIT)
     if split < 2 or iters - -(-iters // split) < MIN_SAVED_ITERS:

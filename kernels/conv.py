@@ -235,7 +235,7 @@ def conv_bn_relu(
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = relu(conv2d(x, w) + b (+ residual)) in one launch, BN already folded into w, b.
+    """y = relu(conv2d(x, w) + b (+ residual)), fused (one launch, two if split), BN folded into w, b.
 
     x: [N, Cin, H, W] channels_last, float16 / bfloat16 / float32.
     w: [Cout, Cin, KH, KW] channels_last (physically [Cout, KH, KW, Cin]), x's dtype.

@@ -89,7 +89,7 @@ def conv1x1(
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = relu(x @ w^T + b (+ residual)) over pixels: a 1x1 conv (no padding) in one launch.
+    """y = relu(x @ w^T + b (+ residual)) over pixels: a 1x1 conv (no padding), fused (one launch, two if split).
 
     x: [N, Cin, H, W] channels_last, float16 / bfloat16 / float32.
     w: [Cout, Cin, 1, 1] channels_last, x's dtype.  b: [Cout] float32.

@@ -17,15 +17,32 @@ import triton
 
 from ._checks import interpreting
 
-_warming_up: contextvars.ContextVar[bool] = contextvars.ContextVar("fastres_warming_up", default=False)
+# Inside precompiling(): the set of kernels warmed up so far (None outside).
+_warming_up: contextvars.ContextVar[set | None] = contextvars.ContextVar("fastres_warming_up", default=None)
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
     """kernel[grid](*args, **kwargs); inside `precompiling()`, only compile it for these arguments."""
-    if _warming_up.get():
+    warmed = _warming_up.get()
+    if warmed is not None:
+        warmed.add(kernel)
         kernel.warmup(*args, grid=grid, **kwargs)
     else:
         kernel[grid](*args, **kwargs)
+
+
+def forget_unfinished(kernels) -> int:
+    """Drop compiles still pending (or failed) from the JIT caches of `kernels`, so that their
+    next launch compiles afresh instead of waiting on a dead thread pool or re-raising an old
+    error; returns how many were dropped."""
+    dropped = 0
+    for fn in kernels:
+        for cache in getattr(fn, "device_caches", {}).values():
+            kernel_cache = cache[0]
+            for key in [k for k, v in kernel_cache.items() if type(v).__name__ == "FutureKernel"]:
+                del kernel_cache[key]
+                dropped += 1
+    return dropped
 
 
 def can_precompile() -> bool:
@@ -46,17 +63,27 @@ def precompiling(workers: int | None = None, progress: str | None = None) -> Ite
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     workers = workers or max(1, min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers, thread_name_prefix="fastres-compile") as pool:
-        mode = triton.AsyncCompileMode(pool)
-        with mode:
-            token = _warming_up.set(True)
-            try:
-                yield
-            finally:
-                _warming_up.reset(token)
-            if progress is not None and mode.raw_futures:
-                from tqdm import tqdm
+    from triton.runtime import _async_compile
 
-                for _ in tqdm(as_completed(mode.raw_futures), total=len(mode.raw_futures), desc=progress,
-                              unit="kernel", disable=None, leave=False):
-                    pass
+    warmed: set = set()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="fastres-compile") as pool:
+            mode = triton.AsyncCompileMode(pool)
+            with mode:
+                token = _warming_up.set(warmed)
+                try:
+                    yield
+                finally:
+                    _warming_up.reset(token)
+                if progress is not None and mode.raw_futures:
+                    from tqdm import tqdm
+
+                    for _ in tqdm(as_completed(mode.raw_futures), total=len(mode.raw_futures), desc=progress,
+                                  unit="kernel", disable=None, leave=False):
+                        pass
+    except BaseException:
+        # A failed compile leaves triton's async mode active in this thread (its __exit__
+        # resets it only after every compile succeeded) and the failure in the JIT cache.
+        _async_compile.active_mode.set(None)
+        forget_unfinished(warmed)
+        raise

@@ -22,6 +22,8 @@ from .launch import launch
 def split_plan(iters: int, split: int) -> tuple[int, int]:
     """(splits, K-loop iterations per split) for a loop of `iters` steps asked to split `split`
     ways: at most one split per iteration and none left empty (the last may be shorter)."""
+    if iters <= 0:
+        return 1, 0
     split = max(1, min(int(split), int(iters)))
     per = -(-int(iters) // split)
     return -(-int(iters) // per), per
@@ -41,6 +43,8 @@ def check_workspace(ws: torch.Tensor | None, numel: int, **others: torch.Tensor 
         raise TypeError(f"workspace must be a torch.Tensor, got {type(ws).__name__}")
     if ws.dtype != torch.float32:
         raise TypeError(f"workspace must be float32 (partial sums), got {ws.dtype}")
+    if ws.dim() != 1:
+        raise ValueError(f"workspace must be 1-D (it is carved up by element), got shape {tuple(ws.shape)}")
     if not ws.is_contiguous():
         raise ValueError(f"workspace must be contiguous, got shape {tuple(ws.shape)} with strides {tuple(ws.stride())}")
     if ws.numel() < numel:

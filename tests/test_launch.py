@@ -28,7 +28,7 @@ class _FakeKernel:
 def test_launch_runs_or_only_compiles():
     k = _FakeKernel()
     L.launch(k, (3, 1), 1, 2, BLOCK=16)
-    token = L._warming_up.set(True)
+    token = L._warming_up.set(set())
     try:
         L.launch(k, (3, 1), 1, 2, BLOCK=16)
     finally:
@@ -36,6 +36,23 @@ def test_launch_runs_or_only_compiles():
     L.launch(k, (4,), 5)
     assert k.calls == [("run", (3, 1), (1, 2), {"BLOCK": 16}), ("warmup", (3, 1), (1, 2), {"BLOCK": 16}),
                        ("run", (4,), (5,), {})]
+
+
+def test_forget_unfinished_drops_only_pending_compiles():
+    class FutureKernel:  # what triton's JIT cache holds for a compile not finalized
+        pass
+
+    class Compiled:
+        pass
+
+    class Fn:
+        def __init__(self):
+            self.device_caches = {0: ({"a": FutureKernel(), "b": Compiled(), "c": FutureKernel()}, None)}
+
+    f, g = Fn(), Fn()
+    assert L.forget_unfinished([f]) == 2
+    assert list(f.device_caches[0][0]) == ["b"] and len(g.device_caches[0][0]) == 3
+    assert L.forget_unfinished([object()]) == 0  # a kernel without JIT caches (the interpreter's)
 
 
 @pytest.mark.skipif(ON_GPU, reason="the interpreter's refusal")

@@ -57,11 +57,13 @@ def launch(kernel, x, w, b, r, *, stride, pad, relu=True, out=None, config=None,
     (10, 1, (1, 10)),
     (1, 4, (1, 1)),
     (5, 0, (1, 5)),
+    (0, 4, (1, 0)),      # an empty K loop (no input channels)
 ])
 def test_split_plan(iters, split, expected):
     splits, per = split_plan(iters, split)
     assert (splits, per) == expected
-    assert (splits - 1) * per < iters <= splits * per, "no empty split, every iteration covered"
+    if iters:
+        assert (splits - 1) * per < iters <= splits * per, "no empty split, every iteration covered"
 
 
 def test_workspace_numel():
@@ -85,6 +87,15 @@ def test_choose_split_rules():
         s = choose_split(programs, iters, sms)
         assert iters - -(-iters // s) >= MIN_SAVED_ITERS and iters // s >= MIN_ITERS_PER_SPLIT
     assert choose_split(1, 1000, sms) == sms        # one tile: one split per SM
+
+
+def test_empty_problems_are_not_split(monkeypatch):
+    """Batch 0 reaches select_config before the launchers return early: no division by zero."""
+    monkeypatch.setattr(config_mod, "interpreting", lambda: False)
+    assert choose_split(0, 72, 132) == 1 and choose_split(8, 0, 132) == 1
+    for kernel, taps in (("conv", 9), ("conv1x1", 1), ("conv_stem", 1)):
+        assert select_config(kernel, torch.float16, M=0, N=64, K=64, taps=taps).SPLIT_K == 1
+        assert all(c.SPLIT_K == 1 for c in tuning_candidates(kernel, torch.float16, M=0, N=64, K=64, taps=taps))
 
 
 def test_heuristic_splits_small_grids_only(monkeypatch):
@@ -226,6 +237,8 @@ def test_workspace_refusals(device):
         K.conv1x1(x, w, b, residual=r, config=cfg, workspace=torch.empty(need, dtype=torch.float16, device=device))
     with pytest.raises(ValueError, match=rf"workspace has {need - 1} elements but this split launch needs {need}"):
         K.conv1x1(x, w, b, residual=r, config=cfg, workspace=torch.empty(need - 1, device=device))
+    with pytest.raises(ValueError, match=r"workspace must be 1-D \(it is carved up by element\), got shape \(2, "):
+        K.conv1x1(x, w, b, residual=r, config=cfg, workspace=torch.empty(2, need, device=device))
     with pytest.raises(ValueError, match=r"workspace must be contiguous"):
         K.conv1x1(x, w, b, residual=r, config=cfg, workspace=torch.empty(2 * need, device=device)[::2])
     with pytest.raises(TypeError, match=r"workspace must be a torch.Tensor, got list"):

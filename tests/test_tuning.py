@@ -2,6 +2,7 @@
 remembered on disk so that a second start tunes nothing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -64,10 +65,11 @@ def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
     # the split one, so the tuned engine runs split-K layers out of its workspace).
     for key, entry in entries.items():
         space = key.split("|")[3]
-        k, stride, pad, cin, cout, h, w = (int(g) for g in key.split("|")[4].split("x"))
+        k, stride, pad, cin, cout, h, w, residual = (int(g) for g in key.split("|")[4].split("x"))
         oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         flat, kk, _ = reduction(cin, k, k)
-        cands = fast_space(space, torch.float32, M=2 * oh * ow, N=cout, K=kk, taps=1 if flat else k * k)
+        cands = fast_space(space, torch.float32, M=2 * oh * ow, N=cout, K=kk, taps=1 if flat else k * k,
+                           residual=bool(residual))
         best = min(cands, key=lambda c: c.BLOCK_M * c.BLOCK_N * c.BLOCK_K / c.SPLIT_K)
         assert Config(**entry["config"]) == best, key
     assert calls
@@ -121,3 +123,30 @@ def test_tune_true_needs_a_gpu():
         pytest.skip("on a GPU tune=True measures")
     with pytest.raises(ValueError, match="GPU"):
         fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE, tune=True)
+
+
+def test_cached_choice_follows_the_split_of_this_batch(tmp_path):
+    """Batches 3 and 4 share a bucket, but the heuristic splits a layer 6 ways at one and 5
+    at the other: the cached tile is matched split-or-not, not by its exact split count."""
+    tile = Config(64, 64, 64, 4, 4)
+    cache = TuningCache(tmp_path / "t.json")
+    cache.put("k", dataclasses.replace(tile, SPLIT_K=6), 0.1)
+    tuner = Tuner(cache, timer=lambda fn: pytest.fail("a cached layer is not measured"))
+    here = [tile, dataclasses.replace(tile, SPLIT_K=5), Config(128, 64, 64, 4, 4)]
+    assert tuner.cached("k", here) == dataclasses.replace(tile, SPLIT_K=5)
+    assert tuner.choose("k", lambda cfg: pytest.fail("not run"), here, tile, torch.float16) == here[1]
+    assert tuner.cached("k", [tile, Config(128, 64, 64, 4, 4)]) is None  # no split candidate now: re-tune
+    cache.put("j", tile, 0.1)
+    assert tuner.cached("j", here) == tile
+    assert tuner.cached("missing", here) is None
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="times CUDA graph replays")
+def test_cuda_timer_replays_a_graph():
+    from fastres.tuning import cuda_timer
+
+    x = torch.zeros(1 << 16, device=DEVICE)
+    ms = cuda_timer(lambda: x.add_(1.0))
+    assert 0 < ms < 1
+    torch.cuda.synchronize()
+    assert x[0].item() >= 4 + 10  # warm-up calls, then at least one call per timed replay
