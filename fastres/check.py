@@ -242,7 +242,8 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
     - conv: 3x3/1 with and without the fused residual
       (BasicBlock conv1 / conv2); 3x3/2 (a stage's first 3x3, never a residual); 1x1/1 with
       the residual (``conv_bn_relu`` on a 1x1 weight, the heavier of its two epilogues); split-K
-      3x3/1 and 3x3/2 of layer4 at batch 1.
+      3x3/1 and 3x3/2 of layer4 at batch 1, and ResNet-18's layer4 3x3 with its residual
+      (added by the reduce launch when split).
     - conv1x1: (ReLU, residual) = (yes, no) bottleneck conv1, (yes, yes) conv3, (no, no) the
       strided downsample; split-K conv1 and downsample of layer4 at batch 1.
     - splitk_reduce: the sum of the partials with each epilogue (ReLU with and without the
@@ -269,6 +270,7 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
             out.append(_conv_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, prec))
             out.append(_conv_variant("layer1", 1, 1, 0, 256, 64, 56, True, prec))
             out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True))
+            out.append(_conv_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, prec, split=True))
             out.append(_conv_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, prec, split=True))
     elif kernel == "conv1x1":
         for prec in _precisions(dt):
@@ -680,7 +682,8 @@ def dispatchable(kernel: str, config, variant: Variant) -> bool:
     """
     from .kernels.config import residual_unsafe
 
-    if dict(variant.meta).get("HAS_RESIDUAL") and residual_unsafe(kernel, config):
+    meta = dict(variant.meta)
+    if meta.get("HAS_RESIDUAL") and not meta.get("SPLIT") and residual_unsafe(kernel, config):
         return False  # kept from residual convs by select_config / tuning_candidates(residual=True)
     k = variant.gemm_k
     if k is None:

@@ -132,8 +132,9 @@ def config_space(kernel: str, dtype: torch.dtype, *, residual: bool = False) -> 
 
 
 def residual_unsafe(kernel: str, config: Config) -> bool:
-    """Whether `config`'s tile spills with the fused residual (never dispatched to one)."""
-    return dataclasses.replace(config, SPLIT_K=1) in _NO_RESIDUAL.get(kernel, ())
+    """Whether `config` spills with the fused residual (never dispatched to one). A split
+    config is safe: its residual is added by the reduce launch, not in the GEMM's epilogue."""
+    return config.SPLIT_K <= 1 and config in _NO_RESIDUAL.get(kernel, ())
 
 
 @contextlib.contextmanager
@@ -186,14 +187,14 @@ def tuning_candidates(
     residual: bool = False,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space (for a conv with
-    a residual, those that take one), and each of them split by `choose_split` where that
-    splits it (the heuristic's own choice is among them)."""
+    a residual, those that take one), and every tile split by `choose_split` where that splits
+    it (the heuristic's own choice is among them)."""
     space = config_space(kernel, dtype, residual=residual)
     if kernel not in SPLIT_KERNELS:
         return space
     sms = _num_sms(device)
     out = list(space)
-    for c in space:
+    for c in config_space(kernel, dtype):
         split = choose_split(-(-M // c.BLOCK_M) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
         if split > 1:
             out.append(dataclasses.replace(c, SPLIT_K=split))

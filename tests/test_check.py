@@ -315,7 +315,7 @@ def _gate_class(kernel_name: str, variant_name: str, config, fn) -> dict:
     return out
 
 
-@pytest.mark.parametrize("case", ["3x3 split", "1x1 split", "head"])
+@pytest.mark.parametrize("case", ["3x3 split", "3x3 residual split", "1x1 split", "head"])
 def test_gate_variants_are_the_launches(case, monkeypatch):
     """The gate's variant rows specialize exactly as the launchers' own launches at those
     layers do (pointer types, which ints are 1 and which divisible by 16, constexprs)."""
@@ -328,6 +328,10 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
     if case == "3x3 split":
         call = lambda: K.conv_bn_relu(nhwc(1, 512, 7, 7), nhwc(512, 512, 3, 3), b512, padding=1)  # noqa: E731
         expect = [("conv", "3x3/s1/relu/splitk/ieee [layer4]"), ("splitk_reduce", "sum/relu [layer4 b1]")]
+    elif case == "3x3 residual split":
+        call = lambda: K.conv_bn_relu(nhwc(1, 512, 7, 7), nhwc(512, 512, 3, 3), b512, padding=1,  # noqa: E731
+                                      residual=nhwc(1, 512, 7, 7))
+        expect = [("conv", "3x3/s1/relu/res/splitk/ieee [resnet18 layer4]"), ("splitk_reduce", "sum/relu/res [layer4 b1]")]
     elif case == "1x1 split":
         call = lambda: K.conv1x1(nhwc(1, 2048, 7, 7), nhwc(512, 2048, 1, 1), b512)  # noqa: E731
         expect = [("conv1x1", "1x1/s1/relu/splitk/ieee [layer4 conv1]"), ("splitk_reduce", "sum/relu [layer4 b1]")]

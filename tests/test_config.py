@@ -250,9 +250,14 @@ def test_residual_unsafe_tiles_never_reach_a_residual(gpu_heuristic):
         assert cands and not any(config_mod.residual_unsafe("conv", c) for c in cands)
         assert any(config_mod.residual_unsafe("conv", c)
                    for c in K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9))
+    # Split, the tile is fine with a residual: the reduce launch adds it.
+    split = K.tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, residual=True)
+    assert any(c.SPLIT_K > 1 and dataclasses.replace(c, SPLIT_K=1) in unsafe for c in split)
     # The gate compiles that tile for the launches without a residual, and only those.
     rows = [t for t in check.tasks(kernels=["conv"], dtypes=["float16"]) if t.config in unsafe]
-    assert rows and not any(dict(t.variant.meta)["HAS_RESIDUAL"] for t in rows)
+    metas = [dict(t.variant.meta) for t in rows]
+    assert rows and not any(m["HAS_RESIDUAL"] and not m["SPLIT"] for m in metas)
+    assert any(m["HAS_RESIDUAL"] and m["SPLIT"] for m in metas)
 
 
 def test_heuristic_keeps_tiles_within_the_output_channels(gpu_heuristic):
