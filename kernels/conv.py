@@ -18,7 +18,7 @@ from ._checks import (
 )
 from .config import Config, k_iters, select_config
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import check_workspace, finish_tile, reduce_partials, split_plan, workspace_numel
+from .splitk import finish_tile, reduce_partials, split_plan, split_workspace
 from .launch import launch
 
 
@@ -198,21 +198,17 @@ def conv_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
 def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace) -> torch.Tensor:
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     splits, iters = conv_splits(g, cfg)
-    ws_numel = workspace_numel(g.M, g.CO, splits)
-    check_workspace(workspace if splits > 1 else None, ws_numel, x=x, w=w, b=b, residual=residual, out=out)
+    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:
         return y
     flat, _, _ = reduction(g.C, g.KH, g.KW)
-    ws = b  # an unused stand-in when unsplit
-    if splits > 1:
-        ws = workspace if workspace is not None else torch.empty(ws_numel, device=x.device, dtype=torch.float32)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
     launch(_conv_kernel, grid,
         x, w, b, r, y, ws,
         g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
-        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), g.M * g.CO if splits > 1 else 0,
+        *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
         SPLIT=splits > 1, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )

@@ -13,7 +13,7 @@ from ._checks import nhwc_strides
 from .config import Config, k_iters, select_config
 from .conv import ConvGeometry, alloc_nhwc, check_conv_args
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import check_workspace, finish_tile, reduce_partials, split_plan, workspace_numel
+from .splitk import finish_tile, reduce_partials, split_plan, split_workspace
 from .launch import launch
 
 
@@ -103,21 +103,17 @@ def conv1x1(
     g = check_conv_args(x, w, b, stride, 0, residual, out, input_precision)
     cfg = config or conv1x1_config(g, x.dtype, x.device)
     splits, iters = conv1x1_splits(g, cfg)
-    ws_numel = workspace_numel(g.M, g.CO, splits)
-    check_workspace(workspace if splits > 1 else None, ws_numel, x=x, w=w, b=b, residual=residual, out=out)
+    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, x)
     if g.M == 0:
         return y
-    ws = b  # an unused stand-in when unsplit
-    if splits > 1:
-        ws = workspace if workspace is not None else torch.empty(ws_numel, device=x.device, dtype=torch.float32)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
     launch(_gemm1x1_kernel, grid,
         x, w, b, r, y, ws,
         g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, iters,
         *nhwc_strides(x), w.stride(0), w.stride(1),
-        *nhwc_strides(r), *nhwc_strides(y), g.M * g.CO if splits > 1 else 0,
+        *nhwc_strides(r), *nhwc_strides(y), sws,
         HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision, SPLIT=splits > 1,
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )

@@ -53,6 +53,23 @@ def check_workspace(ws: torch.Tensor | None, numel: int, **others: torch.Tensor 
     check_no_overlap("workspace", ws[:numel], **others)
 
 
+def split_workspace(
+    workspace: torch.Tensor | None, splits: int, M: int, CO: int, stand_in: torch.Tensor, **others: torch.Tensor | None
+) -> tuple[torch.Tensor, int]:
+    """(the tensor a conv launch passes as its workspace, the stride of its split planes).
+
+    Unsplit: `stand_in` (never read) and 0. Split: the caller's workspace, checked against
+    the launch's other tensors, or a fresh one.
+    """
+    if splits <= 1:
+        return stand_in, 0
+    numel = workspace_numel(M, CO, splits)
+    check_workspace(workspace, numel, **others)
+    if workspace is None:
+        workspace = torch.empty(numel, device=stand_in.device, dtype=torch.float32)
+    return workspace, M * CO
+
+
 @triton.jit
 def store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws):
     """One program's float32 partial sum into plane `pid_k` of the [splits, M, CO] workspace."""
