@@ -16,10 +16,9 @@ import torch
 
 from . import kernels as K
 from .kernels._checks import out_size
-from .kernels.config import k_iters
 from .kernels.conv import reduction
 from .kernels.head import fc_config, head_workspace_numel
-from .kernels.splitk import split_plan, workspace_numel
+from .kernels.splitk import config_splits, workspace_numel
 from .tuning import Tuner, cache_key
 from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks, check_params, param_shapes
 
@@ -305,7 +304,7 @@ class ResNet(torch.nn.Module):
                                           residual=r, out=y, config=cfg, workspace=ws)
 
             def ws_numel_of(cfg, m=m, cout=op.cout, k=k, taps=taps):
-                return workspace_numel(m, cout, split_plan(k_iters(k, cfg.BLOCK_K, taps), cfg.SPLIT_K)[0])
+                return workspace_numel(m, cout, config_splits(cfg, k, taps)[0])
             tuning, configs = None, (cfg,)
             if self.tuner is not None:
                 key = self._tune_key(op, space, a, example)

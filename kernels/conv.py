@@ -16,9 +16,9 @@ from ._checks import (
     check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_precision, check_same_dtype,
     check_tensor, nhwc_strides, out_size, pair,
 )
-from .config import Config, k_iters, select_config
+from .config import Config, select_config
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import finish_tile, reduce_partials, split_plan, split_workspace
+from .splitk import config_splits, finish_tile, reduce_partials, split_workspace
 from .launch import launch
 
 
@@ -189,20 +189,14 @@ def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None
                          residual=residual)
 
 
-def conv_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
-    """(splits, K-loop iterations per split) of a conv launched with `cfg`."""
-    flat, k, _ = reduction(g.C, g.KH, g.KW)
-    return split_plan(k_iters(k, cfg.BLOCK_K, 1 if flat else g.KH * g.KW), cfg.SPLIT_K)
-
-
 def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace) -> torch.Tensor:
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
-    splits, iters = conv_splits(g, cfg)
+    flat, k, _ = reduction(g.C, g.KH, g.KW)
+    splits, iters = config_splits(cfg, k, 1 if flat else g.KH * g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:
         return y
-    flat, _, _ = reduction(g.C, g.KH, g.KW)
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
     launch(_conv_kernel, grid,

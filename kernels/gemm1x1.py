@@ -10,10 +10,10 @@ import triton
 import triton.language as tl
 
 from ._checks import nhwc_strides
-from .config import Config, k_iters, select_config
+from .config import Config, select_config
 from .conv import ConvGeometry, alloc_nhwc, check_conv_args
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import finish_tile, reduce_partials, split_plan, split_workspace
+from .splitk import config_splits, finish_tile, reduce_partials, split_workspace
 from .launch import launch
 
 
@@ -71,11 +71,6 @@ def conv1x1_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | N
     return select_config("conv1x1", dtype, M=g.M, N=g.CO, K=g.C, device=device)
 
 
-def conv1x1_splits(g: ConvGeometry, cfg: Config) -> tuple[int, int]:
-    """(splits, K-loop iterations per split) of a 1x1 conv launched with `cfg`."""
-    return split_plan(k_iters(g.C, cfg.BLOCK_K), cfg.SPLIT_K)
-
-
 def conv1x1(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -102,7 +97,7 @@ def conv1x1(
         raise ValueError(f"conv1x1 needs a [Cout, Cin, 1, 1] weight, got shape {tuple(w.shape)}: use conv_bn_relu")
     g = check_conv_args(x, w, b, stride, 0, residual, out, input_precision)
     cfg = config or conv1x1_config(g, x.dtype, x.device)
-    splits, iters = conv1x1_splits(g, cfg)
+    splits, iters = config_splits(cfg, g.C)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, x)
     if g.M == 0:

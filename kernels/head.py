@@ -18,9 +18,9 @@ from ._checks import (
     FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_precision, check_same_dtype, check_tensor,
     nhwc_strides,
 )
-from .config import Config, k_iters, select_config
+from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
-from .splitk import check_workspace, reduce_partials, split_plan, workspace_numel
+from .splitk import check_workspace, config_splits, reduce_partials, workspace_numel
 from .launch import launch
 
 
@@ -61,7 +61,7 @@ def fc_config(N: int, C: int, classes: int, dtype: torch.dtype, device: torch.de
 def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
     """Float32 elements `avgpool_fc` needs in its workspace: the pooled features, then the
     split-K partials of the linear layer (if its config splits)."""
-    splits, _ = split_plan(k_iters(C, config.BLOCK_K), config.SPLIT_K)
+    splits, _ = config_splits(config, C)
     return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
 
 
@@ -110,7 +110,7 @@ def avgpool_fc(
         raise ValueError(f"out must be a float tensor of shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
     precision = check_precision(input_precision, x.dtype)
     cfg = config or fc_config(N, C, CLS, x.dtype, x.device)
-    splits, iters = split_plan(k_iters(C, cfg.BLOCK_K), cfg.SPLIT_K)
+    splits, iters = config_splits(cfg, C)
     need = head_workspace_numel(N, C, CLS, cfg)
     check_workspace(workspace, need, x=x, w=w, b=b, out=out)
     y = out if out is not None else torch.empty((N, CLS), device=x.device, dtype=torch.float32)

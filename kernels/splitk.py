@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ._checks import check_device, check_no_overlap, nhwc_strides
-from .config import select_config
+from .config import k_iters, select_config
 from .epilogue import bias_residual_relu_store
 from .launch import launch
 
@@ -27,6 +27,12 @@ def split_plan(iters: int, split: int) -> tuple[int, int]:
     split = max(1, min(int(split), int(iters)))
     per = -(-int(iters) // split)
     return -(-int(iters) // per), per
+
+
+def config_splits(config, K: int, taps: int = 1) -> tuple[int, int]:
+    """(splits, K-loop iterations per split) of a launch with `config` over a reduction of
+    `taps` x K (K in BLOCK_K steps), as every split-capable launcher plans it."""
+    return split_plan(k_iters(K, config.BLOCK_K, taps), config.SPLIT_K)
 
 
 def workspace_numel(M: int, CO: int, splits: int) -> int:

@@ -344,8 +344,6 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
     launches = _recorded_launches(monkeypatch, call)
     assert len(launches) == len(expect)
     for (fn, args), (kernel_name, variant_name) in zip(launches, expect):
-        from fastres.kernels.config import Config
-
         meta = {k: args.pop(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M") if k in args}
         config = Config(meta["BLOCK_M"], meta.get("BLOCK_N", 1), meta.get("BLOCK_K", 1), args.pop("num_warps"),
                         args.pop("num_stages"), meta.get("GROUP_M", 8))
