@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    from fastres.benchmark import run_cli
+    from fastres.benchmark.cli import run_cli
 
     sys.exit(run_cli(["layers", *sys.argv[1:]]))
 
@@ -27,14 +27,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import ON_GPU, run_rotating  # noqa: E402
 
-from fastres import benchmark as B  # noqa: E402
+from fastres.benchmark.environment import l2_bytes  # noqa: E402
+from fastres.benchmark.geometry import conv_layers  # noqa: E402
+from fastres.benchmark.layers import layer_callable, layer_inputs, layer_reference  # noqa: E402
+from fastres.benchmark.names import DTYPES as DTYPE_BY_NAME  # noqa: E402
+from fastres.benchmark.numerics import LAYER_TOL, rel_error  # noqa: E402
+from fastres.benchmark.systems import system_flags  # noqa: E402
+from fastres.benchmark.timing import rotation_count  # noqa: E402
 
 if ON_GPU:
-    LAYERS = B.conv_layers("resnet50", 224)
+    LAYERS = conv_layers("resnet50", 224)
     BATCH, DTYPES, SYSTEMS, ROUNDS, WARMUP = 32, ("float16", "bfloat16"), ("fastres", "cudnn-eager"), 200, 20
 else:
     # the interpreter: a 3x3 with residual and the strided 1x1 projection of resnet18 at 32x32
-    _small = {l.name: l for l in B.conv_layers("resnet18", 32)}
+    _small = {l.name: l for l in conv_layers("resnet18", 32)}
     LAYERS = [_small["3x3/1 64->64 @8x8 +res relu"], _small["1x1/2 64->128 @8x8"]]
     BATCH, DTYPES, SYSTEMS, ROUNDS, WARMUP = 1, ("float32",), ("fastres", "cudnn-eager"), 2, 0
 
@@ -43,19 +49,19 @@ else:
 @pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda l: l.name.replace(" ", "_"))
 def test_layer(layer, dtype_name, system, device, device_benchmark):
-    dtype = B.DTYPES[dtype_name]
-    n_sets, _ = B.rotation_count(layer.bytes(BATCH, dtype.itemsize), B.l2_bytes(device), max_sets=16)
+    dtype = DTYPE_BY_NAME[dtype_name]
+    n_sets, _ = rotation_count(layer.bytes(BATCH, dtype.itemsize), l2_bytes(device), max_sets=16)
     gen = torch.Generator(device=device).manual_seed(len(layer.name) * 1000 + BATCH)
-    sets = B.layer_inputs(layer, BATCH, dtype, device, n_sets, gen)
-    fn = B.layer_callable(system, layer, sets)
-    ref = B.layer_reference(layer, sets[0], fused=True, device=device)
+    sets = layer_inputs(layer, BATCH, dtype, device, n_sets, gen)
+    fn = layer_callable(system, layer, sets)
+    ref = layer_reference(layer, sets[0], fused=True, device=device)
     sets[0].out.fill_(float("nan"))
-    with torch.inference_mode(), B.system_flags(system):
-        rel = B.rel_error(fn(0), ref)
-    assert rel <= B.LAYER_TOL[dtype_name], f"{system} {layer.name} {dtype_name}: rel error {rel:.3e} (not timed)"
+    with torch.inference_mode(), system_flags(system):
+        rel = rel_error(fn(0), ref)
+    assert rel <= LAYER_TOL[dtype_name], f"{system} {layer.name} {dtype_name}: rel error {rel:.3e} (not timed)"
     device_benchmark.group = f"{layer.name} b{BATCH} {dtype_name}"
     device_benchmark.extra_info.update(
         layer=layer.name, batch=BATCH, dtype=dtype_name, system=system, gflop=layer.flops(BATCH) / 1e9, rel_err=rel
     )
-    with torch.inference_mode(), B.system_flags(system):
+    with torch.inference_mode(), system_flags(system):
         run_rotating(device_benchmark, fn, n_sets, rounds=ROUNDS, warmup_rounds=WARMUP)

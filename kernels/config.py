@@ -152,7 +152,9 @@ def use_config(kernel: str, config: Config):
             stack[kernel] = old
 
 
-def _num_sms(device: torch.device | None) -> int:
+def _num_sms(device: torch.device | None, sms: int | None = None) -> int:
+    if sms is not None:
+        return int(sms)
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return NUM_SMS_DEFAULT
@@ -184,15 +186,16 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
 
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
-    residual: bool = False,
+    residual: bool = False, sms: int | None = None,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space (for a conv with
     a residual, those that take one), and every tile split by `choose_split` where that splits
-    it (the heuristic's own choice is among them)."""
+    it (the heuristic's own choice is among them). `sms`: the SM count to plan for (default:
+    `device`'s, else NUM_SMS_DEFAULT)."""
     space = config_space(kernel, dtype, residual=residual)
     if kernel not in SPLIT_KERNELS:
         return space
-    sms = _num_sms(device)
+    sms = _num_sms(device, sms)
     out = list(space)
     for c in config_space(kernel, dtype):
         split = choose_split(-(-M // c.BLOCK_M) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
@@ -203,7 +206,7 @@ def tuning_candidates(
 
 def select_config(
     kernel: str, dtype: torch.dtype, *, M: int = 1, N: int = 1, K: int = 1, device: torch.device | None = None,
-    taps: int = 1, residual: bool = False,
+    taps: int = 1, residual: bool = False, sms: int | None = None, interpreter: bool | None = None,
 ) -> Config:
     """The config for one launch: a thread's override, else the interpreter's, else a heuristic.
 
@@ -213,12 +216,14 @@ def select_config(
     The heuristic, for GEMM-type kernels: the widest BLOCK_K the reduction fills, tiles no
     wider than the output channels need, then the biggest tile that still gives every SM a
     program, else the smallest tile; a grid that leaves most SMs idle then gets a split K loop
-    (`choose_split`).
+    (`choose_split`). `sms` and `interpreter` describe the device planned for (default: `device`'s
+    SM count, and whether triton's interpreter is on), so a schedule can be planned for a GPU
+    without one.
     """
     override = getattr(_local, "overrides", {}).get(kernel)
     if override is not None:
         return override
-    if interpreting():
+    if interpreting() if interpreter is None else interpreter:
         cfg = _INTERPRETER[kernel]
         if kernel in GEMM_KERNELS:
             cfg = dataclasses.replace(
@@ -235,7 +240,7 @@ def select_config(
     # A tile wider than the output channels computes zeros (64 channels in a 128-wide tile).
     narrow = [c for c in cands if c.BLOCK_N <= _pow2_at_least(N)]
     cands = narrow or [c for c in cands if c.BLOCK_N == min(d.BLOCK_N for d in cands)]
-    sms = _num_sms(device)
+    sms = _num_sms(device, sms)
 
     def programs(c: Config) -> int:
         return -(-M // c.BLOCK_M) * -(-N // c.BLOCK_N)

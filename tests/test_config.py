@@ -116,13 +116,21 @@ def test_gpu_heuristic_shape_rules(kernel, dtype, gpu_heuristic):
 def test_gpu_heuristic_reads_the_sm_count(monkeypatch, gpu_heuristic):
     """With fewer SMs a mid-sized problem already fills the machine with big tiles."""
     M, N, K_ = 4 * 28 * 28, 128, 128
-    monkeypatch.setattr(config_mod, "_num_sms", lambda device: 132)
-    many = select_config("conv", torch.float16, M=M, N=N, K=K_)
-    monkeypatch.setattr(config_mod, "_num_sms", lambda device: 8)
+    many = select_config("conv", torch.float16, M=M, N=N, K=K_, sms=132)
+    assert many == select_config("conv", torch.float16, M=M, N=N, K=K_)  # 132 SMs without a CUDA device
+    monkeypatch.setattr(config_mod, "_num_sms", lambda device, sms=None: 8 if sms is None else sms)
     few = select_config("conv", torch.float16, M=M, N=N, K=K_)
+    assert few == select_config("conv", torch.float16, M=M, N=N, K=K_, sms=8)
     assert few.BLOCK_M * few.BLOCK_N >= many.BLOCK_M * many.BLOCK_N
     assert few.BLOCK_M * few.BLOCK_N == max(c.BLOCK_M * c.BLOCK_N for c in config_space("conv", torch.float16)
                                             if c.BLOCK_K == few.BLOCK_K)
+
+
+def test_planning_for_a_gpu_under_the_interpreter():
+    """interpreter=False plans GPU tiles even while the interpreter runs (a schedule for an H100)."""
+    gpu = select_config("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, interpreter=False)
+    assert gpu in {dataclasses.replace(c, SPLIT_K=gpu.SPLIT_K) for c in config_space("conv", torch.float16)}
+    assert gpu.SPLIT_K > 1
 
 
 def test_interpreter_choice_is_clamped_to_the_problem(monkeypatch):
@@ -233,7 +241,7 @@ def test_every_dispatchable_config(kernel, dtype, cfg, device):
 # ---------------------------------------------------------------- tiles that cannot take a residual
 
 def test_residual_unsafe_tiles_never_reach_a_residual(gpu_heuristic):
-    from fastres import check
+    from fastres.gate.run import tasks
 
     dt = torch.float16
     unsafe = [c for c in config_space("conv", dt) if config_mod.residual_unsafe("conv", c)]
@@ -254,7 +262,7 @@ def test_residual_unsafe_tiles_never_reach_a_residual(gpu_heuristic):
     split = K.tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, residual=True)
     assert any(c.SPLIT_K > 1 and dataclasses.replace(c, SPLIT_K=1) in unsafe for c in split)
     # The gate compiles that tile for the launches without a residual, and only those.
-    rows = [t for t in check.tasks(kernels=["conv"], dtypes=["float16"]) if t.config in unsafe]
+    rows = [t for t in tasks(kernels=["conv"], dtypes=["float16"]) if t.config in unsafe]
     metas = [dict(t.variant.meta) for t in rows]
     assert rows and not any(m["HAS_RESIDUAL"] and not m["SPLIT"] for m in metas)
     assert any(m["HAS_RESIDUAL"] and m["SPLIT"] for m in metas)

@@ -69,9 +69,9 @@ def test_engine_compiles_every_kernel_before_its_first_launch(monkeypatch):
     warm-up (ahead, in parallel); none happens at a launch."""
     from triton.runtime.jit import JITFunction
 
-    from fastres.check import _KERNEL_FN, kernel_fn
+    from fastres.gate.compile import KERNEL_FN, kernel_fn
 
-    fns = {kernel_fn(k) for k in _KERNEL_FN}
+    fns = {kernel_fn(k) for k in KERNEL_FN}
     if not all(hasattr(fn, "device_caches") for fn in fns):
         pytest.skip("this triton keeps its JIT cache elsewhere")
     for fn in fns:

@@ -1,0 +1,255 @@
+"""The per-layer part of a bench run: every distinct convolution of ResNet-50 and ResNet-18
+(geometry, fused ReLU, fused residual), the fastres kernel against cuDNN doing the same fused
+work in eager (``cudnn-eager``: ``F.conv2d`` + bias + add + ReLU, channels_last) and
+``F.conv2d`` alone (``cudnn-conv``), in TFLOP/s and % of the matrix peak measured in the same
+run; where fastres splits a conv's K loop, the same tile unsplit beside it. The classifier head
+of each model is measured after its convs (fastres.benchmark.head)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .environment import baseline_flags, l2_bytes
+from .geometry import ConvLayer, conv_layers, pick_representative
+from .head import head_point
+from .names import DTYPES
+from .numerics import LAYER_TOL, finite_or_none, rel_error
+from .results import add_record, base_record, first_line, speedups, timed_record
+from .run import Run, budget_note, free_memory
+from .systems import system_flags
+from .timing import TimingOptions, measure, rotation_count
+
+if TYPE_CHECKING:
+    from ..kernels import Config
+
+
+def measure_peaks(device: torch.device, dtypes: Sequence[str], *, smoke: bool, timing: TimingOptions) -> dict:
+    """The matrix rate (an n^3 matmul of random data per dtype) and the copy bandwidth (a large
+    device-to-device copy, bytes read + written) of this device, measured once per run."""
+    n = 256 if smoke else 8192
+    copy_bytes = 2**23 if smoke else 2**30
+    peaks: dict = {"matmul_tflops": {}, "note": f"{n}^3 matmul, {copy_bytes >> 20} MiB copy" + (", smoke" if smoke else "")}
+    with baseline_flags():
+        for name in dtypes:
+            dt = DTYPES[name]
+            a = torch.randn(n, n, device=device).to(dt)
+            b = torch.randn(n, n, device=device).to(dt)
+            stats = measure(lambda i: torch.matmul(a, b), 1, device=device, options=timing)
+            peaks["matmul_tflops"][name] = 2 * n**3 / (stats["median_ms"] * 1e-3) / 1e12
+            del a, b
+        src = torch.randn(copy_bytes // 4, device=device)
+        dst = torch.empty_like(src)
+        stats = measure(lambda i: dst.copy_(src), 1, device=device, options=timing)
+        peaks["copy_tb_s"] = 2 * copy_bytes / (stats["median_ms"] * 1e-3) / 1e12
+        del src, dst
+    free_memory(device)
+    return peaks
+
+
+@dataclasses.dataclass
+class LayerInputs:
+    """One input set of a conv: activation, weights, float32 bias (and cast to the dtype), residual, output."""
+
+    x: torch.Tensor
+    w: torch.Tensor
+    b: torch.Tensor
+    b_cast: torch.Tensor
+    r: torch.Tensor | None
+    out: torch.Tensor
+
+
+def layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device, n: int, gen: torch.Generator) -> list[LayerInputs]:
+    """`n` independent input sets for `layer` at `batch`: x, weights (He-scaled), float32 bias,
+    residual (if the layer has one) and an output buffer, all channels_last in `dtype`."""
+    cl = torch.channels_last
+
+    def randn(*shape):  # drawn on the device: host RNG for a batch-256 activation takes seconds
+        return torch.randn(*shape, generator=gen, device=device)
+
+    sets = []
+    for _ in range(n):
+        x = randn(batch, layer.cin, layer.h, layer.w).to(dtype).contiguous(memory_format=cl)
+        fan_in = layer.cin * layer.k * layer.k
+        w = (randn(layer.cout, layer.cin, layer.k, layer.k) * math.sqrt(2.0 / fan_in)).to(dtype).contiguous(memory_format=cl)
+        b = randn(layer.cout) * 0.2
+        r = None
+        if layer.residual:
+            r = randn(batch, layer.cout, layer.oh, layer.ow).to(dtype).contiguous(memory_format=cl)
+        out = torch.empty(batch, layer.cout, layer.oh, layer.ow, device=device, dtype=dtype, memory_format=cl)
+        sets.append(LayerInputs(x, w, b, b.to(dtype), r, out))
+    return sets
+
+
+def fastres_layer_config(layer: ConvLayer, s: LayerInputs) -> Config:
+    """The config fastres' launcher picks for `layer` on input set `s` (what the engine runs)."""
+    from ..kernels.conv import check_conv_args, conv_config
+    from ..kernels.gemm1x1 import conv1x1_config
+
+    g = check_conv_args(s.x, s.w, s.b, layer.stride, layer.pad, s.r, s.out, "ieee")
+    if layer.k == 1:
+        return conv1x1_config(g, s.x.dtype, s.x.device)
+    return conv_config(g, s.x.dtype, s.x.device, residual=s.r is not None)
+
+
+def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config: Config | None = None
+                   ) -> Callable[[int], torch.Tensor]:
+    """fn(i) running `system` on input set i: 'fastres' (the kernel, written into the set's
+    output buffer; `config` overrides the launcher's choice), 'cudnn-eager' (F.conv2d + bias,
+    then in-place add and ReLU) or 'cudnn-conv'."""
+    from .. import kernels as K
+
+    if system == "fastres":
+        if layer.k == 1:
+            return lambda i: K.conv1x1(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, relu=layer.relu,
+                                       residual=sets[i].r, out=sets[i].out, config=config)
+        return lambda i: K.conv_bn_relu(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
+                                        relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=config)
+    if system == "cudnn-eager":
+        def fused(i):
+            s = sets[i]
+            y = F.conv2d(s.x, s.w, s.b_cast, stride=layer.stride, padding=layer.pad)
+            if s.r is not None:
+                y.add_(s.r)
+            if layer.relu:
+                y.relu_()
+            return y
+        return fused
+    if system == "cudnn-conv":
+        return lambda i: F.conv2d(sets[i].x, sets[i].w, None, stride=layer.stride, padding=layer.pad)
+    raise ValueError(f"unknown layer system {system!r}")
+
+
+def layer_reference(layer: ConvLayer, s: LayerInputs, *, fused: bool, device: torch.device) -> torch.Tensor:
+    """The layer in float32 with TF32 off (float64 on the CPU or for float32 inputs); `fused`
+    adds bias, residual and ReLU."""
+    rdt = torch.float64 if (device.type == "cpu" or s.x.dtype == torch.float32) else torch.float32
+    with baseline_flags(benchmark=False):
+        y = F.conv2d(s.x.to(rdt), s.w.to(rdt), s.b.to(rdt) if fused else None, stride=layer.stride, padding=layer.pad)
+        if fused:
+            if s.r is not None:
+                y = y + s.r.to(rdt)
+            if layer.relu:
+                y = torch.relu(y)
+    return y
+
+
+def run_layers(run: Run, models: Sequence[str], batches: Sequence[int], dtypes: Sequence[str], systems: Sequence[str],
+               size: int, max_layers: int | None) -> None:
+    """Every distinct conv of each model: the fastres kernel vs cuDNN fused eager vs conv alone."""
+    device, l2 = run.device, l2_bytes(run.device)
+    peaks = run.results.get("peaks") or {}
+    if not all(d in (peaks.get("matmul_tflops") or {}) for d in dtypes):
+        run.log("measuring the matrix peak and copy bandwidth ...")
+        peaks = measure_peaks(device, dtypes, smoke=run.smoke, timing=run.timing)
+        run.results["peaks"] = peaks
+        parts = ", ".join(f"{d} {v:.3g} TFLOP/s" for d, v in peaks["matmul_tflops"].items())
+        run.log(f"peaks: matmul {parts}; copy {peaks['copy_tb_s']:.3g} TB/s")
+        run.save()
+    for model_name in models:
+        layers = conv_layers(model_name, size)
+        if max_layers:
+            layers = pick_representative(layers, max_layers)
+        for dtype_name in dtypes:
+            dtype = DTYPES[dtype_name]
+            peak = (peaks.get("matmul_tflops") or {}).get(dtype_name)
+            for batch in batches:
+                for layer in layers:
+                    if run.budget.spent():
+                        return budget_note(run, "layers", f"layers {model_name} {dtype_name} batch {batch}")
+                    _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak, peaks.get("copy_tb_s"))
+                    run.save()
+                if run.budget.spent():
+                    return budget_note(run, "layers", f"head {model_name} {dtype_name} batch {batch}")
+                head_point(run, model_name, batch, dtype_name, dtype, size, l2)
+                run.save()
+
+
+def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak, copy_tb_s):
+    device = run.device
+    flops, nbytes = layer.flops(batch), layer.bytes(batch, dtype.itemsize)
+    n_sets, flush = rotation_count(nbytes, l2)
+    gen = torch.Generator(device=device).manual_seed(zlib.crc32(layer.name.encode()) + batch)
+    try:
+        sets = layer_inputs(layer, batch, dtype, device, n_sets, gen)
+    except torch.cuda.OutOfMemoryError as exc:
+        for system in systems:
+            rec = base_record("layer", model_name, batch, dtype_name, system, size)
+            rec.update(layer=layer.name, tflops=None, status="error", reason=first_line(exc))
+            add_record(run.results, rec)
+        free_memory(device)
+        return
+    refs = {}
+    floor_ms = None
+    if peak and copy_tb_s:
+        floor_ms = max(flops / (peak * 1e12), nbytes / (copy_tb_s * 1e12)) * 1e3
+    point = {}
+    for system in systems:
+        rec = base_record("layer", model_name, batch, dtype_name, system, size)
+        rec.update(layer=layer.name, tflops=None, uses=list(layer.uses), gflop=flops / 1e9, bytes=nbytes,
+                   floor_ms=floor_ms, rotation_sets=n_sets, l2_flush=flush)
+        add_record(run.results, rec)
+        point[system] = rec
+        tag = f"layer {model_name:9s} {dtype_name:8s} b{batch:<4d} {layer.name:34s} {system:12s}"
+        try:
+            fused = system != "cudnn-conv"
+            if fused not in refs:
+                refs[fused] = layer_reference(layer, sets[0], fused=fused, device=device)
+            fn = layer_callable(system, layer, sets)
+            sets[0].out.fill_(float("nan"))  # unwritten elements must fail the check
+            with torch.inference_mode(), system_flags(system):
+                rel = rel_error(fn(0), refs[fused])
+            tol = LAYER_TOL[dtype_name]
+            rec.update(rel_err=finite_or_none(rel), tol=tol)
+            if not rel <= tol:
+                rec.update(status="wrong", reason=f"rel error {rel:.3e} > {tol:.1e}: not timed")
+                run.log(f"{tag} WRONG rel {rel:.2e} > {tol:.1e}")
+                continue
+            with torch.inference_mode(), system_flags(system):
+                stats = measure(fn, n_sets, device=device, options=run.timing, flush_bytes=2 * l2 if flush else 0,
+                                device_time=True)
+            timed_record(rec, stats, batch)
+            rec["tflops"] = flops / (stats["median_ms"] * 1e-3) / 1e12
+            if peak:
+                rec["pct_peak"] = 100.0 * rec["tflops"] / peak
+            if floor_ms:
+                rec["pct_floor"] = 100.0 * floor_ms / stats["median_ms"]
+            run.log(f"{tag} {stats['median_ms'] * 1e3:10.1f} us  {rec['tflops']:7.2f} TFLOP/s  rel {rel:.1e}")
+            if system == "fastres":
+                _split_comparison(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag)
+        except Exception as exc:
+            rec.update(status="error", reason=first_line(exc))
+            run.log(f"{tag} ERROR {rec['reason']}")
+            if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
+                free_memory(device)
+    speedups(point)
+    del sets, refs
+    if device.type == "cuda" and batch >= 32:
+        free_memory(device)
+
+
+def _split_comparison(run, rec, layer, sets, ref, n_sets, flush, l2, tag) -> None:
+    """Record fastres' config; where it splits the K loop, also check and time the same tile
+    unsplit, side by side, so every run measures what split-K gains layer by layer."""
+    cfg = fastres_layer_config(layer, sets[0])
+    rec.update(config=cfg.name, split_k=cfg.SPLIT_K)
+    if cfg.SPLIT_K <= 1:
+        return
+    fn = layer_callable("fastres", layer, sets, config=dataclasses.replace(cfg, SPLIT_K=1))
+    sets[0].out.fill_(float("nan"))
+    with torch.inference_mode():
+        rel = rel_error(fn(0), ref)
+    if not rel <= rec["tol"]:
+        rec["unsplit_status"] = f"wrong: rel error {rel:.3e} > {rec['tol']:.1e}"
+        run.log(f"{tag} unsplit WRONG rel {rel:.2e}")
+        return
+    with torch.inference_mode():
+        stats = measure(fn, n_sets, device=run.device, options=run.timing, flush_bytes=2 * l2 if flush else 0,
+                        device_time=True)
+    rec.update(unsplit_median_ms=stats["median_ms"], split_speedup=stats["median_ms"] / rec["median_ms"])
+    run.log(f"{tag} unsplit {stats['median_ms'] * 1e3:7.1f} us: split {cfg.SPLIT_K} ways is "
+            f"{rec['split_speedup']:.2f}x")

@@ -1,0 +1,15 @@
+"""The names the harness shares: the benchmarked models, the systems compared, the dtypes by
+name, and the label every smoke figure carries."""
+from __future__ import annotations
+
+import torch
+
+E2E_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+E2E_SYSTEMS = ("fastres", "cudnn-eager", "cudnn-eager-graph", "torch-compile")
+MAX_AUTOTUNE_SYSTEM = "torch-compile-max-autotune"
+ALL_E2E_SYSTEMS = E2E_SYSTEMS + (MAX_AUTOTUNE_SYSTEM,)
+LAYER_SYSTEMS = ("fastres", "cudnn-eager", "cudnn-conv")
+
+SMOKE_LABEL = "SMOKE: interpreter, not a performance figure"
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

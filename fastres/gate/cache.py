@@ -1,0 +1,91 @@
+"""The gate's results cache: one JSON file of rows, keyed by everything a row depends on.
+
+Results are stored in ``$FASTRES_CACHE_DIR/check/results.json`` (default root
+``~/.cache/fastres``), keyed by a hash of the text of every ``kernels/*.py`` file, the triton
+version, the gate's own version, the target, the config, the dtype and the variant (its full
+specialization), so a second run only reads JSON and rows of different targets never mix.
+Failures of the toolchain itself (a missing ptxas, a dead worker) are reported but never
+cached (the callers' business: ``fastres.gate.run``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .target import DEFAULT_TARGET, Target
+from .variants import Variant
+
+if TYPE_CHECKING:
+    from ..kernels.config import Config
+
+# Bumped whenever what a row means changes (checks, parsing, specialization rules), so that
+# cached rows of an older gate are not reused.
+GATE_VERSION = 1
+
+
+def cache_file() -> Path:
+    """Where the rows are cached (follows $FASTRES_CACHE_DIR, read at each call)."""
+    from ..tuning import cache_dir
+
+    return cache_dir() / "check" / "results.json"
+
+
+def kernel_sources_digest() -> str:
+    """A hash of every ``kernels/*.py`` file (names and text): any edit invalidates the cache."""
+    from .. import kernels
+
+    folder = Path(kernels.__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(folder.glob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def triton_version() -> str:
+    """The version of the triton that compiles (part of the key: a new triton may compile differently)."""
+    import triton
+
+    return triton.__version__
+
+
+def row_key(kernel: str, config: Config, dtype: str, variant: Variant, *, sources: str | None = None,
+            target: Target = DEFAULT_TARGET) -> str:
+    """Cache key: kernel sources, triton version, gate version, target, config, dtype, variant."""
+    payload = json.dumps(
+        [GATE_VERSION, sources or kernel_sources_digest(), triton_version(), dataclasses.astuple(target), kernel,
+         dataclasses.asdict(config), dtype, dataclasses.astuple(variant)],
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def load_cache(path: Path) -> dict:
+    """The cached rows by key; empty when the file is missing or unreadable."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_cache(path: Path, new: dict) -> None:
+    """Merge `new` into the cache file atomically (concurrent gates may share it)."""
+    if not new:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = load_cache(path)
+        data.update(new)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home must not fail the gate
+        print(f"fastres check: warning: could not write the cache {path}: {exc}", file=sys.stderr)

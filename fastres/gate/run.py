@@ -1,0 +1,197 @@
+"""Running the gate: which rows there are, compiling the missing ones (in a process pool), the cache.
+
+Python API: ``gate_rows(kernels=None, dtypes=None, jobs=1, target=...) -> list[dict]`` (what
+``fastres check`` prints) and ``check_one(kernel, config, dtype, variant, target=...)`` for a
+single row; ``tasks`` lists the (kernel, config, dtype, variant) the gate compiles.
+
+The interpreter. With ``TRITON_INTERPRET=1`` ``@triton.jit`` gives interpreter functions that
+``triton.compile`` refuses, and the choice is made when ``fastres.kernels`` is imported. So
+the gate refuses to run under it (``fastres check``: one line on stderr, exit 2; unset the
+variable, e.g. ``env -u TRITON_INTERPRET fastres check``). The tests spawn it as a subprocess
+without it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import sys
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from .cache import cache_file, kernel_sources_digest, load_cache, row_key, save_cache
+from .compile import compile_row, first_line
+from .target import DEFAULT_TARGET, Target
+from .variants import DTYPES, Variant, dispatchable, dtype_name, variants, wgmma_required
+
+if TYPE_CHECKING:
+    from ..kernels.config import Config
+
+
+def refuse_interpreter() -> None:
+    """Raise RuntimeError under TRITON_INTERPRET (the kernels then cannot be compiled)."""
+    from ..kernels._checks import interpreting
+
+    if interpreting():
+        raise RuntimeError(
+            "TRITON_INTERPRET is set: the compile gate needs real @triton.jit functions; "
+            "run it without the variable (e.g. `env -u TRITON_INTERPRET fastres check`)"
+        )
+
+
+def _find_variant(kernel: str, dtype: str, variant: Variant | str | None) -> Variant:
+    if isinstance(variant, Variant):
+        return variant
+    options = variants(kernel, dtype)
+    if variant is None:
+        return options[0]
+    for v in options:
+        if v.name == variant or v.name.split()[0] == variant:
+            return v
+    raise ValueError(f"no variant {variant!r} of {kernel} at {dtype}; variants: {[v.name for v in options]}")
+
+
+def check_one(kernel: str, config: Config, dtype: str | torch.dtype, variant: Variant | str | None = None, *,
+              use_cache: bool = True, target: Target = DEFAULT_TARGET) -> dict[str, Any]:
+    """Compile and inspect one (kernel, config, dtype, variant) for `target`; returns its row.
+
+    `config` may be any ``Config`` (also one outside the config space, e.g. to show that a
+    tile spills); `variant` a ``Variant``, its name or the name's first word (e.g.
+    ``"3x3/s1/relu/res/ieee"``); None picks the kernel's first variant.
+    """
+    refuse_interpreter()
+    dt = dtype_name(dtype)
+    v = _find_variant(kernel, dt, variant)
+    path = cache_file()
+    key = row_key(kernel, config, dt, v, target=target)
+    if use_cache:
+        hit = load_cache(path).get(key)
+        if hit is not None:
+            return dict(hit, cached=True)
+    row = compile_row(kernel, config, dt, v, target=target)
+    if use_cache:
+        save_cache(path, {key: row})
+    return dict(row, cached=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One row to compile (picklable: it is what a worker process receives)."""
+
+    kernel: str
+    config: Config
+    dtype: str
+    variant: Variant
+    target: Target
+
+
+def _error_row(task: Task, exc: BaseException) -> dict:
+    """The gate itself broke on a row (not the kernel): report it, never cache it."""
+    from ..kernels.config import GEMM_KERNELS
+
+    return {
+        "kernel": task.kernel, "config": task.config.name, "dtype": task.dtype, "variant": task.variant.name,
+        "ok": False, "registers": None, "stack": None, "spills": None, "shared": None, "wgmma": None,
+        "gemm": task.kernel in GEMM_KERNELS,
+        "wgmma_required": wgmma_required(task.kernel, task.dtype, task.variant.precision),
+        "error": "gate error: " + first_line(exc), "_transient": True,
+    }
+
+
+def _run_task(task: Task) -> dict:
+    try:
+        return compile_row(task.kernel, task.config, task.dtype, task.variant, target=task.target)
+    except Exception as exc:
+        return _error_row(task, exc)
+
+
+def tasks(kernels: Iterable[str] | None = None, dtypes: Iterable[str | torch.dtype] | None = None, *,
+          target: Target = DEFAULT_TARGET) -> list[Task]:
+    """Every (kernel, config, dtype, variant) the gate compiles for `target`, filtered."""
+    from ..kernels.config import KERNELS, config_space
+
+    names = list(KERNELS) if kernels is None else list(kernels)
+    for k in names:
+        if k not in KERNELS:
+            raise ValueError(f"unknown kernel {k!r}: choose from {', '.join(KERNELS)}")
+    dts = list(DTYPES) if dtypes is None else [dtype_name(d) for d in dtypes]
+    out = []
+    for k in names:
+        for dt in DTYPES:
+            if dt not in dts:
+                continue
+            vs = variants(k, dt)
+            for cfg in config_space(k, DTYPES[dt]):
+                out.extend(Task(k, cfg, dt, v, target) for v in vs if dispatchable(k, cfg, v))
+    return out
+
+
+def gate_rows(
+    kernels: Iterable[str] | None = None,
+    dtypes: Iterable[str | torch.dtype] | None = None,
+    jobs: int = 1,
+    *,
+    use_cache: bool = True,
+    progress: bool = False,
+    target: Target = DEFAULT_TARGET,
+) -> list[dict[str, Any]]:
+    """Run the gate for `target`: one row (dict) per (kernel, config, dtype, variant), in a stable order.
+
+    ``jobs`` > 1 compiles in a process pool; ``progress`` shows a bar on stderr (when it is a
+    terminal); ``use_cache`` reads and writes the result cache. Keys: kernel, config, dtype,
+    variant, ok, registers, stack, spills, shared, wgmma, gemm, wgmma_required, error (None
+    when ok) and a few more (num_warps, num_stages, local_insts, hgmma_insts, static_shared,
+    seconds, cached).
+    """
+    refuse_interpreter()
+    todo = tasks(kernels, dtypes, target=target)
+    path = cache_file()
+    sources = kernel_sources_digest()
+    keys = [row_key(t.kernel, t.config, t.dtype, t.variant, sources=sources, target=target) for t in todo]
+    cache = load_cache(path) if use_cache else {}
+    rows: list[dict | None] = [None] * len(todo)
+    missing = []
+    for i, key in enumerate(keys):
+        if key in cache:
+            rows[i] = dict(cache[key], cached=True)
+        else:
+            missing.append(i)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), initial=len(todo) - len(missing), desc="fastres check", unit="kernel",
+               file=sys.stderr, disable=None if progress else True, dynamic_ncols=True)
+    fresh: dict[str, dict] = {}
+
+    def done(i: int, row: dict) -> None:
+        transient = row.pop("_transient", False)
+        rows[i] = dict(row, cached=False)
+        if not transient:
+            fresh[keys[i]] = row
+        bar.update(1)
+        if use_cache and len(fresh) >= 32:  # keep progress if interrupted
+            save_cache(path, fresh)
+            fresh.clear()
+
+    try:
+        if jobs <= 1 or len(missing) <= 1:
+            for i in missing:
+                done(i, _run_task(todo[i]))
+        else:
+            # spawn: a fresh interpreter per worker (no forked torch / triton state).
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(missing)), mp_context=ctx) as pool:
+                futures = {pool.submit(_run_task, todo[i]): i for i in missing}
+                for fut in concurrent.futures.as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        row = fut.result()
+                    except Exception as exc:  # a worker died (e.g. out of memory): report the row
+                        row = _error_row(todo[i], exc)
+                    done(i, row)
+    finally:
+        bar.close()
+        if use_cache:
+            save_cache(path, fresh)
+    return [r for r in rows if r is not None]

@@ -1,0 +1,294 @@
+"""Which specializations ("variants") each kernel is launched with, as the gate compiles them.
+
+At run time triton's JIT compiles one binary per specialization of a kernel's arguments, and
+which integers are 1 or multiples of 16 changes the code (a channel stride of 1 makes the
+channel axis contiguous, a channel count divisible by 16 lets masked loads be vectorized),
+hence the register count and whether a tile spills. So the gate does not guess: each variant
+is a real ResNet-50 layer (batch 32, 224x224 input; channels_last activations, the stem also
+reading a contiguous NCHW input; buffers from torch's allocator, hence 16-byte aligned
+pointers) whose launch arguments ``fastres.gate.compile.specialize`` turns into the JIT's
+specialization, so the gate compiles exactly the binary the engine would run for that layer.
+Layers of other sizes differ only in sizes that the code never vectorizes along (M, H, W) as
+long as channel counts stay multiples of 16, as in every torchvision ResNet past the stem.
+
+Also here: which rows must use the tensor cores (``wgmma_required``) and which configs the
+engine can launch for a variant at all (``dispatchable``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from ..kernels.config import Config
+
+DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One launch specialization of a kernel (everything but the config and the dtype).
+
+    ``meta``: the kernel's constexpr arguments other than the config's; ``values``: the
+    integer arguments of a representative launch; ``pointers``: pointer argument -> element
+    type ("x" = the engine's dtype, else a triton type such as "fp32").
+    """
+
+    name: str
+    meta: tuple[tuple[str, Any], ...]
+    values: tuple[tuple[str, int], ...]
+    pointers: tuple[tuple[str, str], ...]
+    gemm_k: int | None = None  # the K the launcher hands select_config (GEMM-type kernels)
+    # (K, taps, SPLIT_K asked for) of a conv's K loop: its ITERS argument depends on the
+    # config's BLOCK_K, so `specialize` computes it per config, as the launcher does.
+    k_loop: tuple[int, int, int] | None = None
+
+    @classmethod
+    def make(cls, name: str, meta: dict, values: dict, pointers: dict, gemm_k: int | None = None,
+             k_loop: tuple[int, int, int] | None = None) -> "Variant":
+        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k, k_loop)
+
+    @property
+    def precision(self) -> str | None:
+        return dict(self.meta).get("INPUT_PRECISION")
+
+
+def _nhwc(n: int, c: int, h: int, w: int, prefix: str) -> dict[str, int]:
+    """Element strides of a channels_last [n, c, h, w] tensor, named as the kernels name them."""
+    return {f"{prefix}n": h * w * c, f"{prefix}h": w * c, f"{prefix}w": c, f"{prefix}c": 1}
+
+
+def _nchw(n: int, c: int, h: int, w: int, prefix: str) -> dict[str, int]:
+    """The same for a contiguous (NCHW) tensor."""
+    return {f"{prefix}n": c * h * w, f"{prefix}h": w, f"{prefix}w": 1, f"{prefix}c": h * w}
+
+
+def _out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+BATCH = 32  # the representative batch (sizes only; see the module docstring)
+# Split-K variants: ResNet-50 layers at batch 1, split as many ways as the heuristic would.
+SPLIT_BATCH = 1
+_POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x", "ws_ptr": "fp32"}
+
+
+def _split_request(m: int, cout: int, k: int, taps: int) -> int:
+    """The SPLIT_K the heuristic asks for a layer (64x64 tiles, 64-wide K steps, 132 SMs)."""
+    from ..kernels.config import NUM_SMS_DEFAULT, choose_split, k_iters
+
+    return choose_split(-(-m // 64) * -(-cout // 64), k_iters(k, 64, taps), NUM_SMS_DEFAULT)
+
+
+def _conv_variant(
+    label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, prec: str,
+    *, x_type: str = "x", x_nchw: bool = False, split: bool = False,
+) -> Variant:
+    """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``)."""
+    n = SPLIT_BATCH if split else BATCH
+    oh = _out(hw, k, s, p)
+    flat = cin < 16  # the launcher reduces over (kh, kw, cin) at once below 16 channels
+    kk, taps = (k * k * cin, 1) if flat else (cin, k * k)
+    request = _split_request(n * oh * oh, cout, kk, taps) if split else 1
+    if split and request < 2:
+        raise ValueError(f"variant {label}: the heuristic does not split this layer")
+    values = {
+        "M": n * oh * oh, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
+        "SH": s, "SW": s, "PH": p, "PW": p,
+        **(_nchw if x_nchw else _nhwc)(n, cin, hw, hw, "sx"),
+        # weights [Cout, KH, KW, Cin]
+        "swo": k * k * cin, "swh": k * cin, "sww": cin, "swc": 1,
+        **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
+        "sws": n * oh * oh * cout if split else 0,
+    }
+    meta = {"KH": k, "KW": k, "FLAT_K": flat, "HAS_RESIDUAL": residual, "RELU": True,
+            "INPUT_PRECISION": prec, "SPLIT": split}
+    x = f"/x:nchw-{x_type}" if x_nchw else ("" if x_type == "x" else f"/x:{x_type}")
+    name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + ("/splitk" if split else "") + f"/{prec} [{label}]"
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type), gemm_k=kk, k_loop=(kk, taps, request))
+
+
+def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: bool, residual: bool, prec: str,
+                     *, split: bool = False):
+    """A ``_gemm1x1_kernel`` launch as ``kernels/gemm1x1.py`` makes it."""
+    n = SPLIT_BATCH if split else BATCH
+    oh = _out(hw, 1, s, 0)
+    request = _split_request(n * oh * oh, cout, cin, 1) if split else 1
+    if split and request < 2:
+        raise ValueError(f"variant {label}: the heuristic does not split this layer")
+    values = {
+        "M": n * oh * oh, "C": cin, "OH": oh, "OW": oh, "CO": cout, "SH": s, "SW": s,
+        **_nhwc(n, cin, hw, hw, "sx"),
+        "swo": cin, "swc": 1,
+        **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
+        "sws": n * oh * oh * cout if split else 0,
+    }
+    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split}
+    name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + ("/splitk" if split else "")
+            + f"/{prec} [{label}]")
+    return Variant.make(name, meta, values, _POINTERS_CONV, gemm_k=cin, k_loop=(cin, 1, request))
+
+
+def _fc_variant(n: int, y: str, prec: str) -> Variant:
+    """The head's linear layer as ``kernels/head.py`` launches ``_gemm1x1_kernel``: float32
+    pooled features [n, 2048] as a 1x1 "image" per sample, 1000 classes, logits of type `y`."""
+    request = _split_request(n, 1000, 2048, 1)
+    values = {
+        "M": n, "C": 2048, "OH": 1, "OW": 1, "CO": 1000, "SH": 1, "SW": 1,
+        "sxn": 2048, "sxh": 2048, "sxw": 2048, "sxc": 1, "swo": 2048, "swc": 1,
+        "srn": 1000, "srh": 1, "srw": 1, "src": 1, "syn": 1000, "syh": 1, "syw": 1, "syc": 1,
+        "sws": n * 1000 if request > 1 else 0,
+    }
+    meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1}
+    name = f"fc/N{n}" + ("/splitk" if request > 1 else "") + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
+    pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y)
+    return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request))
+
+
+def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, residual: bool, splits: int,
+                           y: str = "x"):
+    """A ``_splitk_reduce_kernel`` launch as ``kernels/splitk.py`` makes it; at hw = 1, the
+    head's logits [N, classes] viewed as [N, classes, 1, 1] (h and w strides 1)."""
+    n = m // (hw * hw)
+    strides = _nhwc(n, cout, hw, hw, "s") if hw > 1 else {"sn": cout, "sh": 1, "sw": 1, "sc": 1}
+    values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": m * cout,
+              **{"sr" + k[1:]: v for k, v in strides.items()}, **{"sy" + k[1:]: v for k, v in strides.items()}}
+    name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + ("" if y == "x" else f"/y:{y}") + f" [{label}]"
+    return Variant.make(name, {"HAS_RESIDUAL": residual, "RELU": relu}, values,
+                        {"ws_ptr": "fp32", "b_ptr": "fp32", "r_ptr": y, "y_ptr": y})
+
+
+def _precisions(dtype: str) -> tuple[str, ...]:
+    # float16 / bfloat16 always run "ieee" (tf32 only means something for float32 inputs).
+    return ("ieee", "tf32") if dtype == "float32" else ("ieee",)
+
+
+def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
+    """The specializations of `kernel` the engine dispatches at `dtype` (what the gate compiles).
+
+    Each is a ResNet-50 layer at batch 32 (224x224), float32 GEMMs in both input precisions:
+
+    - conv_stem: the stem 7x7/2 (Cin = 3, the flat-K path) reading the user's input as the
+      engine hands it over: float32, float16 or bfloat16, NCHW or channels_last. (Never split:
+      its K loop is at most 10 steps, under two splits' worth by ``choose_split``'s rule.)
+    - conv: 3x3/1 with and without the fused residual
+      (BasicBlock conv1 / conv2); 3x3/2 (a stage's first 3x3, never a residual); 1x1/1 with
+      the residual (``conv_bn_relu`` on a 1x1 weight, the heavier of its two epilogues); split-K
+      3x3/1 and 3x3/2 of layer4 at batch 1, and ResNet-18's layer4 3x3 with its residual
+      (added by the reduce launch when split).
+    - conv1x1: (ReLU, residual) = (yes, no) bottleneck conv1, (yes, yes) conv3, (no, no) the
+      strided downsample; split-K conv1 and downsample of layer4 at batch 1.
+    - splitk_reduce: the sum of the partials with each epilogue (ReLU with and without the
+      residual, neither: the downsample), at layer4's batch-1 size.
+    - conv1x1, also the head's linear layer on float32 pooled features [N, 2048] -> 1000
+      classes: split at batch 1 and 32 (the JIT makes N = 1 a constant), unsplit at batch
+      1024 with logits in each float dtype (the engine returns logits in the input's dtype).
+    - avgpool: the head's pool over ResNet-50's 7x7 x 2048 map.
+    - max_pool2d: the stem's 3x3/2 pool; add_relu: one flat launch.
+    """
+    dt = dtype_name(dtype)
+    out: list[Variant] = []
+    if kernel == "conv_stem":
+        # The stem reads the caller's input as it comes: any float dtype, NCHW or channels_last.
+        for prec in _precisions(dt):
+            for x_type in ("fp32", "fp16", "bf16"):
+                out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=x_type, x_nchw=True))
+                nhwc = "x" if x_type == TRITON_TYPE[dt] else x_type
+                out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=nhwc))
+    elif kernel == "conv":
+        for prec in _precisions(dt):
+            for res in (False, True):
+                out.append(_conv_variant("layer1", 3, 1, 1, 64, 64, 56, res, prec))
+            out.append(_conv_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, prec))
+            out.append(_conv_variant("layer1", 1, 1, 0, 256, 64, 56, True, prec))
+            out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True))
+            out.append(_conv_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, prec, split=True))
+            out.append(_conv_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, prec, split=True))
+    elif kernel == "conv1x1":
+        for prec in _precisions(dt):
+            out.append(_gemm1x1_variant("conv1", 1, 256, 64, 56, True, False, prec))
+            out.append(_gemm1x1_variant("conv3", 1, 64, 256, 56, True, True, prec))
+            out.append(_gemm1x1_variant("downsample", 2, 256, 512, 56, False, False, prec))
+            out.append(_gemm1x1_variant("layer4 conv1", 1, 2048, 512, 7, True, False, prec, split=True))
+            out.append(_gemm1x1_variant("layer4 downsample", 2, 1024, 2048, 14, False, False, prec, split=True))
+            for n, y in ((1, "x"), (32, "x"), (1024, "fp32"), (1024, "fp16"), (1024, "bf16")):
+                out.append(_fc_variant(n, y, prec))
+    elif kernel == "avgpool":
+        values = {"C": 2048, "HW": 49, "W": 7, **_nhwc(BATCH, 2048, 7, 7, "sx"), "spn": 2048}
+        out.append(Variant.make("7x7 [head pool]", {}, values, {"x_ptr": "x", "p_ptr": "fp32"}))
+    elif kernel == "max_pool2d":
+        values = {
+            "P": BATCH * 56 * 56, "H": 112, "W": 112, "C": 64, "OH": 56, "OW": 56, "SH": 2, "SW": 2, "PH": 1, "PW": 1,
+            **_nhwc(BATCH, 64, 112, 112, "sx"), **_nhwc(BATCH, 64, 56, 56, "sy"),
+        }
+        out.append(Variant.make("3x3/s2 [stem pool]", {"KH": 3, "KW": 3}, values, {"x_ptr": "x", "y_ptr": "x"}))
+    elif kernel == "splitk_reduce":
+        for relu, res in ((True, False), (True, True), (False, False)):
+            out.append(_splitk_reduce_variant("layer4 b1", 49, 2048, 7, relu, res, 8))
+        # The head's logits, in the caller's dtype, at batch 1 (N = 1 a constant) and 32.
+        for n, splits in ((1, 8), (32, 8)):
+            for y in ("fp32", "fp16", "bf16"):
+                out.append(_splitk_reduce_variant(f"head N{n}", n, 1000, 1, False, False, splits, y))
+    elif kernel == "add_relu":
+        out.append(Variant.make(
+            "flat [layer1 out]", {}, {"NUMEL": BATCH * 256 * 56 * 56}, {"x_ptr": "x", "r_ptr": "x", "y_ptr": "x"}
+        ))
+    else:
+        raise ValueError(
+            f"the gate has no variants for kernel {kernel!r}: describe its launches in fastres/gate/variants.py"
+        )
+    return out
+
+
+def wgmma_required(kernel: str, dtype: str | torch.dtype, precision: str | None) -> bool:
+    """Whether the row must use HGMMA: GEMM-type kernels, except exact float32 products.
+
+    Hopper's wgmma multiplies fp16, bf16, tf32 and fp8 operands; there is no fp32 wgmma, so
+    float32 with input_precision="ieee" (the exact default, DESIGN.md section 4) is always
+    compiled to FMA instructions. Those rows are reported (wgmma "no") but do not fail.
+    """
+    from ..kernels.config import GEMM_KERNELS
+
+    if kernel not in GEMM_KERNELS:
+        return False
+    return not (dtype_name(dtype) == "float32" and precision == "ieee")
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The name in ``DTYPES`` of a torch dtype, a dtype name or an alias ("bf16", "half"...)."""
+    if isinstance(dtype, torch.dtype):
+        for name, dt in DTYPES.items():
+            if dt == dtype:
+                return name
+        raise ValueError(f"unsupported dtype {dtype}: choose from {', '.join(DTYPES)}")
+    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    return name
+
+
+def dispatchable(kernel: str, config: Config, variant: Variant) -> bool:
+    """Whether the engine can launch `config` for the layer of `variant`.
+
+    A GEMM config whose BLOCK_K is wider than the layer's reduction (the K the launcher hands
+    ``select_config``) rounded up to a power of two (at least 16, the smallest ``tl.dot`` K)
+    is never chosen: ``select_config`` takes the widest BLOCK_K <= that, and a wider K step
+    would only multiply zeros. ResNet layers have K >= 64, so today this removes nothing;
+    a tile whose fused residual spills (``config.residual_unsafe``) is never launched with a
+    residual either;
+    every config of the space is compiled for some variant either way.
+    """
+    from ..kernels.config import residual_unsafe
+
+    meta = dict(variant.meta)
+    if meta.get("HAS_RESIDUAL") and not meta.get("SPLIT") and residual_unsafe(kernel, config):
+        return False  # kept from residual convs by select_config / tuning_candidates(residual=True)
+    k = variant.gemm_k
+    if k is None:
+        return True
+    return config.BLOCK_K <= max(16, 1 << max(0, int(k) - 1).bit_length())
+

@@ -1,0 +1,120 @@
+"""fastres.benchmark.cli: the report command, the CLI's user errors, the smoke re-run in a child
+interpreter, and `fastres bench --smoke` end to end through the interpreter."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from benchmark_helpers import synthetic_results
+
+from fastres.benchmark import cli
+from fastres.benchmark.cli import configure, main
+from fastres.benchmark.names import LAYER_SYSTEMS, SMOKE_LABEL
+from fastres.benchmark.results import save_results, validate_results
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_report_command_writes_md_and_png(tmp_path, capsys):
+    res = synthetic_results()
+    path = tmp_path / "h100-sxm-2026-01-02.json"
+    save_results(path, res)
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    assert main(parser.parse_args(["report", str(path)])) == 0
+    assert "| resnet50 | float16 | 224 | 1 |" in path.with_suffix(".md").read_text()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_user_errors(tmp_path):
+    from fastres.cli import UserError
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    with pytest.raises(UserError, match="needs the results JSON"):
+        main(parser.parse_args(["report"]))
+    with pytest.raises(UserError, match="no results file"):
+        main(parser.parse_args(["report", str(tmp_path / "missing.json")]))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--smoke"):
+            main(parser.parse_args(["e2e", "--out", str(tmp_path)]))
+    with pytest.raises(UserError, match="unknown dtype"):
+        main(parser.parse_args(["--smoke", "--dtypes", "fp8", "--out", str(tmp_path)]))
+    with pytest.raises(UserError, match="bf16"):
+        main(parser.parse_args(["--smoke", "--dtypes", "bf16", "--out", str(tmp_path)]))
+    with pytest.raises(UserError, match="unknown name"):
+        main(parser.parse_args(["--smoke", "--systems", "tensorrt", "--out", str(tmp_path)]))
+
+
+def test_smoke_reexecs_with_the_interpreter(tmp_path, monkeypatch):
+    """Where triton was imported without TRITON_INTERPRET (a GPU machine), --smoke runs in a
+    child process that sets it first, with the same options."""
+    import fastres.kernels
+
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(fastres.kernels, "interpreting", lambda: False)
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    assert main(parser.parse_args(["layers", "--smoke", "--max-layers", "2", "--out", str(tmp_path)])) == 0
+    assert seen["env"]["TRITON_INTERPRET"] == "1"
+    assert seen["cmd"][0] == sys.executable and "_child_main" in seen["cmd"][-1]
+    args = json.loads(seen["env"]["FASTRES_BENCH_ARGS"])
+    assert args["action"] == "layers" and args["smoke"] is True and args["max_layers"] == 2 and args["out"] == str(tmp_path)
+
+
+def test_bench_smoke_end_to_end(tmp_path):
+    """`fastres bench --smoke --out DIR`: layers, e2e and the report through the interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CLI must set it itself
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    results_dir = REPO / "bench" / "results"
+    before = sorted(p.name for p in results_dir.iterdir()) if results_dir.is_dir() else []
+    out = tmp_path / "smoke"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastres", "bench", "--smoke", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert SMOKE_LABEL in proc.stdout
+    files = sorted(p.name for p in out.iterdir())
+    jsons = [f for f in files if f.endswith(".json")]
+    assert len(jsons) == 1 and jsons[0].startswith("smoke-cpu-"), files
+    path = out / jsons[0]
+    res = json.loads(path.read_text())
+    assert res["smoke"] is True and res["label"] == SMOKE_LABEL
+    assert validate_results(res) == []
+    recs = res["records"]
+    e2e = {r["system"]: r for r in recs if r["kind"] == "e2e"}
+    assert e2e["fastres"]["status"] == "ok", e2e["fastres"]
+    assert e2e["fastres"]["rel_err"] <= e2e["fastres"]["tol"]
+    assert e2e["fastres"]["median_ms"] > 0 and e2e["fastres"]["images_per_s"] > 0
+    assert e2e["cudnn-eager"]["status"] == "ok"
+    for name in ("cudnn-eager-graph", "torch-compile"):
+        assert e2e[name]["status"] == "skipped" and "CUDA" in e2e[name]["reason"]
+    layer = [r for r in recs if r["kind"] == "layer"]
+    assert {r["system"] for r in layer} == set(LAYER_SYSTEMS)
+    assert {r["dtype"] for r in layer} == {"float32", "float16"}
+    assert all(r["status"] == "ok" and r["tflops"] > 0 for r in layer), [r for r in layer if r["status"] != "ok"]
+    assert any(r["layer"].startswith("7x7/2 3->64") for r in layer)
+    md = path.with_suffix(".md").read_text()
+    assert SMOKE_LABEL in md and "| resnet18 | float16 | 32 | 2 |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in proc.stdout
+    else:
+        assert path.with_suffix(".png").is_file()
+    after = sorted(p.name for p in results_dir.iterdir()) if results_dir.is_dir() else []
+    assert after == before, "the smoke run must not write into bench/results"

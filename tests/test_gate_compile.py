@@ -1,0 +1,72 @@
+"""fastres.gate.compile: arguments specialized by the JIT's rules, and the verdict on a compiled
+row (known-bad tiles fail; compiled in a subprocess without TRITON_INTERPRET)."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from fastres.gate.compile import arg_names, kernel_fn, specialize
+from fastres.gate.target import SM90
+from fastres.gate.variants import variants
+from fastres.kernels.config import Config
+from gate_helpers import run_python
+
+_BAD_CONFIGS = r"""
+import json
+from fastres.gate.run import check_one
+from fastres.kernels.config import Config
+rows = [
+    # A 256x128 fp32 accumulator over 4 warps is 256 registers per thread before anything
+    # else: more than the 255 a thread has, so it must spill.
+    check_one("conv1x1", Config(256, 128, 32, num_warps=4, num_stages=3), "float16", "1x1/s1/relu/ieee"),
+    # 8 stages of 64x256 + 256x64 fp16 operand tiles: 512 KB of shared memory.
+    check_one("conv1x1", Config(64, 64, 256, num_warps=4, num_stages=8), "float16", "1x1/s1/relu/ieee"),
+]
+print(json.dumps(rows))
+"""
+
+
+def test_gate_rejects_known_bad_configs():
+    proc = run_python(["-c", _BAD_CONFIGS])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    spill, big = json.loads(proc.stdout)
+    assert not spill["ok"] and spill["spills"] and spill["stack"] > 0, spill
+    assert spill["registers"] == 255 and spill["wgmma"], spill
+    assert "spill" in spill["error"], spill
+    assert not big["ok"] and big["shared"] > SM90.max_shared and not big["spills"], big
+    assert "shared memory" in big["error"], big
+
+
+def test_specialization_mirrors_the_jit():
+    fn = kernel_fn("conv")
+    names = arg_names(fn)
+    cfg = Config(64, 64, 32, 4, 3)
+    v = next(v for v in variants("conv", "float16") if v.name.startswith("3x3/s1/relu/res/ieee"))
+    sig, consts, attrs, opts = specialize(fn, cfg, torch.float16, v)
+    assert list(sig) == names
+    idx = {n: (i,) for i, n in enumerate(names)}
+    for p in ("x_ptr", "w_ptr", "r_ptr", "y_ptr"):
+        assert sig[p] == "*fp16" and attrs[idx[p]] == [["tt.divisibility", 16]]
+    assert sig["b_ptr"] == "*fp32"
+    # unit strides and stride-1 / pad-1 become the constant 1, as the JIT does
+    for n in ("sxc", "swc", "src", "syc", "SH", "SW", "PH", "PW"):
+        assert sig[n] == "constexpr" and consts[idx[n]] == 1, n
+    # 64 channels: the row strides are multiples of 16
+    for n in ("C", "CO", "sxw", "sxh", "sww", "swo"):
+        assert sig[n] == "i32" and idx[n] in attrs, n
+    assert consts[idx["BLOCK_K"]] == 32 and consts[idx["HAS_RESIDUAL"]] is True
+    assert consts[idx["INPUT_PRECISION"]] == "ieee"
+    assert opts == {"num_warps": 4, "num_stages": 3}
+    stem = next(v for v in variants("conv_stem", "bfloat16") if v.name.startswith("7x7/s2/relu/ieee"))
+    sig, consts, attrs, _ = specialize(fn, cfg, "bfloat16", stem)
+    assert sig["x_ptr"] == "*bf16"
+    assert sig["C"] == "i32" and idx["C"] not in attrs  # Cin = 3
+    assert sig["SH"] == "i32" and sig["PH"] == "i32"  # stride 2, pad 3
+    if "FLAT_K" in names:
+        assert consts[idx["FLAT_K"]] is True
+    # the engine hands the stem the user's batch as it comes: contiguous NCHW, e.g. float32
+    nchw = next(v for v in variants("conv_stem", "float16") if v.name.startswith("7x7/s2/relu/x:nchw-fp32"))
+    sig, consts, attrs, _ = specialize(fn, cfg, "float16", nchw)
+    assert sig["x_ptr"] == "*fp32" and sig["w_ptr"] == "*fp16"
+    assert sig["sxw"] == "constexpr" and sig["sxc"] == "i32" and idx["sxc"] in attrs  # H*W = 50176

@@ -1,0 +1,108 @@
+"""fastres.gate.run: the whole gate, ``fastres check``, over every dispatchable row.
+
+The suite runs under TRITON_INTERPRET=1 (conftest), where ``triton.compile`` cannot compile
+``@triton.jit`` functions, so the gate runs in a subprocess without the variable. Its results
+are cached (``$FASTRES_CACHE_DIR/check``, default ``~/.cache/fastres/check``): the first run
+compiles every config (a few minutes on 2 cores), later ones read the cache.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastres.gate.run import tasks
+from fastres.gate.target import DEFAULT_TARGET, SM90
+from fastres.kernels.config import GEMM_KERNELS, KERNELS, config_space
+from gate_helpers import DTYPE_NAMES, run_python
+
+GATE_TIMEOUT_S = 1200  # a cold run on 2 cores takes a few minutes
+
+
+@pytest.fixture(scope="module")
+def gate_rows() -> list[dict]:
+    """The whole gate, run once for this module: ``python -m fastres check --json``."""
+    proc = run_python(["-m", "fastres", "check", "--json", "--no-progress"], timeout=GATE_TIMEOUT_S)
+    assert proc.returncode in (0, 1), f"the gate crashed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    try:
+        rows = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"--json did not print JSON:\n{proc.stdout[:2000]}\nstderr:\n{proc.stderr[-2000:]}")
+    failed = [r for r in rows if not r["ok"]]
+    assert proc.returncode == (1 if failed else 0), f"exit code {proc.returncode} with {len(failed)} failed rows"
+    return rows
+
+
+def _describe(rows: list[dict]) -> str:
+    return "\n".join(f"  {r['kernel']} {r['config']} {r['dtype']} {r.get('variant')}: {r.get('error')}" for r in rows)
+
+
+def test_gate_rows_have_the_documented_keys(gate_rows):
+    keys = {"kernel", "config", "dtype", "ok", "registers", "stack", "spills", "shared", "wgmma", "gemm"}
+    for r in gate_rows:
+        assert keys <= set(r), f"row lacks {keys - set(r)}: {r}"
+
+
+def test_gate_covers_every_kernel_config_and_dtype(gate_rows):
+    expected = {
+        (k, cfg.name, DTYPE_NAMES[dt]) for k in KERNELS for dt in DTYPE_NAMES for cfg in config_space(k, dt)
+    }
+    seen = {(r["kernel"], r["config"], r["dtype"]) for r in gate_rows}
+    assert seen == expected, f"missing: {sorted(expected - seen)}; unexpected: {sorted(seen - expected)}"
+    # and every dispatchable variant of each, once
+    want = sorted((t.kernel, t.config.name, t.dtype, t.variant.name) for t in tasks())
+    got = sorted((r["kernel"], r["config"], r["dtype"], r["variant"]) for r in gate_rows)
+    assert got == want
+
+
+def test_gate_every_row_compiles(gate_rows):
+    bad = [r for r in gate_rows if r["registers"] is None]
+    assert not bad, "rows that did not compile:\n" + _describe(bad)
+
+
+def test_gate_no_spills(gate_rows):
+    bad = [r for r in gate_rows if r["spills"] or r["stack"]]
+    assert not bad, "rows that spill (remove the config from kernels/config.py):\n" + _describe(bad)
+
+
+def test_gate_shared_memory_fits_sm90(gate_rows):
+    bad = [r for r in gate_rows if r["shared"] is not None and r["shared"] > SM90.max_shared]
+    assert not bad, "rows over the sm_90 shared memory limit:\n" + _describe(bad)
+
+
+def test_gate_gemm_rows_use_wgmma(gate_rows):
+    for r in gate_rows:
+        assert r["gemm"] == (r["kernel"] in GEMM_KERNELS), r
+        # Only exact fp32 products (input_precision "ieee") are exempt: sm_90 has no fp32 wgmma.
+        assert r["wgmma_required"] == (r["gemm"] and not (r["dtype"] == "float32" and "/ieee" in r["variant"])), r
+    bad = [r for r in gate_rows if r["wgmma_required"] and r["registers"] is not None and not r["wgmma"]]
+    assert not bad, "GEMM rows without HGMMA:\n" + _describe(bad)
+
+
+def test_gate_every_row_ok(gate_rows):
+    bad = [r for r in gate_rows if not r["ok"]]
+    assert not bad, f"{len(bad)} of {len(gate_rows)} rows fail the gate:\n" + _describe(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rows, in process (no compilation)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tasks_cover_the_config_space():
+    got = {(t.kernel, t.config, t.dtype) for t in tasks()}
+    expected = {(k, cfg, DTYPE_NAMES[dt]) for k in KERNELS for dt in DTYPE_NAMES for cfg in config_space(k, dt)}
+    assert got == expected
+    assert {t.kernel for t in tasks(kernels=["conv"], dtypes=["bf16"])} == {"conv"}
+    with pytest.raises(ValueError, match="unknown kernel"):
+        tasks(kernels=["nope"])
+
+
+def test_tasks_carry_their_target():
+    """Each task compiles for the target it was listed for (workers get it with the task)."""
+    import dataclasses
+
+    assert DEFAULT_TARGET == SM90 and {t.target for t in tasks(kernels=["add_relu"])} == {SM90}
+    other = dataclasses.replace(SM90, name="sm_90 (test)", max_shared=1024)
+    listed = tasks(kernels=["add_relu"], target=other)
+    assert listed and {t.target for t in listed} == {other}
