@@ -1,5 +1,6 @@
 """What a torchvision ResNet is, as data: architectures, conv specs, state_dict validation and
-BatchNorm folding. Everything here is plain torch on the CPU; the runtime is in engine.py."""
+BatchNorm folding. Everything here is plain torch on the CPU; the launch schedule built from it is in
+schedule.py, the runtime in arena.py and engine.py."""
 from __future__ import annotations
 
 import dataclasses

@@ -24,6 +24,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions on a GPU (median reported)")
     p.add_argument("--tune", action="store_true", help="on a GPU: measure each conv's tile configs first (cached on disk)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the launch schedule (kernels, buffers, tile configs, K splits) for this arch, batch, "
+                        "size and dtype on this device, and exit without running it")
 
 
 @contextlib.contextmanager
@@ -48,6 +51,28 @@ def _median_ms(fn, iters: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _print_plan(args, device, batch: int, size: int) -> int:
+    """The schedule the engine would run for this input, planned without running a kernel."""
+    import torch
+
+    from .cli import UserError
+    from .device import DeviceInfo
+    from .schedule import build_schedule
+
+    shape = (batch, 3, size, size)
+    if args.weights:
+        from . import weights as conv
+
+        try:
+            fast = conv.load(args.weights, device=device)
+        except (conv.WeightsError, FileNotFoundError) as exc:
+            raise UserError(str(exc)) from None
+        print(fast.schedule(shape))
+        return 0
+    print(build_schedule(args.arch or "resnet50", shape, getattr(torch, args.dtype or "float16"), DeviceInfo.of(device)))
+    return 0
+
+
 def main(args) -> int:
     import torch
 
@@ -64,6 +89,8 @@ def main(args) -> int:
         raise UserError(f"--batch, --size and --iters must be >= 1, got {batch}, {size} and {args.iters}")
     if args.dtype == "bfloat16" and not on_gpu:
         raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
+    if args.plan:
+        return _print_plan(args, device, batch, size)
     if on_gpu:
         print(f"device: {torch.cuda.get_device_name(device)}")
     else:

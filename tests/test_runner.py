@@ -59,3 +59,13 @@ def test_help_lists_subcommands():
     assert r.returncode == 0
     for cmd in ("run", "convert", "bench", "check"):
         assert cmd in r.stdout
+
+
+def test_run_plan_prints_the_schedule_without_running():
+    r = fastres("run", "--plan", "--arch", "resnet50", "--batch", "3", "--size", "64")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("resnet50 schedule: input 3x3x64x64, float16 activations, 1000 classes")
+    assert lines[-1].startswith("55 launches (16 with a fused residual")
+    assert any(" layer4.2.conv3 " in line for line in lines)
+    assert "parity" not in r.stdout and "first forward" not in r.stderr  # nothing ran

@@ -43,10 +43,10 @@ FAST_SPACE = (Config(256, 128, 128, 4, 1), Config(128, 64, 64, 4, 1), Config(128
 @pytest.fixture
 def fast_space(monkeypatch):
     """What tuning measures per layer: FAST_SPACE under the interpreter, the real candidates on a GPU."""
-    import fastres.engine as engine
+    import fastres.schedule as schedule
 
     if DEVICE.type == "cpu":
-        monkeypatch.setattr(engine.K, "tuning_candidates", lambda space, dtype, **geometry: FAST_SPACE)
+        monkeypatch.setattr(schedule, "tuning_candidates", lambda space, dtype, **geometry: FAST_SPACE)
         return lambda space, dtype, **geometry: FAST_SPACE
     return tuning_candidates
 

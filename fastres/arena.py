@@ -1,0 +1,123 @@
+"""The runtime half of a schedule: its buffers, its launches bound to them, its CUDA graph.
+
+An `Arena` allocates a `Schedule`'s activation slots, logits and workspace once, binds every
+step to its kernel with views of those buffers, and runs the steps in order or records them
+into a CUDA graph. A repeated forward at the arena's shape allocates nothing but its output.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Mapping
+
+import torch
+
+from . import kernels as K
+from .schedule import CONV, CONV1X1, HEAD, MAXPOOL, STEM, Schedule, Step
+
+
+class Arena:
+    """Buffers, bound launches and (on CUDA, once captured) the graph of one schedule.
+
+    params: the engine's folded parameters by state_dict key; logits_dtype: the dtype the
+    caller's input has and its logits get.
+    """
+
+    def __init__(self, schedule: Schedule, params: Mapping[str, torch.Tensor], device: torch.device,
+                 logits_dtype: torch.dtype):
+        self.lock = threading.Lock()
+        self.schedule = schedule
+        self.params = params
+        self.device = device
+        N = schedule.input_shape[0]
+        with torch.inference_mode(False):
+            self.slots = [torch.empty(c, device=device, dtype=schedule.dtype) for c in schedule.slots]
+            self.logits = torch.empty((N, schedule.num_classes), device=device, dtype=logits_dtype)
+        self.workspace: torch.Tensor | None = None  # float32: pooled features, split-K partial sums
+        self.graph = None
+        self.static_input: torch.Tensor | None = None
+        self._bound: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        self.reschedule(schedule)
+
+    def view(self, slot: int | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Slot `slot` as a channels_last activation of logical shape [N, C, H, W]."""
+        if slot is None:
+            return None
+        n, c, h, w = shape
+        return self.slots[slot][: n * c * h * w].view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def launch(self, step: Step, x: torch.Tensor, config: K.Config | None = None,
+               workspace: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one step on the arena's buffers (x: the caller's input, read by the stem) with
+        `config` (default: the step's own) and `workspace` (None: the launcher allocates one);
+        returns what the step wrote."""
+        return self._bind(step, step.config if config is None else config, workspace)(x)
+
+    def reschedule(self, schedule: Schedule) -> None:
+        """Take `schedule`'s configs (same shape and buffers; e.g. after tuning): the workspace
+        is sized for them and every step is bound again."""
+        if schedule.slots != self.schedule.slots or schedule.input_shape != self.schedule.input_shape:
+            raise ValueError("reschedule: the new schedule must have the same input shape and buffers")
+        if self.graph is not None:
+            raise RuntimeError("reschedule: this arena's launches are already captured in a CUDA graph")
+        self.schedule = schedule
+        numel = schedule.workspace
+        if numel and (self.workspace is None or self.workspace.numel() < numel):
+            with torch.inference_mode(False):
+                self.workspace = torch.empty(numel, device=self.device, dtype=torch.float32)
+        ws = self.workspace if numel else None
+        self._bound = [self._bind(step, step.config, ws) for step in schedule.steps]
+
+    def _bind(self, step: Step, cfg: K.Config, ws: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        # Views and parameters resolved once: a forward without a graph does no planning work.
+        p = self.params
+        a = self.view(step.src, step.in_shape)
+        if step.kernel == MAXPOOL:
+            y = self.view(step.dst, step.out_shape)
+            return lambda x: K.max_pool2d(a, 3, 2, 1, out=y, config=cfg)
+        if step.kernel == HEAD:
+            fw, fb, logits = p["fc.weight"], p["fc.bias"], self.logits
+            return lambda x: K.avgpool_fc(a, fw, fb, out=logits, config=cfg, workspace=ws)
+        spec = step.spec
+        w, b = p[f"{spec.name}.weight"], p[f"{spec.name}.bias"]
+        y, r = self.view(step.dst, step.out_shape), self.view(step.residual, step.out_shape)
+        if step.kernel == STEM:
+            return lambda x: K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws)
+        if step.kernel == CONV1X1:
+            return lambda x: K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
+                                       workspace=ws)
+        if step.kernel == CONV:
+            return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
+                                            residual=r, out=y, config=cfg, workspace=ws)
+        raise ValueError(f"unknown kernel {step.kernel!r} in step {step.layer}")
+
+    def run(self, x: torch.Tensor) -> None:
+        """Every step in order on the current stream; the logits land in `self.logits`."""
+        for fn in self._bound:
+            fn(x)
+
+    def capture(self, x: torch.Tensor, stream: torch.cuda.Stream) -> None:
+        """Record the steps into a CUDA graph over a static copy of x (its layout kept: the
+        stem reads it in place), on `stream`; a later `replay(x)` runs them for new values."""
+        with torch.inference_mode(False):
+            self.static_input = torch.empty_like(x)
+        self.static_input.copy_(x)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.run(self.static_input)  # compiles every kernel before capture
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads may keep using CUDA (their own replays, allocations)
+            # while this one captures.
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                self.run(self.static_input)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of x (a copy: the arena's buffer is reused by the next forward)."""
+        with self.lock:
+            if self.graph is not None:
+                self.static_input.copy_(x)
+                self.graph.replay()
+            else:
+                self.run(x)
+            return self.logits.clone()

@@ -1,0 +1,243 @@
+"""The launch schedule: which kernel runs when, on which buffers, with which tile config.
+
+`build_schedule(arch, input_shape, dtype, device)` turns an architecture and an input shape
+into plain data: one `Step` per launch (the stem conv, the max pool, every conv of every block
+with its fused residual, the head), the activation buffers ("slots") they read and write,
+assigned by liveness, each conv's tile config with its K split, and the float32 workspace the
+split launches and the head need. Nothing is allocated and no kernel runs, so a schedule can
+be printed (`fastres run --plan`, `ResNet.schedule(x)`) and tested on any machine, for any
+device described by a `DeviceInfo`. The runtime (`fastres.arena`) binds a schedule to buffers
+and runs or captures it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import torch
+
+from .device import DeviceInfo
+from .kernels._checks import out_size
+from .kernels.config import Config, select_config, tuning_candidates
+from .kernels.conv import reduction
+from .kernels.head import head_workspace_numel
+from .kernels.splitk import config_splits, workspace_numel
+from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks
+
+Shape = tuple[int, int, int, int]
+
+# The launcher each step calls (fastres.kernels).
+STEM, CONV, CONV1X1, MAXPOOL, HEAD = "stem_conv", "conv_bn_relu", "conv1x1", "max_pool2d", "avgpool_fc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One launch (two or three where its K loop is split, the reduce included).
+
+    src / dst / residual: slot indices of the input, output and fused residual activations
+    (src None: the caller's input, read in place; dst None: the logits). Shapes are logical
+    NCHW; every activation is stored NHWC. gemm: (M, N, K, taps) of the implicit GEMM the
+    config is chosen for; space: the config space tuning may choose from (None: not tuned).
+    """
+
+    kernel: str
+    layer: str
+    src: int | None
+    dst: int | None
+    residual: int | None
+    in_shape: Shape
+    out_shape: tuple[int, ...]
+    config: Config
+    space: str | None = None
+    spec: ConvSpec | None = None
+    gemm: tuple[int, int, int, int] | None = None
+    splits: int = 1
+    workspace: int = 0  # float32 elements
+
+    def with_config(self, config: Config) -> "Step":
+        """The same launch with another tile config (its split and workspace follow)."""
+        return dataclasses.replace(self, config=config, **_split_fields(self.kernel, self.gemm, self.in_shape,
+                                                                          self.out_shape, config))
+
+    def candidates(self, dtype: torch.dtype, device: DeviceInfo) -> tuple[Config, ...]:
+        """The configs per-layer tuning measures for this step (none for untuned steps)."""
+        if self.space is None:
+            return ()
+        m, n, k, taps = self.gemm
+        return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
+                                 sms=device.sms)
+
+
+def _split_fields(kernel: str, gemm, in_shape: Shape, out_shape, config: Config) -> dict:
+    if kernel == HEAD:
+        splits = config_splits(config, in_shape[1])[0]
+        return dict(splits=splits, workspace=head_workspace_numel(in_shape[0], in_shape[1], out_shape[1], config))
+    if gemm is None:
+        return dict(splits=1, workspace=0)
+    m, n, k, taps = gemm
+    splits = config_splits(config, k, taps)[0]
+    return dict(splits=splits, workspace=workspace_numel(m, n, splits))
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Every launch of one forward at one input shape, in order, and the buffers they share.
+
+    slots: the element capacity of each activation buffer (in the engine dtype); workspace:
+    float32 elements of the one scratch buffer every split conv and the head share (the
+    launches run one after another on one stream).
+    """
+
+    arch: str
+    input_shape: Shape
+    dtype: torch.dtype
+    num_classes: int
+    device: DeviceInfo
+    slots: tuple[int, ...]
+    steps: tuple[Step, ...]
+
+    @property
+    def workspace(self) -> int:
+        return max((s.workspace for s in self.steps), default=0)
+
+    def with_configs(self, configs: Mapping[int, Config]) -> "Schedule":
+        """The same schedule with the tile configs of some steps (by index) replaced."""
+        steps = tuple(s.with_config(configs[i]) if i in configs else s for i, s in enumerate(self.steps))
+        return dataclasses.replace(self, steps=steps)
+
+    def __str__(self) -> str:
+        return format_schedule(self)
+
+
+@dataclasses.dataclass
+class _Value:
+    """An activation of the forward: shape [N, C, H, W], written at step `first`, last read at `last`."""
+
+    shape: Shape
+    first: int
+    last: int = -1
+    slot: int = -1
+
+
+def assign_slots(values: Sequence[_Value]) -> list[int]:
+    """Greedy liveness allocation: a value reuses a slot whose last reader came before it.
+    Sets each value's slot; returns the slots' capacities in elements."""
+    caps: list[int] = []
+    busy_until: list[int] = []
+    for v in sorted(values, key=lambda v: v.first):
+        numel = v.shape[0] * v.shape[1] * v.shape[2] * v.shape[3]
+        free = [i for i in range(len(caps)) if busy_until[i] < v.first]
+        if free:
+            # Prefer a slot already big enough (smallest such), else grow the biggest.
+            fits = [i for i in free if caps[i] >= numel]
+            i = min(fits, key=lambda i: caps[i]) if fits else max(free, key=lambda i: caps[i])
+            caps[i] = max(caps[i], numel)
+        else:
+            caps.append(numel)
+            busy_until.append(-1)
+            i = len(caps) - 1
+        busy_until[i] = v.last
+        v.slot = i
+    return caps
+
+
+def build_schedule(
+    arch: str, input_shape: Sequence[int], dtype: torch.dtype, device: DeviceInfo, *, num_classes: int = 1000,
+) -> Schedule:
+    """The launch schedule of `arch` for an input of `input_shape` [N, 3, H, W] with activations
+    in `dtype`, its tile configs chosen for `device` (a thread's `use_config` overrides apply)."""
+    if arch not in ARCHS:
+        raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+    if len(input_shape) != 4 or input_shape[1] != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be [N, 3, H, W] with every size >= 1, got {tuple(input_shape)}")
+    N, _, H, W = (int(v) for v in input_shape)
+    stem, blocks = arch_blocks(arch)
+    values: list[_Value] = []
+    # (kernel, layer, conv spec, input value, residual value, output value, output shape)
+    launches: list[tuple] = []
+
+    def new(shape) -> _Value:
+        v = _Value(tuple(shape), first=len(launches))
+        values.append(v)
+        return v
+
+    def use(*vs: _Value | None) -> None:
+        for v in vs:
+            if v is not None:
+                v.last = max(v.last, len(launches))
+
+    def conv(kernel: str, spec: ConvSpec, x: _Value | None, in_shape: Shape, residual: _Value | None = None):
+        oh, ow = (out_size(s, spec.k, spec.stride, spec.pad) for s in in_shape[2:])
+        use(x, residual)
+        y = new((N, spec.cout, oh, ow))
+        launches.append((kernel, spec.name, spec, x, residual, y, in_shape))
+        return y
+
+    s = conv(STEM, stem, None, (N, 3, H, W))
+    use(s)
+    cur = new((N, 64, out_size(s.shape[2], 3, 2, 1), out_size(s.shape[3], 3, 2, 1)))
+    launches.append((MAXPOOL, "maxpool", None, s, None, cur, s.shape))
+    for block in blocks:
+        t = cur
+        for spec in block.convs[:-1]:
+            t = conv(CONV1X1 if spec.kernel == "conv1x1" else CONV, spec, t, t.shape)
+        res = cur
+        if block.downsample:
+            res = conv(CONV1X1, block.downsample, cur, cur.shape)
+        last = block.convs[-1]
+        cur = conv(CONV1X1 if last.kernel == "conv1x1" else CONV, last, t, t.shape, residual=res)
+    use(cur)
+    launches.append((HEAD, "fc", None, cur, None, None, cur.shape))
+    caps = assign_slots(values)
+
+    steps = []
+    for kernel, layer, spec, src, res, dst, in_shape in launches:
+        out_shape = dst.shape if dst is not None else (N, num_classes)
+        slots = dict(src=None if src is None else src.slot, dst=None if dst is None else dst.slot,
+                     residual=None if res is None else res.slot)
+        if kernel == MAXPOOL:
+            cfg = select_config("max_pool2d", dtype, interpreter=device.interpreter)
+            steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg))
+            continue
+        if kernel == HEAD:
+            # The classifier is the 1x1 GEMM over the pooled float32 features.
+            gemm = (N, num_classes, in_shape[1], 1)
+            space = None
+        else:
+            flat, k, space = reduction(spec.cin, spec.k, spec.k) if kernel != CONV1X1 else (False, spec.cin, "conv1x1")
+            gemm = (N * out_shape[2] * out_shape[3], spec.cout, k, 1 if flat else spec.k * spec.k)
+        m, n, k, taps = gemm
+        cfg = select_config(space or "conv1x1", dtype, M=m, N=n, K=k, taps=taps, residual=res is not None,
+                            sms=device.sms, interpreter=device.interpreter)
+        steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg, space=space,
+                          spec=spec, gemm=gemm, **_split_fields(kernel, gemm, in_shape, out_shape, cfg)))
+    return Schedule(arch, (N, 3, H, W), dtype, int(num_classes), device, tuple(caps), tuple(steps))
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(v) for v in shape[1:])
+
+
+def format_schedule(schedule: Schedule) -> str:
+    """A table of the schedule: one line per launch, then the buffers it needs."""
+    dtype = str(schedule.dtype).removeprefix("torch.")
+    lines = [
+        f"{schedule.arch} schedule: input {'x'.join(map(str, schedule.input_shape))}, {dtype} activations, "
+        f"{schedule.num_classes} classes, for {schedule.device}",
+        f"{'#':>3}  {'kernel':<12} {'layer':<22} {'input':<16} {'output':<16} {'residual':<9} {'config':<22} split",
+    ]
+    for i, s in enumerate(schedule.steps):
+        src = "x" if s.src is None else f"s{s.src}"
+        dst = "logits" if s.dst is None else f"s{s.dst}"
+        res = "" if s.residual is None else f"s{s.residual}"
+        lines.append(f"{i:>3}  {s.kernel:<12} {s.layer:<22} {src + ' ' + _fmt_shape(s.in_shape):<16} "
+                     f"{dst + ' ' + _fmt_shape(s.out_shape):<16} {res:<9} {s.config.name:<22} "
+                     f"{s.splits if s.splits > 1 else '-'}")
+    elem = torch.empty((), dtype=schedule.dtype).element_size()
+    total = sum(schedule.slots) * elem
+    fused = sum(1 for s in schedule.steps if s.residual is not None)
+    split = sum(1 for s in schedule.steps if s.splits > 1)
+    lines.append(f"{len(schedule.steps)} launches ({fused} with a fused residual, {split} with a split K loop); "
+                 f"{len(schedule.slots)} activation buffers, {total / 2**20:.2f} MiB; "
+                 f"float32 workspace {schedule.workspace * 4 / 2**20:.2f} MiB")
+    return "\n".join(lines)

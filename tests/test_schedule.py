@@ -1,0 +1,166 @@
+"""The launch schedule as data: planned for any device without running a kernel."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import fastres
+from fastres.device import DeviceInfo
+from fastres.kernels.config import Config
+from fastres.plan import UnsupportedModelError, arch_convs
+from fastres.schedule import CONV, CONV1X1, HEAD, MAXPOOL, STEM, build_schedule
+
+H100 = DeviceInfo("NVIDIA H100 80GB HBM3", sms=132)
+
+
+@pytest.fixture
+def no_launches(monkeypatch):
+    """Planning must not launch (or compile) a kernel."""
+    import fastres.kernels.launch as launch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel was launched while planning a schedule")
+    monkeypatch.setattr(launch, "launch", refuse)
+
+
+def resnet50(batch: int, device: DeviceInfo = H100):
+    return build_schedule("resnet50", (batch, 3, 224, 224), torch.float16, device)
+
+
+def test_resnet50_schedule_at_batch_1(no_launches):
+    s = resnet50(1)
+    kernels = [step.kernel for step in s.steps]
+    # The stem, its max pool, 52 convs of the blocks (16 blocks, 4 with a projection), the head.
+    assert len(s.steps) == 55
+    assert kernels[:2] == [STEM, MAXPOOL] and kernels[-1] == HEAD
+    assert kernels.count(CONV) == 16 and kernels.count(CONV1X1) == 36
+    assert [step.layer for step in s.steps if step.spec] == [c.name for c in arch_convs("resnet50")]
+    # The residual add is fused into each block's conv3, and only there.
+    fused = [step.layer for step in s.steps if step.residual is not None]
+    assert fused == [f"layer{li}.{bi}.conv3" for li, n in zip(range(1, 5), (3, 4, 6, 3)) for bi in range(n)]
+    # Where a block has a projection, its conv3 adds the projection's output, else the block's input.
+    for i, step in enumerate(s.steps):
+        if step.residual is not None:
+            block = step.layer.rsplit(".", 1)[0]
+            proj = [t for t in s.steps[:i] if t.layer == f"{block}.downsample.0"]
+            first_of_block = next(j for j, t in enumerate(s.steps) if t.layer == f"{block}.conv1")
+            expected = proj[0].dst if proj else s.steps[first_of_block].src
+            assert step.residual == expected, step.layer
+    # On 132 SMs a batch-1 forward splits the K loop of every late-stage 3x3, the layer3/4
+    # 1x1 reductions after the first block's, layer4's projection, and the classifier; no
+    # residual conv and nothing in layer1 splits.
+    split = {step.layer for step in s.steps if step.splits > 1}
+    expected = {f"layer{li}.{bi}.conv2" for li, n in ((2, 4), (3, 6), (4, 3)) for bi in range(n)}
+    expected |= {f"layer3.{bi}.conv1" for bi in range(1, 6)} | {f"layer4.{bi}.conv1" for bi in range(3)}
+    expected |= {"layer4.0.downsample.0", "fc"}
+    assert split == expected
+    assert len(split - {"fc"}) == 22
+    assert all(step.workspace > 0 for step in s.steps if step.splits > 1)
+    assert s.workspace == max(step.workspace for step in s.steps)
+
+
+def test_resnet50_schedule_at_batch_256_splits_no_conv(no_launches):
+    s = resnet50(256)
+    assert len(s.steps) == 55
+    assert [step.layer for step in s.steps if step.splits > 1] == ["fc"]  # 4 x 16 class tiles
+    # The 3x3s get the 128x128 tile at this size, but none wider than its 64 output channels.
+    tiles = {(step.config.BLOCK_M, step.config.BLOCK_N, step.spec.cout) for step in s.steps if step.kernel == CONV}
+    assert tiles == {(128, 64, 64), (128, 128, 128), (128, 128, 256), (128, 128, 512)}
+
+
+def test_fewer_sms_split_less():
+    few = {st.layer for st in resnet50(1, DeviceInfo("small", sms=16)).steps if st.splits > 1}
+    many = {st.layer for st in resnet50(1).steps if st.splits > 1}
+    assert few < many
+
+
+def test_slots_never_overwrite_a_live_activation():
+    """Replay the schedule symbolically: every read finds the value its writer left."""
+    for arch, shape in (("resnet50", (2, 3, 64, 64)), ("resnet18", (1, 3, 33, 45)), ("wide_resnet50_2", (1, 3, 32, 32))):
+        s = build_schedule(arch, shape, torch.float32, H100)
+        holder: dict[int, int] = {}  # slot -> index of the step whose output it holds
+        producer: dict[str, int] = {}
+        for i, step in enumerate(s.steps):
+            for slot in (step.src, step.residual):
+                if slot is not None:
+                    assert slot in holder, (arch, step.layer, slot)
+            assert step.dst is None or step.dst not in (step.src, step.residual), (arch, step.layer)
+            if step.dst is not None:
+                numel = step.out_shape[0] * step.out_shape[1] * step.out_shape[2] * step.out_shape[3]
+                assert s.slots[step.dst] >= numel
+                holder[step.dst] = i
+            producer[step.layer] = i
+        # The sources each step reads were produced by the steps the network says.
+        for i, step in enumerate(s.steps[1:], start=1):
+            if step.src is not None:
+                src_step = s.steps[_writer_before(s, i, step.src)]
+                assert src_step.out_shape == step.in_shape, (arch, step.layer)
+
+
+def _writer_before(s, i: int, slot: int) -> int:
+    return max(j for j in range(i) if s.steps[j].dst == slot)
+
+
+def test_with_configs_recomputes_split_and_workspace():
+    s = resnet50(1)
+    i = next(i for i, step in enumerate(s.steps) if step.splits > 1 and step.kernel == CONV)
+    unsplit = dataclasses.replace(s.steps[i].config, SPLIT_K=1)
+    t = s.with_configs({i: unsplit})
+    assert t.steps[i].splits == 1 and t.steps[i].workspace == 0 and t.steps[i].config == unsplit
+    assert t.steps[:i] == s.steps[:i] and t.steps[i + 1:] == s.steps[i + 1:]
+    assert s.steps[i].splits > 1  # the original is unchanged
+    m, n, _, _ = s.steps[i].gemm
+    double = dataclasses.replace(unsplit, SPLIT_K=2)
+    assert s.with_configs({i: double}).steps[i].workspace == 2 * m * n
+
+
+def test_use_config_overrides_apply_while_planning():
+    cfg = Config(64, 64, 32, 4, 4)
+    with fastres.kernels.use_config("conv", cfg):
+        s = resnet50(32)
+    assert all(step.config == cfg for step in s.steps if step.kernel == CONV)
+    assert all(step.config != cfg for step in s.steps if step.kernel == CONV1X1)
+
+
+def test_printed_schedule_lists_every_launch():
+    s = resnet50(1)
+    text = str(s)
+    lines = text.splitlines()
+    assert "resnet50 schedule: input 1x3x224x224, float16" in lines[0] and "132 SMs" in lines[0]
+    assert len(lines) == 2 + 55 + 1
+    assert lines[-1].startswith("55 launches (16 with a fused residual, 23 with a split K loop)")
+    row = next(line for line in lines if " layer4.2.conv2 " in line)
+    step = next(st for st in s.steps if st.layer == "layer4.2.conv2")
+    assert step.config.name in row and row.rstrip().endswith(str(step.splits))
+
+
+def test_engine_schedule_matches_the_planner(device):
+    fast = fastres.from_torchvision(__import__("test_build").calibrated("resnet18"), dtype=torch.float32,
+                                    device=device)
+    s = fast.schedule((3, 3, 40, 40))
+    assert s == build_schedule("resnet18", (3, 3, 40, 40), torch.float32, DeviceInfo.of(device), num_classes=10)
+    assert s.steps[-1].out_shape == (3, 10)
+    assert fast.schedule(torch.empty(3, 3, 40, 40)) == s
+    assert not fast._arenas  # planning built nothing
+
+
+@pytest.mark.parametrize("arch, shape, words", [
+    ("resnext50_32x4d", (1, 3, 32, 32), ["unknown arch"]),
+    ("resnet18", (1, 4, 32, 32), ["[N, 3, H, W]", "(1, 4, 32, 32)"]),
+    ("resnet18", (0, 3, 32, 32), ["[N, 3, H, W]"]),
+    ("resnet18", (3, 32, 32), ["[N, 3, H, W]"]),
+])
+def test_bad_schedule_requests(arch, shape, words):
+    with pytest.raises((ValueError, UnsupportedModelError)) as e:
+        build_schedule(arch, shape, torch.float16, H100)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_device_info():
+    cpu = DeviceInfo.of("cpu")
+    assert cpu.name == "cpu-interpreter" and cpu.interpreter == fastres.kernels.interpreting()
+    with pytest.raises(ValueError, match="sms"):
+        DeviceInfo("x", sms=0)
+    assert str(H100) == "NVIDIA H100 80GB HBM3, 132 SMs"
