@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -80,6 +82,21 @@ def _copy_source_tree(dst: Path) -> Path:
     return dst
 
 
+def _reuse_packages_of_this_environment(py: Path) -> None:
+    """Let the fresh venv at `py` import what the running interpreter has (torch, triton, pip;
+    no network, nothing else to install). `--system-site-packages` would not do: it exposes
+    the *base* interpreter's packages, not those of a virtualenv the tests run in. Paths in a
+    .pth file are appended to sys.path after the venv's own site-packages (so the wheel's
+    fastres comes first), and .pth files inside them are not run (so an editable install's
+    import hook for this checkout stays out)."""
+    here = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+                                      sysconfig.get_paths()["platlib"]]) if Path(p).is_dir()]
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    Path(purelib).mkdir(parents=True, exist_ok=True)
+    (Path(purelib) / "_test_environment.pth").write_text("".join(f"{p}\n" for p in here))
+
+
 @pytest.mark.slow
 def test_wheel_installs_fastres_kernels_only(tmp_path):
     src = _copy_source_tree(tmp_path / "src")
@@ -105,10 +122,9 @@ def test_wheel_installs_fastres_kernels_only(tmp_path):
         assert zf.read(top_level[0]).decode().split() == ["fastres"]
 
     venv = tmp_path / "venv"
-    # The test environment's torch / triton are reused; pip too (no network, nothing else installed).
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                   check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    _reuse_packages_of_this_environment(py)
     inst = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheels[0])],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert inst.returncode == 0, f"pip install failed:\n{inst.stdout}\n{inst.stderr}"

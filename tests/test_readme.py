@@ -1,4 +1,4 @@
-"""README examples run, and its two set-up commands are the ones CI uses."""
+"""README examples run, and its two set-up commands are what CI runs, in a fresh virtualenv."""
 from __future__ import annotations
 
 import re
@@ -26,4 +26,10 @@ def test_readme_test_command_is_what_ci_runs():
     assert "python -m pip install -e . && fastres run" in commands
     test_cmd = 'python -m pip install -e ".[test]" && python -m pytest tests/ -q'
     assert test_cmd in commands
-    assert test_cmd in ci
+    # CI runs both, in that order, in a fresh virtualenv, as a new user would.
+    lines = [line.strip() for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    run_cmd = "python -m pip install -e . && fastres run"
+    assert run_cmd in lines and test_cmd in lines and lines.index(run_cmd) < lines.index(test_cmd)
+    venv = next(i for i, line in enumerate(lines) if "-m venv" in line)
+    activate = next(i for i, line in enumerate(lines) if line.startswith(". ") and "bin/activate" in line)
+    assert venv < activate < lines.index(run_cmd)
