@@ -118,9 +118,10 @@ head -c 2000 "$ENV" | grep -m1 -E "H100|H200|NVIDIA" || true
 # The GPU tier: every parity test on cuda (bf16 included). Not here: the wheel test and the
 # interpreter probes (CPU tier; triton 3.6's interpreter breaks with the image's numpy), the
 # compile gate (its own step below), the CPU smoke of the bench. The files most likely to
-# find a GPU-only fault run first (every config of the space, split-K, the head, compiling
-# ahead, the engine), so that a cap that cuts the step cuts the least informative ones.
-FIRST="tests/test_config.py tests/test_splitk.py tests/test_head.py tests/test_launch.py tests/test_engine.py tests/test_build.py"
+# find a GPU-only fault run first (capture streams, every config of the space, split-K, the
+# head, compiling ahead, the engine), so that a cap that cuts the step cuts the least
+# informative ones.
+FIRST="tests/test_streams.py tests/test_config.py tests/test_splitk.py tests/test_head.py tests/test_launch.py tests/test_engine.py tests/test_build.py"
 TEST_FILES="$FIRST"
 for f in tests/test_*.py; do
   case " $FIRST tests/test_packaging.py " in *" $f "*) continue;; esac

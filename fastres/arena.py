@@ -29,6 +29,12 @@ class Arena:
         self.params = params
         self.device = device
         N = schedule.input_shape[0]
+        cuda = device.type == "cuda"
+        # Streams that have used the buffers: the allocator must not hand them out again until
+        # those streams are done with them (see `forward`); the allocating one is known to it.
+        self._streams: set[int] = {torch.cuda.current_stream(device).cuda_stream} if cuda else set()
+        # The last use of the buffers, on whichever stream it ran: the next use waits for it.
+        self.done: torch.cuda.Event | None = None
         with torch.inference_mode(False):
             self.slots = [torch.empty(c, device=device, dtype=schedule.dtype) for c in schedule.slots]
             self.logits = torch.empty((N, schedule.num_classes), device=device, dtype=logits_dtype)
@@ -97,10 +103,13 @@ class Arena:
 
     def capture(self, x: torch.Tensor, stream: torch.cuda.Stream) -> None:
         """Record the steps into a CUDA graph over a static copy of x (its layout kept: the
-        stem reads it in place), on `stream`; a later `replay(x)` runs them for new values."""
+        stem reads it in place), on `stream`, which no one else may use meanwhile; `forward`
+        then replays it for new inputs."""
         with torch.inference_mode(False):
             self.static_input = torch.empty_like(x)
         self.static_input.copy_(x)
+        # Not a pooled torch.cuda.Stream(): a caller's work on the same stream would be
+        # captured into this graph (fastres.streams).
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             self.run(self.static_input)  # compiles every kernel before capture
@@ -112,12 +121,37 @@ class Arena:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         self.graph = graph
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every buffer the steps read or write."""
+        return [t for t in (*self.slots, self.logits, self.workspace, self.static_input) if t is not None]
+
+    def mark_used(self) -> None:
+        """Record that the current stream's work so far is the buffers' last use."""
+        if self.device.type == "cuda":
+            if self.done is None:
+                self.done = torch.cuda.Event()
+            self.done.record(torch.cuda.current_stream(self.device))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits of x (a copy: the arena's buffer is reused by the next forward)."""
+        """The logits of x (a copy: the arena's buffer is reused by the next forward), computed
+        on the current stream, whichever it is: one arena serves every stream of a shape."""
         with self.lock:
+            if self.device.type == "cuda":
+                stream = torch.cuda.current_stream(self.device)
+                # The previous forward may have run on another stream: its reads of the input
+                # copy and writes of the logits must be done before this one overwrites them.
+                if self.done is not None:
+                    stream.wait_event(self.done)
+                if stream.cuda_stream not in self._streams:
+                    # Freed buffers are reused only once this stream's work on them is done.
+                    for t in self.tensors():
+                        t.record_stream(stream)
+                    self._streams.add(stream.cuda_stream)
             if self.graph is not None:
                 self.static_input.copy_(x)
                 self.graph.replay()
             else:
                 self.run(x)
-            return self.logits.clone()
+            out = self.logits.clone()
+            self.mark_used()
+            return out

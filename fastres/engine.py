@@ -1,6 +1,6 @@
 """The engine: a torch.nn.Module whose forward is fastres' Triton kernels only.
 
-Per input shape (and CUDA stream) it plans a launch schedule once (`fastres.schedule`: plain
+Per input shape it plans a launch schedule once (`fastres.schedule`: plain
 data, printable with `ResNet.schedule(x)`), tunes its tile configs if asked, compiles every
 kernel ahead, and binds it to an arena (`fastres.arena`: buffers assigned by liveness, and on
 CUDA a captured graph). A repeated forward at a known shape allocates nothing but its output.
@@ -19,6 +19,7 @@ from .arena import Arena
 from .device import DeviceInfo
 from .plan import ARCHS, UnsupportedModelError, check_params, param_shapes
 from .schedule import STEM, Schedule, Step, build_schedule
+from .streams import owned_stream
 from .tuning import Tuner, cache_key
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -79,7 +80,7 @@ class ResNet(torch.nn.Module):
                 self._params[key] = t.to(self.device).contiguous(memory_format=fmt)
         if max_shapes < 1:
             raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
-        # Input shapes (x stream) kept built; the least recently used beyond this is freed.
+        # Input shapes kept built; the least recently used beyond this is freed.
         self.max_shapes = int(max_shapes)
         self._arenas: collections.OrderedDict[tuple, Arena] = collections.OrderedDict()
         self._device_info: DeviceInfo | None = None
@@ -206,10 +207,12 @@ class ResNet(torch.nn.Module):
         return arena
 
     def _arena(self, x: torch.Tensor) -> Arena:
-        """The arena of x's shape on the current stream: built (tuned, captured) on first use."""
+        """The arena of x's shape: built (tuned, captured) on first use. One per shape, whatever
+        the stream: a server that takes a fresh stream per request must not rebuild and
+        recapture (each capture synchronizes the device); the arena orders its uses across
+        streams with an event."""
         N, _, H, W = x.shape
-        stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
-        key = (N, H, W, x.dtype, stream)
+        key = (N, H, W, x.dtype)
         with self._arenas_lock:
             arena = self._arenas.get(key)
             if arena is not None:
@@ -223,7 +226,9 @@ class ResNet(torch.nn.Module):
             if arena is None:
                 arena = self._build(x)
                 if self.cuda_graph:
-                    arena.capture(x, torch.cuda.Stream(self.device))
+                    with owned_stream(self.device) as stream:
+                        arena.capture(x, stream)
+                arena.mark_used()
                 with self._arenas_lock:
                     self._arenas[key] = arena
                     # A thread still running an evicted arena keeps it alive until it is done.

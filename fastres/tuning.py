@@ -95,13 +95,14 @@ def cuda_timer(fn: Callable[[], object], *, target_ms: float = 5.0, samples: int
     The engine runs its launches from a CUDA graph, so a layer is timed the same way: a
     batch-1 layer takes a few microseconds on the GPU but tens on the host, and timing host
     launches would rank configs by Python overhead (a split-K config's second launch most).
-    The graph is captured in thread-local mode on a side stream, without the collection and
-    cache flush of `torch.cuda.graph`: other threads keep running their own shapes meanwhile.
+    The graph is captured in thread-local mode on a stream of its own (`fastres.streams`),
+    without the collection and cache flush of `torch.cuda.graph`: other threads keep running
+    their own shapes meanwhile.
     """
-    device = torch.cuda.current_device()
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+    from .streams import owned_stream
+
+    # A stream of fastres' own: on a pooled one a caller's work could land in this graph.
+    with owned_stream(torch.cuda.current_device()) as stream, torch.cuda.stream(stream):
         fn()  # compiled and warm
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -127,7 +128,6 @@ def cuda_timer(fn: Callable[[], object], *, target_ms: float = 5.0, samples: int
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / calls)
-    torch.cuda.current_stream(device).wait_stream(stream)
     times.sort()
     return float(times[len(times) // 2])
 

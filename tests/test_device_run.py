@@ -34,7 +34,7 @@ def test_device_run_dry(tmp_path):
     pytest_line = next(l for l in lines if l.startswith("-m pytest"))
     files = [a for a in pytest_line.split() if a.startswith("tests/") and "::" not in a]
     on_disk = sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py"))
-    assert files[:2] == ["tests/test_config.py", "tests/test_splitk.py"]
+    assert files[:3] == ["tests/test_streams.py", "tests/test_config.py", "tests/test_splitk.py"]
     gate = [f for f in on_disk if f.startswith("tests/test_gate_")]
     assert len(files) == len(set(files)) and "tests/test_packaging.py" not in files and not set(gate) & set(files)
     assert gate and sorted(files + ["tests/test_packaging.py", *gate]) == on_disk
