@@ -3,6 +3,7 @@ remembered on disk so that a second start tunes nothing."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 
 import pytest
@@ -114,8 +115,75 @@ def test_unreadable_cache_is_ignored_with_a_warning(tmp_path):
     cache = TuningCache(path)
     with pytest.warns(UserWarning, match="unreadable tuning cache"):
         assert cache.get("anything") is None
-    cache.put("k", Config(64, 64, 32), 1.5)
+    with pytest.warns(UserWarning, match="unreadable tuning cache"):  # put re-reads it, then replaces it
+        cache.put("k", Config(64, 64, 32), 1.5)
     assert TuningCache(path).get("k") == Config(64, 64, 32)
+
+
+def _put_entries(path: str, worker: int, count: int, barrier) -> None:
+    """One writer process of test_concurrent_writers_keep_every_entry: its own cache object,
+    started with the others."""
+    cache = TuningCache(path)
+    barrier.wait()
+    for i in range(count):
+        cache.put(f"w{worker}-{i}", Config(64, 64, 32, SPLIT_K=worker + 1), float(i))
+
+
+def test_concurrent_writers_keep_every_entry(tmp_path):
+    """Processes putting into one cache file at the same time lose none of each other's entries,
+    and leave no temporary file behind."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    path, workers, count = tmp_path / "tuning.json", 4, 25
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_put_entries, args=(str(path), w, count, barrier)) for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * workers
+    cache = TuningCache(path)
+    assert len(cache) == workers * count
+    for w in range(workers):
+        for i in range(count):
+            assert cache.get(f"w{w}-{i}") == Config(64, 64, 32, SPLIT_K=w + 1), (w, i)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuning.json", "tuning.json.lock"]
+
+
+class _FakeMsvcrt:
+    """msvcrt.locking as on Windows: LK_LOCK fails with EDEADLOCK while the lock stays busy."""
+
+    LK_LOCK, LK_UNLCK = 1, 0
+
+    def __init__(self, busy: int):
+        self.busy, self.calls = busy, []
+
+    def locking(self, fd, mode, nbytes):
+        self.calls.append(mode)
+        if mode == self.LK_LOCK and self.busy:
+            self.busy -= 1
+            raise OSError(errno.EDEADLOCK, "Resource deadlock avoided")
+
+
+@pytest.mark.parametrize("lock", ["msvcrt", "none"])
+def test_put_merges_what_another_writer_added(tmp_path, monkeypatch, lock):
+    """Without fcntl (Windows: msvcrt's lock; elsewhere none) a put still re-reads the file, so
+    an entry written by another cache after this one first read the file survives."""
+    import fastres.tuning as tuning
+
+    fake = _FakeMsvcrt(busy=2)
+    monkeypatch.setattr(tuning, "fcntl", None)
+    monkeypatch.setattr(tuning, "msvcrt", fake if lock == "msvcrt" else None)
+    mine, theirs = TuningCache(tmp_path / "t.json"), TuningCache(tmp_path / "t.json")
+    assert mine.get("theirs") is None  # read the (missing) file before the other writer
+    theirs.put("theirs", Config(64, 64, 16), 2.0)
+    mine.put("mine", Config(64, 64, 32), 1.0)
+    again = TuningCache(tmp_path / "t.json")
+    assert again.get("theirs") == Config(64, 64, 16) and again.get("mine") == Config(64, 64, 32)
+    assert mine.get("theirs") == Config(64, 64, 16)  # this cache sees the merged file too
+    if lock == "msvcrt":  # each put locks (retrying while busy) and unlocks
+        assert fake.calls == [fake.LK_LOCK] * 3 + [fake.LK_UNLCK] + [fake.LK_LOCK, fake.LK_UNLCK]
 
 
 def test_tune_true_needs_a_gpu():
