@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fastres
+from fastres.device import DeviceInfo
 from fastres.kernels import Config, tuning_candidates
 from fastres.kernels.conv import reduction
 from fastres.tuning import Tuner, TuningCache, batch_bucket, cache_key
@@ -52,6 +53,40 @@ def fast_space(monkeypatch):
     return tuning_candidates
 
 
+def layer_candidates(candidates, key: str, batch: int, sms: int) -> tuple[Config, ...]:
+    """What `candidates` (tuning_candidates or a stand-in) gives for the float32 conv of cache
+    key `key` at `batch`, planned for `sms` SMs."""
+    space = key.split("|")[3]
+    k, stride, pad, cin, cout, h, w, residual = (int(g) for g in key.split("|")[4].split("x"))
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    flat, kk, _ = reduction(cin, k, k)
+    return tuple(candidates(space, torch.float32, M=batch * oh * ow, N=cout, K=kk, taps=1 if flat else k * k,
+                            residual=bool(residual), sms=sms))
+
+
+def test_tuning_measures_the_candidates_for_the_devices_sm_count(tmp_path, monkeypatch):
+    """On a GPU with fewer SMs than the 132 planned for without one (an H100 PCIe: 114) the
+    split candidates differ; the engine measures those for its own device's count."""
+    seen = {}
+
+    class Recording(Tuner):
+        def choose(self, key, run, candidates, default, dtype):
+            seen[key] = tuple(candidates)
+            return default  # nothing measured: the layer runs its default config
+
+    real = DeviceInfo.of(DEVICE)
+    monkeypatch.setattr(DeviceInfo, "of", classmethod(lambda cls, device: dataclasses.replace(real, sms=114)))
+    fast = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE,
+                                    tune=Recording(TuningCache(tmp_path / "t.json")))
+    fast(torch.randn(2, 3, 12, 12, device=DEVICE))
+    assert fast.device_info().sms == 114 and len(seen) >= 8
+    for key, cands in seen.items():
+        assert cands == layer_candidates(tuning_candidates, key, 2, 114), key
+    # At this input the SM count changes what is measured (layer4's 3x3s: 8 tiles, split 15
+    # ways on 114 SMs, 17 on 132).
+    assert any(cands != layer_candidates(tuning_candidates, key, 2, 132) for key, cands in seen.items())
+
+
 def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
     model = calibrated("resnet18")
     x = torch.randn(2, 3, 12, 12)
@@ -63,14 +98,12 @@ def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
     # One entry per distinct conv geometry of resnet18 at this input (repeats hit the cache).
     assert tuner.tuned == len(entries) >= 8
     # The fake timer prefers the smallest tile per split: that is what was stored (on the CPU
-    # the split one, so the tuned engine runs split-K layers out of its workspace).
+    # the split one, so the tuned engine runs split-K layers out of its workspace). The splits
+    # among the candidates follow the SM count the engine planned for (114 on an H100 PCIe).
+    sms = fast.device_info().sms
+    assert sms == DeviceInfo.of(DEVICE).sms
     for key, entry in entries.items():
-        space = key.split("|")[3]
-        k, stride, pad, cin, cout, h, w, residual = (int(g) for g in key.split("|")[4].split("x"))
-        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        flat, kk, _ = reduction(cin, k, k)
-        cands = fast_space(space, torch.float32, M=2 * oh * ow, N=cout, K=kk, taps=1 if flat else k * k,
-                           residual=bool(residual))
+        cands = layer_candidates(fast_space, key, 2, sms)
         best = min(cands, key=lambda c: c.BLOCK_M * c.BLOCK_N * c.BLOCK_K / c.SPLIT_K)
         assert Config(**entry["config"]) == best, key
     assert calls
