@@ -25,7 +25,10 @@
 # longer: run `fastres bench` without a budget when more GPU time is available.
 #
 # OUTDIR gets at most 8 files, flat: env.txt, tests.log, check.log, bench.log, sanitizer.log,
-# and CARD-DATE.json / .md / .png (the results, named by the harness).
+# and CARD-DATE.json / .md / .png (the results, named by the harness). The harness writes into a
+# work folder outside OUTDIR, where a step killed mid-save leaves its temporary file, and the
+# finished results are copied into OUTDIR after each benchmark step; every benchmark step gets
+# the UTC date the run started (--date), so a run crossing midnight still makes one results file.
 set -uo pipefail
 
 if [ $# -ne 1 ]; then
@@ -46,10 +49,22 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 T0=$(date +%s)
+DATE=$(date -u +%Y-%m-%d)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastres-bench.XXXXXX") || exit 2
+trap 'rm -rf "$WORK"' EXIT
 STEPS=()
 FAILED_LOGS=()
 
 left() { echo $(( TOTAL_S - ($(date +%s) - T0) )); }
+
+# collect: the finished results (JSON, markdown, plot) from the work folder into OUTDIR, never a
+# temporary file; after every benchmark step, so that a run cut short keeps what it measured.
+collect() {
+  local f
+  for f in "$WORK"/*.json "$WORK"/*.md "$WORK"/*.png; do
+    if [ -f "$f" ]; then cp "$f" "$OUT/"; fi
+  done
+}
 
 # step NAME CAP LOG CMD...: CMD under `timeout`, its cap cut to what TOTAL_S leaves (keeping 15 s
 # for the report); output appended to LOG; one line per step in the summary.
@@ -135,13 +150,15 @@ step tests 150 "$OUT/tests.log" "$PY" -m pytest $TEST_FILES -q -p no:cacheprovid
 # ---- compile gate ------------------------------------------------------------------------
 step check 40 "$OUT/check.log" "$PY" -m fastres check --no-progress
 
-# ---- benchmarks (results merge into one CARD-DATE.json in OUT) ---------------------------
+# ---- benchmarks (results merge into one CARD-DATE.json in WORK, copied to OUT) -----------
 BENCH="$OUT/bench.log"
-step layers 80 "$BENCH" "$PY" -m fastres bench layers --out "$OUT" --no-plot \
+step layers 80 "$BENCH" "$PY" -m fastres bench layers --out "$WORK" --date "$DATE" --no-plot \
   --models resnet50 --batches 1,32,256 --dtypes float16 --warmup-ms 5 --rep-ms 25 --budget-s 60
-step e2e 110 "$BENCH" "$PY" -m fastres bench e2e --out "$OUT" --no-plot \
+collect
+step e2e 110 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
   --models resnet50,resnet18 --batches 1,32,256 --dtypes float16,bfloat16 \
   --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 200 --budget-s 90
+collect
 
 # ---- memcheck of one small forward ---------------------------------------------------------
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
@@ -156,16 +173,18 @@ fi
 
 # ---- torch.compile, if time is left ------------------------------------------------------
 if [ $(( $(left) - 15 )) -ge 50 ]; then
-  step compile 90 "$BENCH" "$PY" -m fastres bench e2e --out "$OUT" --no-plot \
+  step compile 90 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
     --models resnet50 --batches 32 --dtypes float16 --systems fastres,torch-compile --warmup-ms 30 --rep-ms 200
+  collect
 else
   STEPS+=("$(printf '%-10s %-9s %5s %5s' compile "no time" - -)")
 fi
 
 # ---- report --------------------------------------------------------------------------------
-RESULTS=$(ls -t "$OUT"/*.json 2>/dev/null | head -1)
+RESULTS=$(ls -t "$WORK"/*.json 2>/dev/null | head -1)
 if [ -n "$RESULTS" ]; then
   step report 15 "$BENCH" "$PY" -m fastres bench report "$RESULTS"
+  collect
 fi
 {
   echo

@@ -6,21 +6,33 @@ each tile split-K where the heuristic would split it) is run on the layer's own 
 checked against the default config's output (a config that computes something else, e.g. a
 miscompile, is rejected, never timed), timed from a CUDA graph, and the fastest is stored. The
 cache is keyed by device name, triton version, dtype, config space, layer geometry (residual
-included) and batch bucket, so a second start with the same cache tunes nothing.
+included) and batch bucket, so a second start with the same cache tunes nothing; processes
+tuning at once into one cache file merge their entries into it under a file lock.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .kernels.config import Config
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # POSIX
+    msvcrt = None
 
 # A config's output must match the default config's this closely (fp32 accumulation in both;
 # only the reduction order differs) or it is rejected.
@@ -44,25 +56,67 @@ def cache_key(device: str, dtype: torch.dtype, space: str, geometry: Sequence[in
     return f"{device}|triton-{triton.__version__}|{str(dtype).removeprefix('torch.')}|{space}|{geo}|b{batch_bucket(batch)}"
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (created if missing) against other processes: flock
+    on POSIX, msvcrt.locking on Windows. Where neither exists the body runs unlocked; the
+    caller's re-read then only narrows the window in which a concurrent write is lost."""
+    with open(lock_path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        elif msvcrt is not None:
+            f.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError as exc:  # LK_LOCK gives up after 10 one-second tries: the lock is busy, try again
+                    if exc.errno != errno.EDEADLOCK:
+                        raise
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            elif msvcrt is not None:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
 class TuningCache:
-    """A JSON file of key -> {"config": Config fields, "ms": float}; written atomically."""
+    """A JSON file of key -> {"config": Config fields, "ms": float}; written atomically.
+
+    Several processes may tune into one file: a `put` takes an exclusive lock on the sibling
+    ``<name>.lock``, re-reads the file, adds its entry and replaces the file, so no writer
+    drops another's entries."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else cache_dir() / "tuning.json"
         self._lock = threading.Lock()
         self._entries: dict[str, dict] | None = None
 
+    @property
+    def lock_path(self) -> Path:
+        """The file `put` locks while it re-reads and rewrites the cache."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _read(self, stacklevel: int) -> dict[str, dict]:
+        """The entries on disk now (none if the file is missing or unreadable, with a warning
+        pointing `stacklevel` frames up)."""
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return data
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"ignoring unreadable tuning cache {self.path}: {exc}", stacklevel=stacklevel + 1)
+            return {}
+
     def _load(self) -> dict[str, dict]:
         if self._entries is None:
-            self._entries = {}
-            if self.path.exists():
-                try:
-                    data = json.loads(self.path.read_text())
-                    if not isinstance(data, dict):
-                        raise ValueError("not a JSON object")
-                    self._entries = data
-                except (OSError, ValueError) as exc:
-                    warnings.warn(f"ignoring unreadable tuning cache {self.path}: {exc}", stacklevel=3)
+            self._entries = self._read(stacklevel=3)
         return self._entries
 
     def get(self, key: str) -> Config | None:
@@ -76,13 +130,20 @@ class TuningCache:
             return None
 
     def put(self, key: str, config: Config, ms: float) -> None:
+        """Store `key`'s choice, merged into the file as other processes left it."""
         with self._lock:
-            entries = self._load()
-            entries[key] = {"config": dataclasses.asdict(config), "ms": ms}
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            with _exclusive(self.lock_path):
+                # The file, not this cache's first read of it: other processes may have added to it.
+                entries = self._read(stacklevel=2)
+                entries[key] = {"config": dataclasses.asdict(config), "ms": ms}
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+                try:
+                    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+                    os.replace(tmp, self.path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            self._entries = entries
 
     def __len__(self) -> int:
         with self._lock:

@@ -1,5 +1,5 @@
 """Shared data for the benchmark harness tests: a results environment, synthetic records and
-results, and a run on the CPU that logs nothing."""
+results, and a smoke run that logs nothing."""
 from __future__ import annotations
 
 import torch
@@ -40,7 +40,10 @@ def synthetic_results(smoke=False):
     return res
 
 
-def cpu_run(tmp_path, budget=None):
-    env = environment(torch.device("cpu"), smoke=True)
+def smoke_run(tmp_path, device: torch.device = torch.device("cpu"), budget: float | None = None) -> Run:
+    """A smoke run on `device` writing into `tmp_path`, logging nothing. Pass the test device
+    wherever fastres kernels run: on a GPU machine they refuse CPU tensors (the interpreter is
+    off there); the CPU default is for stand-in systems that are plain torch."""
+    env = environment(device, smoke=True)
     path = results_path(tmp_path, env)
-    return Run(torch.device("cpu"), True, path, open_results(path, env), SMOKE_TIMING, Budget(budget), log=lambda s: None)
+    return Run(device, True, path, open_results(path, env), SMOKE_TIMING, Budget(budget), log=lambda s: None)

@@ -1,5 +1,6 @@
-"""fastres.benchmark.cli: the report command, the CLI's user errors, the smoke re-run in a child
-interpreter, and `fastres bench --smoke` end to end through the interpreter."""
+"""fastres.benchmark.cli: the report command, the CLI's user errors, one results file for the
+steps of a run given its --date, the smoke re-run in a child interpreter, and `fastres bench
+--smoke` end to end through the interpreter."""
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmark_helpers import synthetic_results
+from benchmark_helpers import e2e_record, synthetic_results
 
 from fastres.benchmark import cli
 from fastres.benchmark.cli import configure, main
 from fastres.benchmark.names import LAYER_SYSTEMS, SMOKE_LABEL
-from fastres.benchmark.results import save_results, validate_results
+from fastres.benchmark.results import add_record, save_results, validate_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,6 +51,38 @@ def test_cli_user_errors(tmp_path):
         main(parser.parse_args(["--smoke", "--dtypes", "bf16", "--out", str(tmp_path)]))
     with pytest.raises(UserError, match="unknown name"):
         main(parser.parse_args(["--smoke", "--systems", "tensorrt", "--out", str(tmp_path)]))
+    with pytest.raises(UserError, match=r"^--date: the date must be a day as YYYY-MM-DD.*'2026-1-2'$"):
+        main(parser.parse_args(["--smoke", "--date", "2026-1-2", "--out", str(tmp_path)]))
+
+
+def test_steps_of_one_date_share_a_results_file_across_midnight(tmp_path, monkeypatch):
+    """Two steps, one before and one after midnight (UTC): without --date each names its file by
+    its own day, with the run's --date both merge into one."""
+    import datetime as dt
+    import types
+
+    import fastres.benchmark.environment as environment
+    import fastres.kernels
+
+    clock = iter(dt.datetime(2026, 1, 1, 23, 59, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=2 * i)
+                 for i in range(4))
+    fake_dt = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda tz: next(clock)),
+                                    timezone=dt.timezone, date=dt.date)
+    monkeypatch.setattr(environment, "_dt", fake_dt)
+    monkeypatch.setattr(fastres.kernels, "interpreting", lambda: True)  # the smoke in this process
+    # Each step adds one record (a batch of its own) in place of measuring.
+    monkeypatch.setattr(cli, "run_layers", lambda run, *a: add_record(run.results, e2e_record("cudnn-eager", 1, 1.0)))
+    monkeypatch.setattr(cli, "run_e2e", lambda run, *a: add_record(run.results, e2e_record("cudnn-eager", 2, 1.0)))
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    for out, date in ((tmp_path / "own", []), (tmp_path / "given", ["--date", "2026-01-01"])):
+        for action in ("layers", "e2e"):
+            main(parser.parse_args([action, "--smoke", "--no-plot", "--out", str(out), *date]))
+    assert sorted(p.name for p in (tmp_path / "own").glob("*.json")) == [
+        "smoke-cpu-2026-01-01.json", "smoke-cpu-2026-01-02.json"]
+    (given,) = (tmp_path / "given").glob("*.json")
+    assert given.name == "smoke-cpu-2026-01-01.json"
+    assert [r["batch"] for r in json.loads(given.read_text())["records"]] == [1, 2]
 
 
 def test_smoke_reexecs_with_the_interpreter(tmp_path, monkeypatch):

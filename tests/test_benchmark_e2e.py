@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from benchmark_helpers import cpu_run
+from benchmark_helpers import smoke_run
 
 from fastres.benchmark import e2e, systems
 from fastres.benchmark.e2e import run_e2e
@@ -36,7 +36,7 @@ def resnet18_cpu():
 def test_e2e_loop_checks_before_timing(tmp_path, monkeypatch, resnet18_cpu, scale, status):
     monkeypatch.setattr(e2e, "build_model", lambda name, device, **kw: resnet18_cpu)
     monkeypatch.setattr(systems, "build_fastres", lambda model, dtype, device: _Scaled(model, scale))
-    run = cpu_run(tmp_path)
+    run = smoke_run(tmp_path)
     run_e2e(run, ["resnet18"], [2], ["float32"], ["fastres", "cudnn-eager", "cudnn-eager-graph"], 32)
     recs = {r["system"]: r for r in run.results["records"]}
     assert recs["fastres"]["status"] == status
@@ -55,7 +55,7 @@ def test_e2e_loop_checks_before_timing(tmp_path, monkeypatch, resnet18_cpu, scal
 
 
 def test_budget_stops_and_is_noted(tmp_path):
-    run = cpu_run(tmp_path, budget=0.0)
+    run = smoke_run(tmp_path, budget=0.0)
     import time
 
     time.sleep(0.01)

@@ -1,11 +1,11 @@
-"""fastres.benchmark.environment: the card slug of GPU names and the baseline flags, restored
-even on an error."""
+"""fastres.benchmark.environment: the card slug of GPU names, a results file's date given for the
+run, and the baseline flags, restored even on an error."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fastres.benchmark.environment import baseline_flags, card_slug
+from fastres.benchmark.environment import baseline_flags, bench_date, card_slug, environment
 
 
 @pytest.mark.parametrize("name, slug", [
@@ -31,3 +31,12 @@ def test_baseline_flags_restore():
             assert b.cudnn.benchmark is True and b.cudnn.allow_tf32 is False and b.cuda.matmul.allow_tf32 is False
             raise RuntimeError("restored even on error")
     assert (b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32) == before
+
+
+def test_a_given_date_names_the_results(monkeypatch):
+    assert environment(torch.device("cpu"), smoke=True, date="2026-01-02")["date"] == "2026-01-02"
+    assert bench_date("2028-02-29") == "2028-02-29"
+    for bad in ("2026-1-2", "2026-13-01", "2026-02-30", "today", "2026-01-02T00:00", " 2026-01-02"):
+        with pytest.raises(ValueError, match=r"^the date must be a day as YYYY-MM-DD, e.g. 2026-01-02, got ") as info:
+            bench_date(bad)
+        assert "\n" not in str(info.value)

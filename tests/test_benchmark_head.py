@@ -3,7 +3,7 @@ summary."""
 from __future__ import annotations
 
 import torch
-from benchmark_helpers import cpu_run
+from benchmark_helpers import smoke_run
 
 from fastres.benchmark.environment import l2_bytes
 from fastres.benchmark.geometry import head_geometry
@@ -12,15 +12,16 @@ from fastres.benchmark.report import render_markdown, summary_text
 from fastres.benchmark.results import validate_results
 
 
-def test_head_point_checks_and_times_the_head(tmp_path):
+def test_head_point_checks_and_times_the_head(tmp_path, device):
     """The classifier head alone: fastres (split and, beside it, unsplit) and torch eager, each
     checked before it is timed, in the results' markdown and summary."""
     from fastres.kernels import Config, use_config
 
     assert head_geometry("resnet50") == (2048, 7, 7, 1000)
     assert head_geometry("resnet18", 32) == (512, 1, 1, 1000)
-    run = cpu_run(tmp_path)
-    with use_config("conv1x1", Config(64, 256, 128, 4, 1, SPLIT_K=2)):
+    run = smoke_run(tmp_path, device)
+    # A float32 tile of the conv1x1 space (the classifier's GEMM): it compiles on a GPU too.
+    with use_config("conv1x1", Config(64, 64, 32, 4, 3, SPLIT_K=2)):
         head_point(run, "resnet18", 2, "float32", torch.float32, 32, l2_bytes(run.device))
     recs = {r["system"]: r for r in run.results["records"]}
     assert set(recs) == set(HEAD_SYSTEMS)

@@ -1,9 +1,12 @@
-"""fastres.benchmark.results: the schema's complaints, a record replacing one with its key, and
-results files merging by day, device and smoke flag."""
+"""fastres.benchmark.results: the schema's complaints, a record replacing one with its key,
+results files merging by day, device and smoke flag, and a save cut short leaving no
+temporary file."""
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from benchmark_helpers import e2e_record, fake_env, synthetic_results
 
 from fastres.benchmark.results import (
@@ -42,3 +45,20 @@ def test_add_record_replaces_same_key_and_files_merge(tmp_path):
     other = open_results(path, fake_env(device="NVIDIA H200"))
     assert other["records"] == []
     assert load_results(path)["records"] == res["records"]
+
+
+def test_interrupted_save_leaves_the_last_file_and_no_temporary(tmp_path, monkeypatch):
+    """A save cut short between writing its temporary file and putting it in place (an error,
+    Ctrl-C) leaves the previous complete file and nothing else in the folder."""
+    path = results_path(tmp_path, fake_env())
+    first = synthetic_results()
+    save_results(path, first)
+
+    def cut_short(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        save_results(path, new_results(fake_env()))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert load_results(path)["records"] == first["records"]

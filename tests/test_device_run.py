@@ -1,6 +1,7 @@
 """bench/device_run.sh, dry: every step runs in order against a stand-in python, the GPU test
 step lists every test file once (the most informative first, the CPU-only ones left out), and
-OUTDIR gets only the flat files the script promises."""
+OUTDIR gets only the flat files the script promises: one results file however the date turns
+during the run, and no temporary file from a step cut short."""
 from __future__ import annotations
 
 import os
@@ -14,21 +15,47 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "device_run.sh"
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_device_run_dry(tmp_path):
+NEEDS_BASH = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and timeout")
+
+# The stand-in python: records each invocation's arguments (one line) and swallows a script
+# given on stdin; BENCH (if any) then runs for `-m fastres bench ...` calls.
+STUB = """#!/usr/bin/env bash
+echo "$*" >> "{calls}"
+[ "$1" = "-" ] && cat > /dev/null
+if [ "$1 $2 $3" = "-m fastres bench" ]; then
+{bench}
+fi
+exit 0
+"""
+
+
+def dry_run(tmp_path: Path, bench: str = ":") -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    """Run the script against the stand-in python in `tmp_path` (with any stand-in tools put
+    there); returns the finished process, the python calls, one per line, and OUTDIR."""
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
-    # Records each invocation's arguments (one line) and swallows a script given on stdin.
-    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{calls}"\n[ "$1" = "-" ] && cat > /dev/null\nexit 0\n')
+    stub.write_text(STUB.format(calls=calls, bench=bench))
     stub.chmod(0o755)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=str(stub), TOTAL_S="120", FASTRES_COMMIT="abc123",
+    env = dict(os.environ, PYTHON=str(stub), TOTAL_S="120", FASTRES_COMMIT="abc123", TMPDIR=str(tmp_path),
                PATH=f"{tmp_path}:{os.environ['PATH']}")
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(["bash", str(SCRIPT), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = calls.read_text().splitlines()
+    return proc, calls.read_text().splitlines(), out
+
+
+def assert_flat_and_few(out: Path) -> list[str]:
+    produced = sorted(p.name for p in out.iterdir())
+    assert all(p.is_file() for p in out.iterdir()) and len(produced) <= 8, produced
+    return produced
+
+
+@NEEDS_BASH
+def test_device_run_dry(tmp_path):
+    proc, lines, out = dry_run(tmp_path)
     steps = [l.split()[:3] for l in lines]
     assert steps[0][:2] == ["-m", "pip"] and steps[1] == ["-"]
     pytest_line = next(l for l in lines if l.startswith("-m pytest"))
@@ -41,7 +68,54 @@ def test_device_run_dry(tmp_path):
     assert any(l.startswith("-m fastres check") for l in lines)
     assert any(l.startswith("-m fastres bench layers") for l in lines)
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
-    produced = sorted(p.name for p in out.iterdir())
-    assert all(p.is_file() for p in out.iterdir()) and len(produced) <= 8, produced
+    produced = assert_flat_and_few(out)
     assert {"env.txt", "tests.log", "check.log", "bench.log"} <= set(produced)
     assert "steps (name, outcome, seconds, cap)" in proc.stdout
+
+
+# Each benchmark step writes its results file into its --out, named as the harness names it (by
+# --date, else by today), then is cut short by its timeout in the middle of the next save (the
+# harness's temporary file is left beside the results); the report step writes the markdown
+# and the plot beside the JSON.
+BENCH_STEPS = """  case "$4" in
+    layers|e2e)
+      day=$(date -u +%Y-%m-%d)
+      while [ $# -gt 0 ]; do
+        case "$1" in --out) out=$2; shift;; --date) day=$2; shift;; esac
+        shift
+      done
+      echo '{"records": []}' > "$out/h200-$day.json"
+      echo '{"rec' > "$out/h200-$day.jsonq7x2ab.tmp"
+      exit 124;;
+    report) echo md > "${5%.json}.md"; echo png > "${5%.json}.png";;
+  esac"""
+
+# A `date` whose day moves on at every call asking for one (midnight between any two calls).
+FAKE_DATE = """#!/usr/bin/env bash
+if [ "${{!#}}" = "+%Y-%m-%d" ]; then
+  n=$(( $(cat "{counter}" 2>/dev/null || echo 0) + 1 ))
+  echo "$n" > "{counter}"
+  printf '2026-01-%02d\\n' "$n"
+  exit 0
+fi
+exec "{real}" "$@"
+"""
+
+
+@NEEDS_BASH
+def test_device_run_fixes_the_date_and_keeps_temporaries_out(tmp_path):
+    fake = tmp_path / "date"
+    fake.write_text(FAKE_DATE.format(counter=tmp_path / "days", real=shutil.which("date")))
+    fake.chmod(0o755)
+    proc, lines, out = dry_run(tmp_path, BENCH_STEPS)
+    produced = assert_flat_and_few(out)
+    assert not [f for f in produced if f.endswith(".tmp")], produced
+    assert [f for f in produced if f.startswith("h200-")] == ["h200-2026-01-01.json", "h200-2026-01-01.md",
+                                                             "h200-2026-01-01.png"], produced
+    assert "TIMEOUT" in proc.stdout and "results: h200-2026-01-01.json" in proc.stdout
+    bench = [l.split() for l in lines if l.startswith("-m fastres bench ") and l.split()[3] in ("layers", "e2e")]
+    assert len(bench) >= 2  # layers, e2e (and the torch.compile point, time allowing)
+    assert {b[b.index("--date") + 1] for b in bench} == {"2026-01-01"}
+    (work_dir,) = {Path(b[b.index("--out") + 1]) for b in bench}
+    assert out.resolve() not in (work_dir.resolve(), *work_dir.resolve().parents)
+    assert not work_dir.exists(), "the work folder is removed at the end"

@@ -3,12 +3,14 @@ remembered on disk so that a second start tunes nothing."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 
 import pytest
 import torch
 
 import fastres
+from fastres.device import DeviceInfo
 from fastres.kernels import Config, tuning_candidates
 from fastres.kernels.conv import reduction
 from fastres.tuning import Tuner, TuningCache, batch_bucket, cache_key
@@ -51,6 +53,40 @@ def fast_space(monkeypatch):
     return tuning_candidates
 
 
+def layer_candidates(candidates, key: str, batch: int, sms: int) -> tuple[Config, ...]:
+    """What `candidates` (tuning_candidates or a stand-in) gives for the float32 conv of cache
+    key `key` at `batch`, planned for `sms` SMs."""
+    space = key.split("|")[3]
+    k, stride, pad, cin, cout, h, w, residual = (int(g) for g in key.split("|")[4].split("x"))
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    flat, kk, _ = reduction(cin, k, k)
+    return tuple(candidates(space, torch.float32, M=batch * oh * ow, N=cout, K=kk, taps=1 if flat else k * k,
+                            residual=bool(residual), sms=sms))
+
+
+def test_tuning_measures_the_candidates_for_the_devices_sm_count(tmp_path, monkeypatch):
+    """On a GPU with fewer SMs than the 132 planned for without one (an H100 PCIe: 114) the
+    split candidates differ; the engine measures those for its own device's count."""
+    seen = {}
+
+    class Recording(Tuner):
+        def choose(self, key, run, candidates, default, dtype):
+            seen[key] = tuple(candidates)
+            return default  # nothing measured: the layer runs its default config
+
+    real = DeviceInfo.of(DEVICE)
+    monkeypatch.setattr(DeviceInfo, "of", classmethod(lambda cls, device: dataclasses.replace(real, sms=114)))
+    fast = fastres.from_torchvision(calibrated("resnet18"), dtype=torch.float32, device=DEVICE,
+                                    tune=Recording(TuningCache(tmp_path / "t.json")))
+    fast(torch.randn(2, 3, 12, 12, device=DEVICE))
+    assert fast.device_info().sms == 114 and len(seen) >= 8
+    for key, cands in seen.items():
+        assert cands == layer_candidates(tuning_candidates, key, 2, 114), key
+    # At this input the SM count changes what is measured (layer4's 3x3s: 8 tiles, split 15
+    # ways on 114 SMs, 17 on 132).
+    assert any(cands != layer_candidates(tuning_candidates, key, 2, 132) for key, cands in seen.items())
+
+
 def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
     model = calibrated("resnet18")
     x = torch.randn(2, 3, 12, 12)
@@ -62,14 +98,12 @@ def test_tuned_engine_is_correct_and_remembers(tmp_path, fast_space):
     # One entry per distinct conv geometry of resnet18 at this input (repeats hit the cache).
     assert tuner.tuned == len(entries) >= 8
     # The fake timer prefers the smallest tile per split: that is what was stored (on the CPU
-    # the split one, so the tuned engine runs split-K layers out of its workspace).
+    # the split one, so the tuned engine runs split-K layers out of its workspace). The splits
+    # among the candidates follow the SM count the engine planned for (114 on an H100 PCIe).
+    sms = fast.device_info().sms
+    assert sms == DeviceInfo.of(DEVICE).sms
     for key, entry in entries.items():
-        space = key.split("|")[3]
-        k, stride, pad, cin, cout, h, w, residual = (int(g) for g in key.split("|")[4].split("x"))
-        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        flat, kk, _ = reduction(cin, k, k)
-        cands = fast_space(space, torch.float32, M=2 * oh * ow, N=cout, K=kk, taps=1 if flat else k * k,
-                           residual=bool(residual))
+        cands = layer_candidates(fast_space, key, 2, sms)
         best = min(cands, key=lambda c: c.BLOCK_M * c.BLOCK_N * c.BLOCK_K / c.SPLIT_K)
         assert Config(**entry["config"]) == best, key
     assert calls
@@ -114,8 +148,75 @@ def test_unreadable_cache_is_ignored_with_a_warning(tmp_path):
     cache = TuningCache(path)
     with pytest.warns(UserWarning, match="unreadable tuning cache"):
         assert cache.get("anything") is None
-    cache.put("k", Config(64, 64, 32), 1.5)
+    with pytest.warns(UserWarning, match="unreadable tuning cache"):  # put re-reads it, then replaces it
+        cache.put("k", Config(64, 64, 32), 1.5)
     assert TuningCache(path).get("k") == Config(64, 64, 32)
+
+
+def _put_entries(path: str, worker: int, count: int, barrier) -> None:
+    """One writer process of test_concurrent_writers_keep_every_entry: its own cache object,
+    started with the others."""
+    cache = TuningCache(path)
+    barrier.wait()
+    for i in range(count):
+        cache.put(f"w{worker}-{i}", Config(64, 64, 32, SPLIT_K=worker + 1), float(i))
+
+
+def test_concurrent_writers_keep_every_entry(tmp_path):
+    """Processes putting into one cache file at the same time lose none of each other's entries,
+    and leave no temporary file behind."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    path, workers, count = tmp_path / "tuning.json", 4, 25
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_put_entries, args=(str(path), w, count, barrier)) for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * workers
+    cache = TuningCache(path)
+    assert len(cache) == workers * count
+    for w in range(workers):
+        for i in range(count):
+            assert cache.get(f"w{w}-{i}") == Config(64, 64, 32, SPLIT_K=w + 1), (w, i)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuning.json", "tuning.json.lock"]
+
+
+class _FakeMsvcrt:
+    """msvcrt.locking as on Windows: LK_LOCK fails with EDEADLOCK while the lock stays busy."""
+
+    LK_LOCK, LK_UNLCK = 1, 0
+
+    def __init__(self, busy: int):
+        self.busy, self.calls = busy, []
+
+    def locking(self, fd, mode, nbytes):
+        self.calls.append(mode)
+        if mode == self.LK_LOCK and self.busy:
+            self.busy -= 1
+            raise OSError(errno.EDEADLOCK, "Resource deadlock avoided")
+
+
+@pytest.mark.parametrize("lock", ["msvcrt", "none"])
+def test_put_merges_what_another_writer_added(tmp_path, monkeypatch, lock):
+    """Without fcntl (Windows: msvcrt's lock; elsewhere none) a put still re-reads the file, so
+    an entry written by another cache after this one first read the file survives."""
+    import fastres.tuning as tuning
+
+    fake = _FakeMsvcrt(busy=2)
+    monkeypatch.setattr(tuning, "fcntl", None)
+    monkeypatch.setattr(tuning, "msvcrt", fake if lock == "msvcrt" else None)
+    mine, theirs = TuningCache(tmp_path / "t.json"), TuningCache(tmp_path / "t.json")
+    assert mine.get("theirs") is None  # read the (missing) file before the other writer
+    theirs.put("theirs", Config(64, 64, 16), 2.0)
+    mine.put("mine", Config(64, 64, 32), 1.0)
+    again = TuningCache(tmp_path / "t.json")
+    assert again.get("theirs") == Config(64, 64, 16) and again.get("mine") == Config(64, 64, 32)
+    assert mine.get("theirs") == Config(64, 64, 16)  # this cache sees the merged file too
+    if lock == "msvcrt":  # each put locks (retrying while busy) and unlocks
+        assert fake.calls == [fake.LK_LOCK] * 3 + [fake.LK_UNLCK] + [fake.LK_LOCK, fake.LK_UNLCK]
 
 
 def test_tune_true_needs_a_gpu():

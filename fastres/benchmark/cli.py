@@ -17,7 +17,7 @@ import torch
 
 from ..cli import UserError, run_subcommand
 from .e2e import checked_forward, run_e2e
-from .environment import environment
+from .environment import bench_date, environment
 from .layers import run_layers
 from .names import ALL_E2E_SYSTEMS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
 from .report import render_markdown, summary_text, write_report
@@ -75,6 +75,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-reps", type=int, default=None, help="at most this many timed repetitions (default 1000)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this many seconds (the file says so)")
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    parser.add_argument("--date", default=None,
+                        help="YYYY-MM-DD naming the results file (default: today, UTC); one date for every "
+                             "step of a run that may cross midnight")
 
 
 def _csv(value: str | None, default: Sequence, what: str, convert=str) -> list:
@@ -178,6 +181,11 @@ def main(args: argparse.Namespace) -> int:
     )
     if timing.min_reps < 1 or timing.max_reps < timing.min_reps:
         raise UserError(f"need 1 <= --min-reps <= --max-reps, got {timing.min_reps} and {timing.max_reps}")
+    if args.date is not None:
+        try:
+            bench_date(args.date)
+        except ValueError as exc:
+            raise UserError(f"--date: {exc}") from None
 
     # the options are valid: now the device (the smoke runs in a child with the interpreter on)
     if smoke and not interpreting():
@@ -208,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         out_dir = Path("bench") / "results"
     FASTRES_OPTIONS["tune"] = bool(args.tune)
-    env = environment(device, smoke=smoke)
+    env = environment(device, smoke=smoke, date=args.date)
     env["fastres_tuned"] = bool(args.tune) and device.type == "cuda"
     path = results_path(out_dir, env)
     results = open_results(path, env)

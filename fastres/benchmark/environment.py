@@ -1,6 +1,6 @@
 """What a run is measured on: the card's file-name slug, its L2 size, the checkout's commit,
-the versions and device fields of a results file, and the torch.backends flags the baselines
-and references run under."""
+the versions, device fields and date of a results file, and the torch.backends flags the
+baselines and references run under."""
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +53,22 @@ def git_commit() -> tuple[str | None, bool | None]:
         return fallback
 
 
-def environment(device: torch.device, *, smoke: bool) -> dict:
-    """The top-level fields of a results file (everything but `records`)."""
+def bench_date(value: str) -> str:
+    """`value` if it is a calendar day written YYYY-MM-DD (what names a results file), else a
+    one-line ValueError."""
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError
+        _dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"the date must be a day as YYYY-MM-DD, e.g. 2026-01-02, got {value!r}") from None
+    return value
+
+
+def environment(device: torch.device, *, smoke: bool, date: str | None = None) -> dict:
+    """The top-level fields of a results file (everything but `records`). `date` (YYYY-MM-DD)
+    names the results file in place of today's UTC date: the steps of one run that crosses
+    midnight then still share one file."""
     import triton
 
     from .. import __version__
@@ -83,7 +97,7 @@ def environment(device: torch.device, *, smoke: bool) -> dict:
     return {
         "device": name,
         "card": card,
-        "date": now.strftime("%Y-%m-%d"),
+        "date": bench_date(date) if date is not None else now.strftime("%Y-%m-%d"),
         "timestamp": now.isoformat(timespec="seconds"),
         "commit": commit,
         "dirty": dirty,

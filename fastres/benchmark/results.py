@@ -8,6 +8,7 @@ and labelled, so it never writes over real results.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -120,13 +121,20 @@ def open_results(path: Path, env: dict) -> dict:
 
 
 def save_results(path: Path, results: dict) -> None:
-    """Write atomically (a killed run leaves the previous complete file)."""
+    """Write atomically (a killed run leaves the previous complete file). The temporary file
+    beside it is removed if the write fails; only a process killed outright leaves one, which
+    is why bench/device_run.sh points --out at a work folder and copies out the final files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=1, allow_nan=False, default=str)
-        f.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f, indent=1, allow_nan=False, default=str)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:  # an error or Ctrl-C: nothing half-written stays beside the results
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
