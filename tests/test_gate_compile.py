@@ -32,10 +32,46 @@ def test_gate_rejects_known_bad_configs():
     assert proc.returncode == 0, proc.stderr[-4000:]
     spill, big = json.loads(proc.stdout)
     assert not spill["ok"] and spill["spills"] and spill["stack"] > 0, spill
-    assert spill["registers"] == 255 and spill["wgmma"], spill
+    assert spill["registers"] == 255 and spill["wgmma"] and spill["tensor_core"], spill
+    assert spill["target"] == "sm_90" and spill["shared_limit"] == SM90.max_shared, spill
     assert "spill" in spill["error"], spill
     assert not big["ok"] and big["shared"] > SM90.max_shared and not big["spills"], big
     assert "shared memory" in big["error"], big
+
+
+_OTHER_TARGETS = r"""
+import json
+from fastres.gate.run import check_one
+from fastres.gate.target import TARGETS
+from fastres.kernels.config import Config
+cfg = Config(64, 64, 32, num_warps=4, num_stages=3)
+rows = [check_one("conv1x1", cfg, dtype, f"1x1/s1/relu/{prec}", target=TARGETS[t], use_cache=False)
+        for t, dtype, prec in (("sm_80", "float16", "ieee"), ("sm_80", "float32", "ieee"),
+                               ("sm_100", "bfloat16", "ieee"), ("gfx942", "float16", "ieee"),
+                               ("gfx942", "float32", "ieee"))]
+print(json.dumps(rows))
+"""
+
+
+def test_gate_compiles_rows_for_other_targets():
+    """One small GEMM tile, really compiled for Ampere, Blackwell and MI300: each uses its
+    target's tensor-core instruction (exact float32 products only on MI300) and fits."""
+    proc = run_python(["-c", _OTHER_TARGETS])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ampere, ampere_fp32, blackwell, mi300, mi300_fp32 = json.loads(proc.stdout)
+    for row in (ampere, ampere_fp32, blackwell, mi300, mi300_fp32):
+        assert row["ok"] and not row["spills"] and row["stack"] == 0 and row["error"] is None, row
+        assert 0 < row["shared"] <= row["shared_limit"] and row["registers"] > 0, row
+        assert "wgmma" not in row and "hgmma_insts" not in row, row  # Hopper's names stay on sm_90 rows
+    assert ampere["target"] == "sm_80" and ampere["shared_limit"] == 166912 and ampere["tensor_core_op"] == "HMMA"
+    assert ampere["tensor_core"] and ampere["tensor_core_required"] and ampere["tensor_core_insts"] > 0, ampere
+    # no fp32 HMMA: exact float32 products are FMAs there, which passes
+    assert not ampere_fp32["tensor_core"] and not ampere_fp32["tensor_core_required"], ampere_fp32
+    assert blackwell["target"] == "sm_100" and blackwell["tensor_core_op"] == "UTCHMMA" and blackwell["tensor_core"]
+    assert mi300["target"] == "gfx942" and mi300["shared_limit"] == 65536 and mi300["tensor_core_op"] == "v_mfma"
+    assert mi300["tensor_core"] and mi300["sgprs"] > 0, mi300
+    # MI300 multiplies float32 on its matrix cores (v_mfma_f32_32x32x2_f32): required there
+    assert mi300_fp32["tensor_core"] and mi300_fp32["tensor_core_required"], mi300_fp32
 
 
 def test_specialization_mirrors_the_jit():

@@ -1,12 +1,13 @@
-"""fastres.gate.inspect: reading cuobjdump's resource usage and counting SASS opcodes."""
+"""fastres.gate.inspect: reading cuobjdump's resource usage, counting SASS opcodes, and reading
+an AMD kernel's amdgcn listing."""
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from fastres.gate.inspect import parse_resource_usage, scan_sass
-from fastres.gate.target import SM90
+from fastres.gate.inspect import inspect_amdgcn, parse_amdgcn, parse_resource_usage, scan_sass
+from fastres.gate.target import GFX942, SM80, SM90, SM100
 
 _SASS = """
         /*53b0*/                   HGMMA.64x64x16.F32 R56, R88, gdesc[UR36], RZ, !UPT ;
@@ -35,3 +36,85 @@ def test_scan_sass_counts_the_targets_tensor_core_instruction():
     ampere_like = dataclasses.replace(SM90, name="mma", tensor_core_op="HMMA")
     sass = _SASS + "        /*5540*/                   HMMA.16816.F32 R8, R12, R16, R8 ;\n"
     assert scan_sass(sass, target=ampere_like) == {"hmma": 1, "local_insts": 2}
+
+
+def test_scan_sass_tells_the_tensor_core_opcodes_apart():
+    """HMMA (Ampere..., consumer Blackwell) must not count Hopper's HGMMA or sm_100's UTCHMMA,
+    which SASS prints without a shape suffix (tcgen05.mma)."""
+    blackwell = """
+        /*18a0*/                   UTCHMMA gdesc[UR4], gdesc[UR6], tmem[UR9], tmem[UR30], idesc[UR31], !UPT ;
+        /*18b0*/                   UTCHMMA gdesc[UR28], gdesc[UR12], tmem[UR9], tmem[UR30], idesc[UR31], UPT ;
+        /*18c0*/                   UTCBAR [UR8], URZ ;
+"""
+    ampere = "        /*0a10*/                   HMMA.16816.F32.BF16 R24, R40, R44, R24 ;\n"
+    assert scan_sass(blackwell, target=SM100) == {"utchmma": 2, "local_insts": 0}
+    assert scan_sass(blackwell + _SASS, target=SM80)["hmma"] == 0
+    assert scan_sass(ampere + blackwell + _SASS, target=SM80)["hmma"] == 1
+    assert scan_sass(ampere + blackwell + _SASS, target=SM90)["hgmma"] == 1
+
+
+# Cut from triton 3.8's asm["amdgcn"] of a conv1x1 256x256x32 tile for gfx942 (4 warps), which
+# spills: a few instructions and the kernel's metadata (its .args list shortened).
+_AMDGCN_SPILLING = """
+	global_load_dwordx4 v[2:5], v[38:39], off
+	v_accvgpr_write_b32 a52, v0
+	scratch_store_dword off, v71, off offset:440 ; 4-byte Folded Spill
+	v_mfma_f32_32x32x8_f16 v[18:33], v[250:251], v[16:17], 0
+	v_mfma_f32_32x32x8_f16 v[18:33], v[34:35], v[84:85], v[18:33]
+	scratch_load_dword v12, off, off offset:440 ; 4-byte Folded Reload
+		.amdhsa_private_segment_fixed_size 1072
+		.amdhsa_next_free_vgpr 512
+; NumVgprs: 256
+; TotalNumVgprs: 512
+; ScratchSize: 1072
+	.amdgpu_metadata
+---
+amdhsa.kernels:
+  - .agpr_count:     256
+    .args:
+      - .address_space:  global
+        .offset:         0
+        .size:           8
+        .value_kind:     global_buffer
+    .group_segment_fixed_size: 0
+    .kernarg_segment_align: 8
+    .kernarg_segment_size: 136
+    .max_flat_workgroup_size: 256
+    .name:           _gemm1x1_kernel
+    .private_segment_fixed_size: 1072
+    .sgpr_count:     50
+    .sgpr_spill_count: 0
+    .symbol:         _gemm1x1_kernel.kd
+    .uniform_work_group_size: 1
+    .uses_dynamic_stack: false
+    .vgpr_count:     512
+    .vgpr_spill_count: 587
+    .wavefront_size: 64
+amdhsa.target:   amdgcn-amd-amdhsa--gfx942
+...
+	.end_amdgpu_metadata
+"""
+
+
+def test_parse_amdgcn_reads_the_kernel_metadata_and_opcodes():
+    meta = parse_amdgcn(_AMDGCN_SPILLING)
+    assert meta == {
+        "agpr_count": 256, "group_segment_fixed_size": 0, "private_segment_fixed_size": 1072, "sgpr_count": 50,
+        "sgpr_spill_count": 0, "uses_dynamic_stack": 0, "vgpr_count": 512, "vgpr_spill_count": 587,
+        "tensor_core_insts": 2, "scratch_insts": 2,
+    }
+    seen = inspect_amdgcn(_AMDGCN_SPILLING, target=GFX942)
+    assert seen.spills and seen.stack == 1072 and seen.registers == 512 and seen.sgprs == 50
+    assert seen.tensor_core_insts == 2 and seen.local_insts == 2 and seen.spill_count == 587
+
+
+def test_parse_amdgcn_clean_kernel_and_garbage():
+    clean = (_AMDGCN_SPILLING.replace("1072", "0").replace("587", "0").replace("256\n    .args", "0\n    .args")
+             .replace("\tscratch_store_dword off, v71, off offset:440 ; 4-byte Folded Spill\n", "")
+             .replace("\tscratch_load_dword v12, off, off offset:440 ; 4-byte Folded Reload\n", ""))
+    seen = inspect_amdgcn(clean, target=GFX942)
+    assert not seen.spills and seen.stack == 0 and seen.local_insts == 0 and seen.tensor_core_insts == 2
+    # a dynamic stack has no size at compile time: it counts as stack
+    assert inspect_amdgcn(clean.replace("uses_dynamic_stack: false", "uses_dynamic_stack: true"), target=GFX942).spills
+    with pytest.raises(RuntimeError, match="vgpr_count"):
+        parse_amdgcn("\tv_mfma_f32_32x32x8_f16 v[0:15], v[0:1], v[2:3], v[0:15]\n")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fastres.gate.compile import CONFIG_META, arg_names, specialize
-from fastres.gate.variants import DTYPES, dispatchable, variants, wgmma_required
+from fastres.gate.target import GFX942, SM80, SM90, SM100, TARGETS
+from fastres.gate.variants import DTYPES, dispatchable, engine_space, heaviest, tensor_core_required, variants
 from fastres.kernels.config import KERNELS, Config, config_space
 from gate_helpers import DTYPE_NAMES
 
@@ -16,24 +17,94 @@ def test_dispatchable_drops_k_steps_wider_than_the_layer():
 
     body = next(v for v in variants("conv", "float16") if v.name.startswith("3x3"))
     thin = dataclasses.replace(body, gemm_k=3)  # a layer reducing over 3 channels only
-    assert dispatchable("conv", Config(64, 64, 16, 4, 4), thin)
-    assert not dispatchable("conv", Config(64, 64, 32, 4, 4), thin)
-    assert dispatchable("conv", Config(64, 64, 64, 4, 4), body)
+    assert dispatchable("conv", Config(64, 64, 16, 4, 4), thin, "float16")
+    assert not dispatchable("conv", Config(64, 64, 32, 4, 4), thin, "float16")
+    assert dispatchable("conv", Config(64, 64, 64, 4, 4), body, "float16")
     # the stem's flat K (7*7*3 = 147) takes every K step
     stem = next(v for v in variants("conv_stem", "float16") if v.name.startswith("7x7"))
-    assert stem.gemm_k == 147 and dispatchable("conv_stem", Config(128, 128, 64, 4, 3), stem)
+    assert stem.gemm_k == 147 and dispatchable("conv_stem", Config(128, 128, 64, 4, 3), stem, "float16")
     # every config of the space is compiled for some variant
     for dt in DTYPE_NAMES.values():
         for k in KERNELS:
             for cfg in config_space(k, DTYPES[dt]):
-                assert any(dispatchable(k, cfg, v) for v in variants(k, dt)), (k, cfg, dt)
+                assert any(dispatchable(k, cfg, v, dt) for v in variants(k, dt)), (k, cfg, dt)
 
 
-def test_wgmma_required():
-    assert wgmma_required("conv", torch.float16, "ieee")
-    assert wgmma_required("conv1x1", "float32", "tf32")
-    assert not wgmma_required("avgpool", "float16", None)
-    assert not wgmma_required("max_pool2d", "float16", None)
+def test_dispatchable_keeps_residual_unsafe_tiles_from_residual_launches():
+    big = Config(128, 128, 64, 4, 4)  # kernels/config.py: its fused residual spills
+    by_name = {v.name.split()[0]: v for v in variants("conv", "float16")}
+    assert not dispatchable("conv", big, by_name["3x3/s1/relu/res/ieee"], "float16")
+    assert dispatchable("conv", big, by_name["3x3/s1/relu/ieee"], "float16")
+    assert dispatchable("conv", big, by_name["3x3/s1/relu/res/splitk/ieee"], "float16")  # the reduce adds it
+
+
+def test_tensor_core_required():
+    assert tensor_core_required("conv", torch.float16, "ieee")
+    assert tensor_core_required("conv1x1", "float32", "tf32")
+    assert not tensor_core_required("avgpool", "float16", None)
+    assert not tensor_core_required("max_pool2d", "float16", None)
+    # exact float32 products: no NVIDIA tensor core takes them, MI300's MFMA does
+    for t in (SM80, SM90, SM100):
+        assert not tensor_core_required("conv", "float32", "ieee", t)
+        assert tensor_core_required("conv", "float32", "tf32", t)
+    assert tensor_core_required("conv", "float32", "ieee", GFX942)
+    assert not tensor_core_required("add_relu", "float32", None, GFX942)
+
+
+def test_engine_space_follows_a_per_target_space(monkeypatch):
+    """Without ``kernels.config.target_space`` every target gets ``config_space``; with it,
+    each target gets its own (and the gate compiles exactly those)."""
+    import fastres.kernels.config as config_mod
+    from fastres.gate.run import tasks
+
+    monkeypatch.delattr(config_mod, "target_space", raising=False)
+    for t in TARGETS.values():
+        assert engine_space("conv1x1", "float16", t) == config_space("conv1x1", torch.float16)
+    small = Config(64, 64, 32, 4, 4)
+    seen = []
+
+    def target_space(kernel, dtype, target_name, *, residual=False):
+        seen.append((kernel, dtype, target_name, residual))
+        space = config_space(kernel, dtype, residual=residual)
+        return tuple(c for c in space if c == small) if target_name == "gfx942" else space
+
+    monkeypatch.setattr(config_mod, "target_space", target_space, raising=False)
+    assert engine_space("conv1x1", "fp16", GFX942) == (small,)
+    assert ("conv1x1", torch.float16, "gfx942", False) in seen
+    assert engine_space("conv1x1", "fp16", SM80) == config_space("conv1x1", torch.float16)
+    assert {t.config for t in tasks(kernels=["conv1x1"], dtypes=["float16"], target=GFX942)} == {small}
+
+
+def test_other_targets_compile_each_config_at_its_heaviest_variants():
+    from fastres.gate.run import tasks
+
+    for k in ("conv", "conv_stem", "conv1x1", "splitk_reduce"):
+        full = tasks(kernels=[k], target=SM90)
+        every = tasks(kernels=[k], target=SM80, all_variants=True)
+        few = tasks(kernels=[k], target=SM80)
+        assert [(t.config, t.dtype, t.variant) for t in every] == [(t.config, t.dtype, t.variant) for t in full]
+        assert {(t.config, t.dtype) for t in few} == {(t.config, t.dtype) for t in full}  # every config
+        assert len(few) < len(full)
+    # the bottleneck conv3 with the fused residual (most registers) and the head's GEMM on
+    # float32 pooled features (most shared memory), each split and unsplit; a batch of 1
+    # (M the constant 1) is lighter than 32
+    tile = Config(64, 64, 64, 4, 4)
+    opts = [v for v in variants("conv1x1", "float16") if dispatchable("conv1x1", tile, v, "float16")]
+    names = [v.name for v in heaviest("float16", opts)]
+    assert names == ["1x1/s1/relu/res/ieee [conv3]", "1x1/s1/relu/splitk/ieee [layer4 conv1]",
+                     "fc/N32/splitk/ieee [head]", "fc/N1024/y:fp32/ieee [head]"], names
+    # float32: the head is a group of its own (its input is no wider than the dtype there)
+    names = [v.name for v in heaviest("float32", variants("conv1x1", "float32")) if v.precision == "tf32"]
+    assert names == ["1x1/s1/relu/res/tf32 [conv3]", "1x1/s1/relu/splitk/tf32 [layer4 conv1]",
+                     "fc/N32/splitk/tf32 [head]", "fc/N1024/y:fp32/tf32 [head]"], names
+    # float32: per precision; a 16-bit user input is lighter than the float32 one
+    names = [v.name for v in heaviest("float32", variants("conv_stem", "float32"))]
+    assert names == ["7x7/s2/relu/ieee [stem]", "7x7/s2/relu/tf32 [stem]"], names
+    # a 16-bit stem: the float32 input (shared memory) and the cast from the other 16-bit type
+    names = [v.name for v in heaviest("bfloat16", variants("conv_stem", "bfloat16"))]
+    assert names == ["7x7/s2/relu/x:fp32/ieee [stem]", "7x7/s2/relu/x:fp16/ieee [stem]"], names
+    names = [v.name for v in heaviest("float16", variants("splitk_reduce", "float16"))]
+    assert names == ["sum/relu/res [layer4 b1]", "sum/y:fp32 [head N32]"], names  # a conv's and the head's
 
 
 # -- the gate compiles what the launchers launch ---------------------------------------------

@@ -13,7 +13,7 @@ import time
 
 from .report import failing_configs, format_table, summary_line
 from .run import gate_rows, tasks
-from .target import DEFAULT_TARGET
+from .target import DEFAULT_TARGET, TARGETS, resolve_targets
 
 
 def _default_jobs() -> int:
@@ -31,6 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"only this kernel (repeatable): {', '.join(KERNELS)}")
     parser.add_argument("--dtype", action="append", metavar="DTYPE",
                         help="only this dtype (repeatable): float16, bfloat16, float32")
+    parser.add_argument("--target", action="append", metavar="T",
+                        help=f"compile for these GPUs (repeatable, or comma-separated): {', '.join(TARGETS)}, "
+                             f"or all (default: {DEFAULT_TARGET.name})")
+    parser.add_argument("--all-variants", action="store_true",
+                        help=f"every variant of every config on every target (by default targets other than "
+                             f"{DEFAULT_TARGET.name} compile each config at its heaviest variants only)")
     parser.add_argument("--jobs", "-j", type=int, default=_default_jobs(), metavar="N",
                         help="compile in N processes (default: the CPU count)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
@@ -51,14 +57,14 @@ def main(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
-    target = DEFAULT_TARGET
     try:
-        todo = tasks(args.kernel, args.dtype, target=target)
+        targets = resolve_targets(args.target)
+        todo = tasks(args.kernel, args.dtype, target=targets, all_variants=args.all_variants)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     t0 = time.perf_counter()
     rows = gate_rows(args.kernel, args.dtype, jobs=args.jobs, use_cache=not args.no_cache,
-                     progress=not args.no_progress, target=target)
+                     progress=not args.no_progress, target=targets, all_variants=args.all_variants)
     elapsed = time.perf_counter() - t0
     failed = [r for r in rows if not r["ok"]]
     if args.json:
@@ -67,11 +73,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
         if failed:
-            print("\nfailing configs (remove them from kernels/config.py or fix the kernel):")
+            print("\nfailing configs (remove them from the target's space in kernels/config.py or fix the kernel):")
             for line in failing_configs(rows):
                 print(f"  {line}")
         print()
     assert len(rows) == len(todo)
     # With --json stdout stays pure JSON: the summary goes to stderr.
-    print(summary_line(rows, target, elapsed), file=sys.stderr if args.json else sys.stdout)
+    print(summary_line(rows, targets, elapsed), file=sys.stderr if args.json else sys.stdout)
     return 1 if failed else 0

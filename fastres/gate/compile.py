@@ -5,14 +5,22 @@ arguments: an integer equal to 1 becomes the constant 1 (a ``constexpr``), an in
 divisible by 16 gets the ``tt.divisibility = 16`` attribute, other integers are plain ``i32``.
 ``specialize`` applies those rules to a variant's launch arguments (``fastres.gate.variants``),
 so ``compile_row`` compiles, with ``triton.compile(ASTSource(...))`` and no GPU, exactly the
-binary the engine would run for that layer, then judges it from its cubin
-(``fastres.gate.inspect``).
+binary the engine would run for that layer, then judges it from its binary
+(``fastres.gate.inspect``: the cubin on NVIDIA, the amdgcn listing on AMD).
 
-A row fails on a compile error, a spill (STACK > 0 or any LDL/STL), dynamic shared memory over
-the target's per-block limit (sm_90: 227 KB = 232448 bytes), or a GEMM-type kernel without the
-target's tensor-core instruction (sm_90: HGMMA, i.e. wgmma) where it has one for the operands:
-float32 with input_precision="ieee" has none (sm_90 has no fp32 wgmma; triton uses FMA), so
-those rows report wgmma "no" without failing (``wgmma_required``).
+A row fails on a compile error, a spill (NVIDIA: STACK > 0 or any LDL/STL; AMD: scratch or a
+spilled VGPR / SGPR), shared memory (triton's ``metadata.shared``, what the launch asks for)
+over the target's per-block limit (sm_90: 227 KB = 232448 bytes), or a GEMM-type kernel
+without the target's tensor-core instruction where it has one for the operands
+(``tensor_core_required``): NVIDIA's tensor cores take no exact float32 products, so float32
+rows with input_precision="ieee" compile to FMA there and pass without them; MI300's MFMA
+does multiply float32, so there every GEMM row needs it.
+
+Row keys: kernel, config, dtype, variant, target, ok, error, registers, stack, spills, shared,
+shared_limit, gemm, tensor_core (the target's instruction is in the binary),
+tensor_core_required, tensor_core_op, tensor_core_insts, sgprs (AMD), local_insts,
+static_shared, num_warps, num_stages, seconds. sm_90 rows keep Hopper's names too: wgmma
+(= tensor_core), wgmma_required and hgmma_insts.
 """
 from __future__ import annotations
 
@@ -23,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .inspect import inspect_cubin
+from .inspect import inspect_kernel
 from .target import DEFAULT_TARGET, Target
-from .variants import TRITON_TYPE, Variant, dtype_name, wgmma_required
+from .variants import TRITON_TYPE, Variant, dtype_name, tensor_core_required
 
 if TYPE_CHECKING:
     from ..kernels.config import Config
@@ -125,22 +133,38 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:400]
 
 
-def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
-                target: Target = DEFAULT_TARGET) -> dict[str, Any]:
-    """Compile one row for `target` and judge it from its cubin (no cache)."""
-    import triton
-    from triton.compiler import ASTSource
-
+def blank_row(kernel: str, config: Config, dtype: str, variant: Variant, target: Target) -> dict[str, Any]:
+    """A row with every key and nothing measured yet (``ok`` False)."""
     from ..kernels.config import GEMM_KERNELS
 
     row: dict[str, Any] = {
-        "kernel": kernel, "config": config.name, "dtype": dtype, "variant": variant.name,
+        "kernel": kernel, "config": config.name, "dtype": dtype, "variant": variant.name, "target": target.name,
         "ok": False, "registers": None, "stack": None, "spills": None, "shared": None,
-        "wgmma": None, "gemm": kernel in GEMM_KERNELS,
-        "wgmma_required": wgmma_required(kernel, dtype, variant.precision),
+        "shared_limit": target.max_shared, "gemm": kernel in GEMM_KERNELS, "tensor_core": None,
+        "tensor_core_required": tensor_core_required(kernel, dtype, variant.precision, target),
+        "tensor_core_op": target.tensor_core_op, "tensor_core_insts": None, "sgprs": None,
         "num_warps": config.num_warps, "num_stages": config.num_stages,
-        "local_insts": None, "hgmma_insts": None, "static_shared": None, "error": None,
+        "local_insts": None, "static_shared": None, "error": None,
     }
+    return with_hopper_keys(row)
+
+
+def with_hopper_keys(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with sm_90's own names for its tensor-core keys (wgmma, wgmma_required,
+    hgmma_insts), as the gate has always reported them; rows of other targets have none."""
+    if row["target"] == "sm_90":
+        row.update(wgmma=row["tensor_core"], wgmma_required=row["tensor_core_required"],
+                   hgmma_insts=row["tensor_core_insts"])
+    return row
+
+
+def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
+                target: Target = DEFAULT_TARGET) -> dict[str, Any]:
+    """Compile one row for `target` and judge it from its binary (no cache)."""
+    import triton
+    from triton.compiler import ASTSource
+
+    row = blank_row(kernel, config, dtype, variant, target)
     t0 = time.perf_counter()
     fn = kernel_fn(kernel)
     signature, constexprs, attrs, options = specialize(fn, config, dtype, variant)
@@ -156,22 +180,23 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
         row["seconds"] = round(time.perf_counter() - t0, 2)
         return row
 
-    seen = inspect_cubin(compiled.asm["cubin"], target=target)
+    seen = inspect_kernel(compiled.asm, target=target)
     shared = int(compiled.metadata.shared)
-    # The row keys keep Hopper's names (wgmma, hgmma_insts) whatever the target's instruction.
     row.update(
         registers=seen.registers, stack=seen.stack, static_shared=seen.static_shared, shared=shared,
-        local_insts=seen.local_insts, hgmma_insts=seen.tensor_core_insts,
-        spills=seen.spills, wgmma=seen.tensor_core_insts > 0,
+        local_insts=seen.local_insts, tensor_core_insts=seen.tensor_core_insts, sgprs=seen.sgprs,
+        spills=seen.spills, tensor_core=seen.tensor_core_insts > 0,
     )
     problems = []
     if row["spills"]:
-        problems.append(f"spills (STACK {seen.stack} B, {seen.local_insts} LDL/STL)")
+        what = f"{seen.local_insts} scratch loads/stores" if target.backend == "hip" else f"{seen.local_insts} LDL/STL"
+        problems.append(f"spills (STACK {seen.stack} B, {what}" + (
+            f", {seen.spill_count} registers spilled)" if seen.spill_count else ")"))
     if shared > target.max_shared:
         problems.append(f"shared memory {shared} B > {target.max_shared} B")
-    if row["wgmma_required"] and not row["wgmma"]:
+    if row["tensor_core_required"] and not row["tensor_core"]:
         problems.append(f"GEMM without {target.tensor_core_op}")
     row["ok"] = not problems
     row["error"] = "; ".join(problems) or None
     row["seconds"] = round(time.perf_counter() - t0, 2)
-    return row
+    return with_hopper_keys(row)

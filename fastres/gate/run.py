@@ -1,8 +1,17 @@
 """Running the gate: which rows there are, compiling the missing ones (in a process pool), the cache.
 
 Python API: ``gate_rows(kernels=None, dtypes=None, jobs=1, target=...) -> list[dict]`` (what
-``fastres check`` prints) and ``check_one(kernel, config, dtype, variant, target=...)`` for a
-single row; ``tasks`` lists the (kernel, config, dtype, variant) the gate compiles.
+``fastres check`` prints; `target` one ``Target`` or several) and ``check_one(kernel, config,
+dtype, variant, target=...)`` for a single row; ``tasks`` lists the (kernel, config, dtype,
+variant, target) the gate compiles.
+
+Which variants. ``DEFAULT_TARGET`` (sm_90, where the engine is tuned and benchmarked) gets
+every variant of every config of the target's space. Every other target compiles each config
+at its heaviest dispatchable variants only (``variants.heaviest``: per input precision, split
+or unsplit K loop, float32 or narrower input, and conv or classifier head, the one with the
+most register pressure), about a third of the rows, which keeps ``--target all`` within a CI
+budget; ``all_variants=True`` (``fastres check --all-variants``) compiles every variant there
+too.
 
 The interpreter. With ``TRITON_INTERPRET=1`` ``@triton.jit`` gives interpreter functions that
 ``triton.compile`` refuses, and the choice is made when ``fastres.kernels`` is imported. So
@@ -21,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from .cache import cache_file, kernel_sources_digest, load_cache, row_key, save_cache
-from .compile import compile_row, first_line
+from .compile import blank_row, compile_row, first_line
 from .target import DEFAULT_TARGET, Target
-from .variants import DTYPES, Variant, dispatchable, dtype_name, variants, wgmma_required
+from .variants import DTYPES, Variant, dispatchable, dtype_name, engine_space, heaviest, variants
 
 if TYPE_CHECKING:
     from ..kernels.config import Config
@@ -88,15 +97,8 @@ class Task:
 
 def _error_row(task: Task, exc: BaseException) -> dict:
     """The gate itself broke on a row (not the kernel): report it, never cache it."""
-    from ..kernels.config import GEMM_KERNELS
-
-    return {
-        "kernel": task.kernel, "config": task.config.name, "dtype": task.dtype, "variant": task.variant.name,
-        "ok": False, "registers": None, "stack": None, "spills": None, "shared": None, "wgmma": None,
-        "gemm": task.kernel in GEMM_KERNELS,
-        "wgmma_required": wgmma_required(task.kernel, task.dtype, task.variant.precision),
-        "error": "gate error: " + first_line(exc), "_transient": True,
-    }
+    row = blank_row(task.kernel, task.config, task.dtype, task.variant, task.target)
+    return dict(row, error="gate error: " + first_line(exc), _transient=True)
 
 
 def _run_task(task: Task) -> dict:
@@ -106,10 +108,23 @@ def _run_task(task: Task) -> dict:
         return _error_row(task, exc)
 
 
+def as_targets(target: Target | Iterable[Target]) -> tuple[Target, ...]:
+    """One target or several, as a tuple (each once, in order)."""
+    if isinstance(target, Target):
+        return (target,)
+    out: list[Target] = []
+    for t in target:
+        if t not in out:
+            out.append(t)
+    return tuple(out)
+
+
 def tasks(kernels: Iterable[str] | None = None, dtypes: Iterable[str | torch.dtype] | None = None, *,
-          target: Target = DEFAULT_TARGET) -> list[Task]:
-    """Every (kernel, config, dtype, variant) the gate compiles for `target`, filtered."""
-    from ..kernels.config import KERNELS, config_space
+          target: Target | Iterable[Target] = DEFAULT_TARGET, all_variants: bool = False) -> list[Task]:
+    """Every (kernel, config, dtype, variant, target) the gate compiles, filtered: per target,
+    the configs ``engine_space`` dispatches there, at every dispatchable variant on
+    ``DEFAULT_TARGET`` (or with `all_variants`), else at the heaviest ones (``heaviest``)."""
+    from ..kernels.config import KERNELS
 
     names = list(KERNELS) if kernels is None else list(kernels)
     for k in names:
@@ -117,13 +132,16 @@ def tasks(kernels: Iterable[str] | None = None, dtypes: Iterable[str | torch.dty
             raise ValueError(f"unknown kernel {k!r}: choose from {', '.join(KERNELS)}")
     dts = list(DTYPES) if dtypes is None else [dtype_name(d) for d in dtypes]
     out = []
-    for k in names:
-        for dt in DTYPES:
-            if dt not in dts:
-                continue
-            vs = variants(k, dt)
-            for cfg in config_space(k, DTYPES[dt]):
-                out.extend(Task(k, cfg, dt, v, target) for v in vs if dispatchable(k, cfg, v))
+    for tgt in as_targets(target):
+        every = all_variants or tgt == DEFAULT_TARGET
+        for k in names:
+            for dt in DTYPES:
+                if dt not in dts:
+                    continue
+                vs = variants(k, dt)
+                for cfg in engine_space(k, dt, tgt):
+                    ok = [v for v in vs if dispatchable(k, cfg, v, dt, tgt)]
+                    out.extend(Task(k, cfg, dt, v, tgt) for v in (ok if every else heaviest(dt, ok)))
     return out
 
 
@@ -134,21 +152,23 @@ def gate_rows(
     *,
     use_cache: bool = True,
     progress: bool = False,
-    target: Target = DEFAULT_TARGET,
+    target: Target | Iterable[Target] = DEFAULT_TARGET,
+    all_variants: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the gate for `target`: one row (dict) per (kernel, config, dtype, variant), in a stable order.
+    """Run the gate for `target` (one or several): one row (dict) per (kernel, config, dtype,
+    variant, target) of ``tasks``, in a stable order (target by target).
 
     ``jobs`` > 1 compiles in a process pool; ``progress`` shows a bar on stderr (when it is a
-    terminal); ``use_cache`` reads and writes the result cache. Keys: kernel, config, dtype,
-    variant, ok, registers, stack, spills, shared, wgmma, gemm, wgmma_required, error (None
-    when ok) and a few more (num_warps, num_stages, local_insts, hgmma_insts, static_shared,
-    seconds, cached).
+    terminal); ``use_cache`` reads and writes the result cache. Keys: those of
+    ``fastres.gate.compile`` (kernel, config, dtype, variant, target, ok, error (None when
+    ok), registers, stack, spills, shared, shared_limit, gemm, tensor_core, ...; on sm_90 also
+    wgmma, wgmma_required, hgmma_insts) and cached.
     """
     refuse_interpreter()
-    todo = tasks(kernels, dtypes, target=target)
+    todo = tasks(kernels, dtypes, target=target, all_variants=all_variants)
     path = cache_file()
     sources = kernel_sources_digest()
-    keys = [row_key(t.kernel, t.config, t.dtype, t.variant, sources=sources, target=target) for t in todo]
+    keys = [row_key(t.kernel, t.config, t.dtype, t.variant, sources=sources, target=t.target) for t in todo]
     cache = load_cache(path) if use_cache else {}
     rows: list[dict | None] = [None] * len(todo)
     missing = []
