@@ -28,9 +28,10 @@ _LAZY = {
     "convert": "fastres.weights",
     "load": "fastres.weights",
     "WeightsError": "fastres.weights",
+    "UnsupportedDeviceError": "fastres.kernels.targets",
 }
 
-__all__ = ["ARCHS", "ResNet", "UnsupportedModelError", "WeightsError", "convert", "from_torchvision", "kernels", "load", "__version__"]
+__all__ = ["ARCHS", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError", "WeightsError", "convert", "from_torchvision", "kernels", "load", "__version__"]
 
 
 _HERE = Path(__file__).resolve().parent

@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fastres {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        from .kernels.targets import UnsupportedDeviceError
+
+        if not isinstance(exc, UnsupportedDeviceError):
+            raise
+        print(f"fastres {args.command}: error: {exc}", file=sys.stderr)  # a card fastres cannot run on
+        return 2
 
 
 def run_subcommand(name: str, argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """What the engine plans for: the device a schedule's tile configs are chosen for.
 
-A schedule depends on the device only through these facts, so a schedule for an H100 can be
-planned (and tested) on a machine without one: `DeviceInfo("NVIDIA H100 80GB HBM3", sms=132)`.
+A schedule depends on the device only through these facts, so a schedule for any card can be
+planned (and tested) on a machine without one: `DeviceInfo("NVIDIA H100 80GB HBM3", sms=132)`,
+`DeviceInfo("NVIDIA L4", sms=58, target="sm_89", max_shared=101376)`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from .kernels._checks import interpreting
 from .kernels.config import NUM_SMS_DEFAULT
+from .kernels.targets import DEFAULT_TARGET, TARGETS, device_facts
 
 CPU_NAME = "cpu-interpreter"
 
@@ -19,15 +21,21 @@ CPU_NAME = "cpu-interpreter"
 class DeviceInfo:
     """name: the card's name (part of the tuning cache key); sms: streaming multiprocessors
     (the split-K heuristic fills them); interpreter: kernels run through triton's CPU
-    interpreter, whose tile sizes are chosen for the interpreter's speed, not a GPU's."""
+    interpreter, whose tile sizes are chosen for the interpreter's speed, not a GPU's;
+    target: the compile target whose gate-cleared config space is used (`kernels.targets`);
+    max_shared: the card's shared memory per block (None: its target's)."""
 
     name: str
     sms: int = NUM_SMS_DEFAULT
     interpreter: bool = False
+    target: str = DEFAULT_TARGET
+    max_shared: int | None = None
 
     def __post_init__(self):
         if self.sms < 1:
             raise ValueError(f"sms must be >= 1, got {self.sms}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; known: {', '.join(TARGETS)}")
 
     @classmethod
     def of(cls, device: torch.device | str) -> "DeviceInfo":
@@ -35,9 +43,12 @@ class DeviceInfo:
         (through the interpreter when TRITON_INTERPRET is set)."""
         device = torch.device(device)
         if device.type == "cuda":
-            props = torch.cuda.get_device_properties(device)
-            return cls(torch.cuda.get_device_name(device), props.multi_processor_count, interpreting())
+            # Refuses cards older than the oldest target (kernels.targets.UnsupportedDeviceError).
+            facts = device_facts(device)
+            return cls(facts.name, facts.sms, interpreting(), facts.target, facts.max_shared)
         return cls(CPU_NAME, NUM_SMS_DEFAULT, interpreting())
 
     def __str__(self) -> str:
-        return f"{self.name} (interpreter)" if self.interpreter else f"{self.name}, {self.sms} SMs"
+        if self.interpreter:
+            return f"{self.name} (interpreter)"
+        return f"{self.name}, {self.target}, {self.sms} SMs"

@@ -65,6 +65,8 @@ class ResNet(torch.nn.Module):
             raise TypeError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        # Read now: a card older than every target is refused here, not at the first launch.
+        self._device_info: DeviceInfo | None = DeviceInfo.of(self.device) if self.device.type == "cuda" else None
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         if tune is True:
             if self.device.type != "cuda":
@@ -83,7 +85,6 @@ class ResNet(torch.nn.Module):
         # Input shapes kept built; the least recently used beyond this is freed.
         self.max_shapes = int(max_shapes)
         self._arenas: collections.OrderedDict[tuple, Arena] = collections.OrderedDict()
-        self._device_info: DeviceInfo | None = None
         self._arenas_lock = threading.Lock()
         self._build_lock = threading.Lock()
 
@@ -139,7 +140,11 @@ class ResNet(torch.nn.Module):
         spec = step.spec
         # The residual is part of the layer: it changes the epilogue and the tiles allowed.
         geometry = (spec.k, spec.stride, spec.pad, spec.cin, spec.cout, *step.in_shape[2:], int(step.residual is not None))
-        return cache_key(self.device_info().name, self.dtype, step.space, geometry, batch)
+        info = self.device_info()
+        # The card's name, and its target: two cards of one name never share a target, but a
+        # cache written by a build that mapped the card differently must not be read.
+        device = info.name if info.interpreter else f"{info.name} ({info.target})"
+        return cache_key(device, self.dtype, step.space, geometry, batch)
 
     def _tune(self, arena: Arena, step: Step, key: str, candidates, example: torch.Tensor):
         """The measured-fastest config of one conv, on the arena's (randomly filled) buffers."""

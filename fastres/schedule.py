@@ -65,7 +65,11 @@ class Step:
             return ()
         m, n, k, taps = self.gemm
         return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 sms=device.sms)
+                                 **_planned_for(device))
+
+
+def _planned_for(device: DeviceInfo) -> dict:
+    return dict(sms=device.sms, target=device.target, max_shared=device.max_shared)
 
 
 def _split_fields(kernel: str, gemm, in_shape: Shape, out_shape, config: Config) -> dict:
@@ -196,7 +200,7 @@ def build_schedule(
         slots = dict(src=None if src is None else src.slot, dst=None if dst is None else dst.slot,
                      residual=None if res is None else res.slot)
         if kernel == MAXPOOL:
-            cfg = select_config("max_pool2d", dtype, interpreter=device.interpreter)
+            cfg = select_config("max_pool2d", dtype, interpreter=device.interpreter, **_planned_for(device))
             steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg))
             continue
         if kernel == HEAD:
@@ -208,7 +212,7 @@ def build_schedule(
             gemm = (N * out_shape[2] * out_shape[3], spec.cout, k, 1 if flat else spec.k * spec.k)
         m, n, k, taps = gemm
         cfg = select_config(space or "conv1x1", dtype, M=m, N=n, K=k, taps=taps, residual=res is not None,
-                            sms=device.sms, interpreter=device.interpreter)
+                            interpreter=device.interpreter, **_planned_for(device))
         steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg, space=space,
                           spec=spec, gemm=gemm, **_split_fields(kernel, gemm, in_shape, out_shape, cfg)))
     return Schedule(arch, (N, 3, H, W), dtype, int(num_classes), device, tuple(caps), tuple(steps))

@@ -1,8 +1,9 @@
 """Tile configurations: the one mechanism that picks block sizes for every kernel.
 
-The launchers, the engine and the Hopper compile gate (``fastres check``) all read the
-config space from here. A config the gate rejects (compile error, spill, shared memory over
-the sm_90 limit, a GEMM without wgmma) is removed from this file, not tolerated.
+The launchers, the engine and the compile gate (``fastres check --target T``) all read the
+config space of each target from here. A config the gate rejects on a target (compile error,
+spill, shared memory over the target's limit, a GEMM without its tensor cores) is left out of
+that target's space (``_EXCLUDED``) or removed from this file, never tolerated.
 
 Rules that shape the space:
 - GEMM tiles have BLOCK_M >= 64 so that Hopper's wgmma (one warpgroup = 64 rows) is used.
@@ -20,6 +21,7 @@ import threading
 import torch
 
 from ._checks import interpreting
+from .targets import DEFAULT_TARGET, TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,30 @@ _SPACE["conv"] = {
 # while the plain epilogue does not: dispatched only to convs without a residual, which are
 # all of ResNet-50's 3x3s (config_space(..., residual=True) leaves them out).
 _NO_RESIDUAL: dict[str, tuple[Config, ...]] = {"conv": (C(128, 128, 64, 4, 4),)}
+# Configs the gate rejected on a target other than sm_90 (`fastres check --target T`): a spill,
+# shared memory over the target's limit, or no tensor-core instruction. Left out of that
+# target's space, never dispatched there.
+# Measured with triton 3.6 and 3.8 (the union of both: small spills come and go between them).
+_CONSUMER = {  # sm_86 / sm_89: 99 KB of shared memory, mma.sync
+    "conv": (C(128, 128, 64, 4, 4), C(128, 64, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 16, 4, 3)),
+    "conv1x1": (C(128, 64, 64, 4, 4),),  # the head's variant needs 122,880 B
+}
+_EXCLUDED: dict[str, dict[str, tuple[Config, ...]]] = {
+    "sm_80": {"conv": (C(128, 128, 64, 4, 4),), "conv_stem": (C(64, 64, 32, 4, 3),)},
+    "sm_86": _CONSUMER,
+    "sm_89": _CONSUMER,
+    "sm_100": {"conv1x1": (C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(128, 64, 64, 4, 4), C(128, 64, 32, 4, 3))},
+    "sm_120": {
+        "conv": (C(128, 128, 64, 4, 4), C(128, 64, 64, 4, 4), C(64, 64, 16, 4, 3)),
+        "conv_stem": (C(64, 64, 16, 4, 3),),
+        "conv1x1": (C(128, 64, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 3)),
+    },
+    # 64 KB of LDS: every tile whose pipeline needs more.
+    "gfx942": {
+        "conv": (C(128, 128, 64, 4, 4), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4)),
+        "conv1x1": (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4)),
+    },
+}
 # conv_stem: the same kernel on its flat-K path (Cin < 16: the stem's 7x7 over 3 channels).
 _SPACE["conv_stem"] = {
     **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
@@ -119,16 +145,40 @@ MIN_SAVED_ITERS = 8
 _local = threading.local()
 
 
-def config_space(kernel: str, dtype: torch.dtype, *, residual: bool = False) -> tuple[Config, ...]:
-    """Every config the engine may dispatch for `kernel` at `dtype` (what the gate compiles);
-    residual=True: only those whose fused residual epilogue does not spill."""
+def config_space(
+    kernel: str, dtype: torch.dtype, *, residual: bool = False, target: str = DEFAULT_TARGET,
+    max_shared: int | None = None,
+) -> tuple[Config, ...]:
+    """Every config the engine may dispatch for `kernel` at `dtype` on `target` (what the gate
+    compiles and clears for it); residual=True: only those whose fused residual epilogue does
+    not spill; max_shared: a device's own shared-memory limit per block, where it is below its
+    target's (configs that could need more are left out)."""
     try:
         space = _SPACE[kernel][dtype]
     except KeyError:
         raise ValueError(f"no config space for kernel {kernel!r} at dtype {dtype}") from None
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    excluded = _EXCLUDED.get(target, {}).get(kernel, ())
+    space = tuple(c for c in space if c not in excluded)
+    if max_shared is not None and max_shared < TARGETS[target].max_shared:
+        space = tuple(c for c in space if shared_bound(kernel, c, dtype) <= max_shared)
     if residual:
         space = tuple(c for c in space if not residual_unsafe(kernel, c))
+    if not space:
+        raise ValueError(f"no config of {kernel!r} at {dtype} fits {target}"
+                         + (f" with {max_shared} bytes of shared memory per block" if max_shared is not None else ""))
     return space
+
+
+def shared_bound(kernel: str, config: Config, dtype: torch.dtype) -> int:
+    """An upper bound of the shared memory a launch with `config` asks for: the software
+    pipeline's A and B tiles (GEMM-type kernels), plus a float32 tile for the epilogue's layout
+    change. The gate measures the real figure per target; this serves devices whose limit is
+    below their target's."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    pipeline = config.num_stages * (config.BLOCK_M + config.BLOCK_N) * config.BLOCK_K * elem if kernel in GEMM_KERNELS else 0
+    return pipeline + config.BLOCK_M * config.BLOCK_N * 4
 
 
 def residual_unsafe(kernel: str, config: Config) -> bool:
@@ -152,12 +202,18 @@ def use_config(kernel: str, config: Config):
             stack[kernel] = old
 
 
-def _num_sms(device: torch.device | None, sms: int | None = None) -> int:
-    if sms is not None:
-        return int(sms)
-    if device is not None and device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return NUM_SMS_DEFAULT
+def _device(device: torch.device | None, sms: int | None, target: str | None,
+            max_shared: int | None) -> tuple[int, str, int | None]:
+    """(SM count, target, shared-memory limit) to choose for: what is given, the rest from a
+    CUDA `device` (read once per device), else an H100's."""
+    if device is not None and device.type == "cuda" and None in (sms, target):
+        from .targets import device_facts
+
+        facts = device_facts(device)
+        sms = facts.sms if sms is None else sms
+        target = facts.target if target is None else target
+        max_shared = facts.max_shared if max_shared is None else max_shared
+    return (NUM_SMS_DEFAULT if sms is None else int(sms)), (target or DEFAULT_TARGET), max_shared
 
 
 def _pow2_at_least(v: int, floor: int = 16) -> int:
@@ -186,18 +242,18 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
 
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
-    residual: bool = False, sms: int | None = None,
+    residual: bool = False, sms: int | None = None, target: str | None = None, max_shared: int | None = None,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space (for a conv with
     a residual, those that take one), and every tile split by `choose_split` where that splits
-    it (the heuristic's own choice is among them). `sms`: the SM count to plan for (default:
-    `device`'s, else NUM_SMS_DEFAULT)."""
-    space = config_space(kernel, dtype, residual=residual)
+    it (the heuristic's own choice is among them). `sms`, `target`, `max_shared`: the device
+    planned for (default: `device`'s, else an H100's: 132 SMs, sm_90)."""
+    sms, target, max_shared = _device(device, sms, target, max_shared)
+    space = config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
     if kernel not in SPLIT_KERNELS:
         return space
-    sms = _num_sms(device, sms)
     out = list(space)
-    for c in config_space(kernel, dtype):
+    for c in config_space(kernel, dtype, target=target, max_shared=max_shared):
         split = choose_split(-(-M // c.BLOCK_M) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
         if split > 1:
             out.append(dataclasses.replace(c, SPLIT_K=split))
@@ -207,6 +263,7 @@ def tuning_candidates(
 def select_config(
     kernel: str, dtype: torch.dtype, *, M: int = 1, N: int = 1, K: int = 1, device: torch.device | None = None,
     taps: int = 1, residual: bool = False, sms: int | None = None, interpreter: bool | None = None,
+    target: str | None = None, max_shared: int | None = None,
 ) -> Config:
     """The config for one launch: a thread's override, else the interpreter's, else a heuristic.
 
@@ -216,9 +273,9 @@ def select_config(
     The heuristic, for GEMM-type kernels: the widest BLOCK_K the reduction fills, tiles no
     wider than the output channels need, then the biggest tile that still gives every SM a
     program, else the smallest tile; a grid that leaves most SMs idle then gets a split K loop
-    (`choose_split`). `sms` and `interpreter` describe the device planned for (default: `device`'s
-    SM count, and whether triton's interpreter is on), so a schedule can be planned for a GPU
-    without one.
+    (`choose_split`). `sms`, `target`, `max_shared` and `interpreter` describe the device planned
+    for (default: `device`'s facts, else an H100's, and whether triton's interpreter is on), so
+    a schedule can be planned for a GPU without one.
     """
     override = getattr(_local, "overrides", {}).get(kernel)
     if override is not None:
@@ -231,7 +288,8 @@ def select_config(
                 BLOCK_K=min(cfg.BLOCK_K, _pow2_at_least(K)),
             )
         return cfg
-    space = config_space(kernel, dtype, residual=residual)
+    sms, target, max_shared = _device(device, sms, target, max_shared)
+    space = config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
     if kernel not in ("conv", "conv_stem", "conv1x1"):
         return space[0]
     kmax = _pow2_at_least(K)
@@ -240,7 +298,6 @@ def select_config(
     # A tile wider than the output channels computes zeros (64 channels in a 128-wide tile).
     narrow = [c for c in cands if c.BLOCK_N <= _pow2_at_least(N)]
     cands = narrow or [c for c in cands if c.BLOCK_N == min(d.BLOCK_N for d in cands)]
-    sms = _num_sms(device, sms)
 
     def programs(c: Config) -> int:
         return -(-M // c.BLOCK_M) * -(-N // c.BLOCK_N)

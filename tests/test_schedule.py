@@ -128,7 +128,7 @@ def test_printed_schedule_lists_every_launch():
     s = resnet50(1)
     text = str(s)
     lines = text.splitlines()
-    assert "resnet50 schedule: input 1x3x224x224, float16" in lines[0] and "132 SMs" in lines[0]
+    assert "resnet50 schedule: input 1x3x224x224, float16" in lines[0] and "sm_90, 132 SMs" in lines[0]
     assert len(lines) == 2 + 55 + 1
     assert lines[-1].startswith("55 launches (16 with a fused residual, 23 with a split K loop)")
     row = next(line for line in lines if " layer4.2.conv2 " in line)
@@ -163,4 +163,4 @@ def test_device_info():
     assert cpu.name == "cpu-interpreter" and cpu.interpreter == fastres.kernels.interpreting()
     with pytest.raises(ValueError, match="sms"):
         DeviceInfo("x", sms=0)
-    assert str(H100) == "NVIDIA H100 80GB HBM3, 132 SMs"
+    assert str(H100) == "NVIDIA H100 80GB HBM3, sm_90, 132 SMs"

@@ -280,15 +280,10 @@ def dtype_name(dtype: str | torch.dtype) -> str:
 def engine_space(kernel: str, dtype: str | torch.dtype, target: Target = DEFAULT_TARGET, *,
                  residual: bool = False) -> tuple[Config, ...]:
     """The configs the engine may dispatch for `kernel` at `dtype` on `target` (residual=True:
-    to a launch with a fused residual): ``kernels.config.target_space`` where the config
-    module has one (per-target spaces), else ``config_space``, the same for every target."""
-    from ..kernels import config as config_mod
+    to a launch with a fused residual): that target's space in ``kernels.config``."""
+    from ..kernels.config import config_space
 
-    dt = DTYPES[dtype_name(dtype)]
-    per_target = getattr(config_mod, "target_space", None)
-    if per_target is not None:
-        return tuple(per_target(kernel, dt, target.name, residual=residual))
-    return config_mod.config_space(kernel, dt, residual=residual)
+    return config_space(kernel, DTYPES[dtype_name(dtype)], residual=residual, target=target.name)
 
 
 def dispatchable(kernel: str, config: Config, variant: Variant, dtype: str | torch.dtype,
