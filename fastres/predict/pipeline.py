@@ -308,15 +308,17 @@ class Batcher:
                 start.record(current)
             logits = (self.engine.forward_pixels(x, self.transform.mean, self.transform.std) if pixels
                       else self.engine(x)).float()
-            probs = torch.softmax(logits, dim=1)
-            batch.values, batch.indices = probs.topk(self.topk, dim=1)
-            batch.logits = logits
+            values, indices = torch.softmax(logits, dim=1).topk(self.topk, dim=1)
             if self.cuda:
+                # Read back into pinned memory behind the forward: `finish` waits for this
+                # batch's event only, not for the batches queued after it.
+                values, indices, logits = (t.to("cpu", non_blocking=True) for t in (values, indices, logits))
                 done = torch.cuda.Event(enable_timing=True)
                 done.record(current)
                 batch.events.update(model_start=start, model_done=done)
                 if pixels:
                     self.consumed[batch.slot] = done
+            batch.values, batch.indices, batch.logits = values, indices, logits
         batch.cpu_model_s = time.perf_counter() - t0
         return batch
 
@@ -326,9 +328,9 @@ class Batcher:
         live = [it for it in batch.items if it.error is None]
         values = indices = logits = None
         if live:
-            values, indices, logits = batch.values.cpu(), batch.indices.cpu(), batch.logits.cpu()
             ev = batch.events
             if self.cuda:
+                ev["model_done"].synchronize()
                 self.stages.add(model=ev["model_start"].elapsed_time(ev["model_done"]) / 1e3)
                 if "gpu_start" in ev:
                     self.stages.add(decode=ev["gpu_start"].elapsed_time(ev["gpu_decoded"]) / 1e3)
@@ -336,6 +338,7 @@ class Batcher:
                         self.stages.add(preprocess=ev["gpu_decoded"].elapsed_time(ev["ready"]) / 1e3)
             else:
                 self.stages.add(model=batch.cpu_model_s)
+            values, indices, logits = batch.values, batch.indices, batch.logits
         out, row = [], 0
         for it in batch.items:
             if it.error is not None:
