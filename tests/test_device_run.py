@@ -41,6 +41,8 @@ def test_device_run_dry(tmp_path):
     assert any(l.startswith("-m fastres check") for l in lines)
     assert any(l.startswith("-m fastres bench layers") for l in lines)
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
+    predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
+    assert "--images" in predict and "--budget-s" in predict and f"--out {out}" in predict
     produced = sorted(p.name for p in out.iterdir())
     assert all(p.is_file() for p in out.iterdir()) and len(produced) <= 8, produced
     assert {"env.txt", "tests.log", "check.log", "bench.log"} <= set(produced)
