@@ -15,6 +15,8 @@
 #                               fastres vs cudnn-eager vs cudnn-eager-graph (stops at --budget-s)
 #   sanitizer    50 s   30-50 s one resnet18 64x64 batch-2 float16 forward (no CUDA graph)
 #                               under compute-sanitizer --tool memcheck
+#   predict      45 s   20-35 s fastres predict's pipeline on 1024 generated ImageNet-size JPEGs,
+#                               resnet50 float16 batch 64/256: engine alone, CPU decode, nvjpeg
 #   compile   <= 90 s   40-60 s torch.compile (default mode) on resnet50 batch 32 float16, only
 #                               if >= 50 s are left (inductor compiles for most of that)
 #   report       15 s    ~5 s   markdown + plot from the results JSON, then the short table
@@ -170,6 +172,10 @@ else
   echo "compute-sanitizer not found: skipped" >"$OUT/sanitizer.log"
   STEPS+=("$(printf '%-10s %-9s %5s %5s' sanitizer missing - -)")
 fi
+
+# ---- fastres predict's image pipeline (results merge into the same JSON) ---------------------
+step predict 45 "$BENCH" "$PY" -m fastres bench predict --out "$WORK" --date "$DATE" --no-plot \
+  --models resnet50 --batches 64,256 --dtypes float16 --images 1024 --warmup-ms 10 --rep-ms 50 --budget-s 35
 
 # ---- torch.compile, if time is left ------------------------------------------------------
 if [ $(( $(left) - 15 )) -ge 50 ]; then

@@ -4,6 +4,7 @@ Public API (see README.md):
     fastres.from_torchvision(model, dtype=torch.float16) -> fastres.ResNet
     fastres.convert(src, out=None, *, arch=None, dtype=torch.float16) -> pathlib.Path
     fastres.load(path, device="cuda") -> fastres.ResNet
+    fastres.Predictor(weights_or_model, ...)  (classify image files or uint8 tensors)
     fastres.kernels  (the Triton kernels and their launchers)
 
 Attributes load on first use (PEP 562), so that `fastres.cli` can decide on triton's CPU
@@ -29,9 +30,12 @@ _LAZY = {
     "load": "fastres.weights",
     "WeightsError": "fastres.weights",
     "UnsupportedDeviceError": "fastres.kernels.targets",
+    "Predictor": "fastres.predict.predictor",
+    "Prediction": "fastres.predict.output",
 }
 
-__all__ = ["ARCHS", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError", "WeightsError", "convert", "from_torchvision", "kernels", "load", "__version__"]
+__all__ = ["ARCHS", "Prediction", "Predictor", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError", "WeightsError",
+           "convert", "from_torchvision", "kernels", "load", "__version__"]
 
 
 _HERE = Path(__file__).resolve().parent

@@ -19,15 +19,17 @@ class Arena:
     """Buffers, bound launches and (on CUDA, once captured) the graph of one schedule.
 
     params: the engine's folded parameters by state_dict key; logits_dtype: the dtype the
-    caller's input has and its logits get.
+    caller's input has and its logits get (float32 for pixels); normalize: for uint8 pixel
+    inputs, the stem's `kernels.pixel_norm` table.
     """
 
     def __init__(self, schedule: Schedule, params: Mapping[str, torch.Tensor], device: torch.device,
-                 logits_dtype: torch.dtype):
+                 logits_dtype: torch.dtype, normalize: torch.Tensor | None = None):
         self.lock = threading.Lock()
         self.schedule = schedule
         self.params = params
         self.device = device
+        self.normalize = normalize
         N = schedule.input_shape[0]
         cuda = device.type == "cuda"
         # Streams that have used the buffers: the allocator must not hand them out again until
@@ -87,7 +89,9 @@ class Arena:
         w, b = p[f"{spec.name}.weight"], p[f"{spec.name}.bias"]
         y, r = self.view(step.dst, step.out_shape), self.view(step.residual, step.out_shape)
         if step.kernel == STEM:
-            return lambda x: K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws)
+            norm = self.normalize
+            return lambda x: K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws,
+                                         normalize=norm)
         if step.kernel == CONV1X1:
             return lambda x: K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
                                        workspace=ws)
@@ -123,7 +127,7 @@ class Arena:
 
     def tensors(self) -> list[torch.Tensor]:
         """Every buffer the steps read or write."""
-        return [t for t in (*self.slots, self.logits, self.workspace, self.static_input) if t is not None]
+        return [t for t in (*self.slots, self.logits, self.workspace, self.static_input, self.normalize) if t is not None]
 
     def mark_used(self) -> None:
         """Record that the current stream's work so far is the buffers' last use."""

@@ -1,4 +1,4 @@
-"""The `fastres` command line: run, convert, bench, check.
+"""The `fastres` command line: run, convert, bench, check, predict.
 
 Each subcommand lives in its own module exposing ``configure(parser)`` and ``main(args) -> int``.
 A user mistake is one clear line on stderr and a non-zero exit, never a traceback.
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "bench": ("fastres.benchmark.cli", "benchmark fastres against cuDNN (end to end and per layer)"),
     "check": ("fastres.gate.cli",
               "compile every dispatchable kernel config for GPU targets (default: Hopper, sm_90) and inspect the binaries"),
+    "predict": ("fastres.predict.cli", "classify image files (JSON lines or CSV out), preprocessed as torchvision does"),
 }
 
 
@@ -43,7 +44,7 @@ def _version() -> str:
 
 # Subcommands that run kernels: without CUDA they go through triton's CPU interpreter, which
 # must be chosen before any kernel module is imported (triton reads it when kernels are defined).
-_INTERPRETED = ("run", "bench")
+_INTERPRETED = ("run", "bench", "predict")
 
 
 def _prepare_environment(argv: list[str]) -> None:

@@ -8,6 +8,7 @@ CUDA a captured graph). A repeated forward at a known shape allocates nothing bu
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import warnings
 from typing import Mapping, Sequence
@@ -23,6 +24,9 @@ from .streams import owned_stream
 from .tuning import Tuner, cache_key
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# torchvision's ImageNet normalization (every torchvision ResNet's weights use it).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 ENGINE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # triton's interpreter patches triton.language while it runs a kernel: not thread-safe.
 _INTERPRETER_LOCK = threading.Lock()
@@ -34,7 +38,8 @@ class ResNet(torch.nn.Module):
     Build with `fastres.from_torchvision(model)` or `fastres.load(path)`. Call with x
     [N, 3, H, W] float32/float16/bfloat16 (NCHW or channels_last) on the engine's device;
     returns logits [N, num_classes] in x's dtype. Internally activations are NHWC in
-    `dtype`, BatchNorm is folded, accumulation is float32.
+    `dtype`, BatchNorm is folded, accumulation is float32. `forward_pixels(x)` takes uint8
+    pixels instead and normalizes them inside the stem.
     """
 
     def __init__(
@@ -103,15 +108,17 @@ class ResNet(torch.nn.Module):
         return f"arch={self.arch}, num_classes={self.num_classes}, dtype={self.dtype}, device={self.device}"
 
     # -- input checks -----------------------------------------------------------------
-    def _check_input(self, x) -> None:
+    def _check_input(self, x, dtypes=_INPUT_DTYPES) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"x must be [N, 3, H, W] (rank 4), got rank {x.dim()} with shape {tuple(x.shape)}")
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if x.dtype not in _INPUT_DTYPES:
-            raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.dtype not in dtypes:
+            names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+            raise TypeError(f"x must be {names}, got {x.dtype}" + (
+                " (uint8 pixels go to forward_pixels)" if x.dtype == torch.uint8 else ""))
         if x.device != self.device:
             raise ValueError(f"x is on {x.device} but the engine is on {self.device}")
         if x.shape[2] < 1 or x.shape[3] < 1:
@@ -153,7 +160,10 @@ class ResNet(torch.nn.Module):
             if step.kernel == STEM:
                 # Laid out as the caller's input: the stem's kernel is specialized on its strides.
                 x = torch.empty_strided(example.shape, example.stride(), device=self.device, dtype=example.dtype)
-                x.copy_(torch.randn(example.shape, device=self.device))
+                if example.dtype == torch.uint8:
+                    x.copy_(torch.randint(0, 256, example.shape, device=self.device, dtype=torch.uint8))
+                else:
+                    x.copy_(torch.randn(example.shape, device=self.device))
             for slot, shape in ((step.src, step.in_shape), (step.residual, step.out_shape)):
                 if slot is not None:
                     arena.view(slot, shape).normal_()
@@ -176,12 +186,17 @@ class ResNet(torch.nn.Module):
             warnings.warn(f"fastres: compiling ahead in parallel failed ({type(exc).__name__}: {exc}); kernels "
                           "compile one by one at their first launch instead", stacklevel=4)
 
-    def _build(self, example: torch.Tensor) -> Arena:
+    def _build(self, example: torch.Tensor, norm: tuple | None = None) -> Arena:
         """The schedule, buffers, configs (tuned if asked) and compiled kernels of example's
-        shape, dtype and layout (its values are not read)."""
+        shape, dtype and layout (its values are not read); norm: (mean, std) of uint8 pixels."""
         N, _, H, W = example.shape
         schedule = self.schedule(example)
-        arena = Arena(schedule, self._params, self.device, example.dtype)
+        if norm is None:
+            arena = Arena(schedule, self._params, self.device, example.dtype)
+        else:
+            with torch.inference_mode(False):
+                table = K.pixel_norm(*norm, device=self.device)
+            arena = Arena(schedule, self._params, self.device, torch.float32, normalize=table)
         # step index -> (cache key, candidates) of the convs tuning still has to measure
         tuning: dict[int, tuple[str, tuple]] = {}
         configs: dict[int, tuple] = {}
@@ -211,13 +226,13 @@ class ResNet(torch.nn.Module):
             arena.reschedule(schedule.with_configs(cached))
         return arena
 
-    def _arena(self, x: torch.Tensor) -> Arena:
+    def _arena(self, x: torch.Tensor, norm: tuple | None = None) -> Arena:
         """The arena of x's shape: built (tuned, captured) on first use. One per shape, whatever
         the stream: a server that takes a fresh stream per request must not rebuild and
         recapture (each capture synchronizes the device); the arena orders its uses across
         streams with an event."""
         N, _, H, W = x.shape
-        key = (N, H, W, x.dtype)
+        key = (N, H, W, x.dtype, norm)
         with self._arenas_lock:
             arena = self._arenas.get(key)
             if arena is not None:
@@ -229,7 +244,7 @@ class ResNet(torch.nn.Module):
             with self._arenas_lock:
                 arena = self._arenas.get(key)
             if arena is None:
-                arena = self._build(x)
+                arena = self._build(x, norm)
                 if self.cuda_graph:
                     with owned_stream(self.device) as stream:
                         arena.capture(x, stream)
@@ -248,12 +263,29 @@ class ResNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        N = x.shape[0]
-        if N == 0:
-            return torch.empty((0, self.num_classes), device=self.device, dtype=x.dtype)
+        return self._forward(x, None, x.dtype)
+
+    def forward_pixels(self, pixels: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+        """Logits (float32) of uint8 pixels [N, 3, H, W] (NCHW, channels_last or any strides),
+        normalized as torchvision's transforms normalize them, ((x / 255) - mean) / std, but
+        inside the stem's loads: the batch crosses to the GPU and is read at one byte per
+        value, and no normalized copy of it is ever written. The same logits as `forward` on
+        torchvision's normalized float32 batch (bitwise: the stem's GEMM operand is the same)."""
+        self._check_input(pixels, dtypes=(torch.uint8,))
+        norm = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        if len(norm[0]) != 3 or len(norm[1]) != 3:
+            raise ValueError(f"mean and std need 3 values (one per channel), got {len(norm[0])} and {len(norm[1])}")
+        if not all(math.isfinite(v) for v in norm[0] + norm[1]) or min(norm[1]) <= 0:
+            raise ValueError(f"std must be positive and mean and std finite, got mean {norm[0]}, std {norm[1]}")
+        return self._forward(pixels, norm, torch.float32)
+
+    def _forward(self, x: torch.Tensor, norm: tuple | None, logits_dtype: torch.dtype) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return torch.empty((0, self.num_classes), device=self.device, dtype=logits_dtype)
         if self.device.type == "cuda":
             # Triton launches on the current device: make it the engine's.
             with torch.cuda.device(self.device):
-                return self._arena(x).forward(x)
+                return self._arena(x, norm).forward(x)
         with _INTERPRETER_LOCK:
-            return self._arena(x).forward(x)
+            return self._arena(x, norm).forward(x)

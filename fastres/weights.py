@@ -116,22 +116,30 @@ def _unpack(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.permute(0, 3, 1, 2) if v.dim() == 4 else v) for k, v in tensors.items()}
 
 
-def convert(
-    src,
-    out: str | os.PathLike | None = None,
-    *,
-    arch: str | None = None,
-    dtype: torch.dtype | str = torch.float16,
-    verbose: bool = False,
-) -> Path:
-    """Convert a torchvision ResNet checkpoint into a fastres .safetensors file; returns its path.
+def torchvision_weights_name(path: Path, sha256: str, arch: str, num_classes: int) -> str | None:
+    """The torchvision weights entry (e.g. "ResNet50_Weights.IMAGENET1K_V2") a checkpoint file
+    came from, or None: its file name is the entry's download name (torchvision names them
+    `<arch>-<first 8 hex digits of the file's sha256>.pth`), or its sha256 starts with those 8
+    digits (a renamed download); the entry must be for `arch` with `num_classes` categories."""
+    try:
+        from torchvision.models import get_model_weights
 
-    src: a .pth/.pt state_dict (or a dict holding one under "state_dict"/"model"), a
-    .safetensors state_dict, a state_dict mapping, or a torchvision ResNet module.
-    arch: inferred from the keys and shapes; when given, it must agree with them.
-    out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
-    Raises WeightsError (a ValueError) for anything it cannot convert exactly.
-    """
+        entries = list(get_model_weights(arch))
+    except Exception:  # noqa: BLE001 - no torchvision, or one without this arch's weights
+        return None
+    for entry in entries:
+        filename = entry.url.rsplit("/", 1)[-1]
+        digits = Path(filename).stem.rsplit("-", 1)[-1].lower()
+        same = path.name == filename or (len(digits) >= 8 and sha256.lower().startswith(digits))
+        if same and len(entry.meta.get("categories") or ()) == num_classes:
+            return f"{type(entry).__name__}.{entry.name}"
+    return None
+
+
+def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.float16,
+            verbose: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    """(folded parameters, the file's metadata, the default file name's stem) of a source:
+    what `convert` writes, without writing it. Raises WeightsError like `convert`."""
     from .build import check_module
     from .plan import ARCHS, UnsupportedModelError, fold_params, infer_arch
 
@@ -139,6 +147,7 @@ def convert(
     if arch is not None and arch not in ARCHS:
         raise WeightsError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
     eps: float | dict[str, float] = 1e-5  # torchvision's BatchNorm2d default; a state_dict does not record it
+    path = None
     try:
         if isinstance(src, torch.nn.Module):
             found, _, eps = check_module(src)
@@ -164,7 +173,6 @@ def convert(
 
     from . import __version__
 
-    target = Path(out) if out is not None else DEFAULT_DIR / f"{name}-{_dtype_name(dtype)}.safetensors"
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -174,6 +182,32 @@ def convert(
         "source_sha256": sha,
         "fastres_version": __version__,
     }
+    origin = torchvision_weights_name(path, sha, found, num_classes) if path is not None else None
+    if origin is not None:
+        metadata["torchvision_weights"] = origin
+    return params, metadata, name
+
+
+def convert(
+    src,
+    out: str | os.PathLike | None = None,
+    *,
+    arch: str | None = None,
+    dtype: torch.dtype | str = torch.float16,
+    verbose: bool = False,
+) -> Path:
+    """Convert a torchvision ResNet checkpoint into a fastres .safetensors file; returns its path.
+
+    src: a .pth/.pt state_dict (or a dict holding one under "state_dict"/"model"), a
+    .safetensors state_dict, a state_dict mapping, or a torchvision ResNet module.
+    arch: inferred from the keys and shapes; when given, it must agree with them.
+    out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
+    A source file downloaded from torchvision (its file name or sha256 says which weights
+    entry) is recorded as `torchvision_weights`, so that `fastres predict` uses its transforms.
+    Raises WeightsError (a ValueError) for anything it cannot convert exactly.
+    """
+    params, metadata, name = prepare(src, arch=arch, dtype=dtype, verbose=verbose)
+    target = Path(out) if out is not None else DEFAULT_DIR / f"{name}-{metadata['dtype']}.safetensors"
     _atomic_save(_pack(params), metadata, target)
     if verbose:
         print(f"wrote {target}", file=sys.stderr)
@@ -252,6 +286,40 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
     return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph, tune=tune)
 
 
+def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, dtype=None,
+               cuda_graph: bool = True, tune=False):
+    """(fastres.ResNet, metadata) of a converted .safetensors file or of a torchvision
+    checkpoint (.pth / .pt, folded in memory at `dtype`, default float16). A converted file
+    runs in its own dtype: `dtype`, when given, must be it. Raises WeightsError or
+    FileNotFoundError."""
+    from .engine import ResNet
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".safetensors" and _is_converted(path):
+        meta = read_metadata(path)
+        if dtype is not None and _dtype(dtype) != DTYPES[meta["dtype"]]:
+            raise WeightsError(f"{path} holds {meta['dtype']} weights, not {_dtype_name(_dtype(dtype))}: convert the "
+                               f"checkpoint again with --dtype {_dtype_name(_dtype(dtype))}")
+        return load(path, device, cuda_graph=cuda_graph, tune=tune), meta
+    params, meta, _ = prepare(path, dtype=torch.float16 if dtype is None else dtype)
+    model = ResNet(meta["arch"], params, num_classes=int(meta["num_classes"]), dtype=DTYPES[meta["dtype"]],
+                   device=device, cuda_graph=cuda_graph, tune=tune)
+    return model, meta
+
+
+def _is_converted(path: Path) -> bool:
+    """A .safetensors file written by `convert` (else: a torchvision state_dict to fold)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - damaged: read_metadata / _read_state_dict say how
+        return True
+
+
 # -- command line -----------------------------------------------------------------------
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -274,5 +342,6 @@ def main(args) -> int:
         raise UserError(str(exc)) from None
     meta = read_metadata(path)
     size = path.stat().st_size / 1e6
-    print(f"{path}: {meta['arch']}, {meta['num_classes']} classes, {meta['dtype']}, {size:.1f} MB")
+    origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else ""
+    print(f"{path}: {meta['arch']}, {meta['num_classes']} classes, {meta['dtype']}, {size:.1f} MB{origin}")
     return 0

@@ -2,7 +2,8 @@
 
     conv_bn_relu(x, w, b, *, stride=1, padding=0, relu=True, residual=None)
     conv1x1(x, w, b, *, stride=1, relu=True, residual=None)
-    stem_conv(x, w, b, *, stride=2, padding=3)   (any input layout and float dtype)
+    stem_conv(x, w, b, *, stride=2, padding=3)   (any input layout and float dtype;
+        uint8 pixels with normalize=pixel_norm(mean, std))
     add_relu(x, residual)
     max_pool2d(x, kernel_size=3, stride=2, padding=1)
     avgpool_fc(x, w, b)
@@ -15,7 +16,7 @@ On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUD
 """
 from ._checks import interpreting
 from .config import Config, config_space, select_config, tuning_candidates, use_config
-from .conv import conv_bn_relu, stem_conv
+from .conv import conv_bn_relu, pixel_norm, stem_conv
 from .elementwise import add_relu
 from .fold import fold_bn
 from .gemm1x1 import conv1x1
@@ -26,5 +27,5 @@ from .pool import max_pool2d
 __all__ = [
     "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
     "can_precompile", "precompiling",
-    "conv_bn_relu", "stem_conv", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
+    "conv_bn_relu", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
 ]

@@ -3,6 +3,15 @@
 GEMM view: M = N*OH*OW output pixels, N = Cout, K = KH*KW*Cin, with K ordered (kh, kw, cin)
 so that both operands are contiguous in cin: activations are NHWC, weights [Cout, KH, KW, Cin]
 (a channels_last [Cout, Cin, KH, KW] tensor).
+
+The stem may read uint8 pixels and normalize them inside its loads (``stem_conv(...,
+normalize=pixel_norm(mean, std))``): ((x / 255) - mean) / std per channel, with the zero
+padding in normalized space. The operand it feeds the dot is bitwise the one torchvision's
+``convert_image_dtype`` + ``normalize`` (float32) then the cast to the weights' dtype give:
+IEEE divisions for float32 weights; for float16 / bfloat16 one multiply-add,
+x * (1 / (255 std)) + (-mean / std), whose float32 result rounds to the same half value for
+every one of the 256 pixel values of each ImageNet channel (checked exhaustively, with and
+without FMA contraction, by tests/test_conv.py).
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_precision, check_same_dtype,
+    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_precision, check_same_dtype,
     check_tensor, nhwc_strides, out_size, pair,
 )
 from .config import Config, select_config
@@ -21,11 +30,32 @@ from .indexing import grouped_tile, nhwc_rows
 from .splitk import config_splits, finish_tile, reduce_partials, split_workspace
 from .launch import launch
 
+# How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
+NORM_NONE, NORM_FMA, NORM_IEEE = 0, 1, 2
+# Rows of a pixel_norm table ([4, C] float32).
+_MEAN, _STD, _SCALE, _SHIFT = range(4)
+
+
+@triton.jit
+def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
+    """uint8 pixels -> ((a / 255) - mean[c]) / std[c] in float32; 0 where a_ok is False (the
+    zero padding is zero in normalized space). c: the channel of each K column."""
+    v = a.to(tl.float32)
+    if NORMALIZE == 2:
+        mean = tl.load(n_ptr + 0 * C + c, mask=k_ok, other=0.0)
+        std = tl.load(n_ptr + 1 * C + c, mask=k_ok, other=1.0)
+        v = tl.math.div_rn(tl.math.div_rn(v, 255.0) - mean[None, :], std[None, :])
+    else:
+        scale = tl.load(n_ptr + 2 * C + c, mask=k_ok, other=0.0)
+        shift = tl.load(n_ptr + 3 * C + c, mask=k_ok, other=0.0)
+        v = v * scale[None, :] + shift[None, :]
+    return tl.where(a_ok, v, 0.0)
+
 
 @triton.jit
 def _conv_kernel(
-    # pointers
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr,
+    # pointers (n_ptr: the stem's pixel_norm table, read only when NORMALIZE)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, n_ptr,
     # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
     M, H, W, C, OH, OW, CO, SH, SW, PH, PW, ITERS,
     # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order; the
@@ -38,6 +68,7 @@ def _conv_kernel(
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+    NORMALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
@@ -70,6 +101,8 @@ def _conv_kernel(
             iw = iw0[:, None] + kw[None, :]
             a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + x_row[:, None] + (kh * sxh + kw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
+            if NORMALIZE != 0:
+                a = _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE)
             b = tl.load(
                 w_ptr + w_col[None, :] + (kh * swh + kw * sww + c * swc)[:, None],
                 mask=k_ok[:, None] & n_ok[None, :], other=0.0,
@@ -135,9 +168,10 @@ class ConvGeometry(NamedTuple):
 def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False) -> ConvGeometry:
     """Validate a fused-conv call and return its geometry (shared by conv and conv1x1).
 
-    any_input: x may have any float dtype and memory layout (the stem reads the user's input).
+    any_input: x may have any float dtype and memory layout (the stem reads the user's input);
+    "pixels": also uint8 (pixel values the stem normalizes).
     """
-    check_tensor("x", x, rank=4)
+    check_tensor("x", x, rank=4, dtypes=FLOAT_DTYPES + (torch.uint8,) if any_input == "pixels" else FLOAT_DTYPES)
     check_tensor("w", w, rank=4)
     check_device(x=x, w=w, b=b, residual=residual, out=out)
     if not any_input:
@@ -189,7 +223,7 @@ def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None
                          residual=residual)
 
 
-def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace) -> torch.Tensor:
+def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace, norm=None) -> torch.Tensor:
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     splits, iters = config_splits(cfg, k, 1 if flat else g.KH * g.KW)
@@ -199,12 +233,13 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
         return y
     r = residual if residual is not None else y
     grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
+    mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype == torch.float32 else NORM_FMA)
     launch(_conv_kernel, grid,
-        x, w, b, r, y, ws,
+        x, w, b, r, y, ws, b if norm is None else norm,
         g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
-        SPLIT=splits > 1, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        SPLIT=splits > 1, NORMALIZE=mode, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
     if splits > 1:
         reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
@@ -241,6 +276,40 @@ def conv_bn_relu(
     return _launch_conv(x, w, b, g, relu, residual, out, config, workspace)
 
 
+def pixel_norm(mean, std, device: torch.device | str | None = None) -> torch.Tensor:
+    """The table `stem_conv(..., normalize=)` reads for pixels normalized as torchvision does,
+    ((x / 255) - mean) / std per channel: float32 [4, C], rows mean, std (as torchvision casts
+    them) and the multiply-add's 1 / (255 std) and -mean / std (computed in float64, rounded once).
+    """
+    m64 = torch.as_tensor(mean, dtype=torch.float64).flatten()
+    s64 = torch.as_tensor(std, dtype=torch.float64).flatten()
+    if m64.numel() != s64.numel() or m64.numel() == 0:
+        raise ValueError(f"mean and std must have one value per channel, got {m64.numel()} and {s64.numel()}")
+    if not bool((s64 > 0).all()) or not bool(torch.isfinite(m64).all() and torch.isfinite(s64).all()):
+        raise ValueError(f"std must be positive and mean and std finite, got mean {m64.tolist()}, std {s64.tolist()}")
+    rows = (m64.float(), s64.float(), (1.0 / (255.0 * s64)).float(), (-m64 / s64).float())
+    return torch.stack(rows).to(device)
+
+
+def _check_norm(x: torch.Tensor, normalize: torch.Tensor | None) -> None:
+    if normalize is None:
+        if x.dtype == torch.uint8:
+            raise TypeError("x is uint8 (pixels): pass normalize=pixel_norm(mean, std) to say how to normalize them")
+        return
+    if x.dtype != torch.uint8:
+        raise TypeError(f"normalize= is for uint8 pixels, but x is {x.dtype} (normalize float inputs beforehand)")
+    C = x.shape[1]
+    if not isinstance(normalize, torch.Tensor) or normalize.dtype != torch.float32 or tuple(normalize.shape) != (4, C):
+        got = f"{normalize.dtype} {tuple(normalize.shape)}" if isinstance(normalize, torch.Tensor) else type(normalize).__name__
+        raise ValueError(f"normalize must be pixel_norm(mean, std): float32 of shape (4, {C}), got {got}")
+    if not normalize.is_contiguous():
+        raise ValueError("normalize must be contiguous (as pixel_norm makes it)")
+    if normalize.device != x.device:
+        raise ValueError(f"normalize is on {normalize.device} but x is on {x.device}")
+    if C >= 16:
+        raise ValueError(f"uint8 pixels with {C} channels: the stem normalizes pixels of up to 15 channels (its flat-K path)")
+
+
 def stem_conv(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -253,13 +322,19 @@ def stem_conv(
     input_precision: str = "ieee",
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
+    normalize: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """conv_bn_relu for the network's first layer, reading the user's input as it is.
 
     x: [N, Cin, H, W] float32 / float16 / bfloat16 in any memory layout (NCHW read in place);
     it is cast to w's dtype as it is loaded, so the NCHW -> NHWC pack and the input cast cost
     no extra pass. w: [Cout, Cin, KH, KW] channels_last; b: [Cout] float32.
+    Or x uint8 pixels (any layout) with normalize=pixel_norm(mean, std): each loaded value
+    becomes ((x / 255) - mean) / std exactly as torchvision computes it, and the padding is
+    zero in normalized space, so the GPU reads one byte per pixel value and no normalized
+    copy of the batch is ever written.
     Returns [N, Cout, OH, OW] channels_last in w's dtype.
     """
-    g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input=True)
-    return _launch_conv(x, w, b, g, relu, None, out, config, workspace)
+    g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input="pixels")
+    _check_norm(x, normalize)
+    return _launch_conv(x, w, b, g, relu, None, out, config, workspace, normalize)

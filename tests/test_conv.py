@@ -334,12 +334,111 @@ def test_stem_conv_checks(device):
         K.stem_conv(x, wt.contiguous(), b)
     with pytest.raises(ValueError, match=r"w has 3 input channels .*but x has 4"):
         K.stem_conv(torch.randn(1, 4, 9, 9, device=device), wt, b)
-    with pytest.raises(TypeError, match=r"x must have dtype in .*got torch.uint8"):
+    with pytest.raises(TypeError, match=r"x is uint8 \(pixels\): pass normalize="):
         K.stem_conv(x.to(torch.uint8), wt, b)
+    with pytest.raises(TypeError, match=r"x must have dtype in .*got torch.int32"):
+        K.stem_conv(x.to(torch.int32), wt, b)
     with pytest.raises(TypeError, match=r"out must have dtype torch.float16 .*got torch.float32"):
         K.stem_conv(x, wt, b, out=poisoned_out((1, 64, 5, 5), torch.float32, device))
     with pytest.raises(ValueError, match=r"w is on meta but x is on"):
         K.stem_conv(x, wt.to("meta"), b)
+
+
+# ---------------------------------------------------------------- stem_conv on uint8 pixels
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def torchvision_normalized(pixels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """What torchvision's classification transforms make of uint8 pixels (float32)."""
+    import torchvision.transforms.functional as TF
+
+    return TF.normalize(TF.convert_image_dtype(pixels.cpu(), torch.float), list(mean), list(std))
+
+
+def every_pixel_value(n, h, w, layout, device):
+    """uint8 [n, 3, h, w] holding each of the 256 values in every channel (then random ones)."""
+    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8)
+    for c in range(3):
+        x[0, c].view(-1)[:256] = torch.roll(torch.arange(256, dtype=torch.uint8), 37 * c)
+    if layout == "channels_last":
+        return nhwc(x).to(device)
+    if layout == "strided":
+        big = torch.zeros(n + 1, 3, h + 2, w + 3, dtype=torch.uint8)
+        big[1:, :, 1:1 + h, 2:2 + w] = x
+        return big.to(device)[1:, :, 1:1 + h, 2:2 + w]
+    return x.to(device)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("w_dtype", DTYPES, ids=dtype_id)
+def test_stem_pixels_are_bitwise_the_float_path(w_dtype, layout, device):
+    """uint8 pixels normalized in the stem's loads give bitwise the stem's output on
+    torchvision's normalized float32 batch: the same GEMM operand, zero padding included."""
+    x = every_pixel_value(2, 17, 16, layout, device)
+    wt = rand_nhwc(64, 3, 7, 7, dtype=w_dtype, device=device, scale=(3 * 49) ** -0.5)
+    b = (torch.randn(64) * 0.5).to(device)
+    y = K.stem_conv(x, wt, b, normalize=K.pixel_norm(IMAGENET_MEAN, IMAGENET_STD, device))
+    floats = torchvision_normalized(x).to(device)
+    assert y.dtype == w_dtype and torch.equal(y, K.stem_conv(floats, wt, b))
+    # and the float path is the convolution of the normalized image padded with zeros
+    padded = F.pad(floats.double().cpu(), (3, 3, 3, 3), value=0.0)
+    assert_close(y, ref_conv(padded, wt, b, stride=2, padding=0), KERNEL_RTOL[w_dtype], what="stem on pixels")
+
+
+def test_stem_pixels_padding_is_zero_in_normalized_space(device):
+    """A black image: every normalized value is -mean/std, the border taps read 0, not that."""
+    x = torch.zeros(1, 3, 9, 9, dtype=torch.uint8, device=device)
+    wt = nhwc(torch.ones(1, 3, 7, 7)).to(device)
+    b = torch.zeros(1, device=device)
+    y = K.stem_conv(x, wt, b, relu=False, normalize=K.pixel_norm(IMAGENET_MEAN, IMAGENET_STD, device))
+    per_tap = sum(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    # output (0, 0) covers input rows/cols -3..3: 4x4 taps inside, the rest padding
+    assert y[0, 0, 0, 0].item() == pytest.approx(16 * per_tap, rel=1e-5)
+    assert y[0, 0, 2, 2].item() == pytest.approx(49 * per_tap, rel=1e-5)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_stem_pixels_multiply_add_rounds_like_torchvision(half):
+    """For half weights the stem normalizes with one multiply-add (kernels/conv.py): for every
+    pixel value of every ImageNet channel its float32 result, rounded once (FMA) or twice,
+    casts to the same half value as torchvision's ((x / 255) - mean) / std."""
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
+    expected = torchvision_normalized(pixels).to(half)
+    table = K.pixel_norm(IMAGENET_MEAN, IMAGENET_STD)
+    scale, shift = table[2].view(3, 1, 1), table[3].view(3, 1, 1)
+    x = pixels.float()
+    two_roundings = x * scale + shift
+    fma = (x.double() * scale.double() + shift.double()).float()
+    assert torch.equal(two_roundings.to(half), expected) and torch.equal(fma.to(half), expected)
+
+
+def test_pixel_norm_table():
+    t = K.pixel_norm([0.5, 0.25], [0.5, 2.0])
+    assert t.dtype == torch.float32 and t.shape == (4, 2)
+    assert t[:, 0].tolist() == pytest.approx([0.5, 0.5, 1 / 127.5, -1.0])
+    with pytest.raises(ValueError, match="one value per channel"):
+        K.pixel_norm([0.5, 0.5], [0.5])
+    with pytest.raises(ValueError, match="std must be positive"):
+        K.pixel_norm([0.5], [0.0])
+
+
+def test_stem_pixels_checks(device):
+    x = torch.zeros(1, 3, 9, 9, dtype=torch.uint8, device=device)
+    wt = rand_nhwc(64, 3, 7, 7, device=device)
+    b = torch.zeros(64, device=device)
+    norm = K.pixel_norm(IMAGENET_MEAN, IMAGENET_STD, device)
+    with pytest.raises(TypeError, match=r"normalize= is for uint8 pixels, but x is torch.float32"):
+        K.stem_conv(x.float(), wt, b, normalize=norm)
+    with pytest.raises(ValueError, match=r"normalize must be pixel_norm\(mean, std\): float32 of shape \(4, 3\)"):
+        K.stem_conv(x, wt, b, normalize=norm[:2])
+    with pytest.raises(ValueError, match=r"normalize must be contiguous"):
+        K.stem_conv(x, wt, b, normalize=norm.t().contiguous().t())
+    with pytest.raises(ValueError, match=r"stem normalizes pixels of up to 15 channels"):
+        K.stem_conv(torch.zeros(1, 16, 9, 9, dtype=torch.uint8, device=device), rand_nhwc(8, 16, 3, 3, device=device),
+                    torch.zeros(8, device=device), normalize=K.pixel_norm([0.5] * 16, [0.5] * 16, device))
+    with pytest.raises(TypeError, match=r"must have dtype in"):
+        K.conv_bn_relu(nhwc(x), wt, b)  # only the stem reads pixels
 
 
 # ---------------------------------------------------------------- fuzz

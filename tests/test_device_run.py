@@ -68,6 +68,8 @@ def test_device_run_dry(tmp_path):
     assert any(l.startswith("-m fastres check") for l in lines)
     assert any(l.startswith("-m fastres bench layers") for l in lines)
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
+    predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
+    assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict
     produced = assert_flat_and_few(out)
     assert {"env.txt", "tests.log", "check.log", "bench.log"} <= set(produced)
     assert "steps (name, outcome, seconds, cap)" in proc.stdout

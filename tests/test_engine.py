@@ -135,7 +135,7 @@ def test_empty_batch(engine):
     [
         (lambda: torch.randn(1, 4, 16, 16), ValueError, ["3 channels", "4"]),
         (lambda: torch.randn(3, 16, 16), ValueError, ["rank 4", "rank 3"]),
-        (lambda: torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8), TypeError, ["torch.uint8"]),
+        (lambda: torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8), TypeError, ["torch.uint8", "forward_pixels"]),
         (lambda: torch.randn(1, 3, 16, 16, device="meta"), ValueError, ["meta", "engine"]),
         (lambda: torch.randn(1, 3, 0, 16), ValueError, ["too small", "0x16"]),
         (lambda: [[1.0]], TypeError, ["torch.Tensor"]),
@@ -256,3 +256,39 @@ def test_split_k_layers_match_and_share_one_workspace():
     assert arena.workspace is not None and arena.workspace.dtype == torch.float32
     assert arena.workspace.numel() == 3 * 25 * 64
     torch.testing.assert_close(fast(x.to(DEVICE)), y, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- uint8 pixels
+
+def test_forward_pixels_is_forward_on_torchvision_normalized_input(engine):
+    """The stem normalizes uint8 pixels as torchvision does: bitwise the float forward's
+    logits (float32 engine), float32 logits, Triton kernels only, any layout; one arena per
+    (shape, input dtype, mean/std)."""
+    import torchvision.transforms.functional as TF
+
+    pixels = torch.randint(0, 256, (2, 3, 20, 18), dtype=torch.uint8)
+    floats = TF.normalize(TF.convert_image_dtype(pixels, torch.float), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.inference_mode():
+        got = engine.forward_pixels(pixels.to(DEVICE))
+        with OpSpy() as spy:  # a built shape (in another layout): nothing but kernels and the output's copy
+            again = engine.forward_pixels(pixels.contiguous(memory_format=torch.channels_last).to(DEVICE))
+        want = engine(floats.to(DEVICE))
+        assert got.dtype == torch.float32 and torch.equal(got, want) and torch.equal(again, want)
+        other = engine.forward_pixels(pixels.to(DEVICE), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert not [op for op in spy.ops if any(f in op for f in FORBIDDEN)], spy.ops
+    norms = {key[4] for key in engine._arenas if key[3] == torch.uint8}
+    assert norms == {((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.25,) * 3)}
+    assert not torch.equal(other, got)
+
+
+def test_forward_pixels_checks(engine):
+    with pytest.raises(TypeError, match=r"x must be uint8, got torch.float32"):
+        engine.forward_pixels(torch.zeros(1, 3, 16, 16, device=DEVICE))
+    with pytest.raises(TypeError, match=r"uint8 pixels go to forward_pixels"):
+        engine(torch.zeros(1, 3, 16, 16, dtype=torch.uint8, device=DEVICE))
+    px = torch.zeros(1, 3, 16, 16, dtype=torch.uint8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"mean and std need 3 values"):
+        engine.forward_pixels(px, mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError, match=r"std must be positive"):
+        engine.forward_pixels(px, std=(0.2, 0.0, 0.2))
+    assert engine.forward_pixels(px[:0]).shape == (0, 10)

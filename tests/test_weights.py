@@ -663,3 +663,60 @@ def test_any_damaged_bytes_are_a_weights_error(tmp_path, suffix):
             W.convert(src, tmp_path / "out.safetensors", arch="resnet18")
         assert "\n" not in str(info.value).strip()
         assert not (tmp_path / "out.safetensors").exists()
+
+
+# -- provenance: which torchvision weights a checkpoint came from -----------------------------
+
+def _resnet18_1000(tmp_path: Path, name: str) -> Path:
+    """A random 1000-class resnet18 checkpoint saved under `name` (no forward: cheap)."""
+    torch.manual_seed(3)
+    pth = tmp_path / name
+    torch.save(randomize_bn_(torchvision.models.resnet18(), 3).state_dict(), pth)
+    return pth
+
+
+def test_torchvision_file_name_is_recorded(tmp_path, capsys):
+    """A checkpoint under the name torchvision downloads it as records its weights entry;
+    the key is optional (format version 1 unchanged) and names an entry torchvision resolves."""
+    url_name = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    pth = _resnet18_1000(tmp_path, url_name)
+    out = tmp_path / "r18.safetensors"
+    assert cli.main(["convert", str(pth), "--out", str(out)]) == 0
+    assert "ResNet18_Weights.IMAGENET1K_V1" in capsys.readouterr().out
+    meta = W.read_metadata(out)
+    assert meta["torchvision_weights"] == "ResNet18_Weights.IMAGENET1K_V1" and meta["format_version"] == "1"
+    assert set(meta) == METADATA_KEYS | {"torchvision_weights"}
+    assert torchvision.models.get_weight(meta["torchvision_weights"]).transforms().resize_size == [256]
+    assert W.load(out, device="cpu").num_classes == 1000
+
+
+def test_torchvision_sha_prefix_is_recorded(tmp_path):
+    """A renamed download is recognized by its sha256's first 8 hex digits."""
+    pth = _resnet18_1000(tmp_path, "mine.pth")
+    entry = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    assert W.torchvision_weights_name(pth, sha256(pth), "resnet18", 1000) is None
+    digits = entry.url.rsplit("-", 1)[-1].split(".")[0]
+    assert W.torchvision_weights_name(pth, digits + "0" * 56, "resnet18", 1000) == "ResNet18_Weights.IMAGENET1K_V1"
+    # the entry must fit: another arch's entries are not searched, a class count must match
+    assert W.torchvision_weights_name(pth, digits + "0" * 56, "resnet34", 1000) is None
+    assert W.torchvision_weights_name(tmp_path / entry.url.rsplit("/", 1)[-1], "0" * 64, "resnet18", 10) is None
+
+
+def test_other_sources_record_no_torchvision_weights(zoo, tmp_path):
+    model, pth = zoo.get("resnet18")
+    for src in (pth, model, model.state_dict()):
+        assert "torchvision_weights" not in W.read_metadata(W.convert(src, tmp_path / "x.safetensors"))
+
+
+def test_open_model_takes_converted_files_and_checkpoints(zoo, tmp_path):
+    model, pth = zoo.get("resnet18")
+    out = W.convert(pth, tmp_path / "f.safetensors", dtype=torch.float32)
+    fast, meta = W.open_model(out, device="cpu")
+    assert (fast.dtype, meta["arch"]) == (torch.float32, "resnet18")
+    with pytest.raises(WeightsError, match=r"holds float32 weights, not float16: convert the checkpoint again"):
+        W.open_model(out, device="cpu", dtype=torch.float16)
+    folded, meta = W.open_model(pth, device="cpu", dtype="float32")
+    assert meta["num_classes"] == str(NUM_CLASSES) and meta["source_sha256"] == sha256(pth)
+    assert_same_params(folded.params(), fast.params())
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        W.open_model(tmp_path / "missing.pth", device="cpu")

@@ -19,6 +19,7 @@ from ..cli import UserError, run_subcommand
 from .e2e import checked_forward, run_e2e
 from .environment import bench_date, environment
 from .layers import run_layers
+from .pipeline import PREDICT_SYSTEMS, run_predict
 from .names import ALL_E2E_SYSTEMS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
 from .report import render_markdown, summary_text, write_report
 from .results import load_results, open_results, results_path, validate_results
@@ -26,18 +27,21 @@ from .run import Run, budget_note
 from .systems import FASTRES_OPTIONS
 from .timing import SMOKE_TIMING, Budget, TimingOptions
 
-ACTIONS = ("all", "e2e", "layers", "report", "summary", "forward")
+ACTIONS = ("all", "e2e", "layers", "predict", "report", "summary", "forward")
 
 E2E_BATCHES = (1, 8, 32, 64, 128, 256)
 LAYER_MODELS = ("resnet50", "resnet18")
 LAYER_BATCHES = (1, 32, 256)
+PREDICT_MODELS = ("resnet50",)
+PREDICT_BATCHES = (64, 256)
+PREDICT_IMAGES = 1024
 GPU_DTYPES = ("float16", "bfloat16")
 
 # The smoke run: the interpreter needs ~6 s for one resnet18 forward at 32x32 on a CI core, so
 # the end-to-end part is one point (batch 2, float16: the check call, then one timed call) and
 # the per-layer part four varied convs at batch 1 in float32 and float16.
 SMOKE = dict(models=("resnet18",), e2e_batches=(2,), e2e_dtypes=("float16",), layer_batches=(1,),
-             layer_dtypes=("float32", "float16"), size=32, max_layers=4)
+             layer_dtypes=("float32", "float16"), size=32, max_layers=4, predict_images=4)
 
 _DTYPE_ALIASES = {
     "fp16": "float16", "half": "float16", "f16": "float16", "float16": "float16",
@@ -50,7 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The actions and options of `fastres bench`."""
     parser.description = (
         "Benchmark fastres against cuDNN: 'e2e' (whole networks), 'layers' (every distinct conv), "
-        "'all' (both, the default), 'report RESULTS.json' (markdown + plot from a results file), "
+        "'all' (both, the default), 'predict' (the image pipeline of fastres predict on generated JPEGs: "
+        "images/s and the share of decode, preprocess and model), "
+        "'report RESULTS.json' (markdown + plot from a results file), "
         "'summary RESULTS.json' (a short text overview), "
         "'forward' (one checked forward without CUDA graphs, e.g. under compute-sanitizer). "
         "--smoke runs the harness through triton's CPU interpreter on tiny shapes (not a performance figure)."
@@ -63,7 +69,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default=None, help=f"comma list (e2e default {','.join(map(str, E2E_BATCHES))}; layers default {','.join(map(str, LAYER_BATCHES))})")
     parser.add_argument("--dtypes", default=None, help="comma list of float16, bfloat16, float32 (default float16,bfloat16)")
     parser.add_argument("--size", type=int, default=None, help="input height = width (default 224)")
-    parser.add_argument("--systems", default=None, help=f"e2e systems, comma list of {','.join(ALL_E2E_SYSTEMS)} (default: the first four)")
+    parser.add_argument("--systems", default=None, help=f"e2e systems, comma list of {','.join(ALL_E2E_SYSTEMS)} (default: the first four); "
+                        f"predict: of {','.join(PREDICT_SYSTEMS)} (default: all)")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"predict: images per timed run (default {PREDICT_IMAGES}; generated JPEGs of ImageNet size)")
     parser.add_argument("--layer-systems", default=None, help=f"per-layer systems, comma list of {','.join(LAYER_SYSTEMS)} (default: all)")
     parser.add_argument("--tune", action="store_true",
                         help="fastres measures every conv's tile configs on its first forward (cached on disk)")
@@ -166,7 +175,14 @@ def main(args: argparse.Namespace) -> int:
     size = args.size or (SMOKE["size"] if smoke else 224)
     if size < 32:
         raise UserError(f"--size must be >= 32 (ResNets downsample by 32), got {size}")
-    systems = _csv(args.systems, E2E_SYSTEMS, "systems", _choice(ALL_E2E_SYSTEMS))
+    if action == "predict":
+        predict_models = _csv(args.models, SMOKE["models"] if smoke else PREDICT_MODELS, "models", _choice(E2E_MODELS))
+        predict_batches = _csv(args.batches, SMOKE["e2e_batches"] if smoke else PREDICT_BATCHES, "batches", _positive_int)
+        predict_systems = _csv(args.systems, PREDICT_SYSTEMS, "systems", _choice(PREDICT_SYSTEMS))
+        images = args.images if args.images is not None else (SMOKE["predict_images"] if smoke else PREDICT_IMAGES)
+        if images < 1:
+            raise UserError(f"--images must be >= 1, got {images}")
+    systems = _csv(args.systems if action != "predict" else None, E2E_SYSTEMS, "systems", _choice(ALL_E2E_SYSTEMS))
     if args.max_autotune and MAX_AUTOTUNE_SYSTEM not in systems:
         systems.append(MAX_AUTOTUNE_SYSTEM)
     layer_systems = _csv(args.layer_systems, LAYER_SYSTEMS, "layer-systems", _choice(LAYER_SYSTEMS))
@@ -235,6 +251,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"{banner}fastres bench {action} on {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; "
           f"results: {path}", flush=True)
 
+    if action == "predict":
+        run_predict(run, predict_models, predict_batches, e2e_dtypes, size, images, predict_systems)
     if action in ("all", "layers"):
         run_layers(run, layer_models, layer_batches, layer_dtypes, layer_systems, size, max_layers)
     if action in ("all", "e2e") and not run.budget.spent():
@@ -248,7 +266,8 @@ def main(args: argparse.Namespace) -> int:
     md, png = write_report(path, results, plot=not args.no_plot)
     print()
     print(render_markdown(results))
-    bad = [r for r in results["records"] if r["system"] == "fastres" and r.get("status") in ("wrong", "error")]
+    bad = [r for r in results["records"] if (r["system"] == "fastres" or r.get("kind") == "predict")
+           and r.get("status") in ("wrong", "error")]
     print(f"wrote {path}, {md.name}" + (f", {png.name}" if png else "") + f" ({run.budget.elapsed():.0f} s)")
     if smoke:
         print(SMOKE_LABEL)

@@ -154,7 +154,35 @@ def render_markdown(results: dict) -> str:
     if heads:
         lines.append("## Classifier head\n")
         lines.append(heads)
+    predict = markdown_predict_table(results)
+    if predict:
+        lines.append("## Classify pipeline (`fastres predict` on generated JPEGs)\n")
+        lines.append(predict)
     return "\n".join(lines)
+
+
+def _shares(r: dict) -> str:
+    share = r.get("stage_share") or {}
+    return " / ".join(f"{100 * share[k]:.0f}%" if isinstance(share.get(k), (int, float)) else "-"
+                      for k in ("decode", "preprocess", "model"))
+
+
+def markdown_predict_table(results: dict) -> str:
+    """The image pipeline per (model, dtype, batch, system): images/s, the fraction of the
+    engine-only rate it reaches, and the decode / preprocess / model shares of its busy time."""
+    recs = [r for r in results.get("records", []) if r.get("kind") == "predict"]
+    if not recs:
+        return ""
+    out = ["| model | dtype | batch | system | img/s | of engine-only | decode / preprocess / model | workers |",
+           "|---|---|---:|---|---:|---:|---|---:|"]
+    for r in sorted(recs, key=lambda r: (r["model"], r["dtype"], r["batch"], r["system"])):
+        bad = _status_cell(r)
+        rate = bad or _fmt_rate(r.get("images_per_s"))
+        frac = f"{100 * r['of_engine_only']:.0f}%" if isinstance(r.get("of_engine_only"), (int, float)) else "-"
+        shares = _shares(r) if r.get("stage_share") else "-"
+        out.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['system']} | {rate} | {frac} | {shares} "
+                   f"| {r.get('workers', '-')} |")
+    return "\n".join(out) + "\n"
 
 
 def markdown_head_table(results: dict) -> str:
@@ -245,6 +273,11 @@ def summary_text(results: dict) -> str:
             lines.append(f"  {r['model']} {r['dtype']} b{r['batch']} {r['layer']}: {r['config']} "
                          f"{r['median_ms'] * 1e3:.1f} us vs {r['unsplit_median_ms'] * 1e3:.1f} us "
                          f"({r['split_speedup']:.2f}x)")
+    for r in (r for r in recs if r.get("kind") == "predict" and r.get("status", "ok") == "ok"):
+        frac = f", {100 * r['of_engine_only']:.0f}% of engine-only" if r.get("of_engine_only") else ""
+        shares = f" (decode / preprocess / model {_shares(r)})" if r.get("stage_share") else ""
+        lines.append(f"predict {r['model']} {r['dtype']} b{r['batch']} {r['system']}: "
+                     f"{_fmt_rate(r.get('images_per_s'))} img/s{frac}{shares}")
     bad = [r for r in recs if r.get("status") in ("wrong", "error")]
     for r in bad:
         lines.append(f"{r['status'].upper()}: {r.get('kind')} {r['model']} {r.get('layer', '')} b{r['batch']} {r['dtype']} "

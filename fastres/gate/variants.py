@@ -76,7 +76,8 @@ def _out(size: int, k: int, s: int, p: int) -> int:
 BATCH = 32  # the representative batch (sizes only; see the module docstring)
 # Split-K variants: ResNet-50 layers at batch 1, split as many ways as the heuristic would.
 SPLIT_BATCH = 1
-_POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x", "ws_ptr": "fp32"}
+_POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x", "ws_ptr": "fp32",
+                  "n_ptr": "fp32"}
 
 
 def _split_request(m: int, cout: int, k: int, taps: int) -> int:
@@ -88,9 +89,10 @@ def _split_request(m: int, cout: int, k: int, taps: int) -> int:
 
 def _conv_variant(
     label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, prec: str,
-    *, x_type: str = "x", x_nchw: bool = False, split: bool = False,
+    *, x_type: str = "x", x_nchw: bool = False, split: bool = False, normalize: int = 0,
 ) -> Variant:
-    """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``)."""
+    """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``); normalize:
+    the stem's NORMALIZE mode for uint8 pixels (kernels.conv.NORM_FMA / NORM_IEEE)."""
     n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, k, s, p)
     flat = cin < 16  # the launcher reduces over (kh, kw, cin) at once below 16 channels
@@ -108,7 +110,7 @@ def _conv_variant(
         "sws": n * oh * oh * cout if split else 0,
     }
     meta = {"KH": k, "KW": k, "FLAT_K": flat, "HAS_RESIDUAL": residual, "RELU": True,
-            "INPUT_PRECISION": prec, "SPLIT": split}
+            "INPUT_PRECISION": prec, "SPLIT": split, "NORMALIZE": normalize}
     x = f"/x:nchw-{x_type}" if x_nchw else ("" if x_type == "x" else f"/x:{x_type}")
     name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + ("/splitk" if split else "") + f"/{prec} [{label}]"
     return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type), gemm_k=kk, k_loop=(kk, taps, request))
@@ -175,7 +177,8 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
     Each is a ResNet-50 layer at batch 32 (224x224), float32 GEMMs in both input precisions:
 
     - conv_stem: the stem 7x7/2 (Cin = 3, the flat-K path) reading the user's input as the
-      engine hands it over: float32, float16 or bfloat16, NCHW or channels_last. (Never split:
+      engine hands it over: float32, float16 or bfloat16, NCHW or channels_last; and uint8
+      NCHW pixels normalized in its loads (``ResNet.forward_pixels``). (Never split:
       its K loop is at most 10 steps, under two splits' worth by ``choose_split``'s rule.)
     - conv: 3x3/1 with and without the fused residual
       (BasicBlock conv1 / conv2); 3x3/2 (a stage's first 3x3, never a residual); 1x1/1 with
@@ -201,6 +204,13 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
                 out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=x_type, x_nchw=True))
                 nhwc = "x" if x_type == TRITON_TYPE[dt] else x_type
                 out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=nhwc))
+            # uint8 pixels (fastres.predict's batches: NCHW), normalized in the loads as the
+            # launcher does for this dtype
+            from ..kernels.conv import NORM_FMA, NORM_IEEE
+
+            mode = NORM_IEEE if dt == "float32" else NORM_FMA
+            out.append(_conv_variant("stem pixels", 7, 2, 3, 3, 64, 224, False, prec, x_type="u8", x_nchw=True,
+                                     normalize=mode))
     elif kernel == "conv":
         for prec in _precisions(dt):
             for res in (False, True):

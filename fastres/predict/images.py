@@ -1,0 +1,285 @@
+"""Images in, as torchvision's classification pipeline reads them: finding the files, decoding
+(``torchvision.io.decode_image(..., mode=RGB)``), resizing the shorter side (bilinear,
+antialiased) and center-cropping (``Transform``: the very functions
+``weights.transforms()`` calls, so the pixels are bitwise the same), and every way a file can
+fail, as an `ImageError` naming the cause.
+
+Unusual modes are converted by torchvision's decoder as its pipeline converts them: grayscale
+(and palette, and 1-bit) to three equal channels, alpha dropped, CMYK JPEGs to RGB; a 16-bit
+PNG stays 16-bit (uint16, scaled by 1/65535 when normalized, as ``convert_image_dtype`` does).
+An animated GIF gives its first frame. EXIF orientation is not applied (torchvision's default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from ..engine import IMAGENET_MEAN, IMAGENET_STD
+
+# What a directory search collects (case-insensitive). torchvision.io decodes the first five;
+# the others are collected so that they get an error line instead of vanishing.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif")
+DECODED = ("JPEG", "PNG", "GIF", "WEBP")
+# PIL's decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS): 0.25 GiB of 24-bit pixels.
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
+
+
+class ImageError(Exception):
+    """A file that cannot be classified; the message names the cause (one line)."""
+
+
+class NoImagesError(ValueError):
+    """A directory without a single image file in it."""
+
+
+# -- finding the files ----------------------------------------------------------------------
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every input file, in order: a file as given (whatever its suffix), a directory's image
+    files (by suffix, hidden names skipped) searched recursively, sorted by path.
+    Raises FileNotFoundError for a missing path, NoImagesError for a directory without images."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                inside += [Path(root) / f for f in sorted(files)
+                           if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+            if not inside:
+                raise NoImagesError(f"{p}: no image files in this directory (looked for "
+                                    f"{', '.join(s[1:] for s in IMAGE_SUFFIXES)}, recursively)")
+            found += sorted(inside)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return found
+
+
+# -- what a file is -------------------------------------------------------------------------
+
+def sniff(data: bytes | bytearray | memoryview) -> str | None:
+    """The image format of a file's first bytes (JPEG, PNG, GIF, WEBP, BMP, TIFF, AVIF, HEIC), or None."""
+    head = bytes(data[:32])
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1"):
+            return "HEIC"
+    return None
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(d: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(d):
+        if d[i] != 0xFF:
+            return None
+        marker = d[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            h, w = struct.unpack(">HH", d[i + 5:i + 9])
+            return w, h
+        i += 2 + struct.unpack(">H", d[i + 2:i + 4])[0]
+    return None
+
+
+def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[int, int] | None:
+    """(width, height) from the header of a JPEG, PNG, GIF or WEBP file (None where it cannot
+    be read: the decoder then says what is wrong), without decoding any pixel."""
+    d = bytes(data[:65536]) if fmt == "JPEG" else bytes(data[:64])
+    try:
+        if fmt == "PNG":
+            return struct.unpack(">II", d[16:24])
+        if fmt == "GIF":
+            return struct.unpack("<HH", d[6:10])
+        if fmt == "WEBP":
+            chunk = d[12:16]
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", d[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            if chunk == b"VP8L":
+                bits = int.from_bytes(d[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if chunk == b"VP8X":
+                return int.from_bytes(d[24:27], "little") + 1, int.from_bytes(d[27:30], "little") + 1
+            return None
+        if fmt == "JPEG":
+            size = _jpeg_size(d)
+            if size is None and len(data) > len(d):
+                size = _jpeg_size(bytes(data))  # a header with a large embedded thumbnail
+            return size
+    except struct.error:
+        return None
+    return None
+
+
+def _decoder_message(exc: BaseException) -> str:
+    """torchvision's decoder error without its C++ source location, first line only."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^.*?\.(?:cpp|cu|h):\d+,\s*", "", text)
+    return text[:1].lower() + text[1:200]
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} Mpx"
+
+
+def check_decodable(data: bytes | bytearray | memoryview, max_pixels: int | None) -> str:
+    """The format of a file's bytes, if torchvision can decode it within the pixel limit; else
+    an ImageError saying why not (empty, not an image, unsupported format, too many pixels)."""
+    if len(data) == 0:
+        raise ImageError("empty file")
+    fmt = sniff(data)
+    if fmt is None:
+        raise ImageError("not an image: unrecognized file contents (fastres reads JPEG, PNG, GIF and WEBP)")
+    if fmt not in DECODED:
+        raise ImageError(f"unsupported image format {fmt}: torchvision.io decodes JPEG, PNG, GIF and WEBP")
+    size = image_size(data, fmt)
+    if size is not None:
+        check_pixels(size[0], size[1], max_pixels)
+    return fmt
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"empty image ({width}x{height} pixels)")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{width}x{height} pixels ({_mpx(width * height)}) is over the limit of "
+                         f"{_mpx(max_pixels)} (a decompression bomb?); raise it with --max-pixels")
+
+
+def read_bytes(path: str | os.PathLike) -> bytearray:
+    """A file's bytes (writable, so torch.frombuffer shares them); an ImageError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            n = f.readinto(buf)
+            return buf[:n] if n < len(buf) else buf
+    except OSError as exc:
+        raise ImageError(f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """A file's bytes as torchvision's ``decode_image(..., mode=ImageReadMode.RGB)`` gives them:
+    [3, H, W] uint8 (uint16 for 16-bit PNGs), on the CPU. Raises ImageError."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    fmt = check_decodable(data, max_pixels)
+    try:
+        img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError; anything else is as bad
+        raise ImageError(f"cannot decode {fmt}: {_decoder_message(exc)}") from None
+    if img.dim() == 4:  # an animated GIF: its first frame
+        img = img[0]
+    check_pixels(img.shape[-1], img.shape[-2], max_pixels)
+    return img
+
+
+# -- resize and crop --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """torchvision's ImageClassification preset: resize the shorter side to `resize` (bilinear,
+    antialiased), center-crop `crop`, then (`normalize`) scale to [0, 1] and normalize by
+    mean / std. `source` says where the sizes came from (a torchvision weights entry, or
+    "default")."""
+
+    resize: int = DEFAULT_RESIZE
+    crop: int = DEFAULT_CROP
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    source: str = "default"
+
+    def __post_init__(self):
+        if self.resize < 1 or self.crop < 1:
+            raise ValueError(f"resize and crop must be >= 1, got {self.resize} and {self.crop}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need one value per channel (3)")
+
+    @classmethod
+    def from_torchvision(cls, name: str, *, resize: int | None = None, crop: int | None = None) -> "Transform":
+        """The preset of a torchvision weights entry ("ResNet50_Weights.IMAGENET1K_V2"), its
+        sizes overridden where given. ValueError if this torchvision does not know it."""
+        from torchvision.models import get_weight
+
+        try:
+            preset = get_weight(name).transforms()
+        except Exception as exc:  # noqa: BLE001 - KeyError, ValueError, AttributeError across versions
+            raise ValueError(f"torchvision does not know the weights {name!r} ({type(exc).__name__})") from None
+        return cls(resize=resize or preset.resize_size[0], crop=crop or preset.crop_size[0],
+                   mean=tuple(preset.mean), std=tuple(preset.std), source=name)
+
+    def torchvision(self):
+        """torchvision's own preset with these settings (the reference this class matches)."""
+        from torchvision.transforms._presets import ImageClassification
+
+        return ImageClassification(crop_size=self.crop, resize_size=self.resize, mean=self.mean, std=self.std)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize and crop a decoded [3, H, W] image (any device; its dtype kept)."""
+        import torchvision.transforms.functional as F
+        from torchvision.transforms import InterpolationMode
+
+        img = F.resize(img, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return F.center_crop(img, [self.crop])
+
+    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
+        """Resized crops (uint8 or uint16) as the float32 tensor torchvision's preset returns."""
+        import torchvision.transforms.functional as F
+
+        return F.normalize(F.convert_image_dtype(crops, torch.float), list(self.mean), list(self.std))
+
+
+def check_tensor_image(img, where: str) -> torch.Tensor:
+    """A caller's image tensor: [3, H, W] uint8 (or uint16), at least 1x1."""
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"{where} must be a torch.Tensor, got {type(img).__name__}")
+    if img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"{where} must be [3, H, W] (RGB), got shape {tuple(img.shape)}")
+    if img.dtype not in (torch.uint8, torch.uint16):
+        raise TypeError(f"{where} must be uint8 pixels (or uint16), got {img.dtype}")
+    if img.shape[1] < 1 or img.shape[2] < 1:
+        raise ValueError(f"{where} is empty: {img.shape[1]}x{img.shape[2]} pixels")
+    return img
+
+
+def as_image_list(images) -> Sequence[torch.Tensor]:
+    """[N, 3, H, W] or a sequence of [3, H, W] tensors, as a sequence of [3, H, W] tensors."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            return [images]
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, 3, H, W] or a list of [3, H, W], got shape {tuple(images.shape)}")
+        return list(images.unbind(0))
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise TypeError("images must be tensors: for files, use predict_paths")
+    return list(images)

@@ -1,0 +1,142 @@
+"""fastres.predict.pipeline with a stand-in engine (no kernels): input order with failures
+interleaved, fixed batch shapes, results streamed as batches finish, the float32 batch of a
+16-bit image, the nvjpeg routing, the stage times."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastres.predict.images import Transform, decode, read_bytes
+from fastres.predict.pipeline import (
+    Batcher, Item, StageTimes, jpeg_components, load_item, nvjpeg_can_take, run_pipeline,
+)
+from predict_helpers import DEEP, GOOD, bad_files, make_images, torchvision_reference
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+T = Transform(resize=20, crop=16)
+
+
+class StubEngine:
+    """Logits from the normalized image's channel means; records every call's kind and shape."""
+
+    def __init__(self, num_classes: int = 5):
+        self.device, self.num_classes, self.calls = torch.device("cpu"), num_classes, []
+
+    def forward_pixels(self, x, mean, std):
+        self.calls.append(("pixels", tuple(x.shape)))
+        m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        return self._logits((x.float() / 255 - m) / s)
+
+    def __call__(self, x):
+        self.calls.append(("float", tuple(x.shape)))
+        return self._logits(x)
+
+    def _logits(self, x):
+        m = x.mean(dim=(2, 3))
+        return torch.cat([m, -m], 1)[:, : self.num_classes]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    good = make_images(folder / "good", GOOD)
+    bad = [p for p, _ in bad_files(folder / "bad").values()]
+    # good and bad interleaved: g g b g b b g g g b g ...
+    order, gi, bi = [], iter(good), iter(bad)
+    for pattern in "ggbgbbgggbgggbgbg":
+        nxt = next(gi if pattern == "g" else bi, None)
+        if nxt is not None:
+            order.append(nxt)
+    return order, set(bad)
+
+
+def run(files, engine, batch_size, transform=T, gpu=False):
+    stages = StageTimes(workers=2)
+    batcher = Batcher(engine, transform, [f"c{i}" for i in range(engine.num_classes)], batch_size=batch_size, topk=3,
+                      stages=stages)
+    jobs = (lambda i=i, f=f: load_item(i, str(f), transform, None, stages, gpu) for i, f in enumerate(files))
+    return run_pipeline(jobs, batcher, workers=2, lookahead=4), stages
+
+
+def test_order_errors_and_fixed_shapes(files):
+    order, bad = files
+    engine = StubEngine()
+    preds, stages = run(order, engine, batch_size=3)
+    preds = list(preds)
+    assert [p.path for p in preds] == [str(f) for f in order]
+    for f, p in zip(order, preds):
+        assert (p.error is not None) == (f in bad), (f, p)
+        if p.ok:
+            assert len(p.top) == 3 and p.top[0].prob >= p.top[1].prob >= p.top[2].prob
+            assert p.top[0].label == f"c{p.top[0].index}"
+            ref = engine._logits(torchvision_reference(f, 20, 16)[None])[0]
+            assert torch.allclose(p.logits, ref, atol=1e-6) and p.top[0].index == int(ref.argmax())
+    good = len(order) - len(bad & set(order))
+    assert engine.calls == [("pixels", (3, 3, 16, 16))] * -(-good // 3)  # the last batch padded
+    assert stages.images == len(order) and stages.errors == len(bad & set(order))
+    assert stages.decode > 0 and stages.preprocess > 0 and stages.model > 0 and stages.wall > 0
+    line = stages.summary()
+    assert f"{len(order)} images ({stages.errors} failed)" in line and "decode" in line and "model" in line
+
+
+def test_results_stream_before_the_end(files):
+    """A batch's predictions come out once the next batch is queued, not at the end."""
+    order, bad = files
+    good = [f for f in order if f not in bad]
+    engine = StubEngine()
+    preds, _ = run(good, engine, batch_size=2)
+    first = next(preds)
+    assert first.path == str(good[0]) and len(engine.calls) == 2 < -(-len(good) // 2)
+    assert len(list(preds)) == len(good) - 1
+
+
+def test_failures_alone_never_reach_the_engine(files):
+    _, bad = files
+    engine = StubEngine()
+    preds, stages = run(sorted(bad) * 3, engine, batch_size=2)
+    preds = list(preds)
+    assert len(preds) == 3 * len(bad) and all(not p.ok for p in preds) and engine.calls == []
+
+
+def test_16_bit_image_batch_runs_as_float32(tmp_path):
+    """A batch with a 16-bit PNG goes as torchvision's normalized float32 (each image scaled
+    by its own dtype's maximum); the other batches stay uint8."""
+    paths = make_images(tmp_path, {**dict(list(GOOD.items())[:3]), **DEEP})
+    engine = StubEngine()
+    preds, _ = run(paths, engine, batch_size=2)
+    preds = list(preds)
+    assert engine.calls == [("pixels", (2, 3, 16, 16)), ("float", (2, 3, 16, 16))]
+    for f, p in zip(paths, preds):
+        ref = engine._logits(torchvision_reference(f, 20, 16)[None])[0]
+        assert torch.allclose(p.logits, ref, atol=1e-6), f.name
+
+
+def test_nvjpeg_routing(tmp_path):
+    """With GPU decoding on, workers hand complete 1- and 3-component JPEGs over as bytes and
+    decode everything else themselves (a truncated JPEG then fails as the CPU decoder says)."""
+    paths = {p.name: p for p in make_images(tmp_path, GOOD)}
+    bad = bad_files(tmp_path / "bad")
+    assert jpeg_components(read_bytes(paths["rgb.jpg"])) == 3
+    assert jpeg_components(read_bytes(paths["gray.jpg"])) == 1
+    assert jpeg_components(read_bytes(paths["cmyk.jpg"])) == 4
+    assert nvjpeg_can_take(read_bytes(paths["progressive.jpg"]))
+    assert not nvjpeg_can_take(read_bytes(paths["cmyk.jpg"]))
+    assert not nvjpeg_can_take(read_bytes(bad["truncated.jpg"][0]))
+    stages = StageTimes()
+    assert load_item(0, str(paths["rgb.jpg"]), T, None, stages, True).jpeg is not None
+    cmyk = load_item(1, str(paths["cmyk.jpg"]), T, None, stages, True)
+    assert cmyk.jpeg is None and torch.equal(cmyk.crop, T(decode(read_bytes(paths["cmyk.jpg"]))))
+    assert "cannot decode JPEG" in load_item(2, str(bad["truncated.jpg"][0]), T, None, stages, True).error
+    assert load_item(3, str(paths["rgba.png"]), T, None, stages, True).crop is not None
+
+
+def test_items_from_tensors_keep_their_order():
+    engine = StubEngine()
+    imgs = [torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8) for _ in range(5)]
+    stages = StageTimes()
+    batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=stages)
+    jobs = (lambda i=i, img=img: Item(i, None, crop=img) for i, img in enumerate(imgs))
+    preds = list(run_pipeline(jobs, batcher, workers=3, lookahead=3))
+    for img, p in zip(imgs, preds):
+        ref = engine.forward_pixels(img[None], T.mean, T.std)[0]
+        assert p.path is None and torch.equal(p.logits, ref.float())
