@@ -85,12 +85,15 @@ def test_other_targets_compile_each_config_at_its_heaviest_variants():
     names = [v.name for v in heaviest("float32", variants("conv1x1", "float32")) if v.precision == "tf32"]
     assert names == ["1x1/s1/relu/res/tf32 [conv3]", "1x1/s1/relu/splitk/tf32 [layer4 conv1]",
                      "fc/N32/splitk/tf32 [head]", "fc/N1024/y:fp32/tf32 [head]"], names
-    # float32: per precision; a 16-bit user input is lighter than the float32 one
+    # float32: per precision; a 16-bit user input is lighter than the float32 one; uint8 pixels
+    # (normalized in the loads) are a group of their own
     names = [v.name for v in heaviest("float32", variants("conv_stem", "float32"))]
-    assert names == ["7x7/s2/relu/ieee [stem]", "7x7/s2/relu/tf32 [stem]"], names
+    assert names == ["7x7/s2/relu/ieee [stem]", "7x7/s2/relu/x:nchw-u8/ieee [stem pixels]",
+                     "7x7/s2/relu/tf32 [stem]", "7x7/s2/relu/x:nchw-u8/tf32 [stem pixels]"], names
     # a 16-bit stem: the float32 input (shared memory) and the cast from the other 16-bit type
     names = [v.name for v in heaviest("bfloat16", variants("conv_stem", "bfloat16"))]
-    assert names == ["7x7/s2/relu/x:fp32/ieee [stem]", "7x7/s2/relu/x:fp16/ieee [stem]"], names
+    assert names == ["7x7/s2/relu/x:fp32/ieee [stem]", "7x7/s2/relu/x:fp16/ieee [stem]",
+                     "7x7/s2/relu/x:nchw-u8/ieee [stem pixels]"], names
     names = [v.name for v in heaviest("float16", variants("splitk_reduce", "float16"))]
     assert names == ["sum/relu/res [layer4 b1]", "sum/y:fp32 [head N32]"], names  # a conv's and the head's
 

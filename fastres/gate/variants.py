@@ -336,7 +336,7 @@ def _weight(v: Variant, dtype: str) -> tuple:
 
 def _width(ty: str, dtype: str) -> int:
     """Bytes per element of a pointer's type ("x": the engine's dtype)."""
-    return {"fp32": 4, "fp16": 2, "bf16": 2}[TRITON_TYPE[dtype] if ty == "x" else ty]
+    return {"fp32": 4, "fp16": 2, "bf16": 2, "u8": 1}[TRITON_TYPE[dtype] if ty == "x" else ty]
 
 
 def _family(v: Variant, dtype: str) -> tuple:
@@ -344,7 +344,9 @@ def _family(v: Variant, dtype: str) -> tuple:
     meta, pointers, values = dict(v.meta), dict(v.pointers), dict(v.values)
     wide = _width(pointers.get("x_ptr", "x"), dtype) > _width("x", dtype)
     head = values.get("OH") == 1 and values.get("OW") == 1  # the classifier's 1x1 "images"
-    return (v.precision, bool(meta.get("SPLIT")), wide, head)
+    # The stem reading uint8 pixels normalizes them in its loads: code of its own.
+    pixels = pointers.get("x_ptr") == "u8"
+    return (v.precision, bool(meta.get("SPLIT")), wide, head, pixels)
 
 
 def heaviest(dtype: str | torch.dtype, options: list[Variant]) -> list[Variant]:
