@@ -41,6 +41,10 @@ class Arena:
             self.slots = [torch.empty(c, device=device, dtype=schedule.dtype) for c in schedule.slots]
             self.logits = torch.empty((N, schedule.num_classes), device=device, dtype=logits_dtype)
         self.workspace: torch.Tensor | None = None  # float32: pooled features, split-K partial sums
+        with torch.inference_mode(False):
+            # A fused split's arrival counters (any step's, tuning candidates' too): zero once
+            # here, left zero by every fused launch, so a replayed graph finds them zero.
+            self.counters = torch.zeros(K.COUNTER_WORDS, device=device, dtype=torch.int32)
         self.graph = None
         self.static_input: torch.Tensor | None = None
         self._bound: list[Callable[[torch.Tensor], torch.Tensor]] = []
@@ -78,26 +82,27 @@ class Arena:
     def _bind(self, step: Step, cfg: K.Config, ws: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
         # Views and parameters resolved once: a forward without a graph does no planning work.
         p = self.params
+        cnt = self.counters
         a = self.view(step.src, step.in_shape)
         if step.kernel == MAXPOOL:
             y = self.view(step.dst, step.out_shape)
             return lambda x: K.max_pool2d(a, 3, 2, 1, out=y, config=cfg)
         if step.kernel == HEAD:
             fw, fb, logits = p["fc.weight"], p["fc.bias"], self.logits
-            return lambda x: K.avgpool_fc(a, fw, fb, out=logits, config=cfg, workspace=ws)
+            return lambda x: K.avgpool_fc(a, fw, fb, out=logits, config=cfg, workspace=ws, counters=cnt)
         spec = step.spec
         w, b = p[f"{spec.name}.weight"], p[f"{spec.name}.bias"]
         y, r = self.view(step.dst, step.out_shape), self.view(step.residual, step.out_shape)
         if step.kernel == STEM:
             norm = self.normalize
             return lambda x: K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws,
-                                         normalize=norm)
+                                         normalize=norm, counters=cnt)
         if step.kernel == CONV1X1:
             return lambda x: K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
-                                       workspace=ws)
+                                       workspace=ws, counters=cnt)
         if step.kernel == CONV:
             return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
-                                            residual=r, out=y, config=cfg, workspace=ws)
+                                            residual=r, out=y, config=cfg, workspace=ws, counters=cnt)
         raise ValueError(f"unknown kernel {step.kernel!r} in step {step.layer}")
 
     def run(self, x: torch.Tensor) -> None:
@@ -127,7 +132,8 @@ class Arena:
 
     def tensors(self) -> list[torch.Tensor]:
         """Every buffer the steps read or write."""
-        return [t for t in (*self.slots, self.logits, self.workspace, self.static_input, self.normalize) if t is not None]
+        return [t for t in (*self.slots, self.logits, self.workspace, self.counters, self.static_input, self.normalize)
+                if t is not None]
 
     def mark_used(self) -> None:
         """Record that the current stream's work so far is the buffers' last use."""

@@ -64,8 +64,9 @@ class Step:
         if self.space is None:
             return ()
         m, n, k, taps = self.gemm
+        stride = self.spec.stride if self.spec is not None else 1
         return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 **_planned_for(device))
+                                 stride=stride, **_planned_for(device))
 
 
 def _planned_for(device: DeviceInfo) -> dict:

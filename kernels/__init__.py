@@ -10,7 +10,10 @@
     fold_bn(conv_weight, bn_weight, bn_bias, running_mean, running_var, eps)
 
 The convs and avgpool_fc take config= (a Config; SPLIT_K > 1 splits the K loop over a second
-launch) and workspace= (float32 scratch for partial sums and the head's pooled features).
+launch, or sums it in the split kernel for a fused config; Config.variant picks the pointer or
+the TMA kernels), workspace= (float32 scratch for partial sums and the head's pooled
+features) and counters= (a fused split's int32 arrival counters, zero; COUNTER_WORDS of them
+serve any launch).
 Inside `with precompiling():` launches only compile, on a thread pool (see kernels/launch.py).
 On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUDA device.
 """
@@ -23,9 +26,10 @@ from .gemm1x1 import conv1x1
 from .head import avgpool_fc
 from .launch import can_precompile, precompiling
 from .pool import max_pool2d
+from .splitk import COUNTER_WORDS
 
 __all__ = [
     "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
     "can_precompile", "precompiling",
-    "conv_bn_relu", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
+    "COUNTER_WORDS", "conv_bn_relu", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
 ]

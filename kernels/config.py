@@ -11,6 +11,9 @@ Rules that shape the space:
   (pytorch issue 173068).
 - BLOCK_K for ``conv`` runs over input channels inside one (kh, kw) tap, so thin inputs (the
   stem's Cin = 3) get BLOCK_K = 16, the smallest K that ``tl.dot`` takes.
+- ``Config.variant`` names the kernel of a family a config runs (VARIANTS): the pointer
+  kernels, fused split-K, or Hopper's TMA kernels. Only the pointer kernels are chosen by the
+  untuned heuristic; the others are tuning candidates where they apply (``applies``).
 """
 from __future__ import annotations
 
@@ -41,11 +44,28 @@ class Config:
     GROUP_M: int = 8
     # GEMM-type convs: split the K loop this many ways (kernels/splitk.py); 1 = no split.
     SPLIT_K: int = 1
+    # Which kernel of the family runs (VARIANTS): pointer loads, or TMA (kernels/gemm_tma.py,
+    # kernels/conv_tma.py); "fused_k" sums a split K loop in the split kernel itself.
+    variant: str = "ptr"
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown config variant {self.variant!r}; known: {', '.join(VARIANTS)}")
 
     @property
     def name(self) -> str:
         split = f"_k{self.SPLIT_K}" if self.SPLIT_K > 1 else ""
-        return f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}_w{self.num_warps}_s{self.num_stages}{split}"
+        variant = "" if self.variant == "ptr" else f"_{self.variant}"
+        return f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}_w{self.num_warps}_s{self.num_stages}{split}{variant}"
+
+    @property
+    def tma(self) -> bool:
+        return self.variant in TMA_VARIANTS
+
+    @property
+    def fused_split(self) -> bool:
+        """A split K loop summed by its own last program (no reduce launch)."""
+        return self.SPLIT_K > 1 and (self.variant == "fused_k" or self.tma)
 
     def launch_kwargs(self, *fields: str) -> dict:
         kw = {f: getattr(self, f) for f in fields}
@@ -53,6 +73,15 @@ class Config:
         return kw
 
 
+# ptr: pointer loads (cp.async on Hopper), a split K loop summed by a second launch.
+# fused_k: the same kernel, the split summed by the last program of each tile (split configs only).
+# tma: operands loaded by the TMA unit (1x1 stride-1 convs and the classifier: both; a 3x3
+#   stride-1 conv: both, one output row segment per tile; other convs: the weights).
+# tma_w: a conv's weights by TMA, its activations by pointer loads (any stride).
+# tma_ws: tma with warp specialization (a producer warp, two consumer warpgroups); never split:
+#   an atomic in the kernel makes triton drop the specialization silently (measured).
+VARIANTS = ("ptr", "fused_k", "tma", "tma_w", "tma_ws")
+TMA_VARIANTS = ("tma", "tma_w", "tma_ws")
 C = Config
 # Every config below compiles for sm_90 with wgmma and without spilling on triton 3.6 and 3.8
 # (`fastres check`). Removed by the gate: 128x128 tiles on 4 warps (the fused residual epilogue
@@ -106,6 +135,28 @@ _SPACE["conv1x1"] = {
        for dt in _16},
     torch.float32: (C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 3)),
 }
+# Hopper's TMA variants (sm_90 only: the gate clears them there; other targets keep the
+# pointer kernels), and fused split-K: in float16 only, the dtype the performance targets are
+# stated in (bfloat16 and float32 keep the pointer kernels, and CI's gate its budget, until a
+# GPU run shows which variants pay). Offered to the tuner, never chosen by the untuned
+# heuristic, until a GPU run ranks them (bench/NOTES.md, version 8).
+_HOPPER: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
+    "conv1x1": {dt: (C(128, 128, 64, 8, 3, variant="tma"), C(128, 64, 64, 4, 4, variant="tma"),
+                     C(64, 128, 64, 4, 4, variant="tma"), C(64, 64, 64, 4, 4, variant="tma"),
+                     C(128, 128, 64, 4, 3, variant="tma_ws"), C(128, 64, 64, 4, 4, variant="tma_ws"),
+                     C(64, 64, 64, 4, 4, variant="tma_ws"))
+                for dt in (torch.float16,)},
+    "conv": {dt: (C(128, 64, 64, 4, 4, variant="tma"), C(64, 128, 64, 4, 4, variant="tma"),
+                  C(64, 64, 64, 4, 4, variant="tma"),
+                  C(128, 64, 64, 4, 4, variant="tma_w"), C(64, 64, 64, 4, 4, variant="tma_w"))
+             for dt in (torch.float16,)},
+}
+HOPPER_TARGETS = ("sm_90",)
+HOPPER_DTYPES = (torch.float16,)
+# Fused split-K (and so any split TMA tile) only for tiles of at most 64 rows: with 128 rows the
+# classifier's fused sum spills (the gate: 80-384 B of stack, pointer and TMA alike), as does
+# the 128x128 conv's; a grid worth splitting has few rows anyway.
+FUSED_MAX_BLOCK_M = 64
 # avgpool (the head's pool; its linear layer runs on conv1x1 configs): BLOCK_M = pixels per
 # load (a 7x7 map in one), BLOCK_N = channels.
 _SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
@@ -159,6 +210,8 @@ def config_space(
         raise ValueError(f"no config space for kernel {kernel!r} at dtype {dtype}") from None
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    if target in HOPPER_TARGETS:
+        space = space + _HOPPER.get(kernel, {}).get(dtype, ())
     excluded = _EXCLUDED.get(target, {}).get(kernel, ())
     space = tuple(c for c in space if c not in excluded)
     if max_shared is not None and max_shared < TARGETS[target].max_shared:
@@ -240,23 +293,49 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
     return split
 
 
+def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
+    """Whether `config`'s variant can run a conv reducing over K channels per tap at `stride`
+    (what the TMA launchers require: 16-byte aligned rows, whole BLOCK_K steps inside a tap,
+    and for TMA activations stride 1)."""
+    if not config.tma:
+        return True
+    if kernel == "conv1x1":
+        return stride == 1 and K % 8 == 0
+    if kernel == "conv":
+        whole = K % config.BLOCK_K == 0
+        return whole and (stride == 1 or config.variant == "tma_w")
+    return False
+
+
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
     residual: bool = False, sms: int | None = None, target: str | None = None, max_shared: int | None = None,
+    stride: int = 1,
 ) -> tuple[Config, ...]:
-    """What per-layer tuning measures for one conv: every config of the space (for a conv with
-    a residual, those that take one), and every tile split by `choose_split` where that splits
-    it (the heuristic's own choice is among them). `sms`, `target`, `max_shared`: the device
-    planned for (default: `device`'s, else an H100's: 132 SMs, sm_90)."""
+    """What per-layer tuning measures for one conv: every config of the space that applies to
+    it (`applies`; for a conv with a residual, those that take one), and every tile split by
+    `choose_split` where that splits it (the heuristic's own choice is among them): pointer
+    tiles both with the reduce launch and, on Hopper, fused ("fused_k"); TMA tiles fused; warp
+    specialized tiles never split. `sms`, `target`, `max_shared`: the device planned for
+    (default: `device`'s, else an H100's: 132 SMs, sm_90)."""
     sms, target, max_shared = _device(device, sms, target, max_shared)
-    space = config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
+
+    def ok(c: Config) -> bool:
+        return applies(kernel, c, K=K, stride=stride)
+
+    space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared) if ok(c))
     if kernel not in SPLIT_KERNELS:
         return space
     out = list(space)
     for c in config_space(kernel, dtype, target=target, max_shared=max_shared):
+        if not ok(c) or c.variant == "tma_ws" or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
+            continue
         split = choose_split(-(-M // c.BLOCK_M) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
         if split > 1:
             out.append(dataclasses.replace(c, SPLIT_K=split))
+            if (c.variant == "ptr" and target in HOPPER_TARGETS and dtype in HOPPER_DTYPES and kernel != "conv_stem"
+                    and c.BLOCK_M <= FUSED_MAX_BLOCK_M):
+                out.append(dataclasses.replace(c, SPLIT_K=split, variant="fused_k"))
     return tuple(out)
 
 
@@ -289,7 +368,9 @@ def select_config(
             )
         return cfg
     sms, target, max_shared = _device(device, sms, target, max_shared)
-    space = config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
+    # The untuned heuristic keeps the pointer kernels (the TMA variants wait for a GPU run).
+    space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
+                  if c.variant == "ptr")
     if kernel not in ("conv", "conv_stem", "conv1x1"):
         return space[0]
     kmax = _pow2_at_least(K)

@@ -27,7 +27,7 @@ from ._checks import (
 )
 from .config import Config, select_config
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import config_splits, finish_tile, reduce_partials, split_workspace
+from .splitk import config_splits, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
 
 # How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
@@ -54,8 +54,9 @@ def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
 
 @triton.jit
 def _conv_kernel(
-    # pointers (n_ptr: the stem's pixel_norm table, read only when NORMALIZE)
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, n_ptr,
+    # pointers (n_ptr: the stem's pixel_norm table, read only when NORMALIZE; cnt_ptr: the
+    # fused split's arrival counters)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, n_ptr, cnt_ptr,
     # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
     M, H, W, C, OH, OW, CO, SH, SW, PH, PW, ITERS,
     # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order; the
@@ -68,7 +69,7 @@ def _conv_kernel(
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
-    NORMALIZE: tl.constexpr,
+    FUSED: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
@@ -135,8 +136,8 @@ def _conv_kernel(
             acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
 
     finish_tile(
-        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT,
+        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED,
     )
 
 
@@ -223,25 +224,38 @@ def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None
                          residual=residual)
 
 
-def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace, norm=None) -> torch.Tensor:
+def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace, counters=None,
+                 norm=None) -> torch.Tensor:
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
+    if cfg.tma:
+        if flat or norm is not None or x.dtype != w.dtype:
+            raise ValueError(f"config {cfg.name}: the TMA conv needs >= 16 input channels in w's dtype, got x "
+                             f"{x.dtype} of shape {tuple(x.shape)}, w of shape {tuple(w.shape)}")
+        from .conv_tma import launch_conv_tma
+
+        y = out if out is not None else alloc_nhwc(g.out_shape, w)
+        if g.M:
+            launch_conv_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters, y)
+        return y
     splits, iters = config_splits(cfg, k, 1 if flat else g.KH * g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:
         return y
     r = residual if residual is not None else y
-    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
+    tiles = triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N)
+    fused = splits > 1 and cfg.fused_split
+    cnt = split_counters(counters, tiles, b) if fused else b
     mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype == torch.float32 else NORM_FMA)
-    launch(_conv_kernel, grid,
-        x, w, b, r, y, ws, b if norm is None else norm,
+    launch(_conv_kernel, (tiles, splits),
+        x, w, b, r, y, ws, b if norm is None else norm, cnt,
         g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
-        SPLIT=splits > 1, NORMALIZE=mode, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        SPLIT=splits > 1, FUSED=fused, NORMALIZE=mode, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
     return y
 
@@ -259,6 +273,7 @@ def conv_bn_relu(
     input_precision: str = "ieee",
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = relu(conv2d(x, w) + b (+ residual)), fused (one launch, two if split), BN folded into w, b.
 
@@ -270,10 +285,14 @@ def conv_bn_relu(
     A config with SPLIT_K > 1 (the default for grids that leave most SMs idle) takes two
     launches: the split K loop into float32 partials, then their sum with the epilogue; the
     partials go to `workspace` (float32, contiguous, >= splits*M*Cout elements) if given,
-    else to a fresh buffer.
+    else to a fresh buffer. A fused split (``config.fused_split``: variant "fused_k", or a TMA
+    config) is one launch; its tiles count arrivals in `counters` (int32, contiguous, at
+    least one word per output tile, all zero: every fused launch leaves them zero again),
+    else in fresh zeros. TMA configs (kernels/conv_tma.py) need Cin a multiple of BLOCK_K and
+    dense weights; variant "tma" also stride 1.
     """
     g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision)
-    return _launch_conv(x, w, b, g, relu, residual, out, config, workspace)
+    return _launch_conv(x, w, b, g, relu, residual, out, config, workspace, counters)
 
 
 def pixel_norm(mean, std, device: torch.device | str | None = None) -> torch.Tensor:
@@ -323,6 +342,7 @@ def stem_conv(
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
     normalize: torch.Tensor | None = None,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """conv_bn_relu for the network's first layer, reading the user's input as it is.
 
@@ -337,4 +357,4 @@ def stem_conv(
     """
     g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input="pixels")
     _check_norm(x, normalize)
-    return _launch_conv(x, w, b, g, relu, None, out, config, workspace, normalize)
+    return _launch_conv(x, w, b, g, relu, None, out, config, workspace, counters, normalize)

@@ -13,14 +13,15 @@ from ._checks import nhwc_strides
 from .config import Config, select_config
 from .conv import ConvGeometry, alloc_nhwc, check_conv_args
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import config_splits, finish_tile, reduce_partials, split_workspace
+from .gemm_tma import launch_gemm_tma
+from .splitk import config_splits, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
 
 
 @triton.jit
 def _gemm1x1_kernel(
-    # pointers
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr,
+    # pointers (cnt_ptr: the fused split's arrival counters)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr,
     # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
     M, C, OH, OW, CO, SH, SW, ITERS,
     # strides (elements, in n, h, w, c order; weights in cout, cin order; the split-K
@@ -32,6 +33,7 @@ def _gemm1x1_kernel(
     sws,
     # meta-parameters
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+    FUSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
@@ -61,8 +63,8 @@ def _gemm1x1_kernel(
         b_ptrs += BLOCK_K * swc
 
     finish_tile(
-        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT,
+        acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED,
     )
 
 
@@ -83,6 +85,7 @@ def conv1x1(
     input_precision: str = "ieee",
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = relu(x @ w^T + b (+ residual)) over pixels: a 1x1 conv (no padding), fused (one launch, two if split).
 
@@ -91,27 +94,47 @@ def conv1x1(
     residual: [N, Cout, OH, OW] channels_last, x's dtype; OH = (H-1)//stride + 1.
     Returns y: [N, Cout, OH, OW] channels_last in x's dtype (written into `out` if given).
     A config with SPLIT_K > 1 takes two launches (split K loop, then the sum with the
-    epilogue); see conv_bn_relu for `workspace`.
+    epilogue), one if it is fused (``fused_split``); see conv_bn_relu for `workspace` and
+    `counters`. A TMA config (``variant="tma"`` / ``"tma_ws"``, kernels/gemm_tma.py) needs
+    stride 1 and dense, 16-byte aligned pixel rows.
     """
     if isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) != (1, 1):
         raise ValueError(f"conv1x1 needs a [Cout, Cin, 1, 1] weight, got shape {tuple(w.shape)}: use conv_bn_relu")
     g = check_conv_args(x, w, b, stride, 0, residual, out, input_precision)
     cfg = config or conv1x1_config(g, x.dtype, x.device)
+    if cfg.tma:
+        return _conv1x1_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters)
     splits, iters = config_splits(cfg, g.C)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, x)
     if g.M == 0:
         return y
     r = residual if residual is not None else y
-    grid = (triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N), splits)
-    launch(_gemm1x1_kernel, grid,
-        x, w, b, r, y, ws,
+    tiles = triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N)
+    fused = splits > 1 and cfg.fused_split
+    cnt = split_counters(counters, tiles, b) if fused else b
+    launch(_gemm1x1_kernel, (tiles, splits),
+        x, w, b, r, y, ws, cnt,
         g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, iters,
         *nhwc_strides(x), w.stride(0), w.stride(1),
         *nhwc_strides(r), *nhwc_strides(y), sws,
         HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision, SPLIT=splits > 1,
-        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        FUSED=fused, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
+    return y
+
+
+def _conv1x1_tma(x, w, b, g: ConvGeometry, relu, residual, out, cfg: Config, workspace, counters) -> torch.Tensor:
+    if (g.SH, g.SW) != (1, 1):
+        raise ValueError(f"config {cfg.name}: the TMA GEMM runs 1x1 convs of stride 1, got stride {(g.SH, g.SW)} "
+                         f"for x of shape {tuple(x.shape)}")
+    # x is dense channels_last (checked): its pixels are the rows of one [M, Cin] matrix.
+    y = out if out is not None else alloc_nhwc(g.out_shape, x)
+    if g.M == 0:
+        return y
+    launch_gemm_tma(x, g.C, w.as_strided((g.CO, g.C), (w.stride(0), w.stride(1))),
+                    b, residual, y, M=g.M, C=g.C, CO=g.CO, OH=g.OH, OW=g.OW, relu=relu, precision=g.precision,
+                    config=cfg, workspace=workspace, counters=counters)
     return y

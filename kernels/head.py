@@ -20,7 +20,7 @@ from ._checks import (
 )
 from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
-from .splitk import check_workspace, config_splits, reduce_partials, workspace_numel
+from .splitk import check_workspace, config_splits, reduce_partials, split_counters, workspace_numel
 from .launch import launch
 
 
@@ -80,6 +80,7 @@ def avgpool_fc(
     input_precision: str = "ieee",
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """logits = mean over H, W of x, times w^T, plus b: torchvision's avgpool + flatten + fc.
 
@@ -90,7 +91,9 @@ def avgpool_fc(
     are kept in float32 and rounded to x's dtype only as the product's input.
     `config` is the linear layer's GEMM config (a "conv1x1" config, SPLIT_K included);
     `workspace`: float32 scratch of at least `head_workspace_numel(...)` elements (else a
-    fresh buffer). Two launches, three when split.
+    fresh buffer); `counters`: a fused split's arrival counters (see conv_bn_relu). Two
+    launches, three when split unfused. A TMA config runs the linear layer on the TMA GEMM
+    (kernels/gemm_tma.py).
     """
     check_tensor("x", x, rank=4)
     check_tensor("w", w, rank=2)
@@ -128,16 +131,23 @@ def avgpool_fc(
     # rows, logits [N, CLS] likewise; the bias is added in the epilogue (or the split sum).
     y4 = y.view(N, CLS, 1, 1) if y.is_contiguous() else y.unsqueeze(2).unsqueeze(3)
     ys = nhwc_strides(y4)
-    grid = (triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N), splits)
-    launch(_gemm1x1_kernel, grid,
-        pooled, w, b, y4, y4, partials if splits > 1 else b,
+    if cfg.tma:
+        from .gemm_tma import launch_gemm_tma
+
+        launch_gemm_tma(pooled, C, w, b, None, y4, M=N, C=C, CO=CLS, OH=1, OW=1, relu=False, precision=precision,
+                        config=cfg, workspace=partials if splits > 1 else None, counters=counters)
+        return y
+    tiles = triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N)
+    fused = splits > 1 and cfg.fused_split
+    launch(_gemm1x1_kernel, (tiles, splits),
+        pooled, w, b, y4, y4, partials if splits > 1 else b, split_counters(counters, tiles, b) if fused else b,
         N, C, 1, 1, CLS, 1, 1, iters,
         C, C, C, 1,
         w.stride(0), 1,
         *ys, *ys, N * CLS if splits > 1 else 0,
-        HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1,
+        HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1, FUSED=fused,
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         reduce_partials(partials, splits, b, None, y4, M=N, OH=1, OW=1, relu=False)
     return y

@@ -87,3 +87,22 @@ def precompiling(workers: int | None = None, progress: str | None = None) -> Ite
         _async_compile.active_mode.set(None)
         forget_unfinished(warmed)
         raise
+
+
+_allocator_set = False
+
+
+def ensure_tma_allocator() -> None:
+    """Give triton the scratch allocator its in-kernel TMA descriptors need (128 bytes per
+    descriptor, from torch's caching allocator, so a CUDA graph capture keeps it in its pool).
+    Set once per process; the interpreter needs none."""
+    global _allocator_set
+    if _allocator_set or interpreting():
+        return
+    import torch
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+
+    triton.set_allocator(alloc)
+    _allocator_set = True

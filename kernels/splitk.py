@@ -6,6 +6,14 @@ for 132 SMs, each running a 72-step K loop alone. With split-K the grid gets a s
 float32 partial in a workspace [splits, M, Cout]; a second launch sums the partials in a fixed
 order (deterministic, unlike atomics) and applies the fused epilogue (bias, residual, ReLU)
 with the same `bias_residual_relu_store` as the unsplit kernels.
+
+Fused split-K (a config's ``variant="fused_k"``, and every split TMA launch) drops that
+second launch: each program stores its partial, then takes a ticket from its tile's arrival
+counter (an int32 atomic with acquire/release semantics, after a barrier so that the whole
+program's stores are released); the program that draws the last ticket sums the planes in
+the same fixed order 0..splits-1 as the reduce launch (so the result is bitwise the same and
+deterministic), applies the epilogue and resets the counter to zero, so the counters are
+zero again for the next launch (a CUDA graph replays the same buffer).
 """
 from __future__ import annotations
 
@@ -33,6 +41,27 @@ def config_splits(config, K: int, taps: int = 1) -> tuple[int, int]:
     """(splits, K-loop iterations per split) of a launch with `config` over a reduction of
     `taps` x K (K in BLOCK_K steps), as every split-capable launcher plans it."""
     return split_plan(k_iters(K, config.BLOCK_K, taps), config.SPLIT_K)
+
+
+# Tiles of one fused split launch at most: the counters buffer the engine keeps (int32, zero).
+# A split only pays for grids that leave most SMs idle (a few hundred tiles at the very most).
+COUNTER_WORDS = 4096
+
+
+def split_counters(counters: torch.Tensor | None, tiles: int, like: torch.Tensor) -> torch.Tensor:
+    """The arrival counters of a fused split launch over `tiles` tiles: the caller's (int32,
+    contiguous, at least `tiles` words, all zero before the launch as every fused launch
+    leaves them) or fresh zeros."""
+    if counters is None:
+        return torch.zeros(max(1, tiles), device=like.device, dtype=torch.int32)
+    if not isinstance(counters, torch.Tensor) or counters.dtype != torch.int32 or counters.dim() != 1 \
+            or not counters.is_contiguous():
+        got = f"{counters.dtype} {tuple(counters.shape)}" if isinstance(counters, torch.Tensor) else type(counters).__name__
+        raise ValueError(f"counters must be a contiguous 1-D int32 tensor (zeros), got {got}")
+    if counters.numel() < tiles:
+        raise ValueError(f"counters has {counters.numel()} words but this fused split launch has {tiles} tiles")
+    check_device(counters=counters, like=like)
+    return counters
 
 
 def workspace_numel(M: int, CO: int, splits: int) -> int:
@@ -84,19 +113,55 @@ def store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws):
 
 
 @triton.jit
-def finish_tile(
-    acc, rm, rn, m_ok, n_ok,
-    b_ptr, r_ptr, y_ptr, ws_ptr, pid_k,
+def sum_if_last(
+    rm, rn, m_ok, n_ok,
+    b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, tile,
     OH, OW, CO,
     srn, srh, srw, src,
     syn, syh, syw, syc,
     sws,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
 ):
-    """The end of a conv program: its partial into the workspace when split, else the fused
-    epilogue straight into y."""
+    """Fused split-K: after this program's partial is stored, the last of the tile's programs
+    to arrive sums all partials (fixed order) and applies the epilogue."""
+    splits = tl.num_programs(1)
+    # Every thread's partial stores are issued before the ticket is taken (the atomic then
+    # releases them at GPU scope); acquire: the last program sees every other partial.
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    if ticket == splits - 1:
+        tl.debug_barrier()
+        mask = m_ok[:, None] & n_ok[None, :]
+        p = ws_ptr + rm.to(tl.int64)[:, None] * CO + rn[None, :]
+        acc = tl.zeros(mask.shape, dtype=tl.float32)
+        for _ in range(0, splits):
+            # .cg: from L2, where the other SMs' partials are; never a stale L1 line.
+            acc += tl.load(p, mask=mask, other=0.0, cache_modifier=".cg")
+            p += sws
+        tl.store(cnt_ptr + tile, 0)
+        bias_residual_relu_store(
+            acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
+            srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+        )
+
+
+@triton.jit
+def finish_tile(
+    acc, rm, rn, m_ok, n_ok,
+    b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k,
+    OH, OW, CO,
+    srn, srh, srw, src,
+    syn, syh, syw, syc,
+    sws,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr,
+):
+    """The end of a conv program: its partial into the workspace when split (FUSED: and the
+    sum by the last program of the tile), else the fused epilogue straight into y."""
     if SPLIT:
         store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws)
+        if FUSED:
+            sum_if_last(rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, tl.program_id(0), OH, OW, CO,
+                        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU)
     else:
         bias_residual_relu_store(
             acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,

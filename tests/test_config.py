@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fastres.kernels.config as config_mod
 from fastres import kernels as K
-from fastres.kernels import Config, config_space, select_config, use_config
+from fastres.kernels import Config, config_space, select_config, tuning_candidates, use_config
 from helpers import KERNEL_RTOL, ON_GPU, assert_close, rand_nhwc
 
 KERNELS = ("conv", "conv_stem", "conv1x1", "avgpool", "max_pool2d", "add_relu", "splitk_reduce")
@@ -213,6 +213,8 @@ def test_every_dispatchable_config(kernel, dtype, cfg, device):
         cin, k, stride, pad = 3, 7, 2, 3
     else:
         cin, k, stride, pad = 40, (3 if kernel == "conv" else 1), 1, (1 if kernel == "conv" else 0)
+        if not config_mod.applies(kernel, cfg, K=cin):
+            cin = 2 * cfg.BLOCK_K  # a TMA conv's weight boxes need whole BLOCK_K steps per tap
         x = rand_nhwc(2, cin, 5, 7, dtype=dtype, device=device)
     w = rand_nhwc(72, cin, k, k, dtype=dtype, device=device, scale=(cin * k * k) ** -0.5)
     b = torch.randn(72).to(device)
@@ -271,3 +273,58 @@ def test_heuristic_keeps_tiles_within_the_output_channels(gpu_heuristic):
     for kernel, taps in (("conv", 9), ("conv1x1", 1)):
         assert select_config(kernel, torch.float16, M=256 * 56 * 56, N=64, K=64, taps=taps).BLOCK_N == 64
         assert select_config(kernel, torch.float16, M=256 * 56 * 56, N=256, K=64, taps=taps).BLOCK_N == 128
+
+
+# ---------------------------------------------------------------- the Hopper-native variants
+
+def test_variant_field_names_and_validates():
+    assert Config(64, 64, 64, 4, 4).variant == "ptr"
+    assert Config(64, 64, 64, 4, 4, variant="tma").name == "64x64x64_w4_s4_tma"
+    assert Config(64, 64, 64, 4, 4, SPLIT_K=3, variant="fused_k").name == "64x64x64_w4_s4_k3_fused_k"
+    with pytest.raises(ValueError, match="unknown config variant 'wgmma'"):
+        Config(64, 64, 64, variant="wgmma")
+    assert Config(64, 64, 64, SPLIT_K=2, variant="fused_k").fused_split
+    assert Config(64, 64, 64, SPLIT_K=2, variant="tma").fused_split
+    assert not Config(64, 64, 64, SPLIT_K=2).fused_split and not Config(64, 64, 64, variant="fused_k").fused_split
+
+
+@pytest.mark.parametrize("kernel", ["conv", "conv1x1"])
+def test_tma_variants_are_in_hoppers_float16_space_only(kernel):
+    tma = {c.variant for c in config_space(kernel, torch.float16, target="sm_90") if c.variant != "ptr"}
+    assert tma == ({"tma", "tma_ws"} if kernel == "conv1x1" else {"tma", "tma_w"})
+    for target in ("sm_80", "sm_89", "sm_100", "sm_120", "gfx942"):
+        assert all(c.variant == "ptr" for c in config_space(kernel, torch.float16, target=target))
+    for dtype in (torch.bfloat16, torch.float32):
+        assert all(c.variant == "ptr" for c in config_space(kernel, dtype, target="sm_90"))
+
+
+@pytest.mark.parametrize("kernel", ["conv", "conv1x1"])
+@pytest.mark.parametrize("mnk", PROBLEMS, ids=lambda p: "x".join(map(str, p)))
+def test_untuned_heuristic_keeps_the_pointer_kernels(kernel, mnk):
+    m, n, k = mnk
+    assert select_config(kernel, torch.float16, M=m, N=n, K=k, sms=132, target="sm_90", interpreter=False).variant == "ptr"
+
+
+def test_tuning_offers_every_variant_family_where_it_applies():
+    # ResNet-50 layer4 3x3 at batch 1: split-worthy; every family on sm_90.
+    cands = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90")
+    kinds = {(c.variant, c.SPLIT_K > 1) for c in cands}
+    assert {("ptr", False), ("ptr", True), ("fused_k", True), ("tma", False), ("tma", True), ("tma_w", False),
+            ("tma_w", True)} <= kinds
+    assert all(c.BLOCK_M <= config_mod.FUSED_MAX_BLOCK_M for c in cands if c.fused_split)
+    # Stride 2: TMA activations do not apply, TMA weights do.
+    s2 = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90", stride=2)
+    assert {c.variant for c in s2} == {"ptr", "fused_k", "tma_w"}
+    # 1x1: tma and tma_ws at stride 1, never a split warp-specialized tile; none at stride 2.
+    c1 = tuning_candidates("conv1x1", torch.float16, M=49, N=512, K=2048, sms=132, target="sm_90")
+    assert {"tma", "tma_ws"} <= {c.variant for c in c1}
+    assert not any(c.variant == "tma_ws" and c.SPLIT_K > 1 for c in c1)
+    c2 = tuning_candidates("conv1x1", torch.float16, M=49, N=512, K=2048, sms=132, target="sm_90", stride=2)
+    assert not any(c.tma for c in c2)
+    # A channel count TMA boxes cannot step through whole: no TMA conv offered.
+    odd = tuning_candidates("conv", torch.float16, M=4096, N=64, K=48, taps=9, sms=132, target="sm_90")
+    assert not any(c.tma for c in odd)
+    # Other targets and dtypes: pointer kernels, two-launch splits only.
+    for target, dtype in (("sm_80", torch.float16), ("sm_90", torch.bfloat16)):
+        other = tuning_candidates("conv", dtype, M=49, N=512, K=512, taps=9, sms=108, target=target)
+        assert {c.variant for c in other} == {"ptr"} and any(c.SPLIT_K > 1 for c in other)

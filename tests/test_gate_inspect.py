@@ -28,14 +28,31 @@ Resource usage:
     assert parse_resource_usage(usage) == {"REG": 255, "STACK": 88, "SHARED": 1024, "LOCAL": 0}
     with pytest.raises(RuntimeError):
         parse_resource_usage("nothing here")
-    assert scan_sass(_SASS) == {"hgmma": 1, "local_insts": 2}
+    assert scan_sass(_SASS) == {"hgmma": 1, "local_insts": 2, "tma_insts": 0, "setmaxnreg_insts": 0}
 
 
 def test_scan_sass_counts_the_targets_tensor_core_instruction():
     assert scan_sass(_SASS, target=SM90) == scan_sass(_SASS)
     ampere_like = dataclasses.replace(SM90, name="mma", tensor_core_op="HMMA")
     sass = _SASS + "        /*5540*/                   HMMA.16816.F32 R8, R12, R16, R8 ;\n"
-    assert scan_sass(sass, target=ampere_like) == {"hmma": 1, "local_insts": 2}
+    assert scan_sass(sass, target=ampere_like) == {"hmma": 1, "local_insts": 2, "tma_insts": 0, "setmaxnreg_insts": 0}
+
+
+def test_scan_sass_counts_tma_and_warp_specialization():
+    """TMA: the bulk tensor loads and stores (not its cache-control or flush instructions);
+    warp specialization: setmaxnreg, which only a specialized kernel issues."""
+    sass = """
+        /*0400*/                   UTMALDG.2D [UR8], [UR4] ;
+        /*0410*/                   UTMALDG.4D [UR16], [UR12] ;
+        /*0420*/                   UTMACCTL.IV [UR6] ;
+        /*0430*/                   UTMACMDFLUSH ;
+        /*0440*/                   UTMASTG.2D [UR4], [UR8] ;
+        /*0450*/                   USETMAXREG.DEALLOC.CTAPOOL 0x18 ;
+        /*0460*/                   USETMAXREG.TRY_ALLOC.CTAPOOL P0, 0xf0 ;
+"""
+    counts = scan_sass(sass + _SASS)
+    assert counts["tma_insts"] == 3 and counts["setmaxnreg_insts"] == 2
+    assert scan_sass(_SASS)["tma_insts"] == 0
 
 
 def test_scan_sass_tells_the_tensor_core_opcodes_apart():
@@ -47,7 +64,8 @@ def test_scan_sass_tells_the_tensor_core_opcodes_apart():
         /*18c0*/                   UTCBAR [UR8], URZ ;
 """
     ampere = "        /*0a10*/                   HMMA.16816.F32.BF16 R24, R40, R44, R24 ;\n"
-    assert scan_sass(blackwell, target=SM100) == {"utchmma": 2, "local_insts": 0}
+    assert scan_sass(blackwell, target=SM100) == {"utchmma": 2, "local_insts": 0, "tma_insts": 0,
+                                                  "setmaxnreg_insts": 0}
     assert scan_sass(blackwell + _SASS, target=SM80)["hmma"] == 0
     assert scan_sass(ampere + blackwell + _SASS, target=SM80)["hmma"] == 1
     assert scan_sass(ampere + blackwell + _SASS, target=SM90)["hgmma"] == 1

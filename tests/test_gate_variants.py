@@ -66,8 +66,9 @@ def test_other_targets_compile_each_config_at_its_heaviest_variants():
     from fastres.gate.run import tasks
 
     for k in ("conv", "conv_stem", "conv1x1", "splitk_reduce"):
-        # sm_90's rows of the configs sm_80's space keeps
-        full = [t for t in tasks(kernels=[k], target=SM90) if t.config in engine_space(k, t.dtype, SM80)]
+        # sm_90's rows of the configs sm_80's space keeps (fused splits are Hopper's only)
+        full = [t for t in tasks(kernels=[k], target=SM90)
+                if t.config in engine_space(k, t.dtype, SM80) and not dict(t.variant.meta).get("FUSED")]
         every = tasks(kernels=[k], target=SM80, all_variants=True)
         few = tasks(kernels=[k], target=SM80)
         assert [(t.config, t.dtype, t.variant) for t in every] == [(t.config, t.dtype, t.variant) for t in full]
@@ -104,7 +105,7 @@ def _recorded_launches(monkeypatch, call) -> list[tuple]:
     """(kernel, {argument: value}) of every launch `call` makes, with the GPU heuristic's
     configs; nothing runs."""
     import fastres.kernels.config as config_mod
-    from fastres.kernels import conv, gemm1x1, head, splitk
+    from fastres.kernels import conv, conv_tma, gemm1x1, gemm_tma, head, splitk
 
     monkeypatch.setattr(config_mod, "interpreting", lambda: False)
     # The launches are recorded, never run, so CPU tensors stand in for device ones on every
@@ -118,7 +119,7 @@ def _recorded_launches(monkeypatch, call) -> list[tuple]:
         names = arg_names(kernel)
         seen.append((kernel, {**dict(zip(names, args)), **kwargs}))
 
-    for module in (conv, gemm1x1, head, splitk):
+    for module in (conv, conv_tma, gemm1x1, gemm_tma, head, splitk):
         monkeypatch.setattr(module, "launch", record)
     call()
     return seen
@@ -127,14 +128,14 @@ def _recorded_launches(monkeypatch, call) -> list[tuple]:
 def _jit_class(v):
     """What the JIT specializes an argument on: a pointer's dtype, an int's == 1 and % 16."""
     if isinstance(v, torch.Tensor):
-        return ("ptr", {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[v.dtype])
+        return ("ptr", {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32"}[v.dtype])
     if isinstance(v, bool) or not isinstance(v, int):
         return ("const", v)
     return ("int", v == 1, v % 16 == 0)
 
 
-def _gate_class(kernel_name: str, variant_name: str, config, fn) -> dict:
-    v = next(v for v in variants(kernel_name, "float16") if v.name == variant_name)
+def _gate_class(kernel_name: str, variant_name: str, config, fn, family: str = "ptr") -> dict:
+    v = next(v for v in variants(kernel_name, "float16", family) if v.name == variant_name)
     signature, constexprs, attrs, _ = specialize(fn, config, "float16", v)
     names = arg_names(fn)
     out = {}
@@ -150,11 +151,21 @@ def _gate_class(kernel_name: str, variant_name: str, config, fn) -> dict:
     return out
 
 
-@pytest.mark.parametrize("case", ["3x3 split", "3x3 residual split", "1x1 split", "head"])
+@pytest.mark.parametrize("case", ["3x3 split", "3x3 residual split", "1x1 split", "head", "3x3 fused", "1x1 fused",
+                                  "3x3 tma", "3x3 tma split", "3x3/s2 tma_w", "1x1 tma", "1x1 tma_ws", "head tma split",
+                                  "head tma_ws"])
 def test_gate_variants_are_the_launches(case, monkeypatch):
     """The gate's variant rows specialize exactly as the launchers' own launches at those
-    layers do (pointer types, which ints are 1 and which divisible by 16, constexprs)."""
+    layers do (pointer types, which ints are 1 and which divisible by 16, constexprs), for
+    every kernel variant family."""
+    import dataclasses
+
     from fastres import kernels as K
+    from fastres.kernels.config import select_config
+
+    def planned(kernel, variant, **gemm):  # the heuristic's tile for an H100, as another variant
+        return dataclasses.replace(select_config(kernel, torch.float16, sms=132, target="sm_90", interpreter=False,
+                                                 **gemm), variant=variant)
 
     def nhwc(*shape, dtype=torch.float16):
         return torch.zeros(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -170,22 +181,83 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
     elif case == "1x1 split":
         call = lambda: K.conv1x1(nhwc(1, 2048, 7, 7), nhwc(512, 2048, 1, 1), b512)  # noqa: E731
         expect = [("conv1x1", "1x1/s1/relu/splitk/ieee [layer4 conv1]"), ("splitk_reduce", "sum/relu [layer4 b1]")]
-    else:
+    elif case == "head":
         out = torch.zeros(1, 1000, dtype=torch.float16)
         call = lambda: K.avgpool_fc(nhwc(1, 2048, 7, 7), torch.zeros(1000, 2048, dtype=torch.float16), b1000,  # noqa: E731
                                     out=out)
         expect = [("avgpool", "7x7 [head pool]"), ("conv1x1", "fc/N1/splitk/ieee [head]"),
                   ("splitk_reduce", "sum/y:fp16 [head N1]")]
+    elif case == "3x3 fused":
+        cfg = planned("conv", "fused_k", M=49, N=512, K=512, taps=9)
+        call = lambda: K.conv_bn_relu(nhwc(1, 512, 7, 7), nhwc(512, 512, 3, 3), b512, padding=1, config=cfg)  # noqa: E731
+        expect = [("conv", "3x3/s1/relu/splitk-fused/ieee [layer4]")]
+    elif case == "1x1 fused":
+        cfg = planned("conv1x1", "fused_k", M=49, N=512, K=2048)
+        call = lambda: K.conv1x1(nhwc(1, 2048, 7, 7), nhwc(512, 2048, 1, 1), b512, config=cfg)  # noqa: E731
+        expect = [("conv1x1", "1x1/s1/relu/splitk-fused/ieee [layer4 conv1]")]
+    elif case == "3x3 tma":
+        cfg = Config(64, 64, 64, 4, 4, variant="tma")
+        call = lambda: K.conv_bn_relu(nhwc(32, 64, 56, 56), nhwc(64, 64, 3, 3), torch.zeros(64), padding=1,  # noqa: E731
+                                      residual=nhwc(32, 64, 56, 56), config=cfg)
+        expect = [("conv", "3x3/s1/relu/res/x:tma [layer1]", "tma")]
+    elif case == "3x3 tma split":
+        cfg = planned("conv", "tma", M=49, N=512, K=512, taps=9)
+        call = lambda: K.conv_bn_relu(nhwc(1, 512, 7, 7), nhwc(512, 512, 3, 3), b512, padding=1, config=cfg)  # noqa: E731
+        expect = [("conv", "3x3/s1/relu/x:tma/splitk-fused [layer4]", "tma")]
+    elif case == "3x3/s2 tma_w":
+        cfg = Config(64, 64, 64, 4, 4, variant="tma_w")
+        call = lambda: K.conv_bn_relu(nhwc(32, 128, 56, 56), nhwc(128, 128, 3, 3), torch.zeros(128), stride=2,  # noqa: E731
+                                      padding=1, config=cfg)
+        expect = [("conv", "3x3/s2/relu [layer2.0]", "tma_w")]
+    elif case in ("1x1 tma", "1x1 tma_ws"):
+        variant = case.split()[1]
+        cfg = Config(64, 64, 64, 4, 4, variant=variant)
+        call = lambda: K.conv1x1(nhwc(32, 64, 56, 56), nhwc(256, 64, 1, 1), torch.zeros(256),  # noqa: E731
+                                 residual=nhwc(32, 256, 56, 56), config=cfg)
+        expect = [("conv1x1", "1x1/s1/relu/res" + ("/ws" if variant == "tma_ws" else "") + " [conv3]", variant)]
+    elif case == "head tma split":
+        cfg = planned("conv1x1", "tma", M=1, N=1000, K=2048)
+        call = lambda: K.avgpool_fc(nhwc(1, 2048, 7, 7), torch.zeros(1000, 2048, dtype=torch.float16), b1000,  # noqa: E731
+                                    out=torch.zeros(1, 1000, dtype=torch.float16), config=cfg)
+        expect = [("avgpool", "7x7 [head pool]"), ("conv1x1", "fc/N1/splitk-fused [head]", "tma")]
+    else:
+        cfg = Config(64, 64, 64, 4, 4, variant="tma_ws")
+        call = lambda: K.avgpool_fc(nhwc(1024, 2048, 7, 7), torch.zeros(1000, 2048, dtype=torch.float16),  # noqa: E731
+                                    b1000, out=torch.zeros(1024, 1000, dtype=torch.float16), config=cfg)
+        expect = [("avgpool", "7x7 [head pool]"), ("conv1x1", "fc/N1024/y:fp16/ws [head]", "tma_ws")]
     launches = _recorded_launches(monkeypatch, call)
     assert len(launches) == len(expect)
-    for (fn, args), (kernel_name, variant_name) in zip(launches, expect):
+    for (fn, args), (kernel_name, variant_name, *family) in zip(launches, expect):
         meta = {k: args.pop(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M") if k in args}
         config = Config(meta["BLOCK_M"], meta.get("BLOCK_N", 1), meta.get("BLOCK_K", 1), args.pop("num_warps"),
                         args.pop("num_stages"), meta.get("GROUP_M", 8))
-        gate = _gate_class(kernel_name, variant_name, config, fn)
+        gate = _gate_class(kernel_name, variant_name, config, fn, *family)
         # Constexpr arguments (per the kernel) compare by value, the others by JIT class.
         got = {name: ("const", v) if gate.get(name, ("",))[0] == "const" else _jit_class(v) for name, v in args.items()}
         for name in CONFIG_META:
             gate.pop(name, None)
         mismatched = {n: (got.get(n), gate.get(n)) for n in set(got) | set(gate) if got.get(n) != gate.get(n)}
         assert not mismatched, f"{kernel_name} {variant_name}: launch vs gate {mismatched}"
+
+
+def test_tma_families_have_their_own_kernels_and_launches():
+    from fastres.gate.compile import kernel_fn, row_family
+    from fastres.gate.variants import config_family
+
+    assert kernel_fn("conv", "tma").fn.__name__ == "_conv_tma_kernel"
+    assert kernel_fn("conv1x1", "tma_ws").fn.__name__ == "_gemm_tma_kernel"
+    assert kernel_fn("conv1x1", "fused_k").fn.__name__ == "_gemm1x1_kernel"
+    assert config_family(Config(64, 64, 64, variant="fused_k")) == "ptr"
+    ws = variants("conv1x1", "float16", "tma_ws")
+    assert ws and all(dict(v.meta)["WARP_SPECIALIZE"] and not dict(v.meta)["SPLIT"] for v in ws)
+    tma = variants("conv", "float16", "tma")
+    assert all(dict(v.meta)["A_TMA"] and dict(v.values)["SH"] == 1 for v in tma)
+    assert any(dict(v.meta)["SPLIT"] for v in tma)
+    # fused splits: Hopper, float16, tiles of up to 64 rows
+    fused = next(v for v in variants("conv", "float16") if dict(v.meta).get("FUSED"))
+    assert row_family(Config(64, 64, 64, 4, 4), fused) == "fused_k"
+    assert dispatchable("conv", Config(64, 64, 64, 4, 4), fused, "float16", SM90)
+    assert not dispatchable("conv", Config(64, 64, 64, 4, 4), fused, "float16", SM80)
+    assert not dispatchable("conv", Config(128, 64, 64, 4, 4), fused, "float16", SM90)
+    fused32 = next(v for v in variants("conv", "float32") if dict(v.meta).get("FUSED"))
+    assert not dispatchable("conv", Config(64, 64, 32, 4, 3), fused32, "float32", SM90)

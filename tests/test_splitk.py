@@ -38,14 +38,15 @@ def conv_case(kernel, n, cin, cout, hw, k, stride, pad, dtype, device, residual=
     return x, w, b, r, (n, cout, oh, oh)
 
 
-def launch(kernel, x, w, b, r, *, stride, pad, relu=True, out=None, config=None, workspace=None):
+def launch(kernel, x, w, b, r, *, stride, pad, relu=True, out=None, config=None, workspace=None, counters=None):
     if kernel == "conv1x1":
-        return K.conv1x1(x, w, b, stride=stride, relu=relu, residual=r, out=out, config=config, workspace=workspace)
+        return K.conv1x1(x, w, b, stride=stride, relu=relu, residual=r, out=out, config=config, workspace=workspace,
+                         counters=counters)
     if kernel == "conv_stem":
         return K.stem_conv(x, w, b, stride=stride, padding=pad, relu=relu, out=out, config=config,
-                           workspace=workspace)
+                           workspace=workspace, counters=counters)
     return K.conv_bn_relu(x, w, b, stride=stride, padding=pad, relu=relu, residual=r, out=out, config=config,
-                          workspace=workspace)
+                          workspace=workspace, counters=counters)
 
 
 # ---------------------------------------------------------------- the plan
@@ -139,17 +140,24 @@ def _space_params():
     for kernel in ("conv", "conv_stem", "conv1x1"):
         for dtype in (torch.float32, torch.float16):
             for c in config_space(kernel, dtype):
+                if c.variant == "tma_ws":
+                    continue  # never split (kernels/gemm_tma.py)
                 out.append(pytest.param(kernel, dtype, c, id=f"{kernel}-{dtype_id(dtype)}-{c.name}"))
+                if (c.variant == "ptr" and kernel != "conv_stem" and dtype in config_mod.HOPPER_DTYPES
+                        and c.BLOCK_M <= config_mod.FUSED_MAX_BLOCK_M):
+                    f = dataclasses.replace(c, variant="fused_k")
+                    out.append(pytest.param(kernel, dtype, f, id=f"{kernel}-{dtype_id(dtype)}-{f.name}"))
     return out
 
 
 @pytest.mark.parametrize("kernel,dtype,cfg", _space_params())
 def test_every_config_split(kernel, dtype, cfg, device):
-    """Each config of each conv space, split 3 ways, on a problem with tails in M, N and K."""
+    """Each config of each conv space, split 3 ways (fused too where tuning offers that), on a
+    problem with tails in M, N and K (a TMA conv: whole BLOCK_K steps per tap)."""
     if kernel == "conv_stem":
         case = dict(cin=3, k=7, stride=2, pad=3, hw=13)
     elif kernel == "conv":
-        case = dict(cin=72, k=3, stride=1, pad=1, hw=5)
+        case = dict(cin=2 * cfg.BLOCK_K if cfg.tma else 72, k=3, stride=1, pad=1, hw=5)
     else:
         case = dict(cin=200, k=1, stride=1, pad=0, hw=5)
     x, w, b, r, shape = conv_case(kernel, 2, case["cin"], 72, case["hw"], case["k"], case["stride"], case["pad"],
@@ -264,3 +272,61 @@ def test_k_iters():
     assert k_iters(512, 64, 9) == 72
     assert k_iters(147, 32) == 5
     assert k_iters(200, 64) == 4
+
+
+# ---------------------------------------------------------------- fused split-K
+
+@pytest.mark.parametrize("kernel,k,stride,pad", [
+    ("conv", 3, 1, 1), ("conv", 3, 2, 1), ("conv1x1", 1, 1, 0), ("conv1x1", 1, 2, 0),
+])
+@pytest.mark.parametrize("relu,residual", [(True, True), (True, False), (False, False)])
+def test_fused_split_is_bitwise_the_two_launch_split(kernel, k, stride, pad, relu, residual, device):
+    """The last program of each tile sums the partials in the reduce launch's order: the same
+    bits, and the counters are zero again after the launch (a replayed graph reuses them)."""
+    x, w, b, r, shape = conv_case(kernel, 1, 96, 80, 7, k, stride, pad, torch.float16, device, residual=residual)
+    two = launch(kernel, x, w, b, r, stride=stride, pad=pad, relu=relu, config=Config(16, 32, 16, 4, 1, SPLIT_K=5))
+    counters = torch.zeros(K.COUNTER_WORDS, dtype=torch.int32, device=device)
+    fused = Config(16, 32, 16, 4, 1, SPLIT_K=5, variant="fused_k")
+    for _ in range(2):  # the second launch finds the counters the first left
+        one = launch(kernel, x, w, b, r, stride=stride, pad=pad, relu=relu, config=fused, counters=counters)
+        assert torch.equal(one, two)
+        assert not counters.any()
+
+
+def test_fused_split_head_and_stem(device):
+    x = rand_nhwc(2, 96, 3, 3, dtype=torch.float16, device=device)
+    w = (torch.randn(40, 96) * 0.1).half().to(device)
+    b = torch.randn(40).to(device)
+    two = K.avgpool_fc(x, w, b, config=Config(16, 16, 16, 4, 1, SPLIT_K=3))
+    one = K.avgpool_fc(x, w, b, config=Config(16, 16, 16, 4, 1, SPLIT_K=3, variant="fused_k"))
+    assert torch.equal(one, two)
+    xs, ws, bs, _, _ = conv_case("conv_stem", 1, 3, 16, 13, 7, 2, 3, torch.float16, device, residual=False)
+    two = launch("conv_stem", xs, ws, bs, None, stride=2, pad=3, config=Config(16, 16, 16, 4, 1, SPLIT_K=4))
+    one = launch("conv_stem", xs, ws, bs, None, stride=2, pad=3, config=Config(16, 16, 16, 4, 1, SPLIT_K=4,
+                                                                                  variant="fused_k"))
+    assert torch.equal(one, two)
+
+
+def test_fused_split_counters_are_checked(device):
+    x, w, b, r, _ = conv_case("conv", 1, 32, 32, 5, 3, 1, 1, torch.float16, device)
+    cfg = Config(16, 16, 16, 4, 1, SPLIT_K=3, variant="fused_k")
+    for bad, msg in ((torch.zeros(8, dtype=torch.int64, device=device), "int32"),
+                     (torch.zeros(1, dtype=torch.int32, device=device), "4 tiles")):
+        with pytest.raises(ValueError, match=msg):
+            K.conv_bn_relu(x, w, b, padding=1, residual=r, config=cfg, counters=bad)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the fused split's arrival race needs programs running at once: GPU only")
+def test_fused_split_is_deterministic_on_gpu(device):
+    """Programs of one tile arrive in any order on a GPU; the last one's sum is in a fixed
+    order whoever it is, so every launch gives the same bits as the two-launch split."""
+    x, w, b, r, _ = conv_case("conv", 1, 512, 512, 7, 3, 1, 1, torch.float16, device)
+    base = select_config("conv", torch.float16, M=49, N=512, K=512, taps=9, device=device)
+    split = dataclasses.replace(base, SPLIT_K=max(2, base.SPLIT_K), BLOCK_M=64)
+    two = launch("conv", x, w, b, r, stride=1, pad=1, config=split)
+    counters = torch.zeros(K.COUNTER_WORDS, dtype=torch.int32, device=device)
+    fused = dataclasses.replace(split, variant="fused_k")
+    for _ in range(100):
+        one = launch("conv", x, w, b, r, stride=1, pad=1, config=fused, counters=counters)
+        assert torch.equal(one, two)
+    assert not counters.any()

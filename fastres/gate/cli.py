@@ -37,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-variants", action="store_true",
                         help=f"every variant of every config on every target (by default targets other than "
                              f"{DEFAULT_TARGET.name} compile each config at its heaviest variants only)")
+    parser.add_argument("--family", action="append", metavar="F",
+                        help="only rows of these variant families (repeatable, or comma-separated): ptr (pointer "
+                             "loads), fused_k (split-K summed in the kernel), tma, tma_w, tma_ws (Hopper's TMA kernels)")
     parser.add_argument("--jobs", "-j", type=int, default=_default_jobs(), metavar="N",
                         help="compile in N processes (default: the CPU count)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
@@ -59,12 +62,14 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     try:
         targets = resolve_targets(args.target)
-        todo = tasks(args.kernel, args.dtype, target=targets, all_variants=args.all_variants)
+        families = None if not args.family else [f.strip() for a in args.family for f in a.split(",") if f.strip()]
+        todo = tasks(args.kernel, args.dtype, target=targets, all_variants=args.all_variants, families=families)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     t0 = time.perf_counter()
     rows = gate_rows(args.kernel, args.dtype, jobs=args.jobs, use_cache=not args.no_cache,
-                     progress=not args.no_progress, target=targets, all_variants=args.all_variants)
+                     progress=not args.no_progress, target=targets, all_variants=args.all_variants,
+                     families=families)
     elapsed = time.perf_counter() - t0
     failed = [r for r in rows if not r["ok"]]
     if args.json:

@@ -19,7 +19,10 @@ does multiply float32, so there every GEMM row needs it.
 Row keys: kernel, config, dtype, variant, target, ok, error, registers, stack, spills, shared,
 shared_limit, gemm, tensor_core (the target's instruction is in the binary),
 tensor_core_required, tensor_core_op, tensor_core_insts, sgprs (AMD), local_insts,
-static_shared, num_warps, num_stages, seconds. sm_90 rows keep Hopper's names too: wgmma
+static_shared, num_warps, num_stages, family (``row_family``), tma (UTMALDG / UTMASTG in the binary), tma_required,
+warp_specialized (USETMAXREG: triton split the warps into producer and consumers),
+warp_specialized_required, seconds. A TMA config (``Config.variant``) fails without TMA
+instructions on sm_90, a ``tma_ws`` config without warp specialization. sm_90 rows keep Hopper's names too: wgmma
 (= tensor_core), wgmma_required and hgmma_insts.
 """
 from __future__ import annotations
@@ -38,7 +41,8 @@ from .variants import TRITON_TYPE, Variant, dtype_name, tensor_core_required
 if TYPE_CHECKING:
     from ..kernels.config import Config
 
-# kernel name (config.KERNELS) -> (module under fastres.kernels, @triton.jit function)
+# kernel name (config.KERNELS) -> (module under fastres.kernels, @triton.jit function); a
+# config's TMA variants run a kernel of their own (TMA_KERNEL_FN).
 KERNEL_FN = {
     "conv": ("conv", "_conv_kernel"),
     "conv_stem": ("conv", "_conv_kernel"),
@@ -48,14 +52,20 @@ KERNEL_FN = {
     "add_relu": ("elementwise", "_add_relu_kernel"),
     "splitk_reduce": ("splitk", "_splitk_reduce_kernel"),
 }
+TMA_KERNEL_FN = {
+    "conv": ("conv_tma", "_conv_tma_kernel"),
+    "conv1x1": ("gemm_tma", "_gemm_tma_kernel"),
+}
 # Config fields that are constexpr meta-parameters of the kernels (the rest are launch options).
 CONFIG_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
 
 
-def kernel_fn(kernel: str) -> Any:
-    """The @triton.jit function of `kernel`."""
+def kernel_fn(kernel: str, variant: str = "ptr") -> Any:
+    """The @triton.jit function of `kernel` that a config of `variant` (``Config.variant``) runs."""
+    from ..kernels.config import TMA_VARIANTS
+
     try:
-        module, attr = KERNEL_FN[kernel]
+        module, attr = (TMA_KERNEL_FN if variant in TMA_VARIANTS else KERNEL_FN)[kernel]
     except KeyError:
         raise ValueError(
             f"the gate does not know kernel {kernel!r}: add it to KERNEL_FN in fastres/gate/compile.py"
@@ -145,8 +155,26 @@ def blank_row(kernel: str, config: Config, dtype: str, variant: Variant, target:
         "tensor_core_op": target.tensor_core_op, "tensor_core_insts": None, "sgprs": None,
         "num_warps": config.num_warps, "num_stages": config.num_stages,
         "local_insts": None, "static_shared": None, "error": None,
+        "family": row_family(config, variant),
+        "tma": None, "tma_required": config.tma and target.name in _TMA_TARGETS,
+        "warp_specialized": None, "warp_specialized_required": config.variant == "tma_ws",
     }
     return with_hopper_keys(row)
+
+
+FAMILIES = ("ptr", "fused_k", "tma", "tma_w", "tma_ws")
+
+
+def row_family(config: Config, variant: Variant) -> str:
+    """Which variant family a row is (``fastres check --family``): a TMA config's variant,
+    "fused_k" for a pointer config compiled as a fused split, else "ptr"."""
+    if config.tma:
+        return config.variant
+    return "fused_k" if dict(variant.meta).get("FUSED") else "ptr"
+
+
+# Where a TMA config must show the TMA unit's instructions in its binary.
+_TMA_TARGETS = ("sm_90",)
 
 
 def with_hopper_keys(row: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +194,7 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
 
     row = blank_row(kernel, config, dtype, variant, target)
     t0 = time.perf_counter()
-    fn = kernel_fn(kernel)
+    fn = kernel_fn(kernel, config.variant)
     signature, constexprs, attrs, options = specialize(fn, config, dtype, variant)
     try:
         compiled = triton.compile(
@@ -186,6 +214,7 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
         registers=seen.registers, stack=seen.stack, static_shared=seen.static_shared, shared=shared,
         local_insts=seen.local_insts, tensor_core_insts=seen.tensor_core_insts, sgprs=seen.sgprs,
         spills=seen.spills, tensor_core=seen.tensor_core_insts > 0,
+        tma=seen.tma_insts > 0, warp_specialized=seen.setmaxnreg_insts > 0,
     )
     problems = []
     if row["spills"]:
@@ -196,6 +225,10 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
         problems.append(f"shared memory {shared} B > {target.max_shared} B")
     if row["tensor_core_required"] and not row["tensor_core"]:
         problems.append(f"GEMM without {target.tensor_core_op}")
+    if row["tma_required"] and not row["tma"]:
+        problems.append("TMA variant without UTMALDG")
+    if row["warp_specialized_required"] and not row["warp_specialized"]:
+        problems.append("warp-specialized variant without USETMAXREG (triton dropped the specialization)")
     row["ok"] = not problems
     row["error"] = "; ".join(problems) or None
     row["seconds"] = round(time.perf_counter() - t0, 2)

@@ -52,6 +52,8 @@ class KernelReport:
     tensor_core_insts: int  # the target's tensor-core instruction (HGMMA on sm_90, v_mfma on gfx942)
     sgprs: int | None = None  # AMD only: scalar registers
     spill_count: int = 0  # AMD only: VGPRs + SGPRs the compiler says it spilled
+    tma_insts: int = 0  # NVIDIA: UTMALDG / UTMASTG (the TMA unit's bulk tensor loads and stores)
+    setmaxnreg_insts: int = 0  # NVIDIA: USETMAXREG (warp specialization rebalancing registers)
 
     @property
     def spills(self) -> bool:
@@ -93,7 +95,9 @@ def scan_sass(sass: str, *, target: Target = DEFAULT_TARGET) -> dict[str, int]:
     # SASS prints most opcodes with a shape suffix (HGMMA.64x64x16.F32, HMMA.16816.F32) but
     # sm_100's UTCHMMA without one; \b keeps HMMA from matching inside HGMMA or UTCHMMA.
     tensor_core = re.findall(rf"\b{re.escape(op)}(?:\.|\s)", sass)
-    return {op.lower(): len(tensor_core), "local_insts": len(_SPILL_RE.findall(sass))}
+    return {op.lower(): len(tensor_core), "local_insts": len(_SPILL_RE.findall(sass)),
+            "tma_insts": len(re.findall(r"\bUTMA(?:LDG|STG)\b", sass)),
+            "setmaxnreg_insts": len(re.findall(r"\bUSETMAXREG\b", sass))}
 
 
 def inspect_cubin(cubin: bytes, *, target: Target = DEFAULT_TARGET) -> KernelReport:
@@ -114,6 +118,7 @@ def inspect_cubin(cubin: bytes, *, target: Target = DEFAULT_TARGET) -> KernelRep
     return KernelReport(
         registers=res["REG"], stack=res["STACK"], static_shared=res.get("SHARED"), local=res.get("LOCAL", 0),
         local_insts=counts["local_insts"], tensor_core_insts=counts[target.tensor_core_op.lower()],
+        tma_insts=counts["tma_insts"], setmaxnreg_insts=counts["setmaxnreg_insts"],
     )
 
 

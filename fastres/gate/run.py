@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from .cache import cache_file, kernel_sources_digest, load_cache, row_key, save_cache
-from .compile import blank_row, compile_row, first_line
+from .compile import FAMILIES, blank_row, compile_row, first_line, row_family
 from .target import DEFAULT_TARGET, Target
-from .variants import DTYPES, Variant, dispatchable, dtype_name, engine_space, heaviest, variants
+from .variants import DTYPES, Variant, config_family, dispatchable, dtype_name, engine_space, heaviest, variants
 
 if TYPE_CHECKING:
     from ..kernels.config import Config
@@ -49,10 +49,10 @@ def refuse_interpreter() -> None:
         )
 
 
-def _find_variant(kernel: str, dtype: str, variant: Variant | str | None) -> Variant:
+def _find_variant(kernel: str, dtype: str, variant: Variant | str | None, family: str = "ptr") -> Variant:
     if isinstance(variant, Variant):
         return variant
-    options = variants(kernel, dtype)
+    options = variants(kernel, dtype, family)
     if variant is None:
         return options[0]
     for v in options:
@@ -71,7 +71,7 @@ def check_one(kernel: str, config: Config, dtype: str | torch.dtype, variant: Va
     """
     refuse_interpreter()
     dt = dtype_name(dtype)
-    v = _find_variant(kernel, dt, variant)
+    v = _find_variant(kernel, dt, variant, config_family(config))
     path = cache_file()
     key = row_key(kernel, config, dt, v, target=target)
     if use_cache:
@@ -120,11 +120,17 @@ def as_targets(target: Target | Iterable[Target]) -> tuple[Target, ...]:
 
 
 def tasks(kernels: Iterable[str] | None = None, dtypes: Iterable[str | torch.dtype] | None = None, *,
-          target: Target | Iterable[Target] = DEFAULT_TARGET, all_variants: bool = False) -> list[Task]:
+          target: Target | Iterable[Target] = DEFAULT_TARGET, all_variants: bool = False,
+          families: Iterable[str] | None = None) -> list[Task]:
     """Every (kernel, config, dtype, variant, target) the gate compiles, filtered: per target,
     the configs ``engine_space`` dispatches there, at every dispatchable variant on
-    ``DEFAULT_TARGET`` (or with `all_variants`), else at the heaviest ones (``heaviest``)."""
+    ``DEFAULT_TARGET`` (or with `all_variants`), else at the heaviest ones (``heaviest``);
+    `families`: only rows of these variant families (``row_family``)."""
     from ..kernels.config import KERNELS
+
+    wanted = None if families is None else set(families)
+    if wanted is not None and not wanted <= set(FAMILIES):
+        raise ValueError(f"unknown variant family {sorted(wanted - set(FAMILIES))[0]!r}: choose from {', '.join(FAMILIES)}")
 
     names = list(KERNELS) if kernels is None else list(kernels)
     for k in names:
@@ -138,10 +144,10 @@ def tasks(kernels: Iterable[str] | None = None, dtypes: Iterable[str | torch.dty
             for dt in DTYPES:
                 if dt not in dts:
                     continue
-                vs = variants(k, dt)
                 for cfg in engine_space(k, dt, tgt):
-                    ok = [v for v in vs if dispatchable(k, cfg, v, dt, tgt)]
-                    out.extend(Task(k, cfg, dt, v, tgt) for v in (ok if every else heaviest(dt, ok)))
+                    ok = [v for v in variants(k, dt, config_family(cfg)) if dispatchable(k, cfg, v, dt, tgt)]
+                    out.extend(Task(k, cfg, dt, v, tgt) for v in (ok if every else heaviest(dt, ok))
+                               if wanted is None or row_family(cfg, v) in wanted)
     return out
 
 
@@ -154,6 +160,7 @@ def gate_rows(
     progress: bool = False,
     target: Target | Iterable[Target] = DEFAULT_TARGET,
     all_variants: bool = False,
+    families: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the gate for `target` (one or several): one row (dict) per (kernel, config, dtype,
     variant, target) of ``tasks``, in a stable order (target by target).
@@ -165,7 +172,7 @@ def gate_rows(
     wgmma, wgmma_required, hgmma_insts) and cached.
     """
     refuse_interpreter()
-    todo = tasks(kernels, dtypes, target=target, all_variants=all_variants)
+    todo = tasks(kernels, dtypes, target=target, all_variants=all_variants, families=families)
     path = cache_file()
     sources = kernel_sources_digest()
     keys = [row_key(t.kernel, t.config, t.dtype, t.variant, sources=sources, target=t.target) for t in todo]

@@ -77,7 +77,12 @@ BATCH = 32  # the representative batch (sizes only; see the module docstring)
 # Split-K variants: ResNet-50 layers at batch 1, split as many ways as the heuristic would.
 SPLIT_BATCH = 1
 _POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_ptr": "x", "ws_ptr": "fp32",
-                  "n_ptr": "fp32"}
+                  "n_ptr": "fp32", "cnt_ptr": "fp32"}
+
+
+def _counters(fused: bool) -> dict[str, str]:
+    """A fused split's launch passes its int32 counters; any other, the bias as a stand-in."""
+    return {"cnt_ptr": "i32" if fused else "fp32"}
 
 
 def _split_request(m: int, cout: int, k: int, taps: int) -> int:
@@ -89,10 +94,11 @@ def _split_request(m: int, cout: int, k: int, taps: int) -> int:
 
 def _conv_variant(
     label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, prec: str,
-    *, x_type: str = "x", x_nchw: bool = False, split: bool = False, normalize: int = 0,
+    *, x_type: str = "x", x_nchw: bool = False, split: bool = False, normalize: int = 0, fused: bool = False,
 ) -> Variant:
     """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``); normalize:
-    the stem's NORMALIZE mode for uint8 pixels (kernels.conv.NORM_FMA / NORM_IEEE)."""
+    the stem's NORMALIZE mode for uint8 pixels (kernels.conv.NORM_FMA / NORM_IEEE); fused: a
+    split summed in the kernel (a ``fused_k`` config)."""
     n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, k, s, p)
     flat = cin < 16  # the launcher reduces over (kh, kw, cin) at once below 16 channels
@@ -110,14 +116,19 @@ def _conv_variant(
         "sws": n * oh * oh * cout if split else 0,
     }
     meta = {"KH": k, "KW": k, "FLAT_K": flat, "HAS_RESIDUAL": residual, "RELU": True,
-            "INPUT_PRECISION": prec, "SPLIT": split, "NORMALIZE": normalize}
+            "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused, "NORMALIZE": normalize}
     x = f"/x:nchw-{x_type}" if x_nchw else ("" if x_type == "x" else f"/x:{x_type}")
-    name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + ("/splitk" if split else "") + f"/{prec} [{label}]"
-    return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type), gemm_k=kk, k_loop=(kk, taps, request))
+    name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + _split_tag(split, fused) + f"/{prec} [{label}]"
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type, **_counters(fused)), gemm_k=kk,
+                        k_loop=(kk, taps, request))
+
+
+def _split_tag(split: bool, fused: bool) -> str:
+    return ("/splitk-fused" if fused else "/splitk") if split else ""
 
 
 def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: bool, residual: bool, prec: str,
-                     *, split: bool = False):
+                     *, split: bool = False, fused: bool = False):
     """A ``_gemm1x1_kernel`` launch as ``kernels/gemm1x1.py`` makes it."""
     n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, 1, s, 0)
@@ -131,13 +142,14 @@ def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: boo
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
         "sws": n * oh * oh * cout if split else 0,
     }
-    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split}
-    name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + ("/splitk" if split else "")
+    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused}
+    name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, fused)
             + f"/{prec} [{label}]")
-    return Variant.make(name, meta, values, _POINTERS_CONV, gemm_k=cin, k_loop=(cin, 1, request))
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, **_counters(fused)), gemm_k=cin,
+                        k_loop=(cin, 1, request))
 
 
-def _fc_variant(n: int, y: str, prec: str) -> Variant:
+def _fc_variant(n: int, y: str, prec: str, fused: bool = False) -> Variant:
     """The head's linear layer as ``kernels/head.py`` launches ``_gemm1x1_kernel``: float32
     pooled features [n, 2048] as a 1x1 "image" per sample, 1000 classes, logits of type `y`."""
     request = _split_request(n, 1000, 2048, 1)
@@ -147,10 +159,95 @@ def _fc_variant(n: int, y: str, prec: str) -> Variant:
         "srn": 1000, "srh": 1, "srw": 1, "src": 1, "syn": 1000, "syh": 1, "syw": 1, "syc": 1,
         "sws": n * 1000 if request > 1 else 0,
     }
-    meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1}
-    name = f"fc/N{n}" + ("/splitk" if request > 1 else "") + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
-    pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y)
+    meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1,
+            "FUSED": fused and request > 1}
+    name = f"fc/N{n}" + _split_tag(request > 1, fused) + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
+    pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y, **_counters(fused and request > 1))
     return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request))
+
+
+def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, *,
+                      a_tma: bool, split: bool = False) -> Variant:
+    """A ``_conv_tma_kernel`` launch as ``kernels/conv_tma.py`` makes it. MT (the tile grid's
+    row count) is a multiple of BLOCK_M, so of 16, for every config: its specialization does
+    not depend on the config, and the 64-row figure stands for all."""
+    n = SPLIT_BATCH if split else BATCH
+    oh = _out(hw, k, s, p)
+    request = _split_request(n * oh * oh, cout, cin, k * k) if split else 1
+    if split and request < 2:
+        raise ValueError(f"variant {label}: the heuristic does not split this layer")
+    mt = n * oh * -(-oh // 64) * 64 if a_tma else n * oh * oh
+    values = {
+        "M": n * oh * oh, "MT": mt, "N": n, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
+        "SH": s, "SW": s, "PH": p, "PW": p, **_nhwc(n, cin, hw, hw, "sx"), "swo": k * k * cin,
+        **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
+        "sws": n * oh * oh * cout if split else 0,
+    }
+    meta = {"KH": k, "KW": k, "A_TMA": a_tma, "HAS_RESIDUAL": residual, "RELU": True, "INPUT_PRECISION": "ieee",
+            "SPLIT": split}
+    name = (f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + ("/x:tma" if a_tma else "") + _split_tag(split, split)
+            + f" [{label}]")
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, **_counters(split)), gemm_k=cin,
+                        k_loop=(cin, k * k, request))
+
+
+def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, residual: bool, *, ws: bool,
+                      split: bool = False, head: tuple[int, str] | None = None) -> Variant:
+    """A ``_gemm_tma_kernel`` launch as ``kernels/gemm_tma.py`` makes it: a 1x1 stride-1 conv,
+    or with `head` = (N, logits type) the classifier on float32 pooled features."""
+    if head is not None:
+        n, y = head
+        m, oh, pointers = n, 1, dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y)
+        out = {"srn": cout, "srh": 1, "srw": 1, "src": 1, "syn": cout, "syh": 1, "syw": 1, "syc": 1}
+        request = _split_request(n, cout, cin, 1)
+        split = request > 1
+    else:
+        n = SPLIT_BATCH if split else BATCH
+        m, oh, pointers = n * hw * hw, hw, _POINTERS_CONV
+        out = {**_nhwc(n, cout, hw, hw, "sr"), **_nhwc(n, cout, hw, hw, "sy")}
+        request = _split_request(m, cout, cin, 1) if split else 1
+        if split and request < 2:
+            raise ValueError(f"variant {label}: the heuristic does not split this layer")
+    values = {"M": m, "C": cin, "OH": oh, "OW": oh, "CO": cout, "sxm": cin, "swo": cin, **out,
+              "sws": m * cout if split else 0}
+    pointers = dict(pointers, **_counters(split))
+    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": "ieee", "SPLIT": split, "WARP_SPECIALIZE": ws}
+    what = f"fc/N{n}" if head is not None else "1x1/s1"
+    y = "" if head is None or head[1] == "x" else f"/y:{head[1]}"
+    name = (what + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, split) + y
+            + ("/ws" if ws else "") + f" [{label}]")
+    return Variant.make(name, meta, values, pointers, gemm_k=cin, k_loop=(cin, 1, request))
+
+
+def _tma_variants(kernel: str, family: str) -> list[Variant]:
+    """The launches a config of a TMA `family` (``Config.variant``) runs in the engine."""
+    if kernel == "conv" and family == "tma":
+        return [_conv_tma_variant("layer1", 3, 1, 1, 64, 64, 56, False, a_tma=True),
+                _conv_tma_variant("layer1", 3, 1, 1, 64, 64, 56, True, a_tma=True),
+                _conv_tma_variant("layer1", 1, 1, 0, 256, 64, 56, True, a_tma=True),
+                _conv_tma_variant("layer4", 3, 1, 1, 512, 512, 7, False, a_tma=True, split=True),
+                _conv_tma_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, a_tma=True, split=True)]
+    if kernel == "conv" and family == "tma_w":
+        return [_conv_tma_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, a_tma=False),
+                _conv_tma_variant("layer1", 3, 1, 1, 64, 64, 56, True, a_tma=False),
+                _conv_tma_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, a_tma=False, split=True)]
+    if kernel == "conv1x1" and family in ("tma", "tma_ws"):
+        ws = family == "tma_ws"
+        out = [_gemm_tma_variant("conv1", 256, 64, 56, True, False, ws=ws),
+               _gemm_tma_variant("conv3", 64, 256, 56, True, True, ws=ws)]
+        heads = ((1024, "fp32"), (1024, "fp16"), (1024, "bf16"))
+        if not ws:  # warp-specialized tiles never split
+            out.append(_gemm_tma_variant("layer4 conv1", 2048, 512, 7, True, False, ws=ws, split=True))
+            heads = ((1, "x"), (32, "x")) + heads
+        out += [_gemm_tma_variant("head", 2048, 1000, 1, False, False, ws=ws, head=h) for h in heads]
+        return out
+    raise ValueError(f"the gate has no {family!r} variants for kernel {kernel!r}")
+
+
+def config_family(config: Config) -> str:
+    """Which kernel function and launches a config compiles to: "ptr" (the pointer kernels,
+    split sums fused or not) or its TMA variant."""
+    return config.variant if config.tma else "ptr"
 
 
 def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, residual: bool, splits: int,
@@ -171,8 +268,9 @@ def _precisions(dtype: str) -> tuple[str, ...]:
     return ("ieee", "tf32") if dtype == "float32" else ("ieee",)
 
 
-def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
-    """The specializations of `kernel` the engine dispatches at `dtype` (what the gate compiles).
+def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list[Variant]:
+    """The specializations of `kernel` the engine dispatches at `dtype` (what the gate compiles)
+    for configs of `family` (``config_family``; the TMA families: ``_tma_variants``).
 
     Each is a ResNet-50 layer at batch 32 (224x224), float32 GEMMs in both input precisions:
 
@@ -194,8 +292,13 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
       1024 with logits in each float dtype (the engine returns logits in the input's dtype).
     - avgpool: the head's pool over ResNet-50's 7x7 x 2048 map.
     - max_pool2d: the stem's 3x3/2 pool; add_relu: one flat launch.
+
+    Every split-K variant of conv and conv1x1 comes twice: summed by the reduce launch, and
+    fused (summed by the tile's last program: the ``fused_k`` configs, dispatched on Hopper).
     """
     dt = dtype_name(dtype)
+    if family != "ptr":
+        return _tma_variants(kernel, family)
     out: list[Variant] = []
     if kernel == "conv_stem":
         # The stem reads the caller's input as it comes: any float dtype, NCHW or channels_last.
@@ -217,18 +320,23 @@ def variants(kernel: str, dtype: str | torch.dtype) -> list[Variant]:
                 out.append(_conv_variant("layer1", 3, 1, 1, 64, 64, 56, res, prec))
             out.append(_conv_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, prec))
             out.append(_conv_variant("layer1", 1, 1, 0, 256, 64, 56, True, prec))
-            out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True))
-            out.append(_conv_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, prec, split=True))
-            out.append(_conv_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, prec, split=True))
+            for fused in (False, True):
+                out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True, fused=fused))
+                out.append(_conv_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, prec, split=True, fused=fused))
+                out.append(_conv_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, prec, split=True, fused=fused))
     elif kernel == "conv1x1":
         for prec in _precisions(dt):
             out.append(_gemm1x1_variant("conv1", 1, 256, 64, 56, True, False, prec))
             out.append(_gemm1x1_variant("conv3", 1, 64, 256, 56, True, True, prec))
             out.append(_gemm1x1_variant("downsample", 2, 256, 512, 56, False, False, prec))
-            out.append(_gemm1x1_variant("layer4 conv1", 1, 2048, 512, 7, True, False, prec, split=True))
-            out.append(_gemm1x1_variant("layer4 downsample", 2, 1024, 2048, 14, False, False, prec, split=True))
+            for fused in (False, True):
+                out.append(_gemm1x1_variant("layer4 conv1", 1, 2048, 512, 7, True, False, prec, split=True, fused=fused))
+                out.append(_gemm1x1_variant("layer4 downsample", 2, 1024, 2048, 14, False, False, prec, split=True,
+                                            fused=fused))
             for n, y in ((1, "x"), (32, "x"), (1024, "fp32"), (1024, "fp16"), (1024, "bf16")):
                 out.append(_fc_variant(n, y, prec))
+            for n in (1, 32):
+                out.append(_fc_variant(n, "x", prec, fused=True))
     elif kernel == "avgpool":
         values = {"C": 2048, "HW": 49, "W": 7, **_nhwc(BATCH, 2048, 7, 7, "sx"), "spn": 2048}
         out.append(Variant.make("7x7 [head pool]", {}, values, {"x_ptr": "x", "p_ptr": "fp32"}))
@@ -304,14 +412,20 @@ def dispatchable(kernel: str, config: Config, variant: Variant, dtype: str | tor
     ``select_config``) rounded up to a power of two (at least 16, the smallest ``tl.dot`` K)
     is never chosen: ``select_config`` takes the widest BLOCK_K <= that, and a wider K step
     would only multiply zeros. ResNet layers have K >= 64, so today this removes nothing.
-    A tile whose fused residual spills (``config.residual_unsafe``, or left out of the
-    target's residual space) is never launched with a residual in its epilogue either (a
-    split launch adds the residual in the reduce instead). Every config of the space is
+    A fused split (a ``fused_k`` config, or a split TMA one) is dispatched on Hopper in
+    float16 only, for tiles of at most ``FUSED_MAX_BLOCK_M`` rows. A tile whose fused residual spills
+    (``config.residual_unsafe``, or left out of the target's residual space) is never launched
+    with a residual in its epilogue either (an unfused split launch adds the residual in the
+    reduce instead). Every config of the space is
     compiled for some variant either way.
     """
-    from ..kernels.config import residual_unsafe
+    from ..kernels.config import FUSED_MAX_BLOCK_M, HOPPER_DTYPES, HOPPER_TARGETS, residual_unsafe
 
     meta = dict(variant.meta)
+    fused = meta.get("FUSED") or (config.tma and meta.get("SPLIT"))
+    if fused and (target.name not in HOPPER_TARGETS or config.BLOCK_M > FUSED_MAX_BLOCK_M
+                  or DTYPES[dtype_name(dtype)] not in HOPPER_DTYPES):
+        return False  # fused splits: on Hopper, float16, tiles of up to 64 rows (kernels.config)
     if meta.get("HAS_RESIDUAL") and not meta.get("SPLIT"):
         if residual_unsafe(kernel, config):
             return False  # kept from residual convs by select_config / tuning_candidates(residual=True)

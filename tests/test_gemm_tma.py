@@ -1,0 +1,82 @@
+"""The TMA GEMM (fastres.kernels.gemm_tma) through conv1x1 and the head: parity with torch in
+float64 for the tma and tma_ws variants, every epilogue, tiles hanging over every edge, fused
+split-K (bitwise the two-launch split), and the refusals (stride 2, a split warp-specialized tile, rows TMA cannot read)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastres import kernels as K
+from fastres.kernels import Config
+from helpers import DTYPES, KERNEL_RTOL, assert_close, rand_nhwc
+from test_conv import ref_conv
+
+VARIANTS = ("tma", "tma_ws")
+
+
+def case(n, cin, cout, hw, dtype, device):
+    x = rand_nhwc(n, cin, hw, hw, dtype=dtype, device=device)
+    w = rand_nhwc(cout, cin, 1, 1, dtype=dtype, device=device, scale=cin ** -0.5)
+    b = (torch.randn(cout) * 0.5).to(device)
+    r = rand_nhwc(n, cout, hw, hw, dtype=dtype, device=device)
+    return x, w, b, r
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("relu,residual", [(True, False), (True, True), (False, False)])
+def test_parity_every_epilogue(dtype, variant, relu, residual, device):
+    # M = 2*7*7 = 98, Cin = 40, Cout = 72: each is a whole tile plus a remainder (16x32x16).
+    x, w, b, r = case(2, 40, 72, 7, dtype, device)
+    r = r if residual else None
+    y = K.conv1x1(x, w, b, relu=relu, residual=r, config=Config(16, 32, 16, 4, 1, variant=variant))
+    assert_close(y, ref_conv(x, w, b, relu=relu, residual=r), KERNEL_RTOL[dtype], f"conv1x1 {variant}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,cin,cout,hw,tile", [
+    (1, 24, 8, 3, (32, 16, 16)),     # every tile bigger than the problem
+    (3, 64, 96, 5, (64, 64, 32)),    # M = 75: one full and one partial row tile
+    (1, 16, 200, 4, (16, 64, 16)),   # Cout over four column tiles, the last partial
+])
+def test_tiles_over_every_edge(variant, n, cin, cout, hw, tile, device):
+    x, w, b, r = case(n, cin, cout, hw, torch.float16, device)
+    y = K.conv1x1(x, w, b, residual=r, config=Config(*tile, 4, 1, variant=variant))
+    assert_close(y, ref_conv(x, w, b, residual=r), KERNEL_RTOL[torch.float16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_split_is_the_two_launch_split(dtype, device):
+    """A split TMA GEMM sums its partials in the kernel, in the reduce launch's order: the
+    same bits as the pointer kernel's two-launch split of the same tile."""
+    x, w, b, r = case(1, 96, 48, 4, dtype, device)
+    cfg = Config(16, 16, 16, 4, 1, SPLIT_K=3)
+    two = K.conv1x1(x, w, b, residual=r, config=cfg)
+    counters = torch.zeros(64, dtype=torch.int32, device=device)
+    one = K.conv1x1(x, w, b, residual=r, config=Config(16, 16, 16, 4, 1, SPLIT_K=3, variant="tma"),
+                    counters=counters)
+    assert torch.equal(one, two)
+    assert not counters.any(), "a fused split leaves its counters zero"
+    assert_close(one, ref_conv(x, w, b, residual=r), KERNEL_RTOL[dtype])
+
+
+def test_head_classifier_on_tma(device):
+    x = rand_nhwc(3, 64, 4, 4, dtype=torch.float16, device=device)
+    w = (torch.randn(10, 64) * 0.1).half().to(device)
+    b = torch.randn(10).to(device)
+    ref = x.double().mean((2, 3)).half().double() @ w.double().T + b.double()
+    for cfg in (Config(16, 16, 16, 4, 1, variant="tma"), Config(16, 16, 16, 4, 1, variant="tma_ws"),
+                Config(16, 16, 16, 4, 1, SPLIT_K=2, variant="tma")):
+        assert_close(K.avgpool_fc(x, w, b, config=cfg), ref, KERNEL_RTOL[torch.float16], cfg.name)
+
+
+def test_refusals(device):
+    x, w, b, r = case(1, 32, 16, 6, torch.float16, device)
+    with pytest.raises(ValueError, match="stride 1"):
+        K.conv1x1(x, w, b, stride=2, config=Config(16, 16, 16, 4, 1, variant="tma"))
+    with pytest.raises(ValueError, match="cannot split"):
+        K.conv1x1(x, w, b, config=Config(16, 16, 16, 4, 1, SPLIT_K=2, variant="tma_ws"))
+    # 20 channels of float16 are 40-byte rows: not 16-byte aligned.
+    x20, w20, b20, _ = case(1, 20, 16, 3, torch.float16, device)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        K.conv1x1(x20, w20, b20, config=Config(16, 16, 16, 4, 1, variant="tma"))
