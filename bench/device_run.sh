@@ -9,9 +9,11 @@
 #   env          60 s    ~15 s  nvidia-smi, versions, device properties, editable install
 #   tests       150 s  90-150 s pytest tests/ on cuda, --maxfail=20 (no wheel/interpreter/gate/smoke tests)
 #   check        40 s   15-40 s fastres check (Hopper compile gate; cached after the first run)
-#   layers       80 s   60-80 s every distinct ResNet-50 conv, batch 1/32/256, float16,
-#                               fastres vs cudnn-eager vs cudnn-conv (+ the matmul/copy peaks)
-#   e2e         110 s  90-110 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
+#   layers      130 s 100-130 s every distinct ResNet-50 conv, batch 1/32/256, float16,
+#                               fastres vs cudnn-eager vs cudnn-conv (+ the matmul/copy peaks),
+#                               and each kernel variant (fused split-K, TMA, warp-specialized
+#                               TMA) beside fastres' default: the first measurement of the run
+#   e2e          90 s   75-90 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
 #                               fastres vs cudnn-eager vs cudnn-eager-graph (stops at --budget-s)
 #   sanitizer    50 s   30-50 s one resnet18 64x64 batch-2 float16 forward (no CUDA graph)
 #                               under compute-sanitizer --tool memcheck
@@ -138,7 +140,7 @@ head -c 2000 "$ENV" | grep -m1 -E "H100|H200|NVIDIA" || true
 # find a GPU-only fault run first (capture streams, every config of the space, split-K, the
 # head, compiling ahead, the engine), so that a cap that cuts the step cuts the least
 # informative ones.
-FIRST="tests/test_streams.py tests/test_config.py tests/test_splitk.py tests/test_head.py tests/test_launch.py tests/test_engine.py tests/test_build.py"
+FIRST="tests/test_streams.py tests/test_gemm_tma.py tests/test_conv_tma.py tests/test_config.py tests/test_splitk.py tests/test_head.py tests/test_launch.py tests/test_engine.py tests/test_build.py"
 TEST_FILES="$FIRST"
 for f in tests/test_*.py; do
   case " $FIRST tests/test_packaging.py " in *" $f "*) continue;; esac
@@ -154,12 +156,14 @@ step check 40 "$OUT/check.log" "$PY" -m fastres check --no-progress
 
 # ---- benchmarks (results merge into one CARD-DATE.json in WORK, copied to OUT) -----------
 BENCH="$OUT/bench.log"
-step layers 80 "$BENCH" "$PY" -m fastres bench layers --out "$WORK" --date "$DATE" --no-plot \
-  --models resnet50 --batches 1,32,256 --dtypes float16 --warmup-ms 5 --rep-ms 25 --budget-s 60
+# first: every ResNet-50 conv against cuDNN, each kernel variant (pointer, fused split-K, TMA,
+# warp-specialized TMA) timed beside fastres' default (bench/NOTES.md, version 8)
+step layers 130 "$BENCH" "$PY" -m fastres bench layers --variants --out "$WORK" --date "$DATE" --no-plot \
+  --models resnet50 --batches 1,32,256 --dtypes float16 --warmup-ms 5 --rep-ms 20 --budget-s 110
 collect
-step e2e 110 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
+step e2e 90 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
   --models resnet50,resnet18 --batches 1,32,256 --dtypes float16,bfloat16 \
-  --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 200 --budget-s 90
+  --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 150 --budget-s 75
 collect
 
 # ---- memcheck of one small forward ---------------------------------------------------------

@@ -39,3 +39,25 @@ def test_layer_point_times_split_k_beside_unsplit(tmp_path, device):
     (rec2,) = run2.results["records"]
     assert rec2["status"] == "ok" and rec2["config"] == tile.name, rec2
     assert rec2["split_k"] == 1 and "unsplit_median_ms" not in rec2
+
+
+def test_layer_point_times_every_variant_side_by_side(tmp_path, device):
+    """`bench layers --variants`: each variant family the tuner offers for the layer is
+    checked and timed beside the default, and the report shows them in a variant column."""
+    from fastres.benchmark.report import markdown_variant_table
+    from fastres.kernels import Config, use_config
+
+    run = smoke_run(tmp_path, device)
+    run.variants = True
+    layer = next(l for l in conv_layers("resnet18", 32) if l.k == 3 and l.stride == 1 and not l.residual)
+    with use_config("conv", Config(64, 64, 64, 4, 4, SPLIT_K=3)):
+        _layer_point(run, "resnet18", layer, 1, "float16", torch.float16, ["fastres"], 32,
+                     l2_bytes(run.device), 100.0, None)
+    (rec,) = run.results["records"]
+    rows = {v["variant"]: v for v in rec["variants"]}
+    assert {"ptr", "fused_k", "tma", "tma_w"} <= set(rows), rows
+    assert all(v["status"] == "ok" and v["median_ms"] > 0 for v in rows.values()), rows
+    assert rows["fused_k"]["config"] == "64x64x64_w4_s4_k3_fused_k"  # the default tile, fused
+    assert rows["ptr"]["speedup"] == 1.0 and rows["tma"]["pct_peak"] > 0
+    table = markdown_variant_table(run.results)
+    assert "| variant |" in table and "tma_w" in table and rows["tma"]["config"] in table

@@ -61,12 +61,15 @@ def test_device_run_dry(tmp_path):
     pytest_line = next(l for l in lines if l.startswith("-m pytest"))
     files = [a for a in pytest_line.split() if a.startswith("tests/") and "::" not in a]
     on_disk = sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py"))
-    assert files[:3] == ["tests/test_streams.py", "tests/test_config.py", "tests/test_splitk.py"]
+    assert files[:5] == ["tests/test_streams.py", "tests/test_gemm_tma.py", "tests/test_conv_tma.py", "tests/test_config.py",
+                         "tests/test_splitk.py"]
     gate = [f for f in on_disk if f.startswith("tests/test_gate_")]
     assert len(files) == len(set(files)) and "tests/test_packaging.py" not in files and not set(gate) & set(files)
     assert gate and sorted(files + ["tests/test_packaging.py", *gate]) == on_disk
     assert any(l.startswith("-m fastres check") for l in lines)
-    assert any(l.startswith("-m fastres bench layers") for l in lines)
+    layers = [l for l in lines if l.startswith("-m fastres bench ")]
+    assert layers[0].startswith("-m fastres bench layers --variants")  # the variant comparison first
+    assert "--batches 1,32,256" in layers[0] and "--dtypes float16" in layers[0]
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
     predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
     assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict

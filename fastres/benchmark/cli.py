@@ -77,6 +77,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune", action="store_true",
                         help="fastres measures every conv's tile configs on its first forward (cached on disk)")
     parser.add_argument("--max-autotune", action="store_true", help="also time torch.compile(mode='max-autotune') (compiles for minutes)")
+    parser.add_argument("--variants", action="store_true",
+                        help="layers: time each conv under every kernel variant the tuner could pick (pointer, fused "
+                             "split-K, TMA, warp-specialized TMA) side by side")
     parser.add_argument("--max-layers", type=int, default=None, help="per model, at most this many distinct convs (the most varied first)")
     parser.add_argument("--warmup-ms", type=float, default=None, help="warm-up per measurement (default 25)")
     parser.add_argument("--rep-ms", type=float, default=None, help="timed repetitions fill this long (default 100)")
@@ -246,7 +249,8 @@ def main(args: argparse.Namespace) -> int:
         results.pop("incomplete", None)
     for part in (("layers", "e2e") if action == "all" else (action,)):
         (results.get("incomplete") or {}).pop(part, None)
-    run = Run(device, smoke, path, results, timing, Budget(args.budget_s), log=lambda s: print(s, flush=True))
+    run = Run(device, smoke, path, results, timing, Budget(args.budget_s), log=lambda s: print(s, flush=True),
+              variants=args.variants)
     banner = f"{SMOKE_LABEL}\n" if smoke else ""
     print(f"{banner}fastres bench {action} on {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; "
           f"results: {path}", flush=True)

@@ -2,7 +2,8 @@
 (geometry, fused ReLU, fused residual), the fastres kernel against cuDNN doing the same fused
 work in eager (``cudnn-eager``: ``F.conv2d`` + bias + add + ReLU, channels_last) and
 ``F.conv2d`` alone (``cudnn-conv``), in TFLOP/s and % of the matrix peak measured in the same
-run; where fastres splits a conv's K loop, the same tile unsplit beside it. The classifier head
+run; where fastres splits a conv's K loop, the same tile unsplit beside it; with ``--variants``
+every other kernel variant the tuner could pick (fastres.benchmark.variants). The classifier head
 of each model is measured after its convs (fastres.benchmark.head)."""
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .results import add_record, base_record, first_line, speedups, timed_record
 from .run import Run, budget_note, free_memory
 from .systems import system_flags
 from .timing import TimingOptions, measure, rotation_count
+from .variants import compare_variants
 
 if TYPE_CHECKING:
     from ..kernels import Config
@@ -221,6 +223,8 @@ def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size
             run.log(f"{tag} {stats['median_ms'] * 1e3:10.1f} us  {rec['tflops']:7.2f} TFLOP/s  rel {rel:.1e}")
             if system == "fastres":
                 _split_comparison(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag)
+                if run.variants:
+                    compare_variants(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag, peak, flops, batch)
         except Exception as exc:
             rec.update(status="error", reason=first_line(exc))
             run.log(f"{tag} ERROR {rec['reason']}")
@@ -236,7 +240,7 @@ def _split_comparison(run, rec, layer, sets, ref, n_sets, flush, l2, tag) -> Non
     """Record fastres' config; where it splits the K loop, also check and time the same tile
     unsplit, side by side, so every run measures what split-K gains layer by layer."""
     cfg = fastres_layer_config(layer, sets[0])
-    rec.update(config=cfg.name, split_k=cfg.SPLIT_K)
+    rec.update(config=cfg.name, split_k=cfg.SPLIT_K, variant=cfg.variant)
     if cfg.SPLIT_K <= 1:
         return
     fn = layer_callable("fastres", layer, sets, config=dataclasses.replace(cfg, SPLIT_K=1))

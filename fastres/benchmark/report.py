@@ -150,6 +150,10 @@ def render_markdown(results: dict) -> str:
     lines.append(markdown_e2e_table(results))
     lines.append("## Per layer\n")
     lines.append(markdown_layer_table(results))
+    variants = markdown_variant_table(results)
+    if variants:
+        lines.append("## Kernel variants per layer (fastres only)\n")
+        lines.append(variants)
     heads = markdown_head_table(results)
     if heads:
         lines.append("## Classifier head\n")
@@ -182,6 +186,26 @@ def markdown_predict_table(results: dict) -> str:
         shares = _shares(r) if r.get("stage_share") else "-"
         out.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['system']} | {rate} | {frac} | {shares} "
                    f"| {r.get('workers', '-')} |")
+    return "\n".join(out) + "\n"
+
+
+def markdown_variant_table(results: dict) -> str:
+    """Each layer's kernel variants side by side (``bench layers --variants``): the config,
+    time, TFLOP/s, % of the measured matrix peak and the speedup over fastres' default."""
+    recs = [r for r in results.get("records", []) if r.get("kind") == "layer" and r.get("variants")]
+    if not recs:
+        return ""
+    out = ["| model | dtype | batch | layer | variant | config | ms | TFLOP/s | % peak | vs default |",
+           "|---|---|---:|---|---|---|---:|---:|---:|---:|"]
+    for r in sorted(recs, key=lambda r: (r["model"], r["dtype"], r["batch"], r["layer"])):
+        for v in r["variants"]:
+            ok = v.get("status") == "ok"
+            ms = _fmt_ms(v.get("median_ms")) if ok else v.get("status", "-")
+            tf = f"{v['tflops']:.1f}" if ok and v.get("tflops") else "-"
+            pct = f"{v['pct_peak']:.0f}%" if ok and v.get("pct_peak") else "-"
+            sp = f"{v['speedup']:.2f}x" if ok and v.get("speedup") else "-"
+            out.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['layer']} | {v['variant']} | {v['config']} "
+                       f"| {ms} | {tf} | {pct} | {sp} |")
     return "\n".join(out) + "\n"
 
 

@@ -25,6 +25,8 @@ class Run:
     timing: TimingOptions
     budget: Budget
     log: Callable[[str], None] = print
+    # layers: also time every other kernel variant of each conv (fastres.benchmark.variants)
+    variants: bool = False
 
     def save(self) -> None:
         save_results(self.out_path, self.results)
