@@ -1,5 +1,5 @@
-"""`fastres predict PATH... --weights FILE`: classify image files, one JSON line (or CSV row)
-per file in input order, written as results come; the progress bar and the closing time split
+"""`fastres predict PATH... --weights FILE`: classify image files, one JSON line (or CSV or
+Parquet row) per file in input order, written as results come; the progress bar and the closing time split
 go to stderr. Exit status: 0, or 1 when a file could not be classified (its line says why, the
 others are all there), or 2 for a usage mistake (a missing path, a folder without images, bad
 weights or options), which stops before anything runs."""
@@ -23,7 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", metavar="FILE", default=None,
                    help="class names, one per line (default: ImageNet's for 1000 classes, else the index)")
     p.add_argument("--out", metavar="FILE", default=None,
-                   help="write here instead of stdout: .csv for CSV, .jsonl / .json / .ndjson for JSON lines")
+                   help="write here instead of stdout: .csv for CSV, .jsonl / .json / .ndjson for JSON lines, "
+                        ".parquet for Parquet (needs pyarrow)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="engine dtype (default: a converted file's own; float16 for a .pth)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if there is one)")
