@@ -2,7 +2,8 @@
 Parquet row) per file in input order, written as results come; the progress bar and the closing time split
 go to stderr. Exit status: 0, or 1 when a file could not be classified (its line says why, the
 others are all there), or 2 for a usage mistake (a missing path, a folder without images, bad
-weights or options), which stops before anything runs."""
+weights or options), which stops before anything runs. `--ray` runs the same on Ray Data
+(`fastres.scale`), with the same lines and exit status."""
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,26 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ray = p.add_argument_group("on a Ray cluster (needs fastres[ray])")
+    ray.add_argument("--ray", action="store_true",
+                     help="classify on Ray Data: one actor per GPU of the cluster (without GPUs: one, on a CPU, "
+                          "through the interpreter); the files must be readable at their paths on every node")
+    ray.add_argument("--address", default=None,
+                     help="with --ray: the cluster (host:port, auto, ray://...; default $RAY_ADDRESS, else a new "
+                          "local cluster)")
+    ray.add_argument("--actors", type=int, default=None, help="with --ray: how many actors (default: one per GPU)")
 
 
 def _check_args(args) -> None:
     from ..cli import UserError
 
-    for name in ("batch", "topk", "resize", "crop", "workers", "max_pixels"):
+    for name in ("batch", "topk", "resize", "crop", "workers", "max_pixels", "actors"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("address", "actors"):
+        if getattr(args, name) is not None and not args.ray:
+            raise UserError(f"--{name} goes with --ray")
 
 
 def main(args) -> int:
@@ -63,6 +75,10 @@ def main(args) -> int:
     # torchvision 0.29 deprecates torchvision.io in favour of torchcodec: its decoders are
     # still the reference of its own transforms, which is what fastres matches.
     warnings.filterwarnings("ignore", message=r"The image decoding and encoding capabilities of TorchVision")
+    if args.ray:
+        from ..scale.cli import predict_on_ray
+
+        return predict_on_ray(args, files)
     predictor = _predictor(args, DEFAULT_MAX_PIXELS)
     torch.set_num_threads(1)  # the decode pool is the parallelism; intra-op threads would fight it
     progress = not args.no_progress and sys.stderr.isatty()
