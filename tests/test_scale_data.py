@@ -109,3 +109,14 @@ def test_predict_on_ray_equals_single_process(root, single, ray_cluster, monkeyp
     import ray
 
     assert ray.is_initialized()  # a cluster it did not start or connect to is left as it was
+
+
+def test_bfloat16_on_a_cluster_without_gpus_is_one_line(root, ray_cluster, monkeypatch, capsys):
+    if ON_GPU:
+        pytest.skip("the test cluster has a GPU here")
+    monkeypatch.chdir(root)
+    rc = cli.main(["predict", "--ray", "photos", "--weights", "r18.pth", "--dtype", "bfloat16"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and err.strip().splitlines() == [
+        "fastres predict: error: bfloat16 needs a GPU, and this Ray cluster has none: triton's CPU interpreter "
+        "multiplies bf16 wrongly (triton issue 11584)"], err

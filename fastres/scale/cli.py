@@ -63,7 +63,9 @@ def _first_line(exc: BaseException) -> str:
 def check_model(args):
     """A CPU Predictor of the weights and options, built on the driver only to check them:
     a bad file, a topk over the classes or a labels file of the wrong length is one line
-    here, not a replica that fails to start (bfloat16 is checked on float32)."""
+    here, not a replica that fails to start (a bfloat16 run is checked in the file's own
+    dtype: the CPU cannot hold a bfloat16 engine; whether the cluster has GPUs is checked
+    once connected)."""
     from ..predict.labels import LabelsError
     from ..predict.predictor import Predictor
     from ..weights import WeightsError
@@ -213,6 +215,10 @@ def predict_on_ray(args, files) -> int:
     t0 = time.perf_counter()
     try:
         placement = _placement(args)
+    except BaseException:
+        disconnect(how)
+        raise
+    try:
         actors = args.actors or (max(1, int(ray.cluster_resources().get("GPU", 0))) if placement.gpu else 1)
         options = dict(batch_size=args.batch, actors=actors, placement=placement, dtype=args.dtype, topk=args.topk,
                        resize=args.resize, crop=args.crop, labels=args.labels, decode=args.decode,
