@@ -73,3 +73,14 @@ def test_without_ray_one_line_says_how_to_install(files, capsys, monkeypatch, ar
     monkeypatch.setitem(sys.modules, "ray", None)  # imports of ray fail as if it were not installed
     line = one_line_error(capsys, argv, command)
     assert line.endswith("needs Ray: pip install 'fastres[ray]'"), line
+
+
+def test_an_address_without_a_cluster_is_one_line(files, capsys, monkeypatch):
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'fastres[ray]'")
+    from scale_helpers import free_port
+
+    monkeypatch.chdir(files)
+    port = free_port()  # closed again: nothing listens there
+    line = one_line_error(capsys, ["predict", "photos", "--weights", "r18.pth", "--ray", "--address",
+                                   f"127.0.0.1:{port}"], "predict")
+    assert f"cannot connect to the Ray cluster at 127.0.0.1:{port}: Connection refused" in line, line

@@ -130,6 +130,22 @@ def cluster_placement(*, cpus: float | None = None) -> Placement:
 STARTED, CONNECTED, ALREADY = "started", "connected", "already connected"
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A host:port address where nothing listens: ConnectionError now (ray.init would retry
+    for minutes). "auto" and ray:// addresses are left to Ray."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"\[?([^\]]+?)\]?:(\d+)", address)
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to the Ray cluster at {address}: "
+                              f"{exc.strerror or type(exc).__name__} (is a Ray head node running there?)") from None
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None,
             log_to_driver: bool = True) -> str:
     """Connect this process to the Ray cluster at `address` (host:port, "auto" for the one
@@ -145,6 +161,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         return ALREADY
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=log_to_driver)
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
