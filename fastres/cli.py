@@ -1,4 +1,4 @@
-"""The `fastres` command line: run, convert, bench, check, predict.
+"""The `fastres` command line: run, convert, bench, check, predict, serve.
 
 Each subcommand lives in its own module exposing ``configure(parser)`` and ``main(args) -> int``.
 A user mistake is one clear line on stderr and a non-zero exit, never a traceback.
@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "check": ("fastres.gate.cli",
               "compile every dispatchable kernel config for GPU targets (default: Hopper, sm_90) and inspect the binaries"),
     "predict": ("fastres.predict.cli", "classify image files (JSON lines or CSV out), preprocessed as torchvision does"),
+    "serve": ("fastres.scale.cli", "serve HTTP POST /predict on Ray Serve, with dynamic batching (needs fastres[ray])"),
 }
 
 

@@ -47,3 +47,32 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("fastres parity against torchvision (float64 reference)")
         for line in _PARITY:
             terminalreporter.write_line(line)
+
+
+# -- the local Ray cluster of the scale tests (tests/scale_helpers.py) --------------------------
+
+@pytest.fixture
+def ray_cluster(tmp_path_factory):
+    """The local Ray cluster, started by the first test that asks for it (a skip without ray)."""
+    from scale_helpers import CLUSTER
+
+    return CLUSTER.start(tmp_path_factory.getbasetemp())
+
+
+def _needs_ray(item) -> bool:
+    return "ray_cluster" in item.fixturenames or item.path.name.startswith("test_scale_")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the cluster once no test that may need it comes next (after the module fixtures'
+    teardown, hence trylast): kept across the test_scale_* files, started once for them all;
+    stopped after them, since idle its processes would still take CPU time from the rest."""
+    import sys
+
+    helpers = sys.modules.get("scale_helpers")
+    if helpers is None or not helpers.CLUSTER.running:
+        return
+    if nextitem is None or not _needs_ray(nextitem):
+        left = helpers.CLUSTER.stop()
+        assert not left, f"Ray processes still alive after ray.shutdown(): {left}"

@@ -51,3 +51,30 @@ def test_formats_by_suffix(tmp_path):
     with open_writer(None, 2, stdout=out) as w:
         w.write(PREDS[1])
     assert read_output(out.getvalue(), "jsonl") == EXPECTED[1:2]
+
+
+def test_parquet(tmp_path, monkeypatch):
+    """One row per input in the JSON line's schema, across row groups; read back the same."""
+    pytest.importorskip("pyarrow", reason="Parquet output needs pyarrow (the ray extra brings it)")
+    import pyarrow.parquet as pq
+
+    from fastres.predict import output
+
+    assert output_format("r.parquet") == "parquet"
+    monkeypatch.setattr(output, "PARQUET_GROUP_ROWS", 2)
+    with open_writer(tmp_path / "r.parquet", 2) as w:
+        for p in PREDS:
+            w.write(p)
+            w.flush()
+    f = pq.ParquetFile(tmp_path / "r.parquet")
+    assert f.metadata.num_row_groups == 2 and f.schema_arrow == output.parquet_schema()
+    assert output.read_parquet(tmp_path / "r.parquet") == EXPECTED
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    with pytest.raises(ValueError, match=r"--out r.parquet: Parquet needs pyarrow: pip install 'fastres\[ray\]'"):
+        output_format("r.parquet")

@@ -109,6 +109,28 @@ def test_tensors_are_paths(folder, folder_run):
         pred.predict_tensors([images[0].float()])
 
 
+def test_bytes_and_files_are_paths(folder, folder_run):
+    """predict_bytes and predict_files, padded to the folder run's batch shape, give bitwise its
+    results; a bad body or a missing file is an error Prediction, the others still classified."""
+    pred, results = folder_run
+    paths = sorted((folder / "a").iterdir())[:3]
+    datas = [p.read_bytes() for p in paths] + [b"just text"]
+    got = pred.predict_bytes(datas, paths=["x", "y", "z", "bad"], pad_to=BATCH)
+    assert [r.path for r in got] == ["x", "y", "z", "bad"]
+    assert [r.top for r in got[:3]] == [r.top for r in results[:3]]
+    assert all(torch.equal(a.logits, b.logits) for a, b in zip(got, results[:3]))
+    assert not got[3].ok and "not an image" in got[3].error
+    missing = folder / "a" / "gone.jpg"
+    files = list(pred.predict_files([paths[0], missing], pad_to=BATCH))
+    assert files[0].path == str(paths[0]) and torch.equal(files[0].logits, results[0].logits)
+    assert files[1].path == str(missing) and "cannot read the file" in files[1].error
+    assert pred.predict_bytes([]) == [] and pred.predict_bytes([b""])[0].error == "empty file"
+    with pytest.raises(ValueError, match="pad_to must be a positive int, got 0"):
+        pred.predict_files(paths, pad_to=0)
+    with pytest.raises(ValueError, match="2 paths for 1 images"):
+        pred.predict_bytes(datas[:1], paths=["a", "b"])
+
+
 def test_converted_torchvision_weights_bring_transforms_and_names(tmp_path):
     """A file converted from torchvision's resnet18 download (by its name) preprocesses as
     ResNet18_Weights.IMAGENET1K_V1 does and names ImageNet's classes; options override."""

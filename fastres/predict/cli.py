@@ -1,8 +1,9 @@
-"""`fastres predict PATH... --weights FILE`: classify image files, one JSON line (or CSV row)
-per file in input order, written as results come; the progress bar and the closing time split
+"""`fastres predict PATH... --weights FILE`: classify image files, one JSON line (or CSV or
+Parquet row) per file in input order, written as results come; the progress bar and the closing time split
 go to stderr. Exit status: 0, or 1 when a file could not be classified (its line says why, the
 others are all there), or 2 for a usage mistake (a missing path, a folder without images, bad
-weights or options), which stops before anything runs."""
+weights or options), which stops before anything runs. `--ray` runs the same on Ray Data
+(`fastres.scale`), with the same lines and exit status."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", metavar="FILE", default=None,
                    help="class names, one per line (default: ImageNet's for 1000 classes, else the index)")
     p.add_argument("--out", metavar="FILE", default=None,
-                   help="write here instead of stdout: .csv for CSV, .jsonl / .json / .ndjson for JSON lines")
+                   help="write here instead of stdout: .csv for CSV, .jsonl / .json / .ndjson for JSON lines, "
+                        ".parquet for Parquet (needs pyarrow)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="engine dtype (default: a converted file's own; float16 for a .pth)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if there is one)")
@@ -33,15 +35,26 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ray = p.add_argument_group("on a Ray cluster (needs fastres[ray])")
+    ray.add_argument("--ray", action="store_true",
+                     help="classify on Ray Data: one actor per GPU of the cluster (without GPUs: one, on a CPU, "
+                          "through the interpreter); the files must be readable at their paths on every node")
+    ray.add_argument("--address", default=None,
+                     help="with --ray: the cluster (host:port, auto, ray://...; default $RAY_ADDRESS, else a new "
+                          "local cluster)")
+    ray.add_argument("--actors", type=int, default=None, help="with --ray: how many actors (default: one per GPU)")
 
 
 def _check_args(args) -> None:
     from ..cli import UserError
 
-    for name in ("batch", "topk", "resize", "crop", "workers", "max_pixels"):
+    for name in ("batch", "topk", "resize", "crop", "workers", "max_pixels", "actors"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("address", "actors"):
+        if getattr(args, name) is not None and not args.ray:
+            raise UserError(f"--{name} goes with --ray")
 
 
 def main(args) -> int:
@@ -62,6 +75,10 @@ def main(args) -> int:
     # torchvision 0.29 deprecates torchvision.io in favour of torchcodec: its decoders are
     # still the reference of its own transforms, which is what fastres matches.
     warnings.filterwarnings("ignore", message=r"The image decoding and encoding capabilities of TorchVision")
+    if args.ray:
+        from ..scale.cli import predict_on_ray
+
+        return predict_on_ray(args, files)
     predictor = _predictor(args, DEFAULT_MAX_PIXELS)
     torch.set_num_threads(1)  # the decode pool is the parallelism; intra-op threads would fight it
     progress = not args.no_progress and sys.stderr.isatty()

@@ -1,5 +1,6 @@
 """One result per input (`Prediction`) and writing them as they come: JSON lines (one object
-per input file) or CSV (one row per input file), flushed after every batch."""
+per input file) or CSV (one row per input file), flushed after every batch; or Parquet (one
+row per input file, the JSON line's schema; needs pyarrow, which `fastres[ray]` brings)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,9 @@ import torch
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet",)
+# Parquet buffers rows into row groups: a group per batch would make files of tiny groups.
+PARQUET_GROUP_ROWS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +86,49 @@ class CsvWriter:
         self.stream.flush()
 
 
+def parquet_schema():
+    """The Parquet columns: path (string), top (list of {index int64, label string, prob
+    double}, null for an error), error (string, null when classified)."""
+    import pyarrow as pa
+
+    top = pa.struct([("index", pa.int64()), ("label", pa.string()), ("prob", pa.float64())])
+    return pa.schema([("path", pa.string()), ("top", pa.list_(top)), ("error", pa.string())])
+
+
+class ParquetWriter:
+    """One row per input, in row groups of PARQUET_GROUP_ROWS; the file is complete on close."""
+
+    def __init__(self, path: str | os.PathLike):
+        import pyarrow.parquet as pq
+
+        self.schema = parquet_schema()
+        self.file = pq.ParquetWriter(str(path), self.schema)
+        self.rows: list[dict] = []
+
+    def write(self, pred: Prediction) -> None:
+        row = pred.to_dict()
+        self.rows.append({"path": row["path"], "top": row.get("top"), "error": row.get("error")})
+        if len(self.rows) >= PARQUET_GROUP_ROWS:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        import pyarrow as pa
+
+        if self.rows:
+            self.file.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def flush(self) -> None:
+        """Nothing until a row group is full (Parquet is written in groups, not lines)."""
+
+    def close(self) -> None:
+        self._write_group()
+        self.file.close()
+
+
 def output_format(out: str | os.PathLike | None) -> str:
-    """"jsonl" or "csv" for an --out file (by suffix; stdout is JSON lines). ValueError otherwise."""
+    """"jsonl", "csv" or "parquet" for an --out file (by suffix; stdout is JSON lines).
+    ValueError otherwise, or for Parquet without pyarrow installed."""
     if out is None:
         return "jsonl"
     suffix = Path(out).suffix.lower()
@@ -91,7 +136,14 @@ def output_format(out: str | os.PathLike | None) -> str:
         return "csv"
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
-    raise ValueError(f"--out {out}: name a .csv file (CSV) or a .jsonl / .json / .ndjson file (JSON lines)")
+    if suffix in PARQUET_SUFFIXES:
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise ValueError(f"--out {out}: Parquet needs pyarrow: pip install 'fastres[ray]' (or pyarrow)")
+        return "parquet"
+    raise ValueError(f"--out {out}: name a .csv file (CSV), a .jsonl / .json / .ndjson file (JSON lines) "
+                     "or a .parquet file")
 
 
 @contextlib.contextmanager
@@ -103,8 +155,23 @@ def open_writer(out: str | os.PathLike | None, topk: int, stdout: IO[str] | None
         yield JsonLinesWriter(stream)
         stream.flush()
         return
+    if fmt == "parquet":
+        writer = ParquetWriter(out)
+        try:
+            yield writer
+        finally:
+            writer.close()
+        return
     with open(out, "w", encoding="utf-8", newline="") as f:
         yield CsvWriter(f, topk) if fmt == "csv" else JsonLinesWriter(f)
+
+
+def read_parquet(path: str | os.PathLike) -> list[dict]:
+    """The rows a ParquetWriter wrote, back as JSON-line dicts."""
+    import pyarrow.parquet as pq
+
+    return [{"path": r["path"], "error": r["error"]} if r["error"] is not None else {"path": r["path"], "top": r["top"]}
+            for r in pq.read_table(str(path)).to_pylist()]
 
 
 def read_output(text: str, fmt: str) -> list[dict]:

@@ -108,12 +108,14 @@ def nvjpeg_can_take(data: bytearray) -> bool:
     return bytes(data[-2:]) == b"\xff\xd9" and jpeg_components(data) in (1, 3)
 
 
-def load_item(index: int, path: str, transform: Transform, max_pixels: int | None, stages: StageTimes,
-              jpeg_to_gpu: bool) -> Item:
-    """A worker's job: read, decode and crop one file (for nvjpeg: read and check it only)."""
+def load_item(index: int, path: str | None, transform: Transform, max_pixels: int | None, stages: StageTimes,
+              jpeg_to_gpu: bool, data: bytearray | None = None) -> Item:
+    """A worker's job: read, decode and crop one file (for nvjpeg: read and check it only).
+    With `data` (an encoded file's bytes, writable) nothing is read: `path` only names it."""
     t0 = time.perf_counter()
     try:
-        data = read_bytes(path)
+        if data is None:
+            data = read_bytes(path)
         if jpeg_to_gpu and check_decodable(data, max_pixels) == "JPEG" and nvjpeg_can_take(data):
             stages.add(decode=time.perf_counter() - t0)
             return Item(index, path, jpeg=data)

@@ -129,8 +129,42 @@ class Predictor:
         files = find_images(paths)
         return self._run_files(files, progress)
 
-    def _run_files(self, files: list[Path], progress: bool) -> Iterator[Prediction]:
-        batcher = self._batcher(min(self.batch_size, max(1, len(files))))
+    def predict_files(self, files: Iterable[str | os.PathLike], *, pad_to: int | None = None) -> Iterator[Prediction]:
+        """One Prediction per file, as given: no folder search, and a file that is missing or
+        cannot be read gets a Prediction with `error` instead of raising (for paths that come
+        from elsewhere, such as a dataset's rows). pad_to: see `predict_bytes`."""
+        self._batch_rows(1, pad_to)  # a bad pad_to raises here, not at the first next()
+        return self._run_files([Path(f) for f in files], False, pad_to)
+
+    def predict_bytes(self, datas: Sequence[bytes | bytearray | memoryview], *,
+                      paths: Sequence[str | None] | None = None, pad_to: int | None = None) -> list[Prediction]:
+        """Predictions for encoded image files' bytes (JPEG, PNG, GIF, WEBP), decoded and
+        preprocessed as files are; `paths` (default None) is what each Prediction's `path` says.
+        pad_to: the rows of every batch the engine runs, the last one padded (default: the
+        batch size, or fewer inputs): one shape, so its CUDA graph is reused."""
+        datas = list(datas)
+        if paths is not None and len(paths) != len(datas):
+            raise ValueError(f"{len(paths)} paths for {len(datas)} images")
+        if not datas:
+            return []
+        names = list(paths) if paths is not None else [None] * len(datas)
+        batcher = self._batcher(self._batch_rows(len(datas), pad_to))
+        t, mp, stats, gpu = self.transform, self.max_pixels, self.stats, batcher.gpu_decode
+        # A copy the decoders may share: torch.frombuffer wants a writable buffer.
+        jobs = (lambda i=i, d=d: load_item(i, names[i], t, mp, stats, gpu, data=bytearray(d))
+                for i, d in enumerate(datas))
+        return list(self._progress(run_pipeline(jobs, batcher, workers=min(self.workers, len(datas)),
+                                                lookahead=self._lookahead(batcher)), len(datas), False, batcher))
+
+    def _batch_rows(self, n: int, pad_to: int | None) -> int:
+        if pad_to is None:
+            return min(self.batch_size, max(1, n))
+        if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1:
+            raise ValueError(f"pad_to must be a positive int, got {pad_to!r}")
+        return pad_to
+
+    def _run_files(self, files: list[Path], progress: bool, pad_to: int | None = None) -> Iterator[Prediction]:
+        batcher = self._batcher(self._batch_rows(len(files), pad_to))
         t, mp, stats, gpu = self.transform, self.max_pixels, self.stats, batcher.gpu_decode
         jobs = (lambda i=i, f=f: load_item(i, str(f), t, mp, stats, gpu) for i, f in enumerate(files))
         yield from self._progress(run_pipeline(jobs, batcher, workers=self.workers, lookahead=self._lookahead(batcher)),
@@ -152,10 +186,11 @@ class Predictor:
             preds.close()
             batcher.close()
 
-    def predict_tensors(self, images, *, preprocess: bool = True) -> list[Prediction]:
+    def predict_tensors(self, images, *, preprocess: bool = True, pad_to: int | None = None) -> list[Prediction]:
         """Predictions for uint8 images: [N, 3, H, W] or a list of [3, H, W] (sizes may differ;
         CPU tensors, or tensors on the engine's device), resized and cropped as files are
-        (preprocess=False: already cropped, all of one shape). `path` is None."""
+        (preprocess=False: already cropped, all of one shape). `path` is None. pad_to: see
+        `predict_bytes`."""
         imgs = [check_tensor_image(img, f"images[{i}]") for i, img in enumerate(as_image_list(images))]
         if not imgs:
             return []
@@ -168,7 +203,7 @@ class Predictor:
                 raise ValueError("preprocess=False needs images of one shape (a batch of crops)")
             hw = tuple(imgs[0].shape[-2:])
         transform = self.transform if preprocess else (lambda img: img)
-        batcher = self._batcher(min(self.batch_size, len(imgs)), hw)
+        batcher = self._batcher(self._batch_rows(len(imgs), pad_to), hw)
         batcher.after_caller()
 
         def job(i: int, img: torch.Tensor) -> Item:

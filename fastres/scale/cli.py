@@ -1,0 +1,262 @@
+"""The command line on Ray: `fastres serve` (Ray Serve, HTTP, dynamic batching) and the `--ray`
+path of `fastres predict` (Ray Data). Both connect to the cluster at --address (default
+$RAY_ADDRESS) or start a local one, check the weights and options on the driver first (a
+mistake is one line and exit 2 before any actor starts), and never print a traceback for one.
+Nothing here imports ray until a command runs."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
+DEFAULT_PORT = 8000
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """`fastres serve`'s options."""
+    p.add_argument("--weights", metavar="FILE", required=True,
+                   help="a file written by `fastres convert`, or a torchvision checkpoint (.pth); readable at this "
+                        "path on every node that runs a replica")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    p.add_argument("--replicas", type=int, default=1, help="replicas, one GPU each (default 1)")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests in one batch (default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to fill its batch (default 5 ms)")
+    p.add_argument("--resize", type=int, default=None,
+                   help="shorter side before the crop (default: the torchvision weights' own, else 256)")
+    p.add_argument("--crop", type=int, default=None, help="center crop (default: the weights' own, else 224)")
+    p.add_argument("--topk", type=int, default=5, help="classes per answer, best first (default 5)")
+    p.add_argument("--labels", metavar="FILE", default=None,
+                   help="class names, one per line (default: ImageNet's for 1000 classes, else the index)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                   help="engine dtype (default: a converted file's own; float16 for a .pth)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
+    p.add_argument("--address", default=None,
+                   help="the Ray cluster to serve on (host:port, auto, ray://...; default $RAY_ADDRESS, else a new "
+                        "local cluster)")
+
+
+def _user_error(message: str):
+    from ..cli import UserError
+
+    return UserError(message)
+
+
+def _positive(args, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise _user_error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_model(args):
+    """A CPU Predictor of the weights and options, built on the driver only to check them:
+    a bad file, a topk over the classes or a labels file of the wrong length is one line
+    here, not a replica that fails to start (a bfloat16 run is checked in the file's own
+    dtype: the CPU cannot hold a bfloat16 engine; whether the cluster has GPUs is checked
+    once connected)."""
+    from ..predict.labels import LabelsError
+    from ..predict.predictor import Predictor
+    from ..weights import WeightsError
+
+    dtype = None if args.dtype in (None, "bfloat16") else args.dtype
+    try:
+        return Predictor(args.weights, device="cpu", dtype=dtype, topk=args.topk, resize=args.resize, crop=args.crop,
+                         labels=args.labels, cuda_graph=False)
+    except (WeightsError, LabelsError, FileNotFoundError, ValueError, TypeError) as exc:
+        raise _user_error(_first_line(exc)) from None
+
+
+def _connect(address: str | None, *, log_to_driver: bool) -> str:
+    from .cluster import RayNotInstalled, connect
+
+    try:
+        return connect(address, log_to_driver=log_to_driver)
+    except (RayNotInstalled, ConnectionError) as exc:
+        raise _user_error(_first_line(exc)) from None
+
+
+def _placement(args):
+    from .cluster import cluster_placement
+
+    placement = cluster_placement()
+    if args.dtype == "bfloat16" and not placement.gpu:
+        raise _user_error("bfloat16 needs a GPU, and this Ray cluster has none: triton's CPU interpreter multiplies "
+                          "bf16 wrongly (triton issue 11584)")
+    return placement
+
+
+# -- fastres serve ----------------------------------------------------------------------------
+
+def main(args) -> int:
+    """`fastres serve`: deploy, say where it listens, serve until SIGINT or SIGTERM, then take
+    the application down (and Serve with it, once no other application is left)."""
+    from .cluster import STARTED, RayNotInstalled, disconnect, import_serve, require_ray
+
+    _positive(args, ("replicas", "max_batch", "resize", "crop", "topk", "max_pixels"))
+    if not 1 <= args.port <= 65535:
+        raise _user_error(f"--port must be between 1 and 65535, got {args.port}")
+    if args.batch_wait_ms < 0:
+        raise _user_error(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    if args.max_body_mb <= 0:
+        raise _user_error(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    try:
+        require_ray("fastres serve")
+        serve = import_serve("fastres serve")
+    except RayNotInstalled as exc:
+        raise _user_error(str(exc)) from None
+    from .serve import APP_NAME, MAX_BATCH_LIMIT, app
+
+    if args.max_batch > MAX_BATCH_LIMIT:
+        raise _user_error(f"--max-batch must be at most {MAX_BATCH_LIMIT}, got {args.max_batch}")
+    model = check_model(args)
+    how = _connect(args.address, log_to_driver=True)
+    if how == STARTED:
+        _check_port_free(args.host, args.port, how)
+    stop = threading.Event()
+    deployed = False
+    try:
+        placement = _placement(args)
+        application = app(args.weights, replicas=args.replicas, max_batch=args.max_batch,
+                          batch_wait_ms=args.batch_wait_ms, max_body=int(args.max_body_mb * 1e6), placement=placement,
+                          dtype=args.dtype, topk=args.topk, resize=args.resize, crop=args.crop, labels=args.labels,
+                          **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+        print(f"fastres serve: {args.replicas} replica(s) of {model.engine.arch} ({model.engine.num_classes} classes), "
+              f"{placement.describe()}; batches of up to {args.max_batch}, {args.batch_wait_ms:g} ms wait",
+              file=sys.stderr, flush=True)
+        serve.start(http_options={"host": args.host, "port": args.port})
+        deployed = True
+        try:
+            serve.run(application, name=APP_NAME, route_prefix="/")
+        except Exception as exc:  # noqa: BLE001 - a replica that cannot start: its first line, not a traceback
+            print(f"fastres serve: error: the application did not start: {_first_line(exc)}", file=sys.stderr)
+            return 1
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"fastres serve: ready at http://{args.host}:{args.port}/predict (POST an image; GET /healthz); "
+              "Ctrl-C stops", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("fastres serve: stopping", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        if deployed:
+            _take_down(serve, APP_NAME, how == STARTED)
+        disconnect(how)
+
+
+def _check_port_free(host: str, port: int, how: str) -> None:
+    """On a cluster this command started here, the proxy binds host:port on this machine:
+    a port in use would leave it failing to start, over and over, so say it now."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            from .cluster import disconnect
+
+            disconnect(how)
+            raise _user_error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _take_down(serve, name: str, started: bool) -> None:
+    try:
+        if started:
+            serve.shutdown()
+            return
+        serve.delete(name)
+        if not serve.status().applications:
+            serve.shutdown()  # Serve with no application left would only hold the port
+    except Exception as exc:  # noqa: BLE001 - leaving anyway; say what was left behind
+        print(f"fastres serve: could not take the application down: {_first_line(exc)}", file=sys.stderr)
+
+
+# -- fastres predict --ray --------------------------------------------------------------------
+
+def predict_on_ray(args, files) -> int:
+    """`fastres predict --ray`: the same lines as `fastres predict`, in input order, from a pool
+    of Ray Data actors (one per GPU of the cluster, or one on a CPU under the interpreter)."""
+    from ..predict.output import open_writer
+    from .cluster import RayNotInstalled, import_data, require_ray
+
+    if args.device is not None:
+        raise _user_error("--device does not go with --ray: each actor runs on the GPU Ray gives it (on a cluster "
+                          "without GPUs, on its CPU through the interpreter)")
+    _positive(args, ("actors",))
+    try:
+        require_ray("fastres predict --ray")
+        import_data("fastres predict --ray")
+    except RayNotInstalled as exc:
+        raise _user_error(str(exc)) from None
+    from .data import predict_files
+
+    from .cluster import disconnect
+
+    model = check_model(args)
+    # Workers' output stays in the cluster's logs: Ray prints a worker's stdout on the
+    # driver's, where it would mix with the JSON lines.
+    how = _connect(args.address, log_to_driver=False)
+    import ray
+
+    failed = 0
+    t0 = time.perf_counter()
+    try:
+        placement = _placement(args)
+    except BaseException:
+        disconnect(how)
+        raise
+    try:
+        actors = args.actors or (max(1, int(ray.cluster_resources().get("GPU", 0))) if placement.gpu else 1)
+        options = dict(batch_size=args.batch, actors=actors, placement=placement, dtype=args.dtype, topk=args.topk,
+                       resize=args.resize, crop=args.crop, labels=args.labels, decode=args.decode,
+                       workers=args.workers)
+        if args.max_pixels:
+            options["max_pixels"] = args.max_pixels
+        print(f"fastres predict: {len(files)} files, {model.engine.arch} ({model.engine.num_classes} classes), "
+              f"resize {model.transform.resize}, crop {model.transform.crop}, on {actors} Ray actor(s), "
+              f"{placement.describe()}", file=sys.stderr, flush=True)
+        progress = not args.no_progress and sys.stderr.isatty()
+        with open_writer(args.out, args.topk) as writer:
+            for pred in _progress(predict_files(files, args.weights, progress=False, **options), len(files), progress):
+                writer.write(pred)
+                writer.flush()
+                failed += not pred.ok
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        raise _user_error(f"cannot write {args.out or 'stdout'}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - never a traceback: what was written stays written
+        print(f"fastres predict: error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        disconnect(how)
+    wall = time.perf_counter() - t0
+    errors = f" ({failed} failed)" if failed else ""
+    print(f"{len(files)} images{errors} in {wall:.2f} s, {len(files) / wall:.1f} img/s on Ray", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress(preds, total: int, progress: bool):
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", desc="classifying", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True, smoothing=0.1) as bar:
+        for pred in preds:
+            bar.update()
+            yield pred

@@ -1,0 +1,151 @@
+"""fastres.scale.serve through `fastres serve` on a local Ray cluster, over HTTP on 127.0.0.1:
+every bad request gets its 4xx and the replica goes on; 32 concurrent requests are all
+answered as torchvision's own model answers them, in batches larger than one; Ctrl-C takes
+the application down; and after the cluster's shutdown none of its processes is left."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from predict_helpers import pixels, torchvision_reference
+from scale_helpers import CLUSTER, descendants, free_port, is_ray, ray_or_skip
+from test_build import calibrated
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+REPO = Path(__file__).resolve().parents[1]
+RESIZE, CROP, TOPK, MAX_BATCH = 40, 32, 3, 16
+
+
+def test_batch_sizes_and_padding():
+    ray_or_skip()
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
+    from fastres.scale.serve import batch_sizes, padded_size
+
+    assert batch_sizes(1) == (1,) and batch_sizes(8) == (1, 2, 4, 8) and batch_sizes(12) == (1, 2, 4, 8, 12)
+    assert [padded_size(n, batch_sizes(12)) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+    with pytest.raises(ValueError, match="max_batch must be between 1 and 1024, got 0"):
+        batch_sizes(0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`fastres serve --address <the test cluster>` in its own process, ready: (process,
+    base URL, stderr file, files)."""
+    ray_or_skip()
+    root = tmp_path_factory.mktemp("serve")
+    cluster = CLUSTER.start(tmp_path_factory.getbasetemp())
+    model = calibrated("resnet18")
+    torch.save(model.state_dict(), root / "r18.pth")
+    (root / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))
+    port = free_port()
+    log = root / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastres", "serve", "--address", cluster.address, "--port", str(port),
+             "--weights", "r18.pth", "--labels", "labels.txt", "--dtype", "float32", "--resize", str(RESIZE),
+             "--crop", str(CROP), "--topk", str(TOPK), "--max-batch", str(MAX_BATCH), "--batch-wait-ms", "300",
+             "--max-body-mb", "1"],
+            cwd=root, env=dict(cluster.env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 240
+    while "fastres serve: ready at" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"fastres serve did not get ready (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    yield proc, f"http://127.0.0.1:{port}", log, model
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def request(url: str, data: bytes | None = None, method: str = "POST") -> tuple[int, dict, dict]:
+    """(status, JSON body, headers with lower-case names) of one request."""
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.headers.items()}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()}
+
+
+def encoded(i: int) -> bytes:
+    """A small JPEG (even i) or PNG (odd i), each different."""
+    buf = io.BytesIO()
+    pixels((44 + i, 36 + 2 * i), "RGB", 100 + i).save(buf, "JPEG" if i % 2 == 0 else "PNG")
+    return buf.getvalue()
+
+
+def expected_top(model, body: bytes, tmp: Path) -> list[tuple[int, float]]:
+    """torchvision's own answer (its decoder, transforms and model, float32): [(index, prob)]."""
+    tmp.write_bytes(body)
+    x = torchvision_reference(tmp, RESIZE, CROP)[None]
+    with torch.inference_mode():
+        probs = torch.softmax(model(x).double(), 1)[0]
+    values, indices = probs.topk(TOPK)
+    return list(zip(indices.tolist(), values.tolist()))
+
+
+def test_bad_requests_then_32_concurrent_in_batches(server, ray_cluster, tmp_path):
+    proc, base, log, model = server
+    status, body, _ = request(base + "/healthz", method="GET")
+    assert (status, body) == (200, {"status": "ok"})
+
+    jpeg = encoded(0)
+    bad = {
+        "empty": (request(base + "/predict", b""), 400, "empty body"),
+        "text": (request(base + "/predict", b"hello, not an image\n" * 8), 400, "not an image"),
+        "bmp": (request(base + "/predict", b"BM" + b"\0" * 64), 400, "unsupported image format BMP"),
+        "truncated": (request(base + "/predict", jpeg[: len(jpeg) // 2]), 400, "cannot decode JPEG"),
+        "too large": (request(base + "/predict", jpeg + b"\0" * 1_000_000), 413, "over the limit of 1000000 bytes"),
+        "method": (request(base + "/predict", method="GET"), 405, "use POST /predict"),
+        "path": (request(base + "/classify", jpeg), 404, "no route POST /classify"),
+    }
+    for name, ((status, body, headers), want_status, words) in bad.items():
+        assert status == want_status and set(body) == {"error"} and words in body["error"], (name, status, body)
+    assert bad["method"][0][2]["allow"] == "POST"
+
+    # Then 32 at once (8 different images, 4 times each): every one answered, as torchvision answers.
+    bodies = [encoded(i % 8) for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda b: request(base + "/predict", b), bodies))
+    want = [expected_top(model, encoded(i), tmp_path / f"{i}.img") for i in range(8)]
+    sizes = []
+    for i, (status, body, headers) in enumerate(answers):
+        assert status == 200 and set(body) == {"top"}, (i, status, body)
+        assert [t["index"] for t in body["top"]] == [w[0] for w in want[i % 8]], i
+        assert all(t["label"] == f"class {t['index']}" for t in body["top"])
+        assert [t["prob"] for t in body["top"]] == pytest.approx([w[1] for w in want[i % 8]], rel=1e-4)
+        sizes.append(int(headers["x-fastres-batch"]))
+    assert max(sizes) > 1 and max(sizes) <= MAX_BATCH, sizes
+    assert proc.poll() is None and "Traceback" not in log.read_text()
+
+
+def test_ctrl_c_takes_the_application_down(server, ray_cluster):
+    proc, base, log, _ = server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "fastres serve: stopping" in text and "Traceback" not in text
+    with pytest.raises(urllib.error.URLError):  # Serve is down with its last application: nothing listens
+        urllib.request.urlopen(base + "/healthz", timeout=10)
+
+
+def test_shutdown_leaves_no_ray_process(ray_cluster):
+    """Every process the cluster started (GCS, raylet, workers, Serve's controller, proxy and
+    replica, the Data actors), by PID: none alive after ray.shutdown()."""
+    pids = set(ray_cluster.pids) | {p for p in descendants(os.getpid()) if is_ray(p)}
+    assert len(pids) >= 3, pids  # at least GCS, raylet and a worker: the check has something to check
+    left = ray_cluster.stop()
+    assert left == [], f"still alive after ray.shutdown(): {left}"
