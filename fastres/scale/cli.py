@@ -190,7 +190,7 @@ def predict_on_ray(args, files) -> int:
     """`fastres predict --ray`: the same lines as `fastres predict`, in input order, from a pool
     of Ray Data actors (one per GPU of the cluster, or one on a CPU under the interpreter)."""
     from ..predict.output import open_writer
-    from .cluster import RayNotInstalled, import_data, require_ray
+    from .cluster import RayNotInstalled, disconnect, import_data, require_ray
 
     if args.device is not None:
         raise _user_error("--device does not go with --ray: each actor runs on the GPU Ray gives it (on a cluster "
@@ -202,8 +202,6 @@ def predict_on_ray(args, files) -> int:
     except RayNotInstalled as exc:
         raise _user_error(str(exc)) from None
     from .data import predict_files
-
-    from .cluster import disconnect
 
     model = check_model(args)
     # Workers' output stays in the cluster's logs: Ray prints a worker's stdout on the
