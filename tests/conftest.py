@@ -76,3 +76,27 @@ def pytest_runtest_teardown(item, nextitem):
     if nextitem is None or not _needs_ray(nextitem):
         left = helpers.CLUSTER.stop()
         assert not left, f"Ray processes still alive after ray.shutdown(): {left}"
+
+
+# The compile gate's long runs start as soon as their tests are collected and those tests run
+# last, so that the compiles overlap the interpreter tests (tests/gate_helpers.py).
+_BACKGROUND = {"test_gate_run.py": "gate_all", "test_gate_triton36.py": "triton36"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    from pathlib import Path
+
+    last = [i for i in items if Path(str(i.fspath)).name in _BACKGROUND]
+    if not last:
+        return
+    items[:] = [i for i in items if i not in last] + last
+    from gate_helpers import start_background
+
+    for name in sorted({_BACKGROUND[Path(str(i.fspath)).name] for i in last}):
+        start_background(name)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from gate_helpers import stop_background
+
+    stop_background()

@@ -25,3 +25,96 @@ def run_python(args: list[str], *, timeout: float = 600, **env: str) -> subproce
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=gate_env(**env), capture_output=True, text=True, timeout=timeout,
     )
+
+
+# -- the gate's long runs, in the background ------------------------------------------------
+# A cold `fastres check --target all` compiles for minutes on two processes, while the
+# interpreter tests keep one core busy. So the session starts the gate's runs as soon as it has
+# collected their tests (tests/conftest.py), runs those tests last, and their fixtures only
+# wait for the result: the compiles overlap the rest of the suite instead of following it.
+GATE_ALL = ["-m", "fastres", "check", "--target", "all", "--json", "--no-progress"]
+TRITON36 = "3.6.0"
+TRITON36_FAMILIES = "fused_k,tma,tma_w,tma_ws"
+_jobs: dict[str, tuple[subprocess.Popen, object, object, list[str]]] = {}
+_dirs: list[str] = []
+
+
+def _triton_version(env: dict) -> str:
+    out = subprocess.run([sys.executable, "-c", "import triton; print(triton.__version__)"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"cannot import triton: {out.stderr[-2000:]}")
+    return out.stdout.strip()
+
+
+def _triton36_command() -> tuple[list[str], dict]:
+    """The gate's Hopper-variant rows under triton 3.6.0: this environment's triton if it is that
+    one, else 3.6.0 installed (no dependencies) into a folder of its own that PYTHONPATH puts
+    before this environment's (tests/test_gate_triton36.py)."""
+    env = gate_env()
+    check = [sys.executable, "-m", "fastres", "check", "--target", "sm_90", "--family", TRITON36_FAMILIES, "--json",
+             "--no-progress"]
+    if _triton_version(env) == TRITON36:
+        return check, env
+    import shlex
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="fastres-triton36-")
+    _dirs.append(folder)
+    env["PYTHONPATH"] = os.pathsep.join([folder, env["PYTHONPATH"]])
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
+               "--target", folder, f"triton=={TRITON36}"]
+    # pip's output goes to stderr, so that stdout is the gate's JSON alone
+    script = f"{shlex.join(install)} 1>&2 && {shlex.join(check)}"
+    return ["/bin/sh", "-c", script], env
+
+
+def start_background(name: str) -> None:
+    """Start the named long run ("gate_all" or "triton36") unless it is running already."""
+    if name in _jobs:
+        return
+    import tempfile
+
+    if name == "gate_all":
+        argv, env = [sys.executable, *GATE_ALL], gate_env()
+    elif name == "triton36":
+        argv, env = _triton36_command()
+    else:
+        raise ValueError(f"no background run {name!r}")
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
+    _jobs[name] = (proc, out, err, argv)
+
+
+def background_result(name: str, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for the named run (started now if it was not) and return what it printed."""
+    start_background(name)
+    proc, out, err, argv = _jobs.pop(name)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    texts = []
+    for f in (out, err):
+        f.seek(0)
+        texts.append(f.read().decode(errors="replace"))
+        f.close()
+    return subprocess.CompletedProcess(argv, proc.returncode, texts[0], texts[1])
+
+
+def stop_background() -> None:
+    """End whatever is still running (a run whose tests were deselected or never reached)."""
+    import shutil
+
+    for proc, out, err, _ in _jobs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+    _jobs.clear()
+    for d in _dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    _dirs.clear()

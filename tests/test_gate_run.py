@@ -20,16 +20,16 @@ from fastres.gate.run import tasks
 from fastres.gate.target import DEFAULT_TARGET, SM90, TARGETS
 from fastres.gate.variants import engine_space
 from fastres.kernels.config import GEMM_KERNELS, KERNELS
-from gate_helpers import DTYPE_NAMES, run_python
+from gate_helpers import DTYPE_NAMES, background_result
 
 GATE_TIMEOUT_S = 2400  # a cold run of every target on 2 cores takes several minutes
 
 
 @pytest.fixture(scope="module")
 def all_rows() -> list[dict]:
-    """The whole gate, run once for this module: ``python -m fastres check --target all --json``."""
-    proc = run_python(["-m", "fastres", "check", "--target", "all", "--json", "--no-progress"],
-                      timeout=GATE_TIMEOUT_S)
+    """The whole gate, run once for this module: ``python -m fastres check --target all --json``
+    (started in the background when the session collected this module: tests/conftest.py)."""
+    proc = background_result("gate_all", timeout=GATE_TIMEOUT_S)
     assert proc.returncode in (0, 1), f"the gate crashed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     try:
         rows = json.loads(proc.stdout)

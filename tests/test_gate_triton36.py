@@ -12,53 +12,30 @@ shared memory within sm_90's limit.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from gate_helpers import ROOT, gate_env
+from gate_helpers import TRITON36, TRITON36_FAMILIES, background_result
 
-VERSION = "3.6.0"
-FAMILIES = "fused_k,tma,tma_w,tma_ws"
-INSTALL_TIMEOUT_S = 600
-GATE_TIMEOUT_S = 1200
-
-
-def _triton_version(env: dict) -> str:
-    out = subprocess.run([sys.executable, "-c", "import triton; print(triton.__version__)"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout.strip()
+GATE_TIMEOUT_S = 1800
 
 
 @pytest.fixture(scope="module")
-def triton36_env(tmp_path_factory) -> dict:
-    """An environment whose `import triton` is triton 3.6.0 (this one's, if it already is)."""
-    env = gate_env()
-    if _triton_version(env) == VERSION:
-        return env
-    target = tmp_path_factory.mktemp("triton36")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
-         "--target", str(target), f"triton=={VERSION}"],
-        capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, f"could not install triton {VERSION} for the gate:\n{proc.stderr[-3000:]}"
-    env["PYTHONPATH"] = os.pathsep.join([str(target), env["PYTHONPATH"]])
-    assert _triton_version(env) == VERSION
-    return env
+def run() -> subprocess.CompletedProcess:
+    """The variant rows under triton 3.6.0 (installed for the run if this one is another;
+    started in the background when the session collected this module: tests/conftest.py)."""
+    return background_result("triton36", timeout=GATE_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
-def rows(triton36_env) -> list[dict]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastres", "check", "--target", "sm_90", "--family", FAMILIES, "--json", "--no-progress"],
-        cwd=ROOT, env=triton36_env, capture_output=True, text=True, timeout=GATE_TIMEOUT_S,
-    )
-    assert proc.stdout.strip(), f"no gate output (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout)
+def rows(run) -> list[dict]:
+    assert run.stdout.strip(), f"no gate output (exit {run.returncode}):\n{run.stderr[-3000:]}"
+    return json.loads(run.stdout)
+
+
+def test_the_rows_are_triton36s(run):
+    assert f"with triton {TRITON36}" in run.stderr, run.stderr[-2000:]
 
 
 def _describe(rows) -> str:
@@ -66,13 +43,13 @@ def _describe(rows) -> str:
 
 
 def test_every_family_is_compiled(rows):
-    assert {r["family"] for r in rows} == set(FAMILIES.split(","))
+    assert {r["family"] for r in rows} == set(TRITON36_FAMILIES.split(","))
     assert {r["kernel"] for r in rows if r["family"] != "fused_k"} == {"conv", "conv1x1"}
 
 
 def test_every_row_passes_on_triton36(rows):
     bad = [r for r in rows if not r["ok"]]
-    assert not bad, f"{len(bad)} of {len(rows)} rows fail on triton {VERSION}:\n{_describe(bad)}"
+    assert not bad, f"{len(bad)} of {len(rows)} rows fail on triton {TRITON36}:\n{_describe(bad)}"
 
 
 def test_tma_hgmma_and_warp_specialization(rows):
