@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 FAMILIES = ("fused_k", "tma", "tma_w", "tma_ws")
 
 
-def _family(c: Config) -> str:
-    return c.variant
-
-
 def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch: int,
                     device: torch.device | None, *, residual: bool) -> dict[str, Config]:
     """family -> the config of that family nearest `default` among the tuner's candidates for
@@ -57,7 +53,7 @@ def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch
 
     out: dict[str, Config] = {}
     for fam in FAMILIES:
-        mine = [c for c in cands if _family(c) == fam]
+        mine = [c for c in cands if c.variant == fam]
         if fam == "fused_k" and not split:
             continue  # an unsplit fused_k tile is the pointer kernel itself
         if not mine:
