@@ -89,20 +89,38 @@ def precompiling(workers: int | None = None, progress: str | None = None) -> Ite
         raise
 
 
-_allocator_set = False
+def _tma_allocator(size: int, alignment: int, stream):
+    import torch
+
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def _current_allocator():
+    """The allocator triton would call now (None where triton keeps it elsewhere)."""
+    try:
+        from triton.runtime._allocation import _allocator
+    except ImportError:
+        return None
+    return _allocator.get()
 
 
 def ensure_tma_allocator() -> None:
     """Give triton the scratch allocator its in-kernel TMA descriptors need (128 bytes per
     descriptor, from torch's caching allocator, so a CUDA graph capture keeps it in its pool).
-    Set once per process; the interpreter needs none."""
-    global _allocator_set
-    if _allocator_set or interpreting():
+
+    triton keeps the allocator in a ContextVar: what one thread sets, another thread, an
+    executor's worker or a context copied before the set does not see. So every TMA launch
+    calls this first, and it sets the allocator in the context it runs in wherever triton's
+    null allocator is still there; an allocator the caller set is kept. The interpreter never
+    calls it, but gets it too, so that which contexts have one can be checked on a CPU.
+    """
+    current = _current_allocator()
+    if current is not None and type(current).__name__ != "NullAllocator":
         return
-    import torch
+    triton.set_allocator(_tma_allocator)
 
-    def alloc(size: int, alignment: int, stream):
-        return torch.empty(size, device="cuda", dtype=torch.int8)
 
-    triton.set_allocator(alloc)
-    _allocator_set = True
+def has_tma_allocator() -> bool:
+    """Whether a TMA launch in the current thread and context would find an allocator."""
+    current = _current_allocator()
+    return current is not None and type(current).__name__ != "NullAllocator"

@@ -89,3 +89,78 @@ def test_engine_compiles_every_kernel_before_its_first_launch(monkeypatch):
     assert seen, "nothing compiled: the caches were not emptied"
     late = sorted({name for name, warmup in seen if not warmup})
     assert not late, f"kernels compiled at their first launch: {late}"
+
+
+def _tma_launch_in(runner) -> tuple[bool, bool, torch.Tensor]:
+    """In the thread or context `runner` gives: (allocator before, after, the output) of one
+    TMA launch (the 1x1 conv on the tma variant)."""
+    from helpers import rand_nhwc
+
+    x = rand_nhwc(1, 32, 4, 4, dtype=torch.float32, device=DEVICE)
+    w = rand_nhwc(16, 32, 1, 1, dtype=torch.float32, device=DEVICE, scale=32 ** -0.5)
+    b = torch.zeros(16, device=DEVICE)
+
+    def body():
+        before = L.has_tma_allocator()
+        y = K.conv1x1(x, w, b, config=K.Config(16, 16, 16, 4, 1, variant="tma"))
+        if y.is_cuda:
+            torch.cuda.synchronize()
+        return before, L.has_tma_allocator(), y
+
+    return runner(body)
+
+
+def _in_thread(fn):
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    assert out, "the launch raised in its thread"
+    return out[0]
+
+
+def _in_executor(fn):
+    import asyncio
+
+    async def main():
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    return asyncio.run(main())
+
+
+def _in_task(fn):
+    import asyncio
+
+    async def main():  # a task runs in a copy of the context made when it was created
+        return await asyncio.create_task(asyncio.to_thread(fn))
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("runner", [_in_thread, _in_executor, _in_task], ids=["thread", "executor", "task"])
+def test_tma_launch_sets_the_allocator_in_every_thread(runner):
+    """triton keeps its allocator in a ContextVar: a fresh thread, an executor's worker and an
+    asyncio task each start without it, and each TMA launch sets it where it runs (on a GPU
+    the launch would otherwise fail with "no allocator was set")."""
+    before, after, y = _tma_launch_in(runner)
+    assert not before, "a fresh thread should start with triton's null allocator"
+    assert after, "the TMA launch left its thread without an allocator"
+    assert torch.isfinite(y).all()
+
+
+def test_tma_allocator_keeps_the_callers_own():
+    import contextvars
+
+    import triton
+
+    def mine(size, alignment, stream):
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+
+    def body():
+        triton.set_allocator(mine)
+        L.ensure_tma_allocator()
+        return L._current_allocator()
+
+    assert contextvars.Context().run(body) is mine
