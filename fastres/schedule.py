@@ -65,8 +65,11 @@ class Step:
             return ()
         m, n, k, taps = self.gemm
         stride = self.spec.stride if self.spec is not None else 1
+        segments = None
+        if self.kernel == CONV:  # the tma conv's grid: one tile row per output row segment
+            segments = (self.out_shape[0] * self.out_shape[2], self.out_shape[3])
         return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 stride=stride, **_planned_for(device))
+                                 stride=stride, segments=segments, **_planned_for(device))
 
 
 def _planned_for(device: DeviceInfo) -> dict:

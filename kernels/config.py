@@ -293,6 +293,16 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
     return split
 
 
+def m_tiles(config: Config, M: int, segments: tuple[int, int] | None = None) -> int:
+    """Tiles along the M axis of `config`'s grid for M output pixels: ceil(M / BLOCK_M), except
+    for the ``tma`` conv, which tiles each output row on its own (a TMA box cannot wrap to the
+    next row): `segments` = (N*OH output rows, OW pixels each) gives N*OH*ceil(OW / BLOCK_M)."""
+    if config.variant == "tma" and segments is not None:
+        rows, width = segments
+        return int(rows) * -(-int(width) // config.BLOCK_M)
+    return -(-int(M) // config.BLOCK_M)
+
+
 def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
     """Whether `config`'s variant can run a conv reducing over K channels per tap at `stride`
     (what the TMA launchers require: 16-byte aligned rows, whole BLOCK_K steps inside a tap,
@@ -310,14 +320,16 @@ def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
     residual: bool = False, sms: int | None = None, target: str | None = None, max_shared: int | None = None,
-    stride: int = 1,
+    stride: int = 1, segments: tuple[int, int] | None = None,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space that applies to
     it (`applies`; for a conv with a residual, those that take one), and every tile split by
     `choose_split` where that splits it (the heuristic's own choice is among them): pointer
     tiles both with the reduce launch and, on Hopper, fused ("fused_k"); TMA tiles fused; warp
     specialized tiles never split. `sms`, `target`, `max_shared`: the device planned for
-    (default: `device`'s, else an H100's: 132 SMs, sm_90)."""
+    (default: `device`'s, else an H100's: 132 SMs, sm_90). `segments`: (N*OH, OW) of a conv's
+    output, which the ``tma`` conv's grid is made of (`m_tiles`); a conv that offers ``tma``
+    tiles must give it, or their splits would be planned for a grid they do not launch."""
     sms, target, max_shared = _device(device, sms, target, max_shared)
 
     def ok(c: Config) -> bool:
@@ -330,7 +342,10 @@ def tuning_candidates(
     for c in config_space(kernel, dtype, target=target, max_shared=max_shared):
         if not ok(c) or c.variant == "tma_ws" or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
             continue
-        split = choose_split(-(-M // c.BLOCK_M) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
+        rows = segments if kernel == "conv" else None  # the 1x1 TMA GEMM tiles M = N*OH*OW flat
+        if kernel == "conv" and c.variant == "tma" and rows is None and M > 0:
+            raise ValueError("tuning_candidates('conv'): the tma conv tiles output rows, pass segments=(N*OH, OW)")
+        split = choose_split(m_tiles(c, M, rows) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
         if split > 1:
             out.append(dataclasses.replace(c, SPLIT_K=split))
             if (c.variant == "ptr" and target in HOPPER_TARGETS and dtype in HOPPER_DTYPES and kernel != "conv_stem"

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._checks import nhwc_strides
-from .config import Config
+from .config import Config, m_tiles
 from .gemm_tma import check_tma_rows
 from .indexing import grouped_tile, nhwc_rows
 from .launch import ensure_tma_allocator, launch
@@ -96,9 +96,7 @@ def _conv_tma_kernel(
 
 def tma_rows(g, config: Config) -> int:
     """MT: the rows of the tile grid's M axis for geometry `g` (see the kernel's arguments)."""
-    if config.variant == "tma":
-        return g.N * g.OH * triton.cdiv(g.OW, config.BLOCK_M) * config.BLOCK_M
-    return g.M
+    return m_tiles(config, g.M, (g.N * g.OH, g.OW)) * config.BLOCK_M if config.variant == "tma" else g.M
 
 
 def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, workspace, counters, y) -> None:

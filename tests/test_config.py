@@ -74,6 +74,12 @@ def test_config_name_and_launch_kwargs():
 
 # ---------------------------------------------------------------- the GPU heuristic
 
+def segments_of(M: int) -> tuple[int, int]:
+    """(N*OH, OW) of a problem of PROBLEMS (square outputs): the tma conv's row segments."""
+    hw = next(hw for hw in (112, 56, 28, 14, 7, 1) if M % (hw * hw) == 0)
+    return M // hw, hw
+
+
 PROBLEMS = [
     # M, N, K (pixels, output channels, reduction channels)
     (1 * 112 * 112, 64, 3),       # stem, batch 1
@@ -93,7 +99,7 @@ def test_gpu_heuristic_picks_from_the_space(mnk, kernel, dtype, gpu_heuristic):
     cfg = select_config(kernel, dtype, M=M, N=N, K=K_)
     # The tile is from the space; a split of it (small grids) is among what tuning measures.
     assert dataclasses.replace(cfg, SPLIT_K=1) in config_space(kernel, dtype)
-    assert cfg in K.tuning_candidates(kernel, dtype, M=M, N=N, K=K_)
+    assert cfg in K.tuning_candidates(kernel, dtype, M=M, N=N, K=K_, segments=segments_of(M))
 
 
 @pytest.mark.parametrize("dtype", SPACE_DTYPES, ids=dtype_id)
@@ -253,13 +259,14 @@ def test_residual_unsafe_tiles_never_reach_a_residual(gpu_heuristic):
     assert config_mod.residual_unsafe("conv", plain), plain.name
     assert not config_mod.residual_unsafe("conv", select_config("conv", dt, M=256 * 28 * 28, N=128, K=128, taps=9,
                                                                  residual=True))
-    for m in (49, 784, 256 * 3136):
-        cands = K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9, residual=True)
+    for n, hw in ((1, 7), (1, 28), (256, 56)):
+        m, seg = n * hw * hw, (n * hw, hw)
+        cands = K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9, residual=True, segments=seg)
         assert cands and not any(config_mod.residual_unsafe("conv", c) for c in cands)
         assert any(config_mod.residual_unsafe("conv", c)
-                   for c in K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9))
+                   for c in K.tuning_candidates("conv", dt, M=m, N=512, K=512, taps=9, segments=seg))
     # Split, the tile is fine with a residual: the reduce launch adds it.
-    split = K.tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, residual=True)
+    split = K.tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, residual=True, segments=(7, 7))
     assert any(c.SPLIT_K > 1 and dataclasses.replace(c, SPLIT_K=1) in unsafe for c in split)
     # The gate compiles that tile for the launches without a residual, and only those.
     rows = [t for t in tasks(kernels=["conv"], dtypes=["float16"]) if t.config in unsafe]
@@ -307,13 +314,15 @@ def test_untuned_heuristic_keeps_the_pointer_kernels(kernel, mnk):
 
 def test_tuning_offers_every_variant_family_where_it_applies():
     # ResNet-50 layer4 3x3 at batch 1: split-worthy; every family on sm_90.
-    cands = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90")
+    cands = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90",
+                              segments=(7, 7))
     kinds = {(c.variant, c.SPLIT_K > 1) for c in cands}
     assert {("ptr", False), ("ptr", True), ("fused_k", True), ("tma", False), ("tma", True), ("tma_w", False),
             ("tma_w", True)} <= kinds
     assert all(c.BLOCK_M <= config_mod.FUSED_MAX_BLOCK_M for c in cands if c.fused_split)
     # Stride 2: TMA activations do not apply, TMA weights do.
-    s2 = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90", stride=2)
+    s2 = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90", stride=2,
+                            segments=(7, 7))
     assert {c.variant for c in s2} == {"ptr", "fused_k", "tma_w"}
     # 1x1: tma and tma_ws at stride 1, never a split warp-specialized tile; none at stride 2.
     c1 = tuning_candidates("conv1x1", torch.float16, M=49, N=512, K=2048, sms=132, target="sm_90")

@@ -8,7 +8,9 @@ import torch
 
 import fastres
 from fastres.device import DeviceInfo
-from fastres.kernels.config import Config
+from fastres.kernels.config import FUSED_MAX_BLOCK_M, Config, choose_split, k_iters
+from fastres.kernels.conv import ConvGeometry
+from fastres.kernels.conv_tma import tma_rows
 from fastres.plan import UnsupportedModelError, arch_convs
 from fastres.schedule import CONV, CONV1X1, HEAD, MAXPOOL, STEM, build_schedule
 
@@ -164,3 +166,34 @@ def test_device_info():
     with pytest.raises(ValueError, match="sms"):
         DeviceInfo("x", sms=0)
     assert str(H100) == "NVIDIA H100 80GB HBM3, sm_90, 132 SMs"
+
+
+@pytest.mark.parametrize("batch", [1, 256])
+def test_tma_conv_splits_are_planned_for_the_grid_it_launches(batch, no_launches):
+    """The tma conv tiles each output row on its own (N*OH*ceil(OW/BLOCK_M) row tiles, not
+    ceil(M/BLOCK_M)): its tuning candidates split for that grid, as the launcher launches it."""
+    s = resnet50(batch)
+    seen = 0
+    for step in s.steps:
+        if step.kernel != CONV or step.spec.stride != 1:
+            continue
+        n, co, oh, ow = step.out_shape
+        _, c, h, w = step.in_shape
+        g = ConvGeometry(n, c, h, w, co, 3, 3, 1, 1, 1, 1, oh, ow, "ieee")
+        tma = [cfg for cfg in step.candidates(torch.float16, H100) if cfg.variant == "tma"]
+        assert tma, step.layer
+        for cfg in tma:
+            seen += 1
+            tiles = -(-tma_rows(g, cfg) // cfg.BLOCK_M) * -(-co // cfg.BLOCK_N)
+            want = choose_split(tiles, k_iters(c, cfg.BLOCK_K, 9), H100.sms)
+            if cfg.SPLIT_K > 1:
+                assert cfg.SPLIT_K == want, (step.layer, cfg.name, tiles)
+            elif want > 1 and cfg.BLOCK_M <= FUSED_MAX_BLOCK_M:  # offered beside its split (128 rows never split)
+                assert dataclasses.replace(cfg, SPLIT_K=want) in tma, (step.layer, cfg.name)
+    assert seen
+    layer4 = next(st for st in s.steps if st.layer == "layer4.1.conv2")
+    splits = {cfg.SPLIT_K for cfg in layer4.candidates(torch.float16, H100)
+              if cfg.variant == "tma" and (cfg.BLOCK_M, cfg.BLOCK_N) == (64, 64)}
+    # batch 1: 7 row segments x 8 column tiles = 56 programs, split 3 ways to fill 132 SMs
+    # (planned from ceil(49 / 64) = 1 row tile it would have been 17 ways); batch 256: never.
+    assert splits == ({1, 3} if batch == 1 else {1})

@@ -119,12 +119,12 @@ def test_heuristic_splits_small_grids_only(monkeypatch):
 def test_tuning_candidates(monkeypatch):
     monkeypatch.setattr(config_mod, "interpreting", lambda: False)
     dt = torch.float16
-    small = tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9)
+    small = tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, segments=(7, 7))
     base = config_space("conv", dt)
     assert set(base) <= set(small)
     assert all(c.SPLIT_K > 1 for c in small if c not in base) and len(small) > len(base)
     assert select_config("conv", dt, M=49, N=512, K=512, taps=9) in small
-    assert tuning_candidates("conv", dt, M=256 * 49, N=512, K=512, taps=9) == base
+    assert tuning_candidates("conv", dt, M=256 * 49, N=512, K=512, taps=9, segments=(256 * 7, 7)) == base
     assert tuning_candidates("max_pool2d", dt, M=1, N=1, K=1) == config_space("max_pool2d", dt)
 
 

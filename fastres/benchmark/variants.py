@@ -43,7 +43,7 @@ def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch
         flat, k, kernel = reduction(layer.cin, layer.k, layer.k)
         taps = 1 if flat else layer.k * layer.k
     cands = tuning_candidates(kernel, dtype, M=m, N=layer.cout, K=k, taps=taps, residual=residual, device=device,
-                              stride=layer.stride)
+                              stride=layer.stride, segments=(batch * layer.oh, layer.ow))
     split = default.SPLIT_K > 1
 
     def distance(c: Config) -> tuple:
