@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import triton
 
@@ -19,10 +19,46 @@ from ._checks import interpreting
 
 # Inside precompiling(): the set of kernels warmed up so far (None outside).
 _warming_up: contextvars.ContextVar[set | None] = contextvars.ContextVar("fastres_warming_up", default=None)
+# Inside recording(): the launches made so far (None outside).
+_recorded: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastres_recorded", default=None)
+
+
+class Launch(NamedTuple):
+    """One launch as `recording()` saw it: the kernel's name, its grid, its constexpr and
+    launch options (keyword arguments) and the tensors it was given (positionally)."""
+
+    kernel: str
+    grid: tuple
+    meta: tuple
+    tensors: tuple
+
+    @property
+    def key(self) -> tuple:
+        """What makes two launches the same launch of the same compiled kernel, buffers aside."""
+        return self.kernel, self.grid, self.meta
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Launch]]:
+    """Record every launch made in this block (this thread and context), in order; they still
+    run. Tests use it to see what a call launches and which buffers it hands the kernels."""
+    launches: list[Launch] = []
+    token = _recorded.set(launches)
+    try:
+        yield launches
+    finally:
+        _recorded.reset(token)
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
     """kernel[grid](*args, **kwargs); inside `precompiling()`, only compile it for these arguments."""
+    recorded = _recorded.get()
+    if recorded is not None:
+        import torch
+
+        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", repr(kernel))
+        recorded.append(Launch(name, tuple(grid), tuple(sorted(kwargs.items())),
+                               tuple(a for a in args if isinstance(a, torch.Tensor))))
     warmed = _warming_up.get()
     if warmed is not None:
         warmed.add(kernel)

@@ -11,6 +11,7 @@ from benchmark_helpers import smoke_run
 from fastres.benchmark.environment import l2_bytes
 from fastres.benchmark.geometry import conv_layers
 from fastres.benchmark.layers import _layer_point
+from fastres.kernels import Config
 from fastres.benchmark.report import summary_text
 
 
@@ -61,3 +62,43 @@ def test_layer_point_times_every_variant_side_by_side(tmp_path, device):
     assert rows["ptr"]["speedup"] == 1.0 and rows["tma"]["pct_peak"] > 0
     table = markdown_variant_table(run.results)
     assert "| variant |" in table and "tma_w" in table and rows["tma"]["config"] in table
+
+
+@pytest.mark.parametrize("tile", [
+    Config(16, 32, 16, 4, 1, SPLIT_K=3),                     # split, summed by a reduce launch
+    Config(16, 32, 16, 4, 1, SPLIT_K=3, variant="fused_k"),  # split, summed in the kernel
+    Config(16, 32, 16, 4, 1, SPLIT_K=3, variant="tma"),      # a split TMA conv (fused)
+], ids=lambda c: c.name)
+def test_timed_call_launches_what_the_engines_step_launches(tile, tmp_path):
+    """The timed fastres call of a layer point launches the same kernels with the same grids as
+    the engine's step for that conv, and hands them only buffers made before the timing: no
+    counters zeroed (a fill launch on a GPU) or workspace allocated inside the timed region."""
+    import torchvision
+
+    import fastres
+    from fastres.benchmark.layers import LayerScratch, layer_callable, layer_inputs
+    from fastres.kernels.launch import recording
+    from fastres.schedule import CONV
+
+    layer = next(l for l in conv_layers("resnet18", 32) if l.k == 3 and l.stride == 1 and l.residual)
+    sets = layer_inputs(layer, 1, torch.float32, torch.device("cpu"), 1, torch.Generator().manual_seed(0))
+    scratch = LayerScratch(torch.device("cpu"))
+    fn = layer_callable("fastres", layer, sets, config=tile, scratch=scratch)
+    with recording() as timed:
+        fn(0)
+    known = {t.untyped_storage().data_ptr() for t in (sets[0].x, sets[0].w, sets[0].b, sets[0].r, sets[0].out,
+                                                       scratch.counters, scratch.workspace) if t is not None}
+    fresh = [(l.kernel, tuple(t.shape)) for l in timed for t in l.tensors if t.untyped_storage().data_ptr() not in known]
+    assert not fresh, f"the timed call allocated buffers for its kernels: {fresh}"
+
+    torch.manual_seed(0)
+    engine = fastres.from_torchvision(torchvision.models.resnet18(num_classes=10).eval(), dtype=torch.float32)
+    x = torch.randn(1, 3, 32, 32)
+    arena = engine._arena(x)
+    i, step = next((i, s) for i, s in enumerate(arena.schedule.steps)
+                   if s.kernel == CONV and s.in_shape == (1, layer.cin, layer.h, layer.w) and s.residual is not None)
+    arena.reschedule(arena.schedule.with_configs({i: tile}))
+    with recording() as stepped:
+        arena.launch(arena.schedule.steps[i], x, workspace=arena.workspace)
+    assert [l.key for l in timed] == [l.key for l in stepped]
+    assert len(timed) == (2 if tile.variant == "ptr" else 1)

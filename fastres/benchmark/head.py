@@ -24,7 +24,7 @@ def head_point(run: Run, model_name: str, batch: int, dtype_name: str, dtype: to
     fastres' avgpool_fc vs torch eager's adaptive_avg_pool2d + flatten + linear; where
     fastres' classifier GEMM is split, the same tile unsplit too."""
     from .. import kernels as K
-    from ..kernels.head import fc_config
+    from ..kernels.head import fc_config, head_workspace_numel
 
     device = run.device
     c, h, w, classes = head_geometry(model_name, size)
@@ -44,8 +44,15 @@ def head_point(run: Run, model_name: str, batch: int, dtype_name: str, dtype: to
     with baseline_flags(benchmark=False):
         ref = F.linear(x0.to(rdt).mean((2, 3)), w0.to(rdt), b0.to(rdt))
     cfg = fc_config(batch, c, classes, dtype, device)
+    # The pooled features, the split's partials and its counters, allocated here as the engine's
+    # arena has them, not inside the timed calls.
+    ws = torch.empty(max(head_workspace_numel(batch, c, classes, cfg),
+                         head_workspace_numel(batch, c, classes, dataclasses.replace(cfg, SPLIT_K=1))),
+                     device=device, dtype=torch.float32)
+    cnt = torch.zeros(K.COUNTER_WORDS, device=device, dtype=torch.int32)
     fns = {
-        "fastres": lambda i, cfg=cfg: K.avgpool_fc(sets[i][0], sets[i][1], sets[i][2], out=sets[i][4], config=cfg),
+        "fastres": lambda i, cfg=cfg: K.avgpool_fc(sets[i][0], sets[i][1], sets[i][2], out=sets[i][4], config=cfg,
+                                                   workspace=ws, counters=cnt),
         "cudnn-eager": lambda i: F.linear(torch.flatten(F.adaptive_avg_pool2d(sets[i][0], 1), 1), sets[i][1], sets[i][3]),
     }
     tol = LAYER_TOL[dtype_name]
@@ -62,7 +69,7 @@ def head_point(run: Run, model_name: str, batch: int, dtype_name: str, dtype: to
         if system == "fastres" and cfg.SPLIT_K > 1:
             unsplit = dataclasses.replace(cfg, SPLIT_K=1)
             variants.append(("unsplit_", lambda i: K.avgpool_fc(sets[i][0], sets[i][1], sets[i][2], out=sets[i][4],
-                                                                 config=unsplit)))
+                                                                 config=unsplit, workspace=ws, counters=cnt)))
         try:
             for prefix, fn in variants:
                 sets[0][4].fill_(float("nan"))

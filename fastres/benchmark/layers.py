@@ -87,6 +87,40 @@ def layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch
     return sets
 
 
+class LayerScratch:
+    """What the engine's step owns beside its activations, made once per layer point and
+    outside every timed region: the fused split's arrival counters (zero, left zero by every
+    fused launch) and the float32 split-K workspace, grown to the largest config timed. A
+    launcher given neither would allocate them inside the timing (the counters with a fill
+    launch: about what fused split-K exists to save)."""
+
+    def __init__(self, device: torch.device):
+        from ..kernels.splitk import COUNTER_WORDS
+
+        self.device = device
+        self.counters = torch.zeros(COUNTER_WORDS, device=device, dtype=torch.int32)
+        self.workspace: torch.Tensor | None = None
+
+    def workspace_for(self, layer: ConvLayer, s: LayerInputs, config: Config) -> torch.Tensor | None:
+        """The workspace a launch of `layer` with `config` needs (None: unsplit), as the
+        schedule sizes it."""
+        from ..kernels.conv import reduction
+        from ..kernels.splitk import config_splits, workspace_numel
+
+        if layer.k == 1:
+            k, taps = layer.cin, 1
+        else:
+            flat, k, _ = reduction(layer.cin, layer.k, layer.k)
+            taps = 1 if flat else layer.k * layer.k
+        m = s.x.shape[0] * layer.oh * layer.ow
+        numel = workspace_numel(m, layer.cout, config_splits(config, k, taps)[0])
+        if not numel:
+            return None
+        if self.workspace is None or self.workspace.numel() < numel:
+            self.workspace = torch.empty(numel, device=self.device, dtype=torch.float32)
+        return self.workspace
+
+
 def fastres_layer_config(layer: ConvLayer, s: LayerInputs) -> Config:
     """The config fastres' launcher picks for `layer` on input set `s` (what the engine runs)."""
     from ..kernels.conv import check_conv_args, conv_config
@@ -98,19 +132,24 @@ def fastres_layer_config(layer: ConvLayer, s: LayerInputs) -> Config:
     return conv_config(g, s.x.dtype, s.x.device, residual=s.r is not None)
 
 
-def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config: Config | None = None
-                   ) -> Callable[[int], torch.Tensor]:
+def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config: Config | None = None,
+                   scratch: LayerScratch | None = None) -> Callable[[int], torch.Tensor]:
     """fn(i) running `system` on input set i: 'fastres' (the kernel, written into the set's
-    output buffer; `config` overrides the launcher's choice), 'cudnn-eager' (F.conv2d + bias,
-    then in-place add and ReLU) or 'cudnn-conv'."""
+    output buffer, with `scratch`'s counters and workspace as the engine's step has them, so
+    that fn launches exactly what the step launches; `config` overrides the launcher's
+    choice), 'cudnn-eager' (F.conv2d + bias, then in-place add and ReLU) or 'cudnn-conv'."""
     from .. import kernels as K
 
     if system == "fastres":
+        cfg = config or fastres_layer_config(layer, sets[0])
+        scratch = scratch or LayerScratch(sets[0].x.device)
+        ws, cnt = scratch.workspace_for(layer, sets[0], cfg), scratch.counters
         if layer.k == 1:
             return lambda i: K.conv1x1(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, relu=layer.relu,
-                                       residual=sets[i].r, out=sets[i].out, config=config)
+                                       residual=sets[i].r, out=sets[i].out, config=cfg, workspace=ws, counters=cnt)
         return lambda i: K.conv_bn_relu(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
-                                        relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=config)
+                                        relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=cfg,
+                                        workspace=ws, counters=cnt)
     if system == "cudnn-eager":
         def fused(i):
             s = sets[i]
@@ -186,6 +225,7 @@ def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size
         free_memory(device)
         return
     refs = {}
+    scratch = LayerScratch(device)
     floor_ms = None
     if peak and copy_tb_s:
         floor_ms = max(flops / (peak * 1e12), nbytes / (copy_tb_s * 1e12)) * 1e3
@@ -201,7 +241,7 @@ def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size
             fused = system != "cudnn-conv"
             if fused not in refs:
                 refs[fused] = layer_reference(layer, sets[0], fused=fused, device=device)
-            fn = layer_callable(system, layer, sets)
+            fn = layer_callable(system, layer, sets, scratch=scratch)
             sets[0].out.fill_(float("nan"))  # unwritten elements must fail the check
             with torch.inference_mode(), system_flags(system):
                 rel = rel_error(fn(0), refs[fused])
@@ -222,28 +262,29 @@ def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size
                 rec["pct_floor"] = 100.0 * floor_ms / stats["median_ms"]
             run.log(f"{tag} {stats['median_ms'] * 1e3:10.1f} us  {rec['tflops']:7.2f} TFLOP/s  rel {rel:.1e}")
             if system == "fastres":
-                _split_comparison(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag)
+                _split_comparison(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag, scratch)
                 if run.variants:
-                    compare_variants(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag, peak, flops, batch)
+                    compare_variants(run, rec, layer, sets, refs[True], n_sets, flush, l2, tag, peak, flops, batch,
+                                     scratch)
         except Exception as exc:
             rec.update(status="error", reason=first_line(exc))
             run.log(f"{tag} ERROR {rec['reason']}")
             if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
                 free_memory(device)
     speedups(point)
-    del sets, refs
+    del sets, refs, scratch
     if device.type == "cuda" and batch >= 32:
         free_memory(device)
 
 
-def _split_comparison(run, rec, layer, sets, ref, n_sets, flush, l2, tag) -> None:
+def _split_comparison(run, rec, layer, sets, ref, n_sets, flush, l2, tag, scratch: LayerScratch) -> None:
     """Record fastres' config; where it splits the K loop, also check and time the same tile
     unsplit, side by side, so every run measures what split-K gains layer by layer."""
     cfg = fastres_layer_config(layer, sets[0])
     rec.update(config=cfg.name, split_k=cfg.SPLIT_K, variant=cfg.variant)
     if cfg.SPLIT_K <= 1:
         return
-    fn = layer_callable("fastres", layer, sets, config=dataclasses.replace(cfg, SPLIT_K=1))
+    fn = layer_callable("fastres", layer, sets, config=dataclasses.replace(cfg, SPLIT_K=1), scratch=scratch)
     sets[0].out.fill_(float("nan"))
     with torch.inference_mode():
         rel = rel_error(fn(0), ref)

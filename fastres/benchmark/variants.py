@@ -66,7 +66,7 @@ def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch
 
 
 def compare_variants(run, rec: dict, layer: ConvLayer, sets, ref: torch.Tensor, n_sets: int, flush: bool, l2: int,
-                     tag: str, peak: float | None, flops: float, batch: int) -> None:
+                     tag: str, peak: float | None, flops: float, batch: int, scratch=None) -> None:
     """Check and time every other variant family of `layer` beside fastres' own config (in
     `rec`, already timed); results into rec["variants"]."""
     from .layers import fastres_layer_config, layer_callable
@@ -81,7 +81,7 @@ def compare_variants(run, rec: dict, layer: ConvLayer, sets, ref: torch.Tensor, 
                "speedup": None, "rel_err": None, "status": "ok"}
         rows.append(row)
         try:
-            fn = layer_callable("fastres", layer, sets, config=cfg)
+            fn = layer_callable("fastres", layer, sets, config=cfg, scratch=scratch)
             sets[0].out.fill_(float("nan"))
             with torch.inference_mode():
                 rel = rel_error(fn(0), ref)
