@@ -133,10 +133,13 @@ def _in_executor(fn):
 def _in_task(fn):
     import asyncio
 
-    async def main():  # a task runs in a copy of the context made when it was created
+    import contextvars
+
+    async def main():  # a task (and to_thread) runs in a copy of the context it was made in
         return await asyncio.create_task(asyncio.to_thread(fn))
 
-    return asyncio.run(main())
+    # from a context where no launch has run yet (this thread's own may have one)
+    return contextvars.Context().run(asyncio.run, main())
 
 
 @pytest.mark.parametrize("runner", [_in_thread, _in_executor, _in_task], ids=["thread", "executor", "task"])
