@@ -11,6 +11,7 @@ from benchmark_helpers import smoke_run
 from fastres.benchmark.environment import l2_bytes
 from fastres.benchmark.geometry import conv_layers
 from fastres.benchmark.layers import _layer_point
+from fastres.benchmark.variants import FAMILIES
 from fastres.kernels import Config
 from fastres.benchmark.report import summary_text
 
@@ -49,7 +50,7 @@ def test_layer_point_times_every_variant_side_by_side(tmp_path, device):
     from fastres.kernels import Config, use_config
 
     run = smoke_run(tmp_path, device)
-    run.variants = True
+    run.variants = FAMILIES
     layer = next(l for l in conv_layers("resnet18", 32) if l.k == 3 and l.stride == 1 and not l.residual)
     with use_config("conv", Config(64, 64, 64, 4, 4, SPLIT_K=3)):
         _layer_point(run, "resnet18", layer, 1, "float16", torch.float16, ["fastres"], 32,
@@ -62,6 +63,35 @@ def test_layer_point_times_every_variant_side_by_side(tmp_path, device):
     assert rows["ptr"]["speedup"] == 1.0 and rows["tma"]["pct_peak"] > 0
     table = markdown_variant_table(run.results)
     assert "| variant |" in table and "tma_w" in table and rows["tma"]["config"] in table
+
+
+def test_variants_only_joins_the_saved_baseline(tmp_path, device):
+    """`bench layers --variants-only FAMILIES` (device_run.sh's own process per risky family,
+    after the baselines are saved): times just those families against the saved fastres
+    record, which it does not time again; a second family's rows join the first's."""
+    from fastres.benchmark.layers import _variant_point
+    from fastres.kernels import use_config
+
+    run = smoke_run(tmp_path, device)
+    layer = next(l for l in conv_layers("resnet18", 32) if l.k == 3 and l.stride == 1 and not l.residual)
+    args = ("resnet18", layer, 1, "float16", torch.float16)
+    with use_config("conv", Config(64, 64, 64, 4, 4, SPLIT_K=3)):
+        _variant_point(run, *args, 32, l2_bytes(run.device), 100.0)  # no baseline yet: nothing timed
+        assert not run.results["records"]
+        _layer_point(run, *args, ["fastres"], 32, l2_bytes(run.device), 100.0, None)
+        (rec,) = run.results["records"]
+        baseline = rec["median_ms"]
+        assert "variants" not in rec
+        run.variants, run.variants_only = ("fused_k",), True
+        _variant_point(run, *args, 32, l2_bytes(run.device), 100.0)
+        run.variants = ("tma",)
+        _variant_point(run, *args, 32, l2_bytes(run.device), 100.0)
+    (rec,) = run.results["records"]
+    assert rec["median_ms"] == baseline
+    rows = {v["variant"]: v for v in rec["variants"]}
+    assert set(rows) == {"ptr", "fused_k", "tma"}, rows
+    assert all(v["status"] == "ok" and v["median_ms"] > 0 for v in rows.values()), rows
+    assert rows["fused_k"]["speedup"] == pytest.approx(baseline / rows["fused_k"]["median_ms"])
 
 
 @pytest.mark.parametrize("tile", [

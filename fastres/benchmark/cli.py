@@ -26,6 +26,7 @@ from .results import load_results, open_results, results_path, validate_results
 from .run import Run, budget_note
 from .systems import FASTRES_OPTIONS
 from .timing import SMOKE_TIMING, Budget, TimingOptions
+from .variants import FAMILIES as VARIANT_FAMILIES
 
 ACTIONS = ("all", "e2e", "layers", "predict", "report", "summary", "forward")
 
@@ -77,9 +78,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune", action="store_true",
                         help="fastres measures every conv's tile configs on its first forward (cached on disk)")
     parser.add_argument("--max-autotune", action="store_true", help="also time torch.compile(mode='max-autotune') (compiles for minutes)")
-    parser.add_argument("--variants", action="store_true",
-                        help="layers: time each conv under every kernel variant the tuner could pick (pointer, fused "
-                             "split-K, TMA, warp-specialized TMA) side by side")
+    parser.add_argument("--variants", nargs="?", const="all", default=None, metavar="FAMILIES",
+                        help="layers: time each conv under the kernel variants the tuner could pick beside fastres' "
+                             f"default: all of them, or a comma list of {','.join(VARIANT_FAMILIES)}")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="layers: time only the --variants families, against the fastres records already in the "
+                             "results file (a separate process after the baselines: a faulting kernel loses only this)")
     parser.add_argument("--max-layers", type=int, default=None, help="per model, at most this many distinct convs (the most varied first)")
     parser.add_argument("--warmup-ms", type=float, default=None, help="warm-up per measurement (default 25)")
     parser.add_argument("--rep-ms", type=float, default=None, help="timed repetitions fill this long (default 100)")
@@ -189,6 +193,11 @@ def main(args: argparse.Namespace) -> int:
     if args.max_autotune and MAX_AUTOTUNE_SYSTEM not in systems:
         systems.append(MAX_AUTOTUNE_SYSTEM)
     layer_systems = _csv(args.layer_systems, LAYER_SYSTEMS, "layer-systems", _choice(LAYER_SYSTEMS))
+    families = () if args.variants is None else tuple(
+        VARIANT_FAMILIES if args.variants == "all" else _csv(args.variants, VARIANT_FAMILIES, "variants",
+                                                             _choice(VARIANT_FAMILIES)))
+    if args.variants_only and (not families or action != "layers"):
+        raise UserError("--variants-only goes with 'fastres bench layers --variants [FAMILIES]'")
     max_layers = args.max_layers if args.max_layers is not None else (SMOKE["max_layers"] if smoke else None)
     base = SMOKE_TIMING if smoke else TimingOptions()
     timing = TimingOptions(
@@ -247,10 +256,11 @@ def main(args: argparse.Namespace) -> int:
     # a part run again replaces its note of an earlier run merged into this file
     if not isinstance(results.get("incomplete"), dict):
         results.pop("incomplete", None)
-    for part in (("layers", "e2e") if action == "all" else (action,)):
+    parts = ("variants",) if args.variants_only else ("layers", "e2e") if action == "all" else (action,)
+    for part in parts:
         (results.get("incomplete") or {}).pop(part, None)
     run = Run(device, smoke, path, results, timing, Budget(args.budget_s), log=lambda s: print(s, flush=True),
-              variants=args.variants)
+              variants=families, variants_only=args.variants_only)
     banner = f"{SMOKE_LABEL}\n" if smoke else ""
     print(f"{banner}fastres bench {action} on {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; "
           f"results: {path}", flush=True)

@@ -20,7 +20,7 @@ from .geometry import ConvLayer, conv_layers, pick_representative
 from .head import head_point
 from .names import DTYPES
 from .numerics import LAYER_TOL, finite_or_none, rel_error
-from .results import add_record, base_record, first_line, speedups, timed_record
+from .results import add_record, base_record, first_line, record_key, speedups, timed_record
 from .run import Run, budget_note, free_memory
 from .systems import system_flags
 from .timing import TimingOptions, measure, rotation_count
@@ -201,13 +201,47 @@ def run_layers(run: Run, models: Sequence[str], batches: Sequence[int], dtypes: 
             for batch in batches:
                 for layer in layers:
                     if run.budget.spent():
-                        return budget_note(run, "layers", f"layers {model_name} {dtype_name} batch {batch}")
-                    _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak, peaks.get("copy_tb_s"))
+                        return budget_note(run, "variants" if run.variants_only else "layers",
+                                           f"layers {model_name} {dtype_name} batch {batch}")
+                    if run.variants_only:
+                        _variant_point(run, model_name, layer, batch, dtype_name, dtype, size, l2, peak)
+                    else:
+                        _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak,
+                                     peaks.get("copy_tb_s"))
                     run.save()
+                if run.variants_only:
+                    continue
                 if run.budget.spent():
                     return budget_note(run, "layers", f"head {model_name} {dtype_name} batch {batch}")
                 head_point(run, model_name, batch, dtype_name, dtype, size, l2)
                 run.save()
+
+
+def _variant_point(run, model_name, layer, batch, dtype_name, dtype, size, l2, peak) -> None:
+    """`--variants-only`: check and time `run.variants` for one layer point against the fastres
+    record of the point that an earlier process saved (its default config's time); the rows
+    join that record's variant table."""
+    key = record_key({"kind": "layer", "model": model_name, "layer": layer.name, "size": size, "batch": batch,
+                      "dtype": dtype_name, "system": "fastres"})
+    rec = next((r for r in run.results["records"] if record_key(r) == key), None)
+    tag = f"layer {model_name:9s} {dtype_name:8s} b{batch:<4d} {layer.name:34s} fastres     "
+    if rec is None or rec.get("status") != "ok" or not rec.get("median_ms"):
+        run.log(f"{tag} variants not timed: no timed fastres record of this point in {run.out_path.name} "
+                f"(run the baselines first)")
+        return
+    device = run.device
+    n_sets, flush = rotation_count(layer.bytes(batch, dtype.itemsize), l2)
+    gen = torch.Generator(device=device).manual_seed(zlib.crc32(layer.name.encode()) + batch)
+    try:
+        sets = layer_inputs(layer, batch, dtype, device, n_sets, gen)
+        ref = layer_reference(layer, sets[0], fused=True, device=device)
+        compare_variants(run, rec, layer, sets, ref, n_sets, flush, l2, tag, peak, layer.flops(batch), batch,
+                         LayerScratch(device))
+    except Exception as exc:
+        run.log(f"{tag} variants ERROR {first_line(exc)}")
+    del sets
+    if device.type == "cuda" and batch >= 32:
+        free_memory(device)
 
 
 def _layer_point(run, model_name, layer, batch, dtype_name, dtype, systems, size, l2, peak, copy_tb_s):

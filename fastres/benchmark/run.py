@@ -25,8 +25,12 @@ class Run:
     timing: TimingOptions
     budget: Budget
     log: Callable[[str], None] = print
-    # layers: also time every other kernel variant of each conv (fastres.benchmark.variants)
-    variants: bool = False
+    # layers: also time these kernel variant families of each conv (fastres.benchmark.variants;
+    # empty: none); variants_only: time only them, against the fastres records an earlier
+    # process saved in the same results file (so that a variant that faults or hangs costs its
+    # own process, never the baselines)
+    variants: tuple[str, ...] = ()
+    variants_only: bool = False
 
     def save(self) -> None:
         save_results(self.out_path, self.results)

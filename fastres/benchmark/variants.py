@@ -30,7 +30,8 @@ FAMILIES = ("fused_k", "tma", "tma_w", "tma_ws")
 
 
 def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch: int,
-                    device: torch.device | None, *, residual: bool) -> dict[str, Config]:
+                    device: torch.device | None, *, residual: bool,
+                    families: tuple[str, ...] = FAMILIES) -> dict[str, Config]:
     """family -> the config of that family nearest `default` among the tuner's candidates for
     `layer` at `batch` (families with no candidate for this layer are absent)."""
     from ..kernels.config import FUSED_MAX_BLOCK_M, tuning_candidates
@@ -52,7 +53,7 @@ def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch
                 c.name)
 
     out: dict[str, Config] = {}
-    for fam in FAMILIES:
+    for fam in families:
         mine = [c for c in cands if c.variant == fam]
         if fam == "fused_k" and not split:
             continue  # an unsplit fused_k tile is the pointer kernel itself
@@ -72,10 +73,14 @@ def compare_variants(run, rec: dict, layer: ConvLayer, sets, ref: torch.Tensor, 
     from .layers import fastres_layer_config, layer_callable
 
     default = fastres_layer_config(layer, sets[0])
-    configs = variant_configs(layer, default, sets[0].x.dtype, batch, run.device, residual=sets[0].r is not None)
-    rows = [{"variant": default.variant, "config": default.name, "median_ms": rec.get("median_ms"),
-             "tflops": rec.get("tflops"), "pct_peak": rec.get("pct_peak"), "speedup": 1.0,
-             "rel_err": rec.get("rel_err"), "status": "ok"}]
+    configs = variant_configs(layer, default, sets[0].x.dtype, batch, run.device, residual=sets[0].r is not None,
+                              families=tuple(run.variants) or FAMILIES)
+    # rows of other families timed by an earlier process (--variants-only) are kept
+    rows = [r for r in rec.get("variants") or () if r.get("variant") not in configs and r.get("variant") != default.variant]
+    rows.insert(0, {"variant": default.variant, "config": default.name, "median_ms": rec.get("median_ms"),
+                    "tflops": rec.get("tflops"), "pct_peak": rec.get("pct_peak"), "speedup": 1.0,
+                    "rel_err": rec.get("rel_err"), "status": "ok"})
+    rec["variants"] = rows
     for fam, cfg in configs.items():
         row = {"variant": fam, "config": cfg.name, "median_ms": None, "tflops": None, "pct_peak": None,
                "speedup": None, "rel_err": None, "status": "ok"}
@@ -105,4 +110,3 @@ def compare_variants(run, rec: dict, layer: ConvLayer, sets, ref: torch.Tensor, 
             row["speedup"] = rec["median_ms"] / ms
         run.log(f"{tag} {fam:8s} {cfg.name:28s} {ms * 1e3:8.1f} us  {row['tflops']:7.2f} TFLOP/s"
                 + (f"  {row['speedup']:.2f}x the default" if row["speedup"] else ""))
-    rec["variants"] = rows
