@@ -7,21 +7,34 @@
 #
 #   step        cap   expected  what
 #   env          60 s    ~15 s  nvidia-smi, versions, device properties, editable install
-#   tests       150 s  90-150 s pytest tests/ on cuda, --maxfail=20 (no wheel/interpreter/gate/smoke tests)
-#   check        40 s   15-40 s fastres check (Hopper compile gate; cached after the first run)
-#   layers      130 s 100-130 s every distinct ResNet-50 conv, batch 1/32/256, float16,
-#                               fastres vs cudnn-eager vs cudnn-conv (+ the matmul/copy peaks),
-#                               and each kernel variant (fused split-K, TMA, warp-specialized
-#                               TMA) beside fastres' default: the first measurement of the run
-#   e2e          90 s   75-90 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
+#   tests       110 s  70-110 s pytest on cuda, the pointer kernels: every GPU test but the risky
+#                               families below (no wheel/interpreter/gate/smoke tests)
+#   tests-fused  30 s   10-20 s fused split-K (atomics, arrival counters), its own process
+#   tests-tma    40 s   15-30 s TMA kernels (descriptors, the allocator from fresh threads, the
+#                               float32 classifier's descriptor fence), its own process
+#   tests-ws     25 s    5-15 s warp-specialized TMA (a deadlock burns only this cap)
+#   tests-tuned  40 s   15-30 s tuned engines (they measure every family), after the families
+#   check        30 s   15-30 s fastres check (Hopper compile gate; cached after the first run)
+#   layers       80 s   70-80 s every distinct ResNet-50 conv, batch 1/32/256, float16,
+#                               fastres' default vs cudnn-eager vs cudnn-conv (+ the matmul/copy
+#                               peaks): the baselines, saved before any variant runs
+#   e2e          70 s   60-70 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
 #                               fastres vs cudnn-eager vs cudnn-eager-graph (stops at --budget-s)
-#   sanitizer    50 s   30-50 s one resnet18 64x64 batch-2 float16 forward (no CUDA graph)
+#   sanitizer    40 s   30-40 s one resnet18 64x64 batch-2 float16 forward (no CUDA graph)
 #                               under compute-sanitizer --tool memcheck
-#   predict      45 s   20-35 s fastres predict's pipeline on 1024 generated ImageNet-size JPEGs,
+#   var-fused    30 s   20-30 s the kernel variants, one process per family, each timed beside
+#   var-tma      40 s   30-40 s   the saved default of the same layer (bench layers
+#   var-ws       30 s   20-30 s   --variants F --variants-only): a fault or a hang loses one family
+#   predict      35 s   20-35 s fastres predict's pipeline on 1024 generated ImageNet-size JPEGs,
 #                               resnet50 float16 batch 64/256: engine alone, CPU decode, nvjpeg
 #   compile   <= 90 s   40-60 s torch.compile (default mode) on resnet50 batch 32 float16, only
 #                               if >= 50 s are left (inductor compiles for most of that)
 #   report       15 s    ~5 s   markdown + plot from the results JSON, then the short table
+#
+# A CUDA fault (illegal address or instruction) poisons the context of the process it happens
+# in, so each risky kernel family gets its own process, and the variants are measured only after
+# the baselines are saved. `bench/device_run.sh --dry-run` prints the steps, their caps and
+# commands in order without running any.
 #
 # The benchmark steps stop starting measurements at their --budget-s and say so in the JSON,
 # so a slow compile shortens a step instead of killing it. The full matrix of DESIGN.md
@@ -35,8 +48,14 @@
 # the UTC date the run started (--date), so a run crossing midnight still makes one results file.
 set -uo pipefail
 
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then
+  DRY=1
+  shift
+  if [ $# -eq 0 ]; then set -- "$(mktemp -d "${TMPDIR:-/tmp}/fastres-dry.XXXXXX")"; fi
+fi
 if [ $# -ne 1 ]; then
-  echo "usage: bench/device_run.sh OUTDIR" >&2
+  echo "usage: bench/device_run.sh [--dry-run] OUTDIR" >&2
   exit 2
 fi
 mkdir -p "$1" || exit 2
@@ -78,8 +97,13 @@ step() {
   local room=$(( $(left) - 15 ))
   if [ "$room" -lt "$cap" ]; then cap=$room; fi
   if [ "$cap" -lt 10 ]; then
-    STEPS+=("$(printf '%-10s %-9s %5s %5s' "$name" "no time" "-" "-")")
+    STEPS+=("$(printf '%-11s %-9s %5s %5s' "$name" "no time" "-" "-")")
     echo "== $name: not run (time is up)" | tee -a "$log"
+    return 0
+  fi
+  if [ "$DRY" = 1 ]; then
+    echo "step $name cap ${cap}s: $*"
+    STEPS+=("$(printf '%-11s %-9s %4ss %4ss' "$name" "dry" "0" "$cap")")
     return 0
   fi
   echo "== $name (cap ${cap}s): $*" >>"$log"
@@ -91,7 +115,7 @@ step() {
   local what="ok"
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then what="TIMEOUT"; elif [ $rc -ne 0 ]; then what="rc=$rc"; fi
   if [ $rc -ne 0 ]; then FAILED_LOGS+=("$name:$log"); fi
-  STEPS+=("$(printf '%-10s %-9s %4ss %4ss' "$name" "$what" "$dt" "$cap")")
+  STEPS+=("$(printf '%-11s %-9s %4ss %4ss' "$name" "$what" "$dt" "$cap")")
   echo "== $name: $what in ${dt}s" | tee -a "$log"
   return 0
 }
@@ -147,39 +171,66 @@ for f in tests/test_*.py; do
   case "$f" in tests/test_gate_*) continue;; esac  # the compile gate's tests (its own step below)
   TEST_FILES="$TEST_FILES $f"
 done
+# One process per risky kernel family, chosen by name (test, parameter and file names say the
+# family: "tma", "tma_ws", "fused"; "tun" for the tuned engines, which measure every family);
+# the five selections split the tests exactly (tests/test_device_run.py checks it).
+POINTER_K="not tma and not fused and not tun"
+FUSED_K="fused and not tma"
+TMA_K="tma and not tma_ws"
+WS_K="tma_ws"
+TUNED_K="tun and not tma and not fused"
+PYTEST=(-m pytest -q -p no:cacheprovider --maxfail=20 --durations=10
+        --deselect tests/test_benchmark_cli.py::test_bench_smoke_end_to_end)
 # shellcheck disable=SC2086  # one word per file
-step tests 150 "$OUT/tests.log" "$PY" -m pytest $TEST_FILES -q -p no:cacheprovider --maxfail=20 --durations=15 \
-  --deselect tests/test_benchmark_cli.py::test_bench_smoke_end_to_end
+step tests 110 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$POINTER_K"
+# shellcheck disable=SC2086
+step tests-fused 30 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$FUSED_K"
+# shellcheck disable=SC2086
+step tests-tma 40 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$TMA_K"
+# shellcheck disable=SC2086
+step tests-ws 25 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$WS_K"
+# shellcheck disable=SC2086
+step tests-tuned 40 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$TUNED_K"
 
 # ---- compile gate ------------------------------------------------------------------------
-step check 40 "$OUT/check.log" "$PY" -m fastres check --no-progress
+step check 30 "$OUT/check.log" "$PY" -m fastres check --no-progress
 
 # ---- benchmarks (results merge into one CARD-DATE.json in WORK, copied to OUT) -----------
 BENCH="$OUT/bench.log"
-# first: every ResNet-50 conv against cuDNN, each kernel variant (pointer, fused split-K, TMA,
-# warp-specialized TMA) timed beside fastres' default (bench/NOTES.md, version 8)
-step layers 130 "$BENCH" "$PY" -m fastres bench layers --variants --out "$WORK" --date "$DATE" --no-plot \
-  --models resnet50 --batches 1,32,256 --dtypes float16 --warmup-ms 5 --rep-ms 20 --budget-s 110
+LAYERS=(layers --out "$WORK" --date "$DATE" --no-plot --models resnet50 --batches 1,32,256 --dtypes float16)
+# first: every ResNet-50 conv, fastres' default against cuDNN (the baselines, saved per point)
+step layers 80 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --warmup-ms 5 --rep-ms 20 --budget-s 70
 collect
-step e2e 90 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
+step e2e 70 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
   --models resnet50,resnet18 --batches 1,32,256 --dtypes float16,bfloat16 \
-  --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 150 --budget-s 75
+  --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 150 --budget-s 60
 collect
 
 # ---- memcheck of one small forward ---------------------------------------------------------
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then
   # no caching allocator, so that an out-of-bounds access cannot land inside a cached block
-  step sanitizer 50 "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck --error-exitcode 3 \
+  step sanitizer 40 "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck --error-exitcode 3 \
     --print-limit 30 "$PY" -m fastres bench forward --models resnet18 --size 64 --batches 2 --dtypes float16
 else
   echo "compute-sanitizer not found: skipped" >"$OUT/sanitizer.log"
-  STEPS+=("$(printf '%-10s %-9s %5s %5s' sanitizer missing - -)")
+  STEPS+=("$(printf '%-11s %-9s %5s %5s' sanitizer missing - -)")
 fi
 
+# ---- kernel variants, one process per family, beside the saved baselines (bench/NOTES.md) ----
+step var-fused 30 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants fused_k --variants-only \
+  --warmup-ms 5 --rep-ms 20 --budget-s 25
+collect
+step var-tma 40 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma,tma_w --variants-only \
+  --warmup-ms 5 --rep-ms 20 --budget-s 35
+collect
+step var-ws 30 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma_ws --variants-only \
+  --warmup-ms 5 --rep-ms 20 --budget-s 25
+collect
+
 # ---- fastres predict's image pipeline (results merge into the same JSON) ---------------------
-step predict 45 "$BENCH" "$PY" -m fastres bench predict --out "$WORK" --date "$DATE" --no-plot \
-  --models resnet50 --batches 64,256 --dtypes float16 --images 1024 --warmup-ms 10 --rep-ms 50 --budget-s 35
+step predict 35 "$BENCH" "$PY" -m fastres bench predict --out "$WORK" --date "$DATE" --no-plot \
+  --models resnet50 --batches 64,256 --dtypes float16 --images 1024 --warmup-ms 10 --rep-ms 50 --budget-s 25
 
 # ---- torch.compile, if time is left ------------------------------------------------------
 if [ $(( $(left) - 15 )) -ge 50 ]; then
@@ -187,7 +238,7 @@ if [ $(( $(left) - 15 )) -ge 50 ]; then
     --models resnet50 --batches 32 --dtypes float16 --systems fastres,torch-compile --warmup-ms 30 --rep-ms 200
   collect
 else
-  STEPS+=("$(printf '%-10s %-9s %5s %5s' compile "no time" - -)")
+  STEPS+=("$(printf '%-11s %-9s %5s %5s' compile "no time" - -)")
 fi
 
 # ---- report --------------------------------------------------------------------------------

@@ -77,26 +77,42 @@ def destroy_stream(stream: torch.cuda.ExternalStream) -> None:
 _warned = False
 
 
-@contextlib.contextmanager
-def owned_stream(device: torch.device | int) -> Iterator[torch.cuda.Stream]:
-    """A stream of fastres' own for the block, ordered after the current stream's work so far;
-    the current stream waits for the block's work at the end, and the stream is then freed.
-
-    Where the driver refuses one (never seen), a pooled stream stands in, with one warning:
-    a caller on another thread may then share it, as with `torch.cuda.Stream()`.
-    """
+def acquire_stream(device: torch.device | int) -> tuple[torch.cuda.Stream, bool]:
+    """(a stream of fastres' own on `device`, True); where the driver refuses one (no
+    libcuda.so.1 to open, say), (a pooled `torch.cuda.Stream`, False), with one warning per
+    process: a caller on another thread may then share it. Give it back with `release_stream`."""
     global _warned
     device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
     if device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
     try:
-        stream, owned = create_stream(device), True
+        return create_stream(device), True
     except StreamError as exc:
         if not _warned:
             _warned = True
-            warnings.warn(f"fastres: {exc}; capturing and timing on pooled CUDA streams instead, which "
-                          "another thread's work may share", stacklevel=3)
-        stream, owned = torch.cuda.Stream(device), False
+            warnings.warn(f"fastres: {exc}; using pooled CUDA streams instead, which another thread's work "
+                          "may share", stacklevel=3)
+        return torch.cuda.Stream(device), False
+
+
+def release_stream(stream: torch.cuda.Stream, owned: bool) -> None:
+    """Wait for the work on `stream`; free it only if fastres created it (`acquire_stream`'s
+    flag): a pooled stream belongs to PyTorch."""
+    if owned:
+        destroy_stream(stream)
+    else:
+        stream.synchronize()
+
+
+@contextlib.contextmanager
+def owned_stream(device: torch.device | int) -> Iterator[torch.cuda.Stream]:
+    """A stream of fastres' own for the block (`acquire_stream`: or a pooled one where the
+    driver refuses), ordered after the current stream's work so far; the current stream waits
+    for the block's work at the end, and the stream is then freed."""
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if device.index is None:
+        device = torch.device(device.type, torch.cuda.current_device())
+    stream, owned = acquire_stream(device)
     try:
         current = torch.cuda.current_stream(device)
         stream.wait_stream(current)

@@ -68,8 +68,10 @@ def test_device_run_dry(tmp_path):
     assert gate and sorted(files + ["tests/test_packaging.py", *gate]) == on_disk
     assert any(l.startswith("-m fastres check") for l in lines)
     layers = [l for l in lines if l.startswith("-m fastres bench ")]
-    assert layers[0].startswith("-m fastres bench layers --variants")  # the variant comparison first
+    assert layers[0].startswith("-m fastres bench layers") and "--variants" not in layers[0]  # the baselines first
     assert "--batches 1,32,256" in layers[0] and "--dtypes float16" in layers[0]
+    assert [l.split("--variants ")[1].split()[0] for l in layers if "--variants-only" in l] == ["fused_k", "tma,tma_w",
+                                                                                              "tma_ws"]
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
     predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
     assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict
@@ -124,3 +126,51 @@ def test_device_run_fixes_the_date_and_keeps_temporaries_out(tmp_path):
     (work_dir,) = {Path(b[b.index("--out") + 1]) for b in bench}
     assert out.resolve() not in (work_dir.resolve(), *work_dir.resolve().parents)
     assert not work_dir.exists(), "the work folder is removed at the end"
+
+
+@NEEDS_BASH
+def test_dry_run_isolates_each_risky_family(tmp_path):
+    """`device_run.sh --dry-run` shows the order and the caps: one capped pytest process per
+    risky kernel family (fused split-K, TMA, warp-specialized TMA, then the tuned engines that
+    measure them all), whose selections split the GPU tests exactly; the variants are timed
+    one family per process, after the baselines (layers, e2e) are saved."""
+    import re
+    import sys
+
+    from _pytest.mark.expression import Expression
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), TOTAL_S="470")
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = [re.match(r"step (\S+) cap (\d+)s: (.*)", l).groups() for l in proc.stdout.splitlines()
+             if l.startswith("step ")]
+    names = [s[0] for s in steps]
+    assert all(int(cap) > 0 for _, cap, _ in steps)
+    tests = ["tests", "tests-fused", "tests-tma", "tests-ws", "tests-tuned"]
+    assert [n for n in names if n.startswith("tests")] == tests
+    assert names.index("tests-tuned") < names.index("check") < names.index("layers") < names.index("e2e")
+    variants = [(n, cmd) for n, _, cmd in steps if n.startswith("var-")]
+    assert [n for n, _ in variants] == ["var-fused", "var-tma", "var-ws"]
+    assert all(names.index(n) > names.index("e2e") for n, _ in variants), "variants after the baselines"
+    families = [cmd.split("--variants ")[1].split()[0] for _, cmd in variants]
+    assert families == ["fused_k", "tma,tma_w", "tma_ws"] and all("--variants-only" in c for _, c in variants)
+    layers = next(cmd for n, _, cmd in steps if n == "layers")
+    assert "--variants" not in layers
+    # the five -k selections over the GPU test files: disjoint, and together every test
+    cmds = {n: cmd for n, _, cmd in steps if n in tests}
+    files = [a for a in cmds["tests"].split() if a.startswith("tests/") and "::" not in a]
+    exprs = {n: Expression.compile(cmds[n].split(" -k ", 1)[1]) for n in tests}
+    co = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+    ids = [l for l in co.stdout.splitlines() if "::" in l]
+    assert len(ids) > 500, co.stdout[-2000:] + co.stderr[-2000:]
+    chosen = {n: {i for i in ids if e.evaluate(lambda s, i=i.lower(): s.lower() in i)} for n, e in exprs.items()}
+    for i in ids:
+        assert sum(i in c for c in chosen.values()) == 1, i
+    for n in tests[1:]:
+        assert chosen[n], f"{n} selects no test"
+    assert any("tma_launch_sets_the_allocator" in i for i in chosen["tests-tma"])
+    assert any("[tma_ws" in i or "tma_ws]" in i for i in chosen["tests-ws"])
+    assert any("test_fused_split" in i for i in chosen["tests-fused"])

@@ -24,7 +24,8 @@ class StubEngine:
 
     def forward_pixels(self, x, mean, std):
         self.calls.append(("pixels", tuple(x.shape)))
-        m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
         return self._logits((x.float() / 255 - m) / s)
 
     def __call__(self, x):
@@ -140,3 +141,71 @@ def test_items_from_tensors_keep_their_order():
     for img, p in zip(imgs, preds):
         ref = engine.forward_pixels(img[None], T.mean, T.std)[0]
         assert p.path is None and torch.equal(p.logits, ref.float())
+
+
+class _PooledStream:
+    """Stands in for a pooled torch.cuda.Stream: records what is done to it."""
+
+    def __init__(self, device):
+        self.device, self.synced = device, 0
+
+    def synchronize(self):
+        self.synced += 1
+
+
+def test_batcher_falls_back_to_a_pooled_stream_and_never_destroys_it(monkeypatch):
+    """Where the driver library cannot make a stream (libcuda.so.1 missing), the predict batcher
+    takes a pooled stream as the engine does, with one warning, and on close only waits for it:
+    a pooled stream is PyTorch's, and destroying it would break every later user of it."""
+    import fastres.streams as S
+
+    def no_driver(device):
+        raise S.StreamError("no CUDA/HIP driver library to create a stream with: libcuda.so.1: cannot open")
+
+    destroyed = []
+    monkeypatch.setattr(S, "create_stream", no_driver)
+    monkeypatch.setattr(S, "destroy_stream", destroyed.append)
+    monkeypatch.setattr(S, "_warned", False)
+    monkeypatch.setattr(torch.cuda, "Stream", _PooledStream)
+    engine = StubEngine()
+    engine.device = torch.device("cuda", 0)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: None)  # no CUDA buffers here
+    with pytest.warns(UserWarning, match="pooled CUDA streams"):
+        batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
+    stream = batcher.stream
+    assert isinstance(stream, _PooledStream) and not batcher._owned
+    batcher.close()
+    assert stream.synced == 1 and destroyed == [] and batcher.stream is None
+
+
+def test_batcher_destroys_the_stream_it_created(monkeypatch):
+    import fastres.streams as S
+
+    made, destroyed = [], []
+    monkeypatch.setattr(S, "create_stream", lambda device: made.append(_PooledStream(device)) or made[-1])
+    monkeypatch.setattr(S, "destroy_stream", destroyed.append)
+    engine = StubEngine()
+    engine.device = torch.device("cuda", 0)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: None)
+    batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
+    assert batcher._owned
+    batcher.close()
+    assert destroyed == made and len(made) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvjpeg decodes on a GPU")
+def test_nvjpeg_images_live_until_their_batch_finishes(tmp_path):
+    """nvjpeg writes the decoded images on a stream of its own and the crops read them in
+    kernels still queued when submit returns: the batch holds them until finish."""
+    paths = [p for p in make_images(tmp_path, GOOD) if p.suffix == ".jpg" and "cmyk" not in p.name]
+    engine = StubEngine()
+    engine.device = torch.device("cuda", torch.cuda.current_device())
+    stages = StageTimes()
+    batcher = Batcher(engine, T, list("abcde"), batch_size=len(paths), topk=1, stages=stages, gpu_decode=True)
+    items = [load_item(i, str(p), T, None, stages, True) for i, p in enumerate(paths)]
+    assert all(it.jpeg is not None for it in items)
+    batch = batcher.submit(items)
+    assert len(batch.keep) == len(paths) and all(t.is_cuda for t in batch.keep)
+    preds = batcher.finish(batch)
+    assert batch.keep == [] and all(p.error is None for _, p in preds)
+    batcher.close()

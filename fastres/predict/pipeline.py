@@ -142,6 +142,8 @@ class _Batch:
         self.values = self.indices = self.logits = None
         self.events: dict[str, torch.cuda.Event] = {}
         self.cpu_model_s = 0.0
+        # nvjpeg's decoded images, alive until the batch finishes (see Batcher._decode_on_gpu)
+        self.keep: list[torch.Tensor] = []
 
 
 class Batcher:
@@ -159,12 +161,13 @@ class Batcher:
         with torch.inference_mode(False):
             self.host = [torch.zeros(shape, dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2)]
             self.dev = [torch.zeros(shape, dtype=torch.uint8, device=self.device) for _ in range(2)] if self.cuda else self.host
-        self.stream = None
+        self.stream, self._owned = None, False
         if self.cuda:
-            from ..streams import create_stream
+            from ..streams import acquire_stream
 
-            # Copies and GPU preprocessing: a stream of fastres' own (never one a caller shares).
-            self.stream = create_stream(self.device)
+            # Copies and GPU preprocessing: a stream of fastres' own (never one a caller
+            # shares), or a pooled one where the driver cannot make one, as for the engine.
+            self.stream, self._owned = acquire_stream(self.device)
             self.copied = [None, None]     # host buffer s may be refilled once its copy is done
             self.consumed = [None, None]   # device buffer s may be rewritten once its forward has read it
         self._slot = 0
@@ -184,9 +187,9 @@ class Batcher:
 
     def close(self) -> None:
         if self.stream is not None:
-            from ..streams import destroy_stream
+            from ..streams import release_stream
 
-            destroy_stream(self.stream)
+            release_stream(self.stream, self._owned)  # a pooled stream is PyTorch's: never destroyed
             self.stream = None
 
     # -- one batch in -------------------------------------------------------------------------
@@ -225,6 +228,9 @@ class Batcher:
                         images.append(None)
             decoded = torch.cuda.Event(enable_timing=True)
             decoded.record(self.stream)
+            # nvjpeg writes the images on a stream of its own and the crops below read them in
+            # kernels still queued when this returns: the batch holds them until it finishes.
+            batch.keep = [img for img in images if img is not None]
             for it, img in zip(jpegs, images):
                 data, it.jpeg = it.jpeg, None
                 if img is None:
@@ -235,7 +241,9 @@ class Batcher:
                     self.stages.gpu_decoded += 1
                 except Exception:  # noqa: BLE001
                     self._cpu_fallback(it, data)
-            batch.events.update(gpu_start=start, gpu_decoded=decoded)  # GPU time: read back in finish
+            kept = torch.cuda.Event()
+            kept.record(self.stream)  # after the last kernel reading the decoded images
+            batch.events.update(gpu_start=start, gpu_decoded=decoded, gpu_kept=kept)  # GPU time: read back in finish
 
     def _cpu_fallback(self, it: Item, data: bytearray) -> None:
         t0 = time.perf_counter()
@@ -341,6 +349,9 @@ class Batcher:
             else:
                 self.stages.add(model=batch.cpu_model_s)
             values, indices, logits = batch.values, batch.indices, batch.logits
+        if batch.keep:
+            batch.events["gpu_kept"].synchronize()  # no kernel reads them any more
+            batch.keep = []
         out, row = [], 0
         for it in batch.items:
             if it.error is not None:
