@@ -36,7 +36,7 @@ def test_table_and_failing_configs():
     line = summary_line(rows, SM90, 1.25)
     assert line.startswith("fastres check: 2/4 rows ok, 2 failed, from 1 config (kernel, tile, dtype) for sm_90 "
                            "with triton ")
-    assert line.endswith(" in 1.2 s (1 of the rows read from the cache)")
+    assert line.endswith(" in 1.2 s (1 of 4 read from the cache)")
     ok = summary_line([r for r in rows if r["ok"]], SM90, 0.5)
     assert ok.startswith("fastres check: 2/2 rows ok, none failed for sm_90 with triton ") and "configs" not in ok
     assert " for sm_80 " in summary_line(rows, dataclasses.replace(SM90, name="sm_80"), 1.0)

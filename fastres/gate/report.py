@@ -69,7 +69,7 @@ def summary_line(rows: Sequence[dict[str, Any]], targets: Target | Iterable[Targ
     line = (
         f"fastres check: {len(rows) - len(failed)}/{len(rows)} rows ok, {outcome} "
         f"for {', '.join(t.name for t in targets)} with triton {triton_version()} in {elapsed:.1f} s "
-        f"({cached} of the rows read from the cache)"
+        f"({cached} of {len(rows)} read from the cache)"
     )
     if len(targets) > 1:
         per = []
