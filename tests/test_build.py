@@ -73,6 +73,8 @@ def _parity_params():
         marks = list(getattr(dtype, "marks", ()))
         for arch, batch in PARITY_CASES:
             extra = [_BIG_FP16] if dt == torch.float16 and arch in _FP16_GPU_ONLY else []
+            if arch in _FP16_GPU_ONLY:  # the minutes-long interpreter runs: out of `-m "not slow"`
+                extra.append(pytest.mark.slow)
             out.append(pytest.param(arch, dt, batch, marks=marks + extra, id=f"{arch}-{dt}-{batch}"))
     return out
 
