@@ -41,8 +41,13 @@ def _step(text: str):
     tty = is_terminal(sys.stderr)
     print(f"{text} ...", end="" if tty else "\n", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    with heartbeat(text):
-        yield
+    try:
+        with heartbeat(text):
+            yield
+    except BaseException:
+        if tty:  # whatever is said about the failure goes on a line of its own
+            print(file=sys.stderr, flush=True)
+        raise
     took = f"{time.perf_counter() - t:.1f} s"
     print(f" {took}" if tty else f"{text}: done in {took}", file=sys.stderr, flush=True)
 
