@@ -90,8 +90,8 @@ def _not_weights(path: Path) -> WeightsError:
     looks = next((f" (it looks like {what})" for magic, what in _OTHER_FORMATS.items() if head.startswith(magic)), "")
     if not looks and head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         looks = " (it looks like text)"
-    return WeightsError(f"{path} is not a weights file{looks}: fastres reads torchvision checkpoints as torch.save "
-                        "writes them (.pth, .pt) and .safetensors files")
+    return WeightsError(f"{path} is not a weights file{looks}: neither a PyTorch checkpoint (torch.save) nor a "
+                        "safetensors file")
 
 
 def _check_kind(path: Path, *kinds: str, hint: str = "") -> None:
