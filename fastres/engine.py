@@ -215,10 +215,9 @@ class ResNet(torch.nn.Module):
                     configs[i] = tuple(dict.fromkeys((step.config, *candidates)))
         self._precompile(arena, configs, example, f"compiling {self.arch} batch {N} {H}x{W}")
         if tuning:
-            from tqdm import tqdm
+            from .progress import Progress
 
-            with tqdm(total=len(tuning), desc=f"tuning {self.arch} batch {N} {H}x{W}", unit="conv", disable=None,
-                      leave=False) as progress:
+            with Progress(len(tuning), desc=f"tuning {self.arch} batch {N} {H}x{W}", unit="conv", leave=False) as progress:
                 for i, (key, candidates) in tuning.items():
                     cached[i] = self._tune(arena, schedule.steps[i], key, candidates, example)
                     progress.update()

@@ -18,23 +18,38 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--arch", choices=sorted(ARCHS), default=None, help="architecture (default resnet50; with --weights, the file's)")
     p.add_argument("--weights", metavar="FILE", help="a file written by `fastres convert` (default: calibrated random weights)")
-    p.add_argument("--batch", type=int, default=None, help=f"images per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on the CPU)")
-    p.add_argument("--size", type=int, default=None, help=f"image height and width (default {GPU_SIZE} on a GPU, {CPU_SIZE} on the CPU)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"images per batch (default {GPU_BATCH} on a GPU and with --plan, {CPU_BATCH} on the CPU)")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"image height and width (default {GPU_SIZE} on a GPU and with --plan, {CPU_SIZE} on the CPU)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="engine dtype (default float16; with --weights, the file's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions on a GPU (median reported)")
     p.add_argument("--tune", action="store_true", help="on a GPU: measure each conv's tile configs first (cached on disk)")
     p.add_argument("--plan", action="store_true",
                    help="print the launch schedule (kernels, buffers, tile configs, K splits) for this arch, batch, "
-                        "size and dtype on this device, and exit without running it")
+                        f"size and dtype on this device, and exit without running it (a plan launches nothing: "
+                        f"{GPU_SIZE}x{GPU_SIZE}, batch {GPU_BATCH} by default, on a CPU too)")
 
 
 @contextlib.contextmanager
 def _step(text: str):
-    print(f"{text} ...", end="", file=sys.stderr, flush=True)
+    """One long step on stderr: "text ... 1.2 s" on a terminal; elsewhere (a log file) its
+    start, a line every few seconds while it runs, and its end, each on a line of its own."""
+    from .progress import heartbeat, is_terminal
+
+    tty = is_terminal(sys.stderr)
+    print(f"{text} ...", end="" if tty else "\n", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    try:
+        with heartbeat(text):
+            yield
+    except BaseException:
+        if tty:  # whatever is said about the failure goes on a line of its own
+            print(file=sys.stderr, flush=True)
+        raise
+    took = f"{time.perf_counter() - t:.1f} s"
+    print(f" {took}" if tty else f"{text}: done in {took}", file=sys.stderr, flush=True)
 
 
 def _median_ms(fn, iters: int) -> float:
@@ -73,6 +88,19 @@ def _print_plan(args, device, batch: int, size: int) -> int:
     return 0
 
 
+def _labels(num_classes: int, weights: str | None) -> list[str]:
+    """Class names as `fastres predict` gives them: ImageNet's for 1000 classes (those of the
+    torchvision weights a converted file records), else the index."""
+    from .predict.labels import class_labels
+
+    name = None
+    if weights:
+        from .weights import read_metadata
+
+        name = read_metadata(weights).get("torchvision_weights")
+    return class_labels(num_classes, None, name)
+
+
 def main(args) -> int:
     import torch
 
@@ -83,8 +111,11 @@ def main(args) -> int:
     if not on_gpu and not interpreting():
         raise UserError("no CUDA device and TRITON_INTERPRET is not set: run `TRITON_INTERPRET=1 fastres run`")
     device = torch.device("cuda" if on_gpu else "cpu")
-    size = args.size if args.size is not None else (GPU_SIZE if on_gpu else CPU_SIZE)
-    batch = args.batch if args.batch is not None else (GPU_BATCH if on_gpu else CPU_BATCH)
+    # A plan launches nothing, so its size costs nothing: the GPU's defaults everywhere. A run
+    # through the interpreter is slow: smaller defaults there.
+    full = on_gpu or args.plan
+    size = args.size if args.size is not None else (GPU_SIZE if full else CPU_SIZE)
+    batch = args.batch if args.batch is not None else (GPU_BATCH if full else CPU_BATCH)
     if batch < 1 or size < 1 or args.iters < 1:
         raise UserError(f"--batch, --size and --iters must be >= 1, got {batch}, {size} and {args.iters}")
     if args.dtype == "bfloat16" and not on_gpu:
@@ -157,9 +188,11 @@ def main(args) -> int:
     print(f"{arch} ({source}), {str(dtype)[6:]}, batch {batch}, {size}x{size}")
     print(f"parity vs torchvision float64: rel L2 {rel:.2e} (torchvision {str(dtype)[6:]}: {torch_rel:.2e}; bound {bound:.1e}), "
           f"max |err| {err.max().item():.3e}, top-1 agreement {top1:.0%}")
-    top5 = out.topk(5, dim=1).indices
+    top5 = out.topk(min(5, out.shape[1]), dim=1).indices
+    labels = _labels(fast.num_classes, args.weights)
     for i in range(batch):
-        print(f"  image {i}: top-5 classes {top5[i].tolist()}")
+        classes = ", ".join(f"{labels[c]} ({c})" if labels[c] != str(c) else str(c) for c in top5[i].tolist())
+        print(f"  image {i}: top-5 classes {classes}")
     if on_gpu:
         with torch.inference_mode():
             saved = torch.backends.cudnn.benchmark

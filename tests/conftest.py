@@ -83,6 +83,14 @@ def pytest_runtest_teardown(item, nextitem):
 _BACKGROUND = {"test_gate_run.py": "gate_all", "test_gate_triton36.py": "triton36"}
 
 
+def pytest_itemcollected(item):
+    """Every test of the compile gate (tests/test_gate_*.py) is marked `gate`, so that
+    `-m "not gate"` runs the interpreter tier alone."""
+    if item.path.name.startswith("test_gate_"):
+        item.add_marker(pytest.mark.gate)
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected: start only what will run
 def pytest_collection_modifyitems(session, config, items):
     from pathlib import Path
 

@@ -35,6 +35,12 @@ def run_python(args: list[str], *, timeout: float = 600, **env: str) -> subproce
 GATE_ALL = ["-m", "fastres", "check", "--target", "all", "--json", "--no-progress"]
 TRITON36 = "3.6.0"
 TRITON36_FAMILIES = "fused_k,tma,tma_w,tma_ws"
+# A folder where triton 3.6.0 is installed already (`pip install --no-deps --target DIR
+# triton==3.6.0`, as .ci/run does before the tests): then the tests need no network.
+TRITON36_DIR_ENV = "FASTRES_TRITON36_DIR"
+# The exit status of the triton 3.6 run when pip could not install it (no network, no index):
+# its tests then skip, saying so (tests/test_gate_triton36.py).
+INSTALL_FAILED = 75
 _jobs: dict[str, tuple[subprocess.Popen, object, object, list[str]]] = {}
 _dirs: list[str] = []
 
@@ -49,12 +55,17 @@ def _triton_version(env: dict) -> str:
 
 def _triton36_command() -> tuple[list[str], dict]:
     """The gate's Hopper-variant rows under triton 3.6.0: this environment's triton if it is that
-    one, else 3.6.0 installed (no dependencies) into a folder of its own that PYTHONPATH puts
-    before this environment's (tests/test_gate_triton36.py)."""
+    one, else the one in $FASTRES_TRITON36_DIR, else 3.6.0 installed (no dependencies) into a
+    folder of its own; PYTHONPATH puts that folder before this environment's
+    (tests/test_gate_triton36.py). Exit INSTALL_FAILED when pip cannot install it."""
     env = gate_env()
     check = [sys.executable, "-m", "fastres", "check", "--target", "sm_90", "--family", TRITON36_FAMILIES, "--json",
              "--no-progress"]
     if _triton_version(env) == TRITON36:
+        return check, env
+    given = os.environ.get(TRITON36_DIR_ENV)
+    if given:
+        env["PYTHONPATH"] = os.pathsep.join([given, env["PYTHONPATH"]])
         return check, env
     import shlex
     import tempfile
@@ -62,10 +73,11 @@ def _triton36_command() -> tuple[list[str], dict]:
     folder = tempfile.mkdtemp(prefix="fastres-triton36-")
     _dirs.append(folder)
     env["PYTHONPATH"] = os.pathsep.join([folder, env["PYTHONPATH"]])
+    # Offline, pip fails at once with one retry rather than after minutes of them.
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
-               "--target", folder, f"triton=={TRITON36}"]
+               "--retries", "1", "--timeout", "30", "--target", folder, f"triton=={TRITON36}"]
     # pip's output goes to stderr, so that stdout is the gate's JSON alone
-    script = f"{shlex.join(install)} 1>&2 && {shlex.join(check)}"
+    script = f"{shlex.join(install)} 1>&2 || exit {INSTALL_FAILED}; {shlex.join(check)}"
     return ["/bin/sh", "-c", script], env
 
 

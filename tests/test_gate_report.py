@@ -34,8 +34,11 @@ def test_table_and_failing_configs():
         "in 2/4 variants (1x1/s1/relu/res/tf32, 1x1/s2/tf32)"
     ]
     line = summary_line(rows, SM90, 1.25)
-    assert line.startswith("fastres check: 2/4 rows ok, 2 failed (1 configs) for sm_90 with triton ")
-    assert line.endswith(" in 1.2 s (1 cached)")
+    assert line.startswith("fastres check: 2/4 rows ok, 2 failed, from 1 config (kernel, tile, dtype) for sm_90 "
+                           "with triton ")
+    assert line.endswith(" in 1.2 s (1 of 4 read from the cache)")
+    ok = summary_line([r for r in rows if r["ok"]], SM90, 0.5)
+    assert ok.startswith("fastres check: 2/2 rows ok, none failed for sm_90 with triton ") and "configs" not in ok
     assert " for sm_80 " in summary_line(rows, dataclasses.replace(SM90, name="sm_80"), 1.0)
 
 
@@ -53,5 +56,5 @@ def test_rows_of_several_targets():
         "gfx942 conv1x1 64x64x32_w4_s3 float32: shared memory 98304 B > 65536 B in 1/1 variants (1x1/s1/relu/tf32)",
     ]
     line = summary_line(rows, (SM90, SM80, GFX942), 2.0)
-    assert " for sm_90, sm_80, gfx942 with triton " in line and "1/3 rows ok, 2 failed (2 configs)" in line
+    assert " for sm_90, sm_80, gfx942 with triton " in line and "1/3 rows ok, 2 failed, from 2 configs (kernel, tile, dtype)" in line
     assert line.endswith("; ok per target: sm_90 1/1, sm_80 0/1, gfx942 0/1")

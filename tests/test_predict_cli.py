@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def test_jsonl_on_stdout_with_failures_in_order(setup):
     """A fresh process: one JSON line per file in sorted order, failures naming their cause,
     exit 1, the summary (and no traceback) on stderr."""
     root, good, bad, weights = setup
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               FASTRES_PROGRESS_INTERVAL="0")  # stderr is a pipe: a progress line per image
     env.pop("TRITON_INTERPRET", None)  # the command chooses the interpreter itself without a GPU
     proc = subprocess.run([sys.executable, "-m", "fastres", "predict", "photos", "--weights", str(weights),
                            "--labels", "labels.txt", *SMALL], cwd=root, env=env, capture_output=True, text=True,
@@ -63,6 +65,11 @@ def test_jsonl_on_stdout_with_failures_in_order(setup):
             assert line["top"][0]["prob"] >= line["top"][1]["prob"] >= line["top"][2]["prob"] > 0
     summary = proc.stderr.strip().splitlines()[-1]
     assert f"{len(files)} images ({len(bad)} failed)" in summary and "img/s" in summary
+    # progress without a terminal: plain lines (images done, rate), no bar
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("classifying: ")]
+    assert progress and progress[-1].startswith(f"classifying: {len(files)}/{len(files)} img, "), proc.stderr
+    assert all(re.fullmatch(r"classifying: \d+/\d+ img, [\d.]+ img/s, \d+ s", line) for line in progress), progress
+    assert "\r" not in proc.stderr
     assert all(w in summary for w in ("decode", "preprocess", "model"))
     (root / "run.jsonl").write_text(proc.stdout)
 

@@ -97,6 +97,17 @@ def test_failures_alone_never_reach_the_engine(files):
     preds, stages = run(sorted(bad) * 3, engine, batch_size=2)
     preds = list(preds)
     assert len(preds) == 3 * len(bad) and all(not p.ok for p in preds) and engine.calls == []
+    # nothing was classified: the summary gives no rate
+    line = stages.summary()
+    assert line.startswith(f"{3 * len(bad)} images ({3 * len(bad)} failed) in ") and "none classified" in line, line
+    assert "img/s" not in line
+
+
+def test_summary_wording():
+    one = StageTimes(images=1, errors=1, wall=0.001).summary()
+    assert one.startswith("1 image (1 failed) in 0.00 s, none classified;") and "img/s" not in one, one
+    some = StageTimes(images=4, errors=1, wall=2.0).summary()
+    assert some.startswith("4 images (1 failed) in 2.00 s, 2.0 img/s;"), some
 
 
 def test_16_bit_image_batch_runs_as_float32(tmp_path):

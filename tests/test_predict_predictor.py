@@ -141,7 +141,10 @@ def test_converted_torchvision_weights_bring_transforms_and_names(tmp_path):
     t = pred.transform
     assert (t.resize, t.crop, t.source) == (256, 224, "ResNet18_Weights.IMAGENET1K_V1")
     assert pred.labels[0] == "tench" and len(pred.labels) == 1000
-    assert (fastres.Predictor(out, device=DEVICE, crop=64).transform.crop, pred.weights_name) == (64, t.source)
+    assert "resize 256, crop 224 (those of ResNet18_Weights.IMAGENET1K_V1)" in repr(pred)
+    cropped = fastres.Predictor(out, device=DEVICE, crop=64)
+    assert (cropped.transform.crop, pred.weights_name) == (64, t.source)
+    assert "resize 256, crop 64 (crop as given, resize from ResNet18_Weights.IMAGENET1K_V1)" in repr(cropped)
     # the .pth itself, folded in memory: the same
     direct = fastres.Predictor(tmp_path / name, device=DEVICE, dtype="float32")
     assert direct.transform == t and direct.engine.dtype == torch.float32
@@ -162,6 +165,10 @@ def test_predictor_checks(folder, engine32, model, tmp_path):
         fastres.Predictor(engine32, dtype=torch.float16)
     pred = fastres.Predictor(engine32)
     assert pred.transform == Transform() and pred.labels == [str(i) for i in range(10)]
+    # where the sizes came from, in words that cannot be misread
+    assert "resize 256, crop 224 (the defaults: no torchvision weights entry to take them from)" in repr(pred)
+    assert "resize 72, crop 64 (both as given)" in repr(fastres.Predictor(engine32, resize=72, crop=64))
+    assert "resize 72, crop 224 (resize as given, crop the default)" in repr(fastres.Predictor(engine32, resize=72))
     with pytest.raises(FileNotFoundError):
         list(pred.predict_paths([folder / "nope.jpg"]))
     (tmp_path / "empty").mkdir()

@@ -33,3 +33,14 @@ def test_readme_test_command_is_what_ci_runs():
     venv = next(i for i, line in enumerate(lines) if "-m venv" in line)
     activate = next(i for i, line in enumerate(lines) if line.startswith(". ") and "bin/activate" in line)
     assert venv < activate < lines.index(run_cmd)
+
+
+def test_ci_installs_the_second_triton_before_the_tests():
+    """The gate's triton 3.6 rows need no network in CI: .ci/run installs that triton in its
+    set-up and names it in $FASTRES_TRITON36_DIR before the tests run."""
+    lines = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    tests = next(i for i, line in enumerate(lines) if "pytest tests/" in line)
+    install = next(i for i, line in enumerate(lines) if "--target" in line and "triton==3.6.0" in line)
+    export = next(i for i, line in enumerate(lines) if line.startswith("export FASTRES_TRITON36_DIR="))
+    assert install < export < tests

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torchvision
 
 from helpers import ON_GPU
 
 
-def fastres(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def fastres(*args: str, timeout: int = 300, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **env_vars)
     env.pop("TRITON_INTERPRET", None)  # the CLI must choose the interpreter by itself
     return subprocess.run(
         [sys.executable, "-m", "fastres", *args], capture_output=True, text=True, timeout=timeout, env=env
@@ -19,16 +21,24 @@ def fastres(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_run_end_to_end():
-    r = fastres("run", "--arch", "resnet18", "--size", "40", "--batch", "2")
+    r = fastres("run", "--arch", "resnet18", "--size", "40", "--batch", "2", FASTRES_PROGRESS_INTERVAL="0.2")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     if not ON_GPU:
         assert "no CUDA device" in out.splitlines()[0] and "interpreter" in out.splitlines()[0]
     assert "parity vs torchvision float64: rel L2" in out
-    assert out.count("top-5 classes") == 2
+    # The top-5 classes by name, as `fastres predict` names them, and index.
+    categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+    tops = [line.split("top-5 classes ", 1)[1] for line in out.splitlines() if "top-5 classes" in line]
+    assert len(tops) == 2, out
+    for top in tops:
+        classes = re.findall(r"(?:^|, )(.+?) \((\d+)\)", top)
+        assert len(classes) == 5 and all(categories[int(i)] == name for name, i in classes), top
     assert "time per batch" in out
-    # Progress of the long steps goes to stderr.
+    # Progress of the long steps goes to stderr; without a terminal, a line every interval.
     assert "first forward" in r.stderr
+    assert re.search(r"^first forward .*: still running, \d+ s$", r.stderr, re.M), r.stderr
+    assert re.search(r"^first forward .*: done in [\d.]+ s$", r.stderr, re.M), r.stderr
 
 
 @pytest.mark.parametrize(
@@ -69,3 +79,10 @@ def test_run_plan_prints_the_schedule_without_running():
     assert lines[-1].startswith("55 launches (16 with a fused residual")
     assert any(" layer4.2.conv3 " in line for line in lines)
     assert "parity" not in r.stdout and "first forward" not in r.stderr  # nothing ran
+
+
+def test_run_plan_defaults_to_the_gpu_size():
+    """A plan launches nothing: it is for 224x224, batch 8 by default, on a CPU too."""
+    r = fastres("run", "--plan", "--arch", "resnet18")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0].startswith("resnet18 schedule: input 8x3x224x224, float16 activations"), r.stdout

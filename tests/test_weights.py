@@ -394,7 +394,7 @@ def _bad_sources(zoo, folder: Path):
         "random bytes .pth": (lambda p: p.write_bytes(random.Random(11).randbytes(4096)), ".pth", [], WeightsError, []),
         "truncated .safetensors": (cut(0.5, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "truncated early .safetensors": (cut(0.0005, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
-        "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
+        "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["not a weights file"]),
         "resnext50_32x4d": (saved(lambda: torchvision.models.resnext50_32x4d(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
                             WeightsError, ["grouped"]),
         "alexnet": (saved(lambda: torchvision.models.alexnet(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
@@ -510,6 +510,86 @@ def test_malicious_pickle(tmp_path):
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("fastres convert: error: ") and "evil.pth" in errors[0], r.stderr
     assert not out.exists()
+
+
+# torch's advice on a refused load, which fastres must never pass on
+TORCH_ADVICE = ("weights_only=False", "weights_only` set to `False", "Re-running", "add_safe_globals", "safe_globals(")
+
+
+def _jpeg(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(path, format="JPEG")
+    return path
+
+
+NOT_WEIGHTS = {
+    "a JPEG": (lambda p: _jpeg(p), "it looks like a JPEG image"),
+    "random bytes": (lambda p: p.write_bytes(random.Random(5).randbytes(4096)), ""),
+    "text": (lambda p: p.write_text("conv1.weight = 3\n" * 40), "it looks like text"),
+}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".jpg", ".safetensors"])
+@pytest.mark.parametrize("case", list(NOT_WEIGHTS))
+def test_not_a_weights_file(tmp_path, capsys, case, suffix):
+    """A file that is neither a zip, a pickle nor a safetensors file is "not a weights file",
+    whichever way it is given, and no message repeats torch's advice to unpickle it."""
+    write, looks = NOT_WEIGHTS[case]
+    src = tmp_path / f"input{suffix}"
+    write(src)
+    for load in (lambda: W.convert(src, tmp_path / "out.safetensors"), lambda: W.load(src, device="cpu"),
+                 lambda: W.open_model(src, device="cpu")):
+        with pytest.raises(WeightsError) as info:
+            load()
+        msg = str(info.value)
+        assert "not a weights file" in msg and looks in msg and "\n" not in msg, msg
+        assert not any(a in msg for a in TORCH_ADVICE), msg
+    for argv in (["convert", str(src)], ["run", "--weights", str(src)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error" in line]
+        assert len(errors) == 1 and errors[0].startswith(f"fastres {argv[0]}: error: "), err
+        assert "not a weights file" in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "weights").exists()
+
+
+def test_torch_advice_is_never_repeated(tmp_path):
+    """torch.load(weights_only=True) refusing a pickle advises weights_only=False (unsafe) and
+    allow-listing globals: the WeightsError keeps torch's reason and drops the advice."""
+    src = tmp_path / "objects.pth"
+    torch.save({"conv1.weight": _Payload(print, ("hello",))}, src)
+    try:
+        torch.load(src, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - what torch says, to compare with
+        torch_message = str(exc)
+    assert any(a in torch_message for a in TORCH_ADVICE), "torch no longer gives the advice this test strips"
+    with pytest.raises(WeightsError, match=r"refused by torch.load\(weights_only=True\).*Unsupported global") as info:
+        W.convert(src, tmp_path / "out.safetensors")
+    assert not any(a in str(info.value) for a in TORCH_ADVICE), str(info.value)
+    # a pickle the restricted unpickler cannot parse (damaged): corrupt, and no advice either
+    (tmp_path / "damaged.pth").write_bytes(b"\x80\x02" + bytes(range(256)) * 4)
+    with pytest.raises(WeightsError, match="truncated or corrupt") as info:
+        W.convert(tmp_path / "damaged.pth", tmp_path / "out.safetensors")
+    assert not any(a in str(info.value) for a in TORCH_ADVICE), str(info.value)
+
+
+def test_a_checkpoint_given_where_a_converted_file_is_needed(zoo, tmp_path):
+    with pytest.raises(WeightsError, match=r"is a PyTorch checkpoint \(torch.save\), not a safetensors file: convert it"):
+        W.load(zoo.pth("resnet18"), device="cpu")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_converted_files_follow_the_umask(zoo, tmp_path, umask):
+    """Converted files get the permissions of any file the user creates (0o666 less the umask),
+    not mkstemp's 0o600: a worker running as another user can read them where the umask allows."""
+    old = os.umask(umask)
+    try:
+        out = W.convert(zoo.pth("resnet18"), tmp_path / "r18.safetensors")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["r18.safetensors"]
 
 
 # -- bad files given to load ----------------------------------------------------------------
@@ -652,14 +732,15 @@ def test_public_convert_is_the_function(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_any_damaged_bytes_are_a_weights_error(tmp_path, suffix):
-    """Random bytes reach torch.load's and safetensors' parsers at every depth; whatever they
-    raise (IndexError, struct.error, UnicodeDecodeError, ...) becomes a one-line WeightsError
-    (for a pickle, torch may report it as a refused weights-only load: also never unpickled)."""
+    """Random bytes are not a weights file, or, where they start as one, reach torch.load's and
+    safetensors' parsers at every depth; whatever they raise (IndexError, struct.error,
+    UnicodeDecodeError, ...) becomes a one-line WeightsError (for a pickle, torch may report it
+    as a refused weights-only load: also never unpickled)."""
     src = tmp_path / f"input{suffix}"
     gen = random.Random(0)
     for i in range(64):
         src.write_bytes(gen.randbytes(gen.choice((16, 256, 4096))))
-        with pytest.raises(WeightsError, match="truncated or corrupt|refused by torch.load") as info:
+        with pytest.raises(WeightsError, match="truncated or corrupt|refused by torch.load|not a weights file") as info:
             W.convert(src, tmp_path / "out.safetensors", arch="resnet18")
         assert "\n" not in str(info.value).strip()
         assert not (tmp_path / "out.safetensors").exists()

@@ -1,9 +1,12 @@
 """The gate's results cache: one JSON file of rows, keyed by everything a row depends on.
 
 Results are stored in ``$FASTRES_CACHE_DIR/check/results.json`` (default root
-``~/.cache/fastres``), keyed by a hash of the text of every ``kernels/*.py`` file, the triton
-version, the gate's own version, the target, the config, the dtype and the variant (its full
-specialization), so a second run only reads JSON and rows of different targets never mix.
+``~/.cache/fastres``), keyed by the compiled kernel's own source key (triton's
+``JITFunction.cache_key``: the text and first line of the ``@triton.jit`` function, of every
+jit function it calls and the constexpr globals it reads), the triton version, the gate's own
+version, the target, the config, the dtype and the variant (its full specialization). So an
+edit recompiles only the rows of the kernels it changes: an unchanged kernel is never
+recompiled, a second run only reads JSON, and rows of different targets never mix.
 Failures of the toolchain itself (a missing ptxas, a dead worker) are reported but never
 cached (the callers' business: ``fastres.gate.run``).
 """
@@ -24,9 +27,9 @@ from .variants import Variant
 if TYPE_CHECKING:
     from ..kernels.config import Config
 
-# Bumped whenever what a row means changes (checks, parsing, specialization rules), so that
-# cached rows of an older gate are not reused.
-GATE_VERSION = 3
+# Bumped whenever what a row means changes (checks, parsing, specialization rules, the key),
+# so that cached rows of an older gate are not reused.
+GATE_VERSION = 4
 
 
 def cache_file() -> Path:
@@ -36,15 +39,15 @@ def cache_file() -> Path:
     return cache_dir() / "check" / "results.json"
 
 
-def kernel_sources_digest() -> str:
-    """A hash of every ``kernels/*.py`` file (names and text): any edit invalidates the cache."""
-    from .. import kernels
+def kernel_key(kernel: str, variant: str = "ptr") -> str:
+    """The source key of the @triton.jit function that `kernel`'s configs of `variant` run
+    (``Config.variant``): triton's own ``cache_key``, which changes with the function's text,
+    its first line number, the jit functions it calls and the constexpr globals it reads, and
+    with nothing else (not with an edit to another kernel). Needs real jit functions: not
+    under TRITON_INTERPRET (the gate refuses to run there)."""
+    from .compile import kernel_fn
 
-    folder = Path(kernels.__file__).resolve().parent
-    h = hashlib.sha256()
-    for p in sorted(folder.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
+    return kernel_fn(kernel, variant).cache_key
 
 
 def triton_version() -> str:
@@ -54,11 +57,12 @@ def triton_version() -> str:
     return triton.__version__
 
 
-def row_key(kernel: str, config: Config, dtype: str, variant: Variant, *, sources: str | None = None,
+def row_key(kernel: str, config: Config, dtype: str, variant: Variant, *, source: str | None = None,
             target: Target = DEFAULT_TARGET) -> str:
-    """Cache key: kernel sources, triton version, gate version, target, config, dtype, variant."""
+    """Cache key: the kernel's source key (``kernel_key``, unless given as `source`), triton
+    version, gate version, target, config, dtype, variant."""
     payload = json.dumps(
-        [GATE_VERSION, sources or kernel_sources_digest(), triton_version(), dataclasses.astuple(target), kernel,
+        [GATE_VERSION, source or kernel_key(kernel, config.variant), triton_version(), dataclasses.astuple(target), kernel,
          dataclasses.asdict(config), dtype, dataclasses.astuple(variant)],
         sort_keys=True, default=str,
     )

@@ -62,10 +62,14 @@ def summary_line(rows: Sequence[dict[str, Any]], targets: Target | Iterable[Targ
     targets = [targets] if isinstance(targets, Target) else list(targets)
     failed = [r for r in rows if not r["ok"]]
     cached = sum(1 for r in rows if r.get("cached"))
+    configs = len({(r.get("target"), r["kernel"], r["config"], r["dtype"]) for r in failed})
+    # A row is one config (kernel, tile, dtype) compiled at one variant: say which is counted.
+    outcome = (f"{len(failed)} failed, from {configs} config{'s' if configs != 1 else ''} (kernel, tile, dtype)"
+               if failed else "none failed")
     line = (
-        f"fastres check: {len(rows) - len(failed)}/{len(rows)} rows ok, {len(failed)} failed "
-        f"({len({(r.get('target'), r['kernel'], r['config'], r['dtype']) for r in failed})} configs) "
-        f"for {', '.join(t.name for t in targets)} with triton {triton_version()} in {elapsed:.1f} s ({cached} cached)"
+        f"fastres check: {len(rows) - len(failed)}/{len(rows)} rows ok, {outcome} "
+        f"for {', '.join(t.name for t in targets)} with triton {triton_version()} in {elapsed:.1f} s "
+        f"({cached} of {len(rows)} read from the cache)"
     )
     if len(targets) > 1:
         per = []

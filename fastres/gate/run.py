@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from .cache import cache_file, kernel_sources_digest, load_cache, row_key, save_cache
+from .cache import cache_file, kernel_key, load_cache, row_key, save_cache
 from .compile import FAMILIES, blank_row, compile_row, first_line, row_family
 from .target import DEFAULT_TARGET, Target
 from .variants import DTYPES, Variant, config_family, dispatchable, dtype_name, engine_space, heaviest, variants
@@ -174,8 +174,12 @@ def gate_rows(
     refuse_interpreter()
     todo = tasks(kernels, dtypes, target=target, all_variants=all_variants, families=families)
     path = cache_file()
-    sources = kernel_sources_digest()
-    keys = [row_key(t.kernel, t.config, t.dtype, t.variant, sources=sources, target=t.target) for t in todo]
+    sources: dict[tuple[str, str], str] = {}  # (kernel, Config.variant) -> its jit function's key
+    for t in todo:
+        if (t.kernel, t.config.variant) not in sources:
+            sources[t.kernel, t.config.variant] = kernel_key(t.kernel, t.config.variant)
+    keys = [row_key(t.kernel, t.config, t.dtype, t.variant, source=sources[t.kernel, t.config.variant], target=t.target)
+            for t in todo]
     cache = load_cache(path) if use_cache else {}
     rows: list[dict | None] = [None] * len(todo)
     missing = []

@@ -1,6 +1,6 @@
 """`fastres predict PATH... --weights FILE`: classify image files, one JSON line (or CSV or
-Parquet row) per file in input order, written as results come; the progress bar and the closing time split
-go to stderr. Exit status: 0, or 1 when a file could not be classified (its line says why, the
+Parquet row) per file in input order, written as results come; the progress (a bar on a terminal, else a
+line every few seconds) and the closing time split go to stderr. Exit status: 0, or 1 when a file could not be classified (its line says why, the
 others are all there), or 2 for a usage mistake (a missing path, a folder without images, bad
 weights or options), which stops before anything runs. `--ray` runs the same on Ray Data
 (`fastres.scale`), with the same lines and exit status."""
@@ -34,7 +34,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="CPU decode threads (default: the CPU count, at most 32)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else a line every $FASTRES_PROGRESS_INTERVAL "
+                        "seconds, default 5)")
     ray = p.add_argument_group("on a Ray cluster (needs fastres[ray])")
     ray.add_argument("--ray", action="store_true",
                      help="classify on Ray Data: one actor per GPU of the cluster (without GPUs: one, on a CPU, "
@@ -81,7 +83,7 @@ def main(args) -> int:
         return predict_on_ray(args, files)
     predictor = _predictor(args, DEFAULT_MAX_PIXELS)
     torch.set_num_threads(1)  # the decode pool is the parallelism; intra-op threads would fight it
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress  # a bar on a terminal, else a line every few seconds
     print(f"fastres predict: {len(files)} files, {predictor}", file=sys.stderr, flush=True)
     failed = 0
     try:

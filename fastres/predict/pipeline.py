@@ -65,10 +65,14 @@ class StageTimes:
         """The one line `fastres predict` ends with."""
         busy = self.decode + self.preprocess + self.model
         share = (lambda v: f"{100 * v / busy:.0f}%") if busy > 0 else (lambda v: "-")
-        rate = self.images / self.wall if self.wall > 0 else 0.0
         where = f"{self.workers} CPU workers" + (f", nvjpeg for {self.gpu_decoded}" if self.gpu_decoded else "")
         errors = f" ({self.errors} failed)" if self.errors else ""
-        return (f"{self.images} images{errors} in {self.wall:.2f} s, {rate:.1f} img/s; time: decode "
+        if self.errors >= self.images:  # nothing classified: no rate to give
+            rate = "none classified"
+        else:
+            rate = f"{self.images / self.wall:.1f} img/s" if self.wall > 0 else "- img/s"
+        noun = "image" if self.images == 1 else "images"
+        return (f"{self.images} {noun}{errors} in {self.wall:.2f} s, {rate}; time: decode "
                 f"{share(self.decode)} ({self.decode:.2f} s, {where}), preprocess {share(self.preprocess)} "
                 f"({self.preprocess:.2f} s), model {share(self.model)} ({self.model:.2f} s); "
                 f"waited {self.waited:.2f} s for input")

@@ -3,7 +3,6 @@ them (`predict_paths` over files and folders, `predict_tensors` over uint8 tenso
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,6 +27,16 @@ def _nvjpeg_works(device: torch.device) -> bool:
         return out.shape == img.shape and out.device.type == "cuda"
     except Exception:  # noqa: BLE001 - no nvjpeg in this build, or no driver support
         return False
+
+
+def _sizes_origin(resize_given: bool, crop_given: bool, preset: str | None) -> str:
+    """Where the resize and crop sizes came from, in words that cannot be misread."""
+    if resize_given and crop_given:
+        return "both as given"
+    if resize_given or crop_given:
+        given, other = ("resize", "crop") if resize_given else ("crop", "resize")
+        return f"{given} as given, {other} from {preset}" if preset else f"{given} as given, {other} the default"
+    return f"those of {preset}" if preset else "the defaults: no torchvision weights entry to take them from"
 
 
 class Predictor:
@@ -80,13 +89,16 @@ class Predictor:
                             f"{type(model).__name__}")
         self.device = self.engine.device
         self.weights_name = self.metadata.get("torchvision_weights")
+        preset = None
         if self.weights_name:
             try:
                 self.transform = Transform.from_torchvision(self.weights_name, resize=resize, crop=crop)
+                preset = self.weights_name
             except ValueError:  # a newer torchvision's entry: the defaults, still overridable
                 self.transform = Transform(resize=resize or 256, crop=crop or 224)
         else:
             self.transform = Transform(resize=resize or 256, crop=crop or 224)
+        self.sizes_origin = _sizes_origin(resize is not None, crop is not None, preset)
         num_classes = self.engine.num_classes
         if not 1 <= int(topk) <= num_classes:
             raise ValueError(f"topk must be between 1 and the model's {num_classes} classes, got {topk}")
@@ -110,7 +122,7 @@ class Predictor:
     def __repr__(self) -> str:
         t = self.transform
         return (f"Predictor({self.engine.arch}, {self.engine.num_classes} classes, {self.engine.dtype}, {self.device}, "
-                f"resize {t.resize}, crop {t.crop} ({t.source}), batch {self.batch_size}, top {self.topk}, "
+                f"resize {t.resize}, crop {t.crop} ({self.sizes_origin}), batch {self.batch_size}, top {self.topk}, "
                 f"decode {'nvjpeg + CPU' if self.gpu_decode else 'CPU'})")
 
     def _batcher(self, batch_size: int, hw: tuple[int, int] | None = None) -> Batcher:
@@ -123,7 +135,8 @@ class Predictor:
         """One Prediction per image file, in input order (a folder: its images, recursively,
         sorted), each as soon as its batch is done. A file that cannot be classified gets a
         Prediction with `error` and the others go on. Raises FileNotFoundError for a missing
-        path, NoImagesError for a folder without images (before anything runs)."""
+        path, NoImagesError for a folder without images (before anything runs). progress: on
+        stderr, a bar on a terminal, else a line every few seconds (``fastres.progress``)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         files = find_images(paths)
@@ -174,11 +187,10 @@ class Predictor:
         return max(2 * batcher.batch_size, 4 * self.workers)
 
     def _progress(self, preds: Iterator[Prediction], total: int, progress: bool, batcher: Batcher):
-        from tqdm import tqdm
+        from ..progress import Progress
 
         try:
-            with tqdm(total=total, unit="img", desc="classifying", file=sys.stderr, disable=not progress,
-                      dynamic_ncols=True, smoothing=0.1) as bar:
+            with Progress(total, desc="classifying", unit="img", enabled=progress) as bar:
                 for pred in preds:
                     bar.update()
                     yield pred

@@ -226,7 +226,7 @@ def predict_on_ray(args, files) -> int:
         print(f"fastres predict: {len(files)} files, {model.engine.arch} ({model.engine.num_classes} classes), "
               f"resize {model.transform.resize}, crop {model.transform.crop}, on {actors} Ray actor(s), "
               f"{placement.describe()}", file=sys.stderr, flush=True)
-        progress = not args.no_progress and sys.stderr.isatty()
+        progress = not args.no_progress  # a bar on a terminal, else a line every few seconds
         with open_writer(args.out, args.topk) as writer:
             for pred in _progress(predict_files(files, args.weights, progress=False, **options), len(files), progress):
                 writer.write(pred)
@@ -246,15 +246,15 @@ def predict_on_ray(args, files) -> int:
         disconnect(how)
     wall = time.perf_counter() - t0
     errors = f" ({failed} failed)" if failed else ""
-    print(f"{len(files)} images{errors} in {wall:.2f} s, {len(files) / wall:.1f} img/s on Ray", file=sys.stderr)
+    rate = "none classified" if failed >= len(files) else f"{len(files) / wall:.1f} img/s"
+    print(f"{len(files)} image{'s' if len(files) != 1 else ''}{errors} in {wall:.2f} s, {rate} on Ray", file=sys.stderr)
     return 1 if failed else 0
 
 
 def _progress(preds, total: int, progress: bool):
-    from tqdm import tqdm
+    from ..progress import Progress
 
-    with tqdm(total=total, unit="img", desc="classifying", file=sys.stderr, disable=not progress,
-              dynamic_ncols=True, smoothing=0.1) as bar:
+    with Progress(total, desc="classifying", unit="img", enabled=progress) as bar:
         for pred in preds:
             bar.update()
             yield pred
