@@ -8,6 +8,7 @@ CUDA a captured graph). A repeated forward at a known shape allocates nothing bu
 from __future__ import annotations
 
 import collections
+import inspect
 import math
 import threading
 import warnings
@@ -18,7 +19,8 @@ import torch
 from . import kernels as K
 from .arena import Arena
 from .device import DeviceInfo
-from .plan import ARCHS, UnsupportedModelError, check_params, param_shapes
+from .plan import (ARCHS, LAYERS, NO_DILATION, UnsupportedModelError, check_dilate, check_params, check_returns,
+                   arch_convs, param_shapes, returns_depth)
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -40,6 +42,12 @@ class ResNet(torch.nn.Module):
     returns logits [N, num_classes] in x's dtype. Internally activations are NHWC in
     `dtype`, BatchNorm is folded, accumulation is float32. `forward_pixels(x)` takes uint8
     pixels instead and normalizes them inside the stem.
+
+    A trunk (`returns` given instead of num_classes: a mapping layer -> name, as torchvision's
+    IntermediateLayerGetter takes) has no avgpool/fc and stops after the last returned layer;
+    it returns an OrderedDict name -> [N, C, H, W] feature (channels_last, x's dtype), in
+    execution order, as IntermediateLayerGetter does. dilate: torchvision's
+    replace_stride_with_dilation (three bools for layer2..layer4).
     """
 
     def __init__(
@@ -47,7 +55,9 @@ class ResNet(torch.nn.Module):
         arch: str,
         params: Mapping[str, torch.Tensor],
         *,
-        num_classes: int,
+        num_classes: int | None = None,
+        returns=None,
+        dilate=NO_DILATION,
         dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cuda",
         cuda_graph: bool = True,
@@ -59,7 +69,13 @@ class ResNet(torch.nn.Module):
             raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
         if dtype not in ENGINE_DTYPES:
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
-        self.arch, self.num_classes, self.dtype = arch, int(num_classes), dtype
+        self.returns = check_returns(returns)
+        if (num_classes is None) == (self.returns is None):
+            raise ValueError("give num_classes (a classifier) or returns (a trunk's outputs), not both or neither")
+        self.dilate = check_dilate(dilate)
+        self.depth = returns_depth(self.returns)
+        self.arch, self.dtype = arch, dtype
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
@@ -78,9 +94,10 @@ class ResNet(torch.nn.Module):
                 raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
-        check_params(params, arch, num_classes, dtype)
+        check_params(params, arch, self.num_classes, dtype, self.depth)
+        self._check_kernels()
         self._params: dict[str, torch.Tensor] = {}
-        for key in param_shapes(arch, num_classes):
+        for key in param_shapes(arch, self.num_classes, self.depth):
             t = params[key]
             fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
             with torch.inference_mode(False):
@@ -92,6 +109,16 @@ class ResNet(torch.nn.Module):
         self._arenas: collections.OrderedDict[tuple, Arena] = collections.OrderedDict()
         self._arenas_lock = threading.Lock()
         self._build_lock = threading.Lock()
+
+    def _check_kernels(self) -> None:
+        """Refuse now, not at the first launch, a network whose convs need what the conv
+        kernel does not take (grouped or dilated convs need its groups= / dilation=)."""
+        needs = {name for c in arch_convs(self.arch, self.dilate, self.depth)
+                 for name, value in (("groups", c.groups), ("dilation", c.dilation)) if value != 1}
+        missing = sorted(needs - set(inspect.signature(K.conv_bn_relu).parameters))
+        if missing:
+            raise UnsupportedModelError(f"{self.arch} needs {' and '.join(missing)} in the conv kernel "
+                                        "(kernels.conv_bn_relu), which these kernels do not take")
 
     # nn.Module plumbing: the packed parameters are tied to one device and dtype.
     def _apply(self, fn, recurse=True):
@@ -105,7 +132,11 @@ class ResNet(torch.nn.Module):
         return dict(self._params)
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch}, num_classes={self.num_classes}, dtype={self.dtype}, device={self.device}"
+        what = (f"num_classes={self.num_classes}" if self.returns is None else
+                "returns={" + ", ".join(f"{layer!r}: {name!r}" for layer, name in self.returns) + "}")
+        dilated = [LAYERS[i + 1] for i, d in enumerate(self.dilate) if d]
+        return (f"arch={self.arch}, {what}{', dilated=' + '+'.join(dilated) if dilated else ''}, dtype={self.dtype}, "
+                f"device={self.device}")
 
     # -- input checks -----------------------------------------------------------------
     def _check_input(self, x, dtypes=_INPUT_DTYPES) -> None:
@@ -141,12 +172,15 @@ class ResNet(torch.nn.Module):
         the heuristic tile configs: what runs, on which buffers, with which tile and K split.
         Plain data, nothing runs; print it for a table."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
-        return build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes)
+        return build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
+                              dilate=self.dilate, returns=self.returns)
 
     def _tune_key(self, step: Step, batch: int) -> str:
         spec = step.spec
         # The residual is part of the layer: it changes the epilogue and the tiles allowed.
         geometry = (spec.k, spec.stride, spec.pad, spec.cin, spec.cout, *step.in_shape[2:], int(step.residual is not None))
+        if (spec.dilation, spec.groups) != (1, 1):
+            geometry += (spec.dilation, spec.groups)
         info = self.device_info()
         # The card's name, and its target: two cards of one name never share a target, but a
         # cache written by a build that mapped the card differently must not be read.
@@ -280,8 +314,13 @@ class ResNet(torch.nn.Module):
             raise ValueError(f"std must be positive and mean and std finite, got mean {norm[0]}, std {norm[1]}")
         return self._forward(pixels, norm, torch.float32)
 
-    def _forward(self, x: torch.Tensor, norm: tuple | None, logits_dtype: torch.dtype) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, norm: tuple | None, logits_dtype: torch.dtype):
         if x.shape[0] == 0:
+            if self.returns is not None:
+                outs = self.schedule((1, *x.shape[1:])).outputs
+                return collections.OrderedDict(
+                    (o.name, torch.empty((0, *o.shape[1:]), device=self.device, dtype=logits_dtype,
+                                         memory_format=torch.channels_last)) for o in outs)
             return torch.empty((0, self.num_classes), device=self.device, dtype=logits_dtype)
         if self.device.type == "cuda":
             # Triton launches on the current device: make it the engine's.

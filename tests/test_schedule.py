@@ -147,7 +147,7 @@ def test_engine_schedule_matches_the_planner(device):
 
 
 @pytest.mark.parametrize("arch, shape, words", [
-    ("resnext50_32x4d", (1, 3, 32, 32), ["unknown arch"]),
+    ("resnext51", (1, 3, 32, 32), ["unknown arch"]),
     ("resnet18", (1, 4, 32, 32), ["[N, 3, H, W]", "(1, 4, 32, 32)"]),
     ("resnet18", (0, 3, 32, 32), ["[N, 3, H, W]"]),
     ("resnet18", (3, 32, 32), ["[N, 3, H, W]"]),
