@@ -295,8 +295,15 @@ class ResNet(torch.nn.Module):
         with self._arenas_lock:
             self._arenas.clear()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+    def forward(self, x: torch.Tensor):
+        self._check_input(x, dtypes=(*_INPUT_DTYPES, torch.float64))
+        if x.dtype == torch.float64:
+            # The stem reads at most float32: a float64 model (torchvision tests some detectors in
+            # float64) gets float32 work handed back in float64.
+            out = self._forward(x.float(), None, torch.float32)
+            if isinstance(out, torch.Tensor):
+                return out.double()
+            return collections.OrderedDict((k, v.double()) for k, v in out.items())
         return self._forward(x, None, x.dtype)
 
     def forward_pixels(self, pixels: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
