@@ -52,13 +52,14 @@ def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
     return tl.where(a_ok, v, 0.0)
 
 
-@triton.jit
+# Dilation is not specialized on: a dilated trunk's convs share the plain convs' binaries.
+@triton.jit(do_not_specialize=("DH", "DW"))
 def _conv_kernel(
     # pointers (n_ptr: the stem's pixel_norm table, read only when NORMALIZE; cnt_ptr: the
     # fused split's arrival counters)
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, n_ptr, cnt_ptr,
     # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
-    M, H, W, C, OH, OW, CO, SH, SW, PH, PW, ITERS,
+    M, H, W, C, OH, OW, CO, SH, SW, PH, PW, DH, DW, ITERS,
     # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order; the
     # split-K workspace's plane)
     sxn, sxh, sxw, sxc,
@@ -97,11 +98,14 @@ def _conv_kernel(
             c = kk - tap * C
             kh = tap // KW
             kw = tap - kh * KW
+            # Dilation: tap (kh, kw) reads the input (kh*DH, kw*DW) away from the row's origin.
+            dh = kh * DH
+            dw = kw * DW
             k_ok = kk < K_TOTAL
-            ih = ih0[:, None] + kh[None, :]
-            iw = iw0[:, None] + kw[None, :]
+            ih = ih0[:, None] + dh[None, :]
+            iw = iw0[:, None] + dw[None, :]
             a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + x_row[:, None] + (kh * sxh + kw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
+            a = tl.load(x_ptr + x_row[:, None] + (dh * sxh + dw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
             if NORMALIZE != 0:
                 a = _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE)
             b = tl.load(
@@ -119,13 +123,15 @@ def _conv_kernel(
             c0 = (it - tap * n_cb) * BLOCK_K
             kh = tap // KW
             kw = tap - kh * KW
-            ih = ih0 + kh
-            iw = iw0 + kw
+            dh = kh * DH
+            dw = kw * DW
+            ih = ih0 + dh
+            iw = iw0 + dw
             row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             c = c0 + rk
             c_ok = c < C
             a = tl.load(
-                x_ptr + (x_row + (kh * sxh + kw * sxw))[:, None] + c[None, :] * sxc,
+                x_ptr + (x_row + (dh * sxh + dw * sxw))[:, None] + c[None, :] * sxc,
                 mask=row_ok[:, None] & c_ok[None, :], other=0.0,
             )
             b = tl.load(
@@ -156,6 +162,10 @@ class ConvGeometry(NamedTuple):
     OH: int
     OW: int
     precision: str
+    # groups and dilation (height, width): 1 for a plain conv
+    G: int = 1
+    DH: int = 1
+    DW: int = 1
 
     @property
     def M(self) -> int:
@@ -166,7 +176,8 @@ class ConvGeometry(NamedTuple):
         return (self.N, self.CO, self.OH, self.OW)
 
 
-def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False) -> ConvGeometry:
+def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False,
+                    dilation=1) -> ConvGeometry:
     """Validate a fused-conv call and return its geometry (shared by conv and conv1x1).
 
     any_input: x may have any float dtype and memory layout (the stem reads the user's input);
@@ -185,15 +196,19 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *,
         raise ValueError(f"w has {CI} input channels (shape {tuple(w.shape)}) but x has {C} (shape {tuple(x.shape)})")
     check_bias(b, CO)
     (SH, SW), (PH, PW) = pair("stride", stride), pair("padding", padding)
+    DH, DW = pair("dilation", dilation)
     if SH < 1 or SW < 1 or PH < 0 or PW < 0:
         raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
-    OH, OW = out_size(H, KH, SH, PH), out_size(W, KW, SW, PW)
+    if DH < 1 or DW < 1:
+        raise ValueError(f"dilation must be >= 1, got dilation={dilation}")
+    OH, OW = out_size(H, KH, SH, PH, DH), out_size(W, KW, SW, PW, DW)
     if OH < 1 or OW < 1:
         raise ValueError(
-            f"empty output: input {H}x{W} with kernel {KH}x{KW}, stride {(SH, SW)}, padding {(PH, PW)} "
-            f"gives {OH}x{OW}"
+            f"empty output: input {H}x{W} with kernel {KH}x{KW}, stride {(SH, SW)}, padding {(PH, PW)}, "
+            f"dilation {(DH, DW)} gives {OH}x{OW}"
         )
-    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype))
+    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype),
+                     DH=DH, DW=DW)
     check_like("residual", residual, g.out_shape, w.dtype)
     check_like("out", out, g.out_shape, w.dtype)
     check_no_overlap("out", out, x=x, w=w, b=b, residual=residual, elementwise=("residual",))
@@ -229,6 +244,9 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     if cfg.tma:
+        if (g.DH, g.DW, g.G) != (1, 1, 1):
+            raise ValueError(f"config {cfg.name}: the TMA conv runs neither dilated nor grouped convs, got dilation "
+                             f"{(g.DH, g.DW)}, groups {g.G}: use a pointer config")
         if flat or norm is not None or x.dtype != w.dtype:
             raise ValueError(f"config {cfg.name}: the TMA conv needs >= 16 input channels in w's dtype, got x "
                              f"{x.dtype} of shape {tuple(x.shape)}, w of shape {tuple(w.shape)}")
@@ -250,7 +268,7 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype == torch.float32 else NORM_FMA)
     launch(_conv_kernel, (tiles, splits),
         x, w, b, r, y, ws, b if norm is None else norm, cnt,
-        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
+        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
         SPLIT=splits > 1, FUSED=fused, NORMALIZE=mode, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
@@ -267,6 +285,7 @@ def conv_bn_relu(
     *,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
     relu: bool = True,
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
@@ -275,7 +294,8 @@ def conv_bn_relu(
     workspace: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = relu(conv2d(x, w) + b (+ residual)), fused (one launch, two if split), BN folded into w, b.
+    """y = relu(conv2d(x, w, stride, padding, dilation) + b (+ residual)), fused (one launch, two
+    if split), BN folded into w, b.
 
     x: [N, Cin, H, W] channels_last, float16 / bfloat16 / float32.
     w: [Cout, Cin, KH, KW] channels_last (physically [Cout, KH, KW, Cin]), x's dtype.
@@ -289,9 +309,9 @@ def conv_bn_relu(
     config) is one launch; its tiles count arrivals in `counters` (int32, contiguous, at
     least one word per output tile, all zero: every fused launch leaves them zero again),
     else in fresh zeros. TMA configs (kernels/conv_tma.py) need Cin a multiple of BLOCK_K and
-    dense weights; variant "tma" also stride 1.
+    dense weights; variant "tma" also stride 1; none runs a dilated conv.
     """
-    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision)
+    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision, dilation=dilation)
     return _launch_conv(x, w, b, g, relu, residual, out, config, workspace, counters)
 
 

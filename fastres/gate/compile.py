@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .inspect import inspect_kernel
+from .keys import unspecialized
 from .target import DEFAULT_TARGET, Target
 from .variants import TRITON_TYPE, Variant, dtype_name, tensor_core_required
 
@@ -107,11 +108,15 @@ def specialize(
     constexprs: dict[tuple[int, ...], Any] = {}
     attrs: dict[tuple[int, ...], list] = {}
     divisible = [["tt.divisibility", 16]]
+    plain = unspecialized(fn)
     for i, name in enumerate(arg_names(fn)):
         if name in pointers:
             ty = pointers[name]
             signature[name] = "*" + (TRITON_TYPE[dt] if ty == "x" else ty)
             attrs[(i,)] = divisible
+        elif name in values and name in plain:
+            v = int(values[name])
+            signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         elif name in values:
             v = int(values[name])
             if v == 1:

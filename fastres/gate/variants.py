@@ -108,7 +108,7 @@ def _conv_variant(
         raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {
         "M": n * oh * oh, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
-        "SH": s, "SW": s, "PH": p, "PW": p,
+        "SH": s, "SW": s, "PH": p, "PW": p, "DH": 1, "DW": 1,
         **(_nchw if x_nchw else _nhwc)(n, cin, hw, hw, "sx"),
         # weights [Cout, KH, KW, Cin]
         "swo": k * k * cin, "swh": k * cin, "sww": cin, "swc": 1,

@@ -1,0 +1,88 @@
+"""Parity of fastres.kernels.conv_bn_relu on dilated and grouped convs with torch (float64).
+
+The geometries of torchvision's dilated trunks (FCN / DeepLabV3: 3x3 with dilation 2 and 4,
+padding = dilation) and of ResNeXt's grouped 3x3s (32x4d, 32x8d, 64x4d at every stage), at tiny
+odd spatial sizes; the residual and split-K (two-launch and fused) epilogues; forced tiles that
+stay inside a group or span several; the launcher's checks.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastres import kernels as K
+from fastres.kernels import Config
+from helpers import DEVICE, DTYPES, KERNEL_RTOL, assert_close, rand_nhwc
+
+
+def dtype_id(d) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def ref_conv(x, w, b, *, stride=1, padding=0, dilation=1, groups=1, relu=True, residual=None):
+    """torch reference in float64 on the CPU."""
+    y = F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), stride=stride, padding=padding,
+                 dilation=dilation, groups=groups)
+    if residual is not None:
+        y = y + residual.double().cpu()
+    return F.relu(y) if relu else y
+
+
+def check(n, cin, h, w, cout, k, *, stride=1, padding=0, dilation=1, groups=1, relu=True, residual=False,
+          dtype=torch.float32, device=DEVICE, config=None):
+    """One fused conv against the reference, written into a NaN-poisoned `out`."""
+    x = rand_nhwc(n, cin, h, w, dtype=dtype, device=device)
+    wt = rand_nhwc(cout, cin // groups, k, k, dtype=dtype, device=device, scale=(cin // groups * k * k) ** -0.5)
+    b = (torch.randn(cout) * 0.5).to(device)
+    (sh, sw), (ph, pw), (dh, dw) = (v if isinstance(v, tuple) else (v, v) for v in (stride, padding, dilation))
+    ref_shape = (n, cout, (h + 2 * ph - dh * (k - 1) - 1) // sh + 1, (w + 2 * pw - dw * (k - 1) - 1) // sw + 1)
+    r = rand_nhwc(*ref_shape, dtype=dtype, device=device) if residual else None
+    out = torch.full(ref_shape, float("nan"), dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    kwargs = {} if groups == 1 else {"groups": groups}
+    y = K.conv_bn_relu(x, wt, b, stride=stride, padding=padding, dilation=dilation, relu=relu, residual=r, out=out,
+                       config=config, **kwargs)
+    assert y.data_ptr() == out.data_ptr()
+    ref = ref_conv(x, wt, b, stride=stride, padding=padding, dilation=dilation, groups=groups, relu=relu, residual=r)
+    what = f"conv {tuple(x.shape)} k{k} s{stride} p{padding} d{dilation} g{groups}"
+    return assert_close(y, ref, KERNEL_RTOL[dtype], what=what)
+
+
+# ---------------------------------------------------------------- dilation
+
+DILATED = [
+    # n, cin, h, w, cout, k, stride, padding, dilation
+    (1, 64, 7, 9, 64, 3, 1, 2, 2),            # layer3 of a dilated trunk (dilation 2, padding 2)
+    (2, 32, 9, 5, 48, 3, 1, 4, 4),            # layer4 (dilation 4): most taps fall in the padding
+    (1, 24, 11, 7, 40, 3, 2, 2, 2),           # strided and dilated, odd sizes
+    (1, 16, 6, 8, 16, 3, 1, (1, 3), (1, 3)),  # per-axis dilation
+    (2, 5, 9, 9, 16, 3, 1, 2, 2),             # thin input: the flat-K path
+    (1, 16, 5, 5, 24, 3, 1, 0, 2),            # no padding: the output shrinks by 2*dilation
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", DILATED, ids=[f"dil{i}" for i in range(len(DILATED))])
+def test_dilated(case, dtype, device):
+    n, cin, h, w, cout, k, s, p, d = case
+    check(n, cin, h, w, cout, k, stride=s, padding=p, dilation=d, residual=True, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["reduce", "fused"])
+def test_dilated_split(fused, device):
+    """A split K loop (partials summed by the reduce launch, or by the tile's last program)."""
+    cfg = Config(16, 32, 16, 4, 1, SPLIT_K=3, variant="fused_k" if fused else "ptr")
+    check(1, 32, 7, 7, 32, 3, padding=4, dilation=4, residual=True, config=cfg, device=device)
+
+
+def test_dilation_checks(device):
+    x = rand_nhwc(1, 16, 5, 5, device=device)
+    w, b = rand_nhwc(16, 16, 3, 3, device=device), torch.zeros(16, device=device)
+    with pytest.raises(ValueError, match=r"dilation must be >= 1, got dilation=0"):
+        K.conv_bn_relu(x, w, b, dilation=0)
+    with pytest.raises(TypeError, match=r"dilation must be an int or a pair of ints, got 1.5"):
+        K.conv_bn_relu(x, w, b, dilation=1.5)
+    with pytest.raises(ValueError, match=r"empty output: .*dilation \(3, 3\) gives -?\d+x-?\d+"):
+        K.conv_bn_relu(x, w, b, dilation=3)
+    with pytest.raises(ValueError, match=r"the TMA conv runs neither dilated nor grouped"):
+        K.conv_bn_relu(x, w, b, padding=2, dilation=2, config=Config(64, 64, 16, 4, 4, variant="tma"))
