@@ -76,8 +76,12 @@ class Step:
             return ()
         m, n, k, taps = self.gemm
         stride = self.spec.stride if self.spec is not None else 1
-        return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 stride=stride, **_planned_for(device))
+        found = tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
+                                  stride=stride, **_planned_for(device))
+        if self.spec is not None and (self.spec.dilation, self.spec.groups) != (1, 1):
+            # The TMA conv runs neither dilated nor grouped convs.
+            found = tuple(c for c in found if not c.tma)
+        return found
 
 
 def _planned_for(device: DeviceInfo) -> dict:
