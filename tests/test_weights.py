@@ -395,8 +395,9 @@ def _bad_sources(zoo, folder: Path):
         "truncated .safetensors": (cut(0.5, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "truncated early .safetensors": (cut(0.0005, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
-        "resnext50_32x4d": (saved(lambda: torchvision.models.resnext50_32x4d(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
-                            WeightsError, ["grouped"]),
+        "resnext 16x4d": (saved(lambda: torchvision.models.ResNet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3],
+                                                                  groups=16, width_per_group=4).state_dict()), ".pth", [],
+                          WeightsError, ["groups 16"]),
         "alexnet": (saved(lambda: torchvision.models.alexnet(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
                     WeightsError, ["not a torchvision ResNet"]),
         "a random dict": (saved({"encoder.weight": torch.randn(4, 4), "step": 3}), ".pth", [], WeightsError, ["not a torchvision ResNet"]),
@@ -422,7 +423,7 @@ def _bad_sources(zoo, folder: Path):
 
 BAD_CASES = [
     "missing file", "a folder", "empty .pth", "truncated .pth", "random bytes .pth", "truncated .safetensors",
-    "truncated early .safetensors", "random bytes .safetensors", "resnext50_32x4d", "alexnet", "a random dict",
+    "truncated early .safetensors", "random bytes .safetensors", "resnext 16x4d", "alexnet", "a random dict",
     "a bare tensor", "missing key", "unexpected key", "misshaped bn", "misshaped conv", "misshaped fc",
     "integer tensor", "not a tensor", "--arch contradicts", "--dtype float8", "code in the pickle",
 ]
@@ -480,12 +481,12 @@ def test_cli_error_is_the_only_stderr_line(zoo, tmp_path, capsys, case):
 
 def test_bad_arch_and_dtype_arguments(zoo, tmp_path, capsys):
     pth = zoo.pth("resnet18")
-    with pytest.raises(WeightsError, match="resnext50_32x4d"):
+    with pytest.raises(WeightsError, match="resnext50_32x4d contradicts"):
         W.convert(pth, tmp_path / "x.safetensors", arch="resnext50_32x4d")
     with pytest.raises(WeightsError, match="int8"):
         W.convert(pth, tmp_path / "x.safetensors", dtype=torch.int8)
     with pytest.raises(SystemExit) as info:  # argparse's own one-line error for a bad choice
-        cli.main(["convert", str(pth), "--arch", "resnext50_32x4d", "--out", str(tmp_path / "x.safetensors")])
+        cli.main(["convert", str(pth), "--arch", "resnext51", "--out", str(tmp_path / "x.safetensors")])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "invalid choice" in err
@@ -720,3 +721,23 @@ def test_open_model_takes_converted_files_and_checkpoints(zoo, tmp_path):
     assert_same_params(folded.params(), fast.params())
     with pytest.raises(FileNotFoundError, match="no such file"):
         W.open_model(tmp_path / "missing.pth", device="cpu")
+
+
+def test_convert_resnext_infers_the_arch_and_keeps_grouped_weights(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnext50_32x4d(num_classes=NUM_CLASSES).eval()
+    src = tmp_path / "rx.pth"
+    torch.save(model.state_dict(), src)
+    out = W.convert(src, tmp_path / "rx.safetensors", dtype=torch.float32)
+    meta = W.read_metadata(out)
+    assert meta["arch"] == "resnext50_32x4d" and meta["num_classes"] == str(NUM_CLASSES)
+    from safetensors.torch import load_file
+
+    params = load_file(out)
+    # Grouped: [Cout, Cin/groups, 3, 3] stored as the file stores every conv, [Cout, KH, KW, Cin/groups].
+    w = params["layer1.0.conv2.weight"]
+    assert tuple(w.shape) == (128, 3, 3, 4)
+    w = w.permute(0, 3, 1, 2)
+    bn = model.layer1[0].bn2
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    torch.testing.assert_close(w, model.layer1[0].conv2.weight * scale[:, None, None, None])
