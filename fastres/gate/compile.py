@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 KERNEL_FN = {
     "conv": ("conv", "_conv_kernel"),
     "conv_stem": ("conv", "_conv_kernel"),
+    "conv_grouped": ("conv", "_conv_kernel"),
     "conv1x1": ("gemm1x1", "_gemm1x1_kernel"),
     "avgpool": ("head", "_avgpool_kernel"),
     "max_pool2d": ("pool", "_max_pool_kernel"),
