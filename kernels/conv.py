@@ -52,8 +52,13 @@ def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
     return tl.where(a_ok, v, 0.0)
 
 
-# Dilation is not specialized on: a dilated trunk's convs share the plain convs' binaries.
-@triton.jit(do_not_specialize=("DH", "DW"))
+# Not specialized on: the sizes that vary with the batch or the input's spatial size (so a new
+# input size compiles nothing: NHWC strides with channel counts divisible by 16 keep their
+# class at every size), and dilation (a dilated trunk's convs share the plain convs' binaries).
+_SIZES = ("M", "H", "W", "OH", "OW", "DH", "DW", "ITERS")
+
+
+@triton.jit(do_not_specialize=_SIZES)
 def _conv_kernel(
     # pointers (n_ptr: the stem's pixel_norm table, read only when NORMALIZE; cnt_ptr: the
     # fused split's arrival counters)
@@ -169,6 +174,12 @@ def _conv_kernel(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
         srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED,
     )
+
+
+# The flat-K path (the stem, thin inputs) as a kernel of its own that does not specialize on x's
+# strides either: the stem reads the caller's input, often NCHW, whose strides (W, H*W) are
+# spatial sizes; its gathered loads never vectorize along them anyway.
+_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_SIZES + ("sxn", "sxh", "sxw", "sxc"))
 
 
 class ConvGeometry(NamedTuple):
@@ -329,7 +340,7 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     fused = splits > 1 and cfg.fused_split
     cnt = split_counters(counters, tiles, b) if fused else b
     mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype == torch.float32 else NORM_FMA)
-    launch(_conv_kernel, (tiles, splits),
+    launch(_conv_stem_kernel if flat else _conv_kernel, (tiles, splits),
         x, w, b, r, y, ws, b if norm is None else norm, cnt,
         g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.C // g.G, g.CO // g.G, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
@@ -370,7 +381,8 @@ def conv_bn_relu(
     Accumulates in float32; float32 inputs use exact fp32 products unless input_precision="tf32".
     A config with SPLIT_K > 1 (the default for grids that leave most SMs idle) takes two
     launches: the split K loop into float32 partials, then their sum with the epilogue; the
-    partials go to `workspace` (float32, contiguous, >= splits*M*Cout elements) if given,
+    partials go to `workspace` (float32, contiguous, >= splitk.workspace_numel(M, Cout, splits)
+    elements: splits planes of M*Cout rounded up to 16) if given,
     else to a fresh buffer. A fused split (``config.fused_split``: variant "fused_k", or a TMA
     config) is one launch; its tiles count arrivals in `counters` (int32, contiguous, at
     least one word per output tile, all zero: every fused launch leaves them zero again),

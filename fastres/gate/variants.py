@@ -80,6 +80,13 @@ _POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_
                   "n_ptr": "fp32", "cnt_ptr": "fp32"}
 
 
+def _plane(m: int, cout: int) -> int:
+    """The split-K workspace's plane stride, as the launchers pad it (kernels.splitk.split_plane)."""
+    from ..kernels.splitk import split_plane
+
+    return split_plane(m, cout)
+
+
 def _counters(fused: bool) -> dict[str, str]:
     """A fused split's launch passes its int32 counters; any other, the bias as a stand-in."""
     return {"cnt_ptr": "i32" if fused else "fp32"}
@@ -116,7 +123,7 @@ def _conv_variant(
         # weights [Cout, KH, KW, Cin/groups]
         "swo": k * k * cin // groups, "swh": k * cin // groups, "sww": cin // groups, "swc": 1,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
-        "sws": n * oh * oh * cout if split else 0,
+        "sws": _plane(n * oh * oh, cout) if split else 0,
     }
     meta = {"KH": k, "KW": k, "FLAT_K": flat, "GROUPED": groups > 1, "HAS_RESIDUAL": residual, "RELU": True,
             "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused, "NORMALIZE": normalize}
@@ -144,7 +151,7 @@ def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: boo
         **_nhwc(n, cin, hw, hw, "sx"),
         "swo": cin, "swc": 1,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
-        "sws": n * oh * oh * cout if split else 0,
+        "sws": _plane(n * oh * oh, cout) if split else 0,
     }
     meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused}
     name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, fused)
@@ -161,7 +168,7 @@ def _fc_variant(n: int, y: str, prec: str, fused: bool = False) -> Variant:
         "M": n, "C": 2048, "OH": 1, "OW": 1, "CO": 1000, "SH": 1, "SW": 1,
         "sxn": 2048, "sxh": 2048, "sxw": 2048, "sxc": 1, "swo": 2048, "swc": 1,
         "srn": 1000, "srh": 1, "srw": 1, "src": 1, "syn": 1000, "syh": 1, "syw": 1, "syc": 1,
-        "sws": n * 1000 if request > 1 else 0,
+        "sws": _plane(n, 1000) if request > 1 else 0,
     }
     meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1,
             "FUSED": fused and request > 1}
@@ -185,7 +192,7 @@ def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, h
         "M": n * oh * oh, "MT": mt, "N": n, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
         "SH": s, "SW": s, "PH": p, "PW": p, **_nhwc(n, cin, hw, hw, "sx"), "swo": k * k * cin,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
-        "sws": n * oh * oh * cout if split else 0,
+        "sws": _plane(n * oh * oh, cout) if split else 0,
     }
     meta = {"KH": k, "KW": k, "A_TMA": a_tma, "HAS_RESIDUAL": residual, "RELU": True, "INPUT_PRECISION": "ieee",
             "SPLIT": split}
@@ -213,7 +220,7 @@ def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, resi
         if split and request < 2:
             raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {"M": m, "C": cin, "OH": oh, "OW": oh, "CO": cout, "sxm": cin, "swo": cin, **out,
-              "sws": m * cout if split else 0}
+              "sws": _plane(m, cout) if split else 0}
     pointers = dict(pointers, **_counters(split))
     meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": "ieee", "SPLIT": split, "WARP_SPECIALIZE": ws}
     what = f"fc/N{n}" if head is not None else "1x1/s1"
@@ -260,7 +267,7 @@ def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, r
     head's logits [N, classes] viewed as [N, classes, 1, 1] (h and w strides 1)."""
     n = m // (hw * hw)
     strides = _nhwc(n, cout, hw, hw, "s") if hw > 1 else {"sn": cout, "sh": 1, "sw": 1, "sc": 1}
-    values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": m * cout,
+    values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": _plane(m, cout),
               **{"sr" + k[1:]: v for k, v in strides.items()}, **{"sy" + k[1:]: v for k, v in strides.items()}}
     name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + ("" if y == "x" else f"/y:{y}") + f" [{label}]"
     return Variant.make(name, {"HAS_RESIDUAL": residual, "RELU": relu}, values,
