@@ -129,6 +129,16 @@ _SPACE["conv_stem"] = {
     **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
 }
+# conv_grouped: the conv kernel on grouped convs (ResNeXt's 3x3s). BLOCK_N = BLOCK_K, so that
+# select_config's BLOCK_K (the widest the per-group reduction Cin/groups fills) also sizes the
+# tile to the group: with 4 or 8 channels per group a 16-wide tile spans 4 or 2 groups and
+# its block-diagonal weight tile wastes 3/4 or 1/2 of the MMA; with 16 or more, a tile stays
+# inside one group (bench/NOTES.md, grouped convs).
+_SPACE["conv_grouped"] = {
+    **{dt: (C(64, 16, 16, 4, 4), C(128, 16, 16, 4, 4), C(64, 32, 32, 4, 4), C(64, 64, 64, 4, 4)) for dt in _16},
+    # float32: 64x32x32 spills 8 B (the gate: on 3 stages on sm_90, on 2 with tf32 on sm_80/86/89)
+    torch.float32: (C(64, 16, 16, 4, 3),),
+}
 # conv1x1: a plain GEMM, so 8 warps are allowed and carry the 128x128 tile.
 _SPACE["conv1x1"] = {
     **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4))
@@ -172,6 +182,7 @@ _SPACE["splitk_reduce"] = {dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.flo
 _INTERPRETER = {
     "conv": C(512, 256, 256, 4, 1),
     "conv_stem": C(512, 256, 256, 4, 1),
+    "conv_grouped": C(512, 64, 64, 4, 1),  # a wider tile spans more groups: mostly zeros
     "conv1x1": C(512, 256, 256, 4, 1),
     "avgpool": C(64, 256, 1, 4, 1),
     "max_pool2d": C(64, 64, 1, 4, 1),
@@ -180,9 +191,9 @@ _INTERPRETER = {
 }
 
 KERNELS = tuple(_SPACE)
-GEMM_KERNELS = ("conv", "conv_stem", "conv1x1")
+GEMM_KERNELS = ("conv", "conv_stem", "conv_grouped", "conv1x1")
 # The convs whose K loop may be split (kernels/splitk.py).
-SPLIT_KERNELS = ("conv", "conv_stem", "conv1x1")
+SPLIT_KERNELS = ("conv", "conv_stem", "conv_grouped", "conv1x1")
 NUM_SMS_DEFAULT = 132  # H100 SXM / H200
 # Split-K heuristic: split only grids that leave at least half the SMs idle, and give every
 # split at least this many K-loop iterations (each split writes a float32 partial tile that
@@ -293,12 +304,14 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
     return split
 
 
-def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
+def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: int = 1) -> bool:
     """Whether `config`'s variant can run a conv reducing over K channels per tap at `stride`
     (what the TMA launchers require: 16-byte aligned rows, whole BLOCK_K steps inside a tap,
-    and for TMA activations stride 1)."""
+    for TMA activations stride 1, and no dilation; grouped convs have no TMA configs)."""
     if not config.tma:
         return True
+    if dilation != 1:
+        return False
     if kernel == "conv1x1":
         return stride == 1 and K % 8 == 0
     if kernel == "conv":
@@ -310,7 +323,7 @@ def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
     residual: bool = False, sms: int | None = None, target: str | None = None, max_shared: int | None = None,
-    stride: int = 1,
+    stride: int = 1, dilation: int = 1,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space that applies to
     it (`applies`; for a conv with a residual, those that take one), and every tile split by
@@ -321,7 +334,7 @@ def tuning_candidates(
     sms, target, max_shared = _device(device, sms, target, max_shared)
 
     def ok(c: Config) -> bool:
-        return applies(kernel, c, K=K, stride=stride)
+        return applies(kernel, c, K=K, stride=stride, dilation=dilation)
 
     space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared) if ok(c))
     if kernel not in SPLIT_KERNELS:

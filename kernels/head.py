@@ -20,11 +20,13 @@ from ._checks import (
 )
 from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
-from .splitk import check_workspace, config_splits, reduce_partials, split_counters, workspace_numel
+from .splitk import check_workspace, config_splits, reduce_partials, split_counters, split_plane, workspace_numel
 from .launch import launch
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (strides past them only depend on channel counts).
+@triton.jit(do_not_specialize=("HW", "W"))
 def _avgpool_kernel(
     # pointers
     x_ptr, p_ptr,
@@ -144,7 +146,7 @@ def avgpool_fc(
         N, C, 1, 1, CLS, 1, 1, iters,
         C, C, C, 1,
         w.stride(0), 1,
-        *ys, *ys, N * CLS if splits > 1 else 0,
+        *ys, *ys, split_plane(N, CLS) if splits > 1 else 0,
         HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1, FUSED=fused,
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )

@@ -86,3 +86,100 @@ def test_dilation_checks(device):
         K.conv_bn_relu(x, w, b, dilation=3)
     with pytest.raises(ValueError, match=r"the TMA conv runs neither dilated nor grouped"):
         K.conv_bn_relu(x, w, b, padding=2, dilation=2, config=Config(64, 64, 16, 4, 4, variant="tma"))
+
+
+# ---------------------------------------------------------------- groups
+
+def _resnext_stages(groups: int, width: int) -> list[tuple]:
+    """(label, channels, groups) of each stage's grouped 3x3 of a ResNeXt (groups x width d)."""
+    return [(f"{groups}x{width}d_layer{i + 1}", groups * width * 2 ** i, groups) for i in range(4)]
+
+
+RESNEXT = _resnext_stages(32, 4) + _resnext_stages(32, 8) + _resnext_stages(64, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("stage", RESNEXT, ids=[s[0] for s in RESNEXT])
+def test_resnext_widths(stage, dtype, device):
+    """Every stage's grouped 3x3 of resnext50_32x4d, resnext101_32x8d and resnext101_64x4d (4 to
+    64 channels per group): stride 1 at an odd size, and the stage's first block at stride 2."""
+    _, c, g = stage
+    # The interpreter pays per loop step: a 128-wide K step covers a 128-wide tile's groups
+    # in one step per tap (the GPU runs the launcher's own config).
+    cfg = Config(16, 128, 128, 4, 1) if device.type == "cpu" else None
+    check(1, c, 5, 3, c, 3, padding=1, groups=g, dtype=dtype, device=device, config=cfg)
+    check(1, c, 5, 4, c, 3, stride=2, padding=1, groups=g, relu=False, dtype=dtype, device=device, config=cfg)
+
+
+GROUPED_TILES = [
+    Config(16, 16, 16, 4, 1),   # 4 groups of 4 per tile, block-diagonal weights
+    Config(16, 32, 16, 4, 1),   # 2 groups of 12 output channels per tile, one straddled (COG 12)
+    Config(32, 16, 32, 4, 1),   # inside one group; K step wider than a group's 8 input channels
+    Config(64, 64, 64, 4, 4),   # from the float16 space
+]
+
+
+@pytest.mark.parametrize("cfg", GROUPED_TILES, ids=[c.name for c in GROUPED_TILES])
+@pytest.mark.parametrize("case", [(16, 16, 4), (24, 48, 4), (16, 32, 2), (20, 30, 5)],
+                         ids=["cig4", "cig6_cog12", "cig8_cog16", "cig4_cog6"])
+def test_forced_tiles(case, cfg, device):
+    """Tiles inside a group, spanning several, straddling a group boundary; channel counts
+    that are no multiple of the tile; the residual."""
+    cin, cout, g = case
+    check(2, cin, 5, 5, cout, 3, padding=1, groups=g, residual=True, config=cfg, device=device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("fused", [False, True], ids=["reduce", "fused"])
+def test_grouped_split(fused, dtype, device):
+    """Split K loops (reduce launch and fused) with the residual, dilated too."""
+    cfg = Config(16, 16, 16, 4, 1, SPLIT_K=3, variant="fused_k" if fused else "ptr")
+    check(1, 64, 5, 5, 64, 3, padding=1, groups=2, residual=True, config=cfg, dtype=dtype, device=device)
+    check(1, 32, 7, 5, 32, 3, padding=2, dilation=2, groups=8, residual=True, config=cfg, dtype=dtype, device=device)
+
+
+def test_grouped_default_configs_run(device):
+    """Every config select_config / tuning_candidates offer for a grouped conv runs it right
+    (the GPU heuristic's choices for an H100, forced here under the interpreter)."""
+    from fastres.kernels.config import tuning_candidates
+    from fastres.kernels.conv import conv_problem
+
+    space, n, k, taps = conv_problem(64, 64, 3, 3, 16)
+    assert (space, n, k, taps) == ("conv_grouped", 64, 4, 9)
+    cands = tuning_candidates(space, torch.float16, M=49, N=n, K=k, taps=taps, sms=132, target="sm_90")
+    assert cands and not any(c.tma for c in cands)
+    for cfg in cands:
+        check(1, 64, 7, 7, 64, 3, padding=1, groups=16, config=cfg, dtype=torch.float16, device=device)
+
+
+def test_depthwise(device):
+    """groups = channels (one channel per group) is a grouped conv like any other."""
+    check(2, 16, 5, 5, 32, 3, padding=1, groups=16, device=device)
+
+
+def test_groups_checks(device):
+    x = rand_nhwc(1, 16, 5, 5, device=device)
+    w, b = rand_nhwc(16, 4, 3, 3, device=device), torch.zeros(16, device=device)
+    K.conv_bn_relu(x, w, b, padding=1, groups=4)
+    with pytest.raises(ValueError, match=r"groups=3 must divide the input channels \(16\) and the output channels \(16\)"):
+        K.conv_bn_relu(x, w, b, groups=3)
+    with pytest.raises(ValueError, match=r"groups must be >= 1, got 0"):
+        K.conv_bn_relu(x, w, b, groups=0)
+    with pytest.raises(TypeError, match=r"groups must be an int, got 2.0"):
+        K.conv_bn_relu(x, w, b, groups=2.0)
+    with pytest.raises(ValueError, match=r"w has 4 input channels per group \(2 groups\).*w must be \[16, 8, KH, KW\]"):
+        K.conv_bn_relu(x, w, b, groups=2)
+    with pytest.raises(ValueError, match=r"w has 4 input channels \(shape"):
+        K.conv_bn_relu(x, w, b)
+    with pytest.raises(ValueError, match=r"the TMA conv runs neither dilated nor grouped"):
+        K.conv_bn_relu(x, w, b, padding=1, groups=4, config=Config(64, 64, 16, 4, 4, variant="tma"))
+
+
+def test_fold_bn_takes_grouped_weights():
+    w = torch.randn(8, 2, 3, 3, dtype=torch.float64)
+    g, beta, mean, var = torch.rand(8) + 0.5, torch.randn(8), torch.randn(8), torch.rand(8) + 0.5
+    wf, bf = K.fold_bn(w, g, beta, mean, var, 1e-5, dtype=torch.float32)
+    scale = g.double() / torch.sqrt(var.double() + 1e-5)
+    assert wf.shape == (8, 2, 3, 3) and wf.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(wf.double(), w * scale[:, None, None, None], rtol=1e-6)
+    assert torch.allclose(bf.double(), beta.double() - mean.double() * scale, rtol=1e-6)

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 # config's TMA variants run a kernel of their own (TMA_KERNEL_FN).
 KERNEL_FN = {
     "conv": ("conv", "_conv_kernel"),
-    "conv_stem": ("conv", "_conv_kernel"),
+    "conv_stem": ("conv", "_conv_stem_kernel"),
+    "conv_grouped": ("conv", "_conv_kernel"),
     "conv1x1": ("gemm1x1", "_gemm1x1_kernel"),
     "avgpool": ("head", "_avgpool_kernel"),
     "max_pool2d": ("pool", "_max_pool_kernel"),

@@ -90,8 +90,20 @@ def compile_key(launch: Launch) -> tuple:
             continue  # a default the launcher left out: the same in every launch
         classes.append((p.name, jit_class(args[p.name], specialize=not p.do_not_specialize, constexpr=p.constexpr)))
     options = tuple((k, args[k]) for k in OPTIONS if k in args)
-    name = getattr(getattr(fn, "fn", fn), "__qualname__", str(fn))
-    return (name, tuple(classes), options)
+    return (kernel_name(fn), tuple(classes), options)
+
+
+def kernel_name(fn: Any) -> str:
+    """The module-level name of a @triton.jit kernel (two kernels may share one function, as
+    the stem's and the other convs' do), else its function's name."""
+    import sys
+
+    py = getattr(fn, "fn", fn)
+    module = sys.modules.get(getattr(py, "__module__", ""), None)
+    for name, value in vars(module or object()).items():
+        if value is fn:
+            return name
+    return getattr(py, "__qualname__", str(fn))
 
 
 def compile_keys(launches) -> set[tuple]:
