@@ -106,10 +106,9 @@ class Arena:
             return lambda x: K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
                                        workspace=ws, counters=cnt)
         if step.kernel == CONV:
-            # dilation and groups passed only where a model has them (the plain kernel takes neither).
-            extra = {k: v for k, v in (("dilation", spec.dilation), ("groups", spec.groups)) if v != 1}
-            return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
-                                            residual=r, out=y, config=cfg, workspace=ws, counters=cnt, **extra)
+            return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, dilation=spec.dilation,
+                                            groups=spec.groups, relu=spec.relu, residual=r, out=y, config=cfg,
+                                            workspace=ws, counters=cnt)
         raise ValueError(f"unknown kernel {step.kernel!r} in step {step.layer}")
 
     def run(self, x: torch.Tensor) -> None:

@@ -8,7 +8,6 @@ CUDA a captured graph). A repeated forward at a known shape allocates nothing bu
 from __future__ import annotations
 
 import collections
-import inspect
 import math
 import threading
 import warnings
@@ -20,7 +19,7 @@ from . import kernels as K
 from .arena import Arena
 from .device import DeviceInfo
 from .plan import (ARCHS, LAYERS, NO_DILATION, UnsupportedModelError, check_dilate, check_params, check_returns,
-                   arch_convs, param_shapes, returns_depth)
+                   arch_blocks, param_shapes, returns_depth)
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -74,6 +73,7 @@ class ResNet(torch.nn.Module):
             raise ValueError("give num_classes (a classifier) or returns (a trunk's outputs), not both or neither")
         self.dilate = check_dilate(dilate)
         self.depth = returns_depth(self.returns)
+        arch_blocks(arch, self.dilate, self.depth)  # refuses a dilation torchvision never builds
         self.arch, self.dtype = arch, dtype
         self.num_classes = None if num_classes is None else int(num_classes)
         self.device = torch.device(device)
@@ -95,7 +95,6 @@ class ResNet(torch.nn.Module):
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
         check_params(params, arch, self.num_classes, dtype, self.depth)
-        self._check_kernels()
         self._params: dict[str, torch.Tensor] = {}
         for key in param_shapes(arch, self.num_classes, self.depth):
             t = params[key]
@@ -107,18 +106,10 @@ class ResNet(torch.nn.Module):
         # Input shapes kept built; the least recently used beyond this is freed.
         self.max_shapes = int(max_shapes)
         self._arenas: collections.OrderedDict[tuple, Arena] = collections.OrderedDict()
+        # (batch, layer) -> the configs that layer has been built with, first first (see schedule()).
+        self._ran: dict[tuple[int, str], dict] = {}
         self._arenas_lock = threading.Lock()
         self._build_lock = threading.Lock()
-
-    def _check_kernels(self) -> None:
-        """Refuse now, not at the first launch, a network whose convs need what the conv
-        kernel does not take (grouped or dilated convs need its groups= / dilation=)."""
-        needs = {name for c in arch_convs(self.arch, self.dilate, self.depth)
-                 for name, value in (("groups", c.groups), ("dilation", c.dilation)) if value != 1}
-        missing = sorted(needs - set(inspect.signature(K.conv_bn_relu).parameters))
-        if missing:
-            raise UnsupportedModelError(f"{self.arch} needs {' and '.join(missing)} in the conv kernel "
-                                        "(kernels.conv_bn_relu), which these kernels do not take")
 
     # nn.Module plumbing: the packed parameters are tied to one device and dtype.
     def _apply(self, fn, recurse=True):
@@ -169,11 +160,24 @@ class ResNet(torch.nn.Module):
 
     def schedule(self, x: "torch.Tensor | Sequence[int]") -> Schedule:
         """The launch schedule for an input like x (a tensor, or its shape [N, 3, H, W]), with
-        the heuristic tile configs: what runs, on which buffers, with which tile and K split.
-        Plain data, nothing runs; print it for a table."""
+        the tile configs it would run untuned: what runs, on which buffers, with which tile and
+        K split. Plain data, nothing runs; print it for a table.
+
+        The configs are the heuristic's, except that a new input size never brings a new
+        binary: where the heuristic picks for a layer a config that layer has not run at an
+        earlier shape of the same batch, the layer keeps the config it ran first (kernel sizes
+        are not specialized, so the binaries compiled for it serve every size)."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
-        return build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
-                              dilate=self.dilate, returns=self.returns)
+        schedule = build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
+                                  dilate=self.dilate, returns=self.returns)
+        if self.tuner is not None:
+            return schedule  # tuning measures (and so compiles) its own candidates
+        keep = {}
+        for i, step in enumerate(schedule.steps):
+            ran = self._ran.get((shape[0], step.layer))
+            if ran and step.config not in ran:
+                keep[i] = next(iter(ran))
+        return schedule.with_configs(keep) if keep else schedule
 
     def _tune_key(self, step: Step, batch: int) -> str:
         spec = step.spec
@@ -258,6 +262,8 @@ class ResNet(torch.nn.Module):
                     progress.update()
         if cached:
             arena.reschedule(schedule.with_configs(cached))
+        for step in arena.schedule.steps:
+            self._ran.setdefault((N, step.layer), {})[step.config] = None
         return arena
 
     def _arena(self, x: torch.Tensor, norm: tuple | None = None) -> Arena:

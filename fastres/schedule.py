@@ -19,21 +19,11 @@ import torch
 from .device import DeviceInfo
 from .kernels._checks import out_size
 from .kernels.config import Config, select_config, tuning_candidates
-from .kernels.conv import reduction
+from .kernels.conv import conv_problem
 from .kernels.head import head_workspace_numel
 from .kernels.splitk import config_splits, workspace_numel
 from .plan import (ARCHS, LAYERS, NO_DILATION, ConvSpec, UnsupportedModelError, arch_blocks, check_dilate, check_returns,
                    returns_depth)
-
-try:
-    from .kernels.conv import conv_problem
-except ImportError:  # kernels without grouped convolution: only groups=1
-    def conv_problem(cin: int, cout: int, kh: int, kw: int, groups: int = 1) -> tuple[str, int, int, int]:
-        if groups != 1:
-            raise UnsupportedModelError(f"grouped convolutions (groups={groups}) need a conv kernel with groups")
-        flat, k, space = reduction(cin, kh, kw)
-        return space, cout, k, 1 if flat else kh * kw
-
 
 Shape = tuple[int, int, int, int]
 
@@ -76,12 +66,9 @@ class Step:
             return ()
         m, n, k, taps = self.gemm
         stride = self.spec.stride if self.spec is not None else 1
-        found = tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                  stride=stride, **_planned_for(device))
-        if self.spec is not None and (self.spec.dilation, self.spec.groups) != (1, 1):
-            # The TMA conv runs neither dilated nor grouped convs.
-            found = tuple(c for c in found if not c.tma)
-        return found
+        dilation = self.spec.dilation if self.spec is not None else 1
+        return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
+                                 stride=stride, dilation=dilation, **_planned_for(device))
 
 
 def _planned_for(device: DeviceInfo) -> dict:

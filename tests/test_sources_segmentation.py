@@ -3,7 +3,6 @@ dilated ResNet backbone on fastres."""
 from __future__ import annotations
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -43,8 +42,6 @@ def test_refuses_a_training_model():
         fastres.from_torchvision(_build("fcn_resnet50").train(), dtype=torch.float32, device=DEVICE)
 
 
-@pytest.mark.skipif("dilation" not in inspect.signature(fastres.kernels.conv_bn_relu).parameters,
-                    reason="needs the conv kernel's dilation=")
 def test_fcn_end_to_end():
     model = _build("fcn_resnet50", aux_loss=True)
     x = torch.rand(1, 3, 32, 32)

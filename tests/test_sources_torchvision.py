@@ -3,7 +3,6 @@ FrozenBatchNorm2d, float64 models, dilated and grouped ResNets, and what is refu
 from __future__ import annotations
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -15,10 +14,6 @@ import fastres
 from fastres.models import calibrate_
 from fastres.plan import UnsupportedModelError
 from helpers import DEVICE, assert_close
-
-KERNEL_TAKES = set(inspect.signature(fastres.kernels.conv_bn_relu).parameters)
-needs_dilation = pytest.mark.skipif("dilation" not in KERNEL_TAKES, reason="needs the conv kernel's dilation=")
-needs_groups = pytest.mark.skipif("groups" not in KERNEL_TAKES, reason="needs the conv kernel's groups=")
 
 
 def _resnet18(**kwargs) -> torch.nn.Module:
@@ -102,7 +97,6 @@ def test_refusals():
     _refuses(fx, "GraphModule", "IntermediateLayerGetter")
 
 
-@needs_dilation
 def test_dilated_classifier_plans_torchvisions_shapes():
     # The numerics of dilated convs run end to end in test_sources_segmentation (FCN); here the
     # plan a dilated classifier gets: its stages keep their resolution, its logits the same shape.
@@ -113,11 +107,10 @@ def test_dilated_classifier_plans_torchvisions_shapes():
     assert s.steps[-1].in_shape == (1, 2048, 28, 28) and s.steps[-1].out_shape == (1, 3)
 
 
-@needs_groups
 def test_resnext_logits():
     torch.manual_seed(0)
     model = calibrate_(torchvision.models.resnext50_32x4d(num_classes=6), size=(32, 32))
     fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
     assert fast.arch == "resnext50_32x4d"
-    x = torch.randn(1, 3, 29, 35)
+    x = torch.randn(1, 3, 21, 18)
     assert_close(fast(x.to(DEVICE)), _reference(model, x), 1e-4)
