@@ -13,7 +13,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import fastres
 from fastres.models import calibrate_
 from fastres.plan import UnsupportedModelError
-from helpers import DEVICE, assert_close
+from helpers import DEVICE, ON_GPU, assert_close
 
 
 def _resnet18(**kwargs) -> torch.nn.Module:
@@ -29,7 +29,7 @@ def test_trunk_returns_its_layers_under_the_callers_names_in_order():
     getter = IntermediateLayerGetter(_resnet18(), return_layers={"layer3": "c3", "layer1": "c1"}).eval()
     fast = fastres.from_torchvision(getter, dtype=torch.float32, device=DEVICE)
     assert isinstance(fast, fastres.ResNet) and fast.num_classes is None
-    x = torch.randn(2, 3, 37, 29)
+    x = torch.randn(2, 3, 23, 19)
     ref = _reference(getter, x)
     out = fast(x.to(DEVICE))
     assert list(out) == list(ref) == ["c1", "c3"]
@@ -107,10 +107,26 @@ def test_dilated_classifier_plans_torchvisions_shapes():
     assert s.steps[-1].in_shape == (1, 2048, 28, 28) and s.steps[-1].out_shape == (1, 3)
 
 
-def test_resnext_logits():
+def test_resnext_trunk():
+    # Grouped 3x3s at stride 1 and 2 (layer1, layer2), through the engine's plumbing; the full
+    # classifier below costs half a minute of the interpreter and adds no other conv geometry.
     torch.manual_seed(0)
     model = calibrate_(torchvision.models.resnext50_32x4d(num_classes=6), size=(32, 32))
-    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
+    getter = IntermediateLayerGetter(model, return_layers={"layer2": "x"}).eval()
+    fast = fastres.from_torchvision(getter, dtype=torch.float32, device=DEVICE)
     assert fast.arch == "resnext50_32x4d"
+    assert {s.spec.groups for s in fast.schedule((1, 3, 21, 18)).steps if s.spec is not None} == {1, 32}
     x = torch.randn(1, 3, 21, 18)
-    assert_close(fast(x.to(DEVICE)), _reference(model, x), 1e-4)
+    assert_close(fast(x.to(DEVICE))["x"], _reference(getter, x)["x"], 1e-4)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="a whole ResNeXt costs half a minute or more of the interpreter: GPU only "
+                                       "(test_resnext_trunk runs its grouped convs on the CPU)")
+@pytest.mark.parametrize("arch", ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"])
+def test_resnext_logits(arch):
+    torch.manual_seed(0)
+    model = calibrate_(getattr(torchvision.models, arch)(num_classes=50), size=(64, 64)).to(DEVICE)
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
+    assert fast.arch == arch
+    x = torch.rand(2, 3, 64, 64, device=DEVICE)
+    assert_close(fast(x), _reference(model.cpu(), x.cpu()), 1e-4)
