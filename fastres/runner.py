@@ -113,6 +113,8 @@ def main(args) -> int:
                 fast = conv.load(args.weights, device=device, tune=args.tune and on_gpu)
             except (conv.WeightsError, FileNotFoundError) as exc:
                 raise UserError(str(exc)) from None
+        if fast.num_classes is None:
+            raise UserError(f"{args.weights} holds a detection or segmentation trunk: `fastres run` runs classifiers")
         if args.arch and args.arch != fast.arch:
             raise UserError(f"--arch {args.arch} contradicts {args.weights}, which holds {fast.arch}")
         if args.dtype and getattr(torch, args.dtype) != fast.dtype:

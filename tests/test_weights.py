@@ -527,7 +527,10 @@ LOAD_CASES = {
     "truncated (last bytes)": (_truncated(0), ["truncated or corrupt"]),
     "truncated (half)": (_truncated(0.5), ["truncated or corrupt"]),
     "truncated early": (_truncated(0.0005), ["truncated or corrupt"]),
-    "format version 2": (lambda g, p: rewrite(g, p, meta={"format_version": "2"}), ["format version '2'", "version 1"]),
+    "format version 3": (lambda g, p: rewrite(g, p, meta={"format_version": "3"}), ["format version '3'", "versions 1 and 2"]),
+    "version 2 without returns": (lambda g, p: rewrite(g, p, meta={"format_version": "2"}), ["invalid trunk metadata"]),
+    "version 2 returning fc": (lambda g, p: rewrite(g, p, meta={"format_version": "2", "returns": '{"fc": "x"}',
+                                                                  "dilate": "0,0,0"}), ["invalid trunk metadata", "fc"]),
     "not a fastres file": (lambda g, p: save_file({"fc.weight": torch.zeros(2, 2)}, str(p), metadata={"format": "pt"}) or p,
                            ["not a fastres weights file", "fastres convert"]),
     "unknown arch": (lambda g, p: rewrite(g, p, meta={"arch": "resnet99"}), ["resnet99"]),
@@ -741,3 +744,32 @@ def test_convert_resnext_infers_the_arch_and_keeps_grouped_weights(tmp_path):
     bn = model.layer1[0].bn2
     scale = bn.weight / (bn.running_var + bn.eps).sqrt()
     torch.testing.assert_close(w, model.layer1[0].conv2.weight * scale[:, None, None, None])
+
+
+@pytest.mark.parametrize("builder, returns, dilate", [
+    ("detection.retinanet_resnet50_fpn", {"layer2": "0", "layer3": "1", "layer4": "2"}, (False, False, False)),
+    ("segmentation.fcn_resnet50", {"layer3": "aux", "layer4": "out"}, (False, True, True)),
+])
+def test_convert_the_trunk_of_a_detection_or_segmentation_checkpoint(tmp_path, builder, returns, dilate):
+    kind, name = builder.split(".")
+    torch.manual_seed(0)
+    kwargs = dict(aux_loss=True) if kind == "segmentation" else {}
+    model = getattr(getattr(torchvision.models, kind), name)(weights=None, weights_backbone=None, num_classes=3,
+                                                             **kwargs).eval()
+    src = tmp_path / "ckpt.pth"
+    torch.save(model.state_dict(), src)
+    out = W.convert(src, tmp_path / "trunk.safetensors", dtype=torch.float32)
+    meta = W.read_metadata(out)
+    assert meta["format_version"] == "2" and meta["arch"] == "resnet50" and "num_classes" not in meta
+    trunk = W.load(out, device="cpu")
+    assert dict(trunk.returns) == returns and trunk.dilate == dilate and trunk.num_classes is None
+    # The same folded weights as the module's own trunk gives.
+    body = model.backbone.body if kind == "detection" else model.backbone
+    direct = from_torchvision(body, dtype=torch.float32, device="cpu")
+    assert dict(direct.returns) == returns and direct.dilate == dilate
+    for k, v in direct.params().items():
+        torch.testing.assert_close(trunk.params()[k], v, rtol=0, atol=0)
+    # Classifier paths say what the file is instead of failing later.
+    with pytest.raises(WeightsError, match="trunk"):
+        W.open_model(out, device="cpu")
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "again.safetensors")]) == 0
