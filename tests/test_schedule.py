@@ -205,3 +205,14 @@ def test_trunk_stops_after_its_last_returned_layer():
         build_schedule("resnet18", (1, 3, 32, 32), torch.float16, H100, returns={"fc": "logits"})
     with pytest.raises(UnsupportedModelError, match="BasicBlocks"):
         build_schedule("resnet18", (1, 3, 32, 32), torch.float16, H100, dilate=(False, False, True))
+
+
+def test_resnext_grouped_convs_are_planned_per_group():
+    s = build_schedule("resnext50_32x4d", (1, 3, 64, 64), torch.float16, H100)
+    grouped = [st for st in s.steps if st.spec is not None and st.spec.groups > 1]
+    assert len(grouped) == 16 and {st.spec.groups for st in grouped} == {32}
+    for st in grouped:
+        assert st.space == "conv_grouped" and st.kernel == "conv_bn_relu"
+        # (M, N, K, taps): K is one group's input channels, per tap.
+        assert st.gemm[1:] == (st.spec.cout, st.spec.cin // 32, 9), st.layer
+    assert [st.spec.cin for st in grouped if st.layer.endswith(".0.conv2")] == [128, 256, 512, 1024]
