@@ -329,11 +329,15 @@ def tuning_candidates(
     it (`applies`; for a conv with a residual, those that take one), and every tile split by
     `choose_split` where that splits it (the heuristic's own choice is among them): pointer
     tiles both with the reduce launch and, on Hopper, fused ("fused_k"); TMA tiles fused; warp
-    specialized tiles never split. `sms`, `target`, `max_shared`: the device planned for
-    (default: `device`'s, else an H100's: 132 SMs, sm_90)."""
+    specialized tiles never split; for ``conv_grouped``, tiles whose K step Cin/groups (K) fills.
+    `sms`, `target`, `max_shared`: the device planned for (default: `device`'s, else an H100's:
+    132 SMs, sm_90); `stride`, `dilation`: the conv's (TMA variants apply to neither dilation)."""
     sms, target, max_shared = _device(device, sms, target, max_shared)
 
     def ok(c: Config) -> bool:
+        # A grouped conv's tile is as wide as its K step (conv_grouped): no wider than a group fills.
+        if kernel == "conv_grouped" and c.BLOCK_K > _pow2_at_least(K):
+            return False
         return applies(kernel, c, K=K, stride=stride, dilation=dilation)
 
     space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared) if ok(c))
@@ -384,7 +388,7 @@ def select_config(
     # The untuned heuristic keeps the pointer kernels (the TMA variants wait for a GPU run).
     space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
                   if c.variant == "ptr")
-    if kernel not in ("conv", "conv_stem", "conv1x1"):
+    if kernel not in GEMM_KERNELS:
         return space[0]
     kmax = _pow2_at_least(K)
     widest = max(c.BLOCK_K for c in space if c.BLOCK_K <= kmax) if any(c.BLOCK_K <= kmax for c in space) else min(c.BLOCK_K for c in space)
