@@ -67,6 +67,12 @@ def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
     return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
 
 
+# The linear layer: the 1x1 conv kernel on 1x1 "images", whose OH = OW = 1 stay constants (the
+# general kernel leaves them unspecialized, and its index math for them spills next to the
+# 128-row tiles); only the batch (M) is left unspecialized.
+_fc_kernel = triton.jit(_gemm1x1_kernel.fn, do_not_specialize=("M", "ITERS"))
+
+
 def _pooled_numel(N: int, C: int) -> int:
     # Rounded up to 4 floats so that the partials after it start 16-byte aligned, which the
     # JIT specializes on (vectorized stores).
@@ -137,11 +143,11 @@ def avgpool_fc(
         from .gemm_tma import launch_gemm_tma
 
         launch_gemm_tma(pooled, C, w, b, None, y4, M=N, C=C, CO=CLS, OH=1, OW=1, relu=False, precision=precision,
-                        config=cfg, workspace=partials if splits > 1 else None, counters=counters)
+                        config=cfg, workspace=partials if splits > 1 else None, counters=counters, fc=True)
         return y
     tiles = triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N)
     fused = splits > 1 and cfg.fused_split
-    launch(_gemm1x1_kernel, (tiles, splits),
+    launch(_fc_kernel, (tiles, splits),
         pooled, w, b, y4, y4, partials if splits > 1 else b, split_counters(counters, tiles, b) if fused else b,
         N, C, 1, 1, CLS, 1, 1, iters,
         C, C, C, 1,

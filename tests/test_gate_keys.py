@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastres import kernels as K
-from fastres.gate.keys import compile_key, compile_keys, jit_class, recording, unspecialized
+from fastres.gate.keys import compile_key, compile_keys, jit_class, recording, unaligned, unspecialized
 from fastres.kernels import Config, use_config
 from fastres.kernels.conv import _conv_kernel, _conv_stem_kernel
 from helpers import rand_nhwc
@@ -66,6 +66,7 @@ def test_keys_tell_specializations_apart():
 def test_jit_class():
     assert jit_class(1) == ("constexpr", 1) and jit_class(32) == ("i32", True) and jit_class(33) == ("i32", False)
     assert jit_class(1, specialize=False) == jit_class(32, specialize=False) == ("i32",)
+    assert jit_class(1, align=False) == ("constexpr", 1) and jit_class(32, align=False) == ("i32", False)
     assert jit_class(2**40) == ("i64", True)
     assert jit_class(torch.zeros(4, dtype=torch.float16)) == ("ptr", "float16", True)
     assert jit_class(True, constexpr=True) == ("constexpr", True)
@@ -75,4 +76,4 @@ def test_sizes_are_unspecialized_and_channels_are_not():
     conv = unspecialized(_conv_kernel)
     assert {"M", "H", "W", "OH", "OW", "ITERS", "DH", "DW"} <= conv
     assert not {"C", "CO", "CIG", "COG", "sxw", "sxc", "swo", "sws"} & conv
-    assert {"sxn", "sxh", "sxw", "sxc"} <= unspecialized(_conv_stem_kernel)
+    assert {"sxn", "sxh", "sxw", "sxc"} == unaligned(_conv_stem_kernel) and not unaligned(_conv_kernel)
