@@ -61,9 +61,8 @@ def _gemm_tma_kernel(
     )
 
 
-# The classifier's launch: its 1x1 "images" make OH = OW = 1 constants (the general kernel's
-# index math for them spills next to the 128-row tiles); only the batch is left unspecialized.
-_fc_tma_kernel = triton.jit(_gemm_tma_kernel.fn, do_not_specialize=("M", "ITERS"))
+# The classifier's launch (kernels/head.py, _fc_kernel): OH = OW = 1 and the batch specialized.
+_fc_tma_kernel = triton.jit(_gemm_tma_kernel.fn, do_not_specialize=("ITERS",))
 
 
 def check_tma_rows(name: str, t: torch.Tensor, row_stride: int) -> None:

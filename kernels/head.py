@@ -67,10 +67,12 @@ def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
     return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
 
 
-# The linear layer: the 1x1 conv kernel on 1x1 "images", whose OH = OW = 1 stay constants (the
-# general kernel leaves them unspecialized, and its index math for them spills next to the
-# 128-row tiles); only the batch (M) is left unspecialized.
-_fc_kernel = triton.jit(_gemm1x1_kernel.fn, do_not_specialize=("M", "ITERS"))
+# The linear layer: the 1x1 conv kernel on 1x1 "images", specialized as it was before the
+# general kernel left its sizes unspecialized (its index math for OH, OW, M then spills in the
+# 128-row and fused split tiles, the gate): OH = OW = 1 constants, and the batch (M)
+# specialized: one binary per batch class (1, a multiple of 16, other), none per image size
+# (the head sees pooled features).
+_fc_kernel = triton.jit(_gemm1x1_kernel.fn, do_not_specialize=("ITERS",))
 
 
 def _pooled_numel(N: int, C: int) -> int:

@@ -43,14 +43,23 @@ def _keys(n, h, w) -> set:
     return compile_keys(launches)
 
 
+def _trunk(keys: set) -> set:
+    """All but the classifier's linear layer, which specializes on the batch (kernels/head.py)."""
+    return {k for k in keys if k[0] != "_fc_kernel"}
+
+
 def test_new_input_sizes_compile_nothing():
-    """Odd and even sizes, sizes divisible by 16 and not, batch 1 and 3: one set of binaries."""
+    """Odd and even sizes, sizes divisible by 16 and not: one set of binaries; other batches:
+    the trunk's binaries again, the classifier's per batch class (1, 16k, other)."""
     first = _keys(1, 32, 48)
     names = {k[0] for k in first}
     assert {"_conv_kernel", "_conv_stem_kernel", "_gemm1x1_kernel", "_splitk_reduce_kernel", "_max_pool_kernel",
-            "_add_relu_kernel", "_avgpool_kernel"} <= names, names
-    for n, h, w in ((1, 33, 47), (3, 21, 26), (2, 64, 17)):
+            "_add_relu_kernel", "_avgpool_kernel", "_fc_kernel"} <= names, names
+    for n, h, w in ((1, 33, 47), (1, 21, 26)):
         assert _keys(n, h, w) == first, (n, h, w)
+    three = _keys(3, 64, 17)
+    assert _trunk(three) == _trunk(first) and three != first
+    assert _keys(3, 23, 40) == three
 
 
 def test_keys_tell_specializations_apart():

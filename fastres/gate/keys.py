@@ -113,10 +113,11 @@ def kernel_name(fn: Any) -> str:
     import sys
 
     py = getattr(fn, "fn", fn)
-    module = sys.modules.get(getattr(py, "__module__", ""), None)
-    for name, value in vars(module or object()).items():
-        if value is fn:
-            return name
+    own = getattr(py, "__module__", "")
+    for module_name in (own, *(f"fastres.kernels.{m}" for m in LAUNCHING_MODULES)):
+        for name, value in vars(sys.modules.get(module_name) or object()).items():
+            if value is fn:
+                return name
     return getattr(py, "__qualname__", str(fn))
 
 
