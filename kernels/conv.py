@@ -176,10 +176,12 @@ def _conv_kernel(
     )
 
 
-# The flat-K path (the stem, thin inputs) as a kernel of its own that does not specialize on x's
-# strides either: the stem reads the caller's input, often NCHW, whose strides (W, H*W) are
-# spatial sizes; its gathered loads never vectorize along them anyway.
-_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_SIZES + ("sxn", "sxh", "sxw", "sxc"))
+# The flat-K path (the stem, thin inputs) as a kernel of its own that does not specialize on the
+# divisibility of x's strides either: the stem reads the caller's input, often NCHW, whose
+# strides (W, H*W) are spatial sizes; its gathered loads never vectorize along them anyway.
+# (A stride of 1, the layout's contiguous axis, is still a constant: the index math needs it.)
+_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_SIZES,
+                               do_not_specialize_on_alignment=("sxn", "sxh", "sxw", "sxc"))
 
 
 class ConvGeometry(NamedTuple):

@@ -67,6 +67,14 @@ def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
     return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
 
 
+# The linear layer: the 1x1 conv kernel on 1x1 "images", specialized as it was before the
+# general kernel left its sizes unspecialized (its index math for OH, OW, M then spills in the
+# 128-row and fused split tiles, the gate): OH = OW = 1 constants, and the batch (M)
+# specialized: one binary per batch class (1, a multiple of 16, other), none per image size
+# (the head sees pooled features).
+_fc_kernel = triton.jit(_gemm1x1_kernel.fn, do_not_specialize=("ITERS",))
+
+
 def _pooled_numel(N: int, C: int) -> int:
     # Rounded up to 4 floats so that the partials after it start 16-byte aligned, which the
     # JIT specializes on (vectorized stores).
@@ -137,11 +145,11 @@ def avgpool_fc(
         from .gemm_tma import launch_gemm_tma
 
         launch_gemm_tma(pooled, C, w, b, None, y4, M=N, C=C, CO=CLS, OH=1, OW=1, relu=False, precision=precision,
-                        config=cfg, workspace=partials if splits > 1 else None, counters=counters)
+                        config=cfg, workspace=partials if splits > 1 else None, counters=counters, fc=True)
         return y
     tiles = triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N)
     fused = splits > 1 and cfg.fused_split
-    launch(_gemm1x1_kernel, (tiles, splits),
+    launch(_fc_kernel, (tiles, splits),
         pooled, w, b, y4, y4, partials if splits > 1 else b, split_counters(counters, tiles, b) if fused else b,
         N, C, 1, 1, CLS, 1, 1, iters,
         C, C, C, 1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastres import kernels as K
-from fastres.gate.keys import compile_key, compile_keys, jit_class, recording, unspecialized
+from fastres.gate.keys import compile_key, compile_keys, jit_class, recording, unaligned, unspecialized
 from fastres.kernels import Config, use_config
 from fastres.kernels.conv import _conv_kernel, _conv_stem_kernel
 from helpers import rand_nhwc
@@ -43,14 +43,23 @@ def _keys(n, h, w) -> set:
     return compile_keys(launches)
 
 
+def _trunk(keys: set) -> set:
+    """All but the classifier's linear layer, which specializes on the batch (kernels/head.py)."""
+    return {k for k in keys if k[0] != "_fc_kernel"}
+
+
 def test_new_input_sizes_compile_nothing():
-    """Odd and even sizes, sizes divisible by 16 and not, batch 1 and 3: one set of binaries."""
+    """Odd and even sizes, sizes divisible by 16 and not: one set of binaries; other batches:
+    the trunk's binaries again, the classifier's per batch class (1, 16k, other)."""
     first = _keys(1, 32, 48)
     names = {k[0] for k in first}
     assert {"_conv_kernel", "_conv_stem_kernel", "_gemm1x1_kernel", "_splitk_reduce_kernel", "_max_pool_kernel",
-            "_add_relu_kernel", "_avgpool_kernel"} <= names, names
-    for n, h, w in ((1, 33, 47), (3, 21, 26), (2, 64, 17)):
+            "_add_relu_kernel", "_avgpool_kernel", "_fc_kernel"} <= names, names
+    for n, h, w in ((1, 33, 47), (1, 21, 26)):
         assert _keys(n, h, w) == first, (n, h, w)
+    three = _keys(3, 64, 17)
+    assert _trunk(three) == _trunk(first) and three != first
+    assert _keys(3, 23, 40) == three
 
 
 def test_keys_tell_specializations_apart():
@@ -66,6 +75,7 @@ def test_keys_tell_specializations_apart():
 def test_jit_class():
     assert jit_class(1) == ("constexpr", 1) and jit_class(32) == ("i32", True) and jit_class(33) == ("i32", False)
     assert jit_class(1, specialize=False) == jit_class(32, specialize=False) == ("i32",)
+    assert jit_class(1, align=False) == ("constexpr", 1) and jit_class(32, align=False) == ("i32", False)
     assert jit_class(2**40) == ("i64", True)
     assert jit_class(torch.zeros(4, dtype=torch.float16)) == ("ptr", "float16", True)
     assert jit_class(True, constexpr=True) == ("constexpr", True)
@@ -75,4 +85,4 @@ def test_sizes_are_unspecialized_and_channels_are_not():
     conv = unspecialized(_conv_kernel)
     assert {"M", "H", "W", "OH", "OW", "ITERS", "DH", "DW"} <= conv
     assert not {"C", "CO", "CIG", "COG", "sxw", "sxc", "swo", "sws"} & conv
-    assert {"sxn", "sxh", "sxw", "sxc"} <= unspecialized(_conv_stem_kernel)
+    assert {"sxn", "sxh", "sxw", "sxc"} == unaligned(_conv_stem_kernel) and not unaligned(_conv_kernel)

@@ -4,7 +4,8 @@ The JIT compiles one binary per (kernel, specialization of its arguments, conste
 launch options). ``compile_key`` computes that key for one launch with the JIT's rules
 (``fastres.gate.compile.specialize`` applies the same rules to the gate's rows): a pointer by
 its element type and 16-byte alignment; an int by its width and, unless the kernel marks it
-``do_not_specialize``, whether it is 1 and whether it is divisible by 16; a constexpr by value.
+``do_not_specialize``, whether it is 1 and (unless ``do_not_specialize_on_alignment``) whether
+it is divisible by 16; a constexpr by value.
 ``recording()`` collects the launches a block of code makes (it runs them too), so
 
     with recording() as launches:
@@ -38,6 +39,8 @@ class Param(NamedTuple):
     name: str
     constexpr: bool
     do_not_specialize: bool
+    # do_not_specialize_on_alignment: 1 is still a constant, divisibility by 16 is not kept
+    unaligned: bool = False
 
 
 def jit_params(fn: Any) -> list[Param]:
@@ -45,12 +48,16 @@ def jit_params(fn: Any) -> list[Param]:
     own records) or under the interpreter (from the signature and the decorator's arguments)."""
     params = getattr(fn, "params", None)
     if params is not None:
-        return [Param(p.name, p.is_constexpr, bool(p.do_not_specialize)) for p in params]
+        return [Param(p.name, p.is_constexpr, bool(p.do_not_specialize), bool(p.do_not_specialize_on_alignment))
+                for p in params]
     import inspect
 
-    dns = set(getattr(fn, "kwargs", {}).get("do_not_specialize") or ())
+    kwargs = getattr(fn, "kwargs", {})
+    dns = set(kwargs.get("do_not_specialize") or ())
+    dnsa = set(kwargs.get("do_not_specialize_on_alignment") or ())
     sig = inspect.signature(getattr(fn, "fn", fn)).parameters.values()
-    return [Param(p.name, "constexpr" in str(p.annotation), p.name in dns or i in dns) for i, p in enumerate(sig)]
+    return [Param(p.name, "constexpr" in str(p.annotation), p.name in dns or i in dns, p.name in dnsa or i in dnsa)
+            for i, p in enumerate(sig)]
 
 
 def unspecialized(fn: Any) -> frozenset[str]:
@@ -59,7 +66,13 @@ def unspecialized(fn: Any) -> frozenset[str]:
     return frozenset(p.name for p in jit_params(fn) if p.do_not_specialize)
 
 
-def jit_class(value: Any, *, specialize: bool = True, constexpr: bool = False) -> tuple:
+def unaligned(fn: Any) -> frozenset[str]:
+    """The arguments of `fn` marked ``do_not_specialize_on_alignment``: 1 is a constant, any
+    other value a plain integer (no divisibility by 16)."""
+    return frozenset(p.name for p in jit_params(fn) if p.unaligned and not p.do_not_specialize)
+
+
+def jit_class(value: Any, *, specialize: bool = True, constexpr: bool = False, align: bool = True) -> tuple:
     """What the JIT keys one argument on (see the module docstring)."""
     if constexpr:
         return ("constexpr", value)
@@ -73,7 +86,7 @@ def jit_class(value: Any, *, specialize: bool = True, constexpr: bool = False) -
             return (width,)
         if value == 1:
             return ("constexpr", 1)
-        return (width, value % 16 == 0)
+        return (width, align and value % 16 == 0)
     if isinstance(value, float):
         return ("fp32",)
     if value is None:
@@ -88,7 +101,8 @@ def compile_key(launch: Launch) -> tuple:
     for p in jit_params(fn):
         if p.name not in args:
             continue  # a default the launcher left out: the same in every launch
-        classes.append((p.name, jit_class(args[p.name], specialize=not p.do_not_specialize, constexpr=p.constexpr)))
+        classes.append((p.name, jit_class(args[p.name], specialize=not p.do_not_specialize, constexpr=p.constexpr,
+                                          align=not p.unaligned)))
     options = tuple((k, args[k]) for k in OPTIONS if k in args)
     return (kernel_name(fn), tuple(classes), options)
 
@@ -99,10 +113,11 @@ def kernel_name(fn: Any) -> str:
     import sys
 
     py = getattr(fn, "fn", fn)
-    module = sys.modules.get(getattr(py, "__module__", ""), None)
-    for name, value in vars(module or object()).items():
-        if value is fn:
-            return name
+    own = getattr(py, "__module__", "")
+    for module_name in (own, *(f"fastres.kernels.{m}" for m in LAUNCHING_MODULES)):
+        for name, value in vars(sys.modules.get(module_name) or object()).items():
+            if value is fn:
+                return name
     return getattr(py, "__qualname__", str(fn))
 
 

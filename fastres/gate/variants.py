@@ -48,11 +48,14 @@ class Variant:
     # (K, taps, SPLIT_K asked for) of a conv's K loop: its ITERS argument depends on the
     # config's BLOCK_K, so `specialize` computes it per config, as the launcher does.
     k_loop: tuple[int, int, int] | None = None
+    # (module under fastres.kernels, name) of the @triton.jit object this launch runs, where it
+    # is not the kernel's own (the classifier's: the same code, specialized differently)
+    jit: tuple[str, str] | None = None
 
     @classmethod
     def make(cls, name: str, meta: dict, values: dict, pointers: dict, gemm_k: int | None = None,
-             k_loop: tuple[int, int, int] | None = None) -> "Variant":
-        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k, k_loop)
+             k_loop: tuple[int, int, int] | None = None, jit: tuple[str, str] | None = None) -> "Variant":
+        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k, k_loop, jit)
 
     @property
     def precision(self) -> str | None:
@@ -174,7 +177,7 @@ def _fc_variant(n: int, y: str, prec: str, fused: bool = False) -> Variant:
             "FUSED": fused and request > 1}
     name = f"fc/N{n}" + _split_tag(request > 1, fused) + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
     pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y, **_counters(fused and request > 1))
-    return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request))
+    return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request), jit=("head", "_fc_kernel"))
 
 
 def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, *,
@@ -227,7 +230,8 @@ def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, resi
     y = "" if head is None or head[1] == "x" else f"/y:{head[1]}"
     name = (what + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, split) + y
             + ("/ws" if ws else "") + f" [{label}]")
-    return Variant.make(name, meta, values, pointers, gemm_k=cin, k_loop=(cin, 1, request))
+    return Variant.make(name, meta, values, pointers, gemm_k=cin, k_loop=(cin, 1, request),
+                        jit=("gemm_tma", "_fc_tma_kernel") if head is not None else None)
 
 
 def _tma_variants(kernel: str, family: str) -> list[Variant]:
