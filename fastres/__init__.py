@@ -1,7 +1,9 @@
 """fastres: ResNet inference with hand-written Triton kernels.
 
 Public API (see README.md):
-    fastres.from_torchvision(model, dtype=torch.float16) -> fastres.ResNet
+    fastres.from_torchvision(model, dtype=torch.float16) -> fastres.ResNet (a classifier or an
+        IntermediateLayerGetter), or a copy of an FCN / DeepLabV3 / ResNet-FPN detector /
+        BackboneWithFPN with its ResNet trunk on fastres
     fastres.convert(src, out=None, *, arch=None, dtype=torch.float16) -> pathlib.Path
     fastres.load(path, device="cuda") -> fastres.ResNet
     fastres.Predictor(weights_or_model, ...)  (classify image files or uint8 tensors)

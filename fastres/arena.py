@@ -6,6 +6,7 @@ into a CUDA graph. A repeated forward at the arena's shape allocates nothing but
 """
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Callable, Mapping
 
@@ -19,8 +20,8 @@ class Arena:
     """Buffers, bound launches and (on CUDA, once captured) the graph of one schedule.
 
     params: the engine's folded parameters by state_dict key; logits_dtype: the dtype the
-    caller's input has and its logits get (float32 for pixels); normalize: for uint8 pixel
-    inputs, the stem's `kernels.pixel_norm` table.
+    caller's input has and its logits (or a trunk's returned features) get (float32 for
+    pixels); normalize: for uint8 pixel inputs, the stem's `kernels.pixel_norm` table.
     """
 
     def __init__(self, schedule: Schedule, params: Mapping[str, torch.Tensor], device: torch.device,
@@ -39,7 +40,10 @@ class Arena:
         self.done: torch.cuda.Event | None = None
         with torch.inference_mode(False):
             self.slots = [torch.empty(c, device=device, dtype=schedule.dtype) for c in schedule.slots]
-            self.logits = torch.empty((N, schedule.num_classes), device=device, dtype=logits_dtype)
+            # A trunk has no logits: its outputs are views of slots no later step writes.
+            self.logits = (None if schedule.num_classes is None else
+                           torch.empty((N, schedule.num_classes), device=device, dtype=logits_dtype))
+        self.out_dtype = logits_dtype
         self.workspace: torch.Tensor | None = None  # float32: pooled features, split-K partial sums
         with torch.inference_mode(False):
             # A fused split's arrival counters (any step's, tuning candidates' too): zero once
@@ -67,7 +71,8 @@ class Arena:
     def reschedule(self, schedule: Schedule) -> None:
         """Take `schedule`'s configs (same shape and buffers; e.g. after tuning): the workspace
         is sized for them and every step is bound again."""
-        if schedule.slots != self.schedule.slots or schedule.input_shape != self.schedule.input_shape:
+        if (schedule.slots != self.schedule.slots or schedule.input_shape != self.schedule.input_shape
+                or schedule.outputs != self.schedule.outputs):
             raise ValueError("reschedule: the new schedule must have the same input shape and buffers")
         if self.graph is not None:
             raise RuntimeError("reschedule: this arena's launches are already captured in a CUDA graph")
@@ -101,12 +106,14 @@ class Arena:
             return lambda x: K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
                                        workspace=ws, counters=cnt)
         if step.kernel == CONV:
-            return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, relu=spec.relu,
-                                            residual=r, out=y, config=cfg, workspace=ws, counters=cnt)
+            return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, dilation=spec.dilation,
+                                            groups=spec.groups, relu=spec.relu, residual=r, out=y, config=cfg,
+                                            workspace=ws, counters=cnt)
         raise ValueError(f"unknown kernel {step.kernel!r} in step {step.layer}")
 
     def run(self, x: torch.Tensor) -> None:
-        """Every step in order on the current stream; the logits land in `self.logits`."""
+        """Every step in order on the current stream; the logits land in `self.logits`, a
+        trunk's outputs in their slots (`outputs`)."""
         for fn in self._bound:
             fn(x)
 
@@ -142,9 +149,15 @@ class Arena:
                 self.done = torch.cuda.Event()
             self.done.record(torch.cuda.current_stream(self.device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits of x (a copy: the arena's buffer is reused by the next forward), computed
-        on the current stream, whichever it is: one arena serves every stream of a shape."""
+    def outputs(self) -> "collections.OrderedDict[str, torch.Tensor]":
+        """A trunk's returned activations, by the caller's names in execution order: views of
+        the arena's slots (channels_last, engine dtype), valid until the next forward."""
+        return collections.OrderedDict((o.name, self.view(o.slot, o.shape)) for o in self.schedule.outputs)
+
+    def forward(self, x: torch.Tensor):
+        """The logits of x, or a trunk's OrderedDict of features in `out_dtype` (copies: the
+        arena's buffers are reused by the next forward), computed on the current stream,
+        whichever it is: one arena serves every stream of a shape."""
         with self.lock:
             if self.device.type == "cuda":
                 stream = torch.cuda.current_stream(self.device)
@@ -162,6 +175,9 @@ class Arena:
                 self.graph.replay()
             else:
                 self.run(x)
-            out = self.logits.clone()
+            if self.logits is not None:
+                out = self.logits.clone()
+            else:
+                out = collections.OrderedDict((name, t.to(self.out_dtype, copy=True)) for name, t in self.outputs().items())
             self.mark_used()
             return out

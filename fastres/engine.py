@@ -18,7 +18,8 @@ import torch
 from . import kernels as K
 from .arena import Arena
 from .device import DeviceInfo
-from .plan import ARCHS, UnsupportedModelError, check_params, param_shapes
+from .plan import (ARCHS, LAYERS, NO_DILATION, UnsupportedModelError, check_dilate, check_params, check_returns,
+                   arch_blocks, param_shapes, returns_depth)
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -40,6 +41,12 @@ class ResNet(torch.nn.Module):
     returns logits [N, num_classes] in x's dtype. Internally activations are NHWC in
     `dtype`, BatchNorm is folded, accumulation is float32. `forward_pixels(x)` takes uint8
     pixels instead and normalizes them inside the stem.
+
+    A trunk (`returns` given instead of num_classes: a mapping layer -> name, as torchvision's
+    IntermediateLayerGetter takes) has no avgpool/fc and stops after the last returned layer;
+    it returns an OrderedDict name -> [N, C, H, W] feature (channels_last, x's dtype), in
+    execution order, as IntermediateLayerGetter does. dilate: torchvision's
+    replace_stride_with_dilation (three bools for layer2..layer4).
     """
 
     def __init__(
@@ -47,7 +54,9 @@ class ResNet(torch.nn.Module):
         arch: str,
         params: Mapping[str, torch.Tensor],
         *,
-        num_classes: int,
+        num_classes: int | None = None,
+        returns=None,
+        dilate=NO_DILATION,
         dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cuda",
         cuda_graph: bool = True,
@@ -59,7 +68,14 @@ class ResNet(torch.nn.Module):
             raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
         if dtype not in ENGINE_DTYPES:
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
-        self.arch, self.num_classes, self.dtype = arch, int(num_classes), dtype
+        self.returns = check_returns(returns)
+        if (num_classes is None) == (self.returns is None):
+            raise ValueError("give num_classes (a classifier) or returns (a trunk's outputs), not both or neither")
+        self.dilate = check_dilate(dilate)
+        self.depth = returns_depth(self.returns)
+        arch_blocks(arch, self.dilate, self.depth)  # refuses a dilation torchvision never builds
+        self.arch, self.dtype = arch, dtype
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
@@ -78,9 +94,9 @@ class ResNet(torch.nn.Module):
                 raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
-        check_params(params, arch, num_classes, dtype)
+        check_params(params, arch, self.num_classes, dtype, self.depth)
         self._params: dict[str, torch.Tensor] = {}
-        for key in param_shapes(arch, num_classes):
+        for key in param_shapes(arch, self.num_classes, self.depth):
             t = params[key]
             fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
             with torch.inference_mode(False):
@@ -90,6 +106,8 @@ class ResNet(torch.nn.Module):
         # Input shapes kept built; the least recently used beyond this is freed.
         self.max_shapes = int(max_shapes)
         self._arenas: collections.OrderedDict[tuple, Arena] = collections.OrderedDict()
+        # (batch, layer) -> the configs that layer has been built with, first first (see schedule()).
+        self._ran: dict[tuple[int, str], dict] = {}
         self._arenas_lock = threading.Lock()
         self._build_lock = threading.Lock()
 
@@ -105,7 +123,11 @@ class ResNet(torch.nn.Module):
         return dict(self._params)
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch}, num_classes={self.num_classes}, dtype={self.dtype}, device={self.device}"
+        what = (f"num_classes={self.num_classes}" if self.returns is None else
+                "returns={" + ", ".join(f"{layer!r}: {name!r}" for layer, name in self.returns) + "}")
+        dilated = [LAYERS[i + 1] for i, d in enumerate(self.dilate) if d]
+        return (f"arch={self.arch}, {what}{', dilated=' + '+'.join(dilated) if dilated else ''}, dtype={self.dtype}, "
+                f"device={self.device}")
 
     # -- input checks -----------------------------------------------------------------
     def _check_input(self, x, dtypes=_INPUT_DTYPES) -> None:
@@ -138,15 +160,31 @@ class ResNet(torch.nn.Module):
 
     def schedule(self, x: "torch.Tensor | Sequence[int]") -> Schedule:
         """The launch schedule for an input like x (a tensor, or its shape [N, 3, H, W]), with
-        the heuristic tile configs: what runs, on which buffers, with which tile and K split.
-        Plain data, nothing runs; print it for a table."""
+        the tile configs it would run untuned: what runs, on which buffers, with which tile and
+        K split. Plain data, nothing runs; print it for a table.
+
+        The configs are the heuristic's, except that a new input size never brings a new
+        binary: where the heuristic picks for a layer a config that layer has not run at an
+        earlier shape of the same batch, the layer keeps the config it ran first (kernel sizes
+        are not specialized, so the binaries compiled for it serve every size)."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
-        return build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes)
+        schedule = build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
+                                  dilate=self.dilate, returns=self.returns)
+        if self.tuner is not None:
+            return schedule  # tuning measures (and so compiles) its own candidates
+        keep = {}
+        for i, step in enumerate(schedule.steps):
+            ran = self._ran.get((shape[0], step.layer))
+            if ran and step.config not in ran:
+                keep[i] = next(iter(ran))
+        return schedule.with_configs(keep) if keep else schedule
 
     def _tune_key(self, step: Step, batch: int) -> str:
         spec = step.spec
         # The residual is part of the layer: it changes the epilogue and the tiles allowed.
         geometry = (spec.k, spec.stride, spec.pad, spec.cin, spec.cout, *step.in_shape[2:], int(step.residual is not None))
+        if (spec.dilation, spec.groups) != (1, 1):
+            geometry += (spec.dilation, spec.groups)
         info = self.device_info()
         # The card's name, and its target: two cards of one name never share a target, but a
         # cache written by a build that mapped the card differently must not be read.
@@ -223,6 +261,8 @@ class ResNet(torch.nn.Module):
                     progress.update()
         if cached:
             arena.reschedule(schedule.with_configs(cached))
+        for step in arena.schedule.steps:
+            self._ran.setdefault((N, step.layer), {})[step.config] = None
         return arena
 
     def _arena(self, x: torch.Tensor, norm: tuple | None = None) -> Arena:
@@ -260,8 +300,15 @@ class ResNet(torch.nn.Module):
         with self._arenas_lock:
             self._arenas.clear()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+    def forward(self, x: torch.Tensor):
+        self._check_input(x, dtypes=(*_INPUT_DTYPES, torch.float64))
+        if x.dtype == torch.float64:
+            # The stem reads at most float32: a float64 model (torchvision tests some detectors in
+            # float64) gets float32 work handed back in float64.
+            out = self._forward(x.float(), None, torch.float32)
+            if isinstance(out, torch.Tensor):
+                return out.double()
+            return collections.OrderedDict((k, v.double()) for k, v in out.items())
         return self._forward(x, None, x.dtype)
 
     def forward_pixels(self, pixels: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
@@ -279,8 +326,13 @@ class ResNet(torch.nn.Module):
             raise ValueError(f"std must be positive and mean and std finite, got mean {norm[0]}, std {norm[1]}")
         return self._forward(pixels, norm, torch.float32)
 
-    def _forward(self, x: torch.Tensor, norm: tuple | None, logits_dtype: torch.dtype) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, norm: tuple | None, logits_dtype: torch.dtype):
         if x.shape[0] == 0:
+            if self.returns is not None:
+                outs = self.schedule((1, *x.shape[1:])).outputs
+                return collections.OrderedDict(
+                    (o.name, torch.empty((0, *o.shape[1:]), device=self.device, dtype=logits_dtype,
+                                         memory_format=torch.channels_last)) for o in outs)
             return torch.empty((0, self.num_classes), device=self.device, dtype=logits_dtype)
         if self.device.type == "cuda":
             # Triton launches on the current device: make it the engine's.

@@ -84,7 +84,12 @@ def _print_plan(args, device, batch: int, size: int) -> int:
             raise UserError(str(exc)) from None
         print(fast.schedule(shape))
         return 0
-    print(build_schedule(args.arch or "resnet50", shape, getattr(torch, args.dtype or "float16"), DeviceInfo.of(device)))
+    from .plan import UnsupportedModelError
+
+    try:
+        print(build_schedule(args.arch or "resnet50", shape, getattr(torch, args.dtype or "float16"), DeviceInfo.of(device)))
+    except UnsupportedModelError as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 
@@ -131,6 +136,7 @@ def main(args) -> int:
     from . import weights as conv
     from .build import from_torchvision
     from .models import random_resnet, unfolded
+    from .plan import UnsupportedModelError
 
     if args.weights:
         with _step(f"loading {args.weights}"):
@@ -138,6 +144,8 @@ def main(args) -> int:
                 fast = conv.load(args.weights, device=device, tune=args.tune and on_gpu)
             except (conv.WeightsError, FileNotFoundError) as exc:
                 raise UserError(str(exc)) from None
+        if fast.num_classes is None:
+            raise UserError(f"{args.weights} holds a detection or segmentation trunk: `fastres run` runs classifiers")
         if args.arch and args.arch != fast.arch:
             raise UserError(f"--arch {args.arch} contradicts {args.weights}, which holds {fast.arch}")
         if args.dtype and getattr(torch, args.dtype) != fast.dtype:
@@ -151,7 +159,10 @@ def main(args) -> int:
         with _step(f"building {arch} with calibrated random weights (seed {args.seed})"):
             model = random_resnet(arch, seed=args.seed)
         with _step(f"folding BatchNorm and packing {str(dtype)[6:]} weights"):
-            fast = from_torchvision(model, dtype=dtype, device=device, tune=args.tune and on_gpu)
+            try:
+                fast = from_torchvision(model, dtype=dtype, device=device, tune=args.tune and on_gpu)
+            except UnsupportedModelError as exc:  # e.g. an arch whose convs these kernels lack
+                raise UserError(str(exc)) from None
         source = "random weights"
     if dtype == torch.bfloat16 and not on_gpu:
         raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")

@@ -3,7 +3,7 @@
 `build_schedule(arch, input_shape, dtype, device)` turns an architecture and an input shape
 into plain data: one `Step` per launch (the stem conv, the max pool, every conv of every block
 with its fused residual, the head), the activation buffers ("slots") they read and write,
-assigned by liveness, each conv's tile config with its K split, and the float32 workspace the
+assigned by liveness (a trunk's returned activations, `Schedule.outputs`, stay alive to the end), each conv's tile config with its K split, and the float32 workspace the
 split launches and the head need. Nothing is allocated and no kernel runs, so a schedule can
 be printed (`fastres run --plan`, `ResNet.schedule(x)`) and tested on any machine, for any
 device described by a `DeviceInfo`. The runtime (`fastres.arena`) binds a schedule to buffers
@@ -19,10 +19,11 @@ import torch
 from .device import DeviceInfo
 from .kernels._checks import out_size
 from .kernels.config import Config, select_config, tuning_candidates
-from .kernels.conv import reduction
+from .kernels.conv import conv_problem
 from .kernels.head import head_workspace_numel
 from .kernels.splitk import config_splits, workspace_numel
-from .plan import ARCHS, ConvSpec, UnsupportedModelError, arch_blocks
+from .plan import (ARCHS, LAYERS, NO_DILATION, ConvSpec, UnsupportedModelError, arch_blocks, check_dilate, check_returns,
+                   returns_depth)
 
 Shape = tuple[int, int, int, int]
 
@@ -65,11 +66,12 @@ class Step:
             return ()
         m, n, k, taps = self.gemm
         stride = self.spec.stride if self.spec is not None else 1
+        dilation = self.spec.dilation if self.spec is not None else 1
         segments = None
         if self.kernel == CONV:  # the tma conv's grid: one tile row per output row segment
             segments = (self.out_shape[0] * self.out_shape[2], self.out_shape[3])
         return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 stride=stride, segments=segments, **_planned_for(device))
+                                 stride=stride, dilation=dilation, segments=segments, **_planned_for(device))
 
 
 def _planned_for(device: DeviceInfo) -> dict:
@@ -88,21 +90,35 @@ def _split_fields(kernel: str, gemm, in_shape: Shape, out_shape, config: Config)
 
 
 @dataclasses.dataclass(frozen=True)
+class Output:
+    """A returned activation of a trunk: `name` (the caller's), held in `slot` with logical
+    shape [N, C, H, W] (NHWC in memory), written by step `step` and by no step after it."""
+
+    name: str
+    slot: int
+    shape: Shape
+    step: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Schedule:
     """Every launch of one forward at one input shape, in order, and the buffers they share.
 
     slots: the element capacity of each activation buffer (in the engine dtype); workspace:
     float32 elements of the one scratch buffer every split conv and the head share (the
-    launches run one after another on one stream).
+    launches run one after another on one stream). A trunk (num_classes None) has no head:
+    outputs lists what it returns, in execution order; no later step writes those slots.
     """
 
     arch: str
     input_shape: Shape
     dtype: torch.dtype
-    num_classes: int
+    num_classes: int | None
     device: DeviceInfo
     slots: tuple[int, ...]
     steps: tuple[Step, ...]
+    outputs: tuple[Output, ...] = ()
+    dilate: tuple[bool, bool, bool] = NO_DILATION
 
     @property
     def workspace(self) -> int:
@@ -150,16 +166,27 @@ def assign_slots(values: Sequence[_Value]) -> list[int]:
 
 
 def build_schedule(
-    arch: str, input_shape: Sequence[int], dtype: torch.dtype, device: DeviceInfo, *, num_classes: int = 1000,
+    arch: str, input_shape: Sequence[int], dtype: torch.dtype, device: DeviceInfo, *, num_classes: int | None = 1000,
+    dilate=NO_DILATION, returns=None,
 ) -> Schedule:
     """The launch schedule of `arch` for an input of `input_shape` [N, 3, H, W] with activations
-    in `dtype`, its tile configs chosen for `device` (a thread's `use_config` overrides apply)."""
+    in `dtype`, its tile configs chosen for `device` (a thread's `use_config` overrides apply).
+
+    dilate: torchvision's replace_stride_with_dilation. returns: a trunk's outputs (a mapping
+    layer -> name, as IntermediateLayerGetter's return_layers); the schedule then stops after
+    the last returned layer, has no head, and num_classes is ignored.
+    """
     if arch not in ARCHS:
         raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
     if len(input_shape) != 4 or input_shape[1] != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be [N, 3, H, W] with every size >= 1, got {tuple(input_shape)}")
     N, _, H, W = (int(v) for v in input_shape)
-    stem, blocks = arch_blocks(arch)
+    dilate, returns = check_dilate(dilate), check_returns(returns)
+    if returns is not None:
+        num_classes = None
+    stem, blocks = arch_blocks(arch, dilate, returns_depth(returns))
+    returned = dict(returns or ())
+    outputs: list[tuple[str, _Value]] = []
     values: list[_Value] = []
     # (kernel, layer, conv spec, input value, residual value, output value, output shape)
     launches: list[tuple] = []
@@ -175,7 +202,7 @@ def build_schedule(
                 v.last = max(v.last, len(launches))
 
     def conv(kernel: str, spec: ConvSpec, x: _Value | None, in_shape: Shape, residual: _Value | None = None):
-        oh, ow = (out_size(s, spec.k, spec.stride, spec.pad) for s in in_shape[2:])
+        oh, ow = (out_size(s, spec.k, spec.stride, spec.pad, spec.dilation) for s in in_shape[2:])
         use(x, residual)
         y = new((N, spec.cout, oh, ow))
         launches.append((kernel, spec.name, spec, x, residual, y, in_shape))
@@ -185,7 +212,7 @@ def build_schedule(
     use(s)
     cur = new((N, 64, out_size(s.shape[2], 3, 2, 1), out_size(s.shape[3], 3, 2, 1)))
     launches.append((MAXPOOL, "maxpool", None, s, None, cur, s.shape))
-    for block in blocks:
+    for bi, block in enumerate(blocks):
         t = cur
         for spec in block.convs[:-1]:
             t = conv(CONV1X1 if spec.kernel == "conv1x1" else CONV, spec, t, t.shape)
@@ -194,8 +221,16 @@ def build_schedule(
             res = conv(CONV1X1, block.downsample, cur, cur.shape)
         last = block.convs[-1]
         cur = conv(CONV1X1 if last.kernel == "conv1x1" else CONV, last, t, t.shape, residual=res)
-    use(cur)
-    launches.append((HEAD, "fc", None, cur, None, None, cur.shape))
+        layer = block.name.split(".")[0]
+        if layer in returned and (bi + 1 == len(blocks) or not blocks[bi + 1].name.startswith(layer + ".")):
+            outputs.append((returned[layer], cur))
+    if returns is None:
+        use(cur)
+        launches.append((HEAD, "fc", None, cur, None, None, cur.shape))
+    else:
+        # Returned activations are read after the last launch: no later step may reuse their slots.
+        for _, v in outputs:
+            v.last = len(launches)
     caps = assign_slots(values)
 
     steps = []
@@ -211,15 +246,19 @@ def build_schedule(
             # The classifier is the 1x1 GEMM over the pooled float32 features.
             gemm = (N, num_classes, in_shape[1], 1)
             space = None
+        elif kernel == CONV1X1:
+            gemm, space = (N * out_shape[2] * out_shape[3], spec.cout, spec.cin, 1), "conv1x1"
         else:
-            flat, k, space = reduction(spec.cin, spec.k, spec.k) if kernel != CONV1X1 else (False, spec.cin, "conv1x1")
-            gemm = (N * out_shape[2] * out_shape[3], spec.cout, k, 1 if flat else spec.k * spec.k)
+            space, n, k, taps = conv_problem(spec.cin, spec.cout, spec.k, spec.k, spec.groups)
+            gemm = (N * out_shape[2] * out_shape[3], n, k, taps)
         m, n, k, taps = gemm
         cfg = select_config(space or "conv1x1", dtype, M=m, N=n, K=k, taps=taps, residual=res is not None,
                             interpreter=device.interpreter, **_planned_for(device))
         steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg, space=space,
                           spec=spec, gemm=gemm, **_split_fields(kernel, gemm, in_shape, out_shape, cfg)))
-    return Schedule(arch, (N, 3, H, W), dtype, int(num_classes), device, tuple(caps), tuple(steps))
+    outs = tuple(Output(name, v.slot, v.shape, v.first) for name, v in outputs)
+    return Schedule(arch, (N, 3, H, W), dtype, None if num_classes is None else int(num_classes), device, tuple(caps),
+                    tuple(steps), outs, dilate)
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -229,14 +268,18 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 def format_schedule(schedule: Schedule) -> str:
     """A table of the schedule: one line per launch, then the buffers it needs."""
     dtype = str(schedule.dtype).removeprefix("torch.")
+    dilated = [LAYERS[i + 1] for i, d in enumerate(schedule.dilate) if d]
+    what = (f"{schedule.num_classes} classes" if schedule.num_classes is not None else
+            "trunk returning " + ", ".join(f"{o.name} (s{o.slot} {_fmt_shape(o.shape)})" for o in schedule.outputs))
     lines = [
-        f"{schedule.arch} schedule: input {'x'.join(map(str, schedule.input_shape))}, {dtype} activations, "
-        f"{schedule.num_classes} classes, for {schedule.device}",
+        f"{schedule.arch}{' (dilated ' + ', '.join(dilated) + ')' if dilated else ''} schedule: input "
+        f"{'x'.join(map(str, schedule.input_shape))}, {dtype} activations, {what}, for {schedule.device}",
         f"{'#':>3}  {'kernel':<12} {'layer':<22} {'input':<16} {'output':<16} {'residual':<9} {'config':<22} split",
     ]
     for i, s in enumerate(schedule.steps):
         src = "x" if s.src is None else f"s{s.src}"
         dst = "logits" if s.dst is None else f"s{s.dst}"
+        dst += "".join(f"={o.name}" for o in schedule.outputs if o.step == i)
         res = "" if s.residual is None else f"s{s.residual}"
         lines.append(f"{i:>3}  {s.kernel:<12} {s.layer:<22} {src + ' ' + _fmt_shape(s.in_shape):<16} "
                      f"{dst + ' ' + _fmt_shape(s.out_shape):<16} {res:<9} {s.config.name:<22} "

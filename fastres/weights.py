@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -19,6 +20,8 @@ import torch
 
 FORMAT = "fastres"
 FORMAT_VERSION = 1
+# Version 2: a trunk (no fc; "returns" and "dilate" instead of "num_classes"); classifiers stay 1.
+TRUNK_FORMAT_VERSION = 2
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DIR = Path("weights")
 
@@ -207,7 +210,8 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     """(folded parameters, the file's metadata, the default file name's stem) of a source:
     what `convert` writes, without writing it. Raises WeightsError like `convert`."""
     from .build import check_module
-    from .plan import ARCHS, UnsupportedModelError, fold_params, infer_arch
+    from .plan import ARCHS, UnsupportedModelError, fold_params, infer_arch, returns_depth
+    from .sources.checkpoints import split_trunk
 
     dtype = _dtype(dtype)
     if arch is not None and arch not in ARCHS:
@@ -228,12 +232,16 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
                 print(f"reading {path}", file=sys.stderr)
             sd = _read_state_dict(path)
             sha, name = _sha256(path), path.stem
-        found, num_classes = infer_arch(sd)
+        trunk = None if isinstance(src, torch.nn.Module) else split_trunk(sd)
+        if trunk is not None:  # a detector's or segmenter's checkpoint: its ResNet trunk alone
+            sd = trunk.state_dict
+        found, num_classes = infer_arch(sd, trunk=trunk is not None)
         if arch is not None and arch != found:
             raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are {found}'s")
         if verbose:
-            print(f"folding BatchNorm of {found} ({num_classes} classes) into {_dtype_name(dtype)} weights", file=sys.stderr)
-        params = fold_params(sd, found, num_classes, dtype, eps)
+            what = f"{num_classes} classes" if trunk is None else f"the trunk of a {trunk.source} checkpoint"
+            print(f"folding BatchNorm of {found} ({what}) into {_dtype_name(dtype)} weights", file=sys.stderr)
+        params = fold_params(sd, found, num_classes, dtype, eps, 4 if trunk is None else returns_depth(trunk.returns))
     except UnsupportedModelError as exc:
         raise WeightsError(str(exc)) from None
 
@@ -248,6 +256,12 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         "source_sha256": sha,
         "fastres_version": __version__,
     }
+    if trunk is not None:
+        del metadata["num_classes"]
+        metadata["format_version"] = str(TRUNK_FORMAT_VERSION)
+        metadata["returns"] = json.dumps(dict(trunk.returns))
+        metadata["dilate"] = ",".join(str(int(d)) for d in trunk.dilate)
+        return params, metadata, name
     origin = torchvision_weights_name(path, sha, found, num_classes) if path is not None else None
     if origin is not None:
         metadata["torchvision_weights"] = origin
@@ -336,17 +350,33 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a fastres weights file (metadata format={meta.get('format')!r}); convert it with `fastres convert`")
-    if meta.get("format_version") != str(FORMAT_VERSION):
-        raise WeightsError(
-            f"{path} has format version {meta.get('format_version')!r}; this fastres reads version {FORMAT_VERSION}"
-        )
+    if meta.get("format_version") not in (str(FORMAT_VERSION), str(TRUNK_FORMAT_VERSION)):
+        raise WeightsError(f"{path} has format version {meta.get('format_version')!r}; this fastres reads versions "
+                           f"{FORMAT_VERSION} and {TRUNK_FORMAT_VERSION}")
     if meta.get("arch") not in ARCHS:
         raise WeightsError(f"{path} names an unknown arch {meta.get('arch')!r}")
     if meta.get("dtype") not in DTYPES:
         raise WeightsError(f"{path} names an unknown dtype {meta.get('dtype')!r}")
-    if not str(meta.get("num_classes", "")).isdigit() or int(meta["num_classes"]) < 1:
+    if meta["format_version"] == str(TRUNK_FORMAT_VERSION):
+        trunk_spec(meta, path)
+    elif not str(meta.get("num_classes", "")).isdigit() or int(meta["num_classes"]) < 1:
         raise WeightsError(f"{path} has an invalid num_classes {meta.get('num_classes')!r}")
     return meta
+
+
+def trunk_spec(meta: Mapping[str, str], path=None) -> tuple[tuple, tuple[bool, bool, bool]] | None:
+    """(returns, dilate) of a trunk file's metadata; None for a classifier's."""
+    from .plan import UnsupportedModelError, check_dilate, check_returns
+
+    if meta.get("format_version") != str(TRUNK_FORMAT_VERSION):
+        return None
+    try:
+        returns = check_returns(json.loads(meta.get("returns", "")))
+        dilate = check_dilate([int(v) for v in meta.get("dilate", "").split(",")])
+    except (ValueError, TypeError, UnsupportedModelError) as exc:
+        raise WeightsError(f"{path}: invalid trunk metadata returns={meta.get('returns')!r} dilate="
+                           f"{meta.get('dilate')!r} ({exc})") from None
+    return returns, dilate
 
 
 def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_graph: bool = True, tune=False):
@@ -358,20 +388,24 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
     from safetensors.torch import load_file
 
     from .engine import ResNet
-    from .plan import UnsupportedModelError, check_params
+    from .plan import UnsupportedModelError, check_params, returns_depth
 
     meta = read_metadata(path)
-    arch, dtype, num_classes = meta["arch"], DTYPES[meta["dtype"]], int(meta["num_classes"])
+    trunk = trunk_spec(meta, path)
+    arch, dtype = meta["arch"], DTYPES[meta["dtype"]]
+    num_classes = None if trunk else int(meta["num_classes"])
+    returns, dilate = trunk or (None, None)
     try:
         stored = load_file(str(path))
     except Exception as exc:
         raise WeightsError(f"{path} is truncated or corrupt: {exc}") from None
     params = _unpack(stored)
     try:
-        check_params(params, arch, num_classes, dtype)
+        check_params(params, arch, num_classes, dtype, returns_depth(returns))
     except (UnsupportedModelError, TypeError) as exc:
         raise WeightsError(f"{path}: {exc}") from None
-    return ResNet(arch, params, num_classes=num_classes, dtype=dtype, device=device, cuda_graph=cuda_graph, tune=tune)
+    return ResNet(arch, params, num_classes=num_classes, returns=returns, dilate=dilate, dtype=dtype, device=device,
+                  cuda_graph=cuda_graph, tune=tune)
 
 
 def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, dtype=None,
@@ -387,14 +421,22 @@ def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, 
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".safetensors" and _is_converted(path):
         meta = read_metadata(path)
+        _refuse_trunk(path, meta)
         if dtype is not None and _dtype(dtype) != DTYPES[meta["dtype"]]:
             raise WeightsError(f"{path} holds {meta['dtype']} weights, not {_dtype_name(_dtype(dtype))}: convert the "
                                f"checkpoint again with --dtype {_dtype_name(_dtype(dtype))}")
         return load(path, device, cuda_graph=cuda_graph, tune=tune), meta
     params, meta, _ = prepare(path, dtype=torch.float16 if dtype is None else dtype)
+    _refuse_trunk(path, meta)
     model = ResNet(meta["arch"], params, num_classes=int(meta["num_classes"]), dtype=DTYPES[meta["dtype"]],
                    device=device, cuda_graph=cuda_graph, tune=tune)
     return model, meta
+
+
+def _refuse_trunk(path, meta: Mapping[str, str]) -> None:
+    if "num_classes" not in meta:
+        raise WeightsError(f"{path} holds the ResNet trunk of a detection or segmentation model, not a classifier: "
+                           "load it with fastres.load and put it in place of the model's trunk")
 
 
 def _is_converted(path: Path) -> bool:
@@ -431,5 +473,6 @@ def main(args) -> int:
     meta = read_metadata(path)
     size = path.stat().st_size / 1e6
     origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else ""
-    print(f"{path}: {meta['arch']}, {meta['num_classes']} classes, {meta['dtype']}, {size:.1f} MB{origin}")
+    what = f"{meta['num_classes']} classes" if "num_classes" in meta else f"trunk returning {meta['returns']}"
+    print(f"{path}: {meta['arch']}, {what}, {meta['dtype']}, {size:.1f} MB{origin}")
     return 0

@@ -1,6 +1,6 @@
 """fastres' Triton kernels (shipped as ``fastres.kernels``). All activations are channels_last.
 
-    conv_bn_relu(x, w, b, *, stride=1, padding=0, relu=True, residual=None)
+    conv_bn_relu(x, w, b, *, stride=1, padding=0, dilation=1, groups=1, relu=True, residual=None)
     conv1x1(x, w, b, *, stride=1, relu=True, residual=None)
     stem_conv(x, w, b, *, stride=2, padding=3)   (any input layout and float dtype;
         uint8 pixels with normalize=pixel_norm(mean, std))

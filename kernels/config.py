@@ -125,9 +125,20 @@ _EXCLUDED: dict[str, dict[str, tuple[Config, ...]]] = {
     },
 }
 # conv_stem: the same kernel on its flat-K path (Cin < 16: the stem's 7x7 over 3 channels).
+# (16-bit 64x64x32 left: it spilled 24 B on sm_90 once the sizes were unspecialized, the gate)
 _SPACE["conv_stem"] = {
-    **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
+    **{dt: (C(128, 64, 16, 4, 4),) for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
+}
+# conv_grouped: the conv kernel on grouped convs (ResNeXt's 3x3s). BLOCK_N = BLOCK_K, so that
+# select_config's BLOCK_K (the widest the per-group reduction Cin/groups fills) also sizes the
+# tile to the group: with 4 or 8 channels per group a 16-wide tile spans 4 or 2 groups and
+# its block-diagonal weight tile wastes 3/4 or 1/2 of the MMA; with 16 or more, a tile stays
+# inside one group (bench/NOTES.md, grouped convs).
+_SPACE["conv_grouped"] = {
+    **{dt: (C(64, 16, 16, 4, 4), C(128, 16, 16, 4, 4), C(64, 32, 32, 4, 4), C(64, 64, 64, 4, 4)) for dt in _16},
+    # float32: 64x32x32 spills 8 B (the gate: on 3 stages on sm_90, on 2 with tf32 on sm_80/86/89)
+    torch.float32: (C(64, 16, 16, 4, 3),),
 }
 # conv1x1: a plain GEMM, so 8 warps are allowed and carry the 128x128 tile.
 _SPACE["conv1x1"] = {
@@ -172,6 +183,7 @@ _SPACE["splitk_reduce"] = {dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.flo
 _INTERPRETER = {
     "conv": C(512, 256, 256, 4, 1),
     "conv_stem": C(512, 256, 256, 4, 1),
+    "conv_grouped": C(512, 64, 64, 4, 1),  # a wider tile spans more groups: mostly zeros
     "conv1x1": C(512, 256, 256, 4, 1),
     "avgpool": C(64, 256, 1, 4, 1),
     "max_pool2d": C(64, 64, 1, 4, 1),
@@ -180,9 +192,9 @@ _INTERPRETER = {
 }
 
 KERNELS = tuple(_SPACE)
-GEMM_KERNELS = ("conv", "conv_stem", "conv1x1")
+GEMM_KERNELS = ("conv", "conv_stem", "conv_grouped", "conv1x1")
 # The convs whose K loop may be split (kernels/splitk.py).
-SPLIT_KERNELS = ("conv", "conv_stem", "conv1x1")
+SPLIT_KERNELS = ("conv", "conv_stem", "conv_grouped", "conv1x1")
 NUM_SMS_DEFAULT = 132  # H100 SXM / H200
 # Split-K heuristic: split only grids that leave at least half the SMs idle, and give every
 # split at least this many K-loop iterations (each split writes a float32 partial tile that
@@ -303,12 +315,14 @@ def m_tiles(config: Config, M: int, segments: tuple[int, int] | None = None) -> 
     return -(-int(M) // config.BLOCK_M)
 
 
-def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
+def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: int = 1) -> bool:
     """Whether `config`'s variant can run a conv reducing over K channels per tap at `stride`
     (what the TMA launchers require: 16-byte aligned rows, whole BLOCK_K steps inside a tap,
-    and for TMA activations stride 1)."""
+    for TMA activations stride 1, and no dilation; grouped convs have no TMA configs)."""
     if not config.tma:
         return True
+    if dilation != 1:
+        return False
     if kernel == "conv1x1":
         return stride == 1 and K % 8 == 0
     if kernel == "conv":
@@ -320,20 +334,25 @@ def applies(kernel: str, config: Config, *, K: int, stride: int = 1) -> bool:
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
     residual: bool = False, sms: int | None = None, target: str | None = None, max_shared: int | None = None,
-    stride: int = 1, segments: tuple[int, int] | None = None,
+    stride: int = 1, dilation: int = 1, segments: tuple[int, int] | None = None,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space that applies to
     it (`applies`; for a conv with a residual, those that take one), and every tile split by
     `choose_split` where that splits it (the heuristic's own choice is among them): pointer
     tiles both with the reduce launch and, on Hopper, fused ("fused_k"); TMA tiles fused; warp
-    specialized tiles never split. `sms`, `target`, `max_shared`: the device planned for
-    (default: `device`'s, else an H100's: 132 SMs, sm_90). `segments`: (N*OH, OW) of a conv's
-    output, which the ``tma`` conv's grid is made of (`m_tiles`); a conv that offers ``tma``
-    tiles must give it, or their splits would be planned for a grid they do not launch."""
+    specialized tiles never split; for ``conv_grouped``, tiles whose K step Cin/groups (K) fills.
+    `sms`, `target`, `max_shared`: the device planned for (default: `device`'s, else an H100's:
+    132 SMs, sm_90); `stride`, `dilation`: the conv's (TMA variants apply to neither dilation).
+    `segments`: (N*OH, OW) of a conv's output, which the ``tma`` conv's grid is made of
+    (`m_tiles`); a conv that offers ``tma`` tiles must give it, or their splits would be
+    planned for a grid they do not launch."""
     sms, target, max_shared = _device(device, sms, target, max_shared)
 
     def ok(c: Config) -> bool:
-        return applies(kernel, c, K=K, stride=stride)
+        # A grouped conv's tile is as wide as its K step (conv_grouped): no wider than a group fills.
+        if kernel == "conv_grouped" and c.BLOCK_K > _pow2_at_least(K):
+            return False
+        return applies(kernel, c, K=K, stride=stride, dilation=dilation)
 
     space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared) if ok(c))
     if kernel not in SPLIT_KERNELS:
@@ -386,7 +405,7 @@ def select_config(
     # The untuned heuristic keeps the pointer kernels (the TMA variants wait for a GPU run).
     space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared)
                   if c.variant == "ptr")
-    if kernel not in ("conv", "conv_stem", "conv1x1"):
+    if kernel not in GEMM_KERNELS:
         return space[0]
     kmax = _pow2_at_least(K)
     widest = max(c.BLOCK_K for c in space if c.BLOCK_K <= kmax) if any(c.BLOCK_K <= kmax for c in space) else min(c.BLOCK_K for c in space)

@@ -52,13 +52,20 @@ def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
     return tl.where(a_ok, v, 0.0)
 
 
-@triton.jit
+# Not specialized on: the sizes that vary with the batch or the input's spatial size (so a new
+# input size compiles nothing: NHWC strides with channel counts divisible by 16 keep their
+# class at every size), and dilation (a dilated trunk's convs share the plain convs' binaries).
+_SIZES = ("M", "H", "W", "OH", "OW", "DH", "DW", "ITERS")
+
+
+@triton.jit(do_not_specialize=_SIZES)
 def _conv_kernel(
     # pointers (n_ptr: the stem's pixel_norm table, read only when NORMALIZE; cnt_ptr: the
     # fused split's arrival counters)
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, n_ptr, cnt_ptr,
     # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
-    M, H, W, C, OH, OW, CO, SH, SW, PH, PW, ITERS,
+    # (CIG, COG: input and output channels per group; C and CO when not GROUPED)
+    M, H, W, C, OH, OW, CO, SH, SW, PH, PW, DH, DW, CIG, COG, ITERS,
     # strides (elements, in n, h, w, c order; weights in cout, kh, kw, cin order; the
     # split-K workspace's plane)
     sxn, sxh, sxw, sxc,
@@ -67,7 +74,7 @@ def _conv_kernel(
     syn, syh, syw, syc,
     sws,
     # meta-parameters
-    KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr, GROUPED: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     FUSED: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -97,11 +104,14 @@ def _conv_kernel(
             c = kk - tap * C
             kh = tap // KW
             kw = tap - kh * KW
+            # Dilation: tap (kh, kw) reads the input (kh*DH, kw*DW) away from the row's origin.
+            dh = kh * DH
+            dw = kw * DW
             k_ok = kk < K_TOTAL
-            ih = ih0[:, None] + kh[None, :]
-            iw = iw0[:, None] + kw[None, :]
+            ih = ih0[:, None] + dh[None, :]
+            iw = iw0[:, None] + dw[None, :]
             a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + x_row[:, None] + (kh * sxh + kw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
+            a = tl.load(x_ptr + x_row[:, None] + (dh * sxh + dw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
             if NORMALIZE != 0:
                 a = _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE)
             b = tl.load(
@@ -112,26 +122,51 @@ def _conv_kernel(
     else:
         # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
         # kh and kw unroll into copies of the body and spill at big tiles.
-        n_cb = tl.cdiv(C, BLOCK_K)
+        c_lo = 0
+        span = C
+        if GROUPED:
+            # The tile's columns belong to groups g_lo..g_hi, which read input channels
+            # [g_lo*CIG, (g_hi+1)*CIG): the K loop runs over those only. Where a tile spans
+            # several groups the weight tile is block-diagonal (zero where a channel is not of
+            # its column's group), so tensor cores still run, at COG/BLOCK_N useful work.
+            n0 = pid_n * BLOCK_N
+            g_lo = n0 // COG
+            g_hi = (tl.minimum(n0 + BLOCK_N, CO) - 1) // COG
+            c_lo = g_lo * CIG
+            span = (g_hi - g_lo + 1) * CIG
+            col_c0 = (rn // COG) * CIG  # the first input channel of each column's group
+        n_cb = tl.cdiv(span, BLOCK_K)
         it1 = tl.minimum(it0 + ITERS, KH * KW * n_cb)
         for it in range(it0, it1):
             tap = it // n_cb
             c0 = (it - tap * n_cb) * BLOCK_K
             kh = tap // KW
             kw = tap - kh * KW
-            ih = ih0 + kh
-            iw = iw0 + kw
+            dh = kh * DH
+            dw = kw * DW
+            ih = ih0 + dh
+            iw = iw0 + dw
             row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             c = c0 + rk
-            c_ok = c < C
+            c_ok = c < span
+            c = c_lo + c
             a = tl.load(
-                x_ptr + (x_row + (kh * sxh + kw * sxw))[:, None] + c[None, :] * sxc,
+                x_ptr + (x_row + (dh * sxh + dw * sxw))[:, None] + c[None, :] * sxc,
                 mask=row_ok[:, None] & c_ok[None, :], other=0.0,
             )
-            b = tl.load(
-                w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + c[:, None] * swc,
-                mask=c_ok[:, None] & n_ok[None, :], other=0.0,
-            )
+            if GROUPED:
+                # w holds CIG input channels per output channel: channel c of column n is
+                # w[n, c - col_c0[n]], present only inside n's group.
+                cw = c[:, None] - col_c0[None, :]
+                b = tl.load(
+                    w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + cw * swc,
+                    mask=c_ok[:, None] & n_ok[None, :] & (cw >= 0) & (cw < CIG), other=0.0,
+                )
+            else:
+                b = tl.load(
+                    w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + c[:, None] * swc,
+                    mask=c_ok[:, None] & n_ok[None, :], other=0.0,
+                )
             # The cast is a no-op except in the stem, which reads the user's input as it comes.
             acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
 
@@ -139,6 +174,14 @@ def _conv_kernel(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
         srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED,
     )
+
+
+# The flat-K path (the stem, thin inputs) as a kernel of its own that does not specialize on the
+# divisibility of x's strides either: the stem reads the caller's input, often NCHW, whose
+# strides (W, H*W) are spatial sizes; its gathered loads never vectorize along them anyway.
+# (A stride of 1, the layout's contiguous axis, is still a constant: the index math needs it.)
+_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_SIZES,
+                               do_not_specialize_on_alignment=("sxn", "sxh", "sxw", "sxc"))
 
 
 class ConvGeometry(NamedTuple):
@@ -156,6 +199,10 @@ class ConvGeometry(NamedTuple):
     OH: int
     OW: int
     precision: str
+    # groups and dilation (height, width): 1 for a plain conv
+    G: int = 1
+    DH: int = 1
+    DW: int = 1
 
     @property
     def M(self) -> int:
@@ -166,7 +213,8 @@ class ConvGeometry(NamedTuple):
         return (self.N, self.CO, self.OH, self.OW)
 
 
-def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False) -> ConvGeometry:
+def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False,
+                    dilation=1, groups=1) -> ConvGeometry:
     """Validate a fused-conv call and return its geometry (shared by conv and conv1x1).
 
     any_input: x may have any float dtype and memory layout (the stem reads the user's input);
@@ -181,23 +229,40 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *,
     check_channels_last("w", w)
     N, C, H, W = x.shape
     CO, CI, KH, KW = w.shape
-    if CI != C:
-        raise ValueError(f"w has {CI} input channels (shape {tuple(w.shape)}) but x has {C} (shape {tuple(x.shape)})")
+    G = _check_groups(groups, C, CO)
+    if CI * G != C:
+        per = f" per group ({G} groups)" if G > 1 else ""
+        raise ValueError(f"w has {CI} input channels{per} (shape {tuple(w.shape)}) but x has {C} (shape "
+                         f"{tuple(x.shape)})" + (f": w must be [{CO}, {C // G}, KH, KW]" if G > 1 else ""))
     check_bias(b, CO)
     (SH, SW), (PH, PW) = pair("stride", stride), pair("padding", padding)
+    DH, DW = pair("dilation", dilation)
     if SH < 1 or SW < 1 or PH < 0 or PW < 0:
         raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
-    OH, OW = out_size(H, KH, SH, PH), out_size(W, KW, SW, PW)
+    if DH < 1 or DW < 1:
+        raise ValueError(f"dilation must be >= 1, got dilation={dilation}")
+    OH, OW = out_size(H, KH, SH, PH, DH), out_size(W, KW, SW, PW, DW)
     if OH < 1 or OW < 1:
         raise ValueError(
-            f"empty output: input {H}x{W} with kernel {KH}x{KW}, stride {(SH, SW)}, padding {(PH, PW)} "
-            f"gives {OH}x{OW}"
+            f"empty output: input {H}x{W} with kernel {KH}x{KW}, stride {(SH, SW)}, padding {(PH, PW)}, "
+            f"dilation {(DH, DW)} gives {OH}x{OW}"
         )
-    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype))
+    g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype),
+                     G=G, DH=DH, DW=DW)
     check_like("residual", residual, g.out_shape, w.dtype)
     check_like("out", out, g.out_shape, w.dtype)
     check_no_overlap("out", out, x=x, w=w, b=b, residual=residual, elementwise=("residual",))
     return g
+
+
+def _check_groups(groups, C: int, CO: int) -> int:
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if C % groups or CO % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({C}) and the output channels ({CO})")
+    return groups
 
 
 def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
@@ -216,12 +281,35 @@ def reduction(C: int, KH: int, KW: int) -> tuple[bool, int, str]:
     return False, C, "conv"
 
 
+def conv_problem(cin: int, cout: int, kh: int, kw: int, groups: int = 1) -> tuple[str, int, int, int]:
+    """(config space, N, K, taps) of a conv: the arguments `select_config(space, dtype, M=...,
+    N=N, K=K, taps=taps)` and `tuning_candidates` take for it, as the launcher plans it itself.
+
+    Plain convs as `reduction` says ("conv_stem" with K = KH*KW*Cin in one flat loop below 16
+    input channels, else "conv" with K = Cin per tap). Grouped convs (groups > 1) take
+    "conv_grouped" with K = Cin/groups, the reduction of one group per tap: a tile runs its K
+    loop over the input channels of the groups its output channels belong to (one group when
+    Cout/groups >= BLOCK_N; BLOCK_N*Cin/Cout channels when a tile spans several groups, whose
+    weight tile is then block-diagonal). Dilation does not change the problem.
+    """
+    if groups > 1:
+        return "conv_grouped", cout, cin // groups, kh * kw
+    flat, k, space = reduction(cin, kh, kw)
+    return space, cout, k, 1 if flat else kh * kw
+
+
+def group_span(g: ConvGeometry, block_n: int) -> int:
+    """Input channels the K loop of the widest BLOCK_N-column tile of a grouped conv runs over
+    (the channels of every group its columns belong to)."""
+    cig, cog = g.C // g.G, g.CO // g.G
+    return max(((min(n0 + block_n, g.CO) - 1) // cog - n0 // cog + 1) * cig for n0 in range(0, g.CO, block_n))
+
+
 def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None, *,
                 residual: bool = False) -> Config:
     """The launcher's own config for a conv of geometry `g` (the engine fixes it per layer)."""
-    flat, k, space = reduction(g.C, g.KH, g.KW)
-    return select_config(space, dtype, M=g.M, N=g.CO, K=k, taps=1 if flat else g.KH * g.KW, device=device,
-                         residual=residual)
+    space, n, k, taps = conv_problem(g.C, g.CO, g.KH, g.KW, g.G)
+    return select_config(space, dtype, M=g.M, N=n, K=k, taps=taps, device=device, residual=residual)
 
 
 def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspace, counters=None,
@@ -229,6 +317,9 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     if cfg.tma:
+        if (g.DH, g.DW, g.G) != (1, 1, 1):
+            raise ValueError(f"config {cfg.name}: the TMA conv runs neither dilated nor grouped convs, got dilation "
+                             f"{(g.DH, g.DW)}, groups {g.G}: use a pointer config")
         if flat or norm is not None or x.dtype != w.dtype:
             raise ValueError(f"config {cfg.name}: the TMA conv needs >= 16 input channels in w's dtype, got x "
                              f"{x.dtype} of shape {tuple(x.shape)}, w of shape {tuple(w.shape)}")
@@ -238,6 +329,9 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
         if g.M:
             launch_conv_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters, y)
         return y
+    grouped = g.G > 1
+    if grouped:
+        flat, k = False, group_span(g, cfg.BLOCK_N)
     splits, iters = config_splits(cfg, k, 1 if flat else g.KH * g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
@@ -248,11 +342,11 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     fused = splits > 1 and cfg.fused_split
     cnt = split_counters(counters, tiles, b) if fused else b
     mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype == torch.float32 else NORM_FMA)
-    launch(_conv_kernel, (tiles, splits),
+    launch(_conv_stem_kernel if flat else _conv_kernel, (tiles, splits),
         x, w, b, r, y, ws, b if norm is None else norm, cnt,
-        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, iters,
+        g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.C // g.G, g.CO // g.G, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
-        KH=g.KH, KW=g.KW, FLAT_K=flat, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
+        KH=g.KH, KW=g.KW, FLAT_K=flat, GROUPED=grouped, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
         SPLIT=splits > 1, FUSED=fused, NORMALIZE=mode, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
     if splits > 1 and not fused:
@@ -267,6 +361,8 @@ def conv_bn_relu(
     *,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
     relu: bool = True,
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
@@ -275,23 +371,27 @@ def conv_bn_relu(
     workspace: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = relu(conv2d(x, w) + b (+ residual)), fused (one launch, two if split), BN folded into w, b.
+    """y = relu(conv2d(x, w, stride, padding, dilation) + b (+ residual)), fused (one launch, two
+    if split), BN folded into w, b.
 
     x: [N, Cin, H, W] channels_last, float16 / bfloat16 / float32.
-    w: [Cout, Cin, KH, KW] channels_last (physically [Cout, KH, KW, Cin]), x's dtype.
+    w: [Cout, Cin/groups, KH, KW] channels_last (physically [Cout, KH, KW, Cin/groups]), x's dtype;
+    groups must divide Cin and Cout (output channel o reads the input channels of its group,
+    o // (Cout/groups)), as torch's conv2d.
     b: [Cout] float32.  residual: [N, Cout, OH, OW] channels_last, x's dtype.
     Returns y: [N, Cout, OH, OW] channels_last in x's dtype (written into `out` if given).
     Accumulates in float32; float32 inputs use exact fp32 products unless input_precision="tf32".
     A config with SPLIT_K > 1 (the default for grids that leave most SMs idle) takes two
     launches: the split K loop into float32 partials, then their sum with the epilogue; the
-    partials go to `workspace` (float32, contiguous, >= splits*M*Cout elements) if given,
+    partials go to `workspace` (float32, contiguous, >= splitk.workspace_numel(M, Cout, splits)
+    elements: splits planes of M*Cout rounded up to 16) if given,
     else to a fresh buffer. A fused split (``config.fused_split``: variant "fused_k", or a TMA
     config) is one launch; its tiles count arrivals in `counters` (int32, contiguous, at
     least one word per output tile, all zero: every fused launch leaves them zero again),
     else in fresh zeros. TMA configs (kernels/conv_tma.py) need Cin a multiple of BLOCK_K and
-    dense weights; variant "tma" also stride 1.
+    dense weights; variant "tma" also stride 1; none runs a dilated or grouped conv.
     """
-    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision)
+    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision, dilation=dilation, groups=groups)
     return _launch_conv(x, w, b, g, relu, residual, out, config, workspace, counters)
 
 

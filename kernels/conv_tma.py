@@ -26,7 +26,9 @@ from .launch import ensure_tma_allocator, launch
 from .splitk import config_splits, finish_tile, split_counters, split_workspace
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (strides past them only depend on channel counts).
+@triton.jit(do_not_specialize=("M", "MT", "N", "H", "W", "OH", "OW", "ITERS"))
 def _conv_tma_kernel(
     # pointers (cnt_ptr: the fused split's arrival counters)
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr,

@@ -18,7 +18,10 @@ from .splitk import config_splits, finish_tile, reduce_partials, split_counters,
 from .launch import launch
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (the strides depend on channel counts only,
+# the split-K plane stride is padded to 16 elements: kernels/splitk.py).
+@triton.jit(do_not_specialize=("M", "OH", "OW", "ITERS"))
 def _gemm1x1_kernel(
     # pointers (cnt_ptr: the fused split's arrival counters)
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr,

@@ -22,7 +22,9 @@ from .launch import ensure_tma_allocator, launch
 from .splitk import config_splits, finish_tile, split_counters, split_workspace
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (strides past them only depend on channel counts).
+@triton.jit(do_not_specialize=("M", "OH", "OW", "ITERS"))
 def _gemm_tma_kernel(
     # pointers (cnt_ptr: the fused split's arrival counters)
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr,
@@ -59,6 +61,10 @@ def _gemm_tma_kernel(
     )
 
 
+# The classifier's launch (kernels/head.py, _fc_kernel): OH = OW = 1 and the batch specialized.
+_fc_tma_kernel = triton.jit(_gemm_tma_kernel.fn, do_not_specialize=("ITERS",))
+
+
 def check_tma_rows(name: str, t: torch.Tensor, row_stride: int) -> None:
     """A TMA operand's rows (`row_stride` elements apart, columns dense) and base address must
     be 16-byte aligned: what a tensor descriptor requires."""
@@ -73,11 +79,12 @@ def check_tma_rows(name: str, t: torch.Tensor, row_stride: int) -> None:
 def launch_gemm_tma(
     x2: torch.Tensor, sxm: int, w2: torch.Tensor, b: torch.Tensor, residual4: torch.Tensor | None, y4: torch.Tensor,
     *, M: int, C: int, CO: int, OH: int, OW: int, relu: bool, precision: str, config: Config,
-    workspace: torch.Tensor | None, counters: torch.Tensor | None,
+    workspace: torch.Tensor | None, counters: torch.Tensor | None, fc: bool = False,
 ) -> None:
     """One TMA GEMM launch: x2 holds M pixel rows of C channels (row stride sxm, channel
     stride 1), w2 [CO, C] (row stride w2.stride(0)); y4 / residual4 NHWC-strided outputs of
-    OH x OW per image. The launchers (kernels/gemm1x1.py, kernels/head.py) check the rest."""
+    OH x OW per image; fc: the classifier's (OH = OW = 1, `_fc_tma_kernel`). The launchers
+    (kernels/gemm1x1.py, kernels/head.py) check the rest."""
     from ._checks import nhwc_strides
 
     if config.variant == "tma_ws" and config.SPLIT_K > 1:
@@ -90,7 +97,7 @@ def launch_gemm_tma(
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
     r = residual4 if residual4 is not None else y4
     ensure_tma_allocator()
-    launch(_gemm_tma_kernel, (tiles, splits),
+    launch(_fc_tma_kernel if fc else _gemm_tma_kernel, (tiles, splits),
         x2, w2, b, r, y4, ws, cnt,
         M, C, OH, OW, CO, iters,
         sxm, w2.stride(0),

@@ -20,11 +20,13 @@ from ._checks import (
 )
 from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
-from .splitk import check_workspace, config_splits, reduce_partials, split_counters, workspace_numel
+from .splitk import check_workspace, config_splits, reduce_partials, split_counters, split_plane, workspace_numel
 from .launch import launch
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (strides past them only depend on channel counts).
+@triton.jit(do_not_specialize=("HW", "W"))
 def _avgpool_kernel(
     # pointers
     x_ptr, p_ptr,
@@ -63,6 +65,14 @@ def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
     split-K partials of the linear layer (if its config splits)."""
     splits, _ = config_splits(config, C)
     return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
+
+
+# The linear layer: the 1x1 conv kernel on 1x1 "images", specialized as it was before the
+# general kernel left its sizes unspecialized (its index math for OH, OW, M then spills in the
+# 128-row and fused split tiles, the gate): OH = OW = 1 constants, and the batch (M)
+# specialized: one binary per batch class (1, a multiple of 16, other), none per image size
+# (the head sees pooled features).
+_fc_kernel = triton.jit(_gemm1x1_kernel.fn, do_not_specialize=("ITERS",))
 
 
 def _pooled_numel(N: int, C: int) -> int:
@@ -135,16 +145,16 @@ def avgpool_fc(
         from .gemm_tma import launch_gemm_tma
 
         launch_gemm_tma(pooled, C, w, b, None, y4, M=N, C=C, CO=CLS, OH=1, OW=1, relu=False, precision=precision,
-                        config=cfg, workspace=partials if splits > 1 else None, counters=counters)
+                        config=cfg, workspace=partials if splits > 1 else None, counters=counters, fc=True)
         return y
     tiles = triton.cdiv(N, cfg.BLOCK_M) * triton.cdiv(CLS, cfg.BLOCK_N)
     fused = splits > 1 and cfg.fused_split
-    launch(_gemm1x1_kernel, (tiles, splits),
+    launch(_fc_kernel, (tiles, splits),
         pooled, w, b, y4, y4, partials if splits > 1 else b, split_counters(counters, tiles, b) if fused else b,
         N, C, 1, 1, CLS, 1, 1, iters,
         C, C, C, 1,
         w.stride(0), 1,
-        *ys, *ys, N * CLS if splits > 1 else 0,
+        *ys, *ys, split_plane(N, CLS) if splits > 1 else 0,
         HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1, FUSED=fused,
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )

@@ -11,7 +11,9 @@ from .indexing import nhwc_rows
 from .launch import launch
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (strides past them only depend on channel counts).
+@triton.jit(do_not_specialize=("P", "H", "W", "OH", "OW"))
 def _max_pool_kernel(
     # pointers
     x_ptr, y_ptr,

@@ -3,7 +3,7 @@
 At batch 1 ResNet-50's last stage is M = 49 output pixels: a 64x64 tile grid gives 8 programs
 for 132 SMs, each running a 72-step K loop alone. With split-K the grid gets a second axis of
 `splits` programs per tile, each summing one contiguous range of K-loop iterations into a
-float32 partial in a workspace [splits, M, Cout]; a second launch sums the partials in a fixed
+float32 partial in a workspace of `splits` planes [M, Cout] (split_plane apart); a second launch sums the partials in a fixed
 order (deterministic, unlike atomics) and applies the fused epilogue (bias, residual, ReLU)
 with the same `bias_residual_relu_store` as the unsplit kernels.
 
@@ -64,9 +64,16 @@ def split_counters(counters: torch.Tensor | None, tiles: int, like: torch.Tensor
     return counters
 
 
+def split_plane(M: int, CO: int) -> int:
+    """Elements from one split's partial plane [M, CO] to the next: M*CO rounded up to 16, so
+    that every plane is 64-byte aligned and the stride's JIT class (divisible by 16) is the same
+    at every batch size (the classifier's 1000 classes would otherwise make it depend on M)."""
+    return -(-int(M) * int(CO) // 16) * 16
+
+
 def workspace_numel(M: int, CO: int, splits: int) -> int:
     """Float32 elements of the partial-sum workspace of one split launch (0 when unsplit)."""
-    return 0 if splits <= 1 else splits * M * CO
+    return 0 if splits <= 1 else splits * split_plane(M, CO)
 
 
 def check_workspace(ws: torch.Tensor | None, numel: int, **others: torch.Tensor | None) -> None:
@@ -83,7 +90,7 @@ def check_workspace(ws: torch.Tensor | None, numel: int, **others: torch.Tensor 
     if not ws.is_contiguous():
         raise ValueError(f"workspace must be contiguous, got shape {tuple(ws.shape)} with strides {tuple(ws.stride())}")
     if ws.numel() < numel:
-        raise ValueError(f"workspace has {ws.numel()} elements but this split launch needs {numel} (splits x M x Cout)")
+        raise ValueError(f"workspace has {ws.numel()} elements but this split launch needs {numel} (splits planes of M x Cout, each rounded up to 16)")
     check_device(**others, workspace=ws)
     check_no_overlap("workspace", ws[:numel], **others)
 
@@ -102,7 +109,7 @@ def split_workspace(
     check_workspace(workspace, numel, **others)
     if workspace is None:
         workspace = torch.empty(numel, device=stand_in.device, dtype=torch.float32)
-    return workspace, M * CO
+    return workspace, split_plane(M, CO)
 
 
 @triton.jit
@@ -169,7 +176,9 @@ def finish_tile(
         )
 
 
-@triton.jit
+# Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
+# input size compiles nothing (the plane stride is padded: split_plane).
+@triton.jit(do_not_specialize=("M", "OH", "OW", "SPLITS"))
 def _splitk_reduce_kernel(
     # pointers
     ws_ptr, b_ptr, r_ptr, y_ptr,
@@ -206,7 +215,7 @@ def reduce_partials(
 ) -> None:
     """y = relu(sum of the `splits` partial planes of ws + b (+ residual)), cast to y's dtype.
 
-    ws: float32 [splits, M, CO] (contiguous, at least that many elements); y, residual:
+    ws: float32, `splits` planes [M, CO] split_plane(M, CO) apart (contiguous); y, residual:
     [N, CO, OH, OW] channels_last. Called by the launchers right after their split launch;
     their checks cover these tensors.
     """
@@ -217,7 +226,7 @@ def reduce_partials(
     launch(_splitk_reduce_kernel, grid,
         ws, b, r, y,
         M, CO, OH, OW, splits,
-        M * CO, *nhwc_strides(r), *nhwc_strides(y),
+        split_plane(M, CO), *nhwc_strides(r), *nhwc_strides(y),
         HAS_RESIDUAL=residual is not None, RELU=bool(relu),
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
     )

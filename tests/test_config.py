@@ -337,3 +337,29 @@ def test_tuning_offers_every_variant_family_where_it_applies():
     for target, dtype in (("sm_80", torch.float16), ("sm_90", torch.bfloat16)):
         other = tuning_candidates("conv", dtype, M=49, N=512, K=512, taps=9, sms=108, target=target)
         assert {c.variant for c in other} == {"ptr"} and any(c.SPLIT_K > 1 for c in other)
+
+
+def test_grouped_and_dilated_convs_plan_pointer_tiles():
+    """conv_grouped: a tile as wide as its K step, the widest K step one group fills; never a
+    TMA config; a dilated conv is never offered one either."""
+    from fastres.kernels.config import select_config, tuning_candidates
+    from fastres.kernels.conv import conv_problem
+
+    assert conv_problem(256, 512, 3, 3) == ("conv", 512, 256, 9)
+    assert conv_problem(3, 64, 7, 7) == ("conv_stem", 64, 147, 1)
+    for cig, block in ((4, 16), (8, 16), (16, 16), (32, 32), (64, 64)):
+        space, n, k, taps = conv_problem(32 * cig, 32 * cig, 3, 3, 32)
+        assert (space, n, k, taps) == ("conv_grouped", 32 * cig, cig, 9)
+        for dt in (torch.float16, torch.bfloat16):
+            for m in (49, 32 * 56 * 56):
+                cfg = select_config(space, dt, M=m, N=n, K=k, taps=taps, sms=132, target="sm_90", interpreter=False)
+                assert cfg.BLOCK_K == cfg.BLOCK_N == block and cfg.variant == "ptr", (cig, m, cfg)
+            cands = tuning_candidates(space, dt, M=49, N=n, K=k, taps=taps, sms=132, target="sm_90", segments=(7, 7))
+            assert cands and all(c.BLOCK_K <= max(16, cig) and not c.tma for c in cands), cands
+    seg = (32 * 65, 65)
+    dense = tuning_candidates("conv", torch.float16, M=32 * 65 * 65, N=256, K=256, taps=9, sms=132, target="sm_90",
+                              segments=seg)
+    dilated = tuning_candidates("conv", torch.float16, M=32 * 65 * 65, N=256, K=256, taps=9, sms=132, target="sm_90",
+                                segments=seg, dilation=2)
+    assert any(c.tma for c in dense) and not any(c.tma for c in dilated)
+    assert set(dilated) == {c for c in dense if not c.tma}

@@ -292,3 +292,40 @@ def test_forward_pixels_checks(engine):
     with pytest.raises(ValueError, match=r"std must be positive"):
         engine.forward_pixels(px, std=(0.2, 0.0, 0.2))
     assert engine.forward_pixels(px[:0]).shape == (0, 10)
+
+
+def test_twenty_input_sizes_compile_no_new_kernel():
+    # A detector's transform feeds a new size for almost every image: each costs a plan and
+    # buffers (and on CUDA a graph) but must reuse the binaries the first size compiled. The
+    # engine plans for an H100 (the configs a GPU would run, not the interpreter's); its
+    # launches are recorded without running.
+    from fastres.device import DeviceInfo
+    from fastres.gate.keys import compile_keys, recording
+    from fastres.plan import fold_params
+    from fastres.schedule import build_schedule
+
+    h100 = DeviceInfo("NVIDIA H100 80GB HBM3", sms=132)
+    returns = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+    trunk = {k: v for k, v in calibrated("resnet50").state_dict().items() if not k.startswith("fc.")}
+    fast = fastres.ResNet("resnet50", fold_params(trunk, "resnet50", None, torch.float16), returns=returns,
+                          dtype=torch.float16, device="cpu", max_shapes=2)
+    fast._device_info = h100
+    # Sizes as torchvision's detection transform makes them at its defaults (min_size 800,
+    # max_size 1333, padded to multiples of 32): landscape 800xW and portrait Hx800.
+    sizes = [(800, 832 + 64 * i) for i in range(8)] + [(800, 1344)] + [(832 + 64 * i, 800) for i in range(8)] + \
+        [(1344, 800), (800, 800), (800, 1216)]
+    keys = []
+    for h, w in sizes:
+        with recording(run=False) as launches:
+            fast(torch.randn(1, 3, h, w))
+        keys.append(compile_keys(launches))
+    assert len(sizes) == 20 and len(keys[0]) > 5
+    new = {sizes[i]: len(k - keys[0]) for i, k in enumerate(keys) if not k <= keys[0]}
+    assert not new, f"sizes that compile new kernels (size: how many): {new}"
+    # The heuristic alone would have picked other tiles at some of these sizes: kept, not re-picked.
+    heuristic = {(s.layer, s.config) for s in build_schedule("resnet50", (1, 3, 800, 1344), torch.float16, h100,
+                                                             returns=returns).steps}
+    assert heuristic != {(s.layer, s.config) for s in fast.schedule((1, 3, 800, 1344)).steps}
+    # Another batch is planned afresh.
+    assert fast.schedule((2, 3, 800, 1344)) == build_schedule("resnet50", (2, 3, 800, 1344), torch.float16, h100,
+                                                              returns=returns)

@@ -21,7 +21,7 @@ rows = [
     # else: more than the 255 a thread has, so it must spill.
     check_one("conv1x1", Config(256, 128, 32, num_warps=4, num_stages=3), "float16", "1x1/s1/relu/ieee"),
     # 8 stages of 64x256 + 256x64 fp16 operand tiles: 512 KB of shared memory.
-    check_one("conv1x1", Config(64, 64, 256, num_warps=4, num_stages=8), "float16", "1x1/s1/relu/ieee"),
+    check_one("conv1x1", Config(64, 64, 256, num_warps=8, num_stages=8), "float16", "1x1/s1/relu/ieee"),
 ]
 print(json.dumps(rows))
 """

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastres.gate.compile import CONFIG_META, arg_names, specialize
+from fastres.gate.keys import unaligned, unspecialized
 from fastres.gate.target import GFX942, SM80, SM90, SM100, TARGETS
 from fastres.gate.variants import DTYPES, dispatchable, engine_space, heaviest, tensor_core_required, variants
 from fastres.kernels.config import KERNELS, Config, config_space
@@ -233,7 +234,11 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
                         args.pop("num_stages"), meta.get("GROUP_M", 8))
         gate = _gate_class(kernel_name, variant_name, config, fn, *family)
         # Constexpr arguments (per the kernel) compare by value, the others by JIT class.
-        got = {name: ("const", v) if gate.get(name, ("",))[0] == "const" else _jit_class(v) for name, v in args.items()}
+        plain = unspecialized(fn)  # do_not_specialize: a plain int whatever its value
+        no_align = unaligned(fn)  # do_not_specialize_on_alignment: 1 or a plain int
+        got = {name: ("const", v) if gate.get(name, ("",))[0] == "const" else
+               ("int", False, False) if name in plain else
+               ("int", v == 1, False) if name in no_align else _jit_class(v) for name, v in args.items()}
         for name in CONFIG_META:
             gate.pop(name, None)
         mismatched = {n: (got.get(n), gate.get(n)) for n in set(got) | set(gate) if got.get(n) != gate.get(n)}

@@ -61,7 +61,7 @@ def test_fused_split_is_the_two_launch_split(dtype, device):
 
 
 # The classifier reads float32 pooled features through TMA. On triton 3.6 two warps issue its
-# boxes while only warp 0 executes the tensormap acquire fence (bench/NOTES.md, version 9):
+# boxes while only warp 0 executes the tensormap acquire fence (bench/NOTES.md, version 11):
 # watched on the GPU tier, and never offered by default (test_the_head_is_never_offered_tma).
 @pytest.mark.parametrize("cfg", [Config(16, 16, 16, 4, 1, variant="tma"), Config(16, 16, 16, 4, 1, variant="tma_ws"),
                                  Config(16, 16, 16, 4, 1, SPLIT_K=2, variant="tma")], ids=lambda c: c.name)

@@ -101,8 +101,9 @@ def test_workspace_given_and_poisoned(split, device):
     cfg = Config(16, 16, 16, num_stages=1, SPLIT_K=split)
     fresh = K.avgpool_fc(x, wt, b, config=cfg)
     need = head_workspace_numel(2, 96, 30, cfg)
-    # Pooled features, then (split) 96 channels in 16-wide steps = 6 steps in 3 splits of 2.
-    assert need == 2 * 96 + (3 * 2 * 30 if split > 1 else 0)
+    # Pooled features, then (split) 96 channels in 16-wide steps = 6 steps in 3 splits of 2:
+    # 3 planes of 2 x 30 partials, each padded to 64 elements (kernels.splitk.split_plane).
+    assert need == 2 * 96 + (3 * 64 if split > 1 else 0)
     ws = torch.full((need + 5,), float("nan"), device=device)
     for _ in range(2):
         assert torch.equal(K.avgpool_fc(x, wt, b, config=cfg, workspace=ws), fresh)

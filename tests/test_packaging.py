@@ -116,6 +116,9 @@ def test_wheel_installs_fastres_kernels_only(tmp_path):
     assert {t for t in top if not t.endswith((".dist-info", ".data"))} == {"fastres"}, sorted(top)
     for mod in ("__init__", "_checks", "config", "conv", "gemm1x1", "elementwise", "pool", "head", "fold", "indexing"):
         assert f"fastres/kernels/{mod}.py" in names, f"fastres/kernels/{mod}.py missing from the wheel"
+    for init in sorted((REPO / "fastres").rglob("__init__.py")):  # every subpackage, e.g. a new one
+        rel = init.relative_to(REPO).as_posix()
+        assert rel in names, f"{rel} missing from the wheel: add its package to pyproject.toml"
     zf = zipfile.ZipFile(wheels[0])
     top_level = [n for n in names if n.endswith(".dist-info/top_level.txt")]
     if top_level:

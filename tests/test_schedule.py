@@ -149,7 +149,7 @@ def test_engine_schedule_matches_the_planner(device):
 
 
 @pytest.mark.parametrize("arch, shape, words", [
-    ("resnext50_32x4d", (1, 3, 32, 32), ["unknown arch"]),
+    ("resnext51", (1, 3, 32, 32), ["unknown arch"]),
     ("resnet18", (1, 4, 32, 32), ["[N, 3, H, W]", "(1, 4, 32, 32)"]),
     ("resnet18", (0, 3, 32, 32), ["[N, 3, H, W]"]),
     ("resnet18", (3, 32, 32), ["[N, 3, H, W]"]),
@@ -197,3 +197,55 @@ def test_tma_conv_splits_are_planned_for_the_grid_it_launches(batch, no_launches
     # batch 1: 7 row segments x 8 column tiles = 56 programs, split 3 ways to fill 132 SMs
     # (planned from ceil(49 / 64) = 1 row tile it would have been 17 ways); batch 256: never.
     assert splits == ({1, 3} if batch == 1 else {1})
+
+
+@pytest.mark.parametrize("dilate", [(a, b, c) for a in (False, True) for b in (False, True) for c in (False, True)])
+def test_dilated_trunk_shapes_as_torchvision(dilate):
+    # torchvision's test_resnet_dilation: layer4 of resnet50 at 224x224 is 7 * 2**(dilated stages) wide.
+    s = build_schedule("resnet50", (1, 3, 224, 224), torch.float16, H100, dilate=dilate, returns={"layer4": "out"})
+    f = 2 ** sum(dilate)
+    assert [(o.name, o.shape) for o in s.outputs] == [("out", (1, 2048, 7 * f, 7 * f))]
+    assert all(st.kernel != "avgpool_fc" for st in s.steps)
+    model = __import__("torchvision").models.resnet50(replace_stride_with_dilation=dilate)
+    for st in s.steps:
+        if st.spec is not None:
+            conv = model.get_submodule(st.spec.name)
+            assert (conv.stride[0], conv.padding[0], conv.dilation[0]) == (st.spec.stride, st.spec.pad,
+                                                                           st.spec.dilation), st.layer
+
+
+def test_trunk_outputs_stay_alive():
+    returns = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+    for arch, shape in (("resnet50", (2, 3, 64, 80)), ("resnet18", (1, 3, 33, 45))):
+        s = build_schedule(arch, shape, torch.float16, H100, returns=returns)
+        assert [o.name for o in s.outputs] == ["0", "1", "2", "3"]
+        assert len({o.slot for o in s.outputs}) == 4
+        for o in s.outputs:
+            assert s.steps[o.step].dst == o.slot and s.steps[o.step].out_shape == o.shape
+            stage = s.steps[o.step].layer.split(".")[0]
+            assert o.step == max(i for i, st in enumerate(s.steps) if st.layer.startswith(stage + "."))
+            later = [st.layer for st in s.steps[o.step + 1:] if st.dst == o.slot]
+            assert not later, f"{arch}: output {o.name} (slot {o.slot}) overwritten by {later}"
+        assert s.num_classes is None and s.steps[-1].kernel != "avgpool_fc"
+        text = str(s)
+        assert "trunk returning 0 (s" in text and "=3 " in text
+
+
+def test_trunk_stops_after_its_last_returned_layer():
+    s = build_schedule("resnet18", (1, 3, 32, 32), torch.float16, H100, returns={"layer2": "feat"})
+    assert {st.layer.split(".")[0] for st in s.steps} == {"conv1", "maxpool", "layer1", "layer2"}
+    with pytest.raises(UnsupportedModelError, match="layer1..layer4"):
+        build_schedule("resnet18", (1, 3, 32, 32), torch.float16, H100, returns={"fc": "logits"})
+    with pytest.raises(UnsupportedModelError, match="BasicBlocks"):
+        build_schedule("resnet18", (1, 3, 32, 32), torch.float16, H100, dilate=(False, False, True))
+
+
+def test_resnext_grouped_convs_are_planned_per_group():
+    s = build_schedule("resnext50_32x4d", (1, 3, 64, 64), torch.float16, H100)
+    grouped = [st for st in s.steps if st.spec is not None and st.spec.groups > 1]
+    assert len(grouped) == 16 and {st.spec.groups for st in grouped} == {32}
+    for st in grouped:
+        assert st.space == "conv_grouped" and st.kernel == "conv_bn_relu"
+        # (M, N, K, taps): K is one group's input channels, per tap.
+        assert st.gemm[1:] == (st.spec.cout, st.spec.cin // 32, 9), st.layer
+    assert [st.spec.cin for st in grouped if st.layer.endswith(".0.conv2")] == [128, 256, 512, 1024]

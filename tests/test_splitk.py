@@ -70,6 +70,8 @@ def test_split_plan(iters, split, expected):
 def test_workspace_numel():
     assert workspace_numel(49, 512, 1) == 0
     assert workspace_numel(49, 512, 15) == 15 * 49 * 512
+    # planes padded to 16 elements: the head's 1000 classes at batch 1
+    assert workspace_numel(1, 1000, 8) == 8 * 1008
 
 
 def test_choose_split_rules():

@@ -395,8 +395,9 @@ def _bad_sources(zoo, folder: Path):
         "truncated .safetensors": (cut(0.5, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "truncated early .safetensors": (cut(0.0005, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["not a weights file"]),
-        "resnext50_32x4d": (saved(lambda: torchvision.models.resnext50_32x4d(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
-                            WeightsError, ["grouped"]),
+        "resnext 16x4d": (saved(lambda: torchvision.models.ResNet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3],
+                                                                  groups=16, width_per_group=4).state_dict()), ".pth", [],
+                          WeightsError, ["groups 16"]),
         "alexnet": (saved(lambda: torchvision.models.alexnet(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
                     WeightsError, ["not a torchvision ResNet"]),
         "a random dict": (saved({"encoder.weight": torch.randn(4, 4), "step": 3}), ".pth", [], WeightsError, ["not a torchvision ResNet"]),
@@ -422,7 +423,7 @@ def _bad_sources(zoo, folder: Path):
 
 BAD_CASES = [
     "missing file", "a folder", "empty .pth", "truncated .pth", "random bytes .pth", "truncated .safetensors",
-    "truncated early .safetensors", "random bytes .safetensors", "resnext50_32x4d", "alexnet", "a random dict",
+    "truncated early .safetensors", "random bytes .safetensors", "resnext 16x4d", "alexnet", "a random dict",
     "a bare tensor", "missing key", "unexpected key", "misshaped bn", "misshaped conv", "misshaped fc",
     "integer tensor", "not a tensor", "--arch contradicts", "--dtype float8", "code in the pickle",
 ]
@@ -480,12 +481,12 @@ def test_cli_error_is_the_only_stderr_line(zoo, tmp_path, capsys, case):
 
 def test_bad_arch_and_dtype_arguments(zoo, tmp_path, capsys):
     pth = zoo.pth("resnet18")
-    with pytest.raises(WeightsError, match="resnext50_32x4d"):
+    with pytest.raises(WeightsError, match="resnext50_32x4d contradicts"):
         W.convert(pth, tmp_path / "x.safetensors", arch="resnext50_32x4d")
     with pytest.raises(WeightsError, match="int8"):
         W.convert(pth, tmp_path / "x.safetensors", dtype=torch.int8)
     with pytest.raises(SystemExit) as info:  # argparse's own one-line error for a bad choice
-        cli.main(["convert", str(pth), "--arch", "resnext50_32x4d", "--out", str(tmp_path / "x.safetensors")])
+        cli.main(["convert", str(pth), "--arch", "resnext51", "--out", str(tmp_path / "x.safetensors")])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "invalid choice" in err
@@ -606,7 +607,10 @@ LOAD_CASES = {
     "truncated (last bytes)": (_truncated(0), ["truncated or corrupt"]),
     "truncated (half)": (_truncated(0.5), ["truncated or corrupt"]),
     "truncated early": (_truncated(0.0005), ["truncated or corrupt"]),
-    "format version 2": (lambda g, p: rewrite(g, p, meta={"format_version": "2"}), ["format version '2'", "version 1"]),
+    "format version 3": (lambda g, p: rewrite(g, p, meta={"format_version": "3"}), ["format version '3'", "versions 1 and 2"]),
+    "version 2 without returns": (lambda g, p: rewrite(g, p, meta={"format_version": "2"}), ["invalid trunk metadata"]),
+    "version 2 returning fc": (lambda g, p: rewrite(g, p, meta={"format_version": "2", "returns": '{"fc": "x"}',
+                                                                  "dilate": "0,0,0"}), ["invalid trunk metadata", "fc"]),
     "not a fastres file": (lambda g, p: save_file({"fc.weight": torch.zeros(2, 2)}, str(p), metadata={"format": "pt"}) or p,
                            ["not a fastres weights file", "fastres convert"]),
     "unknown arch": (lambda g, p: rewrite(g, p, meta={"arch": "resnet99"}), ["resnet99"]),
@@ -801,3 +805,52 @@ def test_open_model_takes_converted_files_and_checkpoints(zoo, tmp_path):
     assert_same_params(folded.params(), fast.params())
     with pytest.raises(FileNotFoundError, match="no such file"):
         W.open_model(tmp_path / "missing.pth", device="cpu")
+
+
+def test_convert_resnext_infers_the_arch_and_keeps_grouped_weights(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnext50_32x4d(num_classes=NUM_CLASSES).eval()
+    src = tmp_path / "rx.pth"
+    torch.save(model.state_dict(), src)
+    out = W.convert(src, tmp_path / "rx.safetensors", dtype=torch.float32)
+    meta = W.read_metadata(out)
+    assert meta["arch"] == "resnext50_32x4d" and meta["num_classes"] == str(NUM_CLASSES)
+    from safetensors.torch import load_file
+
+    params = load_file(out)
+    # Grouped: [Cout, Cin/groups, 3, 3] stored as the file stores every conv, [Cout, KH, KW, Cin/groups].
+    w = params["layer1.0.conv2.weight"]
+    assert tuple(w.shape) == (128, 3, 3, 4)
+    w = w.permute(0, 3, 1, 2)
+    bn = model.layer1[0].bn2
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    torch.testing.assert_close(w, model.layer1[0].conv2.weight * scale[:, None, None, None])
+
+
+@pytest.mark.parametrize("builder, returns, dilate", [
+    ("detection.retinanet_resnet50_fpn", {"layer2": "0", "layer3": "1", "layer4": "2"}, (False, False, False)),
+    ("segmentation.fcn_resnet50", {"layer3": "aux", "layer4": "out"}, (False, True, True)),
+])
+def test_convert_the_trunk_of_a_detection_or_segmentation_checkpoint(tmp_path, builder, returns, dilate):
+    kind, name = builder.split(".")
+    torch.manual_seed(0)
+    kwargs = dict(aux_loss=True) if kind == "segmentation" else {}
+    model = getattr(getattr(torchvision.models, kind), name)(weights=None, weights_backbone=None, num_classes=3,
+                                                             **kwargs).eval()
+    src = tmp_path / "ckpt.pth"
+    torch.save(model.state_dict(), src)
+    out = W.convert(src, tmp_path / "trunk.safetensors", dtype=torch.float32)
+    meta = W.read_metadata(out)
+    assert meta["format_version"] == "2" and meta["arch"] == "resnet50" and "num_classes" not in meta
+    trunk = W.load(out, device="cpu")
+    assert dict(trunk.returns) == returns and trunk.dilate == dilate and trunk.num_classes is None
+    # The same folded weights as the module's own trunk gives.
+    body = model.backbone.body if kind == "detection" else model.backbone
+    direct = from_torchvision(body, dtype=torch.float32, device="cpu")
+    assert dict(direct.returns) == returns and direct.dilate == dilate
+    for k, v in direct.params().items():
+        torch.testing.assert_close(trunk.params()[k], v, rtol=0, atol=0)
+    # Classifier paths say what the file is instead of failing later.
+    with pytest.raises(WeightsError, match="trunk"):
+        W.open_model(out, device="cpu")
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "again.safetensors")]) == 0

@@ -20,7 +20,7 @@ from .e2e import checked_forward, run_e2e
 from .environment import bench_date, environment
 from .layers import run_layers
 from .pipeline import PREDICT_SYSTEMS, run_predict
-from .names import ALL_E2E_SYSTEMS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
+from .names import ALL_E2E_SYSTEMS, CLASSIFIER_MODELS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
 from .report import render_markdown, summary_text, write_report
 from .results import load_results, open_results, results_path, validate_results
 from .run import Run, budget_note
@@ -172,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
 
     smoke = bool(args.smoke)
     e2e_models = _csv(args.models, SMOKE["models"] if smoke else E2E_MODELS, "models", _choice(E2E_MODELS))
-    layer_models = _csv(args.models, SMOKE["models"] if smoke else LAYER_MODELS, "models", _choice(E2E_MODELS))
+    layer_models = _csv(args.models, SMOKE["models"] if smoke else LAYER_MODELS, "models", _choice(CLASSIFIER_MODELS))
     e2e_batches = _csv(args.batches, SMOKE["e2e_batches"] if smoke else E2E_BATCHES, "batches", _positive_int)
     layer_batches = _csv(args.batches, SMOKE["layer_batches"] if smoke else LAYER_BATCHES, "batches", _positive_int)
     e2e_dtypes = _csv(args.dtypes, SMOKE["e2e_dtypes"] if smoke else GPU_DTYPES, "dtypes", _dtype_name)
@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     if size < 32:
         raise UserError(f"--size must be >= 32 (ResNets downsample by 32), got {size}")
     if action == "predict":
-        predict_models = _csv(args.models, SMOKE["models"] if smoke else PREDICT_MODELS, "models", _choice(E2E_MODELS))
+        predict_models = _csv(args.models, SMOKE["models"] if smoke else PREDICT_MODELS, "models", _choice(CLASSIFIER_MODELS))
         predict_batches = _csv(args.batches, SMOKE["e2e_batches"] if smoke else PREDICT_BATCHES, "batches", _positive_int)
         predict_systems = _csv(args.systems, PREDICT_SYSTEMS, "systems", _choice(PREDICT_SYSTEMS))
         images = args.images if args.images is not None else (SMOKE["predict_images"] if smoke else PREDICT_IMAGES)

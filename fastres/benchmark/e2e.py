@@ -1,5 +1,5 @@
-"""The end-to-end part of a bench run: whole networks (resnet18 ... resnet152, 224x224 unless
-``--size``) per batch and dtype, for the systems of fastres.benchmark.systems, each one's logits
+"""The end-to-end part of a bench run: whole networks (resnet18 ... resnet152, resnext50_32x4d,
+224x224 unless ``--size``; the detection trunk in fastres.benchmark.trunk) per batch and dtype, for the systems of fastres.benchmark.systems, each one's logits
 checked against the float32 model before it is timed; and the single checked forward (no CUDA
 graphs) of ``fastres bench forward``."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from .environment import baseline_flags, l2_bytes
 from .geometry import model_gflop
-from .names import DTYPES, MAX_AUTOTUNE_SYSTEM
+from .names import DTYPES, MAX_AUTOTUNE_SYSTEM, TRUNK_MODEL
 from .numerics import e2e_tolerance, finite_or_none, rel_error
 from .results import add_record, base_record, first_line, speedups, timed_record
 from .run import Run, budget_note, free_memory
@@ -28,6 +28,11 @@ def run_e2e(run: Run, models: Sequence[str], batches: Sequence[int], dtypes: Seq
     for model_name in models:
         if run.budget.spent():
             return budget_note(run, "e2e", f"e2e {model_name}")
+        if model_name == TRUNK_MODEL:  # its own sizes and batches, features instead of logits
+            from .trunk import run_trunk
+
+            run_trunk(run, dtypes, systems, batches=(1,) if run.smoke else (1, 8))
+            continue
         model32 = build_model(model_name, device, calib_size=min(size, 64))
         gflop = model_gflop(model_name, size)
         ref_model = copy.deepcopy(model32).double() if device.type == "cpu" else model32

@@ -132,12 +132,13 @@ def pick_representative(layers: Sequence[ConvLayer], n: int) -> list[ConvLayer]:
 
 
 def model_gflop(model_name: str, size: int = 224) -> float:
-    """Floating-point work of one image (2 x multiply-adds of the convs and the fc layer)."""
-    total = 0
-    for layer in conv_layers(model_name, size):
-        total += layer.flops(1) * len(layer.uses)
-    features = 512 if model_name in ("resnet18", "resnet34") else 2048
-    return (total + 2 * features * 1000) / 1e9
+    """Floating-point work of one image (2 x multiply-adds of the convs and the fc layer), from
+    the GEMM of every launch fastres plans (grouped convs counted per group)."""
+    from ..device import DeviceInfo
+    from ..schedule import build_schedule
+
+    schedule = build_schedule(model_name, (1, 3, size, size), torch.float16, DeviceInfo("plan", sms=1))
+    return sum(2 * m * n * k * taps for m, n, k, taps in (s.gemm for s in schedule.steps if s.gemm)) / 1e9
 
 
 def head_geometry(model_name: str, size: int = 224) -> tuple[int, int, int, int]:

@@ -21,6 +21,8 @@ One job per module; import what you need from the module that owns it:
   compiling and judging one row;
 - ``inspect``: cuobjdump's resource usage and SASS opcode counts; an amdgcn listing's
   registers, scratch and MFMA count;
+- ``keys``: the JIT's compile keys of recorded launches (``recording``, ``compile_keys``): which
+  binaries a forward needs, so that a new input size can be shown to need none;
 - ``cache``: the results cache and its keys;
 - ``run``: the rows to compile, ``gate_rows`` (all of them, in a process pool) and
   ``check_one``;

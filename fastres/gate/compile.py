@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .inspect import inspect_kernel
+from .keys import unaligned, unspecialized
 from .target import DEFAULT_TARGET, Target
 from .variants import TRITON_TYPE, Variant, dtype_name, tensor_core_required
 
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 # config's TMA variants run a kernel of their own (TMA_KERNEL_FN).
 KERNEL_FN = {
     "conv": ("conv", "_conv_kernel"),
-    "conv_stem": ("conv", "_conv_kernel"),
+    "conv_stem": ("conv", "_conv_stem_kernel"),
+    "conv_grouped": ("conv", "_conv_kernel"),
     "conv1x1": ("gemm1x1", "_gemm1x1_kernel"),
     "avgpool": ("head", "_avgpool_kernel"),
     "max_pool2d": ("pool", "_max_pool_kernel"),
@@ -73,6 +75,15 @@ def kernel_fn(kernel: str, variant: str = "ptr") -> Any:
     return getattr(importlib.import_module(f"fastres.kernels.{module}"), attr)
 
 
+def launched_fn(kernel: str, config: Config, variant: Variant) -> Any:
+    """The @triton.jit object a row compiles: the variant's own where it names one (the
+    classifier's), else `kernel_fn`."""
+    if variant.jit is not None:
+        module, attr = variant.jit
+        return getattr(importlib.import_module(f"fastres.kernels.{module}"), attr)
+    return kernel_fn(kernel, config.variant)
+
+
 def arg_names(fn: Any) -> list[str]:
     """The parameter names of a @triton.jit function (or a plain one), in order."""
     import inspect  # the standard library's, not fastres.gate.inspect
@@ -89,8 +100,10 @@ def specialize(
     ``get_tensor_specialization`` and ``parse_attr``): an int equal to 1 -> constexpr 1; an int
     divisible by 16 -> ``i32`` with ``tt.divisibility`` 16; any other int -> ``i32`` (``i64``
     beyond 32 bits); a pointer -> ``*<type>`` with ``tt.divisibility`` 16 (torch's allocator
-    aligns every buffer far beyond 16 bytes). Keys: signature by name, constexprs and attrs
-    by argument path ``(index,)``: the format both versions' ``ASTSource`` take.
+    aligns every buffer far beyond 16 bytes). An argument the kernel marks ``do_not_specialize``
+    -> plain ``i32`` whatever its value; ``do_not_specialize_on_alignment`` -> never
+    ``tt.divisibility``. Keys: signature by name, constexprs and attrs by argument path
+    ``(index,)``: the format both versions' ``ASTSource`` take.
     """
     dt = dtype_name(dtype)
     meta = dict(variant.meta)
@@ -107,11 +120,15 @@ def specialize(
     constexprs: dict[tuple[int, ...], Any] = {}
     attrs: dict[tuple[int, ...], list] = {}
     divisible = [["tt.divisibility", 16]]
+    plain, no_align = unspecialized(fn), unaligned(fn)
     for i, name in enumerate(arg_names(fn)):
         if name in pointers:
             ty = pointers[name]
             signature[name] = "*" + (TRITON_TYPE[dt] if ty == "x" else ty)
             attrs[(i,)] = divisible
+        elif name in values and name in plain:
+            v = int(values[name])
+            signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         elif name in values:
             v = int(values[name])
             if v == 1:
@@ -119,7 +136,7 @@ def specialize(
                 constexprs[(i,)] = 1
             else:
                 signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
-                if v % 16 == 0:
+                if v % 16 == 0 and name not in no_align:
                     attrs[(i,)] = divisible
         elif name in meta:
             signature[name] = "constexpr"
@@ -194,7 +211,7 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
 
     row = blank_row(kernel, config, dtype, variant, target)
     t0 = time.perf_counter()
-    fn = kernel_fn(kernel, config.variant)
+    fn = launched_fn(kernel, config, variant)
     signature, constexprs, attrs, options = specialize(fn, config, dtype, variant)
     try:
         compiled = triton.compile(

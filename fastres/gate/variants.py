@@ -48,11 +48,14 @@ class Variant:
     # (K, taps, SPLIT_K asked for) of a conv's K loop: its ITERS argument depends on the
     # config's BLOCK_K, so `specialize` computes it per config, as the launcher does.
     k_loop: tuple[int, int, int] | None = None
+    # (module under fastres.kernels, name) of the @triton.jit object this launch runs, where it
+    # is not the kernel's own (the classifier's: the same code, specialized differently)
+    jit: tuple[str, str] | None = None
 
     @classmethod
     def make(cls, name: str, meta: dict, values: dict, pointers: dict, gemm_k: int | None = None,
-             k_loop: tuple[int, int, int] | None = None) -> "Variant":
-        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k, k_loop)
+             k_loop: tuple[int, int, int] | None = None, jit: tuple[str, str] | None = None) -> "Variant":
+        return cls(name, tuple(meta.items()), tuple(values.items()), tuple(pointers.items()), gemm_k, k_loop, jit)
 
     @property
     def precision(self) -> str | None:
@@ -80,6 +83,13 @@ _POINTERS_CONV = {"x_ptr": "x", "w_ptr": "x", "b_ptr": "fp32", "r_ptr": "x", "y_
                   "n_ptr": "fp32", "cnt_ptr": "fp32"}
 
 
+def _plane(m: int, cout: int) -> int:
+    """The split-K workspace's plane stride, as the launchers pad it (kernels.splitk.split_plane)."""
+    from ..kernels.splitk import split_plane
+
+    return split_plane(m, cout)
+
+
 def _counters(fused: bool) -> dict[str, str]:
     """A fused split's launch passes its int32 counters; any other, the bias as a stand-in."""
     return {"cnt_ptr": "i32" if fused else "fp32"}
@@ -95,30 +105,34 @@ def _split_request(m: int, cout: int, k: int, taps: int) -> int:
 def _conv_variant(
     label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, prec: str,
     *, x_type: str = "x", x_nchw: bool = False, split: bool = False, normalize: int = 0, fused: bool = False,
+    groups: int = 1, split_k: int | None = None,
 ) -> Variant:
     """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``); normalize:
     the stem's NORMALIZE mode for uint8 pixels (kernels.conv.NORM_FMA / NORM_IEEE); fused: a
-    split summed in the kernel (a ``fused_k`` config)."""
+    split summed in the kernel (a ``fused_k`` config); groups: a grouped conv (ResNeXt), whose
+    K loop runs over the input channels of a tile's groups (``k_loop``'s K: one group's); split_k:
+    the split asked for, where the heuristic's 64x64 tiles would not split the layer."""
     n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, k, s, p)
-    flat = cin < 16  # the launcher reduces over (kh, kw, cin) at once below 16 channels
-    kk, taps = (k * k * cin, 1) if flat else (cin, k * k)
-    request = _split_request(n * oh * oh, cout, kk, taps) if split else 1
+    flat = cin < 16 and groups == 1  # the launcher reduces over (kh, kw, cin) at once below 16 channels
+    kk, taps = (k * k * cin, 1) if flat else (cin // groups, k * k)
+    request = (split_k or _split_request(n * oh * oh, cout, kk, taps)) if split else 1
     if split and request < 2:
         raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {
         "M": n * oh * oh, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
-        "SH": s, "SW": s, "PH": p, "PW": p,
+        "SH": s, "SW": s, "PH": p, "PW": p, "DH": 1, "DW": 1, "CIG": cin // groups, "COG": cout // groups,
         **(_nchw if x_nchw else _nhwc)(n, cin, hw, hw, "sx"),
-        # weights [Cout, KH, KW, Cin]
-        "swo": k * k * cin, "swh": k * cin, "sww": cin, "swc": 1,
+        # weights [Cout, KH, KW, Cin/groups]
+        "swo": k * k * cin // groups, "swh": k * cin // groups, "sww": cin // groups, "swc": 1,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
-        "sws": n * oh * oh * cout if split else 0,
+        "sws": _plane(n * oh * oh, cout) if split else 0,
     }
-    meta = {"KH": k, "KW": k, "FLAT_K": flat, "HAS_RESIDUAL": residual, "RELU": True,
+    meta = {"KH": k, "KW": k, "FLAT_K": flat, "GROUPED": groups > 1, "HAS_RESIDUAL": residual, "RELU": True,
             "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused, "NORMALIZE": normalize}
     x = f"/x:nchw-{x_type}" if x_nchw else ("" if x_type == "x" else f"/x:{x_type}")
-    name = f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + x + _split_tag(split, fused) + f"/{prec} [{label}]"
+    g = f"/g{groups}" if groups > 1 else ""
+    name = f"{k}x{k}/s{s}{g}/relu" + ("/res" if residual else "") + x + _split_tag(split, fused) + f"/{prec} [{label}]"
     return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type, **_counters(fused)), gemm_k=kk,
                         k_loop=(kk, taps, request))
 
@@ -140,7 +154,7 @@ def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: boo
         **_nhwc(n, cin, hw, hw, "sx"),
         "swo": cin, "swc": 1,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
-        "sws": n * oh * oh * cout if split else 0,
+        "sws": _plane(n * oh * oh, cout) if split else 0,
     }
     meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused}
     name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, fused)
@@ -157,13 +171,13 @@ def _fc_variant(n: int, y: str, prec: str, fused: bool = False) -> Variant:
         "M": n, "C": 2048, "OH": 1, "OW": 1, "CO": 1000, "SH": 1, "SW": 1,
         "sxn": 2048, "sxh": 2048, "sxw": 2048, "sxc": 1, "swo": 2048, "swc": 1,
         "srn": 1000, "srh": 1, "srw": 1, "src": 1, "syn": 1000, "syh": 1, "syw": 1, "syc": 1,
-        "sws": n * 1000 if request > 1 else 0,
+        "sws": _plane(n, 1000) if request > 1 else 0,
     }
     meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1,
             "FUSED": fused and request > 1}
     name = f"fc/N{n}" + _split_tag(request > 1, fused) + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
     pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y, **_counters(fused and request > 1))
-    return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request))
+    return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request), jit=("head", "_fc_kernel"))
 
 
 def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, *,
@@ -181,7 +195,7 @@ def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, h
         "M": n * oh * oh, "MT": mt, "N": n, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
         "SH": s, "SW": s, "PH": p, "PW": p, **_nhwc(n, cin, hw, hw, "sx"), "swo": k * k * cin,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
-        "sws": n * oh * oh * cout if split else 0,
+        "sws": _plane(n * oh * oh, cout) if split else 0,
     }
     meta = {"KH": k, "KW": k, "A_TMA": a_tma, "HAS_RESIDUAL": residual, "RELU": True, "INPUT_PRECISION": "ieee",
             "SPLIT": split}
@@ -209,14 +223,15 @@ def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, resi
         if split and request < 2:
             raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {"M": m, "C": cin, "OH": oh, "OW": oh, "CO": cout, "sxm": cin, "swo": cin, **out,
-              "sws": m * cout if split else 0}
+              "sws": _plane(m, cout) if split else 0}
     pointers = dict(pointers, **_counters(split))
     meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": "ieee", "SPLIT": split, "WARP_SPECIALIZE": ws}
     what = f"fc/N{n}" if head is not None else "1x1/s1"
     y = "" if head is None or head[1] == "x" else f"/y:{head[1]}"
     name = (what + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, split) + y
             + ("/ws" if ws else "") + f" [{label}]")
-    return Variant.make(name, meta, values, pointers, gemm_k=cin, k_loop=(cin, 1, request))
+    return Variant.make(name, meta, values, pointers, gemm_k=cin, k_loop=(cin, 1, request),
+                        jit=("gemm_tma", "_fc_tma_kernel") if head is not None else None)
 
 
 def _tma_variants(kernel: str, family: str) -> list[Variant]:
@@ -256,7 +271,7 @@ def _splitk_reduce_variant(label: str, m: int, cout: int, hw: int, relu: bool, r
     head's logits [N, classes] viewed as [N, classes, 1, 1] (h and w strides 1)."""
     n = m // (hw * hw)
     strides = _nhwc(n, cout, hw, hw, "s") if hw > 1 else {"sn": cout, "sh": 1, "sw": 1, "sc": 1}
-    values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": m * cout,
+    values = {"M": m, "CO": cout, "OH": hw, "OW": hw, "SPLITS": splits, "sws": _plane(m, cout),
               **{"sr" + k[1:]: v for k, v in strides.items()}, **{"sy" + k[1:]: v for k, v in strides.items()}}
     name = "sum" + ("/relu" if relu else "") + ("/res" if residual else "") + ("" if y == "x" else f"/y:{y}") + f" [{label}]"
     return Variant.make(name, {"HAS_RESIDUAL": residual, "RELU": relu}, values,
@@ -324,6 +339,20 @@ def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list
                 out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True, fused=fused))
                 out.append(_conv_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, prec, split=True, fused=fused))
                 out.append(_conv_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, prec, split=True, fused=fused))
+    elif kernel == "conv_grouped":
+        # ResNeXt's grouped 3x3s: resnext50_32x4d's layer1 (4 channels per group; also with a residual,
+        # which the launcher takes though no torchvision model passes one), layer2.0's strided
+        # one (8 per group), and split at batch 1: layer4's (32 per group, 7x7; split 3 ways as
+        # tuning_candidates splits its 64x16x16 tile).
+        for prec in _precisions(dt):
+            for res in (False, True):
+                out.append(_conv_variant("resnext layer1", 3, 1, 1, 128, 128, 56, res, prec, groups=32))
+            out.append(_conv_variant("resnext layer2.0", 3, 2, 1, 256, 256, 56, False, prec, groups=32))
+            # 64 channels per group (resnext101_32x8d's layer4): the 64-wide K step
+            out.append(_conv_variant("resnext101_32x8d layer4", 3, 1, 1, 2048, 2048, 7, False, prec, groups=32))
+            for fused in (False, True):
+                out.append(_conv_variant("resnext layer4", 3, 1, 1, 1024, 1024, 7, False, prec, split=True,
+                                         fused=fused, groups=32, split_k=3))
     elif kernel == "conv1x1":
         for prec in _precisions(dt):
             out.append(_gemm1x1_variant("conv1", 1, 256, 64, 56, True, False, prec))

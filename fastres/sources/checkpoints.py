@@ -1,0 +1,65 @@
+"""The ResNet trunk inside a torchvision detection or segmentation checkpoint, read off its
+state_dict keys: the trunk's own state_dict, the layers the model returns from it, and its
+dilation. What `fastres convert` folds when a checkpoint is a whole detector or segmenter.
+
+- Detection (`backbone.body.*`): the FPN's lateral convs (`backbone.fpn.inner_blocks.<i>`)
+  say which layers feed it, by their input channels (returned as "0", "1", ... in order, as
+  torchvision's _resnet_fpn_extractor names them); no dilation.
+- Segmentation (`backbone.*` beside `classifier.*`: FCN, DeepLabV3): layer4 returned as "out",
+  and layer3 as "aux" where the checkpoint has an `aux_classifier`; dilated as torchvision
+  builds them, replace_stride_with_dilation=[False, True, True].
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import torch
+
+from ..plan import LAYERS, NO_DILATION, Returns, UnsupportedModelError, check_returns
+
+# Output channels of layer1..layer4 per block type (a Bottleneck's expansion is 4).
+_CHANNELS = {"bottleneck": (256, 512, 1024, 2048), "basic": (64, 128, 256, 512)}
+SEGMENTATION_DILATION = (False, True, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    returns: Returns
+    dilate: tuple[bool, bool, bool]
+    source: str  # "detection" or "segmentation"
+
+
+def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def split_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
+    """The trunk of a detection or segmentation checkpoint; None for anything else (a
+    classifier's state_dict among them)."""
+    if "backbone.body.conv1.weight" in sd:
+        body = _strip(sd, "backbone.body.")
+        block = "bottleneck" if "layer1.0.conv3.weight" in body else "basic"
+        lateral = []
+        i = 0
+        while isinstance(sd.get(f"backbone.fpn.inner_blocks.{i}.0.weight"), torch.Tensor):
+            lateral.append(int(sd[f"backbone.fpn.inner_blocks.{i}.0.weight"].shape[1]))
+            i += 1
+        if not lateral:
+            raise UnsupportedModelError("a detection checkpoint without FPN lateral convs "
+                                        "('backbone.fpn.inner_blocks.0.0.weight'): which layers it returns is unknown")
+        layers = []
+        for cin in lateral:
+            if cin not in _CHANNELS[block]:
+                raise UnsupportedModelError(f"an FPN lateral conv takes {cin} channels, which no layer of a "
+                                            f"{block} ResNet gives ({_CHANNELS[block]})")
+            layers.append(LAYERS[_CHANNELS[block].index(cin)])
+        returns = check_returns([(layer, str(n)) for n, layer in enumerate(layers)])
+        return TrunkCheckpoint(body, returns, NO_DILATION, "detection")
+    if "backbone.conv1.weight" in sd and any(k.startswith("classifier.") for k in sd):
+        returns = {"layer4": "out"}
+        if any(k.startswith("aux_classifier.") for k in sd):
+            returns["layer3"] = "aux"
+        return TrunkCheckpoint(_strip(sd, "backbone."), check_returns(returns), SEGMENTATION_DILATION, "segmentation")
+    return None
