@@ -54,8 +54,9 @@ def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
 
 # Not specialized on: the sizes that vary with the batch or the input's spatial size (so a new
 # input size compiles nothing: NHWC strides with channel counts divisible by 16 keep their
-# class at every size), and dilation (a dilated trunk's convs share the plain convs' binaries).
-_SIZES = ("M", "H", "W", "OH", "OW", "DH", "DW", "ITERS")
+# class at every size). Dilation is (1 a constant; left unspecialized, its multiplies spilled
+# 8 B in float32 tiles on sm_86 / sm_89): dilated convs have binaries of their own.
+_SIZES = ("M", "H", "W", "OH", "OW", "ITERS")
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -176,12 +177,12 @@ def _conv_kernel(
     )
 
 
-# The flat-K path (the stem, thin inputs) as a kernel of its own that does not specialize on the
-# divisibility of x's strides either: the stem reads the caller's input, often NCHW, whose
-# strides (W, H*W) are spatial sizes; its gathered loads never vectorize along them anyway.
-# (A stride of 1, the layout's contiguous axis, is still a constant: the index math needs it.)
-_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_SIZES,
-                               do_not_specialize_on_alignment=("sxn", "sxh", "sxw", "sxc"))
+# The flat-K path (the stem, thin inputs) as a kernel of its own, specialized on every size as
+# the JIT does by default: with its sizes and input strides unspecialized it spilled on sm_80
+# (float32, 120 B) and sm_120 (uint8 pixels, 64 B). So a new input size can compile a new stem
+# binary where it changes which of the stem's sizes and strides (H, W, H*W...) are divisible by
+# 16; inputs padded to a multiple of 32, as the detectors' transform pads them, never do.
+_conv_stem_kernel = triton.jit(_conv_kernel.fn)
 
 
 class ConvGeometry(NamedTuple):

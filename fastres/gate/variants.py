@@ -105,7 +105,7 @@ def _split_request(m: int, cout: int, k: int, taps: int) -> int:
 def _conv_variant(
     label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, prec: str,
     *, x_type: str = "x", x_nchw: bool = False, split: bool = False, normalize: int = 0, fused: bool = False,
-    groups: int = 1, split_k: int | None = None,
+    groups: int = 1, split_k: int | None = None, dilation: int = 1,
 ) -> Variant:
     """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``); normalize:
     the stem's NORMALIZE mode for uint8 pixels (kernels.conv.NORM_FMA / NORM_IEEE); fused: a
@@ -113,7 +113,7 @@ def _conv_variant(
     K loop runs over the input channels of a tile's groups (``k_loop``'s K: one group's); split_k:
     the split asked for, where the heuristic's 64x64 tiles would not split the layer."""
     n = SPLIT_BATCH if split else BATCH
-    oh = _out(hw, k, s, p)
+    oh = _out(hw, dilation * (k - 1) + 1, s, p)
     flat = cin < 16 and groups == 1  # the launcher reduces over (kh, kw, cin) at once below 16 channels
     kk, taps = (k * k * cin, 1) if flat else (cin // groups, k * k)
     request = (split_k or _split_request(n * oh * oh, cout, kk, taps)) if split else 1
@@ -121,7 +121,7 @@ def _conv_variant(
         raise ValueError(f"variant {label}: the heuristic does not split this layer")
     values = {
         "M": n * oh * oh, "H": hw, "W": hw, "C": cin, "OH": oh, "OW": oh, "CO": cout,
-        "SH": s, "SW": s, "PH": p, "PW": p, "DH": 1, "DW": 1, "CIG": cin // groups, "COG": cout // groups,
+        "SH": s, "SW": s, "PH": p, "PW": p, "DH": dilation, "DW": dilation, "CIG": cin // groups, "COG": cout // groups,
         **(_nchw if x_nchw else _nhwc)(n, cin, hw, hw, "sx"),
         # weights [Cout, KH, KW, Cin/groups]
         "swo": k * k * cin // groups, "swh": k * cin // groups, "sww": cin // groups, "swc": 1,
@@ -131,7 +131,7 @@ def _conv_variant(
     meta = {"KH": k, "KW": k, "FLAT_K": flat, "GROUPED": groups > 1, "HAS_RESIDUAL": residual, "RELU": True,
             "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused, "NORMALIZE": normalize}
     x = f"/x:nchw-{x_type}" if x_nchw else ("" if x_type == "x" else f"/x:{x_type}")
-    g = f"/g{groups}" if groups > 1 else ""
+    g = (f"/g{groups}" if groups > 1 else "") + (f"/d{dilation}" if dilation > 1 else "")
     name = f"{k}x{k}/s{s}{g}/relu" + ("/res" if residual else "") + x + _split_tag(split, fused) + f"/{prec} [{label}]"
     return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type, **_counters(fused)), gemm_k=kk,
                         k_loop=(kk, taps, request))
@@ -335,6 +335,9 @@ def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list
                 out.append(_conv_variant("layer1", 3, 1, 1, 64, 64, 56, res, prec))
             out.append(_conv_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, prec))
             out.append(_conv_variant("layer1", 1, 1, 0, 256, 64, 56, True, prec))
+            # a dilated trunk's 3x3 (FCN / DeepLabV3 layer3 at a 520x520 input: dilation 2 on 65x65;
+            # dilation 4 is the same binary)
+            out.append(_conv_variant("deeplabv3 layer3", 3, 1, 2, 256, 256, 65, False, prec, dilation=2))
             for fused in (False, True):
                 out.append(_conv_variant("layer4", 3, 1, 1, 512, 512, 7, False, prec, split=True, fused=fused))
                 out.append(_conv_variant("resnet18 layer4", 3, 1, 1, 512, 512, 7, True, prec, split=True, fused=fused))
