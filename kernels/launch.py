@@ -19,18 +19,33 @@ from ._checks import interpreting
 
 # Inside precompiling(): the set of kernels warmed up so far (None outside).
 _warming_up: contextvars.ContextVar[set | None] = contextvars.ContextVar("fastres_warming_up", default=None)
-# Inside recording(): the launches made so far (None outside).
-_recorded: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastres_recorded", default=None)
+# Inside recording(): (the launches made so far, whether they still run); None outside.
+_recorded: contextvars.ContextVar[tuple[list, bool] | None] = contextvars.ContextVar("fastres_recorded", default=None)
 
 
 class Launch(NamedTuple):
-    """One launch as `recording()` saw it: the kernel's name, its grid, its constexpr and
-    launch options (keyword arguments) and the tensors it was given (positionally)."""
+    """One launch as `recording()` saw it: the @triton.jit kernel, its grid, its positional
+    arguments and its keyword arguments (constexprs and launch options)."""
 
-    kernel: str
+    fn: object
     grid: tuple
-    meta: tuple
-    tensors: tuple
+    args: tuple
+    kwargs: dict
+
+    @property
+    def kernel(self) -> str:
+        return getattr(self.fn, "__name__", None) or getattr(getattr(self.fn, "fn", None), "__name__", repr(self.fn))
+
+    @property
+    def meta(self) -> tuple:
+        return tuple(sorted(self.kwargs.items()))
+
+    @property
+    def tensors(self) -> tuple:
+        """The tensors it was given (positionally): the buffers its kernel reads and writes."""
+        import torch
+
+        return tuple(a for a in self.args if isinstance(a, torch.Tensor))
 
     @property
     def key(self) -> tuple:
@@ -39,11 +54,13 @@ class Launch(NamedTuple):
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[list[Launch]]:
-    """Record every launch made in this block (this thread and context), in order; they still
-    run. Tests use it to see what a call launches and which buffers it hands the kernels."""
+def recording(*, run: bool = True) -> Iterator[list[Launch]]:
+    """Record every launch made in this block (this thread and context), in order. run=False
+    records without launching (the launchers still check their arguments and plan their
+    configs; their outputs stay unwritten). Tests use it to see what a call launches, which
+    buffers it hands the kernels and which binaries it needs (fastres.gate.keys)."""
     launches: list[Launch] = []
-    token = _recorded.set(launches)
+    token = _recorded.set((launches, run))
     try:
         yield launches
     finally:
@@ -54,11 +71,9 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     """kernel[grid](*args, **kwargs); inside `precompiling()`, only compile it for these arguments."""
     recorded = _recorded.get()
     if recorded is not None:
-        import torch
-
-        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", repr(kernel))
-        recorded.append(Launch(name, tuple(grid), tuple(sorted(kwargs.items())),
-                               tuple(a for a in args if isinstance(a, torch.Tensor))))
+        recorded[0].append(Launch(kernel, tuple(grid), args, kwargs))
+        if not recorded[1]:
+            return
     warmed = _warming_up.get()
     if warmed is not None:
         warmed.add(kernel)

@@ -18,7 +18,7 @@ import pytest
 
 from fastres.gate.run import tasks
 from fastres.gate.target import DEFAULT_TARGET, SM90, TARGETS
-from fastres.gate.variants import engine_space
+from fastres.gate.selection import engine_space
 from fastres.kernels.config import GEMM_KERNELS, KERNELS
 from gate_helpers import DTYPE_NAMES, background_result
 

@@ -8,7 +8,8 @@ import torch
 from fastres.gate.compile import CONFIG_META, arg_names, specialize
 from fastres.gate.keys import unaligned, unspecialized
 from fastres.gate.target import GFX942, SM80, SM90, SM100, TARGETS
-from fastres.gate.variants import DTYPES, dispatchable, engine_space, heaviest, tensor_core_required, variants
+from fastres.gate.selection import dispatchable, engine_space, heaviest, tensor_core_required
+from fastres.gate.variants import DTYPES, variants
 from fastres.kernels.config import KERNELS, Config, config_space
 from gate_helpers import DTYPE_NAMES
 

@@ -5,7 +5,6 @@ graphs) of ``fastres bench forward``."""
 from __future__ import annotations
 
 import copy
-import time
 from typing import Callable, Sequence
 
 import torch
@@ -16,7 +15,7 @@ from .names import DTYPES, MAX_AUTOTUNE_SYSTEM, TRUNK_MODEL
 from .numerics import e2e_tolerance, finite_or_none, rel_error
 from .results import add_record, base_record, first_line, speedups, timed_record
 from .run import Run, budget_note, free_memory
-from .systems import build_model, e2e_system, system_flags
+from .systems import build_model, e2e_system, first_checked_call, system_flags
 from .timing import measure, rotation_count, sync
 
 CUDA_ONLY_SYSTEMS = ("cudnn-eager-graph", "torch-compile", MAX_AUTOTUNE_SYSTEM)
@@ -89,13 +88,7 @@ def _e2e_point(run, model_name, dtype_name, dtype, batch, size, systems, model32
             continue
         try:
             fn, first_s = e2e_system(system, model32, eager, dtype, device, xs[0], built)
-            with torch.inference_mode(), system_flags(system):
-                t = time.perf_counter()
-                out = fn(xs[0])
-                sync(device)
-                first_s += time.perf_counter() - t
-                rel = rel_error(out, ref)
-                del out
+            first_s, rel = first_checked_call(system, fn, xs[0], device, first_s, lambda out: rel_error(out, ref))
             tol = e2e_tolerance(dtype_name, torch_rel, system=system)
             rec.update(rel_err=finite_or_none(rel), tol=tol, first_call_s=round(first_s, 3))
             if device.type == "cuda" and system == "fastres":

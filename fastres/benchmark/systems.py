@@ -17,6 +17,7 @@ import torch
 
 from .environment import baseline_flags
 from .names import MAX_AUTOTUNE_SYSTEM
+from .timing import sync
 
 
 def build_model(name: str, device: torch.device, *, calib_size: int, seed: int = 0) -> torch.nn.Module:
@@ -92,3 +93,17 @@ def e2e_system(system: str, model32: torch.nn.Module, eager: torch.nn.Module, dt
     else:
         raise ValueError(f"unknown system {system!r}")
     return fn, time.perf_counter() - t
+
+
+def first_checked_call(system: str, fn: Callable, x: torch.Tensor, device: torch.device, first_s: float,
+                       error: Callable) -> tuple[float, float]:
+    """Run `system`'s fn(x) once under its flags, to completion: (the first call's seconds,
+    `first_s` of building it included; error(output) against the reference)."""
+    with torch.inference_mode(), system_flags(system):
+        t = time.perf_counter()
+        out = fn(x)
+        sync(device)
+        first_s += time.perf_counter() - t
+        rel = error(out)
+        del out
+    return first_s, rel

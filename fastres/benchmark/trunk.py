@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import torch
 
@@ -16,8 +15,8 @@ from .names import DTYPES, TRUNK_MODEL
 from .numerics import e2e_tolerance, finite_or_none
 from .results import add_record, base_record, first_line, speedups, timed_record
 from .run import Run, budget_note, free_memory
-from .systems import build_model, e2e_system, system_flags
-from .timing import measure, rotation_count, sync
+from .systems import build_model, e2e_system, first_checked_call, system_flags
+from .timing import measure, rotation_count
 
 TRUNK_SIZE = (800, 1216)
 TRUNK_BATCHES = (1, 8)
@@ -97,12 +96,8 @@ def _point(run, dtype_name, dtype, batch, hw, systems, trunk32, ref_trunk, eager
             continue
         try:
             fn, first_s = e2e_system(system, trunk32, eager, dtype, device, xs[0], built)
-            with torch.inference_mode(), system_flags(system):
-                t = time.perf_counter()
-                out = fn(xs[0])
-                sync(device)
-                first_s += time.perf_counter() - t
-                rel = features_rel_error(out, ref)
+            first_s, rel = first_checked_call(system, fn, xs[0], device, first_s,
+                                              lambda out: features_rel_error(out, ref))
             tol = e2e_tolerance(dtype_name, None, system=system)
             rec.update(rel_err=finite_or_none(rel), tol=tol, first_call_s=round(first_s, 3))
             if not rel <= tol:

@@ -15,8 +15,9 @@ One job per module; import what you need from the module that owns it:
 
 - ``target``: the compile targets and their limits (``Target``, ``TARGETS``,
   ``DEFAULT_TARGET``, ``resolve_targets``);
-- ``variants``: the launches each kernel is compiled for, which rows need the tensor cores,
-  which configs the engine can dispatch on a target, which variants are the heaviest;
+- ``variants``: the launches each kernel is compiled for;
+- ``selection``: which configs the engine can dispatch on a target, which variants are the
+  heaviest, which rows need the tensor cores;
 - ``compile``: a kernel's @triton.jit function, its specialization by the JIT's rules, and
   compiling and judging one row;
 - ``inspect``: cuobjdump's resource usage and SASS opcode counts; an amdgcn listing's

@@ -37,7 +37,8 @@ import torch
 from .inspect import inspect_kernel
 from .keys import unaligned, unspecialized
 from .target import DEFAULT_TARGET, Target
-from .variants import TRITON_TYPE, Variant, dtype_name, tensor_core_required
+from .selection import tensor_core_required
+from .variants import TRITON_TYPE, Variant, dtype_name
 
 if TYPE_CHECKING:
     from ..kernels.config import Config

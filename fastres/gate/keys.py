@@ -18,12 +18,11 @@ for the second (the engine's "no recompiles per input size" check).
 from __future__ import annotations
 
 import contextlib
-import importlib
 from typing import Any, Iterator, NamedTuple
 
 import torch
 
-# Modules of fastres.kernels whose launchers launch through kernels.launch.launch.
+# Modules of fastres.kernels that define the kernels their launchers launch (where kernel_name looks).
 LAUNCHING_MODULES = ("conv", "conv_tma", "elementwise", "gemm1x1", "gemm_tma", "head", "pool", "splitk")
 OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
@@ -128,30 +127,14 @@ def compile_keys(launches) -> set[tuple]:
 
 @contextlib.contextmanager
 def recording(*, run: bool = True) -> Iterator[list[Launch]]:
-    """Record every kernel launch made in this block (this process) into the yielded list.
+    """Record every kernel launch made in this block (this thread and context) into the
+    yielded list, filled when the block ends, as ``Launch`` records with their arguments by
+    name (``kernels.launch.recording``; run=False records without launching)."""
+    from ..kernels.launch import recording as record_launches
 
-    run=False records without launching (the launchers still check their arguments and plan
-    their configs; their outputs stay unwritten). Patches the launch function of each module
-    of ``fastres.kernels`` that launches, and restores it on exit.
-    """
-    from ..kernels import launch as launch_mod
-
-    original = launch_mod.launch
     seen: list[Launch] = []
-
-    def record(kernel, grid, *args, **kwargs):
-        names = [p.name for p in jit_params(kernel)]
-        seen.append(Launch(kernel, {**dict(zip(names, args)), **kwargs}))
-        if run:
-            original(kernel, grid, *args, **kwargs)
-
-    modules = [importlib.import_module(f"fastres.kernels.{m}") for m in LAUNCHING_MODULES]
-    saved = [(m, m.launch) for m in modules if getattr(m, "launch", None) is original]
-    for m, _ in saved:
-        m.launch = record
     try:
-        yield seen
+        with record_launches(run=run) as raw:
+            yield seen
     finally:
-        for m, fn in saved:
-            m.launch = fn
-
+        seen.extend(Launch(r.fn, {**dict(zip([p.name for p in jit_params(r.fn)], r.args)), **r.kwargs}) for r in raw)

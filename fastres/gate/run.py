@@ -32,7 +32,8 @@ import torch
 from .cache import cache_file, kernel_key, load_cache, row_key, save_cache
 from .compile import FAMILIES, blank_row, compile_row, first_line, row_family
 from .target import DEFAULT_TARGET, Target
-from .variants import DTYPES, Variant, config_family, dispatchable, dtype_name, engine_space, heaviest, variants
+from .selection import dispatchable, engine_space, heaviest
+from .variants import DTYPES, Variant, config_family, dtype_name, variants
 
 if TYPE_CHECKING:
     from ..kernels.config import Config
