@@ -7,6 +7,9 @@
     add_relu(x, residual)
     max_pool2d(x, kernel_size=3, stride=2, padding=1)
     avgpool_fc(x, w, b)
+    zero_bordered(x, padding)   (x's copy inside a zero-bordered map: the input of the bordered
+        convs, config variants tma_b / tma_b_ws; the convs and the max pool also write into
+        and read from such interior windows)
     fold_bn(conv_weight, bn_weight, bn_bias, running_mean, running_var, eps)
 
 The convs and avgpool_fc take config= (a Config; SPLIT_K > 1 splits the K loop over a second
@@ -20,6 +23,7 @@ On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUD
 from ._checks import interpreting
 from .config import Config, config_space, select_config, tuning_candidates, use_config
 from .conv import conv_bn_relu, pixel_norm, stem_conv
+from .conv_bordered import zero_bordered
 from .elementwise import add_relu
 from .fold import fold_bn
 from .gemm1x1 import conv1x1
@@ -31,5 +35,5 @@ from .splitk import COUNTER_WORDS
 __all__ = [
     "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
     "can_precompile", "precompiling",
-    "COUNTER_WORDS", "conv_bn_relu", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
+    "COUNTER_WORDS", "conv_bn_relu", "zero_bordered", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
 ]

@@ -80,8 +80,26 @@ def check_bias(b: torch.Tensor, cout: int) -> None:
         raise ValueError("b must be contiguous")
 
 
-def check_like(name: str, t: torch.Tensor | None, shape: tuple, dtype: torch.dtype) -> None:
-    """`residual` / `out` must have exactly the output's shape, dtype and NHWC layout."""
+def is_nhwc_window(t: torch.Tensor) -> bool:
+    """Whether t [N, C, H, W] is channels_last, or the interior window of a bigger channels_last
+    map (a zero-bordered activation's): channels dense, pixels of a row dense, rows and images
+    at least as far apart as a window's. The kernels read and write it through its strides."""
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    n, c, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    return sc == 1 and sw == c and sh >= w * c and (n == 1 or sn >= h * sh)
+
+
+def check_nhwc(name: str, t: torch.Tensor) -> None:
+    """check_channels_last, also taking the interior window of a bigger NHWC map (`is_nhwc_window`)."""
+    if not is_nhwc_window(t):
+        check_channels_last(name, t)
+
+
+def check_like(name: str, t: torch.Tensor | None, shape: tuple, dtype: torch.dtype, *, window: bool = False) -> None:
+    """`residual` / `out` must have exactly the output's shape, dtype and NHWC layout
+    (window: or be the interior window of a bigger NHWC map, `is_nhwc_window`)."""
     if t is None:
         return
     if not isinstance(t, torch.Tensor):
@@ -90,7 +108,7 @@ def check_like(name: str, t: torch.Tensor | None, shape: tuple, dtype: torch.dty
         raise ValueError(f"{name} must have shape {tuple(shape)} (the output's), got {tuple(t.shape)}")
     if t.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (the output's), got {t.dtype}")
-    check_channels_last(name, t)
+    (check_nhwc if window else check_channels_last)(name, t)
 
 
 def check_precision(input_precision: str, dtype: torch.dtype) -> str:

@@ -63,6 +63,16 @@ class Config:
         return self.variant in TMA_VARIANTS
 
     @property
+    def bordered(self) -> bool:
+        """Whether it reads its input as the interior of a zero-bordered map (kernels/conv_bordered.py)."""
+        return self.variant in BORDERED_VARIANTS
+
+    @property
+    def warp_specialized(self) -> bool:
+        """A warp-specialized K loop: never split (an atomic makes triton drop the specialization)."""
+        return self.variant in WS_VARIANTS
+
+    @property
     def fused_split(self) -> bool:
         """A split K loop summed by its own last program (no reduce launch)."""
         return self.SPLIT_K > 1 and (self.variant == "fused_k" or self.tma)
@@ -80,8 +90,13 @@ class Config:
 # tma_w: a conv's weights by TMA, its activations by pointer loads (any stride).
 # tma_ws: tma with warp specialization (a producer warp, two consumer warpgroups); never split:
 #   an atomic in the kernel makes triton drop the specialization silently (measured).
-VARIANTS = ("ptr", "fused_k", "tma", "tma_w", "tma_ws")
-TMA_VARIANTS = ("tma", "tma_w", "tma_ws")
+# tma_b: a stride-1 conv over a zero-bordered input (kernels/conv_bordered.py): every tap one
+#   2-D TMA box of the flattened bordered map; the schedule gives its input a bordered slot.
+# tma_b_ws: tma_b with a warp-specialized K loop; never split (as tma_ws).
+VARIANTS = ("ptr", "fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
+TMA_VARIANTS = ("tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
+BORDERED_VARIANTS = ("tma_b", "tma_b_ws")
+WS_VARIANTS = ("tma_ws", "tma_b_ws")
 C = Config
 # Every config below compiles for sm_90 with wgmma and without spilling on triton 3.6 and 3.8
 # (`fastres check`). Removed by the gate: 128x128 tiles on 4 warps (the fused residual epilogue
@@ -150,6 +165,10 @@ _SPACE["conv1x1"] = {
 # stated in (bfloat16 and float32 keep the pointer kernels, and CI's gate its budget, until a
 # GPU run shows which variants pay). Offered to the tuner, never chosen by the untuned
 # heuristic, until a GPU run ranks them (bench/NOTES.md, version 8).
+# The bordered convs (tma_b, tma_b_ws): stride-1 3x3s over zero-bordered inputs.
+_BORDERED = (C(128, 64, 64, 4, 4, variant="tma_b"), C(64, 128, 64, 4, 4, variant="tma_b"),
+             C(64, 64, 64, 4, 4, variant="tma_b"),
+             C(128, 128, 64, 4, 3, variant="tma_b_ws"), C(128, 64, 64, 4, 4, variant="tma_b_ws"))
 _HOPPER: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
     "conv1x1": {dt: (C(128, 128, 64, 8, 3, variant="tma"), C(128, 64, 64, 4, 4, variant="tma"),
                      C(64, 128, 64, 4, 4, variant="tma"), C(64, 64, 64, 4, 4, variant="tma"),
@@ -158,7 +177,8 @@ _HOPPER: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
                 for dt in (torch.float16,)},
     "conv": {dt: (C(128, 64, 64, 4, 4, variant="tma"), C(64, 128, 64, 4, 4, variant="tma"),
                   C(64, 64, 64, 4, 4, variant="tma"),
-                  C(128, 64, 64, 4, 4, variant="tma_w"), C(64, 64, 64, 4, 4, variant="tma_w"))
+                  C(128, 64, 64, 4, 4, variant="tma_w"), C(64, 64, 64, 4, 4, variant="tma_w"),
+                  *_BORDERED)
              for dt in (torch.float16,)},
 }
 HOPPER_TARGETS = ("sm_90",)
@@ -304,22 +324,36 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
     return split
 
 
-def m_tiles(config: Config, M: int, segments: tuple[int, int] | None = None) -> int:
+def bordered_rows(N: int, HP: int, WP: int, OH: int, OW: int) -> int:
+    """Rows of a bordered conv's tile grid (kernels/conv_bordered.py): positions of the
+    flattened [N*HP*WP] bordered map up to the window corner of the last output pixel."""
+    return (int(N) - 1) * int(HP) * int(WP) + (int(OH) - 1) * int(WP) + int(OW)
+
+
+def m_tiles(config: Config, M: int, segments: tuple[int, int] | None = None, bordered: int | None = None) -> int:
     """Tiles along the M axis of `config`'s grid for M output pixels: ceil(M / BLOCK_M), except
     for the ``tma`` conv, which tiles each output row on its own (a TMA box cannot wrap to the
-    next row): `segments` = (N*OH output rows, OW pixels each) gives N*OH*ceil(OW / BLOCK_M)."""
+    next row): `segments` = (N*OH output rows, OW pixels each) gives N*OH*ceil(OW / BLOCK_M);
+    and the bordered convs, which tile the rows of the bordered map: `bordered` =
+    ``bordered_rows(...)`` gives ceil(bordered / BLOCK_M)."""
     if config.variant == "tma" and segments is not None:
         rows, width = segments
         return int(rows) * -(-int(width) // config.BLOCK_M)
+    if config.bordered and bordered is not None:
+        return -(-int(bordered) // config.BLOCK_M)
     return -(-int(M) // config.BLOCK_M)
 
 
 def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: int = 1) -> bool:
     """Whether `config`'s variant can run a conv reducing over K channels per tap at `stride`
     (what the TMA launchers require: 16-byte aligned rows, whole BLOCK_K steps inside a tap,
-    for TMA activations stride 1, and no dilation; grouped convs have no TMA configs)."""
+    for TMA activations stride 1, and no dilation except for the bordered convs; grouped
+    convs have no TMA configs)."""
     if not config.tma:
         return True
+    if config.bordered:
+        # Any dilation: a dilated tap is another constant row offset of the bordered map.
+        return kernel == "conv" and stride == 1 and K % config.BLOCK_K == 0
     if dilation != 1:
         return False
     if kernel == "conv1x1":
@@ -333,7 +367,7 @@ def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: i
 def tuning_candidates(
     kernel: str, dtype: torch.dtype, *, M: int, N: int, K: int, device: torch.device | None = None, taps: int = 1,
     residual: bool = False, sms: int | None = None, target: str | None = None, max_shared: int | None = None,
-    stride: int = 1, dilation: int = 1, segments: tuple[int, int] | None = None,
+    stride: int = 1, dilation: int = 1, segments: tuple[int, int] | None = None, bordered: int | None = None,
 ) -> tuple[Config, ...]:
     """What per-layer tuning measures for one conv: every config of the space that applies to
     it (`applies`; for a conv with a residual, those that take one), and every tile split by
@@ -344,12 +378,15 @@ def tuning_candidates(
     132 SMs, sm_90); `stride`, `dilation`: the conv's (TMA variants apply to neither dilation).
     `segments`: (N*OH, OW) of a conv's output, which the ``tma`` conv's grid is made of
     (`m_tiles`); a conv that offers ``tma`` tiles must give it, or their splits would be
-    planned for a grid they do not launch."""
+    planned for a grid they do not launch. `bordered`: the same for the bordered convs
+    (``bordered_rows`` of the conv's bordered input); without it they are not offered."""
     sms, target, max_shared = _device(device, sms, target, max_shared)
 
     def ok(c: Config) -> bool:
         # A grouped conv's tile is as wide as its K step (conv_grouped): no wider than a group fills.
         if kernel == "conv_grouped" and c.BLOCK_K > _pow2_at_least(K):
+            return False
+        if c.bordered and bordered is None:
             return False
         return applies(kernel, c, K=K, stride=stride, dilation=dilation)
 
@@ -358,12 +395,12 @@ def tuning_candidates(
         return space
     out = list(space)
     for c in config_space(kernel, dtype, target=target, max_shared=max_shared):
-        if not ok(c) or c.variant == "tma_ws" or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
+        if not ok(c) or c.warp_specialized or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
             continue
         rows = segments if kernel == "conv" else None  # the 1x1 TMA GEMM tiles M = N*OH*OW flat
         if kernel == "conv" and c.variant == "tma" and rows is None and M > 0:
             raise ValueError("tuning_candidates('conv'): the tma conv tiles output rows, pass segments=(N*OH, OW)")
-        split = choose_split(m_tiles(c, M, rows) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
+        split = choose_split(m_tiles(c, M, rows, bordered) * -(-N // c.BLOCK_N), k_iters(K, c.BLOCK_K, taps), sms)
         if split > 1:
             out.append(dataclasses.replace(c, SPLIT_K=split))
             if (c.variant == "ptr" and target in HOPPER_TARGETS and dtype in HOPPER_DTYPES and kernel != "conv_stem"

@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_precision, check_same_dtype,
+    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_nhwc, check_precision,
+    check_same_dtype,
     check_tensor, nhwc_strides, out_size, pair,
 )
 from .config import Config, select_config
@@ -226,7 +227,8 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *,
     check_device(x=x, w=w, b=b, residual=residual, out=out)
     if not any_input:
         check_same_dtype("x", x, w=w)
-        check_channels_last("x", x)
+        # (or the interior of a zero-bordered map: the engine's bordered slots)
+        check_nhwc("x", x)
     check_channels_last("w", w)
     N, C, H, W = x.shape
     CO, CI, KH, KW = w.shape
@@ -250,8 +252,8 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *,
         )
     g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype),
                      G=G, DH=DH, DW=DW)
-    check_like("residual", residual, g.out_shape, w.dtype)
-    check_like("out", out, g.out_shape, w.dtype)
+    check_like("residual", residual, g.out_shape, w.dtype, window=True)
+    check_like("out", out, g.out_shape, w.dtype, window=True)
     check_no_overlap("out", out, x=x, w=w, b=b, residual=residual, elementwise=("residual",))
     return g
 
@@ -318,17 +320,20 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     if cfg.tma:
-        if (g.DH, g.DW, g.G) != (1, 1, 1):
-            raise ValueError(f"config {cfg.name}: the TMA conv runs neither dilated nor grouped convs, got dilation "
+        if g.G != 1 or ((g.DH, g.DW) != (1, 1) and not cfg.bordered):
+            raise ValueError(f"config {cfg.name}: the TMA conv runs no grouped convs, and dilated ones only bordered "
+                             f"(tma_b, tma_b_ws), got dilation "
                              f"{(g.DH, g.DW)}, groups {g.G}: use a pointer config")
         if flat or norm is not None or x.dtype != w.dtype:
             raise ValueError(f"config {cfg.name}: the TMA conv needs >= 16 input channels in w's dtype, got x "
                              f"{x.dtype} of shape {tuple(x.shape)}, w of shape {tuple(w.shape)}")
+        from .conv_bordered import launch_conv_bordered
         from .conv_tma import launch_conv_tma
 
         y = out if out is not None else alloc_nhwc(g.out_shape, w)
         if g.M:
-            launch_conv_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters, y)
+            (launch_conv_bordered if cfg.bordered else launch_conv_tma)(
+                x, w, b, g, relu, residual, out, cfg, workspace, counters, y)
         return y
     grouped = g.G > 1
     if grouped:

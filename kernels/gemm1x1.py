@@ -133,7 +133,11 @@ def _conv1x1_tma(x, w, b, g: ConvGeometry, relu, residual, out, cfg: Config, wor
     if (g.SH, g.SW) != (1, 1):
         raise ValueError(f"config {cfg.name}: the TMA GEMM runs 1x1 convs of stride 1, got stride {(g.SH, g.SW)} "
                          f"for x of shape {tuple(x.shape)}")
-    # x is dense channels_last (checked): its pixels are the rows of one [M, Cin] matrix.
+    # Its pixels must be the rows of one [M, Cin] matrix: dense channels_last, not the interior
+    # window of a bordered map (whose rows jump over the border).
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"config {cfg.name}: the TMA GEMM reads x's pixels as one dense [M, Cin] matrix, got x of "
+                         f"shape {tuple(x.shape)} with strides {tuple(x.stride())} (use a pointer config)")
     y = out if out is not None else alloc_nhwc(g.out_shape, x)
     if g.M == 0:
         return y

@@ -78,7 +78,7 @@ def max_pool2d(
     if OH < 1 or OW < 1:
         raise ValueError(f"empty output: input {H}x{W} with kernel {(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)}")
     shape = (N, C, OH, OW)
-    check_like("out", out, shape, x.dtype)
+    check_like("out", out, shape, x.dtype, window=True)
     check_no_overlap("out", out, x=x)
     y = out if out is not None else torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     P = N * OH * OW
