@@ -3,6 +3,8 @@
 An `Arena` allocates a `Schedule`'s activation slots, logits and workspace once, binds every
 step to its kernel with views of those buffers, and runs the steps in order or records them
 into a CUDA graph. A repeated forward at the arena's shape allocates nothing but its output.
+A bordered slot (`schedule.Border`) is zeroed when it is allocated, and only ever seen through
+its interior view, so its border stays zero for every forward.
 """
 from __future__ import annotations
 
@@ -38,8 +40,12 @@ class Arena:
         self._streams: set[int] = {torch.cuda.current_stream(device).cuda_stream} if cuda else set()
         # The last use of the buffers, on whichever stream it ran: the next use waits for it.
         self.done: torch.cuda.Event | None = None
+        self.slots: list[torch.Tensor] = []
+        self._allocate_slots(schedule)
+        # Zero-bordered stand-ins for the input of a step run with a bordered config whose
+        # slot is plain (tuning and compiling candidates ahead): by (shape, border).
+        self._scratch: dict[tuple, torch.Tensor] = {}
         with torch.inference_mode(False):
-            self.slots = [torch.empty(c, device=device, dtype=schedule.dtype) for c in schedule.slots]
             # A trunk has no logits: its outputs are views of slots no later step writes.
             self.logits = (None if schedule.num_classes is None else
                            torch.empty((N, schedule.num_classes), device=device, dtype=logits_dtype))
@@ -54,12 +60,54 @@ class Arena:
         self._bound: list[Callable[[torch.Tensor], torch.Tensor]] = []
         self.reschedule(schedule)
 
+    def _allocate_slots(self, schedule: Schedule) -> None:
+        """The activation buffers of `schedule`: bordered ones zeroed, once, here."""
+        with torch.inference_mode(False):
+            self.slots = [(torch.zeros if schedule.border(i) is not None else torch.empty)(
+                c, device=self.device, dtype=schedule.dtype) for i, c in enumerate(schedule.slots)]
+
     def view(self, slot: int | None, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """Slot `slot` as a channels_last activation of logical shape [N, C, H, W]."""
+        """Slot `slot` as a channels_last activation of logical shape [N, C, H, W] (of a bordered
+        slot: the interior view of its bordered map)."""
         if slot is None:
             return None
         n, c, h, w = shape
-        return self.slots[slot][: n * c * h * w].view(n, h, w, c).permute(0, 3, 1, 2)
+        border = self.schedule.border(slot)
+        if border is None:
+            return self.slots[slot][: n * c * h * w].view(n, h, w, c).permute(0, 3, 1, 2)
+        if tuple(border.shape) != tuple(shape):
+            raise ValueError(f"slot {slot} is bordered around {border.shape}, not {tuple(shape)}")
+        ph, pw = border.pad
+        full = self.slots[slot][: border.numel].view(n, h + 2 * ph, w + 2 * pw, c)
+        return full[:, ph:ph + h, pw:pw + w, :].permute(0, 3, 1, 2)
+
+    def bordered_view(self, slot: int) -> torch.Tensor:
+        """The whole bordered map [N, C, H+2ph, W+2pw] (border included) of bordered slot `slot`."""
+        border = self.schedule.border(slot)
+        if border is None:
+            raise ValueError(f"slot {slot} is not bordered")
+        n, c, h, w = border.shape
+        ph, pw = border.pad
+        return self.slots[slot][: border.numel].view(n, h + 2 * ph, w + 2 * pw, c).permute(0, 3, 1, 2)
+
+    def scratch_input(self, step: Step) -> torch.Tensor:
+        """A zero-bordered stand-in for `step`'s input (its interior view), for running the step
+        with a bordered config while its input's slot is plain (tuning measures such
+        candidates on it: `stage_input` copies the input in)."""
+        from .kernels.conv_bordered import zero_bordered
+
+        key = (tuple(step.in_shape), step.spec.pad)
+        if key not in self._scratch:
+            with torch.inference_mode(False):
+                self._scratch[key] = zero_bordered(
+                    torch.zeros(step.in_shape, device=self.device, dtype=self.schedule.dtype), step.spec.pad)
+        return self._scratch[key]
+
+    def stage_input(self, step: Step) -> None:
+        """Copy `step`'s input into its bordered stand-in (`scratch_input`), where its slot is plain."""
+        if step.src is not None and self.schedule.border(step.src) is None and step.kernel == CONV \
+                and step.spec.stride == 1:
+            self.scratch_input(step).copy_(self.view(step.src, step.in_shape))
 
     def launch(self, step: Step, x: torch.Tensor, config: K.Config | None = None,
                workspace: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,12 +119,15 @@ class Arena:
     def reschedule(self, schedule: Schedule) -> None:
         """Take `schedule`'s configs (same shape and buffers; e.g. after tuning): the workspace
         is sized for them and every step is bound again."""
-        if (schedule.slots != self.schedule.slots or schedule.input_shape != self.schedule.input_shape
-                or schedule.outputs != self.schedule.outputs):
-            raise ValueError("reschedule: the new schedule must have the same input shape and buffers")
+        if schedule.input_shape != self.schedule.input_shape or schedule.dtype != self.schedule.dtype:
+            raise ValueError("reschedule: the new schedule must have the same input shape and dtype")
         if self.graph is not None:
             raise RuntimeError("reschedule: this arena's launches are already captured in a CUDA graph")
+        relaid = schedule.slots != self.schedule.slots or schedule.borders != self.schedule.borders
         self.schedule = schedule
+        if relaid:  # configs that border other activations: the slots are laid out anew
+            self._allocate_slots(schedule)
+            self._scratch.clear()
         numel = schedule.workspace
         if numel and (self.workspace is None or self.workspace.numel() < numel):
             with torch.inference_mode(False):
@@ -96,6 +147,8 @@ class Arena:
             fw, fb, logits = p["fc.weight"], p["fc.bias"], self.logits
             return lambda x: K.avgpool_fc(a, fw, fb, out=logits, config=cfg, workspace=ws, counters=cnt)
         spec = step.spec
+        if step.kernel == CONV and cfg.bordered and self.schedule.border(step.src) is None:
+            a = self.scratch_input(step)  # a candidate run off the schedule's layout
         w, b = p[f"{spec.name}.weight"], p[f"{spec.name}.bias"]
         y, r = self.view(step.dst, step.out_shape), self.view(step.residual, step.out_shape)
         if step.kernel == STEM:

@@ -4,7 +4,12 @@
 into plain data: one `Step` per launch (the stem conv, the max pool, every conv of every block
 with its fused residual, the head), the activation buffers ("slots") they read and write,
 assigned by liveness (a trunk's returned activations, `Schedule.outputs`, stay alive to the end), each conv's tile config with its K split, and the float32 workspace the
-split launches and the head need. Nothing is allocated and no kernel runs, so a schedule can
+split launches and the head need. An activation read by a bordered conv (a ``tma_b`` /
+``tma_b_ws`` config, kernels/conv_bordered.py) lives in a bordered slot: inside a zero border
+as wide as that conv's padding (`Border`), which the arena zeroes once; its producers write
+the interior, and every consumer reads the interior view. Bordered slots are shared only by
+activations of one shape and border, so no write ever lands on a border. The layout follows
+the configs: `Schedule.with_configs` lays the slots out again. Nothing is allocated and no kernel runs, so a schedule can
 be printed (`fastres run --plan`, `ResNet.schedule(x)`) and tested on any machine, for any
 device described by a `DeviceInfo`. The runtime (`fastres.arena`) binds a schedule to buffers
 and runs or captures it.
@@ -18,7 +23,7 @@ import torch
 
 from .device import DeviceInfo
 from .kernels._checks import out_size
-from .kernels.config import Config, select_config, tuning_candidates
+from .kernels.config import Config, bordered_rows, select_config, tuning_candidates
 from .kernels.conv import conv_problem
 from .kernels.head import head_workspace_numel
 from .kernels.splitk import config_splits, workspace_numel
@@ -67,11 +72,20 @@ class Step:
         m, n, k, taps = self.gemm
         stride = self.spec.stride if self.spec is not None else 1
         dilation = self.spec.dilation if self.spec is not None else 1
-        segments = None
+        segments = bordered = None
         if self.kernel == CONV:  # the tma conv's grid: one tile row per output row segment
             segments = (self.out_shape[0] * self.out_shape[2], self.out_shape[3])
+            if stride == 1 and self.spec.groups == 1:  # the bordered convs' grid: rows of the bordered map
+                n_, _, h, w = self.in_shape
+                bordered = bordered_rows(n_, h + 2 * self.spec.pad, w + 2 * self.spec.pad, *self.out_shape[2:])
         return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 stride=stride, dilation=dilation, segments=segments, **_planned_for(device))
+                                 stride=stride, dilation=dilation, segments=segments, bordered=bordered,
+                                 **_planned_for(device))
+
+    @property
+    def bordered_input(self) -> bool:
+        """Whether this step reads its input as the interior of a zero-bordered slot."""
+        return self.kernel == CONV and self.config.bordered
 
 
 def _planned_for(device: DeviceInfo) -> dict:
@@ -87,6 +101,26 @@ def _split_fields(kernel: str, gemm, in_shape: Shape, out_shape, config: Config)
     m, n, k, taps = gemm
     splits = config_splits(config, k, taps)[0]
     return dict(splits=splits, workspace=workspace_numel(m, n, splits))
+
+
+@dataclasses.dataclass(frozen=True)
+class Border:
+    """A bordered slot: activations of logical shape [N, C, H, W] stored inside a zero border
+    `pad` = (rows, columns) wide, as one dense NHWC map [N, H+2ph, W+2pw, C]."""
+
+    shape: Shape
+    pad: tuple[int, int]
+
+    @property
+    def numel(self) -> int:
+        n, c, h, w = self.shape
+        return n * c * (h + 2 * self.pad[0]) * (w + 2 * self.pad[1])
+
+    @property
+    def extra(self) -> int:
+        """Elements of the border alone."""
+        n, c, h, w = self.shape
+        return self.numel - n * c * h * w
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +153,35 @@ class Schedule:
     steps: tuple[Step, ...]
     outputs: tuple[Output, ...] = ()
     dilate: tuple[bool, bool, bool] = NO_DILATION
+    # Per slot: its Border, or None for a plain slot (empty: none bordered).
+    borders: tuple[Border | None, ...] = ()
+    # The activations (shape, first writer, last reader) and each step's (src, dst, residual)
+    # activation indices: what `with_configs` lays the slots out again from.
+    values: tuple[tuple[Shape, int, int], ...] = dataclasses.field(default=(), compare=False, repr=False)
+    wiring: tuple[tuple[int | None, int | None, int | None], ...] = dataclasses.field(default=(), compare=False,
+                                                                                       repr=False)
 
     @property
     def workspace(self) -> int:
         return max((s.workspace for s in self.steps), default=0)
 
+    def border(self, slot: int | None) -> Border | None:
+        """Slot `slot`'s Border (None: a plain slot)."""
+        return self.borders[slot] if slot is not None and self.borders else None
+
     def with_configs(self, configs: Mapping[int, Config]) -> "Schedule":
-        """The same schedule with the tile configs of some steps (by index) replaced."""
+        """The same schedule with the tile configs of some steps (by index) replaced; its slots
+        laid out again where that changes which activations are bordered."""
         steps = tuple(s.with_config(configs[i]) if i in configs else s for i, s in enumerate(self.steps))
-        return dataclasses.replace(self, steps=steps)
+        if not self.values:
+            return dataclasses.replace(self, steps=steps)
+        values = [_Value(shape, first, last) for shape, first, last in self.values]
+        caps, borders = lay_out(values, self.wiring, steps)
+        slot = {None: None, **{i: v.slot for i, v in enumerate(values)}}
+        steps = tuple(dataclasses.replace(st, src=slot[src], dst=slot[dst], residual=slot[res])
+                      for st, (src, dst, res) in zip(steps, self.wiring))
+        outputs = tuple(dataclasses.replace(o, slot=slot[self.wiring[o.step][1]]) for o in self.outputs)
+        return dataclasses.replace(self, steps=steps, slots=caps, borders=borders, outputs=outputs)
 
     def __str__(self) -> str:
         return format_schedule(self)
@@ -141,16 +195,19 @@ class _Value:
     first: int
     last: int = -1
     slot: int = -1
+    border: Border | None = None
 
 
-def assign_slots(values: Sequence[_Value]) -> list[int]:
-    """Greedy liveness allocation: a value reuses a slot whose last reader came before it.
-    Sets each value's slot; returns the slots' capacities in elements."""
+def assign_slots(values: Sequence[_Value]) -> tuple[list[int], list[Border | None]]:
+    """Greedy liveness allocation: a value reuses a slot whose last reader came before it and
+    whose kind is its own (plain, or bordered with the same shape and border). Sets each
+    value's slot; returns the slots' capacities in elements and their borders."""
     caps: list[int] = []
     busy_until: list[int] = []
+    kinds: list[Border | None] = []
     for v in sorted(values, key=lambda v: v.first):
-        numel = v.shape[0] * v.shape[1] * v.shape[2] * v.shape[3]
-        free = [i for i in range(len(caps)) if busy_until[i] < v.first]
+        numel = v.border.numel if v.border is not None else v.shape[0] * v.shape[1] * v.shape[2] * v.shape[3]
+        free = [i for i in range(len(caps)) if busy_until[i] < v.first and kinds[i] == v.border]
         if free:
             # Prefer a slot already big enough (smallest such), else grow the biggest.
             fits = [i for i in free if caps[i] >= numel]
@@ -159,10 +216,37 @@ def assign_slots(values: Sequence[_Value]) -> list[int]:
         else:
             caps.append(numel)
             busy_until.append(-1)
+            kinds.append(v.border)
             i = len(caps) - 1
         busy_until[i] = v.last
         v.slot = i
-    return caps
+    return caps, kinds
+
+
+# Consumers that read only dense (unbordered) activations: the TMA 1x1 GEMM reads pixels as one
+# [M, Cin] matrix; the max pool and the head read the stem's and the last stage's outputs,
+# which no conv reads bordered.
+def _needs_dense(step: Step) -> bool:
+    return step.kernel in (MAXPOOL, HEAD) or (step.kernel == CONV1X1 and step.config.tma)
+
+
+def lay_out(values: Sequence[_Value], wiring, steps: Sequence[Step]) -> tuple[tuple[int, ...], tuple[Border | None, ...]]:
+    """Borders, then slots: an activation is bordered where a step reads it with a bordered
+    config (border = that conv's padding). Raises ValueError where another reader of it cannot
+    read an interior view, or two bordered readers want different borders."""
+    for (src, _, _), step in zip(wiring, steps):
+        if src is not None and step.bordered_input:
+            v = values[src]
+            b = Border(v.shape, (step.spec.pad, step.spec.pad))
+            if v.border not in (None, b):
+                raise ValueError(f"{step.layer}: its input is read bordered by {v.border.pad} and {b.pad}")
+            v.border = b
+    for (src, _, _), step in zip(wiring, steps):
+        if src is not None and values[src].border is not None and _needs_dense(step):
+            raise ValueError(f"{step.layer} ({step.kernel}, config {step.config.name}) reads a dense input, but a "
+                             "bordered conv reads the same activation: give one of them another config")
+    caps, borders = assign_slots(values)
+    return tuple(caps), (tuple(borders) if any(b is not None for b in borders) else ())
 
 
 def build_schedule(
@@ -231,13 +315,18 @@ def build_schedule(
         # Returned activations are read after the last launch: no later step may reuse their slots.
         for _, v in outputs:
             v.last = len(launches)
-    caps = assign_slots(values)
+    index = {id(v): i for i, v in enumerate(values)}
+
+    def vi(v: _Value | None) -> int | None:
+        return None if v is None else index[id(v)]
+
+    wiring = tuple((vi(src), vi(dst), vi(res)) for _, _, _, src, res, dst, _ in launches)
 
     steps = []
     for kernel, layer, spec, src, res, dst, in_shape in launches:
         out_shape = dst.shape if dst is not None else (N, num_classes)
-        slots = dict(src=None if src is None else src.slot, dst=None if dst is None else dst.slot,
-                     residual=None if res is None else res.slot)
+        # (slots are laid out below, from the configs)
+        slots = dict(src=vi(src), dst=vi(dst), residual=vi(res))
         if kernel == MAXPOOL:
             cfg = select_config("max_pool2d", dtype, interpreter=device.interpreter, **_planned_for(device))
             steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg))
@@ -256,9 +345,13 @@ def build_schedule(
                             interpreter=device.interpreter, **_planned_for(device))
         steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg, space=space,
                           spec=spec, gemm=gemm, **_split_fields(kernel, gemm, in_shape, out_shape, cfg)))
+    caps, borders = lay_out(values, wiring, steps)
+    steps = [dataclasses.replace(st, src=None if a is None else values[a].slot, dst=None if d is None else values[d].slot,
+                                 residual=None if r is None else values[r].slot)
+             for st, (a, d, r) in zip(steps, wiring)]
     outs = tuple(Output(name, v.slot, v.shape, v.first) for name, v in outputs)
-    return Schedule(arch, (N, 3, H, W), dtype, None if num_classes is None else int(num_classes), device, tuple(caps),
-                    tuple(steps), outs, dilate)
+    return Schedule(arch, (N, 3, H, W), dtype, None if num_classes is None else int(num_classes), device, caps,
+                    tuple(steps), outs, dilate, borders, tuple((v.shape, v.first, v.last) for v in values), wiring)
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -285,10 +378,18 @@ def format_schedule(schedule: Schedule) -> str:
                      f"{dst + ' ' + _fmt_shape(s.out_shape):<16} {res:<9} {s.config.name:<22} "
                      f"{s.splits if s.splits > 1 else '-'}")
     elem = torch.empty((), dtype=schedule.dtype).element_size()
+    for i, cap in enumerate(schedule.slots):
+        b = schedule.border(i)
+        what = "" if b is None else (f"  bordered {b.pad[0]}x{b.pad[1]} around {_fmt_shape(b.shape)}: "
+                                     f"+{b.extra * elem / 2**20:.2f} MiB of border")
+        lines.append(f"     s{i:<3} {cap * elem / 2**20:9.2f} MiB{what}")
     total = sum(schedule.slots) * elem
+    border = sum(b.extra for b in schedule.borders if b is not None) * elem
     fused = sum(1 for s in schedule.steps if s.residual is not None)
     split = sum(1 for s in schedule.steps if s.splits > 1)
     lines.append(f"{len(schedule.steps)} launches ({fused} with a fused residual, {split} with a split K loop); "
-                 f"{len(schedule.slots)} activation buffers, {total / 2**20:.2f} MiB; "
+                 f"{len(schedule.slots)} activation buffers, {total / 2**20:.2f} MiB"
+                 + (f" ({sum(b is not None for b in schedule.borders)} bordered, {border / 2**20:.2f} MiB of border)"
+                    if border else "") + "; "
                  f"float32 workspace {schedule.workspace * 4 / 2**20:.2f} MiB")
     return "\n".join(lines)

@@ -131,7 +131,7 @@ def test_printed_schedule_lists_every_launch():
     text = str(s)
     lines = text.splitlines()
     assert "resnet50 schedule: input 1x3x224x224, float16" in lines[0] and "sm_90, 132 SMs" in lines[0]
-    assert len(lines) == 2 + 55 + 1
+    assert len(lines) == 2 + 55 + len(s.slots) + 1  # a line per launch, per buffer
     assert lines[-1].startswith("55 launches (16 with a fused residual, 23 with a split K loop)")
     row = next(line for line in lines if " layer4.2.conv2 " in line)
     step = next(st for st in s.steps if st.layer == "layer4.2.conv2")
