@@ -222,6 +222,8 @@ def test_every_dispatchable_config(kernel, dtype, cfg, device):
         if not config_mod.applies(kernel, cfg, K=cin):
             cin = 2 * cfg.BLOCK_K  # a TMA conv's weight boxes need whole BLOCK_K steps per tap
         x = rand_nhwc(2, cin, 5, 7, dtype=dtype, device=device)
+        if cfg.bordered:  # the bordered convs read the interior of a zero-bordered map
+            x = K.zero_bordered(x, 1)
     w = rand_nhwc(72, cin, k, k, dtype=dtype, device=device, scale=(cin * k * k) ** -0.5)
     b = torch.randn(72).to(device)
     oh, ow = (x.shape[2] + 2 * pad - k) // stride + 1, (x.shape[3] + 2 * pad - k) // stride + 1
@@ -298,7 +300,7 @@ def test_variant_field_names_and_validates():
 @pytest.mark.parametrize("kernel", ["conv", "conv1x1"])
 def test_tma_variants_are_in_hoppers_float16_space_only(kernel):
     tma = {c.variant for c in config_space(kernel, torch.float16, target="sm_90") if c.variant != "ptr"}
-    assert tma == ({"tma", "tma_ws"} if kernel == "conv1x1" else {"tma", "tma_w"})
+    assert tma == ({"tma", "tma_ws"} if kernel == "conv1x1" else {"tma", "tma_w", "tma_b", "tma_b_ws"})
     for target in ("sm_80", "sm_89", "sm_100", "sm_120", "gfx942"):
         assert all(c.variant == "ptr" for c in config_space(kernel, torch.float16, target=target))
     for dtype in (torch.bfloat16, torch.float32):
@@ -315,10 +317,15 @@ def test_untuned_heuristic_keeps_the_pointer_kernels(kernel, mnk):
 def test_tuning_offers_every_variant_family_where_it_applies():
     # ResNet-50 layer4 3x3 at batch 1: split-worthy; every family on sm_90.
     cands = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90",
-                              segments=(7, 7))
+                              segments=(7, 7), bordered=config_mod.bordered_rows(1, 9, 9, 7, 7))
     kinds = {(c.variant, c.SPLIT_K > 1) for c in cands}
     assert {("ptr", False), ("ptr", True), ("fused_k", True), ("tma", False), ("tma", True), ("tma_w", False),
-            ("tma_w", True)} <= kinds
+            ("tma_w", True), ("tma_b", False), ("tma_b", True), ("tma_b_ws", False)} <= kinds
+    assert not any(c.warp_specialized and c.SPLIT_K > 1 for c in cands)
+    # The bordered convs only where the caller plans their grid (bordered rows given).
+    no_rows = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90",
+                                segments=(7, 7))
+    assert not any(c.bordered for c in no_rows) and set(no_rows) < set(cands)
     assert all(c.BLOCK_M <= config_mod.FUSED_MAX_BLOCK_M for c in cands if c.fused_split)
     # Stride 2: TMA activations do not apply, TMA weights do.
     s2 = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90", stride=2,

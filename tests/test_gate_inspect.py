@@ -28,14 +28,24 @@ Resource usage:
     assert parse_resource_usage(usage) == {"REG": 255, "STACK": 88, "SHARED": 1024, "LOCAL": 0}
     with pytest.raises(RuntimeError):
         parse_resource_usage("nothing here")
-    assert scan_sass(_SASS) == {"hgmma": 1, "local_insts": 2, "tma_insts": 0, "setmaxnreg_insts": 0}
+    assert scan_sass(_SASS) == {"hgmma": 1, "local_insts": 2, "tma_insts": 0, "setmaxnreg_insts": 0,
+                                "register_a_insts": 1}
+
+
+def test_scan_sass_tells_where_wgmma_reads_a():
+    """HGMMA with A in registers names a register before the descriptor; from shared memory it
+    names only the descriptor of both operands."""
+    shared = "        /*40f0*/                   HGMMA.64x128x16.F32 R24, gdesc[UR8], R24 ;\n"
+    assert scan_sass(shared)["register_a_insts"] == 0 and scan_sass(shared)["hgmma"] == 1
+    assert scan_sass(_SASS + shared)["register_a_insts"] == 1
 
 
 def test_scan_sass_counts_the_targets_tensor_core_instruction():
     assert scan_sass(_SASS, target=SM90) == scan_sass(_SASS)
     ampere_like = dataclasses.replace(SM90, name="mma", tensor_core_op="HMMA")
     sass = _SASS + "        /*5540*/                   HMMA.16816.F32 R8, R12, R16, R8 ;\n"
-    assert scan_sass(sass, target=ampere_like) == {"hmma": 1, "local_insts": 2, "tma_insts": 0, "setmaxnreg_insts": 0}
+    assert scan_sass(sass, target=ampere_like) == {"hmma": 1, "local_insts": 2, "tma_insts": 0, "setmaxnreg_insts": 0,
+                                                   "register_a_insts": 0}
 
 
 def test_scan_sass_counts_tma_and_warp_specialization():
@@ -65,7 +75,7 @@ def test_scan_sass_tells_the_tensor_core_opcodes_apart():
 """
     ampere = "        /*0a10*/                   HMMA.16816.F32.BF16 R24, R40, R44, R24 ;\n"
     assert scan_sass(blackwell, target=SM100) == {"utchmma": 2, "local_insts": 0, "tma_insts": 0,
-                                                  "setmaxnreg_insts": 0}
+                                                  "setmaxnreg_insts": 0, "register_a_insts": 0}
     assert scan_sass(blackwell + _SASS, target=SM80)["hmma"] == 0
     assert scan_sass(ampere + blackwell + _SASS, target=SM80)["hmma"] == 1
     assert scan_sass(ampere + blackwell + _SASS, target=SM90)["hgmma"] == 1

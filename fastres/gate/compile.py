@@ -21,8 +21,10 @@ shared_limit, gemm, tensor_core (the target's instruction is in the binary),
 tensor_core_required, tensor_core_op, tensor_core_insts, sgprs (AMD), local_insts,
 static_shared, num_warps, num_stages, family (``row_family``), tma (UTMALDG / UTMASTG in the binary), tma_required,
 warp_specialized (USETMAXREG: triton split the warps into producer and consumers),
-warp_specialized_required, seconds. A TMA config (``Config.variant``) fails without TMA
-instructions on sm_90, a ``tma_ws`` config without warp specialization. sm_90 rows keep Hopper's names too: wgmma
+warp_specialized_required, shared_a (every HGMMA reads A from shared memory, as both
+operands; None off sm_90), shared_a_required, seconds. A TMA config (``Config.variant``) fails
+without TMA instructions on sm_90, a warp-specialized one (``tma_ws``, ``tma_b_ws``) without
+warp specialization, a bordered one (``tma_b``, ``tma_b_ws``) where wgmma takes A from registers. sm_90 rows keep Hopper's names too: wgmma
 (= tensor_core), wgmma_required and hgmma_insts.
 """
 from __future__ import annotations
@@ -67,6 +69,10 @@ def kernel_fn(kernel: str, variant: str = "ptr") -> Any:
     """The @triton.jit function of `kernel` that a config of `variant` (``Config.variant``) runs."""
     from ..kernels.config import TMA_VARIANTS
 
+    from ..kernels.config import BORDERED_VARIANTS
+
+    if kernel == "conv" and variant in BORDERED_VARIANTS:
+        return getattr(importlib.import_module("fastres.kernels.conv_bordered"), "_conv_bordered_kernel")
     try:
         module, attr = (TMA_KERNEL_FN if variant in TMA_VARIANTS else KERNEL_FN)[kernel]
     except KeyError:
@@ -175,12 +181,13 @@ def blank_row(kernel: str, config: Config, dtype: str, variant: Variant, target:
         "local_insts": None, "static_shared": None, "error": None,
         "family": row_family(config, variant),
         "tma": None, "tma_required": config.tma and target.name in _TMA_TARGETS,
-        "warp_specialized": None, "warp_specialized_required": config.variant == "tma_ws",
+        "warp_specialized": None, "warp_specialized_required": config.warp_specialized,
+        "shared_a": None, "shared_a_required": config.bordered and target.name in _TMA_TARGETS,
     }
     return with_hopper_keys(row)
 
 
-FAMILIES = ("ptr", "fused_k", "tma", "tma_w", "tma_ws")
+FAMILIES = ("ptr", "fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
 
 
 def row_family(config: Config, variant: Variant) -> str:
@@ -233,6 +240,7 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
         local_insts=seen.local_insts, tensor_core_insts=seen.tensor_core_insts, sgprs=seen.sgprs,
         spills=seen.spills, tensor_core=seen.tensor_core_insts > 0,
         tma=seen.tma_insts > 0, warp_specialized=seen.setmaxnreg_insts > 0,
+        shared_a=(seen.register_a_insts == 0) if target.name == "sm_90" else None,
     )
     problems = []
     if row["spills"]:
@@ -245,6 +253,8 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
         problems.append(f"GEMM without {target.tensor_core_op}")
     if row["tma_required"] and not row["tma"]:
         problems.append("TMA variant without UTMALDG")
+    if row["shared_a_required"] and not row["shared_a"]:
+        problems.append(f"wgmma reads A from registers ({seen.register_a_insts} HGMMA), not shared memory")
     if row["warp_specialized_required"] and not row["warp_specialized"]:
         problems.append("warp-specialized variant without USETMAXREG (triton dropped the specialization)")
     row["ok"] = not problems

@@ -54,6 +54,9 @@ class KernelReport:
     spill_count: int = 0  # AMD only: VGPRs + SGPRs the compiler says it spilled
     tma_insts: int = 0  # NVIDIA: UTMALDG / UTMASTG (the TMA unit's bulk tensor loads and stores)
     setmaxnreg_insts: int = 0  # NVIDIA: USETMAXREG (warp specialization rebalancing registers)
+    # sm_90: HGMMAs whose A operand comes from registers (``HGMMA.. Rd, Ra, gdesc[..]``) rather
+    # than shared memory (``HGMMA.. Rd, gdesc[..]``: both operands' descriptors)
+    register_a_insts: int = 0
 
     @property
     def spills(self) -> bool:
@@ -97,7 +100,9 @@ def scan_sass(sass: str, *, target: Target = DEFAULT_TARGET) -> dict[str, int]:
     tensor_core = re.findall(rf"\b{re.escape(op)}(?:\.|\s)", sass)
     return {op.lower(): len(tensor_core), "local_insts": len(_SPILL_RE.findall(sass)),
             "tma_insts": len(re.findall(r"\bUTMA(?:LDG|STG)\b", sass)),
-            "setmaxnreg_insts": len(re.findall(r"\bUSETMAXREG\b", sass))}
+            "setmaxnreg_insts": len(re.findall(r"\bUSETMAXREG\b", sass)),
+            # (wgmma's own operand forms: other targets' MMAs always read registers)
+            "register_a_insts": len(re.findall(r"\bHGMMA\.\S+\s+R\d+,\s*R\d+,", sass)) if op == "HGMMA" else 0}
 
 
 def inspect_cubin(cubin: bytes, *, target: Target = DEFAULT_TARGET) -> KernelReport:
@@ -119,6 +124,7 @@ def inspect_cubin(cubin: bytes, *, target: Target = DEFAULT_TARGET) -> KernelRep
         registers=res["REG"], stack=res["STACK"], static_shared=res.get("SHARED"), local=res.get("LOCAL", 0),
         local_insts=counts["local_insts"], tensor_core_insts=counts[target.tensor_core_op.lower()],
         tma_insts=counts["tma_insts"], setmaxnreg_insts=counts["setmaxnreg_insts"],
+        register_a_insts=counts["register_a_insts"],
     )
 
 

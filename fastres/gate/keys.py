@@ -23,7 +23,7 @@ from typing import Any, Iterator, NamedTuple
 import torch
 
 # Modules of fastres.kernels that define the kernels their launchers launch (where kernel_name looks).
-LAUNCHING_MODULES = ("conv", "conv_tma", "elementwise", "gemm1x1", "gemm_tma", "head", "pool", "splitk")
+LAUNCHING_MODULES = ("conv", "conv_bordered", "conv_tma", "elementwise", "gemm1x1", "gemm_tma", "head", "pool", "splitk")
 OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 

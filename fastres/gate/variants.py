@@ -204,6 +204,34 @@ def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, h
                         k_loop=(cin, k * k, request))
 
 
+def _conv_bordered_variant(label: str, cin: int, cout: int, hw: int, residual: bool, *, ws: bool,
+                           split: bool = False, dilation: int = 1) -> Variant:
+    """A ``_conv_bordered_kernel`` launch as ``kernels/conv_bordered.py`` makes it: a 3x3
+    stride-1 conv (padding = dilation) over a zero-bordered hw x hw map. The grid's and the
+    map's row counts (MT, MP, HP, WP) are not specialized on; nor are an output's strides
+    into a bordered slot of another class than a plain one's (channel counts divisible by 16)."""
+    from ..kernels.config import bordered_rows
+
+    n = SPLIT_BATCH if split else BATCH
+    p = dilation
+    request = _split_request(n * hw * hw, cout, cin, 9) if split else 1
+    if split and request < 2:
+        raise ValueError(f"variant {label}: the heuristic does not split this layer")
+    hp = hw + 2 * p
+    values = {
+        "MT": bordered_rows(n, hp, hp, hw, hw), "MP": n * hp * hp, "C": cin, "HP": hp, "WP": hp, "OH": hw, "OW": hw,
+        "CO": cout, "DH": dilation, "DW": dilation, "sxm": cin, "swo": 9 * cin,
+        **_nhwc(n, cout, hw, hw, "sr"), **_nhwc(n, cout, hw, hw, "sy"),
+        "sws": _plane(n * hw * hw, cout) if split else 0,
+    }
+    meta = {"KH": 3, "KW": 3, "HAS_RESIDUAL": residual, "RELU": True, "INPUT_PRECISION": "ieee", "SPLIT": split,
+            "WARP_SPECIALIZE": ws}
+    name = ("3x3/s1" + (f"/d{dilation}" if dilation > 1 else "") + "/relu" + ("/res" if residual else "")
+            + "/x:bordered" + _split_tag(split, split) + ("/ws" if ws else "") + f" [{label}]")
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, **_counters(split)), gemm_k=cin,
+                        k_loop=(cin, 9, request))
+
+
 def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, residual: bool, *, ws: bool,
                       split: bool = False, head: tuple[int, str] | None = None) -> Variant:
     """A ``_gemm_tma_kernel`` launch as ``kernels/gemm_tma.py`` makes it: a 1x1 stride-1 conv,
@@ -245,6 +273,15 @@ def _tma_variants(kernel: str, family: str) -> list[Variant]:
         return [_conv_tma_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, a_tma=False),
                 _conv_tma_variant("layer1", 3, 1, 1, 64, 64, 56, True, a_tma=False),
                 _conv_tma_variant("layer4.0", 3, 2, 1, 512, 512, 14, False, a_tma=False, split=True)]
+    if kernel == "conv" and family in ("tma_b", "tma_b_ws"):
+        ws = family == "tma_b_ws"
+        out = [_conv_bordered_variant("layer1", 64, 64, 56, False, ws=ws),
+               _conv_bordered_variant("resnet18 layer1", 64, 64, 56, True, ws=ws),
+               _conv_bordered_variant("deeplabv3 layer3", 256, 256, 65, False, ws=ws, dilation=2)]
+        if not ws:  # warp-specialized tiles never split
+            out += [_conv_bordered_variant("layer4", 512, 512, 7, False, ws=ws, split=True),
+                    _conv_bordered_variant("resnet18 layer4", 512, 512, 7, True, ws=ws, split=True)]
+        return out
     if kernel == "conv1x1" and family in ("tma", "tma_ws"):
         ws = family == "tma_ws"
         out = [_gemm_tma_variant("conv1", 256, 64, 56, True, False, ws=ws),
