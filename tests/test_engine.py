@@ -329,3 +329,47 @@ def test_twenty_input_sizes_compile_no_new_kernel():
     # Another batch is planned afresh.
     assert fast.schedule((2, 3, 800, 1344)) == build_schedule("resnet50", (2, 3, 800, 1344), torch.float16, h100,
                                                               returns=returns)
+
+
+def _bordered_schedule(schedule):
+    """`schedule` with every stride-1 3x3 on the bordered kernel, each with its own K step and
+    column tile (so that float32 sums run in the same order), 64 rows."""
+    from fastres.kernels import Config
+    from fastres.schedule import CONV
+
+    return schedule.with_configs({
+        i: Config(64, st.config.BLOCK_N, st.config.BLOCK_K, 4, 1, variant="tma_b")
+        for i, st in enumerate(schedule.steps) if st.kernel == CONV and st.spec.stride == 1 and st.spec.k == 3})
+
+
+def test_resnet50_bordered_forward_equals_the_default():
+    """ResNet-50 at batch 2 with every stride-1 3x3 on tma_b (their inputs in bordered slots,
+    written by 1x1 GEMMs into the interior) gives the default forward's logits; after the
+    forward every border is still zero."""
+    from fastres.arena import Arena
+    from fastres.kernels.launch import recording
+
+    fast = fastres.from_torchvision(calibrated("resnet50"), dtype=torch.float32, device=DEVICE)
+    x = torch.randn(2, 3, 32, 36, device=DEVICE)
+    default = fast(x)
+    schedule = _bordered_schedule(fast.schedule(x))
+    bordered = [i for i, b in enumerate(schedule.borders) if b is not None]
+    assert len(bordered) == 4  # one per stage: the 3x3s' inputs of each shape
+    arena = Arena(schedule, fast.params(), fast.device, x.dtype)
+    for i in bordered:  # poison the interiors: only the producers' writes may be read
+        arena.view(i, schedule.borders[i].shape).fill_(float("nan"))
+    with recording() as launches:
+        logits = arena.forward(x)
+    ran = [launch.kernel for launch in launches]
+    assert ran.count("_conv_bordered_kernel") == 13  # 16 bottlenecks, 3 of them with a stride-2 3x3
+    if ON_GPU:
+        assert_close(logits, default, 1e-5, "bordered forward")
+    else:
+        assert torch.equal(logits, default)
+    for i in bordered:
+        full = arena.bordered_view(i)
+        ph, pw = schedule.borders[i].pad
+        inner = torch.zeros(full.shape, dtype=torch.bool, device=full.device)
+        inner[:, :, ph:full.shape[2] - ph, pw:full.shape[3] - pw] = True
+        assert not full[~inner].any(), f"slot {i}: a border was written"
+        assert torch.isfinite(full[inner]).all(), f"slot {i}: interior left unwritten"

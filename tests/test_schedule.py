@@ -249,3 +249,61 @@ def test_resnext_grouped_convs_are_planned_per_group():
         # (M, N, K, taps): K is one group's input channels, per tap.
         assert st.gemm[1:] == (st.spec.cout, st.spec.cin // 32, 9), st.layer
     assert [st.spec.cin for st in grouped if st.layer.endswith(".0.conv2")] == [128, 256, 512, 1024]
+
+
+def _all_bordered(s):
+    """`s` with every stride-1 3x3 on the bordered conv."""
+    cfg = Config(64, 64, 64, 4, 4, variant="tma_b")
+    return s.with_configs({i: cfg for i, st in enumerate(s.steps)
+                           if st.kernel == CONV and st.spec.stride == 1 and st.spec.k == 3})
+
+
+@pytest.mark.parametrize("arch,shape", [("resnet50", (2, 3, 64, 64)), ("resnet18", (1, 3, 33, 45)),
+                                        ("wide_resnet50_2", (1, 3, 32, 32))])
+def test_bordered_slots_are_never_overwritten_while_live(arch, shape, no_launches):
+    """Replayed symbolically: a bordered slot holds only activations of its own shape (so every
+    write lands on its interior), each bordered conv reads a slot bordered by its padding, and
+    no write lands on a slot whose activation is still to be read."""
+    s = _all_bordered(build_schedule(arch, shape, torch.float16, H100))
+    assert any(b is not None for b in s.borders)
+    live: dict[int, int] = {}  # slot -> the step that wrote what it holds
+    last_read: dict[int, int] = {}  # step that wrote a value -> the last step reading it
+    for i, st in enumerate(s.steps):
+        for slot in (st.src, st.residual):
+            if slot is not None:
+                last_read[live[slot]] = i
+        if st.dst is not None:
+            live[st.dst] = i
+    live.clear()
+    for i, st in enumerate(s.steps):
+        if st.config.bordered:
+            assert s.border(st.src) is not None and s.border(st.src).pad == (st.spec.pad, st.spec.pad), st.layer
+            assert s.border(st.src).shape == st.in_shape, st.layer
+        if st.dst is not None:
+            b = s.border(st.dst)
+            assert b is None or b.shape == st.out_shape, (arch, st.layer)
+            held = live.get(st.dst)
+            assert held is None or last_read.get(held, -1) <= i, f"{arch}: {st.layer} overwrites step {held}'s output"
+            live[st.dst] = i
+    # The plain layout is the default's: bordering is chosen by the configs alone.
+    plain = build_schedule(arch, shape, torch.float16, H100)
+    assert plain.borders == () and _all_bordered(plain).with_configs(
+        {i: st.config for i, st in enumerate(plain.steps)}).slots == plain.slots
+
+
+@pytest.mark.parametrize("batch", [1, 256])
+def test_printed_schedule_shows_bordered_buffers(batch, no_launches):
+    """ResNet-50 with every stride-1 3x3 bordered: one bordered buffer per stage (layer1's 64x56x56
+    ... layer4's 512x7x7), each line saying what its border costs; the summary the total."""
+    s = _all_bordered(resnet50(batch))
+    lines = str(s).splitlines()
+    borders = [b for b in s.borders if b is not None]
+    assert [b.shape[1:] for b in borders] == [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
+    for b in borders:
+        n, c, h, w = b.shape
+        assert b.extra == n * c * ((h + 2) * (w + 2) - h * w)
+    rows = [line for line in lines if "bordered 1x1 around" in line]
+    assert len(rows) == 4 and all("MiB of border" in r for r in rows)
+    extra = sum(b.extra for b in borders) * 2 / 2**20
+    assert f"(4 bordered, {extra:.2f} MiB of border)" in lines[-1]
+    assert sum(s.slots) > sum(resnet50(batch).slots)
