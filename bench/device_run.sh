@@ -13,6 +13,7 @@
 #   tests-tma    40 s   15-30 s TMA kernels (descriptors, the allocator from fresh threads, the
 #                               float32 classifier's descriptor fence), its own process
 #   tests-ws     25 s    5-15 s warp-specialized TMA (a deadlock burns only this cap)
+#   tests-bordered 25 s  5-15 s the bordered 3x3s (tma_b, tma_b_ws) and the bordered engine
 #   tests-tuned  40 s   15-30 s tuned engines (they measure every family), after the families
 #   check        30 s   15-30 s fastres check (Hopper compile gate; cached after the first run)
 #   layers       80 s   70-80 s every distinct ResNet-50 conv, batch 1/32/256, float16,
@@ -25,6 +26,7 @@
 #   var-fused    30 s   20-30 s the kernel variants, one process per family, each timed beside
 #   var-tma      40 s   30-40 s   the saved default of the same layer (bench layers
 #   var-ws       30 s   20-30 s   --variants F --variants-only): a fault or a hang loses one family
+#   var-bordered 25 s   15-25 s   (tma_b, tma_b_ws: the stride-1 3x3s only)
 #   predict      35 s   20-35 s fastres predict's pipeline on 1024 generated ImageNet-size JPEGs,
 #                               resnet50 float16 batch 64/256: engine alone, CPU decode, nvjpeg
 #   compile   <= 90 s   40-60 s torch.compile (default mode) on resnet50 batch 32 float16, only
@@ -172,13 +174,15 @@ for f in tests/test_*.py; do
   TEST_FILES="$TEST_FILES $f"
 done
 # One process per risky kernel family, chosen by name (test, parameter and file names say the
-# family: "tma", "tma_ws", "fused"; "tun" for the tuned engines, which measure every family);
-# the five selections split the tests exactly (tests/test_device_run.py checks it).
-POINTER_K="not tma and not fused and not tun"
-FUSED_K="fused and not tma"
-TMA_K="tma and not tma_ws"
-WS_K="tma_ws"
-TUNED_K="tun and not tma and not fused"
+# family: "tma", "tma_ws", "fused", "bordered" / "tma_b"; "tun" for the tuned engines, which
+# measure every family); the six selections split the tests exactly (tests/test_device_run.py
+# checks it).
+BORDERED_K="bordered or tma_b"
+POINTER_K="not tma and not fused and not tun and not ($BORDERED_K)"
+FUSED_K="fused and not tma and not ($BORDERED_K)"
+TMA_K="tma and not tma_ws and not ($BORDERED_K)"
+WS_K="tma_ws and not ($BORDERED_K)"
+TUNED_K="tun and not tma and not fused and not ($BORDERED_K)"
 PYTEST=(-m pytest -q -p no:cacheprovider --maxfail=20 --durations=10
         --deselect tests/test_benchmark_cli.py::test_bench_smoke_end_to_end)
 # shellcheck disable=SC2086  # one word per file
@@ -189,6 +193,8 @@ step tests-fused 30 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$FUSED
 step tests-tma 40 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$TMA_K"
 # shellcheck disable=SC2086
 step tests-ws 25 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$WS_K"
+# shellcheck disable=SC2086
+step tests-bordered 25 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$BORDERED_K"
 # shellcheck disable=SC2086
 step tests-tuned 40 "$OUT/tests.log" "$PY" "${PYTEST[@]}" $TEST_FILES -k "$TUNED_K"
 
@@ -226,6 +232,9 @@ step var-tma 40 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma,tm
 collect
 step var-ws 30 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma_ws --variants-only \
   --warmup-ms 5 --rep-ms 20 --budget-s 25
+collect
+step var-bordered 25 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma_b,tma_b_ws --variants-only \
+  --warmup-ms 5 --rep-ms 20 --budget-s 20
 collect
 
 # ---- fastres predict's image pipeline (results merge into the same JSON) ---------------------

@@ -57,7 +57,7 @@ def test_layer_point_times_every_variant_side_by_side(tmp_path, device):
                      l2_bytes(run.device), 100.0, None)
     (rec,) = run.results["records"]
     rows = {v["variant"]: v for v in rec["variants"]}
-    assert {"ptr", "fused_k", "tma", "tma_w"} <= set(rows), rows
+    assert {"ptr", "fused_k", "tma", "tma_w", "tma_b", "tma_b_ws"} <= set(rows), rows
     assert all(v["status"] == "ok" and v["median_ms"] > 0 for v in rows.values()), rows
     assert rows["fused_k"]["config"] == "64x64x64_w4_s4_k3_fused_k"  # the default tile, fused
     assert rows["ptr"]["speedup"] == 1.0 and rows["tma"]["pct_peak"] > 0

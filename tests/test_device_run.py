@@ -71,7 +71,7 @@ def test_device_run_dry(tmp_path):
     assert layers[0].startswith("-m fastres bench layers") and "--variants" not in layers[0]  # the baselines first
     assert "--batches 1,32,256" in layers[0] and "--dtypes float16" in layers[0]
     assert [l.split("--variants ")[1].split()[0] for l in layers if "--variants-only" in l] == ["fused_k", "tma,tma_w",
-                                                                                              "tma_ws"]
+                                                                                              "tma_ws", "tma_b,tma_b_ws"]
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
     predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
     assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict
@@ -131,7 +131,7 @@ def test_device_run_fixes_the_date_and_keeps_temporaries_out(tmp_path):
 @NEEDS_BASH
 def test_dry_run_isolates_each_risky_family(tmp_path):
     """`device_run.sh --dry-run` shows the order and the caps: one capped pytest process per
-    risky kernel family (fused split-K, TMA, warp-specialized TMA, then the tuned engines that
+    risky kernel family (fused split-K, TMA, warp-specialized TMA, the bordered 3x3s, then the tuned engines that
     measure them all), whose selections split the GPU tests exactly; the variants are timed
     one family per process, after the baselines (layers, e2e) are saved."""
     import re
@@ -148,17 +148,18 @@ def test_dry_run_isolates_each_risky_family(tmp_path):
              if l.startswith("step ")]
     names = [s[0] for s in steps]
     assert all(int(cap) > 0 for _, cap, _ in steps)
-    tests = ["tests", "tests-fused", "tests-tma", "tests-ws", "tests-tuned"]
+    tests = ["tests", "tests-fused", "tests-tma", "tests-ws", "tests-bordered", "tests-tuned"]
     assert [n for n in names if n.startswith("tests")] == tests
     assert names.index("tests-tuned") < names.index("check") < names.index("layers") < names.index("e2e")
     variants = [(n, cmd) for n, _, cmd in steps if n.startswith("var-")]
-    assert [n for n, _ in variants] == ["var-fused", "var-tma", "var-ws"]
+    assert [n for n, _ in variants] == ["var-fused", "var-tma", "var-ws", "var-bordered"]
     assert all(names.index(n) > names.index("e2e") for n, _ in variants), "variants after the baselines"
     families = [cmd.split("--variants ")[1].split()[0] for _, cmd in variants]
-    assert families == ["fused_k", "tma,tma_w", "tma_ws"] and all("--variants-only" in c for _, c in variants)
+    assert families == ["fused_k", "tma,tma_w", "tma_ws", "tma_b,tma_b_ws"] and all("--variants-only" in c
+                                                                                 for _, c in variants)
     layers = next(cmd for n, _, cmd in steps if n == "layers")
     assert "--variants" not in layers
-    # the five -k selections over the GPU test files: disjoint, and together every test
+    # the six -k selections over the GPU test files: disjoint, and together every test
     cmds = {n: cmd for n, _, cmd in steps if n in tests}
     files = [a for a in cmds["tests"].split() if a.startswith("tests/") and "::" not in a]
     exprs = {n: Expression.compile(cmds[n].split(" -k ", 1)[1]) for n in tests}
@@ -174,3 +175,6 @@ def test_dry_run_isolates_each_risky_family(tmp_path):
     assert any("tma_launch_sets_the_allocator" in i for i in chosen["tests-tma"])
     assert any("[tma_ws" in i or "tma_ws]" in i for i in chosen["tests-ws"])
     assert any("test_fused_split" in i for i in chosen["tests-fused"])
+    assert any("test_conv_bordered.py" in i for i in chosen["tests-bordered"])
+    assert any("tma_b_ws" in i for i in chosen["tests-bordered"])
+    assert any("test_resnet50_bordered_forward" in i for i in chosen["tests-bordered"])

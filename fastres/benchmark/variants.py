@@ -3,7 +3,8 @@
 For each layer the launcher's own config (pointer loads; its split as the heuristic makes it)
 is timed beside one config of every other variant family the tuner could pick for that
 layer on this device (``kernels.config.tuning_candidates``): ``fused_k`` (the same split tile,
-summed in the kernel), ``tma``, ``tma_w``, ``tma_ws`` (Hopper's TMA kernels). Each family's
+summed in the kernel), ``tma``, ``tma_w``, ``tma_ws`` (Hopper's TMA kernels), ``tma_b``,
+``tma_b_ws`` (the bordered 3x3s, on a zero-bordered copy of the input made before timing). Each family's
 config is the candidate nearest the launcher's tile (the same tile if the family has it; the
 same split or not), so the comparison is of the variant, not of a different tile. Every
 variant's output is checked against the layer's reference before it is timed; the results
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from ..kernels import Config
     from .geometry import ConvLayer
 
-FAMILIES = ("fused_k", "tma", "tma_w", "tma_ws")
+FAMILIES = ("fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
 
 
 def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch: int,
@@ -34,7 +35,7 @@ def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch
                     families: tuple[str, ...] = FAMILIES) -> dict[str, Config]:
     """family -> the config of that family nearest `default` among the tuner's candidates for
     `layer` at `batch` (families with no candidate for this layer are absent)."""
-    from ..kernels.config import FUSED_MAX_BLOCK_M, tuning_candidates
+    from ..kernels.config import FUSED_MAX_BLOCK_M, bordered_rows, tuning_candidates
     from ..kernels.conv import reduction
 
     m = batch * layer.oh * layer.ow
@@ -43,8 +44,11 @@ def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch
     else:
         flat, k, kernel = reduction(layer.cin, layer.k, layer.k)
         taps = 1 if flat else layer.k * layer.k
+    bordered = None
+    if kernel == "conv" and layer.stride == 1:  # the bordered convs' grid: rows of the bordered map
+        bordered = bordered_rows(batch, layer.h + 2 * layer.pad, layer.w + 2 * layer.pad, layer.oh, layer.ow)
     cands = tuning_candidates(kernel, dtype, M=m, N=layer.cout, K=k, taps=taps, residual=residual, device=device,
-                              stride=layer.stride, segments=(batch * layer.oh, layer.ow))
+                              stride=layer.stride, segments=(batch * layer.oh, layer.ow), bordered=bordered)
     split = default.SPLIT_K > 1
 
     def distance(c: Config) -> tuple:
