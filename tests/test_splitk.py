@@ -121,12 +121,14 @@ def test_heuristic_splits_small_grids_only(monkeypatch):
 def test_tuning_candidates(monkeypatch):
     monkeypatch.setattr(config_mod, "interpreting", lambda: False)
     dt = torch.float16
-    small = tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, segments=(7, 7))
+    rows = config_mod.bordered_rows  # the bordered convs' grid over the 9x9 bordered 7x7 map
+    small = tuning_candidates("conv", dt, M=49, N=512, K=512, taps=9, segments=(7, 7), bordered=rows(1, 9, 9, 7, 7))
     base = config_space("conv", dt)
     assert set(base) <= set(small)
     assert all(c.SPLIT_K > 1 for c in small if c not in base) and len(small) > len(base)
     assert select_config("conv", dt, M=49, N=512, K=512, taps=9) in small
-    assert tuning_candidates("conv", dt, M=256 * 49, N=512, K=512, taps=9, segments=(256 * 7, 7)) == base
+    assert tuning_candidates("conv", dt, M=256 * 49, N=512, K=512, taps=9, segments=(256 * 7, 7),
+                             bordered=rows(256, 9, 9, 7, 7)) == base
     assert tuning_candidates("max_pool2d", dt, M=1, N=1, K=1) == config_space("max_pool2d", dt)
 
 
@@ -142,8 +144,8 @@ def _space_params():
     for kernel in ("conv", "conv_stem", "conv1x1"):
         for dtype in (torch.float32, torch.float16):
             for c in config_space(kernel, dtype):
-                if c.variant == "tma_ws":
-                    continue  # never split (kernels/gemm_tma.py)
+                if c.warp_specialized:
+                    continue  # never split (kernels/gemm_tma.py, kernels/conv_bordered.py)
                 out.append(pytest.param(kernel, dtype, c, id=f"{kernel}-{dtype_id(dtype)}-{c.name}"))
                 if (c.variant == "ptr" and kernel != "conv_stem" and dtype in config_mod.HOPPER_DTYPES
                         and c.BLOCK_M <= config_mod.FUSED_MAX_BLOCK_M):
@@ -164,6 +166,8 @@ def test_every_config_split(kernel, dtype, cfg, device):
         case = dict(cin=200, k=1, stride=1, pad=0, hw=5)
     x, w, b, r, shape = conv_case(kernel, 2, case["cin"], 72, case["hw"], case["k"], case["stride"], case["pad"],
                                   dtype, device, residual=kernel != "conv_stem")  # split: every tile takes one
+    if cfg.bordered:  # the bordered conv reads the interior of a zero-bordered map
+        x = K.zero_bordered(x, case["pad"])
     out = poisoned(shape, dtype, device)
     y = launch(kernel, x, w, b, r, stride=case["stride"], pad=case["pad"], out=out,
                config=dataclasses.replace(cfg, SPLIT_K=3))
