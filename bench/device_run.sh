@@ -13,7 +13,7 @@
 #   tests-tma    40 s   15-30 s TMA kernels (descriptors, the allocator from fresh threads, the
 #                               float32 classifier's descriptor fence), its own process
 #   tests-ws     25 s    5-15 s warp-specialized TMA (a deadlock burns only this cap)
-#   tests-bordered 25 s  5-15 s the bordered 3x3s (tma_b, tma_b_ws) and the bordered engine
+#   tests-bordered 25 s  5-15 s the bordered 3x3s (tma_b, tma_b_ws, tma_b_p) and the bordered engine
 #   tests-tuned  40 s   15-30 s tuned engines (they measure every family), after the families
 #   check        30 s   15-30 s fastres check (Hopper compile gate; cached after the first run)
 #   layers       80 s   70-80 s every distinct ResNet-50 conv, batch 1/32/256, float16,
@@ -26,7 +26,7 @@
 #   var-fused    30 s   20-30 s the kernel variants, one process per family, each timed beside
 #   var-tma      40 s   30-40 s   the saved default of the same layer (bench layers
 #   var-ws       30 s   20-30 s   --variants F --variants-only): a fault or a hang loses one family
-#   var-bordered 25 s   15-25 s   (tma_b, tma_b_ws: the stride-1 3x3s only)
+#   var-bordered 25 s   15-25 s   (tma_b, tma_b_ws, tma_b_p: the stride-1 3x3s only)
 #   predict      35 s   20-35 s fastres predict's pipeline on 1024 generated ImageNet-size JPEGs,
 #                               resnet50 float16 batch 64/256: engine alone, CPU decode, nvjpeg
 #   compile   <= 90 s   40-60 s torch.compile (default mode) on resnet50 batch 32 float16, only
@@ -233,7 +233,7 @@ collect
 step var-ws 30 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma_ws --variants-only \
   --warmup-ms 5 --rep-ms 20 --budget-s 25
 collect
-step var-bordered 25 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma_b,tma_b_ws --variants-only \
+step var-bordered 25 "$BENCH" "$PY" -m fastres bench "${LAYERS[@]}" --variants tma_b,tma_b_ws,tma_b_p --variants-only \
   --warmup-ms 5 --rep-ms 20 --budget-s 20
 collect
 

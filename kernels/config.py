@@ -73,6 +73,11 @@ class Config:
         return self.variant in WS_VARIANTS
 
     @property
+    def splits(self) -> bool:
+        """Whether its K loop may be split (not warp-specialized, not persistent)."""
+        return not self.warp_specialized and self.variant != "tma_b_p"
+
+    @property
     def fused_split(self) -> bool:
         """A split K loop summed by its own last program (no reduce launch)."""
         return self.SPLIT_K > 1 and (self.variant == "fused_k" or self.tma)
@@ -93,9 +98,10 @@ class Config:
 # tma_b: a stride-1 conv over a zero-bordered input (kernels/conv_bordered.py): every tap one
 #   2-D TMA box of the flattened bordered map; the schedule gives its input a bordered slot.
 # tma_b_ws: tma_b with a warp-specialized K loop; never split (as tma_ws).
-VARIANTS = ("ptr", "fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
-TMA_VARIANTS = ("tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
-BORDERED_VARIANTS = ("tma_b", "tma_b_ws")
+# tma_b_p: tma_b persistent (one program per SM looping over tiles); never split.
+VARIANTS = ("ptr", "fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws", "tma_b_p")
+TMA_VARIANTS = ("tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws", "tma_b_p")
+BORDERED_VARIANTS = ("tma_b", "tma_b_ws", "tma_b_p")
 WS_VARIANTS = ("tma_ws", "tma_b_ws")
 C = Config
 # Every config below compiles for sm_90 with wgmma and without spilling on triton 3.6 and 3.8
@@ -168,7 +174,9 @@ _SPACE["conv1x1"] = {
 # The bordered convs (tma_b, tma_b_ws): stride-1 3x3s over zero-bordered inputs.
 _BORDERED = (C(128, 64, 64, 4, 4, variant="tma_b"), C(64, 128, 64, 4, 4, variant="tma_b"),
              C(64, 64, 64, 4, 4, variant="tma_b"),
-             C(128, 128, 64, 4, 3, variant="tma_b_ws"), C(128, 64, 64, 4, 4, variant="tma_b_ws"))
+             C(128, 128, 64, 4, 3, variant="tma_b_ws"), C(128, 64, 64, 4, 4, variant="tma_b_ws"),
+             # (persistent 128x128x64 on 4 warps spilled: 56-352 B of stack, triton 3.6 and 3.8)
+             C(128, 64, 64, 4, 4, variant="tma_b_p"), C(64, 128, 64, 4, 4, variant="tma_b_p"))
 _HOPPER: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
     "conv1x1": {dt: (C(128, 128, 64, 8, 3, variant="tma"), C(128, 64, 64, 4, 4, variant="tma"),
                      C(64, 128, 64, 4, 4, variant="tma"), C(64, 64, 64, 4, 4, variant="tma"),
@@ -395,7 +403,7 @@ def tuning_candidates(
         return space
     out = list(space)
     for c in config_space(kernel, dtype, target=target, max_shared=max_shared):
-        if not ok(c) or c.warp_specialized or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
+        if not ok(c) or not c.splits or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
             continue
         rows = segments if kernel == "conv" else None  # the 1x1 TMA GEMM tiles M = N*OH*OW flat
         if kernel == "conv" and c.variant == "tma" and rows is None and M > 0:

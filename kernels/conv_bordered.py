@@ -21,6 +21,10 @@ kernels/conv_tma.py (Cin a multiple of BLOCK_K).
 ``variant="tma_b"``: a split K loop is summed by the tile's last program (kernels/splitk.py).
 ``variant="tma_b_ws"``: the K loop warp-specialized (a producer warp issues the loads, the
 consumer warps the wgmmas); never split, as an atomic makes triton drop the specialization.
+``variant="tma_b_p"``: persistent: a grid of one program per SM (``persistent_programs``),
+each taking tiles pid, pid + programs, ... in the grouped order, its tile and K loops flattened
+into one software pipeline so that a tile's epilogue overlaps the next tile's first loads;
+never split.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ import triton
 import triton.language as tl
 
 from ._checks import nhwc_strides
-from .config import BORDERED_VARIANTS, Config, bordered_rows
+from .config import BORDERED_VARIANTS, NUM_SMS_DEFAULT, Config, bordered_rows
 from .gemm_tma import check_tma_rows
+from .epilogue import bias_residual_relu_store
 from .indexing import grouped_tile
 from .launch import ensure_tma_allocator, launch
 from .splitk import config_splits, finish_tile, split_counters, split_workspace
@@ -95,6 +100,64 @@ def _conv_bordered_kernel(
     )
 
 
+@triton.jit(do_not_specialize=("MT", "MP", "HP", "WP", "OH", "OW", "PROGRAMS"))
+def _conv_bordered_persistent_kernel(
+    # pointers (as _conv_bordered_kernel's; no split, so no workspace or counters)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    # sizes (PROGRAMS: the grid, one program per SM)
+    MT, MP, C, HP, WP, OH, OW, CO, DH, DW, PROGRAMS,
+    # strides
+    sxm, swo,
+    srn, srh, srw, src,
+    syn, syh, syw, syc,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    x_desc = tl.make_tensor_descriptor(x_ptr, shape=[MP, C], strides=[sxm, 1], block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[CO, KH * KW * C], strides=[swo, 1],
+                                       block_shape=[BLOCK_N, BLOCK_K])
+    n_cb = C // BLOCK_K
+    k_steps = KH * KW * n_cb
+    tiles = tl.cdiv(MT, BLOCK_M) * tl.cdiv(CO, BLOCK_N)
+    img = HP * WP
+    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
+        pid_m, pid_n = grouped_tile(tile, MT, CO, BLOCK_M, BLOCK_N, GROUP_M)
+        r0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for it in range(0, k_steps):
+            tap = it // n_cb
+            c0 = (it - tap * n_cb) * BLOCK_K
+            kh = tap // KW
+            kw = tap - kh * KW
+            a = x_desc.load([r0 + kh * DH * WP + kw * DW, c0])
+            b = w_desc.load([n0, tap * C + c0])
+            acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+        r = r0 + tl.arange(0, BLOCK_M)
+        n = r // img
+        rem = r - n * img
+        hp = rem // WP
+        wp = rem - hp * WP
+        rn = n0 + tl.arange(0, BLOCK_N)
+        bias_residual_relu_store(
+            acc, n * (OH * OW) + hp * OW + wp, rn, (r < MT) & (hp < OH) & (wp < OW), rn < CO, b_ptr, r_ptr, y_ptr,
+            OH, OW, srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+        )
+
+
+def persistent_programs(tiles: int, device: torch.device) -> int:
+    """The persistent conv's grid: one program per SM of `device` (an H100's 132 off CUDA), at
+    most one per tile."""
+    sms = NUM_SMS_DEFAULT
+    if device.type == "cuda":
+        from .targets import device_facts
+
+        sms = device_facts(device).sms
+    return max(1, min(int(tiles), sms))
+
+
 def bordered_map(x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
     """The whole zero-bordered map [N, C, H+2PH, W+2PW] (channels_last, dense) whose interior
     view x [N, C, H, W] is; raises ValueError where x is not such a view (its strides or
@@ -133,8 +196,8 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
         raise ValueError(f"config {config.name}: the bordered conv's variants are {', '.join(BORDERED_VARIANTS)}")
     if (g.SH, g.SW) != (1, 1):
         raise ValueError(f"config {config.name}: a bordered conv needs stride 1, got stride {(g.SH, g.SW)}")
-    if config.variant == "tma_b_ws" and config.SPLIT_K > 1:
-        raise ValueError(f"config {config.name}: a warp-specialized conv cannot split its K loop")
+    if config.variant in ("tma_b_ws", "tma_b_p") and config.SPLIT_K > 1:
+        raise ValueError(f"config {config.name}: a warp-specialized or persistent conv cannot split its K loop")
     if g.C % config.BLOCK_K:
         raise ValueError(f"config {config.name}: TMA boxes need Cin a multiple of BLOCK_K={config.BLOCK_K}, "
                          f"got w of shape {tuple(w.shape)}")
@@ -147,11 +210,24 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
     check_tma_rows("x", xp, g.C)
     hp, wp = g.H + 2 * g.PH, g.W + 2 * g.PW
     mt = bordered_rows(g.N, hp, wp, g.OH, g.OW)
+    r = residual if residual is not None else y
+    if config.variant == "tma_b_p":
+        tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
+        programs = persistent_programs(tiles, x.device)
+        ensure_tma_allocator()
+        launch(_conv_bordered_persistent_kernel, (programs,),
+            xp, w, b, r, y,
+            mt, g.N * hp * wp, g.C, hp, wp, g.OH, g.OW, g.CO, g.DH, g.DW, programs,
+            g.C, swo,
+            *nhwc_strides(r), *nhwc_strides(y),
+            KH=g.KH, KW=g.KW, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
+            **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        )
+        return
     splits, iters = config_splits(config, g.C, g.KH * g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
-    r = residual if residual is not None else y
     ensure_tma_allocator()
     launch(_conv_bordered_kernel, (tiles, splits),
         xp, w, b, r, y, ws, cnt,

@@ -34,7 +34,7 @@ def run_python(args: list[str], *, timeout: float = 600, **env: str) -> subproce
 # wait for the result: the compiles overlap the rest of the suite instead of following it.
 GATE_ALL = ["-m", "fastres", "check", "--target", "all", "--json", "--no-progress"]
 TRITON36 = "3.6.0"
-TRITON36_FAMILIES = "fused_k,tma,tma_w,tma_ws,tma_b,tma_b_ws"
+TRITON36_FAMILIES = "fused_k,tma,tma_w,tma_ws,tma_b,tma_b_ws,tma_b_p"
 # A folder where triton 3.6.0 is installed already (`pip install --no-deps --target DIR
 # triton==3.6.0`, as .ci/run does before the tests): then the tests need no network.
 TRITON36_DIR_ENV = "FASTRES_TRITON36_DIR"

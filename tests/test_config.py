@@ -300,7 +300,7 @@ def test_variant_field_names_and_validates():
 @pytest.mark.parametrize("kernel", ["conv", "conv1x1"])
 def test_tma_variants_are_in_hoppers_float16_space_only(kernel):
     tma = {c.variant for c in config_space(kernel, torch.float16, target="sm_90") if c.variant != "ptr"}
-    assert tma == ({"tma", "tma_ws"} if kernel == "conv1x1" else {"tma", "tma_w", "tma_b", "tma_b_ws"})
+    assert tma == ({"tma", "tma_ws"} if kernel == "conv1x1" else {"tma", "tma_w", "tma_b", "tma_b_ws", "tma_b_p"})
     for target in ("sm_80", "sm_89", "sm_100", "sm_120", "gfx942"):
         assert all(c.variant == "ptr" for c in config_space(kernel, torch.float16, target=target))
     for dtype in (torch.bfloat16, torch.float32):
@@ -320,8 +320,8 @@ def test_tuning_offers_every_variant_family_where_it_applies():
                               segments=(7, 7), bordered=config_mod.bordered_rows(1, 9, 9, 7, 7))
     kinds = {(c.variant, c.SPLIT_K > 1) for c in cands}
     assert {("ptr", False), ("ptr", True), ("fused_k", True), ("tma", False), ("tma", True), ("tma_w", False),
-            ("tma_w", True), ("tma_b", False), ("tma_b", True), ("tma_b_ws", False)} <= kinds
-    assert not any(c.warp_specialized and c.SPLIT_K > 1 for c in cands)
+            ("tma_w", True), ("tma_b", False), ("tma_b", True), ("tma_b_ws", False), ("tma_b_p", False)} <= kinds
+    assert not any(not c.splits and c.SPLIT_K > 1 for c in cands)  # warp-specialized, persistent
     # The bordered convs only where the caller plans their grid (bordered rows given).
     no_rows = tuning_candidates("conv", torch.float16, M=49, N=512, K=512, taps=9, sms=132, target="sm_90",
                                 segments=(7, 7))

@@ -1,8 +1,8 @@
 """The bordered conv (fastres.kernels.conv_bordered): every distinct 3x3 stride-1 geometry of
 the seven ResNets at batch 1 and 2, with and without the fused residual, against torch in
 float64 (float32 also bitwise against the pointer kernel with the same K steps), the
-warp-specialized and fused-split forms, dilation, what it must never write, and the
-refusals."""
+warp-specialized, persistent and fused-split forms, dilation, what it must never write, and
+the refusals."""
 from __future__ import annotations
 
 import functools
@@ -72,8 +72,14 @@ def test_parity_every_resnet_geometry(cin, cout, dtype, device):
             assert torch.equal(y, ptr)
 
 
-@pytest.mark.parametrize("variant,split", [("tma_b_ws", 1), ("tma_b", 3)])
-def test_warp_specialized_and_fused_split(variant, split, device):
+@pytest.mark.parametrize("variant,split", [("tma_b_ws", 1), ("tma_b", 3), ("tma_b_p", 1)])
+def test_warp_specialized_persistent_and_fused_split(variant, split, device, monkeypatch):
+    """The other forms on a problem of 7 x 3 = 21 tiles (16x16 tiles over 106 rows and 48
+    channels); the persistent one on 5 programs, so that each loops over several tiles (one
+    per SM would give each program one tile)."""
+    import fastres.kernels.conv_bordered as conv_bordered
+
+    monkeypatch.setattr(conv_bordered, "persistent_programs", lambda tiles, device: 5)
     x, w, b, r = case(2, 32, 48, 5, 7, torch.float32)
     xb = K.zero_bordered(x.to(device), 1)
     counters = torch.zeros(64, dtype=torch.int32, device=device)
@@ -110,9 +116,10 @@ def test_refusals(device):
         K.conv_bn_relu(K.zero_bordered(x, 2), w, b, padding=1, config=cfg)  # a border of the wrong width
     with pytest.raises(ValueError, match="stride 1"):
         K.conv_bn_relu(K.zero_bordered(x, 1), w, b, stride=2, padding=1, config=cfg)
-    with pytest.raises(ValueError, match="cannot split"):
-        K.conv_bn_relu(K.zero_bordered(x, 1), w, b, padding=1, config=Config(16, 16, 16, 4, 1, SPLIT_K=2,
-                                                                                variant="tma_b_ws"))
+    for variant in ("tma_b_ws", "tma_b_p"):
+        with pytest.raises(ValueError, match="cannot split"):
+            K.conv_bn_relu(K.zero_bordered(x, 1), w, b, padding=1, config=Config(16, 16, 16, 4, 1, SPLIT_K=2,
+                                                                                    variant=variant))
     with pytest.raises(ValueError, match="dense"):  # the TMA 1x1 GEMM reads dense pixel rows only
         K.conv1x1(K.zero_bordered(x, 1), rand_nhwc(16, 32, 1, 1, dtype=torch.float16, device=device), b,
                   config=Config(16, 16, 16, 4, 1, variant="tma"))

@@ -71,7 +71,7 @@ def test_device_run_dry(tmp_path):
     assert layers[0].startswith("-m fastres bench layers") and "--variants" not in layers[0]  # the baselines first
     assert "--batches 1,32,256" in layers[0] and "--dtypes float16" in layers[0]
     assert [l.split("--variants ")[1].split()[0] for l in layers if "--variants-only" in l] == ["fused_k", "tma,tma_w",
-                                                                                              "tma_ws", "tma_b,tma_b_ws"]
+                                                                                              "tma_ws", "tma_b,tma_b_ws,tma_b_p"]
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
     predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
     assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict
@@ -155,7 +155,7 @@ def test_dry_run_isolates_each_risky_family(tmp_path):
     assert [n for n, _ in variants] == ["var-fused", "var-tma", "var-ws", "var-bordered"]
     assert all(names.index(n) > names.index("e2e") for n, _ in variants), "variants after the baselines"
     families = [cmd.split("--variants ")[1].split()[0] for _, cmd in variants]
-    assert families == ["fused_k", "tma,tma_w", "tma_ws", "tma_b,tma_b_ws"] and all("--variants-only" in c
+    assert families == ["fused_k", "tma,tma_w", "tma_ws", "tma_b,tma_b_ws,tma_b_p"] and all("--variants-only" in c
                                                                                  for _, c in variants)
     layers = next(cmd for n, _, cmd in steps if n == "layers")
     assert "--variants" not in layers

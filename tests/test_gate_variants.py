@@ -107,7 +107,7 @@ def _recorded_launches(monkeypatch, call) -> list[tuple]:
     """(kernel, {argument: value}) of every launch `call` makes, with the GPU heuristic's
     configs; nothing runs."""
     import fastres.kernels.config as config_mod
-    from fastres.kernels import conv, conv_tma, gemm1x1, gemm_tma, head, splitk
+    from fastres.kernels import conv, conv_bordered, conv_tma, gemm1x1, gemm_tma, head, splitk
 
     monkeypatch.setattr(config_mod, "interpreting", lambda: False)
     # The launches are recorded, never run, so CPU tensors stand in for device ones on every
@@ -121,7 +121,7 @@ def _recorded_launches(monkeypatch, call) -> list[tuple]:
         names = arg_names(kernel)
         seen.append((kernel, {**dict(zip(names, args)), **kwargs}))
 
-    for module in (conv, conv_tma, gemm1x1, gemm_tma, head, splitk):
+    for module in (conv, conv_bordered, conv_tma, gemm1x1, gemm_tma, head, splitk):
         monkeypatch.setattr(module, "launch", record)
     call()
     return seen
@@ -155,7 +155,7 @@ def _gate_class(kernel_name: str, variant_name: str, config, fn, family: str = "
 
 @pytest.mark.parametrize("case", ["3x3 split", "3x3 residual split", "1x1 split", "head", "3x3 fused", "1x1 fused",
                                   "3x3 tma", "3x3 tma split", "3x3/s2 tma_w", "1x1 tma", "1x1 tma_ws", "head tma split",
-                                  "head tma_ws"])
+                                  "head tma_ws", "3x3 tma_b", "3x3 tma_b split", "3x3 tma_b_ws", "3x3 tma_b_p"])
 def test_gate_variants_are_the_launches(case, monkeypatch):
     """The gate's variant rows specialize exactly as the launchers' own launches at those
     layers do (pointer types, which ints are 1 and which divisible by 16, constexprs), for
@@ -222,6 +222,18 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
         call = lambda: K.avgpool_fc(nhwc(1, 2048, 7, 7), torch.zeros(1000, 2048, dtype=torch.float16), b1000,  # noqa: E731
                                     out=torch.zeros(1, 1000, dtype=torch.float16), config=cfg)
         expect = [("avgpool", "7x7 [head pool]"), ("conv1x1", "fc/N1/splitk-fused [head]", "tma")]
+    elif case in ("3x3 tma_b", "3x3 tma_b_ws", "3x3 tma_b_p"):
+        variant = case.split()[1]
+        cfg = Config(64, 64, 64, 4, 4, variant=variant)
+        call = lambda: K.conv_bn_relu(K.zero_bordered(nhwc(32, 64, 56, 56), 1), nhwc(64, 64, 3, 3),  # noqa: E731
+                                      torch.zeros(64), padding=1, residual=nhwc(32, 64, 56, 56), config=cfg)
+        tag = {"tma_b": "", "tma_b_ws": "/ws", "tma_b_p": "/persistent"}[variant]
+        expect = [("conv", f"3x3/s1/relu/res/x:bordered{tag} [resnet18 layer1]", variant)]
+    elif case == "3x3 tma_b split":
+        cfg = planned("conv", "tma_b", M=49, N=512, K=512, taps=9)
+        call = lambda: K.conv_bn_relu(K.zero_bordered(nhwc(1, 512, 7, 7), 1), nhwc(512, 512, 3, 3), b512,  # noqa: E731
+                                      padding=1, config=cfg)
+        expect = [("conv", "3x3/s1/relu/x:bordered/splitk-fused [layer4]", "tma_b")]
     else:
         cfg = Config(64, 64, 64, 4, 4, variant="tma_ws")
         call = lambda: K.avgpool_fc(nhwc(1024, 2048, 7, 7), torch.zeros(1000, 2048, dtype=torch.float16),  # noqa: E731
@@ -258,6 +270,10 @@ def test_tma_families_have_their_own_kernels_and_launches():
     assert ws and all(dict(v.meta)["WARP_SPECIALIZE"] and not dict(v.meta)["SPLIT"] for v in ws)
     tma = variants("conv", "float16", "tma")
     assert all(dict(v.meta)["A_TMA"] and dict(v.values)["SH"] == 1 for v in tma)
+    assert kernel_fn("conv", "tma_b").fn.__name__ == kernel_fn("conv", "tma_b_ws").fn.__name__ == "_conv_bordered_kernel"
+    assert all(v.jit == ("conv_bordered", "_conv_bordered_persistent_kernel")
+               for v in variants("conv", "float16", "tma_b_p"))
+    assert not any(dict(v.meta)["SPLIT"] for v in variants("conv", "float16", "tma_b_ws"))
     assert any(dict(v.meta)["SPLIT"] for v in tma)
     # fused splits: Hopper, float16, tiles of up to 64 rows
     fused = next(v for v in variants("conv", "float16") if dict(v.meta).get("FUSED"))

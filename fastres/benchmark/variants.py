@@ -4,7 +4,7 @@ For each layer the launcher's own config (pointer loads; its split as the heuris
 is timed beside one config of every other variant family the tuner could pick for that
 layer on this device (``kernels.config.tuning_candidates``): ``fused_k`` (the same split tile,
 summed in the kernel), ``tma``, ``tma_w``, ``tma_ws`` (Hopper's TMA kernels), ``tma_b``,
-``tma_b_ws`` (the bordered 3x3s, on a zero-bordered copy of the input made before timing). Each family's
+``tma_b_ws``, ``tma_b_p`` (the bordered 3x3s, on a zero-bordered copy of the input made before timing). Each family's
 config is the candidate nearest the launcher's tile (the same tile if the family has it; the
 same split or not), so the comparison is of the variant, not of a different tile. Every
 variant's output is checked against the layer's reference before it is timed; the results
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..kernels import Config
     from .geometry import ConvLayer
 
-FAMILIES = ("fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
+FAMILIES = ("fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws", "tma_b_p")
 
 
 def variant_configs(layer: ConvLayer, default: Config, dtype: torch.dtype, batch: int,

@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_TARGET.name} compile each config at its heaviest variants only)")
     parser.add_argument("--family", action="append", metavar="F",
                         help="only rows of these variant families (repeatable, or comma-separated): ptr (pointer "
-                             "loads), fused_k (split-K summed in the kernel), tma, tma_w, tma_ws, tma_b, tma_b_ws "
+                             "loads), fused_k (split-K summed in the kernel), tma, tma_w, tma_ws, tma_b, tma_b_ws, tma_b_p "
                              "(Hopper's TMA kernels; tma_b*: the bordered 3x3s)")
     parser.add_argument("--jobs", "-j", type=int, default=_default_jobs(), metavar="N",
                         help="compile in N processes (default: the CPU count)")

@@ -187,7 +187,7 @@ def blank_row(kernel: str, config: Config, dtype: str, variant: Variant, target:
     return with_hopper_keys(row)
 
 
-FAMILIES = ("ptr", "fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws")
+FAMILIES = ("ptr", "fused_k", "tma", "tma_w", "tma_ws", "tma_b", "tma_b_ws", "tma_b_p")
 
 
 def row_family(config: Config, variant: Variant) -> str:

@@ -205,11 +205,12 @@ def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, h
 
 
 def _conv_bordered_variant(label: str, cin: int, cout: int, hw: int, residual: bool, *, ws: bool,
-                           split: bool = False, dilation: int = 1) -> Variant:
+                           split: bool = False, dilation: int = 1, persistent: bool = False) -> Variant:
     """A ``_conv_bordered_kernel`` launch as ``kernels/conv_bordered.py`` makes it: a 3x3
     stride-1 conv (padding = dilation) over a zero-bordered hw x hw map. The grid's and the
     map's row counts (MT, MP, HP, WP) are not specialized on; nor are an output's strides
-    into a bordered slot of another class than a plain one's (channel counts divisible by 16)."""
+    into a bordered slot of another class than a plain one's (channel counts divisible by 16).
+    persistent: the ``tma_b_p`` launch (``_conv_bordered_persistent_kernel``, one program per SM)."""
     from ..kernels.config import bordered_rows
 
     n = SPLIT_BATCH if split else BATCH
@@ -222,14 +223,16 @@ def _conv_bordered_variant(label: str, cin: int, cout: int, hw: int, residual: b
         "MT": bordered_rows(n, hp, hp, hw, hw), "MP": n * hp * hp, "C": cin, "HP": hp, "WP": hp, "OH": hw, "OW": hw,
         "CO": cout, "DH": dilation, "DW": dilation, "sxm": cin, "swo": 9 * cin,
         **_nhwc(n, cout, hw, hw, "sr"), **_nhwc(n, cout, hw, hw, "sy"),
-        "sws": _plane(n * hw * hw, cout) if split else 0,
+        "sws": _plane(n * hw * hw, cout) if split else 0, "PROGRAMS": 132,
     }
     meta = {"KH": 3, "KW": 3, "HAS_RESIDUAL": residual, "RELU": True, "INPUT_PRECISION": "ieee", "SPLIT": split,
             "WARP_SPECIALIZE": ws}
     name = ("3x3/s1" + (f"/d{dilation}" if dilation > 1 else "") + "/relu" + ("/res" if residual else "")
-            + "/x:bordered" + _split_tag(split, split) + ("/ws" if ws else "") + f" [{label}]")
+            + "/x:bordered" + _split_tag(split, split) + ("/ws" if ws else "") + ("/persistent" if persistent else "")
+            + f" [{label}]")
     return Variant.make(name, meta, values, dict(_POINTERS_CONV, **_counters(split)), gemm_k=cin,
-                        k_loop=(cin, 9, request))
+                        k_loop=(cin, 9, request),
+                        jit=("conv_bordered", "_conv_bordered_persistent_kernel") if persistent else None)
 
 
 def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, residual: bool, *, ws: bool,
@@ -282,6 +285,10 @@ def _tma_variants(kernel: str, family: str) -> list[Variant]:
             out += [_conv_bordered_variant("layer4", 512, 512, 7, False, ws=ws, split=True),
                     _conv_bordered_variant("resnet18 layer4", 512, 512, 7, True, ws=ws, split=True)]
         return out
+    if kernel == "conv" and family == "tma_b_p":
+        return [_conv_bordered_variant("layer1", 64, 64, 56, False, ws=False, persistent=True),
+                _conv_bordered_variant("resnet18 layer1", 64, 64, 56, True, ws=False, persistent=True),
+                _conv_bordered_variant("deeplabv3 layer3", 256, 256, 65, False, ws=False, dilation=2, persistent=True)]
     if kernel == "conv1x1" and family in ("tma", "tma_ws"):
         ws = family == "tma_ws"
         out = [_gemm_tma_variant("conv1", 256, 64, 56, True, False, ws=ws),
