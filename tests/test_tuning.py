@@ -251,3 +251,33 @@ def test_cuda_timer_replays_a_graph():
     assert 0 < ms < 1
     torch.cuda.synchronize()
     assert x[0].item() >= 4 + 10  # warm-up calls, then at least one call per timed replay
+
+
+def test_tuning_picks_a_bordered_conv_and_the_arena_is_laid_out_again(tmp_path, monkeypatch):
+    """Where the tuner picks the bordered conv for a stride-1 3x3 (measured on a zero-bordered
+    stand-in of its input, staged before timing), the arena's slots are laid out again with
+    that input bordered; the tuned forward is still right and its borders still zero."""
+    import fastres.schedule as schedule
+
+    if DEVICE.type == "cuda" and torch.cuda.get_device_capability(DEVICE)[0] != 9:
+        pytest.skip("the bordered conv is Hopper's (TMA)")
+    bordered = Config(64, 64, 64, 4, 1, variant="tma_b")
+    # (offered to layer1's 3x3s, one geometry: the interpreter measures it once)
+    monkeypatch.setattr(schedule, "tuning_candidates", lambda space, dtype, **geometry: FAST_SPACE[:1] + (
+        (bordered,) if geometry.get("bordered") is not None and geometry["K"] == 64 else ()))
+    tuner, _ = make_tuner(tmp_path / "tuning.json", cost=lambda cfg: 0 if cfg.bordered else 1)
+    model = calibrated("resnet18")
+    x = torch.randn(2, 3, 12, 12)
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE, tune=tuner)
+    assert_close(fast(x.to(DEVICE)), reference(model, x), 1e-4)
+    (arena,) = fast._arenas.values()
+    chosen = [st.layer for st in arena.schedule.steps if st.config.bordered]
+    assert chosen == [f"layer1.{b}.conv{c}" for b in (0, 1) for c in (1, 2)]
+    chosen = [st for st in arena.schedule.steps if st.config.bordered]
+    slots = [i for i, b in enumerate(arena.schedule.borders) if b is not None]
+    assert slots and {st.src for st in chosen} <= set(slots)
+    for i in slots:
+        full = arena.bordered_view(i)
+        inner = torch.zeros(full.shape, dtype=torch.bool, device=full.device)
+        inner[:, :, 1:-1, 1:-1] = True
+        assert not full[~inner].any(), f"slot {i}: a border was written"
