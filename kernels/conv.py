@@ -395,7 +395,11 @@ def conv_bn_relu(
     config) is one launch; its tiles count arrivals in `counters` (int32, contiguous, at
     least one word per output tile, all zero: every fused launch leaves them zero again),
     else in fresh zeros. TMA configs (kernels/conv_tma.py) need Cin a multiple of BLOCK_K and
-    dense weights; variant "tma" also stride 1; none runs a dilated or grouped conv.
+    dense weights; variant "tma" also stride 1; none runs a grouped conv, and only the bordered
+    ones (kernels/conv_bordered.py: "tma_b", "tma_b_ws", "tma_b_p", stride 1) a dilated one:
+    they read x as the interior of a zero-bordered map `padding` wide (``zero_bordered``).
+    x, residual and out may be such interior windows of bigger NHWC maps for every config
+    but the 1x1 TMA GEMM's x.
     """
     g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision, dilation=dilation, groups=groups)
     return _launch_conv(x, w, b, g, relu, residual, out, config, workspace, counters)
