@@ -117,8 +117,9 @@ class Arena:
         return self._bind(step, step.config if config is None else config, workspace)(x)
 
     def reschedule(self, schedule: Schedule) -> None:
-        """Take `schedule`'s configs (same shape and buffers; e.g. after tuning): the workspace
-        is sized for them and every step is bound again."""
+        """Take `schedule`'s configs (same input shape; e.g. after tuning): the workspace is sized
+        for them, the slots allocated anew where its layout differs (configs that border other
+        activations: bordered slots zeroed), and every step is bound again."""
         if schedule.input_shape != self.schedule.input_shape or schedule.dtype != self.schedule.dtype:
             raise ValueError("reschedule: the new schedule must have the same input shape and dtype")
         if self.graph is not None:

@@ -4,14 +4,14 @@
 into plain data: one `Step` per launch (the stem conv, the max pool, every conv of every block
 with its fused residual, the head), the activation buffers ("slots") they read and write,
 assigned by liveness (a trunk's returned activations, `Schedule.outputs`, stay alive to the end), each conv's tile config with its K split, and the float32 workspace the
-split launches and the head need. An activation read by a bordered conv (a ``tma_b`` /
-``tma_b_ws`` config, kernels/conv_bordered.py) lives in a bordered slot: inside a zero border
-as wide as that conv's padding (`Border`), which the arena zeroes once; its producers write
-the interior, and every consumer reads the interior view. Bordered slots are shared only by
-activations of one shape and border, so no write ever lands on a border. The layout follows
-the configs: `Schedule.with_configs` lays the slots out again. Nothing is allocated and no kernel runs, so a schedule can
-be printed (`fastres run --plan`, `ResNet.schedule(x)`) and tested on any machine, for any
-device described by a `DeviceInfo`. The runtime (`fastres.arena`) binds a schedule to buffers
+split launches and the head need. An activation read by a bordered conv (a ``tma_b``,
+``tma_b_ws`` or ``tma_b_p`` config, kernels/conv_bordered.py) lives in a bordered slot: inside
+a zero border as wide as that conv's padding (`Border`), which the arena zeroes once; its
+producers write the interior, and every consumer reads the interior view. Bordered slots are
+shared only by activations of one shape and border, so no write ever lands on a border. The
+layout follows the configs: `Schedule.with_configs` lays the slots out again. Nothing is
+allocated and no kernel runs, so a schedule can be printed (`fastres run --plan`,
+`ResNet.schedule(x)`) and tested on any machine, for any device described by a `DeviceInfo`. The runtime (`fastres.arena`) binds a schedule to buffers
 and runs or captures it.
 """
 from __future__ import annotations
