@@ -18,8 +18,8 @@ import torch
 from . import kernels as K
 from .arena import Arena
 from .device import DeviceInfo
-from .plan import (ARCHS, LAYERS, NO_DILATION, UnsupportedModelError, check_dilate, check_params, check_returns,
-                   arch_blocks, param_shapes, returns_depth)
+from .plan import (LAYERS, NO_DILATION, ArchSpec, arch_blocks, arch_label, arch_spec, check_dilate, check_params,
+                   check_returns, param_shapes, returns_depth)
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -51,7 +51,7 @@ class ResNet(torch.nn.Module):
 
     def __init__(
         self,
-        arch: str,
+        arch: "str | ArchSpec",
         params: Mapping[str, torch.Tensor],
         *,
         num_classes: int | None = None,
@@ -64,8 +64,8 @@ class ResNet(torch.nn.Module):
         max_shapes: int = 16,
     ):
         super().__init__()
-        if arch not in ARCHS:
-            raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+        # A torchvision name, or the ArchSpec of another ResNet (timm's, transformers').
+        self.spec: ArchSpec = arch_spec(arch)
         if dtype not in ENGINE_DTYPES:
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
         self.returns = check_returns(returns)
@@ -74,7 +74,8 @@ class ResNet(torch.nn.Module):
         self.dilate = check_dilate(dilate)
         self.depth = returns_depth(self.returns)
         arch_blocks(arch, self.dilate, self.depth)  # refuses a dilation torchvision never builds
-        self.arch, self.dtype = arch, dtype
+        self.arch, self.dtype = arch_label(arch), dtype
+        self._arch = arch
         self.num_classes = None if num_classes is None else int(num_classes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -94,9 +95,9 @@ class ResNet(torch.nn.Module):
                 raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
-        check_params(params, arch, self.num_classes, dtype, self.depth)
+        check_params(params, self._arch, self.num_classes, dtype, self.depth)
         self._params: dict[str, torch.Tensor] = {}
-        for key in param_shapes(arch, self.num_classes, self.depth):
+        for key in param_shapes(self._arch, self.num_classes, self.depth):
             t = params[key]
             fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
             with torch.inference_mode(False):
@@ -168,7 +169,7 @@ class ResNet(torch.nn.Module):
         earlier shape of the same batch, the layer keeps the config it ran first (kernel sizes
         are not specialized, so the binaries compiled for it serve every size)."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
-        schedule = build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
+        schedule = build_schedule(self._arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
                                   dilate=self.dilate, returns=self.returns)
         if self.tuner is not None:
             return schedule  # tuning measures (and so compiles) its own candidates
@@ -185,6 +186,8 @@ class ResNet(torch.nn.Module):
         geometry = (spec.k, spec.stride, spec.pad, spec.cin, spec.cout, *step.in_shape[2:], int(step.residual is not None))
         if (spec.dilation, spec.groups) != (1, 1):
             geometry += (spec.dilation, spec.groups)
+        if spec.avg_pool:
+            geometry += ("avgpool",)
         info = self.device_info()
         # The card's name, and its target: two cards of one name never share a target, but a
         # cache written by a build that mapped the card differently must not be read.

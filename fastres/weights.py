@@ -210,7 +210,7 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     """(folded parameters, the file's metadata, the default file name's stem) of a source:
     what `convert` writes, without writing it. Raises WeightsError like `convert`."""
     from .build import check_module
-    from .plan import ARCHS, UnsupportedModelError, fold_params, infer_arch, returns_depth
+    from .plan import ARCHS, UnsupportedModelError, arch_label, fold_params, infer_arch, returns_depth
     from .sources.checkpoints import split_trunk
 
     dtype = _dtype(dtype)
@@ -222,7 +222,7 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         if isinstance(src, torch.nn.Module):
             found, _, eps = check_module(src)
             sd = src.state_dict()
-            sha, name = _state_dict_sha256(sd), found
+            sha, name = _state_dict_sha256(sd), arch_label(found)
         elif isinstance(src, Mapping):
             sd = _unwrap(src, "the state_dict")
             sha, name = _state_dict_sha256(sd), "state_dict"
@@ -237,10 +237,11 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
             sd = trunk.state_dict
         found, num_classes = infer_arch(sd, trunk=trunk is not None)
         if arch is not None and arch != found:
-            raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are {found}'s")
+            raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are "
+                               f"{arch_label(found)}'s")
         if verbose:
             what = f"{num_classes} classes" if trunk is None else f"the trunk of a {trunk.source} checkpoint"
-            print(f"folding BatchNorm of {found} ({what}) into {_dtype_name(dtype)} weights", file=sys.stderr)
+            print(f"folding BatchNorm of {arch_label(found)} ({what}) into {_dtype_name(dtype)} weights", file=sys.stderr)
         params = fold_params(sd, found, num_classes, dtype, eps, 4 if trunk is None else returns_depth(trunk.returns))
     except UnsupportedModelError as exc:
         raise WeightsError(str(exc)) from None
@@ -250,7 +251,7 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "arch": found,
+        **arch_metadata(found),
         "dtype": _dtype_name(dtype),
         "num_classes": str(num_classes),
         "source_sha256": sha,
@@ -262,7 +263,8 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         metadata["returns"] = json.dumps(dict(trunk.returns))
         metadata["dilate"] = ",".join(str(int(d)) for d in trunk.dilate)
         return params, metadata, name
-    origin = torchvision_weights_name(path, sha, found, num_classes) if path is not None else None
+    origin = (torchvision_weights_name(path, sha, found, num_classes) if path is not None and isinstance(found, str)
+              else None)
     if origin is not None:
         metadata["torchvision_weights"] = origin
     return params, metadata, name
@@ -331,6 +333,28 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tar
         raise
 
 
+def arch_metadata(arch) -> dict[str, str]:
+    """A file's "arch": torchvision's name, or for another ResNet (timm's, transformers') its
+    label with the whole shape in "arch_spec" (JSON of fastres.plan.ArchSpec)."""
+    if isinstance(arch, str):
+        return {"arch": arch}
+    return {"arch": arch.label, "arch_spec": arch.to_json()}
+
+
+def file_arch(meta: Mapping[str, str], path=None):
+    """The arch a file's metadata names: a torchvision name or an ArchSpec."""
+    from .plan import ARCHS, ArchSpec, UnsupportedModelError
+
+    if "arch_spec" in meta:
+        try:
+            return ArchSpec.from_json(meta["arch_spec"])
+        except (ValueError, TypeError, KeyError, UnsupportedModelError) as exc:
+            raise WeightsError(f"{path} has an invalid arch_spec {meta['arch_spec'][:200]!r} ({exc})") from None
+    if meta.get("arch") not in ARCHS:
+        raise WeightsError(f"{path} names an unknown arch {meta.get('arch')!r}")
+    return meta["arch"]
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a converted file, checked: format, version, arch, dtype, num_classes."""
     from safetensors import safe_open
@@ -353,8 +377,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     if meta.get("format_version") not in (str(FORMAT_VERSION), str(TRUNK_FORMAT_VERSION)):
         raise WeightsError(f"{path} has format version {meta.get('format_version')!r}; this fastres reads versions "
                            f"{FORMAT_VERSION} and {TRUNK_FORMAT_VERSION}")
-    if meta.get("arch") not in ARCHS:
-        raise WeightsError(f"{path} names an unknown arch {meta.get('arch')!r}")
+    file_arch(meta, path)
     if meta.get("dtype") not in DTYPES:
         raise WeightsError(f"{path} names an unknown dtype {meta.get('dtype')!r}")
     if meta["format_version"] == str(TRUNK_FORMAT_VERSION):
@@ -392,7 +415,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
 
     meta = read_metadata(path)
     trunk = trunk_spec(meta, path)
-    arch, dtype = meta["arch"], DTYPES[meta["dtype"]]
+    arch, dtype = file_arch(meta, path), DTYPES[meta["dtype"]]
     num_classes = None if trunk else int(meta["num_classes"])
     returns, dilate = trunk or (None, None)
     try:
@@ -428,7 +451,7 @@ def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, 
         return load(path, device, cuda_graph=cuda_graph, tune=tune), meta
     params, meta, _ = prepare(path, dtype=torch.float16 if dtype is None else dtype)
     _refuse_trunk(path, meta)
-    model = ResNet(meta["arch"], params, num_classes=int(meta["num_classes"]), dtype=DTYPES[meta["dtype"]],
+    model = ResNet(file_arch(meta, path), params, num_classes=int(meta["num_classes"]), dtype=DTYPES[meta["dtype"]],
                    device=device, cuda_graph=cuda_graph, tune=tune)
     return model, meta
 

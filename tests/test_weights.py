@@ -395,9 +395,9 @@ def _bad_sources(zoo, folder: Path):
         "truncated .safetensors": (cut(0.5, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "truncated early .safetensors": (cut(0.0005, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["not a weights file"]),
-        "resnext 16x4d": (saved(lambda: torchvision.models.ResNet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3],
-                                                                  groups=16, width_per_group=4).state_dict()), ".pth", [],
-                          WeightsError, ["groups 16"]),
+        "5x5 stem": (saved(lambda: {**torchvision.models.resnet18(num_classes=NUM_CLASSES).state_dict(),
+                                    "conv1.weight": torch.randn(64, 3, 5, 5)}), ".pth", [],
+                     WeightsError, ["stem conv", "(64, 3, 5, 5)"]),
         "alexnet": (saved(lambda: torchvision.models.alexnet(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
                     WeightsError, ["not a torchvision ResNet"]),
         "a random dict": (saved({"encoder.weight": torch.randn(4, 4), "step": 3}), ".pth", [], WeightsError, ["not a torchvision ResNet"]),
@@ -423,7 +423,7 @@ def _bad_sources(zoo, folder: Path):
 
 BAD_CASES = [
     "missing file", "a folder", "empty .pth", "truncated .pth", "random bytes .pth", "truncated .safetensors",
-    "truncated early .safetensors", "random bytes .safetensors", "resnext 16x4d", "alexnet", "a random dict",
+    "truncated early .safetensors", "random bytes .safetensors", "5x5 stem", "alexnet", "a random dict",
     "a bare tensor", "missing key", "unexpected key", "misshaped bn", "misshaped conv", "misshaped fc",
     "integer tensor", "not a tensor", "--arch contradicts", "--dtype float8", "code in the pickle",
 ]
