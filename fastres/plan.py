@@ -32,7 +32,7 @@ class ArchSpec:
     """
 
     block: str  # "basic" or "bottleneck"
-    layers: tuple[int, int, int, int]
+    layers: tuple[int, ...]  # blocks per stage; fewer than four: a trunk's first stages
     width: int = 64  # torchvision's width_per_group; 128 for the wide variants, 4 or 8 for ResNeXt
     groups: int = 1  # the 3x3 conv's groups (ResNeXt's cardinality)
     stem: tuple[int, ...] = ()
@@ -112,13 +112,13 @@ def check_spec(spec: ArchSpec) -> ArchSpec:
     bad = []
     if spec.block not in ("basic", "bottleneck"):
         bad.append(f"block={spec.block!r}")
-    if len(spec.layers) != 4 or not all(_positive(n) for n in spec.layers):
-        bad.append(f"layers={spec.layers!r} (four stages of at least one block)")
+    if not 1 <= len(spec.layers) <= 4 or not all(_positive(n) for n in spec.layers):
+        bad.append(f"layers={spec.layers!r} (up to four stages of at least one block; fewer: a trunk)")
     if not (_positive(spec.width) and _positive(spec.groups) and _positive(spec.inplanes)):
         bad.append(f"width/groups/inplanes={spec.width}/{spec.groups}/{spec.inplanes}")
     if spec.stem and (len(spec.stem) != 2 or not all(_positive(c) for c in spec.stem)):
         bad.append(f"stem={spec.stem!r} (a deep stem has two inner widths)")
-    if spec.channels is not None and (len(spec.channels) != 4 or not all(
+    if spec.channels is not None and (len(spec.channels) != len(spec.layers) or not all(
             len(c) == 2 and _positive(c[0]) and _positive(c[1]) for c in spec.channels)):
         bad.append(f"channels={spec.channels!r}")
     if spec.channels is not None and spec.groups != 1:
@@ -249,6 +249,8 @@ def arch_blocks(arch: "str | ArchSpec", dilate=NO_DILATION, depth: int = 4) -> t
     strides replaced so far; a stage's first block still uses the previous dilation."""
     spec = arch_spec(arch)
     dilate = check_dilate(dilate)
+    if depth > len(spec.layers):
+        raise UnsupportedModelError(f"{arch_label(arch)} has {len(spec.layers)} stages, {depth} are needed")
     if spec.block == "basic" and any(dilate):
         raise UnsupportedModelError(f"{arch_label(arch)} has BasicBlocks, which torchvision does not dilate "
                                     "(replace_stride_with_dilation)")
@@ -390,13 +392,9 @@ def infer_arch(sd: Mapping[str, torch.Tensor], *, trunk: bool = False) -> tuple[
         if (spec.block == block and spec.layers[:depth] == tuple(counts[:depth]) and spec.width == width
                 and spec.groups == groups and stem == ((), 64) and not avg_down):
             return name, (None if trunk else fc[0])
-    if depth < 4:
-        raise UnsupportedModelError(
-            f"unsupported ResNet trunk: {block} blocks per stage {tuple(counts[:depth])} with only {depth} stages "
-            "present, which matches none of torchvision's archs; convert the whole model")
-    spec = ArchSpec(block, tuple(counts), width, groups, stem=stem[0], inplanes=stem[1], avg_down=avg_down,
+    spec = ArchSpec(block, tuple(counts[:depth]), width, groups, stem=stem[0], inplanes=stem[1], avg_down=avg_down,
                     name="resnet")
-    if tuple(spec.stage(li) for li in range(1, 5)) != tuple(channels):
+    if tuple(spec.stage(li) for li in range(1, depth + 1)) != tuple(channels):
         if groups != 1:
             raise UnsupportedModelError(f"unsupported ResNeXt: stage widths {channels} do not follow width per group "
                                         f"{width} and groups {groups}")
