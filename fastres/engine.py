@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from . import kernels as K
+from . import ops
 from .arena import Arena
 from .device import DeviceInfo
 from .plan import (LAYERS, NO_DILATION, ArchSpec, arch_blocks, arch_label, arch_spec, check_dilate, check_params,
@@ -111,6 +112,8 @@ class ResNet(torch.nn.Module):
         self._ran: dict[tuple[int, str], dict] = {}
         self._arenas_lock = threading.Lock()
         self._build_lock = threading.Lock()
+        # The name torch.compile / torch.export call this engine by (fastres.ops).
+        self._op_handle = ops.register(self)
 
     # nn.Module plumbing: the packed parameters are tied to one device and dtype.
     def _apply(self, fn, recurse=True):
@@ -131,7 +134,7 @@ class ResNet(torch.nn.Module):
                 f"device={self.device}")
 
     # -- input checks -----------------------------------------------------------------
-    def _check_input(self, x, dtypes=_INPUT_DTYPES) -> None:
+    def _check_input(self, x, dtypes=_INPUT_DTYPES, fake: bool = False) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -146,7 +149,7 @@ class ResNet(torch.nn.Module):
             raise ValueError(f"x is on {x.device} but the engine is on {self.device}")
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"spatial size {x.shape[2]}x{x.shape[3]} is too small for {self.arch}: need at least 1x1")
-        if self.device.type == "cpu" and not K.interpreting():
+        if self.device.type == "cpu" and not fake and not K.interpreting():
             raise ValueError(
                 "x is a CPU tensor: fastres needs a CUDA device; on the CPU it runs only through triton's "
                 "interpreter (TRITON_INTERPRET=1 set before triton is imported)"
@@ -304,6 +307,17 @@ class ResNet(torch.nn.Module):
             self._arenas.clear()
 
     def forward(self, x: torch.Tensor):
+        """Logits [N, num_classes] (a trunk: its OrderedDict of features) in x's dtype.
+
+        Under torch.compile or torch.export the whole forward is one custom op,
+        `torch.ops.fastres.forward` (fastres.ops): no graph break, the kernels and CUDA graphs
+        stay fastres' own."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return ops.traced_forward(self, x)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor):
+        """The forward itself (what the custom op runs)."""
         self._check_input(x, dtypes=(*_INPUT_DTYPES, torch.float64))
         if x.dtype == torch.float64:
             # The stem reads at most float32: a float64 model (torchvision tests some detectors in
