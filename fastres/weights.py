@@ -210,14 +210,16 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     """(folded parameters, the file's metadata, the default file name's stem) of a source:
     what `convert` writes, without writing it. Raises WeightsError like `convert`."""
     from .build import check_module
-    from .plan import ARCHS, UnsupportedModelError, arch_label, fold_params, infer_arch, returns_depth
-    from .sources.checkpoints import split_trunk
+    from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_label, expected_shapes, fold_params, infer_arch,
+                       returns_depth)
+    from .sources.checkpoints import TrunkCheckpoint, split_trunk
+    from .sources.hub import read_hub
 
     dtype = _dtype(dtype)
     if arch is not None and arch not in ARCHS:
         raise WeightsError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
     eps: float | dict[str, float] = 1e-5  # torchvision's BatchNorm2d default; a state_dict does not record it
-    path = None
+    path = hub = None
     try:
         if isinstance(src, torch.nn.Module):
             found, _, eps = check_module(src)
@@ -230,12 +232,26 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
             path = Path(src)
             if verbose:
                 print(f"reading {path}", file=sys.stderr)
-            sd = _read_state_dict(path)
-            sha, name = _sha256(path), path.stem
-        trunk = None if isinstance(src, torch.nn.Module) else split_trunk(sd)
+            hub = read_hub(path, _read_state_dict) if path.exists() else None
+            if hub is not None:  # timm's or transformers' (their names, their config)
+                sd, sha = hub.state_dict, _sha256(hub.weights)
+                name = path.name if path.is_dir() else path.parent.resolve().name
+            else:
+                sd = _read_state_dict(path)
+                sha, name = _sha256(path), path.stem
+        trunk = None if isinstance(src, torch.nn.Module) or hub is not None else split_trunk(sd)
+        if hub is not None and hub.returns is not None:
+            trunk = TrunkCheckpoint(sd, hub.returns, NO_DILATION, hub.source)
         if trunk is not None:  # a detector's or segmenter's checkpoint: its ResNet trunk alone
             sd = trunk.state_dict
-        found, num_classes = infer_arch(sd, trunk=trunk is not None)
+        if hub is not None and hub.arch is not None:
+            found = hub.arch
+            num_classes = None if trunk is not None else int(sd["fc.weight"].shape[0])
+            if trunk is not None:
+                keep = expected_shapes(found, None, returns_depth(trunk.returns))
+                sd = {k: v for k, v in sd.items() if k in keep}
+        else:
+            found, num_classes = infer_arch(sd, trunk=trunk is not None)
         if arch is not None and arch != found:
             raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are "
                                f"{arch_label(found)}'s")
@@ -257,6 +273,10 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         "source_sha256": sha,
         "fastres_version": __version__,
     }
+    if hub is not None:  # where the weights came from, and the preprocessing their config states
+        metadata["source"] = hub.source
+        if hub.preprocess is not None:
+            metadata["preprocess"] = json.dumps(hub.preprocess)
     if trunk is not None:
         del metadata["num_classes"]
         metadata["format_version"] = str(TRUNK_FORMAT_VERSION)
