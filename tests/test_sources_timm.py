@@ -3,6 +3,7 @@ and their features_only trunks, compared with timm's own float64 forward; what i
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -101,3 +102,9 @@ def test_training_mode_refused():
     model = timm.create_model("resnet18", pretrained=False)
     with pytest.raises(UnsupportedModelError, match="training mode"):
         fastres.from_timm(model, dtype=torch.float32, device=DEVICE)
+
+
+def test_without_timm_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # an import of timm now fails as if it were missing
+    with pytest.raises(ImportError, match=r"pip install 'fastres\[timm\]'"):
+        fastres.from_timm(torch.nn.Linear(1, 1))

@@ -4,6 +4,7 @@ with transformers' float64 forward; what is refused."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -83,3 +84,9 @@ def test_backbone_feature_maps(out_features):
 def test_refused(kwargs, match):
     with pytest.raises(UnsupportedModelError, match=match):
         fastres.from_transformers(_build("ResNetModel", _config(**kwargs)), dtype=torch.float32, device=DEVICE)
+
+
+def test_without_transformers_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # an import of transformers now fails as if it were missing
+    with pytest.raises(ImportError, match=r"pip install 'fastres\[transformers\]'"):
+        fastres.from_transformers(torch.nn.Linear(1, 1))
