@@ -185,26 +185,6 @@ def _unpack(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.permute(0, 3, 1, 2) if v.dim() == 4 else v) for k, v in tensors.items()}
 
 
-def torchvision_weights_name(path: Path, sha256: str, arch: str, num_classes: int) -> str | None:
-    """The torchvision weights entry (e.g. "ResNet50_Weights.IMAGENET1K_V2") a checkpoint file
-    came from, or None: its file name is the entry's download name (torchvision names them
-    `<arch>-<first 8 hex digits of the file's sha256>.pth`), or its sha256 starts with those 8
-    digits (a renamed download); the entry must be for `arch` with `num_classes` categories."""
-    try:
-        from torchvision.models import get_model_weights
-
-        entries = list(get_model_weights(arch))
-    except Exception:  # noqa: BLE001 - no torchvision, or one without this arch's weights
-        return None
-    for entry in entries:
-        filename = entry.url.rsplit("/", 1)[-1]
-        digits = Path(filename).stem.rsplit("-", 1)[-1].lower()
-        same = path.name == filename or (len(digits) >= 8 and sha256.lower().startswith(digits))
-        if same and len(entry.meta.get("categories") or ()) == num_classes:
-            return f"{type(entry).__name__}.{entry.name}"
-    return None
-
-
 def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.float16,
             verbose: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """(folded parameters, the file's metadata, the default file name's stem) of a source:
@@ -212,7 +192,7 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     from .build import check_module
     from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_label, expected_shapes, fold_params, infer_arch,
                        returns_depth)
-    from .sources.checkpoints import TrunkCheckpoint, split_trunk
+    from .sources.checkpoints import TrunkCheckpoint, split_trunk, torchvision_weights_name
     from .sources.hub import read_hub
 
     dtype = _dtype(dtype)
@@ -298,10 +278,12 @@ def convert(
     dtype: torch.dtype | str = torch.float16,
     verbose: bool = False,
 ) -> Path:
-    """Convert a torchvision ResNet checkpoint into a fastres .safetensors file; returns its path.
+    """Convert a ResNet checkpoint into a fastres .safetensors file; returns its path.
 
-    src: a .pth/.pt state_dict (or a dict holding one under "state_dict"/"model"), a
-    .safetensors state_dict, a state_dict mapping, or a torchvision ResNet module.
+    src: a .pth/.pt/.bin state_dict (or a dict holding one under "state_dict"/"model"), a
+    .safetensors state_dict, a state_dict mapping, a torchvision ResNet module, or a timm or
+    transformers model folder (fastres.sources.hub: their source and stated preprocessing are
+    recorded as `source` and `preprocess`).
     arch: inferred from the keys and shapes; when given, it must agree with them.
     out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
     A source file downloaded from torchvision (its file name or sha256 says which weights
@@ -498,7 +480,8 @@ def _is_converted(path: Path) -> bool:
 def configure(p: argparse.ArgumentParser) -> None:
     from .plan import ARCHS
 
-    p.add_argument("src", help="a torchvision checkpoint: .pth / .pt state_dict, or .safetensors")
+    p.add_argument("src", help="a torchvision or timm checkpoint (.pth / .pt / .bin state_dict, or .safetensors), or a "
+                               "timm or transformers model folder (config.json + weights)")
     p.add_argument("--out", help="output file (default weights/<name>-<dtype>.safetensors)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="expected architecture (default: inferred from the keys)")
     p.add_argument("--dtype", default="float16", help="float16 (default), bfloat16 or float32")
@@ -515,7 +498,9 @@ def main(args) -> int:
         raise UserError(str(exc)) from None
     meta = read_metadata(path)
     size = path.stat().st_size / 1e6
-    origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else ""
+    origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else (
+        f" ({meta['source']}, preprocessing " + ("from its config" if "preprocess" in meta else "torchvision's defaults: "
+                                                 "its config says none") + ")" if "source" in meta else "")
     what = f"{meta['num_classes']} classes" if "num_classes" in meta else f"trunk returning {meta['returns']}"
     print(f"{path}: {meta['arch']}, {what}, {meta['dtype']}, {size:.1f} MB{origin}")
     return 0

@@ -27,6 +27,7 @@ import fastres
 from fastres import cli
 from fastres.build import from_torchvision
 from fastres.plan import expected_shapes, infer_arch, param_shapes
+from fastres.sources.checkpoints import torchvision_weights_name
 from helpers import DEVICE, assert_close, rel_error
 
 # The module behind fastres.convert / fastres.load (its WeightsError, read_metadata, ...).
@@ -779,12 +780,12 @@ def test_torchvision_sha_prefix_is_recorded(tmp_path):
     """A renamed download is recognized by its sha256's first 8 hex digits."""
     pth = _resnet18_1000(tmp_path, "mine.pth")
     entry = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    assert W.torchvision_weights_name(pth, sha256(pth), "resnet18", 1000) is None
+    assert torchvision_weights_name(pth, sha256(pth), "resnet18", 1000) is None
     digits = entry.url.rsplit("-", 1)[-1].split(".")[0]
-    assert W.torchvision_weights_name(pth, digits + "0" * 56, "resnet18", 1000) == "ResNet18_Weights.IMAGENET1K_V1"
+    assert torchvision_weights_name(pth, digits + "0" * 56, "resnet18", 1000) == "ResNet18_Weights.IMAGENET1K_V1"
     # the entry must fit: another arch's entries are not searched, a class count must match
-    assert W.torchvision_weights_name(pth, digits + "0" * 56, "resnet34", 1000) is None
-    assert W.torchvision_weights_name(tmp_path / entry.url.rsplit("/", 1)[-1], "0" * 64, "resnet18", 10) is None
+    assert torchvision_weights_name(pth, digits + "0" * 56, "resnet34", 1000) is None
+    assert torchvision_weights_name(tmp_path / entry.url.rsplit("/", 1)[-1], "0" * 64, "resnet18", 10) is None
 
 
 def test_other_sources_record_no_torchvision_weights(zoo, tmp_path):
