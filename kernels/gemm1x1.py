@@ -23,6 +23,31 @@ from .splitk import config_splits, finish_tile, reduce_partials, split_counters,
 from .launch import launch
 
 
+@triton.jit
+def _pooled_k_loop(acc, x_ptr, w_ptr, x_row, rn, m_ok, n_ok, h_ok, w_ok, inv, k_lo, k_hi, C, sxh, sxw, sxc, swo, swc,
+                   INPUT_PRECISION: tl.constexpr, STEP_K: tl.constexpr):
+    """The K loop with a 2x2-averaged A tile (timm's average-pool shortcut): the window's four
+    pixels summed in fp32 and rounded once to the GEMM's dtype, as torch's pool output is.
+    Four A loads per step: half the config's K step, pipelined two stages deep, or their
+    registers and buffers outgrow the tile's (the gate measured 248 KiB of shared memory at
+    128x64x64, 4 warps, 4 stages, and a 24 B spill at its full K step)."""
+    rk = tl.arange(0, STEP_K)
+    a_ptrs = x_ptr + x_row[:, None] + (k_lo + rk)[None, :] * sxc
+    b_ptrs = w_ptr + rn.to(tl.int64)[None, :] * swo + (k_lo + rk)[:, None] * swc
+    for k0 in tl.range(k_lo, k_hi, STEP_K, num_stages=2):
+        k_ok = (k0 + rk) < C
+        mk = m_ok[:, None] & k_ok[None, :]
+        a = tl.load(a_ptrs, mask=mk, other=0.0).to(tl.float32)
+        a += tl.load(a_ptrs + sxw, mask=mk & w_ok[:, None], other=0.0).to(tl.float32)
+        a += tl.load(a_ptrs + sxh, mask=mk & h_ok[:, None], other=0.0).to(tl.float32)
+        a += tl.load(a_ptrs + sxh + sxw, mask=mk & (h_ok & w_ok)[:, None], other=0.0).to(tl.float32)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot((a * inv[:, None]).to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += STEP_K * sxc
+        b_ptrs += STEP_K * swc
+    return acc
+
+
 # Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
 # input size compiles nothing (the strides depend on channel counts only,
 # the split-K plane stride is padded to 16 elements: kernels/splitk.py).
@@ -30,8 +55,9 @@ from .launch import launch
 def _gemm1x1_kernel(
     # pointers (cnt_ptr: the fused split's arrival counters)
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr,
-    # sizes (ITERS: K-loop iterations per split, all of them when unsplit)
-    M, C, OH, OW, CO, SH, SW, ITERS,
+    # sizes (ITERS: K-loop iterations per split, all of them when unsplit; H, W: the input's,
+    # read only by POOL)
+    M, C, OH, OW, CO, SH, SW, ITERS, H, W,
     # strides (elements, in n, h, w, c order; weights in cout, cin order; the split-K
     # workspace's plane)
     sxn, sxh, sxw, sxc,
@@ -41,11 +67,8 @@ def _gemm1x1_kernel(
     sws,
     # meta-parameters
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
-    FUSED: tl.constexpr,
+    FUSED: tl.constexpr, POOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    # the input's size, read only by POOL (a 2x2/2 average-pooled A, windows clipped at H, W);
-    # last and defaulted, so that the head's launches and the gate's rows need not name them
-    H=1, W=1, POOL: tl.constexpr = False,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
     # Split-K: this program sums channels [k_lo, k_hi) (program_id(1) is 0 when unsplit).
@@ -67,25 +90,20 @@ def _gemm1x1_kernel(
     b_ptrs = w_ptr + rn.to(tl.int64)[None, :] * swo + (k_lo + rk)[:, None] * swc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        # Against C, not k_hi: splits are whole BLOCK_K steps, and C's known divisibility by 16
-        # keeps the loads vectorized.
-        k_ok = (k0 + rk) < C
-        mk = m_ok[:, None] & k_ok[None, :]
-        if POOL:
-            # fp32 sum of the window, one rounding to the GEMM's dtype (as torch's pool output).
-            a = tl.load(a_ptrs, mask=mk, other=0.0).to(tl.float32)
-            a += tl.load(a_ptrs + sxw, mask=mk & w_ok[:, None], other=0.0).to(tl.float32)
-            a += tl.load(a_ptrs + sxh, mask=mk & h_ok[:, None], other=0.0).to(tl.float32)
-            a += tl.load(a_ptrs + sxh + sxw, mask=mk & (h_ok & w_ok)[:, None], other=0.0).to(tl.float32)
-            a = (a * inv[:, None]).to(x_ptr.dtype.element_ty)
-        else:
-            a = tl.load(a_ptrs, mask=mk, other=0.0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        # The cast is a no-op except in the classifier head, whose pooled features are float32.
-        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
-        a_ptrs += BLOCK_K * sxc
-        b_ptrs += BLOCK_K * swc
+    if POOL:
+        acc = _pooled_k_loop(acc, x_ptr, w_ptr, x_row, rn, m_ok, n_ok, h_ok, w_ok, inv, k_lo, k_hi, C, sxh, sxw, sxc,
+                             swo, swc, INPUT_PRECISION, max(BLOCK_K // 2, 16))
+    else:
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            # Against C, not k_hi: splits are whole BLOCK_K steps, and C's known divisibility by 16
+            # keeps the loads vectorized.
+            k_ok = (k0 + rk) < C
+            a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            # The cast is a no-op except in the classifier head, whose pooled features are float32.
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+            a_ptrs += BLOCK_K * sxc
+            b_ptrs += BLOCK_K * swc
 
     finish_tile(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
@@ -148,12 +166,11 @@ def conv1x1(
     cnt = split_counters(counters, tiles, b) if fused else b
     launch(_gemm1x1_kernel, (tiles, splits),
         x, w, b, r, y, ws, cnt,
-        g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, iters,
+        g.M, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, iters, x.shape[2], x.shape[3],
         *nhwc_strides(x), w.stride(0), w.stride(1),
         *nhwc_strides(r), *nhwc_strides(y), sws,
         HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision, SPLIT=splits > 1,
-        FUSED=fused, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
-        **(dict(H=x.shape[2], W=x.shape[3], POOL=True) if pool else {}),
+        FUSED=fused, POOL=bool(pool), **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
     if splits > 1 and not fused:
         reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
