@@ -25,16 +25,17 @@ from .launch import launch
 
 @triton.jit
 def _pooled_k_loop(acc, x_ptr, w_ptr, x_row, rn, m_ok, n_ok, h_ok, w_ok, inv, k_lo, k_hi, C, sxh, sxw, sxc, swo, swc,
-                   INPUT_PRECISION: tl.constexpr, STEP_K: tl.constexpr):
+                   INPUT_PRECISION: tl.constexpr, STEP_K: tl.constexpr, STAGES: tl.constexpr):
     """The K loop with a 2x2-averaged A tile (timm's average-pool shortcut): the window's four
     pixels summed in fp32 and rounded once to the GEMM's dtype, as torch's pool output is.
-    Four A loads per step: half the config's K step, pipelined two stages deep, or their
-    registers and buffers outgrow the tile's (the gate measured 248 KiB of shared memory at
-    128x64x64, 4 warps, 4 stages, and a 24 B spill at its full K step)."""
+    Four A loads per step: half the config's K step, pipelined two stages deep (16-bit) or not
+    at all (float32), or their registers and buffers outgrow the tile's (the gate measured 248
+    KiB of shared memory at 128x64x64 float16, 4 warps, 4 stages, and 24 B spills at its full K
+    step, and at 128x64x32 float32 two stages deep)."""
     rk = tl.arange(0, STEP_K)
     a_ptrs = x_ptr + x_row[:, None] + (k_lo + rk)[None, :] * sxc
     b_ptrs = w_ptr + rn.to(tl.int64)[None, :] * swo + (k_lo + rk)[:, None] * swc
-    for k0 in tl.range(k_lo, k_hi, STEP_K, num_stages=2):
+    for k0 in tl.range(k_lo, k_hi, STEP_K, num_stages=STAGES):
         k_ok = (k0 + rk) < C
         mk = m_ok[:, None] & k_ok[None, :]
         a = tl.load(a_ptrs, mask=mk, other=0.0).to(tl.float32)
@@ -92,7 +93,8 @@ def _gemm1x1_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if POOL:
         acc = _pooled_k_loop(acc, x_ptr, w_ptr, x_row, rn, m_ok, n_ok, h_ok, w_ok, inv, k_lo, k_hi, C, sxh, sxw, sxc,
-                             swo, swc, INPUT_PRECISION, max(BLOCK_K // 2, 16))
+                             swo, swc, INPUT_PRECISION, max(BLOCK_K // 2, 16),
+                             2 if x_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1)
     else:
         for k0 in range(k_lo, k_hi, BLOCK_K):
             # Against C, not k_hi: splits are whole BLOCK_K steps, and C's known divisibility by 16
