@@ -107,3 +107,12 @@ def test_transformers_weights_without_config_refused(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightsError, match="config.json"):
         fastres.convert(tmp_path / "model.safetensors", tmp_path / "x.safetensors")
+
+
+def test_run_refuses_a_file_torchvision_cannot_build(tmp_path, capsys):
+    from fastres import cli
+
+    _, folder = _timm_d(tmp_path)
+    out = fastres.convert(folder, tmp_path / "out.safetensors", dtype="float32")
+    assert cli.main(["run", "--weights", str(out)]) != 0
+    assert "which torchvision does not build" in capsys.readouterr().err
