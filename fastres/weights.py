@@ -192,7 +192,7 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     from .build import check_module
     from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_label, expected_shapes, fold_params, infer_arch,
                        returns_depth)
-    from .sources.checkpoints import TrunkCheckpoint, split_trunk, torchvision_weights_name
+    from .sources.checkpoints import TrunkCheckpoint, features_trunk, split_trunk, torchvision_weights_name
     from .sources.hub import read_hub
 
     dtype = _dtype(dtype)
@@ -222,6 +222,8 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         trunk = None if isinstance(src, torch.nn.Module) or hub is not None else split_trunk(sd)
         if hub is not None and hub.returns is not None:
             trunk = TrunkCheckpoint(sd, hub.returns, NO_DILATION, hub.source)
+        elif trunk is None and not isinstance(src, torch.nn.Module):
+            trunk = features_trunk(sd)  # no classifier: every stage, numbered as timm's features_only
         if trunk is not None:  # a detector's or segmenter's checkpoint: its ResNet trunk alone
             sd = trunk.state_dict
         if hub is not None and hub.arch is not None:

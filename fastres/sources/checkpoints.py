@@ -36,6 +36,19 @@ def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def features_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
+    """A ResNet state_dict without a classifier (timm's `features_only` model, a torchvision
+    IntermediateLayerGetter): a trunk returning the stem's activation and every stage present,
+    named "0", "1", ... as timm's features_only models number them (out_indices 0..n). None
+    where the state_dict has an fc or no stem."""
+    if "fc.weight" in sd or not any(k in sd for k in ("conv1.weight", "conv1.0.weight")):
+        return None
+    present = [layer for layer in LAYERS if f"{layer}.0.conv1.weight" in sd]
+    points = ["stem", *LAYERS[:len(present)]]
+    return TrunkCheckpoint(dict(sd), check_returns({p: str(i) for i, p in enumerate(points)}), NO_DILATION,
+                           "features")
+
+
 def split_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
     """The trunk of a detection or segmentation checkpoint; None for anything else (a
     classifier's state_dict among them)."""

@@ -124,8 +124,8 @@ def read_hub(path: Path, read: Callable[[Path], dict]) -> HubCheckpoint | None:
     config = _json(folder / "config.json")
     if path.is_dir():
         if config is None:
-            raise UnsupportedModelError(f"{path} is a folder without config.json: give a checkpoint file, or a timm or "
-                                        "transformers model folder")
+            raise UnsupportedModelError(f"{path} is not a file but a folder without config.json: give a checkpoint "
+                                        "file, or a timm or transformers model folder")
         if config.get("model_type") == "resnet":
             return _transformers(path, config, read)
         if is_timm_config(config):
