@@ -193,7 +193,7 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_label, expected_shapes, fold_params, infer_arch,
                        returns_depth)
     from .sources.checkpoints import TrunkCheckpoint, features_trunk, split_trunk, torchvision_weights_name
-    from .sources.hub import read_hub
+    from .sources.hub import module_checkpoint, read_hub
 
     dtype = _dtype(dtype)
     if arch is not None and arch not in ARCHS:
@@ -202,8 +202,12 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     path = hub = None
     try:
         if isinstance(src, torch.nn.Module):
-            found, _, eps = check_module(src)
-            sd = src.state_dict()
+            hub = module_checkpoint(src)  # timm's or transformers' (checked as from_timm / from_transformers do)
+            if hub is None:
+                found, _, eps = check_module(src)
+                sd = src.state_dict()
+            else:
+                found, sd, eps = hub.arch, hub.state_dict, hub.eps
             sha, name = _state_dict_sha256(sd), arch_label(found)
         elif isinstance(src, Mapping):
             sd = _unwrap(src, "the state_dict")
@@ -265,8 +269,8 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         metadata["returns"] = json.dumps(dict(trunk.returns))
         metadata["dilate"] = ",".join(str(int(d)) for d in trunk.dilate)
         return params, metadata, name
-    origin = (torchvision_weights_name(path, sha, found, num_classes) if path is not None and isinstance(found, str)
-              else None)
+    origin = (torchvision_weights_name(path, sha, found, num_classes)
+              if path is not None and hub is None and isinstance(found, str) else None)
     if origin is not None:
         metadata["torchvision_weights"] = origin
     return params, metadata, name

@@ -133,3 +133,16 @@ def test_timm_features_only_checkpoint_is_a_trunk(tmp_path):
     assert len(got) == len(ref) == 5
     for (name, o), r in zip(got.items(), ref):
         assert_close(o, r, 1e-4, what=name)
+
+
+def test_modules_convert_as_their_checkpoints(tmp_path):
+    torch.manual_seed(4)
+    tm = randomize_bn_(timm.create_model("resnet18d", pretrained=False, num_classes=4), seed=4)
+    meta = read_metadata(fastres.convert(tm, tmp_path / "t.safetensors", dtype="float32"))
+    assert meta["arch"] == "resnet18d" and meta["source"] == "timm"
+    assert json.loads(meta["preprocess"])["interpolation"] == "bicubic"  # resnet18d's pretrained_cfg
+    hf = randomize_bn_(transformers.ResNetModel(_hf_config()), seed=4)
+    out = fastres.convert(hf, tmp_path / "h.safetensors", dtype="float32")
+    x = torch.randn(1, 3, 32, 32)
+    got = fastres.load(out, device=DEVICE)(x.to(DEVICE))["last_hidden_state"]
+    assert_close(got, _reference(hf, x).last_hidden_state, 1e-4, what="last_hidden_state")

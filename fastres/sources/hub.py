@@ -39,7 +39,8 @@ class HubCheckpoint:
     returns: Returns | None  # a trunk (transformers' ResNetModel / ResNetBackbone)
     preprocess: dict | None  # Transform fields, with "source"
     source: str  # "timm" or "transformers"
-    weights: Path  # the file the tensors came from
+    weights: Path | None  # the file the tensors came from (None: a module)
+    eps: "float | dict[str, float]" = 1e-5  # per BatchNorm where a module says
 
 
 def _json(path: Path) -> dict | None:
@@ -143,4 +144,38 @@ def read_hub(path: Path, read: Callable[[Path], dict]) -> HubCheckpoint | None:
         return _transformers(folder, config, lambda _: sd)
     if is_timm_config(config):
         return HubCheckpoint(sd, None, None, timm_preprocess(config), "timm", path)
+    return None
+
+
+def module_checkpoint(model: torch.nn.Module) -> HubCheckpoint | None:
+    """A timm or transformers ResNet module (eval mode) as a checkpoint, checked as
+    from_timm / from_transformers check it; None for any other module."""
+    t = type(model).__module__
+    if t.startswith("timm."):
+        from . import timm as source
+
+        if source.is_timm(model, "ResNet"):
+            arch, _, eps = source.check_timm_resnet(model)
+            returns = None
+        else:
+            arch, returns, eps = source.check_timm_features(model)
+        cfg = getattr(model, "pretrained_cfg", None)
+        pre = timm_preprocess(cfg) if isinstance(cfg, Mapping) and "input_size" in cfg else None
+        return HubCheckpoint(dict(model.state_dict()), arch, returns, pre, "timm", None, eps)
+    if t.startswith("transformers."):
+        from . import transformers as source
+
+        source.expect(any(source.is_transformers(model, n) for n in source.MODELS),
+                      f"{source.kind(model)} is not supported: fastres takes transformers' {', '.join(source.MODELS)}")
+        source.check_eval(model)
+        spec = spec_from_config(model.config)
+        classifier = source.is_transformers(model, "ResNetForImageClassification")
+        eps = source._check_modules(model.resnet if classifier else model, spec, 4)
+        sd = hf_to_torchvision(model.state_dict())
+        returns = None
+        if source.is_transformers(model, "ResNetBackbone"):
+            returns = check_returns({STAGES[f]: f for f in model.out_features})
+        elif not classifier:
+            returns = check_returns({"layer4": "last_hidden_state"})
+        return HubCheckpoint(sd, spec, returns, None, "transformers", None, eps)
     return None
