@@ -5,7 +5,6 @@ Nothing here executes code from a file: .pth files are read with torch.load(weig
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -479,34 +478,3 @@ def _is_converted(path: Path) -> bool:
             return (f.metadata() or {}).get("format") == FORMAT
     except Exception:  # noqa: BLE001 - damaged: read_metadata / _read_state_dict say how
         return True
-
-
-# -- command line -----------------------------------------------------------------------
-
-def configure(p: argparse.ArgumentParser) -> None:
-    from .plan import ARCHS
-
-    p.add_argument("src", help="a torchvision or timm checkpoint (.pth / .pt / .bin state_dict, or .safetensors), or a "
-                               "timm or transformers model folder (config.json + weights)")
-    p.add_argument("--out", help="output file (default weights/<name>-<dtype>.safetensors)")
-    p.add_argument("--arch", choices=sorted(ARCHS), help="expected architecture (default: inferred from the keys)")
-    p.add_argument("--dtype", default="float16", help="float16 (default), bfloat16 or float32")
-
-
-def main(args) -> int:
-    from .cli import UserError
-
-    if args.dtype not in DTYPES:
-        raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
-    try:
-        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype)
-    except (WeightsError, OSError) as exc:
-        raise UserError(str(exc)) from None
-    meta = read_metadata(path)
-    size = path.stat().st_size / 1e6
-    origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else (
-        f" ({meta['source']}, preprocessing " + ("from its config" if "preprocess" in meta else "torchvision's defaults: "
-                                                 "its config says none") + ")" if "source" in meta else "")
-    what = f"{meta['num_classes']} classes" if "num_classes" in meta else f"trunk returning {meta['returns']}"
-    print(f"{path}: {meta['arch']}, {what}, {meta['dtype']}, {size:.1f} MB{origin}")
-    return 0
