@@ -186,8 +186,7 @@ class _HFModule(torch.nn.Module):
     def _flags(self, output_hidden_states, return_dict):
         hs = output_hidden_states if output_hidden_states is not None else getattr(
             self.config, "output_hidden_states", False)
-        rd = return_dict if return_dict is not None else getattr(self.config, "use_return_dict",
-                                                                 getattr(self.config, "return_dict", True))
+        rd = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         return bool(hs), bool(rd)
 
 
