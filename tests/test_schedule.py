@@ -249,3 +249,20 @@ def test_resnext_grouped_convs_are_planned_per_group():
         # (M, N, K, taps): K is one group's input channels, per tap.
         assert st.gemm[1:] == (st.spec.cout, st.spec.cin // 32, 9), st.layer
     assert [st.spec.cin for st in grouped if st.layer.endswith(".0.conv2")] == [128, 256, 512, 1024]
+
+
+def test_timm_d_variant_adds_no_pool_launch():
+    """resnet50d: the deep stem is three convs, and each strided average-pool shortcut is the
+    one 1x1 GEMM launch that torchvision's strided projection is (the pool in its A loads)."""
+    from fastres.plan import ARCHS
+
+    d = dataclasses.replace(ARCHS["resnet50"], stem=(32, 32), avg_down=True, name="resnet50d")
+    tv = build_schedule("resnet50", (1, 3, 64, 64), torch.float16, H100)
+    sd = build_schedule(d, (1, 3, 64, 64), torch.float16, H100)
+    assert len(sd.steps) == len(tv.steps) + 2 and sd.arch == "resnet50d"
+    assert [s.kernel for s in sd.steps[:4]] == [STEM, CONV, CONV, MAXPOOL]
+    pooled = [s for s in sd.steps if s.spec is not None and s.spec.avg_pool]
+    assert [(s.layer, s.kernel, s.in_shape[2:], s.out_shape[2:]) for s in pooled] == [
+        ("layer2.0.downsample.1", CONV1X1, (16, 16), (8, 8)), ("layer3.0.downsample.1", CONV1X1, (8, 8), (4, 4)),
+        ("layer4.0.downsample.1", CONV1X1, (4, 4), (2, 2))]
+    assert [s.layer for s in sd.steps if s.kernel == CONV1X1 and "downsample" in s.layer][0] == "layer1.0.downsample.1"
