@@ -35,9 +35,10 @@ _INTERPRETER_LOCK = threading.Lock()
 
 
 class ResNet(torch.nn.Module):
-    """A torchvision ResNet forward computed by fastres' Triton kernels.
+    """A ResNet forward computed by fastres' Triton kernels.
 
-    Build with `fastres.from_torchvision(model)` or `fastres.load(path)`. Call with x
+    Build with `fastres.from_torchvision(model)` (or from_timm, from_transformers) or
+    `fastres.load(path)`; `arch` is a torchvision name or a `fastres.ArchSpec`. Call with x
     [N, 3, H, W] float32/float16/bfloat16 (NCHW or channels_last) on the engine's device;
     returns logits [N, num_classes] in x's dtype. Internally activations are NHWC in
     `dtype`, BatchNorm is folded, accumulation is float32. `forward_pixels(x)` takes uint8
