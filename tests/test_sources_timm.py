@@ -108,3 +108,8 @@ def test_without_timm_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # an import of timm now fails as if it were missing
     with pytest.raises(ImportError, match=r"pip install 'fastres\[timm\]'"):
         fastres.from_timm(torch.nn.Linear(1, 1))
+
+
+def test_from_torchvision_points_to_from_timm():
+    with pytest.raises(UnsupportedModelError, match=r"use fastres.from_timm\(model\)"):
+        fastres.from_torchvision(timm.create_model("resnet18", pretrained=False).eval())
