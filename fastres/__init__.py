@@ -4,6 +4,7 @@ Public API (see README.md):
     fastres.from_torchvision(model, dtype=torch.float16) -> fastres.ResNet (a classifier or an
         IntermediateLayerGetter), or a copy of an FCN / DeepLabV3 / ResNet-FPN detector /
         BackboneWithFPN with its ResNet trunk on fastres
+    fastres.from_timm(model), fastres.from_transformers(model): their ResNets, same outputs
     fastres.convert(src, out=None, *, arch=None, dtype=torch.float16) -> pathlib.Path
     fastres.load(path, device="cuda") -> fastres.ResNet
     fastres.Predictor(weights_or_model, ...)  (classify image files or uint8 tensors)
@@ -25,6 +26,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "from_torchvision": "fastres.build",
+    "from_timm": "fastres.sources.timm",
+    "from_transformers": "fastres.sources.transformers",
+    "ArchSpec": "fastres.plan",
     "ResNet": "fastres.engine",
     "ARCHS": "fastres.plan",
     "UnsupportedModelError": "fastres.plan",
@@ -36,8 +40,8 @@ _LAZY = {
     "Prediction": "fastres.predict.output",
 }
 
-__all__ = ["ARCHS", "Prediction", "Predictor", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError", "WeightsError",
-           "convert", "from_torchvision", "kernels", "load", "__version__"]
+__all__ = ["ARCHS", "ArchSpec", "Prediction", "Predictor", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError", "WeightsError",
+           "convert", "from_timm", "from_torchvision", "from_transformers", "kernels", "load", "__version__"]
 
 
 _HERE = Path(__file__).resolve().parent

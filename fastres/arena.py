@@ -157,8 +157,8 @@ class Arena:
             return lambda x: K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws,
                                          normalize=norm, counters=cnt)
         if step.kernel == CONV1X1:
-            return lambda x: K.conv1x1(a, w, b, stride=spec.stride, relu=spec.relu, residual=r, out=y, config=cfg,
-                                       workspace=ws, counters=cnt)
+            return lambda x: K.conv1x1(a, w, b, stride=spec.stride, pool=spec.avg_pool, relu=spec.relu, residual=r,
+                                       out=y, config=cfg, workspace=ws, counters=cnt)
         if step.kernel == CONV:
             return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, dilation=spec.dilation,
                                             groups=spec.groups, relu=spec.relu, residual=r, out=y, config=cfg,

@@ -62,6 +62,9 @@ def from_torchvision(
         facts = tv.check_layer_getter(model)
         return tv.engine(facts, model, **options)
     if isinstance(model, torch.nn.Module) and not tv.is_torchvision(model, "ResNet"):
+        for lib in ("timm", "transformers"):
+            if type(model).__module__.startswith(lib + "."):
+                raise UnsupportedModelError(f"{tv.kind(model)} is a {lib} model: use fastres.from_{lib}(model)")
         raise UnsupportedModelError(
             f"{tv.kind(model)} is not supported: fastres takes a torchvision ResNet (or ResNeXt) classifier, FCN and "
             "DeepLabV3 on a ResNet, the ResNet-FPN detectors (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS), and a "

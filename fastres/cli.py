@@ -12,7 +12,7 @@ import sys
 
 SUBCOMMANDS = {
     "run": ("fastres.runner", "build a ResNet, run a batch through the Triton forward, check it against torchvision"),
-    "convert": ("fastres.weights", "convert a torchvision checkpoint into a fastres .safetensors file"),
+    "convert": ("fastres.convert_cli", "convert a torchvision, timm or transformers checkpoint into a fastres .safetensors file"),
     "bench": ("fastres.benchmark.cli", "benchmark fastres against cuDNN (end to end and per layer)"),
     "check": ("fastres.gate.cli",
               "compile every dispatchable kernel config for GPU targets (default: Hopper, sm_90) and inspect the binaries"),

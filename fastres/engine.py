@@ -16,10 +16,11 @@ from typing import Mapping, Sequence
 import torch
 
 from . import kernels as K
+from . import ops
 from .arena import Arena
 from .device import DeviceInfo
-from .plan import (ARCHS, LAYERS, NO_DILATION, UnsupportedModelError, check_dilate, check_params, check_returns,
-                   arch_blocks, param_shapes, returns_depth)
+from .plan import (LAYERS, NO_DILATION, ArchSpec, arch_blocks, arch_label, arch_spec, check_dilate, check_params,
+                   check_returns, param_shapes, returns_depth)
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -34,9 +35,10 @@ _INTERPRETER_LOCK = threading.Lock()
 
 
 class ResNet(torch.nn.Module):
-    """A torchvision ResNet forward computed by fastres' Triton kernels.
+    """A ResNet forward computed by fastres' Triton kernels.
 
-    Build with `fastres.from_torchvision(model)` or `fastres.load(path)`. Call with x
+    Build with `fastres.from_torchvision(model)` (or from_timm, from_transformers) or
+    `fastres.load(path)`; `arch` is a torchvision name or a `fastres.ArchSpec`. Call with x
     [N, 3, H, W] float32/float16/bfloat16 (NCHW or channels_last) on the engine's device;
     returns logits [N, num_classes] in x's dtype. Internally activations are NHWC in
     `dtype`, BatchNorm is folded, accumulation is float32. `forward_pixels(x)` takes uint8
@@ -51,7 +53,7 @@ class ResNet(torch.nn.Module):
 
     def __init__(
         self,
-        arch: str,
+        arch: "str | ArchSpec",
         params: Mapping[str, torch.Tensor],
         *,
         num_classes: int | None = None,
@@ -64,8 +66,8 @@ class ResNet(torch.nn.Module):
         max_shapes: int = 16,
     ):
         super().__init__()
-        if arch not in ARCHS:
-            raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+        # A torchvision name, or the ArchSpec of another ResNet (timm's, transformers').
+        self.spec: ArchSpec = arch_spec(arch)
         if dtype not in ENGINE_DTYPES:
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
         self.returns = check_returns(returns)
@@ -74,7 +76,8 @@ class ResNet(torch.nn.Module):
         self.dilate = check_dilate(dilate)
         self.depth = returns_depth(self.returns)
         arch_blocks(arch, self.dilate, self.depth)  # refuses a dilation torchvision never builds
-        self.arch, self.dtype = arch, dtype
+        self.arch, self.dtype = arch_label(arch), dtype
+        self._arch = arch
         self.num_classes = None if num_classes is None else int(num_classes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -94,9 +97,9 @@ class ResNet(torch.nn.Module):
                 raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
-        check_params(params, arch, self.num_classes, dtype, self.depth)
+        check_params(params, self._arch, self.num_classes, dtype, self.depth)
         self._params: dict[str, torch.Tensor] = {}
-        for key in param_shapes(arch, self.num_classes, self.depth):
+        for key in param_shapes(self._arch, self.num_classes, self.depth):
             t = params[key]
             fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
             with torch.inference_mode(False):
@@ -110,6 +113,8 @@ class ResNet(torch.nn.Module):
         self._ran: dict[tuple[int, str], dict] = {}
         self._arenas_lock = threading.Lock()
         self._build_lock = threading.Lock()
+        # The name torch.compile / torch.export call this engine by (fastres.ops).
+        self._op_handle = ops.register(self)
 
     # nn.Module plumbing: the packed parameters are tied to one device and dtype.
     def _apply(self, fn, recurse=True):
@@ -130,7 +135,7 @@ class ResNet(torch.nn.Module):
                 f"device={self.device}")
 
     # -- input checks -----------------------------------------------------------------
-    def _check_input(self, x, dtypes=_INPUT_DTYPES) -> None:
+    def _check_input(self, x, dtypes=_INPUT_DTYPES, fake: bool = False) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -145,7 +150,7 @@ class ResNet(torch.nn.Module):
             raise ValueError(f"x is on {x.device} but the engine is on {self.device}")
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"spatial size {x.shape[2]}x{x.shape[3]} is too small for {self.arch}: need at least 1x1")
-        if self.device.type == "cpu" and not K.interpreting():
+        if self.device.type == "cpu" and not fake and not K.interpreting():
             raise ValueError(
                 "x is a CPU tensor: fastres needs a CUDA device; on the CPU it runs only through triton's "
                 "interpreter (TRITON_INTERPRET=1 set before triton is imported)"
@@ -168,7 +173,7 @@ class ResNet(torch.nn.Module):
         earlier shape of the same batch, the layer keeps the config it ran first (kernel sizes
         are not specialized, so the binaries compiled for it serve every size)."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
-        schedule = build_schedule(self.arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
+        schedule = build_schedule(self._arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
                                   dilate=self.dilate, returns=self.returns)
         if self.tuner is not None:
             return schedule  # tuning measures (and so compiles) its own candidates
@@ -185,6 +190,8 @@ class ResNet(torch.nn.Module):
         geometry = (spec.k, spec.stride, spec.pad, spec.cin, spec.cout, *step.in_shape[2:], int(step.residual is not None))
         if (spec.dilation, spec.groups) != (1, 1):
             geometry += (spec.dilation, spec.groups)
+        if spec.avg_pool:
+            geometry += ("avgpool",)
         info = self.device_info()
         # The card's name, and its target: two cards of one name never share a target, but a
         # cache written by a build that mapped the card differently must not be read.
@@ -303,6 +310,17 @@ class ResNet(torch.nn.Module):
             self._arenas.clear()
 
     def forward(self, x: torch.Tensor):
+        """Logits [N, num_classes] (a trunk: its OrderedDict of features) in x's dtype.
+
+        Under torch.compile or torch.export the whole forward is one custom op,
+        `torch.ops.fastres.forward` (fastres.ops): no graph break, the kernels and CUDA graphs
+        stay fastres' own."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return ops.traced_forward(self, x)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor):
+        """The forward itself (what the custom op runs)."""
         self._check_input(x, dtypes=(*_INPUT_DTYPES, torch.float64))
         if x.dtype == torch.float64:
             # The stem reads at most float32: a float64 model (torchvision tests some detectors in

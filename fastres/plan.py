@@ -4,6 +4,7 @@ schedule.py, the runtime in arena.py and engine.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Mapping
 
 import torch
@@ -17,10 +18,30 @@ class UnsupportedModelError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
+    """A ResNet's shape. The defaults are torchvision's; the other fields describe the
+    variants timm and transformers build (every one of them a fold-and-run ResNet).
+
+    stem: () the 7x7/2 conv; (c0, c1) timm's deep stem (3x3/2 to c0, 3x3 to c1, 3x3 to
+    `inplanes`), each conv with BatchNorm and ReLU. inplanes: the stem's output channels.
+    avg_down: a projection shortcut of stride 2 is a 2x2 average pool (ceil_mode,
+    count_include_pad=False) then a stride-1 1x1 conv (timm's `d` variants).
+    channels: per stage (3x3 width, output channels), where they do not follow torchvision's
+    formula (transformers' hidden_sizes with reduction 4). first_stride: layer1's stride (2:
+    transformers' downsample_in_first_stage). stride_in_1x1: a bottleneck strides its first
+    1x1 conv, not its 3x3 (transformers' downsample_in_bottleneck). name: for messages only.
+    """
+
     block: str  # "basic" or "bottleneck"
-    layers: tuple[int, int, int, int]
+    layers: tuple[int, ...]  # blocks per stage; fewer than four: a trunk's first stages
     width: int = 64  # torchvision's width_per_group; 128 for the wide variants, 4 or 8 for ResNeXt
     groups: int = 1  # the 3x3 conv's groups (ResNeXt's cardinality)
+    stem: tuple[int, ...] = ()
+    inplanes: int = 64
+    avg_down: bool = False
+    channels: tuple[tuple[int, int], ...] | None = None
+    first_stride: int = 1
+    stride_in_1x1: bool = False
+    name: str = dataclasses.field(default="", compare=False)
 
     def conv_width(self, planes: int) -> int:
         """Channels of a bottleneck's 3x3 conv in a stage of `planes` (torchvision's formula)."""
@@ -30,25 +51,107 @@ class ArchSpec:
     def expansion(self) -> int:
         return 1 if self.block == "basic" else 4
 
+    def stage(self, li: int) -> tuple[int, int]:
+        """(3x3 conv width, output channels) of stage `li` (1..4)."""
+        if self.channels is not None:
+            return tuple(self.channels[li - 1])
+        planes = 64 << (li - 1)
+        if self.block == "basic":
+            return planes, planes
+        return self.conv_width(planes), planes * self.expansion
+
     @property
     def features(self) -> int:
-        return 512 * self.expansion
+        return self.stage(4)[1]
+
+    @property
+    def label(self) -> str:
+        return self.name or "resnet"
+
+    def to_json(self) -> str:
+        """The fields as JSON (a converted file records a spec torchvision has no name for)."""
+        d = dataclasses.asdict(self)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchSpec":
+        d = json.loads(text)
+        if not isinstance(d, dict) or set(d) - {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError(f"not an ArchSpec: {text[:200]!r}")
+        d["layers"] = tuple(d["layers"])
+        d["stem"] = tuple(d.get("stem", ()))
+        if d.get("channels") is not None:
+            d["channels"] = tuple(tuple(c) for c in d["channels"])
+        return check_spec(cls(**d))
+
+
+def _tv(block, layers, width=64, groups=1, *, name):
+    return ArchSpec(block, layers, width, groups, name=name)
 
 
 ARCHS: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec("basic", (2, 2, 2, 2)),
-    "resnet34": ArchSpec("basic", (3, 4, 6, 3)),
-    "resnet50": ArchSpec("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ArchSpec("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ArchSpec("bottleneck", (3, 8, 36, 3)),
-    "wide_resnet50_2": ArchSpec("bottleneck", (3, 4, 6, 3), 128),
-    "wide_resnet101_2": ArchSpec("bottleneck", (3, 4, 23, 3), 128),
-    "resnext50_32x4d": ArchSpec("bottleneck", (3, 4, 6, 3), 4, 32),
-    "resnext101_32x8d": ArchSpec("bottleneck", (3, 4, 23, 3), 8, 32),
-    "resnext101_64x4d": ArchSpec("bottleneck", (3, 4, 23, 3), 4, 64),
+    "resnet18": _tv("basic", (2, 2, 2, 2), name="resnet18"),
+    "resnet34": _tv("basic", (3, 4, 6, 3), name="resnet34"),
+    "resnet50": _tv("bottleneck", (3, 4, 6, 3), name="resnet50"),
+    "resnet101": _tv("bottleneck", (3, 4, 23, 3), name="resnet101"),
+    "resnet152": _tv("bottleneck", (3, 8, 36, 3), name="resnet152"),
+    "wide_resnet50_2": _tv("bottleneck", (3, 4, 6, 3), 128, name="wide_resnet50_2"),
+    "wide_resnet101_2": _tv("bottleneck", (3, 4, 23, 3), 128, name="wide_resnet101_2"),
+    "resnext50_32x4d": _tv("bottleneck", (3, 4, 6, 3), 4, 32, name="resnext50_32x4d"),
+    "resnext101_32x8d": _tv("bottleneck", (3, 4, 23, 3), 8, 32, name="resnext101_32x8d"),
+    "resnext101_64x4d": _tv("bottleneck", (3, 4, 23, 3), 4, 64, name="resnext101_64x4d"),
 }
 
+
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def check_spec(spec: ArchSpec) -> ArchSpec:
+    """Refuse a spec fastres cannot run (UnsupportedModelError naming the field)."""
+    bad = []
+    if spec.block not in ("basic", "bottleneck"):
+        bad.append(f"block={spec.block!r}")
+    if not 1 <= len(spec.layers) <= 4 or not all(_positive(n) for n in spec.layers):
+        bad.append(f"layers={spec.layers!r} (up to four stages of at least one block; fewer: a trunk)")
+    if not (_positive(spec.width) and _positive(spec.groups) and _positive(spec.inplanes)):
+        bad.append(f"width/groups/inplanes={spec.width}/{spec.groups}/{spec.inplanes}")
+    if spec.stem and (len(spec.stem) != 2 or not all(_positive(c) for c in spec.stem)):
+        bad.append(f"stem={spec.stem!r} (a deep stem has two inner widths)")
+    if spec.channels is not None and (len(spec.channels) != len(spec.layers) or not all(
+            len(c) == 2 and _positive(c[0]) and _positive(c[1]) for c in spec.channels)):
+        bad.append(f"channels={spec.channels!r}")
+    if spec.channels is not None and spec.groups != 1:
+        bad.append("grouped 3x3 convs with explicit channels")
+    if spec.first_stride not in (1, 2):
+        bad.append(f"first_stride={spec.first_stride!r}")
+    if bad:
+        raise UnsupportedModelError(f"unsupported ResNet shape: {', '.join(bad)}")
+    return spec
+
+
+def arch_spec(arch: "str | ArchSpec") -> ArchSpec:
+    """The spec of a torchvision arch name, or `arch` itself (checked) when it is a spec."""
+    if isinstance(arch, ArchSpec):
+        return check_spec(arch)
+    if arch not in ARCHS:
+        raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}, or an ArchSpec")
+    return ARCHS[arch]
+
+
+def arch_label(arch: "str | ArchSpec") -> str:
+    return arch if isinstance(arch, str) else arch.label
+
+
+def named(spec: ArchSpec) -> "str | ArchSpec":
+    """The torchvision name of a spec equal to one of ARCHS (the name wins), else the spec."""
+    return next((n for n, s in ARCHS.items() if s == spec), spec)
+
+
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# What a trunk may return: the stem's activation (before the max pool; timm's "act1"), the
+# max pool's output (transformers' "stem"), and the stages.
+RETURNABLE = ("stem", "maxpool", *LAYERS)
 # torchvision's replace_stride_with_dilation: for layer2, layer3, layer4.
 NO_DILATION = (False, False, False)
 Returns = tuple[tuple[str, str], ...]
@@ -76,19 +179,20 @@ def check_returns(returns) -> Returns | None:
     if not pairs:
         raise UnsupportedModelError("a trunk must return at least one of layer1..layer4")
     for pair in pairs:
-        if len(pair) != 2 or pair[0] not in LAYERS or not isinstance(pair[1], str):
+        if len(pair) != 2 or pair[0] not in RETURNABLE or not isinstance(pair[1], str):
             raise UnsupportedModelError(
-                f"a trunk returns layer1..layer4 under string names; {pair!r} is not supported")
+                f"a trunk returns the stem, the maxpool or layer1..layer4 under string names; {pair!r} is not supported")
     layers = [p[0] for p in pairs]
     names = [p[1] for p in pairs]
     if len(set(layers)) != len(layers) or len(set(names)) != len(names):
         raise UnsupportedModelError(f"a trunk returns each layer once under distinct names, got {pairs}")
-    return tuple(sorted(pairs, key=lambda p: LAYERS.index(p[0])))
+    return tuple(sorted(pairs, key=lambda p: RETURNABLE.index(p[0])))
 
 
 def returns_depth(returns: Returns | None) -> int:
-    """How many stages run: up to the last returned layer (4 for the classifier)."""
-    return 4 if returns is None else max(LAYERS.index(layer) for layer, _ in returns) + 1
+    """How many stages run: up to the last returned layer (4 for the classifier; 0 when only
+    the stem's outputs are returned)."""
+    return 4 if returns is None else max(RETURNABLE.index(layer) for layer, _ in returns) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +213,7 @@ class ConvSpec:
     residual: str | None = None
     dilation: int = 1
     groups: int = 1
+    avg_pool: bool = False  # a 2x2/2 average pool (ceil_mode, count_include_pad=False) before this 1x1 conv
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
@@ -126,41 +231,62 @@ class BlockSpec:
     downsample: ConvSpec | None
 
 
-def arch_blocks(arch: str, dilate=NO_DILATION, depth: int = 4) -> tuple[ConvSpec, list[BlockSpec]]:
-    """The stem conv and every residual block of `arch` in its first `depth` stages, as
+def stem_convs(spec: ArchSpec) -> tuple[ConvSpec, ...]:
+    """The stem's convs (each with BatchNorm and ReLU), before the max pool."""
+    if not spec.stem:
+        return (ConvSpec("conv1", "bn1", 7, 2, 3, 3, spec.inplanes, True),)
+    c0, c1 = spec.stem
+    # timm's deep stem: Sequential(conv, bn, act, conv, bn, act, conv), then bn1.
+    return (ConvSpec("conv1.0", "conv1.1", 3, 2, 1, 3, c0, True),
+            ConvSpec("conv1.3", "conv1.4", 3, 1, 1, c0, c1, True),
+            ConvSpec("conv1.6", "bn1", 3, 1, 1, c1, spec.inplanes, True))
+
+
+def arch_blocks(arch: "str | ArchSpec", dilate=NO_DILATION, depth: int = 4) -> tuple[tuple[ConvSpec, ...], list[BlockSpec]]:
+    """The stem convs and every residual block of `arch` in its first `depth` stages, as
     torchvision builds them with `replace_stride_with_dilation=dilate`: a dilated stage keeps
     its input's resolution, its 3x3 convs dilated (padding = dilation) by the product of the
     strides replaced so far; a stage's first block still uses the previous dilation."""
-    spec = ARCHS[arch]
+    spec = arch_spec(arch)
     dilate = check_dilate(dilate)
+    if depth > len(spec.layers):
+        raise UnsupportedModelError(f"{arch_label(arch)} has {len(spec.layers)} stages, {depth} are needed")
     if spec.block == "basic" and any(dilate):
-        raise UnsupportedModelError(f"{arch} has BasicBlocks, which torchvision does not dilate (replace_stride_with_dilation)")
-    stem = ConvSpec("conv1", "bn1", 7, 2, 3, 3, 64, True)
+        raise UnsupportedModelError(f"{arch_label(arch)} has BasicBlocks, which torchvision does not dilate "
+                                    "(replace_stride_with_dilation)")
+    if any(dilate) and (spec.avg_down or spec.stride_in_1x1 or spec.first_stride != 1):
+        raise UnsupportedModelError(f"{arch_label(arch)}: dilation with an average-pool shortcut, a strided 1x1 or a "
+                                    "strided first stage is not supported")
+    stem = stem_convs(spec)
     blocks: list[BlockSpec] = []
-    inplanes, dilation = 64, 1
-    for li, (planes, count) in enumerate(zip((64, 128, 256, 512), spec.layers[:depth]), start=1):
+    inplanes, dilation = spec.inplanes, 1
+    for li, count in enumerate(spec.layers[:depth], start=1):
+        width, out = spec.stage(li)
         previous = dilation
-        stride = 2 if li > 1 else 1
+        stride = 2 if li > 1 else spec.first_stride
         if li > 1 and dilate[li - 2]:
             dilation, stride = dilation * stride, 1
         for bi in range(count):
             s, d = (stride, previous) if bi == 0 else (1, dilation)
             p = f"layer{li}.{bi}"
-            out = planes * spec.expansion
             ds = None
             if s != 1 or inplanes != out:
-                ds = ConvSpec(f"{p}.downsample.0", f"{p}.downsample.1", 1, s, 0, inplanes, out, False)
+                if spec.avg_down:  # Sequential(pool or Identity, conv, bn)
+                    ds = ConvSpec(f"{p}.downsample.1", f"{p}.downsample.2", 1, s, 0, inplanes, out, False,
+                                  avg_pool=s > 1)
+                else:
+                    ds = ConvSpec(f"{p}.downsample.0", f"{p}.downsample.1", 1, s, 0, inplanes, out, False)
             res = "downsample" if ds else "identity"
             if spec.block == "basic":
                 convs = (
-                    ConvSpec(f"{p}.conv1", f"{p}.bn1", 3, s, 1, inplanes, planes, True),
-                    ConvSpec(f"{p}.conv2", f"{p}.bn2", 3, 1, 1, planes, out, True, res),
+                    ConvSpec(f"{p}.conv1", f"{p}.bn1", 3, s, 1, inplanes, out, True),
+                    ConvSpec(f"{p}.conv2", f"{p}.bn2", 3, 1, 1, out, out, True, res),
                 )
             else:
-                width = spec.conv_width(planes)
+                s1, s3 = (s, 1) if spec.stride_in_1x1 else (1, s)
                 convs = (
-                    ConvSpec(f"{p}.conv1", f"{p}.bn1", 1, 1, 0, inplanes, width, True),
-                    ConvSpec(f"{p}.conv2", f"{p}.bn2", 3, s, d, width, width, True, dilation=d, groups=spec.groups),
+                    ConvSpec(f"{p}.conv1", f"{p}.bn1", 1, s1, 0, inplanes, width, True),
+                    ConvSpec(f"{p}.conv2", f"{p}.bn2", 3, s3, d, width, width, True, dilation=d, groups=spec.groups),
                     ConvSpec(f"{p}.conv3", f"{p}.bn3", 1, 1, 0, width, out, True, res),
                 )
             blocks.append(BlockSpec(p, convs, ds))
@@ -172,7 +298,7 @@ def arch_convs(arch: str, dilate=NO_DILATION, depth: int = 4) -> list[ConvSpec]:
     """Every conv of `arch` (its first `depth` stages) in execution order (downsample before
     the block's last conv)."""
     stem, blocks = arch_blocks(arch, dilate, depth)
-    convs = [stem]
+    convs = list(stem)
     for b in blocks:
         convs.extend(b.convs[:-1])
         if b.downsample:
@@ -191,7 +317,7 @@ def expected_shapes(arch: str, num_classes: int | None, depth: int = 4) -> dict[
             shapes[f"{c.bn}.{field}"] = (c.cout,)
         shapes[f"{c.bn}.num_batches_tracked"] = ()
     if num_classes is not None:
-        shapes["fc.weight"] = (num_classes, ARCHS[arch].features)
+        shapes["fc.weight"] = (num_classes, arch_spec(arch).features)
         shapes["fc.bias"] = (num_classes,)
     return shapes
 
@@ -201,15 +327,37 @@ def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...] | None:
     return tuple(t.shape) if isinstance(t, torch.Tensor) else None
 
 
-def infer_arch(sd: Mapping[str, torch.Tensor], *, trunk: bool = False) -> tuple[str, int | None]:
-    """(arch, num_classes) of a torchvision ResNet state_dict, from its keys and shapes.
+def _stem_of(sd: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], int] | None:
+    """(deep stem widths or (), stem output channels) from the stem conv's keys."""
+    c7 = _shape(sd, "conv1.weight")
+    if c7 is not None:
+        if len(c7) != 4 or c7[1:] != (3, 7, 7):
+            raise UnsupportedModelError(f"the stem conv 'conv1.weight' has shape {c7}: fastres runs a 7x7 conv on "
+                                        "3 channels or timm's deep stem")
+        return (), c7[0]
+    deep = [_shape(sd, f"conv1.{i}.weight") for i in (0, 3, 6)]
+    if all(d is not None for d in deep):
+        c0, c1, c2 = deep
+        if any(len(d) != 4 or d[2:] != (3, 3) for d in deep) or c0[1] != 3 or c1[1] != c0[0] or c2[1] != c1[0]:
+            raise UnsupportedModelError(f"the deep stem's convs have shapes {deep}: expected three chained 3x3 convs on 3 "
+                                        "channels")
+        return (c0[0], c1[0]), c2[0]
+    return None
+
+
+def infer_arch(sd: Mapping[str, torch.Tensor], *, trunk: bool = False) -> tuple["str | ArchSpec", int | None]:
+    """(arch, num_classes) of a ResNet state_dict in torchvision's names (timm's too), from its
+    keys and shapes: a torchvision arch name where the shapes are one's, else an ArchSpec (timm's
+    deep stem and average-pool shortcut, other depths and widths). Layer strides cannot be read
+    off weights: a spec found here strides as torchvision does.
 
     trunk: the state_dict of a trunk without fc (num_classes None), possibly holding only its
     first stages (an IntermediateLayerGetter stops at the last layer it returns); the arch is
     then the one whose stages present match.
     """
     fc = _shape(sd, "fc.weight")
-    if _shape(sd, "conv1.weight") is None or (not trunk and (fc is None or len(fc) != 2)):
+    stem = _stem_of(sd)
+    if stem is None or (not trunk and (fc is None or len(fc) != 2)):
         want = "'conv1.weight'" if trunk else "'conv1.weight' and 'fc.weight'"
         raise UnsupportedModelError(
             f"not a torchvision ResNet state_dict: expected keys {want} "
@@ -227,21 +375,31 @@ def infer_arch(sd: Mapping[str, torch.Tensor], *, trunk: bool = False) -> tuple[
     if depth == 0 or any(counts[depth:]) or (not trunk and depth < 4):
         raise UnsupportedModelError(f"not a torchvision ResNet state_dict: blocks per stage {tuple(counts)}")
     block = "bottleneck" if _shape(sd, "layer1.0.conv3.weight") is not None else "basic"
-    conv2 = _shape(sd, "layer1.0.conv2.weight")
-    conv1 = _shape(sd, "layer1.0.conv1.weight")
-    width, groups = 64, 1
-    if block == "bottleneck" and conv1 is not None and conv2 is not None and len(conv2) == 4 and conv2[1] > 0:
-        # layer1's 3x3 conv has width_per_group * groups channels, conv2[1] = width_per_group of them per group.
-        groups = conv1[0] // conv2[1]
-        width = conv1[0] // groups
+    channels = []
+    groups = 1
+    for li in range(1, depth + 1):
+        c1, c2 = _shape(sd, f"layer{li}.0.conv1.weight"), _shape(sd, f"layer{li}.0.conv2.weight")
+        last = _shape(sd, f"layer{li}.0.conv3.weight") if block == "bottleneck" else c2
+        if c1 is None or c2 is None or last is None or len(c2) != 4 or c2[1] < 1:
+            raise UnsupportedModelError(f"not a ResNet state_dict: layer{li}.0's convs are missing or misshaped")
+        channels.append((c1[0], last[0]))
+        if li == 1 and block == "bottleneck":
+            # layer1's 3x3 conv has width_per_group * groups channels, conv2[1] = width_per_group of them per group.
+            groups = c1[0] // c2[1]
+    width = channels[0][0] // groups if block == "bottleneck" else 64
+    avg_down = any(len(_shape(sd, f"layer{li}.0.downsample.1.weight") or ()) == 4 for li in range(1, depth + 1))
     for name, spec in ARCHS.items():
         if (spec.block == block and spec.layers[:depth] == tuple(counts[:depth]) and spec.width == width
-                and spec.groups == groups):
+                and spec.groups == groups and stem == ((), 64) and not avg_down):
             return name, (None if trunk else fc[0])
-    raise UnsupportedModelError(
-        f"unsupported ResNet: {block} blocks per stage {tuple(counts[:depth])}, width per group {width}, "
-        f"groups {groups}; supported: {', '.join(ARCHS)}"
-    )
+    spec = ArchSpec(block, tuple(counts[:depth]), width, groups, stem=stem[0], inplanes=stem[1], avg_down=avg_down,
+                    name="resnet")
+    if tuple(spec.stage(li) for li in range(1, depth + 1)) != tuple(channels):
+        if groups != 1:
+            raise UnsupportedModelError(f"unsupported ResNeXt: stage widths {channels} do not follow width per group "
+                                        f"{width} and groups {groups}")
+        spec = dataclasses.replace(spec, width=64, channels=tuple(channels))
+    return check_spec(spec), (None if trunk else fc[0])
 
 
 def validate_state_dict(sd: Mapping[str, torch.Tensor], arch: str, num_classes: int | None, depth: int = 4) -> None:
@@ -251,11 +409,11 @@ def validate_state_dict(sd: Mapping[str, torch.Tensor], arch: str, num_classes: 
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UnsupportedModelError(f"state_dict for {arch} is missing key '{missing[0]}'{more}")
+        raise UnsupportedModelError(f"state_dict for {arch_label(arch)} is missing key '{missing[0]}'{more}")
     unexpected = [k for k in sd if k not in expected]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise UnsupportedModelError(f"state_dict for {arch} has unexpected key '{unexpected[0]}'{more}")
+        raise UnsupportedModelError(f"state_dict for {arch_label(arch)} has unexpected key '{unexpected[0]}'{more}")
     for key, shape in expected.items():
         if key not in sd:
             continue
@@ -263,7 +421,7 @@ def validate_state_dict(sd: Mapping[str, torch.Tensor], arch: str, num_classes: 
         if not isinstance(t, torch.Tensor):
             raise UnsupportedModelError(f"state_dict key '{key}' is a {type(t).__name__}, not a tensor")
         if tuple(t.shape) != shape:
-            raise UnsupportedModelError(f"state_dict key '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch}")
+            raise UnsupportedModelError(f"state_dict key '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch_label(arch)}")
         if not key.endswith("num_batches_tracked") and not t.is_floating_point():
             raise UnsupportedModelError(f"state_dict key '{key}' has dtype {t.dtype}, expected a floating dtype")
 
@@ -301,7 +459,7 @@ def param_shapes(arch: str, num_classes: int | None, depth: int = 4) -> dict[str
         shapes[f"{c.name}.weight"] = c.weight_shape
         shapes[f"{c.name}.bias"] = (c.cout,)
     if num_classes is not None:
-        shapes["fc.weight"] = (num_classes, ARCHS[arch].features)
+        shapes["fc.weight"] = (num_classes, arch_spec(arch).features)
         shapes["fc.bias"] = (num_classes,)
     return shapes
 
@@ -317,16 +475,16 @@ def check_params(params: Mapping[str, torch.Tensor], arch: str, num_classes: int
     expected = param_shapes(arch, num_classes, depth)
     missing = [k for k in expected if k not in params]
     if missing:
-        raise UnsupportedModelError(f"missing tensor '{missing[0]}' for {arch}")
+        raise UnsupportedModelError(f"missing tensor '{missing[0]}' for {arch_label(arch)}")
     unexpected = sorted(set(params) - set(expected))
     if unexpected:
-        raise UnsupportedModelError(f"unexpected tensor '{unexpected[0]}' for {arch}")
+        raise UnsupportedModelError(f"unexpected tensor '{unexpected[0]}' for {arch_label(arch)}")
     for key, shape in expected.items():
         t = params[key]
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"tensor '{key}' is a {type(t).__name__}")
         if tuple(t.shape) != shape:
-            raise UnsupportedModelError(f"tensor '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch}")
+            raise UnsupportedModelError(f"tensor '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch_label(arch)}")
         want = torch.float32 if key.endswith(".bias") else dtype
         if t.dtype != want:
             raise TypeError(f"tensor '{key}' has dtype {t.dtype}, expected {want}")

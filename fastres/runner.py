@@ -146,6 +146,9 @@ def main(args) -> int:
                 raise UserError(str(exc)) from None
         if fast.num_classes is None:
             raise UserError(f"{args.weights} holds a detection or segmentation trunk: `fastres run` runs classifiers")
+        if not isinstance(fast._arch, str):
+            raise UserError(f"{args.weights} holds {fast.arch}, which torchvision does not build: `fastres run` checks "
+                            "the engine against torchvision's model (classify images with `fastres predict --weights`)")
         if args.arch and args.arch != fast.arch:
             raise UserError(f"--arch {args.arch} contradicts {args.weights}, which holds {fast.arch}")
         if args.dtype and getattr(torch, args.dtype) != fast.dtype:

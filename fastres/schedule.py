@@ -27,8 +27,8 @@ from .kernels.config import Config, bordered_rows, select_config, tuning_candida
 from .kernels.conv import conv_problem
 from .kernels.head import head_workspace_numel
 from .kernels.splitk import config_splits, workspace_numel
-from .plan import (ARCHS, LAYERS, NO_DILATION, ConvSpec, UnsupportedModelError, arch_blocks, check_dilate, check_returns,
-                   returns_depth)
+from .plan import (LAYERS, NO_DILATION, ArchSpec, ConvSpec, arch_blocks, arch_label, arch_spec, check_dilate,
+                   check_returns, returns_depth)
 
 Shape = tuple[int, int, int, int]
 
@@ -250,7 +250,7 @@ def lay_out(values: Sequence[_Value], wiring, steps: Sequence[Step]) -> tuple[tu
 
 
 def build_schedule(
-    arch: str, input_shape: Sequence[int], dtype: torch.dtype, device: DeviceInfo, *, num_classes: int | None = 1000,
+    arch: "str | ArchSpec", input_shape: Sequence[int], dtype: torch.dtype, device: DeviceInfo, *, num_classes: int | None = 1000,
     dilate=NO_DILATION, returns=None,
 ) -> Schedule:
     """The launch schedule of `arch` for an input of `input_shape` [N, 3, H, W] with activations
@@ -260,8 +260,7 @@ def build_schedule(
     layer -> name, as IntermediateLayerGetter's return_layers); the schedule then stops after
     the last returned layer, has no head, and num_classes is ignored.
     """
-    if arch not in ARCHS:
-        raise UnsupportedModelError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+    spec = arch_spec(arch)
     if len(input_shape) != 4 or input_shape[1] != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be [N, 3, H, W] with every size >= 1, got {tuple(input_shape)}")
     N, _, H, W = (int(v) for v in input_shape)
@@ -292,10 +291,16 @@ def build_schedule(
         launches.append((kernel, spec.name, spec, x, residual, y, in_shape))
         return y
 
-    s = conv(STEM, stem, None, (N, 3, H, W))
+    s = conv(STEM, stem[0], None, (N, 3, H, W))
+    for extra in stem[1:]:  # a deep stem's further 3x3 convs
+        s = conv(CONV, extra, s, s.shape)
+    if "stem" in returned:
+        outputs.append((returned["stem"], s))
     use(s)
-    cur = new((N, 64, out_size(s.shape[2], 3, 2, 1), out_size(s.shape[3], 3, 2, 1)))
+    cur = new((N, spec.inplanes, out_size(s.shape[2], 3, 2, 1), out_size(s.shape[3], 3, 2, 1)))
     launches.append((MAXPOOL, "maxpool", None, s, None, cur, s.shape))
+    if "maxpool" in returned:
+        outputs.append((returned["maxpool"], cur))
     for bi, block in enumerate(blocks):
         t = cur
         for spec in block.convs[:-1]:
@@ -350,7 +355,7 @@ def build_schedule(
                                  residual=None if r is None else values[r].slot)
              for st, (a, d, r) in zip(steps, wiring)]
     outs = tuple(Output(name, v.slot, v.shape, v.first) for name, v in outputs)
-    return Schedule(arch, (N, 3, H, W), dtype, None if num_classes is None else int(num_classes), device, caps,
+    return Schedule(arch_label(arch), (N, 3, H, W), dtype, None if num_classes is None else int(num_classes), device, caps,
                     tuple(steps), outs, dilate, borders, tuple((v.shape, v.first, v.last) for v in values), wiring)
 
 

@@ -5,7 +5,6 @@ Nothing here executes code from a file: .pth files are read with torch.load(weig
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -185,44 +184,30 @@ def _unpack(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.permute(0, 3, 1, 2) if v.dim() == 4 else v) for k, v in tensors.items()}
 
 
-def torchvision_weights_name(path: Path, sha256: str, arch: str, num_classes: int) -> str | None:
-    """The torchvision weights entry (e.g. "ResNet50_Weights.IMAGENET1K_V2") a checkpoint file
-    came from, or None: its file name is the entry's download name (torchvision names them
-    `<arch>-<first 8 hex digits of the file's sha256>.pth`), or its sha256 starts with those 8
-    digits (a renamed download); the entry must be for `arch` with `num_classes` categories."""
-    try:
-        from torchvision.models import get_model_weights
-
-        entries = list(get_model_weights(arch))
-    except Exception:  # noqa: BLE001 - no torchvision, or one without this arch's weights
-        return None
-    for entry in entries:
-        filename = entry.url.rsplit("/", 1)[-1]
-        digits = Path(filename).stem.rsplit("-", 1)[-1].lower()
-        same = path.name == filename or (len(digits) >= 8 and sha256.lower().startswith(digits))
-        if same and len(entry.meta.get("categories") or ()) == num_classes:
-            return f"{type(entry).__name__}.{entry.name}"
-    return None
-
-
 def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.float16,
             verbose: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """(folded parameters, the file's metadata, the default file name's stem) of a source:
     what `convert` writes, without writing it. Raises WeightsError like `convert`."""
     from .build import check_module
-    from .plan import ARCHS, UnsupportedModelError, fold_params, infer_arch, returns_depth
-    from .sources.checkpoints import split_trunk
+    from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_label, expected_shapes, fold_params, infer_arch,
+                       returns_depth)
+    from .sources.checkpoints import TrunkCheckpoint, features_trunk, split_trunk, torchvision_weights_name
+    from .sources.hub import module_checkpoint, read_hub
 
     dtype = _dtype(dtype)
     if arch is not None and arch not in ARCHS:
         raise WeightsError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
     eps: float | dict[str, float] = 1e-5  # torchvision's BatchNorm2d default; a state_dict does not record it
-    path = None
+    path = hub = None
     try:
         if isinstance(src, torch.nn.Module):
-            found, _, eps = check_module(src)
-            sd = src.state_dict()
-            sha, name = _state_dict_sha256(sd), found
+            hub = module_checkpoint(src)  # timm's or transformers' (checked as from_timm / from_transformers do)
+            if hub is None:
+                found, _, eps = check_module(src)
+                sd = src.state_dict()
+            else:
+                found, sd, eps = hub.arch, hub.state_dict, hub.eps
+            sha, name = _state_dict_sha256(sd), arch_label(found)
         elif isinstance(src, Mapping):
             sd = _unwrap(src, "the state_dict")
             sha, name = _state_dict_sha256(sd), "state_dict"
@@ -230,17 +215,34 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
             path = Path(src)
             if verbose:
                 print(f"reading {path}", file=sys.stderr)
-            sd = _read_state_dict(path)
-            sha, name = _sha256(path), path.stem
-        trunk = None if isinstance(src, torch.nn.Module) else split_trunk(sd)
+            hub = read_hub(path, _read_state_dict) if path.exists() else None
+            if hub is not None:  # timm's or transformers' (their names, their config)
+                sd, sha = hub.state_dict, _sha256(hub.weights)
+                name = path.name if path.is_dir() else path.parent.resolve().name
+            else:
+                sd = _read_state_dict(path)
+                sha, name = _sha256(path), path.stem
+        trunk = None if isinstance(src, torch.nn.Module) or hub is not None else split_trunk(sd)
+        if hub is not None and hub.returns is not None:
+            trunk = TrunkCheckpoint(sd, hub.returns, NO_DILATION, hub.source)
+        elif trunk is None and not isinstance(src, torch.nn.Module):
+            trunk = features_trunk(sd)  # no classifier: every stage, numbered as timm's features_only
         if trunk is not None:  # a detector's or segmenter's checkpoint: its ResNet trunk alone
             sd = trunk.state_dict
-        found, num_classes = infer_arch(sd, trunk=trunk is not None)
+        if hub is not None and hub.arch is not None:
+            found = hub.arch
+            num_classes = None if trunk is not None else int(sd["fc.weight"].shape[0])
+            if trunk is not None:
+                keep = expected_shapes(found, None, returns_depth(trunk.returns))
+                sd = {k: v for k, v in sd.items() if k in keep}
+        else:
+            found, num_classes = infer_arch(sd, trunk=trunk is not None)
         if arch is not None and arch != found:
-            raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are {found}'s")
+            raise WeightsError(f"arch {arch} contradicts the state_dict's keys and shapes, which are "
+                               f"{arch_label(found)}'s")
         if verbose:
             what = f"{num_classes} classes" if trunk is None else f"the trunk of a {trunk.source} checkpoint"
-            print(f"folding BatchNorm of {found} ({what}) into {_dtype_name(dtype)} weights", file=sys.stderr)
+            print(f"folding BatchNorm of {arch_label(found)} ({what}) into {_dtype_name(dtype)} weights", file=sys.stderr)
         params = fold_params(sd, found, num_classes, dtype, eps, 4 if trunk is None else returns_depth(trunk.returns))
     except UnsupportedModelError as exc:
         raise WeightsError(str(exc)) from None
@@ -250,19 +252,24 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "arch": found,
+        **arch_metadata(found),
         "dtype": _dtype_name(dtype),
         "num_classes": str(num_classes),
         "source_sha256": sha,
         "fastres_version": __version__,
     }
+    if hub is not None:  # where the weights came from, and the preprocessing their config states
+        metadata["source"] = hub.source
+        if hub.preprocess is not None:
+            metadata["preprocess"] = json.dumps(hub.preprocess)
     if trunk is not None:
         del metadata["num_classes"]
         metadata["format_version"] = str(TRUNK_FORMAT_VERSION)
         metadata["returns"] = json.dumps(dict(trunk.returns))
         metadata["dilate"] = ",".join(str(int(d)) for d in trunk.dilate)
         return params, metadata, name
-    origin = torchvision_weights_name(path, sha, found, num_classes) if path is not None else None
+    origin = (torchvision_weights_name(path, sha, found, num_classes)
+              if path is not None and hub is None and isinstance(found, str) else None)
     if origin is not None:
         metadata["torchvision_weights"] = origin
     return params, metadata, name
@@ -276,10 +283,12 @@ def convert(
     dtype: torch.dtype | str = torch.float16,
     verbose: bool = False,
 ) -> Path:
-    """Convert a torchvision ResNet checkpoint into a fastres .safetensors file; returns its path.
+    """Convert a ResNet checkpoint into a fastres .safetensors file; returns its path.
 
-    src: a .pth/.pt state_dict (or a dict holding one under "state_dict"/"model"), a
-    .safetensors state_dict, a state_dict mapping, or a torchvision ResNet module.
+    src: a .pth/.pt/.bin state_dict (or a dict holding one under "state_dict"/"model"), a
+    .safetensors state_dict, a state_dict mapping, a torchvision ResNet module, or a timm or
+    transformers model folder (fastres.sources.hub: their source and stated preprocessing are
+    recorded as `source` and `preprocess`).
     arch: inferred from the keys and shapes; when given, it must agree with them.
     out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
     A source file downloaded from torchvision (its file name or sha256 says which weights
@@ -331,6 +340,28 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tar
         raise
 
 
+def arch_metadata(arch) -> dict[str, str]:
+    """A file's "arch": torchvision's name, or for another ResNet (timm's, transformers') its
+    label with the whole shape in "arch_spec" (JSON of fastres.plan.ArchSpec)."""
+    if isinstance(arch, str):
+        return {"arch": arch}
+    return {"arch": arch.label, "arch_spec": arch.to_json()}
+
+
+def file_arch(meta: Mapping[str, str], path=None):
+    """The arch a file's metadata names: a torchvision name or an ArchSpec."""
+    from .plan import ARCHS, ArchSpec, UnsupportedModelError
+
+    if "arch_spec" in meta:
+        try:
+            return ArchSpec.from_json(meta["arch_spec"])
+        except (ValueError, TypeError, KeyError, UnsupportedModelError) as exc:
+            raise WeightsError(f"{path} has an invalid arch_spec {meta['arch_spec'][:200]!r} ({exc})") from None
+    if meta.get("arch") not in ARCHS:
+        raise WeightsError(f"{path} names an unknown arch {meta.get('arch')!r}")
+    return meta["arch"]
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a converted file, checked: format, version, arch, dtype, num_classes."""
     from safetensors import safe_open
@@ -353,8 +384,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     if meta.get("format_version") not in (str(FORMAT_VERSION), str(TRUNK_FORMAT_VERSION)):
         raise WeightsError(f"{path} has format version {meta.get('format_version')!r}; this fastres reads versions "
                            f"{FORMAT_VERSION} and {TRUNK_FORMAT_VERSION}")
-    if meta.get("arch") not in ARCHS:
-        raise WeightsError(f"{path} names an unknown arch {meta.get('arch')!r}")
+    file_arch(meta, path)
     if meta.get("dtype") not in DTYPES:
         raise WeightsError(f"{path} names an unknown dtype {meta.get('dtype')!r}")
     if meta["format_version"] == str(TRUNK_FORMAT_VERSION):
@@ -392,7 +422,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
 
     meta = read_metadata(path)
     trunk = trunk_spec(meta, path)
-    arch, dtype = meta["arch"], DTYPES[meta["dtype"]]
+    arch, dtype = file_arch(meta, path), DTYPES[meta["dtype"]]
     num_classes = None if trunk else int(meta["num_classes"])
     returns, dilate = trunk or (None, None)
     try:
@@ -428,7 +458,7 @@ def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, 
         return load(path, device, cuda_graph=cuda_graph, tune=tune), meta
     params, meta, _ = prepare(path, dtype=torch.float16 if dtype is None else dtype)
     _refuse_trunk(path, meta)
-    model = ResNet(meta["arch"], params, num_classes=int(meta["num_classes"]), dtype=DTYPES[meta["dtype"]],
+    model = ResNet(file_arch(meta, path), params, num_classes=int(meta["num_classes"]), dtype=DTYPES[meta["dtype"]],
                    device=device, cuda_graph=cuda_graph, tune=tune)
     return model, meta
 
@@ -448,31 +478,3 @@ def _is_converted(path: Path) -> bool:
             return (f.metadata() or {}).get("format") == FORMAT
     except Exception:  # noqa: BLE001 - damaged: read_metadata / _read_state_dict say how
         return True
-
-
-# -- command line -----------------------------------------------------------------------
-
-def configure(p: argparse.ArgumentParser) -> None:
-    from .plan import ARCHS
-
-    p.add_argument("src", help="a torchvision checkpoint: .pth / .pt state_dict, or .safetensors")
-    p.add_argument("--out", help="output file (default weights/<name>-<dtype>.safetensors)")
-    p.add_argument("--arch", choices=sorted(ARCHS), help="expected architecture (default: inferred from the keys)")
-    p.add_argument("--dtype", default="float16", help="float16 (default), bfloat16 or float32")
-
-
-def main(args) -> int:
-    from .cli import UserError
-
-    if args.dtype not in DTYPES:
-        raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
-    try:
-        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype)
-    except (WeightsError, OSError) as exc:
-        raise UserError(str(exc)) from None
-    meta = read_metadata(path)
-    size = path.stat().st_size / 1e6
-    origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else ""
-    what = f"{meta['num_classes']} classes" if "num_classes" in meta else f"trunk returning {meta['returns']}"
-    print(f"{path}: {meta['arch']}, {what}, {meta['dtype']}, {size:.1f} MB{origin}")
-    return 0

@@ -151,11 +151,11 @@ def avgpool_fc(
     fused = splits > 1 and cfg.fused_split
     launch(_fc_kernel, (tiles, splits),
         pooled, w, b, y4, y4, partials if splits > 1 else b, split_counters(counters, tiles, b) if fused else b,
-        N, C, 1, 1, CLS, 1, 1, iters,
+        N, C, 1, 1, CLS, 1, 1, iters, 1, 1,
         C, C, C, 1,
         w.stride(0), 1,
         *ys, *ys, split_plane(N, CLS) if splits > 1 else 0,
-        HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1, FUSED=fused,
+        HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1, FUSED=fused, POOL=False,
         **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     )
     if splits > 1 and not fused:

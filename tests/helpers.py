@@ -64,6 +64,47 @@ def calibrate_(model: torch.nn.Module, *, size=(32, 32), batches: int = 2, batch
     return calibrate(model, size=size, batches=batches, batch=batch, seed=seed)
 
 
+def randomize_bn_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every BatchNorm2d of `model` given random affine parameters and running statistics (so
+    that a fold which mixes up mean, var, gamma, beta or eps cannot pass), then eval(). For
+    models other than torchvision's (timm's, transformers'), whose blocks calibrate_ does not
+    know; gamma stays in [0.3, 1.0] so deep random stacks keep a sane scale."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) * 0.7 + 0.3)
+                m.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+    return model.eval()
+
+
+def import_transformers():
+    """transformers, or a pytest skip. transformers 5 imports the PyPI package `kernels`,
+    which this checkout's `kernels/` folder (fastres.kernels in a checkout) shadows wherever
+    the checkout's root is on sys.path, as `python -m pytest` puts it: import the installed
+    `kernels` first, from the other entries of sys.path."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parent.parent
+    if "kernels" not in sys.modules:
+        saved = list(sys.path)
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+        try:
+            importlib.import_module("kernels")
+        except ImportError:
+            pass  # not installed: transformers then does without it
+        finally:
+            sys.path[:] = saved
+    return pytest.importorskip("transformers")
+
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 
 

@@ -250,3 +250,24 @@ def test_empty_batch(dtype, device):
     x, w, b, _ = make_inputs(0, 8, 7, 5, 16, dtype, device)
     y = K.conv1x1(x, w, b, stride=2)
     assert y.shape == (0, 16, 4, 3) and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+
+
+# timm's `d` shortcut: AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), then the 1x1 conv.
+@pytest.mark.parametrize("h, w", [(8, 8), (7, 5), (1, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+def test_avg_pool_shortcut(h, w, dtype, device):
+    n, cin, cout = 2, 24, 40
+    x, wt, b, _ = make_inputs(n, cin, h, w, cout, dtype, device)
+    oh, ow = (h + 1) // 2, (w + 1) // 2
+    out = poisoned_out((n, cout, oh, ow), dtype, device)
+    y = K.conv1x1(x, wt, b, stride=2, pool=True, relu=False, out=out)
+    pooled = F.avg_pool2d(x.double().cpu(), 2, 2, ceil_mode=True, count_include_pad=False)
+    if dtype != torch.float32:
+        pooled = pooled.to(dtype).double()  # torch's pool output is rounded to the activation dtype
+    assert_close(y, ref_conv1x1(pooled, wt, b, relu=False), rtol=KERNEL_RTOL[dtype])
+
+
+def test_avg_pool_needs_stride_2(device):
+    x, wt, b, _ = make_inputs(1, 16, 4, 4, 16, torch.float32, device)
+    with pytest.raises(ValueError, match="stride 2"):
+        K.conv1x1(x, wt, b, stride=1, pool=True)

@@ -33,6 +33,18 @@ def test_decode_and_transform_are_torchvision_bitwise(images, resize, crop):
         assert torch.equal(t.normalize(crop_px), torchvision_reference(path, resize, crop)), path.name
 
 
+def test_bicubic_transform_is_torchvisions_bicubic_preset(images):
+    """interpolation="bicubic" (timm's and transformers' checkpoints state it) is torchvision's
+    preset with bicubic resizing, bit for bit; anything but bilinear or bicubic is refused."""
+    t = Transform(resize=40, crop=32, interpolation="bicubic")
+    preset = t.torchvision()
+    for path in images[:4]:
+        img = decode(read_bytes(path))
+        assert torch.equal(t.normalize(t(img)), preset(img)), path.name
+    with pytest.raises(ValueError, match="bilinear"):
+        Transform(interpolation="nearest")
+
+
 def test_transform_from_torchvision_weights():
     t = Transform.from_torchvision("ResNet50_Weights.IMAGENET1K_V2")
     assert (t.resize, t.crop, t.source) == (232, 224, "ResNet50_Weights.IMAGENET1K_V2")

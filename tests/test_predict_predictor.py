@@ -166,7 +166,8 @@ def test_predictor_checks(folder, engine32, model, tmp_path):
     pred = fastres.Predictor(engine32)
     assert pred.transform == Transform() and pred.labels == [str(i) for i in range(10)]
     # where the sizes came from, in words that cannot be misread
-    assert "resize 256, crop 224 (the defaults: no torchvision weights entry to take them from)" in repr(pred)
+    assert ("resize 256, crop 224 (the defaults: no torchvision weights entry or checkpoint config to take them from)"
+            in repr(pred))
     assert "resize 72, crop 64 (both as given)" in repr(fastres.Predictor(engine32, resize=72, crop=64))
     assert "resize 72, crop 224 (resize as given, crop the default)" in repr(fastres.Predictor(engine32, resize=72))
     with pytest.raises(FileNotFoundError):

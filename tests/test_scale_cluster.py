@@ -51,14 +51,17 @@ def test_without_ray_the_message_says_how_to_install(monkeypatch):
         require_ray("fastres serve")
 
 
-# The child: the core package and its whole CLI load without ray; then, with every warning an
-# error (as `python -W error` makes them), the Ray modules import.
+# The child: the core package, its whole CLI and the timm / transformers sources load without
+# ray, timm or transformers (those are imported only for a model of theirs); then, with every
+# warning an error (as `python -W error` makes them), the Ray modules import.
 CHILD = r"""
 import json, sys, warnings
 import fastres, fastres.cli, fastres.predict.cli, fastres.scale, fastres.scale.cli
 fastres.cli.build_parser()
-fastres.Predictor
-core = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
+fastres.Predictor, fastres.from_timm, fastres.from_transformers, fastres.convert
+import fastres.sources.hub, fastres.ops
+optional = ("ray", "timm", "transformers")
+core = sorted(m for m in sys.modules if m.split(".")[0] in optional)
 warnings.simplefilter("error")
 ok = True
 try:

@@ -307,3 +307,20 @@ def test_printed_schedule_shows_bordered_buffers(batch, no_launches):
     extra = sum(b.extra for b in borders) * 2 / 2**20
     assert f"(4 bordered, {extra:.2f} MiB of border)" in lines[-1]
     assert sum(s.slots) > sum(resnet50(batch).slots)
+
+
+def test_timm_d_variant_adds_no_pool_launch():
+    """resnet50d: the deep stem is three convs, and each strided average-pool shortcut is the
+    one 1x1 GEMM launch that torchvision's strided projection is (the pool in its A loads)."""
+    from fastres.plan import ARCHS
+
+    d = dataclasses.replace(ARCHS["resnet50"], stem=(32, 32), avg_down=True, name="resnet50d")
+    tv = build_schedule("resnet50", (1, 3, 64, 64), torch.float16, H100)
+    sd = build_schedule(d, (1, 3, 64, 64), torch.float16, H100)
+    assert len(sd.steps) == len(tv.steps) + 2 and sd.arch == "resnet50d"
+    assert [s.kernel for s in sd.steps[:4]] == [STEM, CONV, CONV, MAXPOOL]
+    pooled = [s for s in sd.steps if s.spec is not None and s.spec.avg_pool]
+    assert [(s.layer, s.kernel, s.in_shape[2:], s.out_shape[2:]) for s in pooled] == [
+        ("layer2.0.downsample.1", CONV1X1, (16, 16), (8, 8)), ("layer3.0.downsample.1", CONV1X1, (8, 8), (4, 4)),
+        ("layer4.0.downsample.1", CONV1X1, (4, 4), (2, 2))]
+    assert [s.layer for s in sd.steps if s.kernel == CONV1X1 and "downsample" in s.layer][0] == "layer1.0.downsample.1"

@@ -27,6 +27,7 @@ import fastres
 from fastres import cli
 from fastres.build import from_torchvision
 from fastres.plan import expected_shapes, infer_arch, param_shapes
+from fastres.sources.checkpoints import torchvision_weights_name
 from helpers import DEVICE, assert_close, rel_error
 
 # The module behind fastres.convert / fastres.load (its WeightsError, read_metadata, ...).
@@ -395,9 +396,9 @@ def _bad_sources(zoo, folder: Path):
         "truncated .safetensors": (cut(0.5, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "truncated early .safetensors": (cut(0.0005, ".safetensors"), ".safetensors", [], WeightsError, ["truncated or corrupt"]),
         "random bytes .safetensors": (lambda p: p.write_bytes(random.Random(12).randbytes(4096)), ".safetensors", [], WeightsError, ["not a weights file"]),
-        "resnext 16x4d": (saved(lambda: torchvision.models.ResNet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3],
-                                                                  groups=16, width_per_group=4).state_dict()), ".pth", [],
-                          WeightsError, ["groups 16"]),
+        "5x5 stem": (saved(lambda: {**torchvision.models.resnet18(num_classes=NUM_CLASSES).state_dict(),
+                                    "conv1.weight": torch.randn(64, 3, 5, 5)}), ".pth", [],
+                     WeightsError, ["stem conv", "(64, 3, 5, 5)"]),
         "alexnet": (saved(lambda: torchvision.models.alexnet(num_classes=NUM_CLASSES).state_dict()), ".pth", [],
                     WeightsError, ["not a torchvision ResNet"]),
         "a random dict": (saved({"encoder.weight": torch.randn(4, 4), "step": 3}), ".pth", [], WeightsError, ["not a torchvision ResNet"]),
@@ -423,7 +424,7 @@ def _bad_sources(zoo, folder: Path):
 
 BAD_CASES = [
     "missing file", "a folder", "empty .pth", "truncated .pth", "random bytes .pth", "truncated .safetensors",
-    "truncated early .safetensors", "random bytes .safetensors", "resnext 16x4d", "alexnet", "a random dict",
+    "truncated early .safetensors", "random bytes .safetensors", "5x5 stem", "alexnet", "a random dict",
     "a bare tensor", "missing key", "unexpected key", "misshaped bn", "misshaped conv", "misshaped fc",
     "integer tensor", "not a tensor", "--arch contradicts", "--dtype float8", "code in the pickle",
 ]
@@ -779,12 +780,12 @@ def test_torchvision_sha_prefix_is_recorded(tmp_path):
     """A renamed download is recognized by its sha256's first 8 hex digits."""
     pth = _resnet18_1000(tmp_path, "mine.pth")
     entry = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    assert W.torchvision_weights_name(pth, sha256(pth), "resnet18", 1000) is None
+    assert torchvision_weights_name(pth, sha256(pth), "resnet18", 1000) is None
     digits = entry.url.rsplit("-", 1)[-1].split(".")[0]
-    assert W.torchvision_weights_name(pth, digits + "0" * 56, "resnet18", 1000) == "ResNet18_Weights.IMAGENET1K_V1"
+    assert torchvision_weights_name(pth, digits + "0" * 56, "resnet18", 1000) == "ResNet18_Weights.IMAGENET1K_V1"
     # the entry must fit: another arch's entries are not searched, a class count must match
-    assert W.torchvision_weights_name(pth, digits + "0" * 56, "resnet34", 1000) is None
-    assert W.torchvision_weights_name(tmp_path / entry.url.rsplit("/", 1)[-1], "0" * 64, "resnet18", 10) is None
+    assert torchvision_weights_name(pth, digits + "0" * 56, "resnet34", 1000) is None
+    assert torchvision_weights_name(tmp_path / entry.url.rsplit("/", 1)[-1], "0" * 64, "resnet18", 10) is None
 
 
 def test_other_sources_record_no_torchvision_weights(zoo, tmp_path):

@@ -141,8 +141,9 @@ def _split_tag(split: bool, fused: bool) -> str:
 
 
 def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: bool, residual: bool, prec: str,
-                     *, split: bool = False, fused: bool = False):
-    """A ``_gemm1x1_kernel`` launch as ``kernels/gemm1x1.py`` makes it."""
+                     *, split: bool = False, fused: bool = False, pool: bool = False):
+    """A ``_gemm1x1_kernel`` launch as ``kernels/gemm1x1.py`` makes it (pool: timm's average-pool
+    shortcut, the 2x2 windows averaged in the A loads)."""
     n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, 1, s, 0)
     request = _split_request(n * oh * oh, cout, cin, 1) if split else 1
@@ -154,9 +155,11 @@ def _gemm1x1_variant(label: str, s: int, cin: int, cout: int, hw: int, relu: boo
         "swo": cin, "swc": 1,
         **_nhwc(n, cout, oh, oh, "sr"), **_nhwc(n, cout, oh, oh, "sy"),
         "sws": _plane(n * oh * oh, cout) if split else 0,
+        "H": hw, "W": hw,
     }
-    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused}
-    name = (f"1x1/s{s}" + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, fused)
+    meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": prec, "SPLIT": split, "FUSED": fused,
+            "POOL": pool}
+    name = (f"1x1/s{s}" + ("/avgpool" if pool else "") + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, fused)
             + f"/{prec} [{label}]")
     return Variant.make(name, meta, values, dict(_POINTERS_CONV, **_counters(fused)), gemm_k=cin,
                         k_loop=(cin, 1, request))
@@ -167,13 +170,13 @@ def _fc_variant(n: int, y: str, prec: str, fused: bool = False) -> Variant:
     pooled features [n, 2048] as a 1x1 "image" per sample, 1000 classes, logits of type `y`."""
     request = _split_request(n, 1000, 2048, 1)
     values = {
-        "M": n, "C": 2048, "OH": 1, "OW": 1, "CO": 1000, "SH": 1, "SW": 1,
+        "M": n, "C": 2048, "OH": 1, "OW": 1, "CO": 1000, "SH": 1, "SW": 1, "H": 1, "W": 1,
         "sxn": 2048, "sxh": 2048, "sxw": 2048, "sxc": 1, "swo": 2048, "swc": 1,
         "srn": 1000, "srh": 1, "srw": 1, "src": 1, "syn": 1000, "syh": 1, "syw": 1, "syc": 1,
         "sws": _plane(n, 1000) if request > 1 else 0,
     }
     meta = {"HAS_RESIDUAL": False, "RELU": False, "INPUT_PRECISION": prec, "SPLIT": request > 1,
-            "FUSED": fused and request > 1}
+            "FUSED": fused and request > 1, "POOL": False}
     name = f"fc/N{n}" + _split_tag(request > 1, fused) + ("" if y == "x" else f"/y:{y}") + f"/{prec} [head]"
     pointers = dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y, **_counters(fused and request > 1))
     return Variant.make(name, meta, values, pointers, gemm_k=2048, k_loop=(2048, 1, request), jit=("head", "_fc_kernel"))
@@ -404,6 +407,7 @@ def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list
             out.append(_gemm1x1_variant("conv1", 1, 256, 64, 56, True, False, prec))
             out.append(_gemm1x1_variant("conv3", 1, 64, 256, 56, True, True, prec))
             out.append(_gemm1x1_variant("downsample", 2, 256, 512, 56, False, False, prec))
+            out.append(_gemm1x1_variant("avg-pool downsample", 2, 256, 512, 56, False, False, prec, pool=True))
             for fused in (False, True):
                 out.append(_gemm1x1_variant("layer4 conv1", 1, 2048, 512, 7, True, False, prec, split=True, fused=fused))
                 out.append(_gemm1x1_variant("layer4 downsample", 2, 1024, 2048, 14, False, False, prec, split=True,

@@ -210,16 +210,20 @@ def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torc
 class Transform:
     """torchvision's ImageClassification preset: resize the shorter side to `resize` (bilinear,
     antialiased), center-crop `crop`, then (`normalize`) scale to [0, 1] and normalize by
-    mean / std. `source` says where the sizes came from (a torchvision weights entry, or
-    "default")."""
+    mean / std. `source` says where the sizes came from (a torchvision weights entry, a timm
+    or transformers config, or "default"). interpolation: "bilinear" (torchvision's preset)
+    or "bicubic" (what many timm and transformers checkpoints state), antialiased."""
 
     resize: int = DEFAULT_RESIZE
     crop: int = DEFAULT_CROP
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     source: str = "default"
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if self.resize < 1 or self.crop < 1:
             raise ValueError(f"resize and crop must be >= 1, got {self.resize} and {self.crop}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -242,14 +246,17 @@ class Transform:
         """torchvision's own preset with these settings (the reference this class matches)."""
         from torchvision.transforms._presets import ImageClassification
 
-        return ImageClassification(crop_size=self.crop, resize_size=self.resize, mean=self.mean, std=self.std)
+        from torchvision.transforms import InterpolationMode
+
+        return ImageClassification(crop_size=self.crop, resize_size=self.resize, mean=self.mean, std=self.std,
+                                   interpolation=InterpolationMode(self.interpolation))
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """Resize and crop a decoded [3, H, W] image (any device; its dtype kept)."""
         import torchvision.transforms.functional as F
         from torchvision.transforms import InterpolationMode
 
-        img = F.resize(img, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        img = F.resize(img, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
         return F.center_crop(img, [self.crop])
 
     def normalize(self, crops: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 them (`predict_paths` over files and folders, `predict_tensors` over uint8 tensors)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -36,7 +37,8 @@ def _sizes_origin(resize_given: bool, crop_given: bool, preset: str | None) -> s
     if resize_given or crop_given:
         given, other = ("resize", "crop") if resize_given else ("crop", "resize")
         return f"{given} as given, {other} from {preset}" if preset else f"{given} as given, {other} the default"
-    return f"those of {preset}" if preset else "the defaults: no torchvision weights entry to take them from"
+    return f"those of {preset}" if preset else ("the defaults: no torchvision weights entry or checkpoint config to take "
+                                                "them from")
 
 
 class Predictor:
@@ -96,6 +98,12 @@ class Predictor:
                 preset = self.weights_name
             except ValueError:  # a newer torchvision's entry: the defaults, still overridable
                 self.transform = Transform(resize=resize or 256, crop=crop or 224)
+        elif "preprocess" in self.metadata:  # a timm or transformers checkpoint's stated preprocessing
+            stated = json.loads(self.metadata["preprocess"])
+            self.transform = Transform(resize=resize or stated["resize"], crop=crop or stated["crop"],
+                                       mean=tuple(stated["mean"]), std=tuple(stated["std"]),
+                                       interpolation=stated["interpolation"], source=stated["source"])
+            preset = stated["source"]
         else:
             self.transform = Transform(resize=resize or 256, crop=crop or 224)
         self.sizes_origin = _sizes_origin(resize is not None, crop is not None, preset)

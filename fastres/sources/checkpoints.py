@@ -12,6 +12,7 @@ dilation. What `fastres convert` folds when a checkpoint is a whole detector or 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -33,6 +34,19 @@ class TrunkCheckpoint:
 
 def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def features_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
+    """A ResNet state_dict without a classifier (timm's `features_only` model, a torchvision
+    IntermediateLayerGetter): a trunk returning the stem's activation and every stage present,
+    named "0", "1", ... as timm's features_only models number them (out_indices 0..n). None
+    where the state_dict has an fc or no stem."""
+    if "fc.weight" in sd or not any(k in sd for k in ("conv1.weight", "conv1.0.weight")):
+        return None
+    present = [layer for layer in LAYERS if f"{layer}.0.conv1.weight" in sd]
+    points = ["stem", *LAYERS[:len(present)]]
+    return TrunkCheckpoint(dict(sd), check_returns({p: str(i) for i, p in enumerate(points)}), NO_DILATION,
+                           "features")
 
 
 def split_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
@@ -62,4 +76,24 @@ def split_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
         if any(k.startswith("aux_classifier.") for k in sd):
             returns["layer3"] = "aux"
         return TrunkCheckpoint(_strip(sd, "backbone."), check_returns(returns), SEGMENTATION_DILATION, "segmentation")
+    return None
+
+
+def torchvision_weights_name(path: Path, sha256: str, arch: str, num_classes: int) -> str | None:
+    """The torchvision weights entry (e.g. "ResNet50_Weights.IMAGENET1K_V2") a checkpoint file
+    came from, or None: its file name is the entry's download name (torchvision names them
+    `<arch>-<first 8 hex digits of the file's sha256>.pth`), or its sha256 starts with those 8
+    digits (a renamed download); the entry must be for `arch` with `num_classes` categories."""
+    try:
+        from torchvision.models import get_model_weights
+
+        entries = list(get_model_weights(arch))
+    except Exception:  # noqa: BLE001 - no torchvision, or one without this arch's weights
+        return None
+    for entry in entries:
+        filename = entry.url.rsplit("/", 1)[-1]
+        digits = Path(filename).stem.rsplit("-", 1)[-1].lower()
+        same = path.name == filename or (len(digits) >= 8 and sha256.lower().startswith(digits))
+        if same and len(entry.meta.get("categories") or ()) == num_classes:
+            return f"{type(entry).__name__}.{entry.name}"
     return None

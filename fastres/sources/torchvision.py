@@ -14,7 +14,7 @@ import dataclasses
 import torch
 
 from ..engine import ENGINE_DTYPES, ResNet
-from ..plan import (ARCHS, LAYERS, Returns, UnsupportedModelError, arch_blocks, check_returns, fold_params, infer_arch,
+from ..plan import (ARCHS, LAYERS, arch_label, arch_spec, Returns, UnsupportedModelError, arch_blocks, check_returns, fold_params, infer_arch,
                     returns_depth)
 
 
@@ -89,7 +89,7 @@ def _check_bn(bn, name: str) -> float:
 def _dilate_of(module, arch: str, depth: int) -> tuple[bool, bool, bool]:
     """replace_stride_with_dilation as torchvision applied it: a stage after the first is
     dilated where its first block's strided conv has stride 1."""
-    strided = "conv2" if ARCHS[arch].block == "bottleneck" else "conv1"
+    strided = "conv2" if arch_spec(arch).block == "bottleneck" else "conv1"
     dilate = []
     for li in range(2, 5):
         stage = getattr(module, f"layer{li}", None) if li <= depth else None
@@ -106,13 +106,13 @@ def _check_stages(module, arch: str, dilate, depth: int, eps: dict[str, float]) 
         _check_conv(getattr(parent, cname), prefix + cname, spec)
         eps[spec.bn] = _check_bn(getattr(parent, bname), prefix + bname)
 
-    conv_bn(module, "conv1", "bn1", stem)
+    conv_bn(module, "conv1", "bn1", stem[0])
     expect(type(module.relu) is torch.nn.ReLU, f"relu is a {kind(module.relu)}, expected torch.nn.ReLU")
     mp = module.maxpool
     expect(type(mp) is torch.nn.MaxPool2d and (mp.kernel_size, mp.stride, mp.padding, mp.dilation, mp.ceil_mode) in
            ((3, 2, 1, 1, False), ((3, 3), (2, 2), (1, 1), (1, 1), False)),
            f"maxpool is {mp}, expected MaxPool2d(kernel_size=3, stride=2, padding=1)")
-    block_type = "BasicBlock" if ARCHS[arch].block == "basic" else "Bottleneck"
+    block_type = "BasicBlock" if arch_spec(arch).block == "basic" else "Bottleneck"
     for spec in blocks:
         layer, idx = spec.name.split(".")
         block = getattr(module, layer)[int(idx)]
@@ -138,7 +138,7 @@ def _checked(module, arch: str, depth: int) -> tuple[tuple[bool, bool, bool], di
     try:
         _check_stages(module, arch, dilate, depth, eps)
     except UnsupportedModelError as exc:
-        raise UnsupportedModelError(str(exc).replace("{arch}", arch)) from None
+        raise UnsupportedModelError(str(exc).replace("{arch}", arch_label(arch))) from None
     return dilate, eps
 
 
