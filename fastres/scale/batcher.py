@@ -99,6 +99,7 @@ class Batcher(Generic[T, R]):
         self.clock = clock
         self.queue: collections.deque[_Waiting] = collections.deque()
         self.running = 0  # requests in the batch that runs now
+        self._batch: list[_Waiting] = []
         self.draining = False
         self.batches: list[int] = []  # the size of every batch run so far (the last 1000)
         self._batch_s = 0.0  # a moving average of a batch's run time, for Retry-After
@@ -111,11 +112,7 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T, deadline: float | None = None) -> R:
         """The result of `item` once its batch has run. Raises QueueFull or Draining at once,
         DeadlineExceeded when `deadline` (on `clock`) passes first, or what `run` raised."""
-        if self.draining:
-            raise Draining("the server is shutting down: it takes no new request", self._drain_estimate())
-        if len(self.queue) >= self.max_queue:
-            raise QueueFull(f"the server is busy: {len(self.queue)} requests wait already (its queue holds "
-                            f"{self.max_queue}); retry later", self._drain_estimate())
+        self.admit()
         self._start()
         now = self.clock()
         if deadline is not None and deadline <= now:
@@ -138,9 +135,29 @@ class Batcher(Generic[T, R]):
             except ValueError:
                 pass
 
+    def admit(self) -> None:
+        """Raise Draining or QueueFull now if a request would be refused (a server checks
+        before it reads a body it would not use)."""
+        if self.draining:
+            raise Draining("the server is shutting down: it takes no new request")
+        if len(self.queue) >= self.max_queue:
+            raise QueueFull(f"the server is busy: {len(self.queue)} requests wait already (its queue holds "
+                            f"{self.max_queue}); retry later", self._drain_estimate())
+
     def drain(self) -> None:
         """From now on refuse new requests (Draining); those queued still run."""
         self.draining = True
+
+    def abort(self, exc: Refused) -> int:
+        """Answer every request still queued or running with `exc` now (a running batch's
+        results are dropped when it ends): how many were answered so."""
+        n = 0
+        for w in [*self.queue, *self._batch]:
+            if not w.future.done():
+                w.future.set_exception(exc)
+                n += 1
+        self.queue.clear()
+        return n
 
     async def drained(self) -> None:
         """Return once nothing waits and nothing runs."""
@@ -167,7 +184,7 @@ class Batcher(Generic[T, R]):
 
     async def _loop(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = self._batch = await self._next_batch()
             self.running = len(batch)
             t0 = self.clock()
             try:
@@ -186,7 +203,7 @@ class Batcher(Generic[T, R]):
                 took = self.clock() - t0
                 self._batch_s = took if not self._batch_s else 0.8 * self._batch_s + 0.2 * took
                 self.batches = self.batches[-999:] + [len(batch)]
-                self.running = 0
+                self.running, self._batch = 0, []
                 if not self.queue:
                     self._idle.set()
 
