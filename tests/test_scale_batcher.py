@@ -107,7 +107,7 @@ def test_a_lone_request_waits_for_the_wait_and_a_full_batch_does_not():
 def test_a_full_queue_refuses_at_once_with_retry_after():
     async def main():
         gate = asyncio.Event()
-        b = Batcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=3)
+        b = Batcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=3)  # the running 2, then 3 may wait
         running = [asyncio.ensure_future(b.submit(i)) for i in range(2)]
         await asyncio.sleep(0.01)  # the first batch (2) runs, held by the gate
         queued = [asyncio.ensure_future(b.submit(i)) for i in range(2, 5)]
@@ -186,6 +186,6 @@ def test_a_failing_batch_fails_its_requests_only():
 
 def test_bad_limits_are_refused():
     for kwargs, words in [({"max_batch": 0}, "max_batch must be >= 1"), ({"wait_s": -1}, "wait_s must be >= 0"),
-                          ({"max_queue": 0}, "max_queue must be >= 1")]:
+                          ({"max_queue": 7}, r"max_queue must be >= max_batch \(8\), got 7")]:
         with pytest.raises(ValueError, match=words):
             Batcher(Engine(), **{"max_batch": 8, "wait_s": 0.005, "max_queue": 8, **kwargs})

@@ -38,6 +38,10 @@ def one_line_error(capsys, argv, command: str) -> str:
     (["--port", "0"], "--port must be between 1 and 65535, got 0"),
     (["--batch-wait-ms", "-1"], "--batch-wait-ms must be >= 0, got -1.0"),
     (["--max-body-mb", "0"], "--max-body-mb must be > 0, got 0.0"),
+    (["--max-queue", "4"], "--max-queue must be at least --max-batch (8): the next batch gathers in the queue, got 4"),
+    (["--timeout-s", "0"], "--timeout-s must be > 0, got 0.0"),
+    (["--body-timeout-s", "-1"], "--body-timeout-s must be > 0, got -1.0"),
+    (["--drain-s", "0"], "--drain-s must be > 0, got 0.0"),
     (["--topk", "11"], "topk must be between 1 and the model's 10 classes, got 11"),
     (["--labels", "three.txt"], "has 3 labels but the model has 10 classes"),
     (["--weights", "nope.pth"], "nope.pth: no such file"),
@@ -73,6 +77,32 @@ def test_without_ray_one_line_says_how_to_install(files, capsys, monkeypatch, ar
     monkeypatch.setitem(sys.modules, "ray", None)  # imports of ray fail as if it were not installed
     line = one_line_error(capsys, argv, command)
     assert line.endswith("needs Ray: pip install 'fastres[ray]'"), line
+
+
+def test_auth_disabled_only_when_asked(files, capsys, monkeypatch):
+    """RAY_AUTH_MODE=disabled (as this test environment sets it) is refused without the flag."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
+    monkeypatch.chdir(files)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    line = one_line_error(capsys, ["serve", "--weights", "r18.pth"], "serve")
+    assert "RAY_AUTH_MODE=disabled turns off Ray's token authentication: pass --insecure-no-ray-auth" in line, line
+
+
+def test_the_token_file_is_private(tmp_path):
+    import os
+    import stat
+
+    from fastres.scale.cluster import secure_token_file
+
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray" / "auth_token")}
+    path, done = secure_token_file(env)
+    assert done == "created" and len(path.read_text()) == 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    token = path.read_text()
+    os.chmod(path, 0o644)
+    assert secure_token_file(env) == (path, "made private") and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert secure_token_file(env) == (path, "private") and path.read_text() == token
+    assert secure_token_file({"RAY_AUTH_TOKEN": "abc"}) == (None, "in RAY_AUTH_TOKEN")
 
 
 def test_an_address_without_a_cluster_is_one_line(files, capsys, monkeypatch):

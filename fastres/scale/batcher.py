@@ -84,7 +84,8 @@ class Batcher(Generic[T, R]):
     run: an async function of a list of items (1 to max_batch) that returns one result per
     item, in order; its exception is every request's of that batch. wait_s: how long the
     first request queued waits for others (0: a batch is whatever is queued when the engine
-    is free). max_queue: how many requests may wait, not counting the running batch.
+    is free). max_queue: how many requests may wait, not counting the running batch; at
+    least max_batch, since the next batch gathers there.
     clock: seconds, monotonic (tests may pass their own)."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int, wait_s: float,
@@ -93,8 +94,9 @@ class Batcher(Generic[T, R]):
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if wait_s < 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if max_queue < max_batch:
+            # The next batch gathers in the queue: a smaller queue would cap every batch.
+            raise ValueError(f"max_queue must be >= max_batch ({max_batch}), got {max_queue}")
         self.run, self.max_batch, self.wait_s, self.max_queue = run, int(max_batch), float(wait_s), int(max_queue)
         self.clock = clock
         self.queue: collections.deque[_Waiting] = collections.deque()

@@ -155,6 +155,10 @@ def main(args) -> int:
 
     if args.max_batch > MAX_BATCH_LIMIT:
         raise _user_error(f"--max-batch must be at most {MAX_BATCH_LIMIT}, got {args.max_batch}")
+    max_queue = args.max_queue or default_queue(args.max_batch)
+    if max_queue < args.max_batch:
+        raise _user_error(f"--max-queue must be at least --max-batch ({args.max_batch}): the next batch gathers in "
+                          f"the queue, got {max_queue}")
     model = check_model(args)
     # From here on a signal asks for a stop; it is acted on once the application is up (or
     # has failed to start), so that what was started is always taken down.
@@ -167,7 +171,6 @@ def main(args) -> int:
     deployed = False
     try:
         placement = _placement(args)
-        max_queue = args.max_queue or default_queue(args.max_batch)
         application = app(args.weights, replicas=args.replicas, max_batch=args.max_batch,
                           batch_wait_ms=args.batch_wait_ms, max_queue=max_queue, timeout_s=args.timeout_s,
                           body_timeout_s=args.body_timeout_s, drain_s=args.drain_s,

@@ -201,8 +201,9 @@ def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, ba
     if max_body < 1:
         raise ValueError(f"max_body must be >= 1 byte, got {max_body}")
     max_queue = default_queue(max_batch) if max_queue is None else max_queue
-    if max_queue < 1:
-        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+    if max_queue < max_batch:
+        raise ValueError(f"max_queue must be >= max_batch ({max_batch}): the next batch gathers in the queue, "
+                         f"got {max_queue}")
     for name, value in (("timeout_s", timeout_s), ("body_timeout_s", body_timeout_s), ("drain_s", drain_s)):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
