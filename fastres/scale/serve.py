@@ -1,5 +1,5 @@
 """Online serving on Ray Serve: `ImageClassifier`, a deployment with dynamic batching
-(``@serve.batch``), and `app`, which binds it with its options for ``serve.run``.
+(`fastres.scale.batcher`), and `app`, which binds it with its options for ``serve.run``.
 
 HTTP: ``POST /predict`` with an image file's bytes as the body answers 200 and
 ``{"top": [{"index", "label", "prob"}, ...]}`` (a ``fastres predict`` line without its
