@@ -160,12 +160,13 @@ def main(args) -> int:
         raise _user_error(f"--max-queue must be at least --max-batch ({args.max_batch}): the next batch gathers in "
                           f"the queue, got {max_queue}")
     model = check_model(args)
-    # From here on a signal asks for a stop; it is acted on once the application is up (or
-    # has failed to start), so that what was started is always taken down.
+    how = _connect(args.address, log_to_driver=True, command="serve", no_auth=args.insecure_no_ray_auth)
+    # From here on (after ray.init, which installs a SIGTERM handler of its own that aborts the
+    # process) a signal asks for a stop; it is acted on once the application is up (or has
+    # failed to start), so that what was started is always drained and taken down.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    how = _connect(args.address, log_to_driver=True, command="serve", no_auth=args.insecure_no_ray_auth)
     if how == STARTED:
         _check_port_free(args.host, args.port, how)
     deployed = False
