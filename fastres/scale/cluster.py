@@ -83,6 +83,18 @@ def has_token_auth() -> bool:
     return True
 
 
+def enable_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process and the processes it starts. Ray reads its
+    configuration once, at import: like Ray's own switch to token mode for a new local cluster
+    (``_enable_token_auth``), the configuration is read again after the change."""
+    if os.environ.get(AUTH_ENV) == "token":
+        return
+    os.environ[AUTH_ENV] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
 def token_path(environ: dict | None = None) -> Path | None:
     """Where Ray reads its token (RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token); None when the
     token is given in RAY_AUTH_TOKEN itself."""
@@ -228,9 +240,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         return CONNECTED
     # address="local": a cluster of our own, even where `ray start` left one running.
     if not auth_disabled() and has_token_auth():
-        # Token authentication, as Ray 2.60 starts a local cluster by default, stated so that a
-        # token left in ~/.ray by an older run cannot turn it into a surprise either way.
-        os.environ[AUTH_ENV] = "token"
+        # Token authentication, as Ray 2.60 starts a local cluster by default, stated (for this
+        # process and those it starts) so that no Ray version or leftover state turns it off.
+        enable_token_auth()
         secure_token_file()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
              log_to_driver=log_to_driver)
