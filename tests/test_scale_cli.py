@@ -88,23 +88,6 @@ def test_auth_disabled_only_when_asked(files, capsys, monkeypatch):
     assert "RAY_AUTH_MODE=disabled turns off Ray's token authentication: pass --insecure-no-ray-auth" in line, line
 
 
-def test_the_token_file_is_private(tmp_path):
-    import os
-    import stat
-
-    from fastres.scale.cluster import secure_token_file
-
-    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray" / "auth_token")}
-    path, done = secure_token_file(env)
-    assert done == "created" and len(path.read_text()) == 64
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    token = path.read_text()
-    os.chmod(path, 0o644)
-    assert secure_token_file(env) == (path, "made private") and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert secure_token_file(env) == (path, "private") and path.read_text() == token
-    assert secure_token_file({"RAY_AUTH_TOKEN": "abc"}) == (None, "in RAY_AUTH_TOKEN")
-
-
 def test_an_address_without_a_cluster_is_one_line(files, capsys, monkeypatch):
     pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'fastres[ray]'")
     from scale_helpers import free_port
