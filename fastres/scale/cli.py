@@ -151,7 +151,7 @@ def main(args) -> int:
         serve = import_serve("fastres serve")
     except RayNotInstalled as exc:
         raise _user_error(str(exc)) from None
-    from .serve import APP_NAME, MAX_BATCH_LIMIT, app, default_queue
+    from .serve import APP_NAME, MAX_BATCH_LIMIT, app, default_queue, drain_app
 
     if args.max_batch > MAX_BATCH_LIMIT:
         raise _user_error(f"--max-batch must be at most {MAX_BATCH_LIMIT}, got {args.max_batch}")
@@ -195,7 +195,9 @@ def main(args) -> int:
             pass
         print(f"fastres serve: stopping: new requests get 503; those in flight have {args.drain_s:g} s",
               file=sys.stderr, flush=True)
-        replicas, left = drain(serve, APP_NAME, args.replicas, args.drain_s)
+        replicas, left, errors = drain_app(APP_NAME, args.replicas, args.drain_s)
+        for error in errors:
+            print(f"fastres serve: a replica did not drain: {error}", file=sys.stderr)
         print(f"fastres serve: drained {replicas} of {args.replicas} replica(s)"
               + (f"; {left} request(s) not answered in time got 503" if left else ""), file=sys.stderr, flush=True)
         return 0
@@ -203,32 +205,6 @@ def main(args) -> int:
         if deployed:
             _take_down(serve, APP_NAME, how == STARTED)
         disconnect(how)
-
-
-def drain(serve, name: str, replicas: int, drain_s: float) -> tuple[int, int]:
-    """Ask every replica of the application to drain (`ImageClassifier.drain`), and wait for
-    them: (replicas that answered, requests they answered 503 at the drain's end). A handle
-    call reaches one replica, chosen by Serve's router, so calls go on until each replica
-    has answered one, or the drain time (and 10 s of grace) is over."""
-    end = time.monotonic() + drain_s + 10
-    seen: dict[str, int] = {}
-    try:
-        handle = serve.get_app_handle(name)
-    except Exception as exc:  # noqa: BLE001 - nothing to drain: say so and take it down
-        print(f"fastres serve: cannot drain: {_first_line(exc)}", file=sys.stderr)
-        return 0, 0
-    while len(seen) < replicas and time.monotonic() < end:
-        left = max(0.0, end - 10 - time.monotonic())
-        calls = [handle.drain.remote(left) for _ in range(replicas - len(seen))]
-        for call in calls:
-            try:
-                me, _, aborted = call.result(timeout_s=max(1.0, end - time.monotonic()))
-            except Exception as exc:  # noqa: BLE001 - a replica gone or restarting: it has nothing to drain
-                print(f"fastres serve: a replica did not drain: {_first_line(exc)}", file=sys.stderr)
-                time.sleep(0.5)
-                continue
-            seen[me] = aborted
-    return len(seen), sum(seen.values())
 
 
 def _check_port_free(host: str, port: int, how: str) -> None:

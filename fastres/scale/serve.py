@@ -217,3 +217,36 @@ def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, ba
                            batch_wait_ms=batch_wait_ms, max_queue=max_queue, timeout_s=timeout_s,
                            body_timeout_s=body_timeout_s, max_body=max_body,
                            workers=options.pop("workers", None) or max(1, int(placement.num_cpus)), **options)
+
+
+def drain_app(name: str = APP_NAME, replicas: int = 1, drain_s: float = DRAIN_S) -> tuple[int, int, list[str]]:
+    """Drain a running application before ``serve.delete``: ask each of its `replicas` to drain
+    (`ImageClassifier.drain`: new requests get 503, those in flight are answered within
+    drain_s, or get 503) and wait for them. A handle call reaches one replica, chosen by
+    Serve's router, so calls go on until each replica has answered one, or drain_s (and 10 s
+    of grace for the calls) is over. Returns (replicas drained, requests they answered 503
+    at the drain's end, the first line of each call that failed)."""
+    end = time.monotonic() + drain_s + 10
+    seen: dict[str, int] = {}
+    errors: list[str] = []
+    try:
+        handle = serve.get_app_handle(name)
+    except Exception as exc:  # noqa: BLE001 - nothing to drain
+        return 0, 0, [_first_line(exc)]
+    while len(seen) < replicas and time.monotonic() < end:
+        left = max(0.0, end - 10 - time.monotonic())
+        calls = [handle.drain.remote(left) for _ in range(replicas - len(seen))]
+        for call in calls:
+            try:
+                me, _, aborted = call.result(timeout_s=max(1.0, end - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - a replica gone or restarting has nothing to drain
+                errors.append(_first_line(exc))
+                time.sleep(0.5)
+                continue
+            seen[me] = aborted
+    return len(seen), sum(seen.values()), errors
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
