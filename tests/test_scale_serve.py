@@ -2,9 +2,9 @@
 with the default batch wait: every bad request gets its 4xx and the replica goes on; 32
 concurrent requests are all answered as torchvision's own model answers them, in batches
 larger than one; 16 clients that stall in their bodies get 408 and hold no valid request
-up; SIGTERM with 16 requests in flight answers all of them, then takes the application
-down; and after the cluster's shutdown none of its processes is left. (The replica's limits
-one by one, without Ray: test_scale_replica.py.)"""
+up, nor do 16 that stall in their headers; SIGTERM with 16 requests in flight answers all
+of them, then takes the application down; and after the cluster's shutdown none of its
+processes is left. (The replica's limits one by one, without Ray: test_scale_replica.py.)"""
 from __future__ import annotations
 
 import io
@@ -163,6 +163,8 @@ def test_slow_clients_get_408_and_hold_no_one_up(server, ray_cluster):
     head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"\x89PNG\r\n"
     t0 = time.monotonic()
     slow = [raw(port, head) for _ in range(16)]
+    # And 16 that stall in their headers: they hold a connection in Serve's proxy, no more.
+    stalled_headers = [raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le") for _ in range(16)]
     status, body, _ = request(base + "/predict", encoded(3))
     valid_at = time.monotonic() - t0
     assert status == 200 and set(body) == {"top"}, (status, body)
@@ -171,6 +173,8 @@ def test_slow_clients_get_408_and_hold_no_one_up(server, ray_cluster):
     for status, body in answers:
         assert status == 408 and f"did not arrive within {BODY_TIMEOUT_S} s" in json.loads(body)["error"], body
     assert slow_at >= BODY_TIMEOUT_S and valid_at < slow_at, (valid_at, slow_at)
+    for sock in stalled_headers:
+        sock.close()
     # A Content-Length uvicorn cannot parse: its own 400, before the request reaches fastres.
     status, body = answer(raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\nab"))
     assert status == 400, body
