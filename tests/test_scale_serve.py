@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from predict_helpers import pixels, torchvision_reference
-from scale_helpers import CLUSTER, descendants, free_port, is_ray, ray_or_skip
+from scale_helpers import CLUSTER, alive, descendants, free_port, is_ray, ray_or_skip
 from test_build import calibrated
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
@@ -195,6 +195,54 @@ def test_sigterm_answers_the_16_requests_in_flight(server, ray_cluster):
     assert "Traceback" not in text
     with pytest.raises(urllib.error.URLError):  # Serve is down with its last application: nothing listens
         urllib.request.urlopen(base + "/healthz", timeout=10)
+
+
+def test_its_own_cluster_with_token_auth_then_sigint_leaves_nothing(tmp_path):
+    """Without --address: a local cluster with Ray's token authentication, its token file
+    created 0600; SIGINT with requests in flight answers them, exits 0, and every process of
+    that cluster is gone."""
+    ray_or_skip()
+    torch.save(calibrated("resnet18").state_dict(), tmp_path / "r18.pth")
+    token = tmp_path / "token" / "auth_token"
+    env = {k: v for k, v in CLUSTER.env.items() if k != "RAY_AUTH_MODE"}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(REPO))
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastres", "serve", "--port", str(port), "--weights", "r18.pth", "--dtype",
+             "float32", "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    pids: set[int] = set()
+    deadline = time.monotonic() + 240
+    while "fastres serve: ready at" not in log.read_text():
+        pids |= descendants(proc.pid)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"fastres serve did not get ready (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    try:
+        assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
+        assert f"Ray token authentication on; its token is in {token} (mode 600)" in log.read_text()
+        with ThreadPoolExecutor(4) as pool:
+            flying = [pool.submit(request, f"http://127.0.0.1:{port}/predict", encoded(i)) for i in range(4)]
+            time.sleep(1.0)
+            pids |= descendants(proc.pid)
+            assert len(pids) >= 3 and not any(f.done() for f in flying), pids
+            proc.send_signal(signal.SIGINT)
+            answers = [f.result() for f in flying]
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [status for status, _, _ in answers] == [200] * 4, answers
+    end = time.monotonic() + 20
+    while time.monotonic() < end and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    left = sorted(p for p in pids if alive(p))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"still alive after fastres serve exited: {left}"
+    assert "Traceback" not in log.read_text()
 
 
 def test_shutdown_leaves_no_ray_process(ray_cluster):

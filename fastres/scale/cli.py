@@ -98,12 +98,11 @@ def _connect(address: str | None, *, log_to_driver: bool, command: str, no_auth:
     command without it, where RAY_AUTH_MODE=disabled is the asking). Auth off is never a
     default: RAY_AUTH_MODE=disabled without the flag is refused, and with it, a warning says
     what it exposes."""
-    import os
-
-    from .cluster import AUTH_ENV, NO_AUTH_WARNING, STARTED, RayNotInstalled, auth_disabled, connect, token_path
+    from .cluster import (AUTH_ENV, NO_AUTH_WARNING, STARTED, RayNotInstalled, auth_disabled, connect,
+                          set_auth_mode, token_path)
 
     if no_auth:
-        os.environ[AUTH_ENV] = "disabled"
+        set_auth_mode("disabled")
     elif auth_disabled() and no_auth is not None:
         raise _user_error(f"{AUTH_ENV}=disabled turns off Ray's token authentication: pass --insecure-no-ray-auth "
                           "to run so anyway (see the README's security section), or unset it")

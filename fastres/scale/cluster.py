@@ -83,16 +83,18 @@ def has_token_auth() -> bool:
     return True
 
 
-def enable_token_auth() -> None:
-    """RAY_AUTH_MODE=token for this process and the processes it starts. Ray reads its
-    configuration once, at import: like Ray's own switch to token mode for a new local cluster
-    (``_enable_token_auth``), the configuration is read again after the change."""
-    if os.environ.get(AUTH_ENV) == "token":
+def set_auth_mode(mode: str) -> None:
+    """RAY_AUTH_MODE=mode ("token" or "disabled") for this process and the processes it
+    starts. Ray reads its configuration once, at import: like Ray's own switch to token mode
+    for a new local cluster (``_enable_token_auth``), the configuration is read again after
+    the change."""
+    if os.environ.get(AUTH_ENV) == mode:
         return
-    os.environ[AUTH_ENV] = "token"
-    from ray._raylet import Config
+    os.environ[AUTH_ENV] = mode
+    if has_token_auth():
+        from ray._raylet import Config
 
-    Config.initialize("")
+        Config.initialize("")
 
 
 def token_path(environ: dict | None = None) -> Path | None:
@@ -242,7 +244,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
     if not auth_disabled() and has_token_auth():
         # Token authentication, as Ray 2.60 starts a local cluster by default, stated (for this
         # process and those it starts) so that no Ray version or leftover state turns it off.
-        enable_token_auth()
+        set_auth_mode("token")
         secure_token_file()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
              log_to_driver=log_to_driver)
