@@ -88,21 +88,20 @@ async def call(clf, body: bytes | None, *, method="POST", path="/predict", stall
 
 
 def test_a_stalled_body_gets_408_and_holds_no_one_up(weights):
-    clf = replica(weights, body_timeout_s=0.5)
+    clf = replica(weights, body_timeout_s=1.0)
 
     async def main():
         slow = [asyncio.ensure_future(call(clf, png(i), stall_after=10)) for i in range(16)]
         await asyncio.sleep(0.05)
-        t0 = time.monotonic()
         ok = await call(clf, png(20))
-        took = time.monotonic() - t0
-        return ok, took, await asyncio.gather(*slow)
+        pending = sum(not s.done() for s in slow)  # answered while the 16 slow clients still stall
+        return ok, pending, await asyncio.gather(*slow)
 
-    (status, body, headers), took, slow = asyncio.run(main())
+    (status, body, headers), pending, slow = asyncio.run(main())
     assert status == 200 and body["top"][0]["index"] == len(png(20)) and headers["x-fastres-batch"] == "1"
-    assert took < 0.45, took  # answered while the 16 slow clients still stall
+    assert pending == 16
     for status, body, headers in slow:
-        assert status == 408 and "did not arrive within 0.5 s" in body["error"], (status, body)
+        assert status == 408 and "did not arrive within 1 s" in body["error"], (status, body)
     assert clf.engine.sizes == [1]  # no slow request ever reached the queue
 
 
@@ -123,7 +122,7 @@ def test_a_full_queue_is_503_with_retry_after_at_once(weights):
 
     (status, body, headers), took, held = asyncio.run(main())
     assert status == 503 and f"{MAX_BATCH} requests wait already" in body["error"]
-    assert int(headers["retry-after"]) >= 1 and took < 0.1, (headers, took)
+    assert int(headers["retry-after"]) >= 1 and took < 0.5, (headers, took)  # at once, not after the batch
     assert [s for s, _, _ in held] == [200] * (2 * MAX_BATCH)
     assert clf.engine.sizes == [MAX_BATCH, MAX_BATCH]
 

@@ -3,7 +3,9 @@ each actor (Ray Data) or replica (Ray Serve) asks for and is given.
 
 Ray's defaults that would surprise a fastres user, and what this module does about them:
 
-- A local cluster starts a dashboard (a web server and its agent processes): never here.
+- A local cluster starts a dashboard web server: never here (include_dashboard=False; its
+  head process and the per-node agent still run, with ports of their own: the README's
+  security section lists what listens where).
 - A worker does not get the driver's environment on a cluster started elsewhere: whatever
   the engine reads from its environment (TRITON_INTERPRET, FASTRES_CACHE_DIR) is given to
   every actor and replica through ``runtime_env={"env_vars": ...}``.
