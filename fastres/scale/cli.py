@@ -110,7 +110,9 @@ def _connect(address: str | None, *, log_to_driver: bool, command: str, no_auth:
         how = connect(address, log_to_driver=log_to_driver)
     except (RayNotInstalled, ConnectionError) as exc:
         raise _user_error(_first_line(exc)) from None
-    if auth_disabled():
+    if no_auth or (how == STARTED and auth_disabled()):
+        # Asked for, or a cluster started here without it (a cluster started elsewhere is its
+        # owner's choice: this process follows it).
         print(f"fastres {command}: warning: {NO_AUTH_WARNING}", file=sys.stderr, flush=True)
     path = token_path()
     if how == STARTED and not auth_disabled() and path is not None and path.exists():
