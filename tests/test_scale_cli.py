@@ -38,6 +38,10 @@ def one_line_error(capsys, argv, command: str) -> str:
     (["--port", "0"], "--port must be between 1 and 65535, got 0"),
     (["--batch-wait-ms", "-1"], "--batch-wait-ms must be >= 0, got -1.0"),
     (["--max-body-mb", "0"], "--max-body-mb must be > 0, got 0.0"),
+    (["--max-queue", "4"], "--max-queue must be at least --max-batch (8): the next batch gathers in the queue, got 4"),
+    (["--timeout-s", "0"], "--timeout-s must be > 0, got 0.0"),
+    (["--body-timeout-s", "-1"], "--body-timeout-s must be > 0, got -1.0"),
+    (["--drain-s", "0"], "--drain-s must be > 0, got 0.0"),
     (["--topk", "11"], "topk must be between 1 and the model's 10 classes, got 11"),
     (["--labels", "three.txt"], "has 3 labels but the model has 10 classes"),
     (["--weights", "nope.pth"], "nope.pth: no such file"),
@@ -73,6 +77,15 @@ def test_without_ray_one_line_says_how_to_install(files, capsys, monkeypatch, ar
     monkeypatch.setitem(sys.modules, "ray", None)  # imports of ray fail as if it were not installed
     line = one_line_error(capsys, argv, command)
     assert line.endswith("needs Ray: pip install 'fastres[ray]'"), line
+
+
+def test_auth_disabled_only_when_asked(files, capsys, monkeypatch):
+    """RAY_AUTH_MODE=disabled (as this test environment sets it) is refused without the flag."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
+    monkeypatch.chdir(files)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    line = one_line_error(capsys, ["serve", "--weights", "r18.pth"], "serve")
+    assert "RAY_AUTH_MODE=disabled turns off Ray's token authentication: pass --insecure-no-ray-auth" in line, line
 
 
 def test_an_address_without_a_cluster_is_one_line(files, capsys, monkeypatch):

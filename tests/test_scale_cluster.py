@@ -1,6 +1,7 @@
 """fastres.scale.cluster: what actors and replicas ask for and are given; the core package
 never importing ray; Serve importable under warnings-as-errors; the test cluster's workers
-not inheriting TRITON_INTERPRET (so the other scale tests show the runtime_env delivers it)."""
+not inheriting TRITON_INTERPRET (so the other scale tests show the runtime_env delivers it);
+the token file of a cluster started here readable by its owner only."""
 from __future__ import annotations
 
 import json
@@ -96,3 +97,20 @@ def test_workers_do_not_inherit_triton_interpret(ray_cluster):
     assert not placement.gpu and placement.env["TRITON_INTERPRET"] == "1"
     given = getenv.options(runtime_env=placement.ray_options()["runtime_env"])
     assert ray.get(given.remote("TRITON_INTERPRET"), timeout=120) == "1"
+
+
+def test_the_token_file_is_private(tmp_path):
+    import os
+    import stat
+
+    from fastres.scale.cluster import secure_token_file
+
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray" / "auth_token")}
+    path, done = secure_token_file(env)
+    assert done == "created" and len(path.read_text()) == 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    token = path.read_text()
+    os.chmod(path, 0o644)
+    assert secure_token_file(env) == (path, "made private") and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert secure_token_file(env) == (path, "private") and path.read_text() == token
+    assert secure_token_file({"RAY_AUTH_TOKEN": "abc"}) == (None, "in RAY_AUTH_TOKEN")

@@ -1,13 +1,17 @@
-"""fastres.scale.serve through `fastres serve` on a local Ray cluster, over HTTP on 127.0.0.1:
-every bad request gets its 4xx and the replica goes on; 32 concurrent requests are all
-answered as torchvision's own model answers them, in batches larger than one; Ctrl-C takes
-the application down; and after the cluster's shutdown none of its processes is left."""
+"""fastres.scale.serve through `fastres serve` on a local Ray cluster, over HTTP on 127.0.0.1,
+with the default batch wait: every bad request gets its 4xx and the replica goes on; 32
+concurrent requests are all answered as torchvision's own model answers them, in batches
+larger than one; 16 clients that stall in their bodies get 408 and hold no valid request
+up, nor do 16 that stall in their headers; SIGTERM with 16 requests in flight answers all
+of them, then takes the application down; and after the cluster's shutdown none of its
+processes is left. (The replica's limits one by one, without Ray: test_scale_replica.py.)"""
 from __future__ import annotations
 
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,12 +24,13 @@ import pytest
 import torch
 
 from predict_helpers import pixels, torchvision_reference
-from scale_helpers import CLUSTER, descendants, free_port, is_ray, ray_or_skip
+from scale_helpers import CLUSTER, alive, descendants, free_port, is_ray, ray_or_skip
 from test_build import calibrated
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 REPO = Path(__file__).resolve().parents[1]
 RESIZE, CROP, TOPK, MAX_BATCH = 40, 32, 3, 16
+BODY_TIMEOUT_S = 4
 
 
 def test_batch_sizes_and_padding():
@@ -55,8 +60,8 @@ def server(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "fastres", "serve", "--address", cluster.address, "--port", str(port),
              "--weights", "r18.pth", "--labels", "labels.txt", "--dtype", "float32", "--resize", str(RESIZE),
-             "--crop", str(CROP), "--topk", str(TOPK), "--max-batch", str(MAX_BATCH), "--batch-wait-ms", "300",
-             "--max-body-mb", "1"],
+             "--crop", str(CROP), "--topk", str(TOPK), "--max-batch", str(MAX_BATCH), "--max-body-mb", "1",
+             "--body-timeout-s", str(BODY_TIMEOUT_S), "--drain-s", "60", "--insecure-no-ray-auth"],
             cwd=root, env=dict(cluster.env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 240
     while "fastres serve: ready at" not in log.read_text():
@@ -132,14 +137,112 @@ def test_bad_requests_then_32_concurrent_in_batches(server, ray_cluster, tmp_pat
     assert proc.poll() is None and "Traceback" not in log.read_text()
 
 
-def test_ctrl_c_takes_the_application_down(server, ray_cluster):
+def raw(port: int, data: bytes) -> socket.socket:
+    """A connection that has sent `data` and sends nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(data)
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of the response on a raw connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+        if length and len(body) >= length[0]:
+            break
+    sock.close()
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_slow_clients_get_408_and_hold_no_one_up(server, ray_cluster):
     proc, base, log, _ = server
-    proc.send_signal(signal.SIGINT)
+    port = int(base.rsplit(":", 1)[1])
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"\x89PNG\r\n"
+    t0 = time.monotonic()
+    slow = [raw(port, head) for _ in range(16)]
+    # And 16 that stall in their headers: they hold a connection in Serve's proxy, no more.
+    stalled_headers = [raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le") for _ in range(16)]
+    status, body, _ = request(base + "/predict", encoded(3))
+    valid_at = time.monotonic() - t0
+    assert status == 200 and set(body) == {"top"}, (status, body)
+    answers = [answer(s) for s in slow]
+    slow_at = time.monotonic() - t0
+    for status, body in answers:
+        assert status == 408 and f"did not arrive within {BODY_TIMEOUT_S} s" in json.loads(body)["error"], body
+    assert slow_at >= BODY_TIMEOUT_S and valid_at < slow_at, (valid_at, slow_at)
+    for sock in stalled_headers:
+        sock.close()
+    # A Content-Length uvicorn cannot parse: its own 400, before the request reaches fastres.
+    status, body = answer(raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\nab"))
+    assert status == 400, body
+
+
+def test_sigterm_answers_the_16_requests_in_flight(server, ray_cluster):
+    proc, base, log, _ = server
+    with ThreadPoolExecutor(16) as pool:
+        flying = [pool.submit(request, base + "/predict", encoded(i % 8)) for i in range(16)]
+        time.sleep(1.0)  # all 16 reach the replica: one batch runs, or gathers
+        assert not any(f.done() for f in flying)
+        proc.send_signal(signal.SIGTERM)
+        answers = [f.result() for f in flying]
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert [status for status, _, _ in answers] == [200] * 16, answers
     text = log.read_text()
-    assert "fastres serve: stopping" in text and "Traceback" not in text
+    assert "fastres serve: stopping" in text and "fastres serve: drained 1 of 1 replica(s)" in text
+    assert "Traceback" not in text
     with pytest.raises(urllib.error.URLError):  # Serve is down with its last application: nothing listens
         urllib.request.urlopen(base + "/healthz", timeout=10)
+
+
+def test_its_own_cluster_with_token_auth_then_sigint_leaves_nothing(tmp_path):
+    """Without --address: a local cluster with Ray's token authentication, its token file
+    created 0600; SIGINT with requests in flight answers them, exits 0, and every process of
+    that cluster is gone."""
+    ray_or_skip()
+    torch.save(calibrated("resnet18").state_dict(), tmp_path / "r18.pth")
+    token = tmp_path / "token" / "auth_token"
+    env = {k: v for k, v in CLUSTER.env.items() if k != "RAY_AUTH_MODE"}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(REPO))
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastres", "serve", "--port", str(port), "--weights", "r18.pth", "--dtype",
+             "float32", "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    pids: set[int] = set()
+    deadline = time.monotonic() + 240
+    while "fastres serve: ready at" not in log.read_text():
+        pids |= descendants(proc.pid)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"fastres serve did not get ready (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    try:
+        assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
+        assert f"Ray token authentication on; its token is in {token} (mode 600)" in log.read_text()
+        with ThreadPoolExecutor(4) as pool:
+            flying = [pool.submit(request, f"http://127.0.0.1:{port}/predict", encoded(i)) for i in range(4)]
+            time.sleep(1.0)
+            pids |= descendants(proc.pid)
+            assert len(pids) >= 3 and not any(f.done() for f in flying), pids
+            proc.send_signal(signal.SIGINT)
+            answers = [f.result() for f in flying]
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [status for status, _, _ in answers] == [200] * 4, answers
+    end = time.monotonic() + 20
+    while time.monotonic() < end and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    left = sorted(p for p in pids if alive(p))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"still alive after fastres serve exited: {left}"
+    assert "Traceback" not in log.read_text()
 
 
 def test_shutdown_leaves_no_ray_process(ray_cluster):

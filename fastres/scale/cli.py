@@ -34,12 +34,27 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="class names, one per line (default: ImageNet's for 1000 classes, else the index)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="engine dtype (default: a converted file's own; float16 for a .pth)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="requests that may wait per replica behind the running batch; more get 503 with Retry-After "
+                        "at once (default 4 x --max-batch)")
+    p.add_argument("--timeout-s", type=float, default=30.0,
+                   help="a request not answered within this many seconds of reaching its replica gets 504 "
+                        "(default 30)")
+    p.add_argument("--body-timeout-s", type=float, default=15.0,
+                   help="a request body not received in full within this many seconds gets 408, before it takes a "
+                        "place in the queue (default 15)")
+    p.add_argument("--drain-s", type=float, default=30.0,
+                   help="on SIGINT or SIGTERM: new requests get 503, those in flight have this many seconds to be "
+                        "answered (then 503), then the server exits (default 30)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
     p.add_argument("--address", default=None,
                    help="the Ray cluster to serve on (host:port, auto, ray://...; default $RAY_ADDRESS, else a new "
                         "local cluster)")
+    p.add_argument("--insecure-no-ray-auth", action="store_true",
+                   help="run Ray without token authentication (RAY_AUTH_MODE=disabled): anyone who reaches the "
+                        "cluster's ports can run code in it; see the README's security section")
 
 
 def _user_error(message: str):
@@ -78,13 +93,32 @@ def check_model(args):
         raise _user_error(_first_line(exc)) from None
 
 
-def _connect(address: str | None, *, log_to_driver: bool) -> str:
-    from .cluster import RayNotInstalled, connect
+def _connect(address: str | None, *, log_to_driver: bool, command: str, no_auth: bool | None = None) -> str:
+    """Connect (or start a local cluster). no_auth: the user's --insecure-no-ray-auth (None: a
+    command without it, where RAY_AUTH_MODE=disabled is the asking). Auth off is never a
+    default: RAY_AUTH_MODE=disabled without the flag is refused, and with it, a warning says
+    what it exposes."""
+    from .cluster import (AUTH_ENV, NO_AUTH_WARNING, STARTED, RayNotInstalled, auth_disabled, connect,
+                          set_auth_mode, token_path)
 
+    if no_auth:
+        set_auth_mode("disabled")
+    elif auth_disabled() and no_auth is not None:
+        raise _user_error(f"{AUTH_ENV}=disabled turns off Ray's token authentication: pass --insecure-no-ray-auth "
+                          "to run so anyway (see the README's security section), or unset it")
     try:
-        return connect(address, log_to_driver=log_to_driver)
+        how = connect(address, log_to_driver=log_to_driver)
     except (RayNotInstalled, ConnectionError) as exc:
         raise _user_error(_first_line(exc)) from None
+    if no_auth or (how == STARTED and auth_disabled()):
+        # Asked for, or a cluster started here without it (a cluster started elsewhere is its
+        # owner's choice: this process follows it).
+        print(f"fastres {command}: warning: {NO_AUTH_WARNING}", file=sys.stderr, flush=True)
+    path = token_path()
+    if how == STARTED and not auth_disabled() and path is not None and path.exists():
+        print(f"fastres {command}: Ray token authentication on; its token is in {path} (mode "
+              f"{path.stat().st_mode & 0o777:o})", file=sys.stderr, flush=True)
+    return how
 
 
 def _placement(args):
@@ -100,41 +134,54 @@ def _placement(args):
 # -- fastres serve ----------------------------------------------------------------------------
 
 def main(args) -> int:
-    """`fastres serve`: deploy, say where it listens, serve until SIGINT or SIGTERM, then take
+    """`fastres serve`: deploy, say where it listens, serve until SIGINT or SIGTERM, then drain
+    (new requests get 503, those in flight are answered within --drain-s, or get 503) and take
     the application down (and Serve with it, once no other application is left)."""
     from .cluster import STARTED, RayNotInstalled, disconnect, import_serve, require_ray
 
-    _positive(args, ("replicas", "max_batch", "resize", "crop", "topk", "max_pixels"))
+    _positive(args, ("replicas", "max_batch", "resize", "crop", "topk", "max_pixels", "max_queue"))
     if not 1 <= args.port <= 65535:
         raise _user_error(f"--port must be between 1 and 65535, got {args.port}")
     if args.batch_wait_ms < 0:
         raise _user_error(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
-    if args.max_body_mb <= 0:
-        raise _user_error(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    for name in ("max_body_mb", "timeout_s", "body_timeout_s", "drain_s"):
+        if not getattr(args, name) > 0:
+            raise _user_error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     try:
         require_ray("fastres serve")
         serve = import_serve("fastres serve")
     except RayNotInstalled as exc:
         raise _user_error(str(exc)) from None
-    from .serve import APP_NAME, MAX_BATCH_LIMIT, app
+    from .serve import APP_NAME, MAX_BATCH_LIMIT, app, default_queue, drain_app
 
     if args.max_batch > MAX_BATCH_LIMIT:
         raise _user_error(f"--max-batch must be at most {MAX_BATCH_LIMIT}, got {args.max_batch}")
+    max_queue = args.max_queue or default_queue(args.max_batch)
+    if max_queue < args.max_batch:
+        raise _user_error(f"--max-queue must be at least --max-batch ({args.max_batch}): the next batch gathers in "
+                          f"the queue, got {max_queue}")
     model = check_model(args)
-    how = _connect(args.address, log_to_driver=True)
+    how = _connect(args.address, log_to_driver=True, command="serve", no_auth=args.insecure_no_ray_auth)
+    # From here on (after ray.init, which installs a SIGTERM handler of its own that aborts the
+    # process) a signal asks for a stop; it is acted on once the application is up (or has
+    # failed to start), so that what was started is always drained and taken down.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     if how == STARTED:
         _check_port_free(args.host, args.port, how)
-    stop = threading.Event()
     deployed = False
     try:
         placement = _placement(args)
         application = app(args.weights, replicas=args.replicas, max_batch=args.max_batch,
-                          batch_wait_ms=args.batch_wait_ms, max_body=int(args.max_body_mb * 1e6), placement=placement,
-                          dtype=args.dtype, topk=args.topk, resize=args.resize, crop=args.crop, labels=args.labels,
+                          batch_wait_ms=args.batch_wait_ms, max_queue=max_queue, timeout_s=args.timeout_s,
+                          body_timeout_s=args.body_timeout_s, drain_s=args.drain_s,
+                          max_body=int(args.max_body_mb * 1e6), placement=placement, dtype=args.dtype,
+                          topk=args.topk, resize=args.resize, crop=args.crop, labels=args.labels,
                           **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
         print(f"fastres serve: {args.replicas} replica(s) of {model.engine.arch} ({model.engine.num_classes} classes), "
-              f"{placement.describe()}; batches of up to {args.max_batch}, {args.batch_wait_ms:g} ms wait",
-              file=sys.stderr, flush=True)
+              f"{placement.describe()}; batches of up to {args.max_batch}, {args.batch_wait_ms:g} ms wait; up to "
+              f"{max_queue} requests queued per replica, {args.timeout_s:g} s deadline", file=sys.stderr, flush=True)
         serve.start(http_options={"host": args.host, "port": args.port})
         deployed = True
         try:
@@ -142,13 +189,18 @@ def main(args) -> int:
         except Exception as exc:  # noqa: BLE001 - a replica that cannot start: its first line, not a traceback
             print(f"fastres serve: error: the application did not start: {_first_line(exc)}", file=sys.stderr)
             return 1
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        print(f"fastres serve: ready at http://{args.host}:{args.port}/predict (POST an image; GET /healthz); "
-              "Ctrl-C stops", file=sys.stderr, flush=True)
+        if not stop.is_set():
+            print(f"fastres serve: ready at http://{args.host}:{args.port}/predict (POST an image; GET /healthz); "
+                  "Ctrl-C stops", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
-        print("fastres serve: stopping", file=sys.stderr, flush=True)
+        print(f"fastres serve: stopping: new requests get 503; those in flight have {args.drain_s:g} s",
+              file=sys.stderr, flush=True)
+        replicas, left, errors = drain_app(APP_NAME, args.replicas, args.drain_s)
+        for error in errors:
+            print(f"fastres serve: a replica did not drain: {error}", file=sys.stderr)
+        print(f"fastres serve: drained {replicas} of {args.replicas} replica(s)"
+              + (f"; {left} request(s) not answered in time got 503" if left else ""), file=sys.stderr, flush=True)
         return 0
     finally:
         if deployed:
@@ -206,7 +258,7 @@ def predict_on_ray(args, files) -> int:
     model = check_model(args)
     # Workers' output stays in the cluster's logs: Ray prints a worker's stdout on the
     # driver's, where it would mix with the JSON lines.
-    how = _connect(args.address, log_to_driver=False)
+    how = _connect(args.address, log_to_driver=False, command="predict")
     import ray
 
     failed = 0

@@ -3,20 +3,29 @@ each actor (Ray Data) or replica (Ray Serve) asks for and is given.
 
 Ray's defaults that would surprise a fastres user, and what this module does about them:
 
-- A local cluster starts a dashboard (a web server and its agent processes): never here.
+- A local cluster starts a dashboard web server: never here (include_dashboard=False; its
+  head process and the per-node agent still run, with ports of their own: the README's
+  security section lists what listens where).
 - A worker does not get the driver's environment on a cluster started elsewhere: whatever
   the engine reads from its environment (TRITON_INTERPRET, FASTRES_CACHE_DIR) is given to
   every actor and replica through ``runtime_env={"env_vars": ...}``.
 - ``ray.serve``'s import fails under ``python -W error``: its pydantic models pass a keyword
   pydantic 2 deprecates. `import_serve` silences that one warning class for the import.
-- Usage reporting and the authentication token file are left to the user (the README says
-  how); the tests turn both off.
+- Ray's token authentication: `auth_mode` says what a command runs with, and a command
+  that would run without it (``RAY_AUTH_MODE=disabled``) does so only when asked.
+- Ray writes the token file it generates (``~/.ray/auth_token``) with the process's umask,
+  usually readable by every user of the machine: `secure_token_file` creates it first, with
+  mode 0600, or takes the group's and others' permissions off an existing one.
+- Usage reporting is left to the user (the README says how); the tests turn it off.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
+import stat
 import warnings
+from pathlib import Path
 from types import ModuleType
 
 INSTALL_HINT = "pip install 'fastres[ray]'"
@@ -53,6 +62,71 @@ def import_serve(what: str = "fastres serve") -> ModuleType:
         except ImportError as exc:
             raise RayNotInstalled(f"{what} needs Ray Serve ({exc.name or exc} is missing): {INSTALL_HINT}") from None
     return serve
+
+
+AUTH_ENV = "RAY_AUTH_MODE"
+NO_AUTH_WARNING = ("Ray's token authentication is off (RAY_AUTH_MODE=disabled): anyone who can reach this "
+                   "cluster's ports (GCS, raylet, workers, Serve's gRPC ports, on every interface) can run code in "
+                   "it, and Serve's replicas unpickle what they receive")
+
+
+def auth_disabled(environ: dict | None = None) -> bool:
+    """Whether Ray would run without token authentication here (RAY_AUTH_MODE=disabled)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(AUTH_ENV, "").strip().lower() == "disabled"
+
+
+def has_token_auth() -> bool:
+    """Whether this Ray has token authentication (RAY_AUTH_MODE=token)."""
+    try:
+        import ray._private.authentication.authentication_token_setup  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def set_auth_mode(mode: str) -> None:
+    """RAY_AUTH_MODE=mode ("token" or "disabled") for this process and the processes it
+    starts. Ray reads its configuration once, at import: like Ray's own switch to token mode
+    for a new local cluster (``_enable_token_auth``), the configuration is read again after
+    the change."""
+    if os.environ.get(AUTH_ENV) == mode:
+        return
+    os.environ[AUTH_ENV] = mode
+    if has_token_auth():
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def token_path(environ: dict | None = None) -> Path | None:
+    """Where Ray reads its token (RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token); None when the
+    token is given in RAY_AUTH_TOKEN itself."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
+def secure_token_file(environ: dict | None = None) -> tuple[Path | None, str]:
+    """The token file of a cluster started here, readable by its owner only: created (mode
+    0600, 256 random bits as Ray's own generator makes them) when missing, so Ray does not
+    write it world-readable; an existing one's group and other permissions taken off.
+    Returns (path, what was done: "created", "made private", "private", or "in RAY_AUTH_TOKEN")."""
+    path = token_path(environ)
+    if path is None:
+        return None, "in RAY_AUTH_TOKEN"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        return path, "created"
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+        return path, "made private"
+    return path, "private"
 
 
 def import_data(what: str = "fastres predict --ray") -> ModuleType:
@@ -169,6 +243,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
             raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {first}") from None
         return CONNECTED
     # address="local": a cluster of our own, even where `ray start` left one running.
+    if not auth_disabled() and has_token_auth():
+        # Token authentication, as Ray 2.60 starts a local cluster by default, stated (for this
+        # process and those it starts) so that no Ray version or leftover state turns it off.
+        set_auth_mode("token")
+        secure_token_file()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
              log_to_driver=log_to_driver)
     return STARTED

@@ -8,11 +8,13 @@ are answered as usual).
 """
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator, Mapping
 
 from ..predict.images import ImageError, check_decodable
 
 MAX_BODY = 20_000_000  # bytes: the default limit of one request body (20 MB)
+BODY_TIMEOUT_S = 15.0  # the default time to receive a whole body
 ROUTES = {"/predict": "POST", "/healthz": "GET"}
 
 
@@ -38,10 +40,21 @@ def route(method: str, path: str) -> str:
     return path
 
 
-async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int = MAX_BODY) -> bytes:
+async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int = MAX_BODY,
+                    timeout_s: float | None = BODY_TIMEOUT_S) -> bytes:
     """The request body, at most `limit` bytes: a Content-Length over it is refused before
     any of the body is read, and a body that grows past it (chunked, or a lying header) as
-    soon as it does (413). An empty body is a 400."""
+    soon as it does (413). An empty body is a 400. A body not received in full within
+    `timeout_s` (None: no limit) is a 408: a client that stalls does not hold the server."""
+    if timeout_s is None:
+        return await _read_body(headers, chunks, limit)
+    try:
+        return await asyncio.wait_for(_read_body(headers, chunks, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise HttpError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
+
+
+async def _read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         try:

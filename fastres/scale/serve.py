@@ -1,5 +1,5 @@
 """Online serving on Ray Serve: `ImageClassifier`, a deployment with dynamic batching
-(``@serve.batch``), and `app`, which binds it with its options for ``serve.run``.
+(`fastres.scale.batcher`), and `app`, which binds it with its options for ``serve.run``.
 
 HTTP: ``POST /predict`` with an image file's bytes as the body answers 200 and
 ``{"top": [{"index", "label", "prob"}, ...]}`` (a ``fastres predict`` line without its
@@ -8,29 +8,55 @@ engine built and, on a GPU, its batch sizes compiled and captured). Bad requests
 `fastres.scale.http`. Every answer to /predict carries ``x-fastres-batch``: how many
 requests its batch held.
 
-Batching: requests wait up to `batch_wait_ms` for up to `max_batch` others; a batch of n
-runs at the smallest captured size >= n (the powers of two below max_batch, and max_batch),
-padded, so on a GPU each size's CUDA graph, captured at start-up, is reused.
-``max_ongoing_requests`` is twice max_batch: Serve's default (5) would cap every batch at 5,
-and the second max_batch lets the next batch gather while one runs.
+Batching (`fastres.scale.batcher`, not ``@serve.batch``: its module says why): while one batch
+runs, the next gathers, and closes at `max_batch` requests or `batch_wait_ms` after its first
+request queued, whichever comes first; a batch of n runs at the smallest captured size >= n
+(the powers of two below max_batch, and max_batch), padded, so on a GPU each size's CUDA
+graph, captured at start-up, is reused.
+
+Limits, each answered at once with a JSON error: the body is read (``body_timeout_s``, else
+408) before the request takes a place in the queue; a full queue (`max_queue` waiting
+requests) is a 503 with Retry-After; a request not answered within `timeout_s` of its arrival
+is a 504; a draining replica (`drain`) answers 503. Serve's ``max_ongoing_requests`` is set
+above what the queue and a batch hold (`ongoing_limit`), so that the replica itself, not
+Serve's router, sees every request and answers it.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 from ..predict.images import DEFAULT_MAX_PIXELS
+from .batcher import Batcher, Draining, Refused
 from .cluster import Placement, cluster_placement, for_workers, import_serve
-from .http import MAX_BODY, HttpError, check_image, predict_answer, read_body, route
+from .http import BODY_TIMEOUT_S, MAX_BODY, HttpError, check_image, predict_answer, read_body, route
 
 serve = import_serve()
 logger = logging.getLogger("ray.serve")
 
 APP_NAME = "fastres"
 MAX_BATCH_LIMIT = 1024
+TIMEOUT_S = 30.0  # the default deadline of a request, from its arrival at the replica
+DRAIN_S = 30.0  # the default time given to the requests in flight on shutdown
+READ_SLOTS = 64  # requests a replica may hold while their bodies arrive, over its queue and batch
+
+
+def default_queue(max_batch: int) -> int:
+    """The default bound of a replica's queue: 4 batches wait behind the running one."""
+    return 4 * max_batch
+
+
+def ongoing_limit(max_batch: int, max_queue: int) -> int:
+    """Serve's max_ongoing_requests for a replica: its batch, its queue, READ_SLOTS requests
+    whose bodies are still arriving (each for at most body_timeout_s) and room to refuse
+    more with 503 (Serve's own queue in front of a full replica has no bound, and answers
+    in plain text)."""
+    return max_batch + max_queue + READ_SLOTS + max_batch
 
 
 def batch_sizes(max_batch: int) -> tuple[int, ...]:
@@ -54,9 +80,10 @@ class ImageClassifier:
     """One replica: a `fastres.Predictor` built once, answering HTTP requests in batches."""
 
     def __init__(self, weights: str, *, device: str = "cpu", dtype: str | None = None, max_batch: int = 8,
-                 batch_wait_ms: float = 5.0, max_body: int = MAX_BODY, topk: int = 5, resize: int | None = None,
-                 crop: int | None = None, labels: Any = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 workers: int | None = None, warmup: bool | None = None):
+                 batch_wait_ms: float = 5.0, max_queue: int | None = None, timeout_s: float = TIMEOUT_S,
+                 body_timeout_s: float = BODY_TIMEOUT_S, max_body: int = MAX_BODY, topk: int = 5,
+                 resize: int | None = None, crop: int | None = None, labels: Any = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None, warmup: bool | None = None):
         import torch
 
         from ..kernels import interpreting
@@ -71,8 +98,12 @@ class ImageClassifier:
         self.predictor = Predictor(weights, device=device, dtype=dtype, batch_size=max_batch, topk=topk,
                                    resize=resize, crop=crop, labels=labels, decode="auto", workers=workers,
                                    max_pixels=max_pixels)
-        self.classify.set_max_batch_size(max_batch)
-        self.classify.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        self.timeout_s, self.body_timeout_s = float(timeout_s), float(body_timeout_s)
+        # One engine thread: batches run one at a time, and the event loop keeps reading
+        # bodies and queueing requests, which form the next batch meanwhile.
+        self.engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastres-engine")
+        self.batcher = Batcher(self.classify, max_batch=max_batch, wait_s=batch_wait_ms / 1000,
+                               max_queue=max_queue or default_queue(max_batch))
         self.broken: str | None = None
         if warmup if warmup is not None else self.predictor.device.type == "cuda":
             self._warm_up()
@@ -91,26 +122,34 @@ class ImageClassifier:
     async def __call__(self, request):
         from starlette.responses import JSONResponse
 
+        arrived = time.monotonic()
         try:
             path = route(request.method, request.url.path)
             if path == "/healthz":
+                if self.batcher.draining:
+                    return JSONResponse({"error": "the server is shutting down"}, status_code=503)
                 return JSONResponse({"status": "ok"})
-            body = await read_body(request.headers, request.stream(), self.max_body)
+            self.batcher.admit()  # a full queue or a drain: refused before the body is read
+            body = await read_body(request.headers, request.stream(), self.max_body, self.body_timeout_s)
             check_image(body, self.max_pixels)
+            status, payload, n = await self.batcher.submit(body, deadline=arrived + self.timeout_s)
         except HttpError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-        status, payload, n = await self.classify(body)
+        except Refused as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        except Exception as exc:  # noqa: BLE001 - a bug here is still a JSON answer, not Serve's plain text
+            logger.exception("fastres request failed")
+            return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
         return JSONResponse(payload, status_code=status, headers={"x-fastres-batch": str(n)})
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # both set per replica in __init__
     async def classify(self, bodies: list[bytes]) -> list[tuple[int, dict, int]]:
-        """(status, JSON body, requests in the batch) for each body, in order."""
+        """(status, JSON body, requests in the batch) for each body, in order: the batcher's
+        run function, one batch at a time."""
         n = len(bodies)
         size = padded_size(n, self.sizes)
         run = functools.partial(self.predictor.predict_bytes, bodies, pad_to=size)
         try:
-            # In a thread: the event loop keeps taking requests, which gather into the next batch.
-            preds = await asyncio.get_running_loop().run_in_executor(None, run)
+            preds = await asyncio.get_running_loop().run_in_executor(self.engine_thread, run)
         except Exception as exc:  # noqa: BLE001 - answered as 500; the replica decides whether it can go on
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             logger.exception("fastres batch of %d failed", n)
@@ -121,6 +160,23 @@ class ImageClassifier:
         logger.info("fastres batch of %d request(s), run at %d rows", n, size)
         return [(*predict_answer(p), n) for p in preds]
 
+    async def drain(self, seconds: float) -> tuple[str, int, int]:
+        """Take no new request (503 from now on) and return once every request queued or
+        running is answered, or after `seconds`, answering those left with 503: (this
+        replica's id, batches run, requests answered 503 at the end)."""
+        self.batcher.drain()
+        left = 0
+        try:
+            await asyncio.wait_for(self.batcher.drained(), max(0.0, seconds))
+        except asyncio.TimeoutError:
+            left = self.batcher.abort(Draining(f"the server is shutting down and could not answer within its "
+                                               f"drain time ({seconds:g} s)"))
+        try:
+            me = str(serve.get_replica_context().replica_id)
+        except Exception:  # noqa: BLE001 - outside a replica (tests): the process
+            me = f"pid {os.getpid()}"
+        return me, len(self.batcher.batches), left
+
     async def check_health(self) -> None:
         """Serve calls this periodically: raising makes it replace the replica."""
         if self.broken is not None:
@@ -128,11 +184,15 @@ class ImageClassifier:
 
 
 def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 5.0,
-        max_body: int = MAX_BODY, cpus: float | None = None, placement: Placement | None = None, **options: Any):
+        max_queue: int | None = None, timeout_s: float = TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
+        drain_s: float = DRAIN_S, max_body: int = MAX_BODY, cpus: float | None = None,
+        placement: Placement | None = None, **options: Any):
     """The bound Serve application (for ``serve.run``): `replicas` ImageClassifier replicas,
     each on one GPU of the connected cluster (without GPUs: on 1 CPU, under the interpreter).
-    `options` go to ImageClassifier (dtype, topk, resize, crop, labels, max_pixels, workers,
-    warmup)."""
+    max_queue: requests waiting per replica (default 4 x max_batch); timeout_s, body_timeout_s:
+    see ImageClassifier; drain_s: what Serve's graceful shutdown gives a replica (call its
+    `drain` first to answer the requests in flight). `options` go to ImageClassifier (dtype,
+    topk, resize, crop, labels, max_pixels, workers, warmup)."""
     batch_sizes(max_batch)  # its ValueError here, not in a replica
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -140,10 +200,53 @@ def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, ba
         raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
     if max_body < 1:
         raise ValueError(f"max_body must be >= 1 byte, got {max_body}")
+    max_queue = default_queue(max_batch) if max_queue is None else max_queue
+    if max_queue < max_batch:
+        raise ValueError(f"max_queue must be >= max_batch ({max_batch}): the next batch gathers in the queue, "
+                         f"got {max_queue}")
+    for name, value in (("timeout_s", timeout_s), ("body_timeout_s", body_timeout_s), ("drain_s", drain_s)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
     placement = placement or cluster_placement(cpus=cpus)
     deployment = serve.deployment(ImageClassifier, name="ImageClassifier", num_replicas=replicas,
-                                  max_ongoing_requests=2 * max_batch, ray_actor_options=placement.ray_options())
+                                  max_ongoing_requests=ongoing_limit(max_batch, max_queue),
+                                  graceful_shutdown_timeout_s=drain_s + 5, graceful_shutdown_wait_loop_s=0.5,
+                                  ray_actor_options=placement.ray_options())
     options["labels"] = for_workers(options.get("labels"))
     return deployment.bind(str(for_workers(weights)), device=placement.device, max_batch=max_batch,
-                           batch_wait_ms=batch_wait_ms, max_body=max_body,
+                           batch_wait_ms=batch_wait_ms, max_queue=max_queue, timeout_s=timeout_s,
+                           body_timeout_s=body_timeout_s, max_body=max_body,
                            workers=options.pop("workers", None) or max(1, int(placement.num_cpus)), **options)
+
+
+def drain_app(name: str = APP_NAME, replicas: int = 1, drain_s: float = DRAIN_S) -> tuple[int, int, list[str]]:
+    """Drain a running application before ``serve.delete``: ask each of its `replicas` to drain
+    (`ImageClassifier.drain`: new requests get 503, those in flight are answered within
+    drain_s, or get 503) and wait for them. A handle call reaches one replica, chosen by
+    Serve's router, so calls go on until each replica has answered one, or drain_s (and 10 s
+    of grace for the calls) is over. Returns (replicas drained, requests they answered 503
+    at the drain's end, the first line of each call that failed)."""
+    end = time.monotonic() + drain_s + 10
+    seen: dict[str, int] = {}
+    errors: list[str] = []
+    try:
+        handle = serve.get_app_handle(name)
+    except Exception as exc:  # noqa: BLE001 - nothing to drain
+        return 0, 0, [_first_line(exc)]
+    while len(seen) < replicas and time.monotonic() < end:
+        left = max(0.0, end - 10 - time.monotonic())
+        calls = [handle.drain.remote(left) for _ in range(replicas - len(seen))]
+        for call in calls:
+            try:
+                me, _, aborted = call.result(timeout_s=max(1.0, end - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - a replica gone or restarting has nothing to drain
+                errors.append(_first_line(exc))
+                time.sleep(0.5)
+                continue
+            seen[me] = aborted
+    return len(seen), sum(seen.values()), errors
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -1,0 +1,241 @@
+"""Dynamic batching for one replica, apart from Ray: a bounded queue of requests, drained by
+one loop that runs one batch at a time, and forms the next batch from what gathered while
+the last one ran.
+
+Why not ``@serve.batch`` (Ray 2.60, ``ray/serve/batching.py``): its ``_process_batches``
+loop calls ``wait_for_batch``, which closes a batch as soon as ``batch_wait_timeout_s`` has
+passed since that batch's first request (or it is full), and only then hands it to a task
+that waits on ``self.semaphore`` (``max_concurrent_batches``, 1 by default) for the running
+batch to finish. The loop goes straight on to the next ``wait_for_batch``. So while one
+batch runs, the requests that arrive are cut into batches every ``batch_wait_timeout_s``
+(5 ms by default), each closed with whatever was there (under steady load, often one
+request), and those small batches then run one after another behind the semaphore. No
+primitive of it (``max_concurrent_batches``, ``batch_size_fn``, the setters) lets a batch
+stay open until the engine is free. Here a batch is formed only when the engine is free:
+
+- the first request queued starts the wait; the batch closes when it holds `max_batch`
+  requests, or when `wait_s` has passed since that first request, whichever comes first;
+- while a batch runs, the queue keeps filling, and when the run ends, a wait that has
+  already passed closes the next batch at once, with up to `max_batch` requests.
+
+Under load, then, batches are full; alone, a request waits at most `wait_s`.
+
+Limits, each answered at once rather than by a request left waiting:
+
+- `max_queue`: requests waiting (not yet in a running batch); one more is refused with
+  `QueueFull` (the server's 503), which says when to retry (`retry_after_s`);
+- a request's deadline: past it, `DeadlineExceeded` (504), whether it still waits (it
+  leaves the queue) or runs (its answer is dropped);
+- `drain`: new requests are refused with `Draining` (503), the queued ones still run.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import math
+import time
+from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Refused(Exception):
+    """A request the batcher does not run: `status` is the HTTP status that answers it."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.message, self.retry_after_s = message, retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class QueueFull(Refused):
+    """The queue holds `max_queue` requests already (503, with Retry-After)."""
+
+
+class Draining(Refused):
+    """The server is shutting down and takes no new request (503)."""
+
+
+class DeadlineExceeded(Refused):
+    """The request's deadline passed before its answer was ready (504)."""
+
+    status = 504
+
+
+@dataclasses.dataclass
+class _Waiting:
+    item: Any
+    future: asyncio.Future
+    queued_at: float
+
+
+class Batcher(Generic[T, R]):
+    """Requests in, batches of them through `run`, one batch at a time.
+
+    run: an async function of a list of items (1 to max_batch) that returns one result per
+    item, in order; its exception is every request's of that batch. wait_s: how long the
+    first request queued waits for others (0: a batch is whatever is queued when the engine
+    is free). max_queue: how many requests may wait, not counting the running batch; at
+    least max_batch, since the next batch gathers there.
+    clock: seconds, monotonic (tests may pass their own)."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int, wait_s: float,
+                 max_queue: int, clock: Callable[[], float] = time.monotonic):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if wait_s < 0:
+            raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+        if max_queue < max_batch:
+            # The next batch gathers in the queue: a smaller queue would cap every batch.
+            raise ValueError(f"max_queue must be >= max_batch ({max_batch}), got {max_queue}")
+        self.run, self.max_batch, self.wait_s, self.max_queue = run, int(max_batch), float(wait_s), int(max_queue)
+        self.clock = clock
+        self.queue: collections.deque[_Waiting] = collections.deque()
+        self.running = 0  # requests in the batch that runs now
+        self._batch: list[_Waiting] = []
+        self.draining = False
+        self.batches: list[int] = []  # the size of every batch run so far (the last 1000)
+        self._batch_s = 0.0  # a moving average of a batch's run time, for Retry-After
+        self._arrived: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def submit(self, item: T, deadline: float | None = None) -> R:
+        """The result of `item` once its batch has run. Raises QueueFull or Draining at once,
+        DeadlineExceeded when `deadline` (on `clock`) passes first, or what `run` raised."""
+        self.admit()
+        self._start()
+        now = self.clock()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
+        waiting = _Waiting(item, asyncio.get_running_loop().create_future(), now)
+        self.queue.append(waiting)
+        self._arrived.set()
+        try:
+            if deadline is None:
+                return await asyncio.shield(waiting.future)
+            return await asyncio.wait_for(asyncio.shield(waiting.future), deadline - now)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"no answer within the request's deadline ({deadline - now:.3g} s)") from None
+        finally:
+            # Left the queue unanswered (deadline, or the caller cancelled): the batch loop skips it.
+            if not waiting.future.done():
+                waiting.future.cancel()
+            try:
+                self.queue.remove(waiting)
+            except ValueError:
+                pass
+
+    def admit(self) -> None:
+        """Raise Draining or QueueFull now if a request would be refused (a server checks
+        before it reads a body it would not use)."""
+        if self.draining:
+            raise Draining("the server is shutting down: it takes no new request")
+        if len(self.queue) >= self.max_queue:
+            raise QueueFull(f"the server is busy: {len(self.queue)} requests wait already (its queue holds "
+                            f"{self.max_queue}); retry later", self._drain_estimate())
+
+    def drain(self) -> None:
+        """From now on refuse new requests (Draining); those queued still run."""
+        self.draining = True
+
+    def abort(self, exc: Refused) -> int:
+        """Answer every request still queued or running with `exc` now (a running batch's
+        results are dropped when it ends): how many were answered so."""
+        n = 0
+        for w in [*self.queue, *self._batch]:
+            if not w.future.done():
+                w.future.set_exception(exc)
+                n += 1
+        self.queue.clear()
+        return n
+
+    async def drained(self) -> None:
+        """Return once nothing waits and nothing runs."""
+        self._start()
+        while self.queue or self.running:
+            self._idle.clear()
+            await self._idle.wait()
+
+    @property
+    def mean_batch(self) -> float:
+        return sum(self.batches) / len(self.batches) if self.batches else 0.0
+
+    def _drain_estimate(self) -> float:
+        """Seconds until the queue, as it is, has run: what Retry-After says (at least 1)."""
+        batches = math.ceil((len(self.queue) + 1) / self.max_batch) + (1 if self.running else 0)
+        return max(1.0, batches * self._batch_s)
+
+    # -- the batch loop --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._arrived, self._idle = asyncio.Event(), asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="fastres-batcher")
+
+    async def _loop(self) -> None:
+        while True:
+            batch = self._batch = await self._next_batch()
+            self.running = len(batch)
+            t0 = self.clock()
+            try:
+                results = await self.run([w.item for w in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} items")
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+            else:
+                for w, r in zip(batch, results):
+                    if not w.future.done():
+                        w.future.set_result(r)
+            finally:
+                took = self.clock() - t0
+                self._batch_s = took if not self._batch_s else 0.8 * self._batch_s + 0.2 * took
+                self.batches = self.batches[-999:] + [len(batch)]
+                self.running, self._batch = 0, []
+                if not self.queue:
+                    self._idle.set()
+
+    async def _next_batch(self) -> list[_Waiting]:
+        """Up to max_batch live requests, once max_batch are queued or the first queued has
+        waited wait_s (already passed when it queued while the last batch ran)."""
+        while True:
+            self._drop_dead()
+            if not self.queue:
+                self._idle.set()
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            closes = self.queue[0].queued_at + self.wait_s
+            while len(self.queue) < self.max_batch and (left := closes - self.clock()) > 0:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+                self._drop_dead()
+                if not self.queue:
+                    break
+            self._drop_dead()
+            if not self.queue:
+                continue
+            n = min(self.max_batch, len(self.queue))
+            return [self.queue.popleft() for _ in range(n)]
+
+    def _drop_dead(self) -> None:
+        """Requests whose caller gave up (deadline, disconnect) leave the queue's head."""
+        while self.queue and self.queue[0].future.done():
+            self.queue.popleft()

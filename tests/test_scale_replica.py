@@ -1,0 +1,196 @@
+"""fastres.scale.serve.ImageClassifier without Ray: the replica's HTTP handling driven through
+ASGI, its engine replaced by a stand-in of fixed cost per batch (a real Predictor is built,
+then its predict_bytes swapped). Bodies are read (408 past their timeout) before a request
+queues, and a stalled body does not hold valid traffic; a full queue is a 503 with
+Retry-After at once; a deadline is a 504; a drain answers every request in flight; every
+answer is JSON."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from fastres.predict.output import Prediction, Top
+from predict_helpers import pixels
+import scale_helpers  # noqa: F401 - Ray's test environment, set before ray is imported
+from test_build import calibrated
+
+MAX_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
+    path = tmp_path_factory.mktemp("replica") / "r18.pth"
+    torch.save(calibrated("resnet18").state_dict(), path)
+    return path
+
+
+class StandIn:
+    """predict_bytes of fixed cost (`cost` s per batch, whatever its size), answering each body
+    with its own length as the class index; `gate`, when cleared, holds every batch."""
+
+    def __init__(self, cost: float = 0.05):
+        self.cost, self.sizes = cost, []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, bodies, *, pad_to=None):
+        self.sizes.append(len(bodies))
+        self.gate.wait(30)
+        time.sleep(self.cost)
+        return [Prediction(None, top=(Top(len(b), f"class {len(b)}", 1.0),)) for b in bodies]
+
+
+def replica(weights, **options):
+    from fastres.scale.serve import ImageClassifier
+
+    clf = ImageClassifier(str(weights), max_batch=MAX_BATCH, resize=40, crop=32, topk=1, workers=1, **options)
+    clf.predictor.predict_bytes = clf.engine = StandIn()
+    return clf
+
+
+def png(i: int = 0) -> bytes:
+    buf = io.BytesIO()
+    pixels((12 + i, 10), "RGB", i).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def call(clf, body: bytes | None, *, method="POST", path="/predict", stall_after: int | None = None,
+               headers: dict | None = None) -> tuple[int, dict, dict]:
+    """One request through ASGI: (status, JSON body, headers). stall_after: send that many
+    bytes of the body, then nothing more (a slow client)."""
+    from starlette.requests import Request
+
+    body = body or b""
+    hdrs = {"host": "test", "content-length": str(len(body)), **(headers or {})}
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(k.encode(), v.encode()) for k, v in hdrs.items()], "scheme": "http",
+             "server": ("test", 80), "root_path": "", "http_version": "1.1"}
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)
+        sent = True
+        if stall_after is not None:
+            return {"type": "http.request", "body": body[:stall_after], "more_body": True}
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    response = await clf(Request(scope, receive))
+    return response.status_code, json.loads(response.body), dict(response.headers)
+
+
+def test_a_stalled_body_gets_408_and_holds_no_one_up(weights):
+    clf = replica(weights, body_timeout_s=1.0)
+
+    async def main():
+        slow = [asyncio.ensure_future(call(clf, png(i), stall_after=10)) for i in range(16)]
+        await asyncio.sleep(0.05)
+        ok = await call(clf, png(20))
+        pending = sum(not s.done() for s in slow)  # answered while the 16 slow clients still stall
+        return ok, pending, await asyncio.gather(*slow)
+
+    (status, body, headers), pending, slow = asyncio.run(main())
+    assert status == 200 and body["top"][0]["index"] == len(png(20)) and headers["x-fastres-batch"] == "1"
+    assert pending == 16
+    for status, body, headers in slow:
+        assert status == 408 and "did not arrive within 1 s" in body["error"], (status, body)
+    assert clf.engine.sizes == [1]  # no slow request ever reached the queue
+
+
+def test_a_full_queue_is_503_with_retry_after_at_once(weights):
+    clf = replica(weights, max_queue=MAX_BATCH)
+    clf.engine.gate.clear()
+
+    async def main():
+        held = [asyncio.ensure_future(call(clf, png(i))) for i in range(MAX_BATCH)]  # a batch, held running
+        await asyncio.sleep(0.2)
+        held += [asyncio.ensure_future(call(clf, png(i))) for i in range(MAX_BATCH)]  # a full queue
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        refused = await call(clf, png(9))
+        took = time.monotonic() - t0
+        clf.engine.gate.set()
+        return refused, took, await asyncio.gather(*held)
+
+    (status, body, headers), took, held = asyncio.run(main())
+    assert status == 503 and f"{MAX_BATCH} requests wait already" in body["error"]
+    assert int(headers["retry-after"]) >= 1 and took < 0.5, (headers, took)  # at once, not after the batch
+    assert [s for s, _, _ in held] == [200] * (2 * MAX_BATCH)
+    assert clf.engine.sizes == [MAX_BATCH, MAX_BATCH]
+
+
+def test_past_its_deadline_a_request_is_504(weights):
+    clf = replica(weights, timeout_s=0.3)
+    clf.engine.gate.clear()
+
+    async def main():
+        late = await call(clf, png(1))
+        clf.engine.gate.set()
+        return late
+
+    status, body, _ = asyncio.run(main())
+    assert status == 504 and "deadline" in body["error"]
+
+
+def test_drain_answers_the_16_in_flight_and_refuses_new_ones(weights):
+    clf = replica(weights)
+    clf.engine.cost = 0.1
+
+    async def main():
+        flying = [asyncio.ensure_future(call(clf, png(i))) for i in range(16)]
+        await asyncio.sleep(0.05)
+        drained = asyncio.ensure_future(clf.drain(10.0))
+        await asyncio.sleep(0.01)
+        new = await call(clf, png(30))
+        health = await call(clf, None, method="GET", path="/healthz")
+        return await asyncio.gather(*flying), new, health, await drained
+
+    flying, new, health, (me, batches, aborted) = asyncio.run(main())
+    assert [s for s, _, _ in flying] == [200] * 16 and aborted == 0 and batches == 16 // MAX_BATCH
+    assert new[0] == 503 and "shutting down" in new[1]["error"]
+    assert health[0] == 503
+
+
+def test_a_drain_past_its_time_answers_503(weights):
+    clf = replica(weights)
+    clf.engine.gate.clear()
+
+    async def main():
+        flying = [asyncio.ensure_future(call(clf, png(i))) for i in range(6)]
+        await asyncio.sleep(0.3)
+        result = await clf.drain(0.2)
+        clf.engine.gate.set()
+        return await asyncio.gather(*flying), result
+
+    flying, (_, _, aborted) = asyncio.run(main())
+    assert aborted == 6 and all(s == 503 and "drain time (0.2 s)" in b["error"] for s, b, _ in flying), flying
+
+
+def test_every_answer_is_json(weights):
+    clf = replica(weights)
+
+    def broken(bodies, *, pad_to=None):
+        raise RuntimeError("engine exploded")
+
+    async def main():
+        answers = {"route": await call(clf, png(0), path="/nope"), "method": await call(clf, None, method="GET"),
+                   "empty": await call(clf, b""), "text": await call(clf, b"not an image at all"),
+                   "content-length": await call(clf, png(0), headers={"content-length": "ten"})}
+        clf.predictor.predict_bytes = broken
+        answers["engine"] = await call(clf, png(0))
+        return answers
+
+    answers = asyncio.run(main())
+    want = {"route": 404, "method": 405, "empty": 400, "text": 400, "content-length": 400, "engine": 500}
+    for name, (status, body, headers) in answers.items():
+        assert status == want[name] and set(body) == {"error"}, (name, status, body)
+        assert headers["content-type"] == "application/json"
+    assert "engine exploded" in answers["engine"][1]["error"]
