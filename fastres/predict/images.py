@@ -8,6 +8,11 @@ Unusual modes are converted by torchvision's decoder as its pipeline converts th
 (and palette, and 1-bit) to three equal channels, alpha dropped, CMYK JPEGs to RGB; a 16-bit
 PNG stays 16-bit (uint16, scaled by 1/65535 when normalized, as ``convert_image_dtype`` does).
 An animated GIF gives its first frame. EXIF orientation is not applied (torchvision's default).
+
+Memory is bounded before anything is allocated: the pixel limit is checked on the size in the
+file's header (a JPEG's frame header found whatever precedes it, as libjpeg finds it; a PNG's
+IHDR; a GIF's screen and first frame; a WEBP's canvas), a file whose header gives no size is
+refused, and only a GIF's first frame is decoded (the file is cut after it).
 """
 from __future__ import annotations
 
@@ -93,32 +98,49 @@ def sniff(data: bytes | bytearray | memoryview) -> str | None:
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg_size(d: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(d):
+def _jpeg_size(d: bytes | bytearray) -> tuple[int, int] | None:
+    """(width, height) of a JPEG's first frame header, walking its marker segments as libjpeg
+    reads them: bytes before a marker that are not 0xFF are skipped (libjpeg warns of
+    "extraneous bytes" and goes on), fill bytes too; None where there is no frame header
+    before the first scan or the end."""
+    i, n = 2, len(d)
+    while i < n:
         if d[i] != 0xFF:
-            return None
-        marker = d[i + 1]
-        if marker == 0xFF:  # fill byte
+            i = d.find(b"\xff", i)
+            if i < 0:
+                return None
+        while i < n and d[i] == 0xFF:
             i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
+        if i + 2 >= n:
+            return None
+        marker = d[i]
+        i += 1
+        if marker == 0x00 or marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue  # a stuffed byte (not a marker) or a marker without a length
+        if marker in (0xD9, 0xDA):
+            return None  # end of image, or a scan, before any frame header
+        length = (d[i] << 8) | d[i + 1]
         if marker in _JPEG_SOF:
-            h, w = struct.unpack(">HH", d[i + 5:i + 9])
+            if i + 7 > n or length < 8:
+                return None
+            h, w = struct.unpack(">HH", bytes(d[i + 3:i + 7]))
             return w, h
-        i += 2 + struct.unpack(">H", d[i + 2:i + 4])[0]
+        if length < 2:
+            return None
+        i += length
     return None
 
 
 def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[int, int] | None:
-    """(width, height) from the header of a JPEG, PNG, GIF or WEBP file (None where it cannot
-    be read: the decoder then says what is wrong), without decoding any pixel."""
-    d = bytes(data[:65536]) if fmt == "JPEG" else bytes(data[:64])
+    """(width, height) from the header of a JPEG, PNG, GIF or WEBP file, without decoding any
+    pixel; None where the header does not say (`check_decodable` then refuses the file: its
+    size is never found by decoding it)."""
     try:
-        if fmt == "PNG":
-            return struct.unpack(">II", d[16:24])
+        if fmt == "JPEG":
+            return _jpeg_size(data if isinstance(data, (bytes, bytearray)) else bytes(data))
+        d = bytes(data[:64])
+        if fmt == "PNG":  # libpng insists on IHDR as the first chunk
+            return struct.unpack(">II", d[16:24]) if d[12:16] == b"IHDR" else None
         if fmt == "GIF":
             return struct.unpack("<HH", d[6:10])
         if fmt == "WEBP":
@@ -132,14 +154,42 @@ def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[i
             if chunk == b"VP8X":
                 return int.from_bytes(d[24:27], "little") + 1, int.from_bytes(d[27:30], "little") + 1
             return None
-        if fmt == "JPEG":
-            size = _jpeg_size(d)
-            if size is None and len(data) > len(d):
-                size = _jpeg_size(bytes(data))  # a header with a large embedded thumbnail
-            return size
     except struct.error:
         return None
     return None
+
+
+def gif_first_frame(data: bytes | bytearray | memoryview, max_pixels: int | None) -> bytearray:
+    """A GIF cut after its first image (the trailer appended): the decoder then decodes that
+    frame alone, the frame classification uses, whatever the file's frame count. The first
+    frame's own size is held to the pixel limit too. ImageError if the blocks cannot be walked."""
+    d = bytes(data)
+    n = len(d)
+
+    def sub_blocks(i: int) -> int:  # the index after a chain of data sub-blocks
+        while i < n and d[i]:
+            i += 1 + d[i]
+        if i >= n:
+            raise ImageError("cannot decode GIF: the file ends inside its first frame")
+        return i + 1
+
+    i = 13
+    if n < 13:
+        raise ImageError("cannot decode GIF: the file ends inside its header")
+    if d[10] & 0x80:
+        i += 3 << ((d[10] & 7) + 1)
+    while i < n:
+        block = d[i]
+        if block == 0x21 and i + 1 < n:  # an extension: label, then sub-blocks
+            i = sub_blocks(i + 2)
+        elif block == 0x2C and i + 10 <= n:  # the first image descriptor
+            fw, fh = struct.unpack("<HH", d[i + 5:i + 9])
+            check_pixels(max(fw, 1), max(fh, 1), max_pixels)
+            j = i + 10 + ((3 << ((d[i + 9] & 7) + 1)) if d[i + 9] & 0x80 else 0)
+            return bytearray(d[:sub_blocks(j + 1)] + b"\x3b")
+        else:
+            break
+    raise ImageError("cannot decode GIF: no image in the file")
 
 
 def _decoder_message(exc: BaseException) -> str:
@@ -164,8 +214,9 @@ def check_decodable(data: bytes | bytearray | memoryview, max_pixels: int | None
     if fmt not in DECODED:
         raise ImageError(f"unsupported image format {fmt}: torchvision.io decodes JPEG, PNG, GIF and WEBP")
     size = image_size(data, fmt)
-    if size is not None:
-        check_pixels(size[0], size[1], max_pixels)
+    if size is None:
+        raise ImageError(f"cannot decode {fmt}: no image size in its header (refused rather than decoded blind)")
+    check_pixels(size[0], size[1], max_pixels)
     return fmt
 
 
@@ -194,11 +245,13 @@ def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torc
     from torchvision.io import ImageReadMode, decode_image
 
     fmt = check_decodable(data, max_pixels)
+    if fmt == "GIF":
+        data = gif_first_frame(data, max_pixels)
     try:
         img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError; anything else is as bad
         raise ImageError(f"cannot decode {fmt}: {_decoder_message(exc)}") from None
-    if img.dim() == 4:  # an animated GIF: its first frame
+    if img.dim() == 4:  # a GIF: its one frame
         img = img[0]
     check_pixels(img.shape[-1], img.shape[-2], max_pixels)
     return img
