@@ -56,7 +56,7 @@ class ImageClassifier:
     def __init__(self, weights: str, *, device: str = "cpu", dtype: str | None = None, max_batch: int = 8,
                  batch_wait_ms: float = 5.0, max_body: int = MAX_BODY, topk: int = 5, resize: int | None = None,
                  crop: int | None = None, labels: Any = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 workers: int | None = None, warmup: bool | None = None):
+                 workers: int | None = None, warmup: bool | None = None, preprocess: str = "exact"):
         import torch
 
         from ..kernels import interpreting
@@ -70,7 +70,7 @@ class ImageClassifier:
         self.max_body, self.max_pixels = int(max_body), max_pixels
         self.predictor = Predictor(weights, device=device, dtype=dtype, batch_size=max_batch, topk=topk,
                                    resize=resize, crop=crop, labels=labels, decode="auto", workers=workers,
-                                   max_pixels=max_pixels)
+                                   max_pixels=max_pixels, preprocess=preprocess)
         self.classify.set_max_batch_size(max_batch)
         self.classify.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.broken: str | None = None
@@ -132,7 +132,7 @@ def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, ba
     """The bound Serve application (for ``serve.run``): `replicas` ImageClassifier replicas,
     each on one GPU of the connected cluster (without GPUs: on 1 CPU, under the interpreter).
     `options` go to ImageClassifier (dtype, topk, resize, crop, labels, max_pixels, workers,
-    warmup)."""
+    warmup, preprocess)."""
     batch_sizes(max_batch)  # its ValueError here, not in a replica
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
