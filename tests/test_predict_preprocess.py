@@ -206,3 +206,19 @@ def test_hostile_files_refused_or_bounded(tmp_path):
     eight = max(r["extra"] for r in rows if r["name"] != "deep-16.png")
     assert eight <= memory_bound(), f"8-bit files: peak +{eight / 2**20:.0f} MB over {memory_bound() / 2**20:.0f} MB"
     assert rows[-1]["extra"] <= memory_bound(deep=True), f"16-bit PNG: peak +{rows[-1]['extra'] / 2**20:.0f} MB"
+
+
+def test_pipeline_job_and_predictor_take_the_mode(tmp_path):
+    """fastres predict's worker job crops as preprocess does, in either mode; Predictor checks
+    the mode's name before it builds anything."""
+    from fastres.predict.pipeline import StageTimes, load_item
+    from fastres.predict.predictor import Predictor
+
+    path = tmp_path / "p.jpg"
+    pixels((600, 400), "RGB", 3).save(path, "JPEG", quality=90)
+    t = Transform(resize=64, crop=56)
+    for mode in ("exact", "fast"):
+        item = load_item(0, str(path), t, None, StageTimes(), False, mode=mode)
+        assert torch.equal(item.crop, preprocess(read_bytes(path), resize=64, crop=56, mode=mode)), mode
+    with pytest.raises(ValueError, match="preprocess must be one of exact, fast"):
+        Predictor(object(), preprocess="quick")
