@@ -222,3 +222,12 @@ def test_pipeline_job_and_predictor_take_the_mode(tmp_path):
         assert torch.equal(item.crop, preprocess(read_bytes(path), resize=64, crop=56, mode=mode)), mode
     with pytest.raises(ValueError, match="preprocess must be one of exact, fast"):
         Predictor(object(), preprocess="quick")
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_commands_take_the_mode(command, capsys):
+    from fastres import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0 and "--preprocess {exact,fast}" in capsys.readouterr().out
