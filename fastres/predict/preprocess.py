@@ -37,7 +37,7 @@ pixels, so the same logits. It is torchvision's own arithmetic, only less of it:
 
   The decoder: PIL's ``draft`` (PIL is already a dependency) for the scaled JPEG decodes,
   torchvision's ``decode_image`` for a full-size one. Measured against simplejpeg 1.9 (a
-  libjpeg-turbo wheel with scaled decode), PIL decodes the same pixels within 5-10% of its time
+  libjpeg-turbo wheel with scaled decode), PIL decodes the same pixels within 5-12% of its time
   at 1/2 to 1/8 scale; at full scale PIL's per-call overhead costs ~0.5 ms a small photo where
   torchvision's decoder is as fast as simplejpeg, so full-size decodes stay on torchvision.
   No extra dependency does clearly better.
