@@ -13,7 +13,9 @@ Systems:
 - ``nvjpeg`` (CUDA only): ``decode_jpeg(device="cuda")`` on a batch of the photos, then the
   same resize and crop on the GPU, in images/s of the GPU (not per core).
 
-Each record carries images/s per core (``images_per_s``, from the median pass;
+The CPU systems' timed passes alternate (system after system, photo after photo), so that
+other work on a shared machine weighs on each alike. Each record carries images/s per core
+(``images_per_s``, from the median pass;
 ``best_images_per_s`` from the fastest, the closer to an idle core where the machine is
 shared; for nvjpeg, of the GPU), and for exact and fast the decode and resize+crop split
 (each its fastest pass). ``fast`` records
@@ -63,18 +65,21 @@ def host_note() -> str:
             f"(other work on the machine slows these per-core figures)")
 
 
-def _median_ms(fn: Callable[[bytes], object], photos: Sequence[bytes], reps: int) -> tuple[float, float]:
-    """(median, best) over `reps` passes of the mean time per photo, in ms (one warm-up pass).
-    On a machine shared with other work the best pass is the closer to an idle core."""
-    for p in photos:
-        fn(p)
-    runs = []
+def _interleaved(fns: dict[str, Callable[[int], object]], n: int, reps: int) -> dict[str, tuple[float, float]]:
+    """name -> (median, best) ms per photo over `reps` passes of each fn over photos 0..n-1,
+    after one warm-up pass. The passes alternate between the fns, so that load from other work
+    on the machine falls on every system alike; the best pass is the closer to an idle core."""
+    runs: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        for i in range(n):
+            fn(i)
     for _ in range(reps):
-        t = time.perf_counter()
-        for p in photos:
-            fn(p)
-        runs.append((time.perf_counter() - t) / len(photos) * 1e3)
-    return statistics.median(runs), min(runs)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            runs[k].append((time.perf_counter() - t) / n * 1e3)
+    return {k: (statistics.median(v), min(v)) for k, v in runs.items()}
 
 
 def _torchvision_fn(resize: int, crop: int) -> Callable[[bytes], torch.Tensor]:
@@ -162,6 +167,20 @@ def run_preprocess(results: dict, log: Callable[[str], None], save: Callable[[],
             kb = sum(map(len, datas)) / len(datas) / 1024
             name = f"{w}x{h}"
             log(f"preprocess {name}: {photos} generated JPEGs of {kb:.0f} KB on average; resize {resize}, crop {crop}")
+            fns: dict[str, Callable[[int], object]] = {}
+            for system in systems:
+                if system in ("exact", "fast"):
+                    decoded = [decode_input(d, resize, system, None) for d in datas]
+                    fns[system] = lambda i, m=system: preprocess(datas[i], resize=resize, crop=crop, mode=m)
+                    fns[f"{system}:decode"] = lambda i, m=system: decode_input(datas[i], resize, m, None)
+                    fns[f"{system}:resize"] = lambda i, m=system, dec=decoded: _resize(dec[i], resize, crop, m)
+                elif system in ("torchvision", "pil"):
+                    fn = _torchvision_fn(resize, crop) if system == "torchvision" else _pil_fn(resize, crop)
+                    fns[system] = lambda i, fn=fn: fn(datas[i])
+            try:
+                timed, failure = _interleaved(fns, len(datas), reps), None
+            except Exception as exc:  # noqa: BLE001 - recorded on each CPU point, the run goes on
+                timed, failure = {}, first_line(exc)
             for system in systems:
                 rec = base_record("preprocess", name, 1, "uint8", system, crop)
                 rec.update(resize=resize, photo_kb=round(kb, 1), per="core")
@@ -172,22 +191,15 @@ def run_preprocess(results: dict, log: Callable[[str], None], save: Callable[[],
                             rec.update(status="skipped", reason="nvjpeg needs CUDA")
                         else:
                             _nvjpeg(rec, datas, resize, crop, reps)
-                    elif system in ("exact", "fast"):
-                        mode = system
-                        ms, best = _median_ms(lambda d: preprocess(d, resize=resize, crop=crop, mode=mode), datas,
-                                              reps)
-                        decoded = [decode_input(d, resize, mode, None) for d in datas]
-                        dec_ms = _median_ms(lambda d: decode_input(d, resize, mode, None), datas, reps)[1]
-                        it = iter(decoded * (reps + 1))
-                        rs_ms = _median_ms(lambda _: _resize(next(it), resize, crop, mode), datas, reps)[1]
-                        rec.update(median_ms=ms, best_ms=best, images_per_s=1e3 / ms, best_images_per_s=1e3 / best,
-                                   decode_ms=dec_ms, resize_crop_ms=rs_ms)
+                    elif failure is not None:
+                        rec.update(status="error", reason=failure)
+                    else:
+                        ms, best = timed[system]
+                        rec.update(median_ms=ms, best_ms=best, images_per_s=1e3 / ms, best_images_per_s=1e3 / best)
+                        if system in ("exact", "fast"):
+                            rec.update(decode_ms=timed[f"{system}:decode"][1], resize_crop_ms=timed[f"{system}:resize"][1])
                         if system == "fast":
                             rec["deviation"] = _deviation(datas, resize, crop, model)
-                    else:
-                        fn = _torchvision_fn(resize, crop) if system == "torchvision" else _pil_fn(resize, crop)
-                        ms, best = _median_ms(fn, datas, reps)
-                        rec.update(median_ms=ms, best_ms=best, images_per_s=1e3 / ms, best_images_per_s=1e3 / best)
                 except Exception as exc:  # noqa: BLE001 - one failing point must not end the run
                     rec.update(status="error", reason=first_line(exc))
                 log(_line(rec))
