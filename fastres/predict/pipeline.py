@@ -1,7 +1,9 @@
 """The input pipeline: images decoded and cropped off the critical path, fed to the engine in
 fixed-shape batches, results handed back in input order as soon as their batch is done.
 
-- Decoding: a thread pool on the CPU (torchvision.io releases the GIL), or on a CUDA device
+- Decoding and cropping: `fastres.preprocess`'s steps in its mode (exact: torchvision's pixels;
+  fast: scaled JPEG decodes), every limit checked on the file's header first, on a thread
+  pool on the CPU (torchvision.io and torch release the GIL), or on a CUDA device
   nvjpeg (``torchvision.io.decode_jpeg(..., device="cuda")``, batched) for the JPEGs it
   decodes in hardware; the pool then only reads files and checks their headers. Files nvjpeg
   might take silently where the CPU decoder refuses them (no end-of-image marker: truncated),
@@ -263,9 +265,10 @@ class Batcher:
     def _cpu_fallback(self, it: Item, data: bytearray) -> None:
         t0 = time.perf_counter()
         try:
-            img = decode(data, None)
+            img = decode(data, None)  # its header was held to the limits by the worker
             t1 = time.perf_counter()
-            it.crop = self.transform(img)
+            t = self.transform
+            it.crop = resize_crop(img, t.resize, t.crop, interpolation=interpolation_of(t))
             self.stages.add(decode=t1 - t0, preprocess=time.perf_counter() - t1)
         except ImageError as exc:
             it.error = str(exc)
