@@ -161,10 +161,13 @@ def jpeg_scale(width: int, height: int, resize: int) -> int:
 
 def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor | None:
     """A YCbCr or gray JPEG decoded at 1/scale by libjpeg-turbo (PIL's draft), as [3, h, w]
-    uint8; None for another kind (CMYK, YCCK: decoded in full, as exact mode decodes them)."""
+    uint8; None for another kind (CMYK, YCCK: decoded in full, as exact mode decodes them) or
+    a size over PIL's own decompression-bomb limit."""
     from PIL import Image
 
     w, h = size
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        return None  # PIL would warn or refuse: a --max-pixels raised past its limit decodes in full
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode not in ("RGB", "L"):
