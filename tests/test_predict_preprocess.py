@@ -125,6 +125,8 @@ def test_fast_decodes_large_jpegs_scaled(tmp_path):
     pixels((1000, 700), "RGB", 1).save(buf, "JPEG", quality=90)
     img, size = decode_input(buf.getvalue(), 80, "fast", None)
     assert size == (1000, 700) and tuple(img.shape) == (3, 175, 250)
+    img, size = decode_input(buf.getvalue(), 80, "exact", None)
+    assert size is None and tuple(img.shape) == (3, 700, 1000)
     img, size = decode_input(buf.getvalue(), 40, "fast", None)  # 1/8: 1000 / 8 rounds up
     assert size == (1000, 700) and tuple(img.shape) == (3, 88, 125)
     buf = io.BytesIO()

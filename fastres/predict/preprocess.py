@@ -137,9 +137,10 @@ def preprocess(data: bytes | bytearray | memoryview, *, resize: int = DEFAULT_RE
 
 
 def decode_input(data: bytes | bytearray | memoryview, resize: int, mode: str,
-                 max_pixels: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(decoded [3, h, w] image, the file's own (width, height)): full size in exact mode, a
-    JPEG at a reduced DCT scale in fast mode. Raises ImageError."""
+                 max_pixels: int | None) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """(decoded [3, h, w] image, the file's own (width, height) where the image is a reduced
+    decode of it, else None): full size in exact mode, a JPEG at a reduced DCT scale in fast
+    mode. Raises ImageError."""
     fmt, size = check_input(data, max_pixels)
     if mode == "fast" and fmt == "JPEG":
         scale = jpeg_scale(*size, resize)
@@ -149,7 +150,7 @@ def decode_input(data: bytes | bytearray | memoryview, resize: int, mode: str,
                 return img, size
     if not isinstance(data, bytearray):
         data = bytearray(data)  # torch.frombuffer shares a writable buffer
-    return decode(data, max_pixels), size
+    return decode(data, max_pixels), None
 
 
 def jpeg_scale(width: int, height: int, resize: int) -> int:
@@ -185,19 +186,17 @@ def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor
 
 def resize_crop(img: torch.Tensor, resize: int, crop: int, *, mode: str = "exact", interpolation: str = "bilinear",
                 size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Resize a decoded [3, H, W] CPU image's shorter side to `resize` and center-crop `crop`.
-    size: the (width, height) the output size is computed from (default the image's own; fast
-    mode passes the file's size for a JPEG decoded at a reduced scale). exact: torchvision's
-    arithmetic bit for bit; fast: torch's uint8 antialiased kernel."""
+    """Resize a decoded [3, H, W] image's shorter side to `resize` and center-crop `crop`.
+    exact: torchvision's arithmetic bit for bit; fast: torch's uint8 antialiased kernel, the
+    output size computed from `size` (width, height) where given: the file's own size, for a
+    JPEG decoded at a reduced scale (exact always uses the image's own)."""
     check_mode(mode, interpolation)
     _, h, w = img.shape
     check_resizable(w, h)
-    sw, sh = size if size is not None else (w, h)
-    oh, ow = resized_size(sh, sw, resize)
     if mode == "fast" and img.dtype == torch.uint8 and (img.stride(0) == 1 or h * w <= _FAST_PLANAR_PIXELS):
-        return _fast(img, oh, ow, crop, interpolation)
-    if size is not None and (sw, sh) != (w, h):
-        raise ValueError(f"exact resize of a {w}x{h} image computed from another size {sw}x{sh}")
+        sw, sh = size if size is not None else (w, h)
+        return _fast(img, *resized_size(sh, sw, resize), crop, interpolation)
+    oh, ow = resized_size(h, w, resize)
     if img.dtype not in (torch.uint8, torch.uint16) or crop > oh or crop > ow or (oh, ow) == (h, w) \
             or img.device.type != "cpu":
         return _torchvision(img, resize, crop, interpolation)
