@@ -29,10 +29,12 @@ pixels, so the same logits. It is torchvision's own arithmetic, only less of it:
 - the rest as exact: the output size is computed from the file's own size, then the same
   center crop.
 
-  Its deviation from exact, on generated photos (gradients, noise, edges, JPEG quality 75-95,
-  every kind fast reads): a mean absolute difference of 0.05-0.9 levels of 255 and a max of
-  1-15; ResNet-50's logits within 0.3% (relative L2, random calibrated weights; ``fastres bench
-  preprocess`` reports all three). `FAST_MEAN_BOUND` (3 levels) and `FAST_MAX_BOUND` (48
+  Its deviation from exact, on generated photos (gradients, noise, edges, JPEG quality 75-95):
+  at resize 256, a mean absolute difference of 0.1-0.35 levels of 255, a max of 1-15, and
+  ResNet-50's logits within 0.3% (relative L2, random calibrated weights; ``fastres bench
+  preprocess`` reports all three); at small targets, where a 1/4-scale IDCT keeps frequencies
+  a full-size antialiased resize removes, up to 2.5 mean and 31 max (a 333x777 photo at resize
+  40, in the tests). `FAST_MEAN_BOUND` (3 levels) and `FAST_MAX_BOUND` (48
   levels) are the documented bounds for photographs, which the tests hold fast to. Synthetic
   patterns are another matter: sawtooth gradients with a hard edge every ~50 pixels, decoded
   at 1/4 scale, reached a mean of 3.7 and a max of 26 (a reduced IDCT smooths such edges
