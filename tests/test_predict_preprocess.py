@@ -233,3 +233,27 @@ def test_commands_take_the_mode(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
     assert exit_.value.code == 0 and "--preprocess {exact,fast}" in capsys.readouterr().out
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, datas):
+        self.datas = datas
+
+    def __len__(self):
+        return len(self.datas)
+
+    def __getitem__(self, i):
+        return fastres.preprocess(self.datas[i], resize=40, crop=32, mode="fast")
+
+
+def test_in_a_dataloader_worker():
+    """fastres.preprocess in a DataLoader worker process: the default collate stacks its crops."""
+    datas = []
+    for seed in range(3):
+        buf = io.BytesIO()
+        pixels((90, 70), "RGB", seed).save(buf, "JPEG")
+        datas.append(buf.getvalue())
+    loader = torch.utils.data.DataLoader(_Files(datas), batch_size=3, num_workers=1)
+    (batch,) = list(loader)
+    assert batch.shape == (3, 3, 32, 32) and batch.dtype == torch.uint8
+    assert torch.equal(batch[1], fastres.preprocess(datas[1], resize=40, crop=32, mode="fast"))
