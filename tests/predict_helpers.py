@@ -151,6 +151,15 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str | None]]:
     sof = d.index(b"\xff\xc0")
     d[sof + 5:sof + 9] = (12000).to_bytes(2, "big") * 2
     put("stray-12000.jpg", bytes(d[:sof]) + b"\x00" + bytes(d[sof:]), "over the limit")
+    # progressive JPEGs claiming 9450x9450 (89.3 Mpx, under the pixel limit), whose DCT
+    # coefficients libjpeg would hold whole: 4:4:4 (767 MB to decode) and CMYK (938 MB)
+    for name, mode, options in (("progressive-444.jpg", "RGB", {"subsampling": 0}), ("progressive-cmyk.jpg", "CMYK", {})):
+        p = io.BytesIO()
+        pixels((64, 64), mode, 6).convert(mode).save(p, "JPEG", progressive=True, **options)
+        pd = bytearray(p.getvalue())
+        at = pd.index(b"\xff\xc2")
+        pd[at + 5:at + 9] = (9450).to_bytes(2, "big") * 2
+        put(name, bytes(pd), "would take")
     # a JPEG whose scan comes before any frame header
     head = bytes(d[:sof])
     sos = d.index(b"\xff\xda")

@@ -185,14 +185,17 @@ print(json.dumps(out))
 def test_hostile_files_refused_or_bounded(tmp_path):
     """Each hostile file is refused with its ImageError, or classified within
     `memory_bound()` (the peak RSS of a fresh process, preprocess and the pipeline's job, both
-    modes): 8-bit files first, then a 16-bit PNG at the pixel limit."""
+    modes): 8-bit baseline files first (within the 3-bytes-a-pixel bound), then a progressive
+    JPEG and a 16-bit PNG at the pixel limit (within the 6-bytes-a-pixel bound)."""
     files = hostile_files(tmp_path)
     from PIL import Image
     import numpy as np
 
     deep = tmp_path / "deep-16.png"
     Image.fromarray(np.zeros((9400, 9450), np.uint16)).save(deep)
-    names = [(n, str(p)) for n, (p, _) in files.items()]
+    progressive = tmp_path / "progressive-420.jpg"  # 4:2:0: 511 MB to decode, within the 6 bytes a pixel
+    Image.new("RGB", (9450, 9450), (30, 80, 200)).save(progressive, "JPEG", quality=90, progressive=True)
+    names = [(n, str(p)) for n, (p, _) in files.items()] + [("progressive-420.jpg", str(progressive))]
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(names + [("deep-16.png", str(deep))])],
@@ -205,9 +208,9 @@ def test_hostile_files_refused_or_bounded(tmp_path):
             assert row["error"] is None and row["item_error"] is None, row
         else:
             assert words in (row["error"] or "") and words in (row["item_error"] or ""), row
-    eight = max(r["extra"] for r in rows if r["name"] != "deep-16.png")
-    assert eight <= memory_bound(), f"8-bit files: peak +{eight / 2**20:.0f} MB over {memory_bound() / 2**20:.0f} MB"
-    assert rows[-1]["extra"] <= memory_bound(deep=True), f"16-bit PNG: peak +{rows[-1]['extra'] / 2**20:.0f} MB"
+    baseline = max(r["extra"] for r in rows if r["name"] not in ("deep-16.png", "progressive-420.jpg"))
+    assert baseline <= memory_bound(bytes_per_pixel=3), f"8-bit baseline files: peak +{baseline / 2**20:.0f} MB"
+    assert rows[-1]["extra"] <= memory_bound(), f"all files: peak +{rows[-1]['extra'] / 2**20:.0f} MB"
 
 
 def test_pipeline_job_and_predictor_take_the_mode(tmp_path):

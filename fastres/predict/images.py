@@ -10,7 +10,8 @@ PNG stays 16-bit (uint16, scaled by 1/65535 when normalized, as ``convert_image_
 An animated GIF gives its first frame. EXIF orientation is not applied (torchvision's default).
 
 Memory is bounded before anything is allocated: the pixel limit is checked on the size in the
-file's header (a JPEG's frame header found whatever precedes it, as libjpeg finds it; a PNG's
+file's header, and so is the decoder's own memory (`decode_bytes`: a progressive JPEG's
+coefficient buffer included) (a JPEG's frame header found whatever precedes it, as libjpeg finds it; a PNG's
 IHDR; a GIF's screen and first frame; a WEBP's canvas), a file whose header gives no size is
 refused, and only a GIF's first frame is decoded (the file is cut after it).
 """
@@ -34,6 +35,10 @@ DECODED = ("JPEG", "PNG", "GIF", "WEBP")
 # PIL's decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS): 0.25 GiB of 24-bit pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
+# What a decode may cost, per pixel of the limit: a 16-bit PNG's output at the limit. A
+# progressive JPEG's coefficient buffer counts too (`decode_bytes`): 4:2:0 ones are decoded up
+# to the pixel limit, 4:4:4 up to 2/3 of it, CMYK up to 6/11.
+DECODE_BYTES_PER_PIXEL = 6
 
 
 class ImageError(Exception):
@@ -98,37 +103,76 @@ def sniff(data: bytes | bytearray | memoryview) -> str | None:
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg_size(d: bytes | bytearray) -> tuple[int, int] | None:
-    """(width, height) of a JPEG's first frame header, walking its marker segments as libjpeg
+def _jpeg_frame(d: bytes | bytearray) -> tuple[int, int, int, bytes, int | None] | None:
+    """(width, height, SOF marker, component specs (3 bytes each: id, sampling, table), the
+    first scan's component count or None) of a JPEG, walking its marker segments as libjpeg
     reads them: bytes before a marker that are not 0xFF are skipped (libjpeg warns of
     "extraneous bytes" and goes on), fill bytes too; None where there is no frame header
     before the first scan or the end."""
     i, n = 2, len(d)
+    frame = None
     while i < n:
         if d[i] != 0xFF:
             i = d.find(b"\xff", i)
             if i < 0:
-                return None
+                break
         while i < n and d[i] == 0xFF:
             i += 1
         if i + 2 >= n:
-            return None
+            break
         marker = d[i]
         i += 1
         if marker == 0x00 or marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
             continue  # a stuffed byte (not a marker) or a marker without a length
-        if marker in (0xD9, 0xDA):
-            return None  # end of image, or a scan, before any frame header
+        if marker == 0xD9:
+            break  # end of image
         length = (d[i] << 8) | d[i + 1]
-        if marker in _JPEG_SOF:
-            if i + 7 > n or length < 8:
+        if marker == 0xDA:  # the first scan: how many components it holds
+            return None if frame is None else (*frame, d[i + 2] if i + 2 < n else None)
+        if marker in _JPEG_SOF and frame is None:
+            if i + 8 > n or length < 8:
                 return None
             h, w = struct.unpack(">HH", bytes(d[i + 3:i + 7]))
-            return w, h
+            frame = (w, h, marker, bytes(d[i + 8:i + 8 + 3 * d[i + 7]]))
         if length < 2:
-            return None
+            break
         i += length
-    return None
+    return None if frame is None else (*frame, None)
+
+
+def _jpeg_size(d: bytes | bytearray) -> tuple[int, int] | None:
+    """(width, height) of a JPEG's first frame header (see `_jpeg_frame`)."""
+    frame = _jpeg_frame(d)
+    return None if frame is None else frame[:2]
+
+
+# Progressive frames (Huffman or arithmetic, differential or not): libjpeg holds every DCT
+# coefficient of the image until the last scan.
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+
+
+def decode_bytes(data: bytes | bytearray | memoryview, fmt: str, width: int, height: int) -> int:
+    """What decoding costs, from the header: the RGB output (3 bytes a pixel, 6 for a 16-bit
+    PNG), plus, for a JPEG decoded in several passes (progressive, or one scan per component),
+    libjpeg's whole-image coefficient buffer (2 bytes a coefficient, each component at its
+    sampling)."""
+    px = width * height
+    if fmt == "PNG":
+        d = bytes(data[:32])
+        return px * (6 if len(d) > 24 and d[24] == 16 else 3)
+    if fmt != "JPEG":
+        return 3 * px
+    frame = _jpeg_frame(data if isinstance(data, (bytes, bytearray)) else bytes(data))
+    if frame is None:
+        return 3 * px
+    _, _, marker, comps, scan = frame
+    nf = len(comps) // 3
+    if marker not in _JPEG_PROGRESSIVE and (scan is None or scan >= nf):
+        return 3 * px
+    samp = [(comps[3 * k + 1] >> 4, comps[3 * k + 1] & 15) for k in range(nf)]
+    hmax, vmax = max(max(a for a, _ in samp), 1), max(max(b for _, b in samp), 1)
+    blocks = sum(-(-width * a // (8 * hmax)) * -(-height * b // (8 * vmax)) for a, b in samp)
+    return 3 * px + 128 * blocks
 
 
 def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[int, int] | None:
@@ -217,6 +261,12 @@ def check_decodable(data: bytes | bytearray | memoryview, max_pixels: int | None
     if size is None:
         raise ImageError(f"cannot decode {fmt}: no image size in its header (refused rather than decoded blind)")
     check_pixels(size[0], size[1], max_pixels)
+    if max_pixels is not None:
+        cost, budget = decode_bytes(data, fmt, *size), DECODE_BYTES_PER_PIXEL * max_pixels
+        if cost > budget:
+            raise ImageError(f"{size[0]}x{size[1]} pixels: decoding this {fmt} would take {cost / 2**20:.0f} MB (a "
+                             f"progressive JPEG holds all its DCT coefficients), over the limit of {budget / 2**20:.0f} "
+                             f"MB ({DECODE_BYTES_PER_PIXEL} bytes a pixel of --max-pixels); raise it with --max-pixels")
     return fmt
 
 

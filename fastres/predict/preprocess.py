@@ -60,7 +60,7 @@ import io
 import torch
 
 from .images import (
-    DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageError, check_decodable, decode, image_size,
+    DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageError, check_decodable, decode, image_size,
 )
 
 MODES = ("exact", "fast")
@@ -79,15 +79,16 @@ _STRIP_BYTES = 1 << 20
 
 
 def memory_bound(max_pixels: int = DEFAULT_MAX_PIXELS, resize: int = DEFAULT_RESIZE, crop: int = DEFAULT_CROP, *,
-                 deep: bool = False) -> int:
+                 bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) -> int:
     """The most extra memory (bytes) one image costs `preprocess` in either mode, by
-    construction: the decoded image (3 bytes a pixel, 6 for a 16-bit PNG, at most
-    `max_pixels`), the vertical pass's float32 [3, resize * MAX_ASPECT, crop] output, and 32 MB
-    for the strips, the crop and the decoders' own buffers. At the default flags: 330 MB, or
-    586 MB for a 16-bit PNG (measured as peak RSS on the worst files the limits let through:
-    285 MB and 516 MB)."""
-    decoded = (6 if deep else 3) * max_pixels
-    return decoded + 12 * resize * MAX_ASPECT * crop + (32 << 20)
+    construction: the decode (at most `DECODE_BYTES_PER_PIXEL` = 6 bytes a pixel of
+    `max_pixels`, checked from the header: a 16-bit PNG's output, or a progressive JPEG's
+    output and coefficient buffer), the vertical pass's float32 [3, resize * MAX_ASPECT, crop]
+    output, and 32 MB for the strips, the crop and the decoders' row buffers. At the default
+    flags: 586 MB; with bytes_per_pixel=3, what a baseline 8-bit image can cost: 330 MB. The
+    tests measure peak RSS on the worst files the limits let through: 516 MB (a 16-bit PNG and a
+    progressive JPEG at the limit), 285 MB (8-bit PNGs and baseline JPEGs)."""
+    return bytes_per_pixel * max_pixels + 12 * resize * MAX_ASPECT * crop + (32 << 20)
 
 
 def check_mode(mode: str, interpolation: str = "bilinear") -> None:
