@@ -186,7 +186,7 @@ def test_hostile_files_refused_or_bounded(tmp_path):
     """Each hostile file is refused with its ImageError, or classified within
     `memory_bound()` (the peak RSS of a fresh process, preprocess and the pipeline's job, both
     modes): 8-bit baseline files first (within the 3-bytes-a-pixel bound), then a progressive
-    JPEG and a 16-bit PNG at the pixel limit (within the 6-bytes-a-pixel bound)."""
+    JPEG, a GIF and a 16-bit PNG at the pixel limit (within the 6-bytes-a-pixel bound)."""
     files = hostile_files(tmp_path)
     from PIL import Image
     import numpy as np
@@ -195,7 +195,10 @@ def test_hostile_files_refused_or_bounded(tmp_path):
     Image.fromarray(np.zeros((9400, 9450), np.uint16)).save(deep)
     progressive = tmp_path / "progressive-420.jpg"  # 4:2:0: 511 MB to decode, within the 6 bytes a pixel
     Image.new("RGB", (9450, 9450), (30, 80, 200)).save(progressive, "JPEG", quality=90, progressive=True)
-    names = [(n, str(p)) for n, (p, _) in files.items()] + [("progressive-420.jpg", str(progressive))]
+    gif = tmp_path / "screen-9450.gif"  # 4 bytes a pixel to decode: palette indices, then RGB
+    Image.new("P", (9450, 9450), 3).save(gif)
+    names = [(n, str(p)) for n, (p, _) in files.items()] + [("progressive-420.jpg", str(progressive)),
+                                                            ("screen-9450.gif", str(gif))]
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(names + [("deep-16.png", str(deep))])],
@@ -208,7 +211,8 @@ def test_hostile_files_refused_or_bounded(tmp_path):
             assert row["error"] is None and row["item_error"] is None, row
         else:
             assert words in (row["error"] or "") and words in (row["item_error"] or ""), row
-    baseline = max(r["extra"] for r in rows if r["name"] not in ("deep-16.png", "progressive-420.jpg"))
+    baseline = max(r["extra"] for r in rows if r["name"] not in ("deep-16.png", "progressive-420.jpg",
+                                                                 "screen-9450.gif"))
     assert baseline <= memory_bound(bytes_per_pixel=3), f"8-bit baseline files: peak +{baseline / 2**20:.0f} MB"
     assert rows[-1]["extra"] <= memory_bound(), f"all files: peak +{rows[-1]['extra'] / 2**20:.0f} MB"
 

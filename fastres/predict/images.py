@@ -153,13 +153,15 @@ _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 
 def decode_bytes(data: bytes | bytearray | memoryview, fmt: str, width: int, height: int) -> int:
     """What decoding costs, from the header: the RGB output (3 bytes a pixel, 6 for a 16-bit
-    PNG), plus, for a JPEG decoded in several passes (progressive, or one scan per component),
+    PNG; a GIF's palette indices 1 more), plus, for a JPEG decoded in several passes (progressive, or one scan per component),
     libjpeg's whole-image coefficient buffer (2 bytes a coefficient, each component at its
     sampling)."""
     px = width * height
     if fmt == "PNG":
         d = bytes(data[:32])
         return px * (6 if len(d) > 24 and d[24] == 16 else 3)
+    if fmt == "GIF":
+        return 4 * px  # giflib's raster of palette indices, then the RGB output
     if fmt != "JPEG":
         return 3 * px
     frame = _jpeg_frame(data if isinstance(data, (bytes, bytearray)) else bytes(data))

@@ -85,9 +85,9 @@ def memory_bound(max_pixels: int = DEFAULT_MAX_PIXELS, resize: int = DEFAULT_RES
     `max_pixels`, checked from the header: a 16-bit PNG's output, or a progressive JPEG's
     output and coefficient buffer), the vertical pass's float32 [3, resize * MAX_ASPECT, crop]
     output, and 32 MB for the strips, the crop and the decoders' row buffers. At the default
-    flags: 586 MB; with bytes_per_pixel=3, what a baseline 8-bit image can cost: 330 MB. The
-    tests measure peak RSS on the worst files the limits let through: 516 MB (a 16-bit PNG and a
-    progressive JPEG at the limit), 285 MB (8-bit PNGs and baseline JPEGs)."""
+    flags: 586 MB; with bytes_per_pixel=3, what a baseline JPEG, an 8-bit PNG or a WEBP can
+    cost: 330 MB. The tests measure peak RSS on the worst files the limits let through: 285 MB
+    (8-bit PNGs, baseline JPEGs), 327 MB (a GIF), 516 MB (a 16-bit PNG, a progressive JPEG)."""
     return bytes_per_pixel * max_pixels + 12 * resize * MAX_ASPECT * crop + (32 << 20)
 
 
