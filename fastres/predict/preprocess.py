@@ -60,7 +60,8 @@ import io
 import torch
 
 from .images import (
-    DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageError, check_decodable, decode, image_size,
+    DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageError, check_decodable, decode,
+    image_size,
 )
 
 MODES = ("exact", "fast")
@@ -186,7 +187,8 @@ def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor
             hw = (im.size[1], im.size[0])
             pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError for bad data
-        raise ImageError(f"cannot decode JPEG: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}") from None
+        text = str(exc).strip()
+        raise ImageError(f"cannot decode JPEG: {text.splitlines()[0][:200] if text else type(exc).__name__}") from None
     return pixels.view(*hw, 3).permute(2, 0, 1)  # channels_last: what the uint8 resize wants
 
 
