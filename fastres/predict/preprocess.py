@@ -24,8 +24,10 @@ pixels, so the same logits. It is torchvision's own arithmetic, only less of it:
   at resize 256 is decoded at 1/4 (1008x756), about half the time of a full decode;
 - the resize is torch's uint8 antialiased kernel on a channels_last tensor (fixed-point
   weights: up to one level off the float kernel): ~0.4-0.6 ms for a 500x375 image where
-  torchvision's float path takes ~1.9 ms, ~1 ms for a 12 MP photo decoded at 1/4 (a planar image over 4 Mpx from torchvision's decoder, a PNG say, takes the exact path
-  instead: there the channels_last copy alone costs as much, and memory stays bounded);
+  torchvision's float path takes ~1.9 ms, ~1 ms for a 12 MP photo decoded at 1/4
+  (torchvision's decoders and PIL give channels-last views, which the kernel takes as they are;
+  a planar [3, H, W] tensor over 4 Mpx takes the exact path instead, where a channels_last
+  copy alone would cost as much);
 - the rest as exact: the output size is computed from the file's own size, then the same
   center crop.
 
@@ -72,8 +74,8 @@ MAX_ASPECT = 64
 # fast's documented deviation from exact (levels of 255; measured: see above).
 FAST_MEAN_BOUND = 3.0
 FAST_MAX_BOUND = 48
-# fast mode resizes a planar [3, H, W] image (from torchvision's decoder) with the uint8 kernel
-# up to this size; past it, its channels_last copy would cost as much as the exact path does.
+# fast mode resizes a planar [3, H, W] tensor with the uint8 kernel up to this size; past it,
+# its channels_last copy would cost as much as the exact path does (decoders give HWC views).
 _FAST_PLANAR_PIXELS = 4_000_000
 # Rows of the horizontal pass converted to float32 at once: ~1 MB per strip on a 12 MP photo.
 _STRIP_BYTES = 1 << 20
