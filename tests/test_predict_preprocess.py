@@ -76,7 +76,8 @@ def test_exact_is_torchvision_bitwise(images, resize, crop, interpolation):
 
 def test_exact_resize_on_odd_shapes():
     """The strip and kept-column arithmetic against torchvision on random pixels: odd sizes,
-    both orientations, up- and downscaling, uint8 and uint16, several strips."""
+    both orientations, up- and downscaling, uint8 and uint16, planar and channels-last (as the
+    decoders give them) layouts, several strips."""
     import torchvision.transforms.functional as F
     from torchvision.transforms import InterpolationMode
 
@@ -84,10 +85,12 @@ def test_exact_resize_on_odd_shapes():
     for h, w, resize, crop in [(375, 500, 256, 224), (1201, 331, 64, 61), (17, 999, 40, 32), (250, 251, 249, 249),
                                (5, 7, 64, 60), (640, 2300, 300, 299)]:
         for dtype, top in ((torch.uint8, 256), (torch.uint16, 65536)):
-            img = torch.randint(0, top, (3, h, w), generator=g, dtype=torch.int32).to(dtype)
-            for how in ("bilinear", "bicubic"):
+            planar = torch.randint(0, top, (3, h, w), generator=g, dtype=torch.int32).to(dtype)
+            hwc = torch.randint(0, top, (h, w, 3), generator=g, dtype=torch.int32).to(dtype).permute(2, 0, 1)
+            for img, how in ((planar, "bilinear"), (planar, "bicubic"), (hwc, "bilinear"), (hwc, "bicubic")):
                 ref = F.center_crop(F.resize(img, [resize], interpolation=InterpolationMode(how), antialias=True), [crop])
-                assert torch.equal(resize_crop(img, resize, crop, interpolation=how), ref), (h, w, resize, crop, dtype, how)
+                assert torch.equal(resize_crop(img, resize, crop, interpolation=how), ref), \
+                    (h, w, resize, crop, dtype, how, img.stride())
 
 
 @pytest.mark.parametrize("resize,crop", [(40, 32), (64, 56), (100, 90), (256, 224)])
