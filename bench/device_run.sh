@@ -29,6 +29,9 @@
 #   var-bordered 25 s   15-25 s   (tma_b, tma_b_ws, tma_b_p: the stride-1 3x3s only)
 #   predict      35 s   20-35 s fastres predict's pipeline on 1024 generated ImageNet-size JPEGs,
 #                               resnet50 float16 batch 64/256: engine alone, CPU decode, nvjpeg
+#   preprocess   30 s   15-25 s decode + resize + crop of generated photos (500x375, 1920x1080,
+#                               4032x3024): nvjpeg on the GPU (per image of a batch of 4), and
+#                               fastres.preprocess exact / fast on one host core each
 #   compile   <= 90 s   40-60 s torch.compile (default mode) on resnet50 batch 32 float16, only
 #                               if >= 50 s are left (inductor compiles for most of that)
 #   report       15 s    ~5 s   markdown + plot from the results JSON, then the short table
@@ -240,6 +243,11 @@ collect
 # ---- fastres predict's image pipeline (results merge into the same JSON) ---------------------
 step predict 35 "$BENCH" "$PY" -m fastres bench predict --out "$WORK" --date "$DATE" --no-plot \
   --models resnet50 --batches 64,256 --dtypes float16 --images 1024 --warmup-ms 10 --rep-ms 50 --budget-s 25
+
+# ---- preprocessing: nvjpeg's decode + resize + crop, and this host's cores in exact and fast ----
+step preprocess 30 "$BENCH" "$PY" -m fastres bench preprocess --out "$WORK" --date "$DATE" --no-plot \
+  --systems nvjpeg,exact,fast --images 4 --min-reps 3
+collect
 
 # ---- torch.compile, if time is left ------------------------------------------------------
 if [ $(( $(left) - 15 )) -ge 50 ]; then

@@ -8,6 +8,8 @@ Public API (see README.md):
     fastres.convert(src, out=None, *, arch=None, dtype=torch.float16) -> pathlib.Path
     fastres.load(path, device="cuda") -> fastres.ResNet
     fastres.Predictor(weights_or_model, ...)  (classify image files or uint8 tensors)
+    fastres.preprocess(data, *, resize=256, crop=224, mode="exact")  (an image file's bytes ->
+        the uint8 [3, crop, crop] crop the engine takes; "exact" is torchvision's, "fast" faster)
     fastres.kernels  (the Triton kernels and their launchers)
 
 Attributes load on first use (PEP 562), so that `fastres.cli` can decide on triton's CPU
@@ -38,10 +40,13 @@ _LAZY = {
     "UnsupportedDeviceError": "fastres.kernels.targets",
     "Predictor": "fastres.predict.predictor",
     "Prediction": "fastres.predict.output",
+    "preprocess": "fastres.predict.preprocess",
+    "ImageError": "fastres.predict.images",
 }
 
-__all__ = ["ARCHS", "ArchSpec", "Prediction", "Predictor", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError", "WeightsError",
-           "convert", "from_timm", "from_torchvision", "from_transformers", "kernels", "load", "__version__"]
+__all__ = ["ARCHS", "ArchSpec", "ImageError", "Prediction", "Predictor", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError",
+           "WeightsError", "convert", "from_timm", "from_torchvision", "from_transformers", "kernels", "load", "preprocess",
+           "__version__"]
 
 
 _HERE = Path(__file__).resolve().parent

@@ -75,6 +75,8 @@ def test_device_run_dry(tmp_path):
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
     predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
     assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict
+    pre = next(l for l in lines if l.startswith("-m fastres bench preprocess"))
+    assert "--systems nvjpeg,exact,fast" in pre and "--date" in pre and f"--out {out}" not in pre
     produced = assert_flat_and_few(out)
     assert {"env.txt", "tests.log", "check.log", "bench.log"} <= set(produced)
     assert "steps (name, outcome, seconds, cap)" in proc.stdout

@@ -108,3 +108,22 @@ def test_tensor_image_checks():
         check_tensor_image(torch.zeros(3, 4, 5), "x")
     with pytest.raises(ValueError, match="x is empty"):
         check_tensor_image(torch.zeros(3, 0, 5, dtype=torch.uint8), "x")
+
+
+def test_jpeg_header_found_past_stray_bytes(tmp_path):
+    """Bytes before a marker (libjpeg skips them with a warning) and fill bytes do not hide
+    the frame header: the size is read, the limit applies, the image decodes as torchvision
+    decodes it."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), (10, 120, 230)).save(buf, "JPEG")
+    d = buf.getvalue()
+    sof = d.index(b"\xff\xc0")
+    odd = d[:sof] + b"\x00\x13" + b"\xff\xff" + d[sof:]
+    assert image_size(odd, "JPEG") == (48, 40)
+    path = tmp_path / "odd.jpg"
+    path.write_bytes(odd)
+    assert decode(read_bytes(path)).shape == (3, 40, 48)
+    with pytest.raises(ImageError, match="over the limit"):
+        decode(read_bytes(path), max_pixels=1000)

@@ -9,6 +9,8 @@ One job per module; import a name from the module that owns it:
 - ``layers``: the per-layer measurement (and the matrix and copy peaks it is compared to)
 - ``head``: the classifier head measurement
 - ``pipeline``: the image pipeline of ``fastres predict`` (``fastres bench predict``)
+- ``preprocess``: decode + resize + crop per CPU core, exact / fast / torchvision / PIL, and
+  nvjpeg on a GPU (``fastres bench preprocess``)
 - ``systems``: building the compared systems and the flags they run under
 - ``timing``: statistics, the timed loop, input rotation and L2 flush, the time budget
 - ``numerics``: relative error and tolerances

@@ -20,6 +20,7 @@ from .e2e import checked_forward, run_e2e
 from .environment import bench_date, environment
 from .layers import run_layers
 from .pipeline import PREDICT_SYSTEMS, run_predict
+from .preprocess import PHOTOS, PHOTO_SIZES, PREPROCESS_SYSTEMS, SMOKE_PHOTO_SIZES, cpu_name, host_note, run_preprocess
 from .names import ALL_E2E_SYSTEMS, CLASSIFIER_MODELS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
 from .report import render_markdown, summary_text, write_report
 from .results import load_results, open_results, results_path, validate_results
@@ -28,7 +29,7 @@ from .systems import FASTRES_OPTIONS
 from .timing import SMOKE_TIMING, Budget, TimingOptions
 from .variants import FAMILIES as VARIANT_FAMILIES
 
-ACTIONS = ("all", "e2e", "layers", "predict", "report", "summary", "forward")
+ACTIONS = ("all", "e2e", "layers", "predict", "preprocess", "report", "summary", "forward")
 
 E2E_BATCHES = (1, 8, 32, 64, 128, 256)
 LAYER_MODELS = ("resnet50", "resnet18")
@@ -57,6 +58,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Benchmark fastres against cuDNN: 'e2e' (whole networks), 'layers' (every distinct conv), "
         "'all' (both, the default), 'predict' (the image pipeline of fastres predict on generated JPEGs: "
         "images/s and the share of decode, preprocess and model), "
+        "'preprocess' (decode + resize + crop alone, per CPU core, on generated photos of 500x375, 1920x1080 "
+        "and 4032x3024: fastres.preprocess exact and fast, torchvision's preset, the PIL pipeline, and nvjpeg "
+        "where there is a GPU; needs no GPU), "
         "'report RESULTS.json' (markdown + plot from a results file), "
         "'summary RESULTS.json' (a short text overview), "
         "'forward' (one checked forward without CUDA graphs, e.g. under compute-sanitizer). "
@@ -71,9 +75,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtypes", default=None, help="comma list of float16, bfloat16, float32 (default float16,bfloat16)")
     parser.add_argument("--size", type=int, default=None, help="input height = width (default 224)")
     parser.add_argument("--systems", default=None, help=f"e2e systems, comma list of {','.join(ALL_E2E_SYSTEMS)} (default: the first four); "
-                        f"predict: of {','.join(PREDICT_SYSTEMS)} (default: all)")
+                        f"predict: of {','.join(PREDICT_SYSTEMS)} (default: all); preprocess: of "
+                             f"{','.join(PREPROCESS_SYSTEMS)} (default: all)")
     parser.add_argument("--images", type=int, default=None,
-                        help=f"predict: images per timed run (default {PREDICT_IMAGES}; generated JPEGs of ImageNet size)")
+                        help=f"predict: images per timed run (default {PREDICT_IMAGES}; generated JPEGs of ImageNet size); "
+                             f"preprocess: photos per size (default {PHOTOS})")
     parser.add_argument("--layer-systems", default=None, help=f"per-layer systems, comma list of {','.join(LAYER_SYSTEMS)} (default: all)")
     parser.add_argument("--tune", action="store_true",
                         help="fastres measures every conv's tile configs on its first forward (cached on disk)")
@@ -171,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"unexpected argument {args.results!r} (only 'report' and 'summary' take a results file)")
 
     smoke = bool(args.smoke)
+    if action == "preprocess":
+        return _preprocess_main(args, smoke)
     e2e_models = _csv(args.models, SMOKE["models"] if smoke else E2E_MODELS, "models", _choice(E2E_MODELS))
     layer_models = _csv(args.models, SMOKE["models"] if smoke else LAYER_MODELS, "models", _choice(CLASSIFIER_MODELS))
     e2e_batches = _csv(args.batches, SMOKE["e2e_batches"] if smoke else E2E_BATCHES, "batches", _positive_int)
@@ -290,6 +298,53 @@ def main(args: argparse.Namespace) -> int:
             f"{r['model']} {r.get('layer', '')} b{r['batch']} {r['dtype']}: {r.get('reason')}" for r in bad[:5]))
         return 1
     return 1 if problems else 0
+
+
+def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
+    """`fastres bench preprocess`: on the CPU (one core), and nvjpeg where there is a GPU; no
+    interpreter, no GPU needed. Its records join the day's results file of this machine's
+    GPU, or a `cpu-DATE.json` without one."""
+    from .results import save_results
+
+    systems = _csv(args.systems, PREPROCESS_SYSTEMS, "systems", _choice(PREPROCESS_SYSTEMS))
+    crop = args.size or (56 if smoke else 224)
+    resize = crop * 256 // 224
+    photos = args.images if args.images is not None else (1 if smoke else PHOTOS)
+    if photos < 1:
+        raise UserError(f"--images must be >= 1, got {photos}")
+    reps = args.min_reps if args.min_reps is not None else (1 if smoke else 5)
+    if reps < 1:
+        raise UserError(f"--min-reps must be >= 1, got {reps}")
+    if args.date is not None:
+        try:
+            bench_date(args.date)
+        except ValueError as exc:
+            raise UserError(f"--date: {exc}") from None
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    env = environment(device, smoke=smoke, date=args.date)
+    if device.type == "cpu":
+        env.update(device=f"{cpu_name()} (CPU only)", card="cpu")
+    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fastres-smoke-")) if smoke else Path("bench") / "results"
+    path = results_path(out_dir, env)
+    results = open_results(path, env)
+    results["preprocess_host"] = host_note()
+    print(f"{SMOKE_LABEL + chr(10) if smoke else ''}fastres bench preprocess: {results['preprocess_host']}; torch "
+          f"{env['torch']}, 1 thread; results: {path}", flush=True)
+    run_preprocess(results, lambda m: print(m, flush=True), lambda: save_results(path, results), resize=resize,
+                   crop=crop, systems=systems, sizes=SMOKE_PHOTO_SIZES if smoke else PHOTO_SIZES, photos=photos,
+                   reps=reps, logits=not smoke)
+    save_results(path, results)
+    md, png = write_report(path, results, plot=not args.no_plot)
+    from .preprocess import markdown_preprocess_table
+
+    print()
+    print(markdown_preprocess_table(results))
+    print(f"wrote {path}, {md.name}" + (f", {png.name}" if png else ""))
+    bad = [r for r in results["records"] if r.get("kind") == "preprocess" and r.get("status") == "error"]
+    if bad:
+        print(f"{len(bad)} preprocess point(s) failed: " + "; ".join(f"{r['model']} {r['system']}: {r.get('reason')}"
+                                                               for r in bad[:5]))
+    return 1 if bad else 0
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

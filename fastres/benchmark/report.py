@@ -158,6 +158,14 @@ def render_markdown(results: dict) -> str:
     if heads:
         lines.append("## Classifier head\n")
         lines.append(heads)
+    from .preprocess import markdown_preprocess_table
+
+    preprocess = markdown_preprocess_table(results)
+    if preprocess:
+        lines.append("## Preprocessing per core (`fastres bench preprocess`: decode + resize + crop)\n")
+        if results.get("preprocess_host"):
+            lines.append(f"Measured on {results['preprocess_host']}; torch threads = 1.\n")
+        lines.append(preprocess)
     predict = markdown_predict_table(results)
     if predict:
         lines.append("## Classify pipeline (`fastres predict` on generated JPEGs)\n")

@@ -31,6 +31,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if there is one)")
     p.add_argument("--decode", choices=("auto", "cpu", "cuda"), default="auto",
                    help="JPEG decoding: nvjpeg on the GPU (cuda), the CPU workers (cpu), or nvjpeg where available (auto)")
+    p.add_argument("--preprocess", choices=("exact", "fast"), default="exact",
+                   help="exact: torchvision's pixels bit for bit (default); fast: JPEGs decoded at a reduced DCT scale "
+                        "and torch's uint8 resize, close to exact and several times faster on large photos")
     p.add_argument("--workers", type=int, default=None, help="CPU decode threads (default: the CPU count, at most 32)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
@@ -131,6 +134,7 @@ def _predictor(args, default_max_pixels: int):
     try:
         return Predictor(args.weights, device=device, dtype=args.dtype, batch_size=args.batch, topk=args.topk,
                          resize=args.resize, crop=args.crop, labels=args.labels, decode=args.decode,
-                         workers=args.workers, max_pixels=args.max_pixels or default_max_pixels)
+                         workers=args.workers, max_pixels=args.max_pixels or default_max_pixels,
+                         preprocess=args.preprocess)
     except (WeightsError, LabelsError, FileNotFoundError, ValueError, TypeError) as exc:
         raise UserError(str(exc).strip().splitlines()[0]) from None

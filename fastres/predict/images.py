@@ -8,6 +8,12 @@ Unusual modes are converted by torchvision's decoder as its pipeline converts th
 (and palette, and 1-bit) to three equal channels, alpha dropped, CMYK JPEGs to RGB; a 16-bit
 PNG stays 16-bit (uint16, scaled by 1/65535 when normalized, as ``convert_image_dtype`` does).
 An animated GIF gives its first frame. EXIF orientation is not applied (torchvision's default).
+
+Memory is bounded before anything is allocated: the pixel limit is checked on the size in the
+file's header, and so is the decoder's own memory (`decode_bytes`: a progressive JPEG's
+coefficient buffer included) (a JPEG's frame header found whatever precedes it, as libjpeg finds it; a PNG's
+IHDR; a GIF's screen and first frame; a WEBP's canvas), a file whose header gives no size is
+refused, and only a GIF's first frame is decoded (the file is cut after it).
 """
 from __future__ import annotations
 
@@ -29,6 +35,10 @@ DECODED = ("JPEG", "PNG", "GIF", "WEBP")
 # PIL's decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS): 0.25 GiB of 24-bit pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
+# What a decode may cost, per pixel of the limit: a 16-bit PNG's output at the limit. A
+# progressive JPEG's coefficient buffer counts too (`decode_bytes`): 4:2:0 ones are decoded up
+# to the pixel limit, 4:4:4 up to 2/3 of it, CMYK up to 6/11.
+DECODE_BYTES_PER_PIXEL = 6
 
 
 class ImageError(Exception):
@@ -93,32 +103,90 @@ def sniff(data: bytes | bytearray | memoryview) -> str | None:
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg_size(d: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(d):
+def _jpeg_frame(d: bytes | bytearray) -> tuple[int, int, int, bytes, int | None] | None:
+    """(width, height, SOF marker, component specs (3 bytes each: id, sampling, table), the
+    first scan's component count or None) of a JPEG, walking its marker segments as libjpeg
+    reads them: bytes before a marker that are not 0xFF are skipped (libjpeg warns of
+    "extraneous bytes" and goes on), fill bytes too; None where there is no frame header
+    before the first scan or the end."""
+    i, n = 2, len(d)
+    frame = None
+    while i < n:
         if d[i] != 0xFF:
-            return None
-        marker = d[i + 1]
-        if marker == 0xFF:  # fill byte
+            i = d.find(b"\xff", i)
+            if i < 0:
+                break
+        while i < n and d[i] == 0xFF:
             i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        if marker in _JPEG_SOF:
-            h, w = struct.unpack(">HH", d[i + 5:i + 9])
-            return w, h
-        i += 2 + struct.unpack(">H", d[i + 2:i + 4])[0]
-    return None
+        if i + 2 >= n:
+            break
+        marker = d[i]
+        i += 1
+        if marker == 0x00 or marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue  # a stuffed byte (not a marker) or a marker without a length
+        if marker == 0xD9:
+            break  # end of image
+        length = (d[i] << 8) | d[i + 1]
+        if marker == 0xDA:  # the first scan: how many components it holds
+            return None if frame is None else (*frame, d[i + 2] if i + 2 < n else None)
+        if marker in _JPEG_SOF and frame is None:
+            if i + 8 > n or length < 8:
+                return None
+            h, w = struct.unpack(">HH", bytes(d[i + 3:i + 7]))
+            frame = (w, h, marker, bytes(d[i + 8:i + 8 + 3 * d[i + 7]]))
+        if length < 2:
+            break
+        i += length
+    return None if frame is None else (*frame, None)
+
+
+def _jpeg_size(d: bytes | bytearray) -> tuple[int, int] | None:
+    """(width, height) of a JPEG's first frame header (see `_jpeg_frame`)."""
+    frame = _jpeg_frame(d)
+    return None if frame is None else frame[:2]
+
+
+# Progressive frames (Huffman or arithmetic, differential or not): libjpeg holds every DCT
+# coefficient of the image until the last scan.
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+
+
+def decode_bytes(data: bytes | bytearray | memoryview, fmt: str, width: int, height: int) -> int:
+    """What decoding costs, from the header: the RGB output (3 bytes a pixel, 6 for a 16-bit
+    PNG; a GIF's palette indices 1 more), plus, for a JPEG decoded in several passes (progressive, or one scan per component),
+    libjpeg's whole-image coefficient buffer (2 bytes a coefficient, each component at its
+    sampling)."""
+    px = width * height
+    if fmt == "PNG":
+        d = bytes(data[:32])
+        return px * (6 if len(d) > 24 and d[24] == 16 else 3)
+    if fmt == "GIF":
+        return 4 * px  # giflib's raster of palette indices, then the RGB output
+    if fmt != "JPEG":
+        return 3 * px
+    frame = _jpeg_frame(data if isinstance(data, (bytes, bytearray)) else bytes(data))
+    if frame is None:
+        return 3 * px
+    _, _, marker, comps, scan = frame
+    nf = len(comps) // 3
+    if marker not in _JPEG_PROGRESSIVE and (scan is None or scan >= nf):
+        return 3 * px
+    samp = [(comps[3 * k + 1] >> 4, comps[3 * k + 1] & 15) for k in range(nf)]
+    hmax, vmax = max(max(a for a, _ in samp), 1), max(max(b for _, b in samp), 1)
+    blocks = sum(-(-width * a // (8 * hmax)) * -(-height * b // (8 * vmax)) for a, b in samp)
+    return 3 * px + 128 * blocks
 
 
 def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[int, int] | None:
-    """(width, height) from the header of a JPEG, PNG, GIF or WEBP file (None where it cannot
-    be read: the decoder then says what is wrong), without decoding any pixel."""
-    d = bytes(data[:65536]) if fmt == "JPEG" else bytes(data[:64])
+    """(width, height) from the header of a JPEG, PNG, GIF or WEBP file, without decoding any
+    pixel; None where the header does not say (`check_decodable` then refuses the file: its
+    size is never found by decoding it)."""
     try:
-        if fmt == "PNG":
-            return struct.unpack(">II", d[16:24])
+        if fmt == "JPEG":
+            return _jpeg_size(data if isinstance(data, (bytes, bytearray)) else bytes(data))
+        d = bytes(data[:64])
+        if fmt == "PNG":  # libpng insists on IHDR as the first chunk
+            return struct.unpack(">II", d[16:24]) if d[12:16] == b"IHDR" else None
         if fmt == "GIF":
             return struct.unpack("<HH", d[6:10])
         if fmt == "WEBP":
@@ -132,14 +200,42 @@ def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[i
             if chunk == b"VP8X":
                 return int.from_bytes(d[24:27], "little") + 1, int.from_bytes(d[27:30], "little") + 1
             return None
-        if fmt == "JPEG":
-            size = _jpeg_size(d)
-            if size is None and len(data) > len(d):
-                size = _jpeg_size(bytes(data))  # a header with a large embedded thumbnail
-            return size
     except struct.error:
         return None
     return None
+
+
+def gif_first_frame(data: bytes | bytearray | memoryview, max_pixels: int | None) -> bytearray:
+    """A GIF cut after its first image (the trailer appended): the decoder then decodes that
+    frame alone, the frame classification uses, whatever the file's frame count. The first
+    frame's own size is held to the pixel limit too. ImageError if the blocks cannot be walked."""
+    d = bytes(data)
+    n = len(d)
+
+    def sub_blocks(i: int) -> int:  # the index after a chain of data sub-blocks
+        while i < n and d[i]:
+            i += 1 + d[i]
+        if i >= n:
+            raise ImageError("cannot decode GIF: the file ends inside its first frame")
+        return i + 1
+
+    i = 13
+    if n < 13:
+        raise ImageError("cannot decode GIF: the file ends inside its header")
+    if d[10] & 0x80:
+        i += 3 << ((d[10] & 7) + 1)
+    while i < n:
+        block = d[i]
+        if block == 0x21 and i + 1 < n:  # an extension: label, then sub-blocks
+            i = sub_blocks(i + 2)
+        elif block == 0x2C and i + 10 <= n:  # the first image descriptor
+            fw, fh = struct.unpack("<HH", d[i + 5:i + 9])
+            check_pixels(max(fw, 1), max(fh, 1), max_pixels)
+            j = i + 10 + ((3 << ((d[i + 9] & 7) + 1)) if d[i + 9] & 0x80 else 0)
+            return bytearray(d[:sub_blocks(j + 1)] + b"\x3b")
+        else:
+            break
+    raise ImageError("cannot decode GIF: no image in the file")
 
 
 def _decoder_message(exc: BaseException) -> str:
@@ -164,8 +260,15 @@ def check_decodable(data: bytes | bytearray | memoryview, max_pixels: int | None
     if fmt not in DECODED:
         raise ImageError(f"unsupported image format {fmt}: torchvision.io decodes JPEG, PNG, GIF and WEBP")
     size = image_size(data, fmt)
-    if size is not None:
-        check_pixels(size[0], size[1], max_pixels)
+    if size is None:
+        raise ImageError(f"cannot decode {fmt}: no image size in its header (refused rather than decoded blind)")
+    check_pixels(size[0], size[1], max_pixels)
+    if max_pixels is not None:
+        cost, budget = decode_bytes(data, fmt, *size), DECODE_BYTES_PER_PIXEL * max_pixels
+        if cost > budget:
+            raise ImageError(f"{size[0]}x{size[1]} pixels: decoding this {fmt} would take {cost / 2**20:.0f} MB (a "
+                             f"progressive JPEG holds all its DCT coefficients), over the limit of {budget / 2**20:.0f} "
+                             f"MB ({DECODE_BYTES_PER_PIXEL} bytes a pixel of --max-pixels); raise it with --max-pixels")
     return fmt
 
 
@@ -194,11 +297,13 @@ def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torc
     from torchvision.io import ImageReadMode, decode_image
 
     fmt = check_decodable(data, max_pixels)
+    if fmt == "GIF":
+        data = gif_first_frame(data, max_pixels)
     try:
         img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError; anything else is as bad
         raise ImageError(f"cannot decode {fmt}: {_decoder_message(exc)}") from None
-    if img.dim() == 4:  # an animated GIF: its first frame
+    if img.dim() == 4:  # a GIF: its one frame
         img = img[0]
     check_pixels(img.shape[-1], img.shape[-2], max_pixels)
     return img

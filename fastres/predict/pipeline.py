@@ -1,7 +1,9 @@
 """The input pipeline: images decoded and cropped off the critical path, fed to the engine in
 fixed-shape batches, results handed back in input order as soon as their batch is done.
 
-- Decoding: a thread pool on the CPU (torchvision.io releases the GIL), or on a CUDA device
+- Decoding and cropping: `fastres.preprocess`'s steps in its mode (exact: torchvision's pixels;
+  fast: scaled JPEG decodes), every limit checked on the file's header first, on a thread
+  pool on the CPU (torchvision.io and torch release the GIL), or on a CUDA device
   nvjpeg (``torchvision.io.decode_jpeg(..., device="cuda")``, batched) for the JPEGs it
   decodes in hardware; the pool then only reads files and checks their headers. Files nvjpeg
   might take silently where the CPU decoder refuses them (no end-of-image marker: truncated),
@@ -28,7 +30,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .images import ImageError, Transform, check_decodable, decode, read_bytes
+from .images import ImageError, Transform, decode, read_bytes
+from .preprocess import check_input, decode_input, resize_crop
 from .output import Prediction, Top
 
 
@@ -113,29 +116,39 @@ def nvjpeg_can_take(data: bytearray) -> bool:
 
 
 def load_item(index: int, path: str | None, transform: Transform, max_pixels: int | None, stages: StageTimes,
-              jpeg_to_gpu: bool, data: bytearray | None = None) -> Item:
-    """A worker's job: read, decode and crop one file (for nvjpeg: read and check it only).
-    With `data` (an encoded file's bytes, writable) nothing is read: `path` only names it."""
+              jpeg_to_gpu: bool, data: bytearray | None = None, mode: str = "exact") -> Item:
+    """A worker's job: read, decode and crop one file (for nvjpeg: read and check it only),
+    through `fastres.preprocess`'s steps in `mode` ("exact" or "fast"). With `data` (an
+    encoded file's bytes, writable) nothing is read: `path` only names it."""
     t0 = time.perf_counter()
     try:
         if data is None:
             data = read_bytes(path)
-        if jpeg_to_gpu and check_decodable(data, max_pixels) == "JPEG" and nvjpeg_can_take(data):
+        if jpeg_to_gpu and check_input(data, max_pixels)[0] == "JPEG" and nvjpeg_can_take(data):
             stages.add(decode=time.perf_counter() - t0)
             return Item(index, path, jpeg=data)
-        img = decode(data, max_pixels)
+        img, size = decode_input(data, transform.resize, mode, max_pixels)
     except ImageError as exc:
         stages.add(decode=time.perf_counter() - t0)
         return Item(index, path, error=str(exc))
     t1 = time.perf_counter()
     stages.add(decode=t1 - t0)
     try:
-        crop = transform(img)
+        crop = resize_crop(img, transform.resize, transform.crop, mode=mode, interpolation=interpolation_of(transform),
+                           size=size)
+    except ImageError as exc:
+        return Item(index, path, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
         return Item(index, path, error=f"cannot resize: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     finally:
         stages.add(preprocess=time.perf_counter() - t1)
     return Item(index, path, crop=crop)
+
+
+def interpolation_of(transform: Transform) -> str:
+    """The transform's interpolation ("bilinear" unless it says otherwise)."""
+    how = getattr(transform, "interpolation", "bilinear")
+    return getattr(how, "value", how)
 
 
 class _Batch:
@@ -252,9 +265,10 @@ class Batcher:
     def _cpu_fallback(self, it: Item, data: bytearray) -> None:
         t0 = time.perf_counter()
         try:
-            img = decode(data, None)
+            img = decode(data, None)  # its header was held to the limits by the worker
             t1 = time.perf_counter()
-            it.crop = self.transform(img)
+            t = self.transform
+            it.crop = resize_crop(img, t.resize, t.crop, interpolation=interpolation_of(t))
             self.stages.add(decode=t1 - t0, preprocess=time.perf_counter() - t1)
         except ImageError as exc:
             it.error = str(exc)

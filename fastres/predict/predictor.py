@@ -12,6 +12,7 @@ import torch
 from .images import DEFAULT_MAX_PIXELS, Transform, as_image_list, check_tensor_image, find_images
 from .labels import class_labels
 from .output import Prediction
+from .preprocess import MODES
 from .pipeline import Batcher, Item, StageTimes, default_workers, load_item, run_pipeline
 
 DECODE_CHOICES = ("auto", "cpu", "cuda")
@@ -53,6 +54,10 @@ class Predictor:
     when the engine is on CUDA and torchvision has it). nvjpeg's IDCT is not libjpeg-turbo's:
     its pixels may differ by a level or two, so bitwise torchvision-CPU inputs need "cpu".
     max_pixels: larger images are refused (PIL's decompression-bomb limit by default).
+    preprocess: "exact" (torchvision's pixels, bit for bit) or "fast" (JPEGs decoded at a
+    reduced DCT scale, torch's uint8 resize; close to exact, several times faster on large
+    photos: see `fastres.preprocess`), for files and bytes decoded on the CPU; nvjpeg's
+    decodes are resized as torchvision does.
     For the best CPU decode throughput, run with torch.set_num_threads(1): the pool is the
     parallelism (`fastres predict` does).
     """
@@ -61,11 +66,14 @@ class Predictor:
                  batch_size: int | None = None, topk: int = 5, resize: int | None = None, crop: int | None = None,
                  labels: str | os.PathLike | Sequence[str] | None = None, decode: str = "auto",
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, cuda_graph: bool = True,
-                 tune=False):
+                 tune=False, preprocess: str = "exact"):
         from ..engine import ResNet
 
         if decode not in DECODE_CHOICES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_CHOICES)}, got {decode!r}")
+        if preprocess not in MODES:
+            raise ValueError(f"preprocess must be one of {', '.join(MODES)}, got {preprocess!r}")
+        self.preprocess = preprocess
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.metadata: dict[str, str] = {}
@@ -131,7 +139,7 @@ class Predictor:
         t = self.transform
         return (f"Predictor({self.engine.arch}, {self.engine.num_classes} classes, {self.engine.dtype}, {self.device}, "
                 f"resize {t.resize}, crop {t.crop} ({self.sizes_origin}), batch {self.batch_size}, top {self.topk}, "
-                f"decode {'nvjpeg + CPU' if self.gpu_decode else 'CPU'})")
+                f"decode {'nvjpeg + CPU' if self.gpu_decode else 'CPU'}, preprocess {self.preprocess})")
 
     def _batcher(self, batch_size: int, hw: tuple[int, int] | None = None) -> Batcher:
         self.stats = StageTimes(workers=self.workers)
@@ -172,7 +180,8 @@ class Predictor:
         batcher = self._batcher(self._batch_rows(len(datas), pad_to))
         t, mp, stats, gpu = self.transform, self.max_pixels, self.stats, batcher.gpu_decode
         # A copy the decoders may share: torch.frombuffer wants a writable buffer.
-        jobs = (lambda i=i, d=d: load_item(i, names[i], t, mp, stats, gpu, data=bytearray(d))
+        mode = self.preprocess
+        jobs = (lambda i=i, d=d: load_item(i, names[i], t, mp, stats, gpu, data=bytearray(d), mode=mode)
                 for i, d in enumerate(datas))
         return list(self._progress(run_pipeline(jobs, batcher, workers=min(self.workers, len(datas)),
                                                 lookahead=self._lookahead(batcher)), len(datas), False, batcher))
@@ -187,7 +196,8 @@ class Predictor:
     def _run_files(self, files: list[Path], progress: bool, pad_to: int | None = None) -> Iterator[Prediction]:
         batcher = self._batcher(self._batch_rows(len(files), pad_to))
         t, mp, stats, gpu = self.transform, self.max_pixels, self.stats, batcher.gpu_decode
-        jobs = (lambda i=i, f=f: load_item(i, str(f), t, mp, stats, gpu) for i, f in enumerate(files))
+        mode = self.preprocess
+        jobs = (lambda i=i, f=f: load_item(i, str(f), t, mp, stats, gpu, mode=mode) for i, f in enumerate(files))
         yield from self._progress(run_pipeline(jobs, batcher, workers=self.workers, lookahead=self._lookahead(batcher)),
                                   len(files), progress, batcher)
 

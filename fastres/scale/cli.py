@@ -49,6 +49,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
+    p.add_argument("--preprocess", choices=("exact", "fast"), default="exact",
+                   help="exact: torchvision's pixels bit for bit (default); fast: JPEGs decoded at a reduced DCT scale "
+                        "and torch's uint8 resize, close to exact and several times faster on large photos")
     p.add_argument("--address", default=None,
                    help="the Ray cluster to serve on (host:port, auto, ray://...; default $RAY_ADDRESS, else a new "
                         "local cluster)")
@@ -178,6 +181,7 @@ def main(args) -> int:
                           body_timeout_s=args.body_timeout_s, drain_s=args.drain_s,
                           max_body=int(args.max_body_mb * 1e6), placement=placement, dtype=args.dtype,
                           topk=args.topk, resize=args.resize, crop=args.crop, labels=args.labels,
+                          preprocess=args.preprocess,
                           **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
         print(f"fastres serve: {args.replicas} replica(s) of {model.engine.arch} ({model.engine.num_classes} classes), "
               f"{placement.describe()}; batches of up to {args.max_batch}, {args.batch_wait_ms:g} ms wait; up to "
@@ -272,7 +276,7 @@ def predict_on_ray(args, files) -> int:
         actors = args.actors or (max(1, int(ray.cluster_resources().get("GPU", 0))) if placement.gpu else 1)
         options = dict(batch_size=args.batch, actors=actors, placement=placement, dtype=args.dtype, topk=args.topk,
                        resize=args.resize, crop=args.crop, labels=args.labels, decode=args.decode,
-                       workers=args.workers)
+                       workers=args.workers, preprocess=args.preprocess)
         if args.max_pixels:
             options["max_pixels"] = args.max_pixels
         print(f"fastres predict: {len(files)} files, {model.engine.arch} ({model.engine.num_classes} classes), "

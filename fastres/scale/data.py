@@ -45,7 +45,7 @@ class Classifier:
     def __init__(self, weights: str | os.PathLike, *, device: str | None = None, dtype: str | None = None,
                  batch_size: int | None = None, topk: int = 5, resize: int | None = None, crop: int | None = None,
                  labels: str | os.PathLike | Sequence[str] | None = None, decode: str = "auto",
-                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, preprocess: str = "exact"):
         import torch
 
         from ..kernels import interpreting
@@ -60,7 +60,7 @@ class Classifier:
         self.predictor = Predictor(weights, device=device, dtype=dtype,
                                    batch_size=batch_size or (GPU_BATCH if cuda else CPU_BATCH), topk=topk,
                                    resize=resize, crop=crop, labels=labels, decode=decode, workers=workers,
-                                   max_pixels=max_pixels)
+                                   max_pixels=max_pixels, preprocess=preprocess)
         self.batch_size = self.predictor.batch_size
 
     def __repr__(self) -> str:

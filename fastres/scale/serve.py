@@ -83,7 +83,8 @@ class ImageClassifier:
                  batch_wait_ms: float = 5.0, max_queue: int | None = None, timeout_s: float = TIMEOUT_S,
                  body_timeout_s: float = BODY_TIMEOUT_S, max_body: int = MAX_BODY, topk: int = 5,
                  resize: int | None = None, crop: int | None = None, labels: Any = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None, warmup: bool | None = None):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None, warmup: bool | None = None,
+                 preprocess: str = "exact"):
         import torch
 
         from ..kernels import interpreting
@@ -97,7 +98,7 @@ class ImageClassifier:
         self.max_body, self.max_pixels = int(max_body), max_pixels
         self.predictor = Predictor(weights, device=device, dtype=dtype, batch_size=max_batch, topk=topk,
                                    resize=resize, crop=crop, labels=labels, decode="auto", workers=workers,
-                                   max_pixels=max_pixels)
+                                   max_pixels=max_pixels, preprocess=preprocess)
         self.timeout_s, self.body_timeout_s = float(timeout_s), float(body_timeout_s)
         # One engine thread: batches run one at a time, and the event loop keeps reading
         # bodies and queueing requests, which form the next batch meanwhile.
@@ -192,7 +193,7 @@ def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, ba
     max_queue: requests waiting per replica (default 4 x max_batch); timeout_s, body_timeout_s:
     see ImageClassifier; drain_s: what Serve's graceful shutdown gives a replica (call its
     `drain` first to answer the requests in flight). `options` go to ImageClassifier (dtype,
-    topk, resize, crop, labels, max_pixels, workers, warmup)."""
+    topk, resize, crop, labels, max_pixels, workers, warmup, preprocess)."""
     batch_sizes(max_batch)  # its ValueError here, not in a replica
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")

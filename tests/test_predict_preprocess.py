@@ -1,0 +1,269 @@
+"""fastres.preprocess: exact is torchvision's preset bit for bit on every image kind, both
+interpolations; fast stays within its documented deviation; the DCT scale rule; hostile files
+refused or decoded within the stated memory bound (peak RSS, measured in a child process)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import fastres
+from fastres.predict.images import ImageError, Transform, read_bytes
+from fastres.predict.preprocess import (
+    FAST_MAX_BOUND, FAST_MEAN_BOUND, MAX_ASPECT, jpeg_scale, memory_bound, preprocess, resize_crop,
+)
+from predict_helpers import DEEP, GOOD, animated_gif, hostile_files, make_images, pixels
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+
+# photo-like JPEGs (gradients, noise, edges) large enough for the reduced DCT scales at small
+# resize targets
+LARGE = {
+    "photo.jpg": ((800, 600), "RGB", {"quality": 90}),
+    "photo-tall.jpg": ((333, 777), "RGB", {"quality": 90}),
+    "photo-progressive.jpg": ((640, 512), "RGB", {"quality": 75, "progressive": True}),
+    "photo-gray.jpg": ((700, 520), "L", {}),
+    "photo-cmyk.jpg": ((600, 420), "CMYK", {}),
+    "photo-444.jpg": ((900, 300), "RGB", {"quality": 95, "subsampling": 0}),
+}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from fastres.benchmark.pipeline import photo_like_jpeg
+
+    folder = tmp_path_factory.mktemp("kinds")
+    photos = []
+    for i, (name, ((w, h), mode, options)) in enumerate(LARGE.items()):
+        Image.open(io.BytesIO(photo_like_jpeg(w, h, seed=i))).convert(mode).save(folder / name, "JPEG", **options)
+        photos.append(folder / name)
+    return make_images(folder, {**GOOD, **DEEP}) + [animated_gif(folder / "animated.gif")] + photos
+
+
+def reference(path: Path, resize: int, crop: int, interpolation: str) -> torch.Tensor:
+    """decode_image(RGB) + torchvision's ImageClassification preset: the float32 crop."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    img = decode_image(str(path), mode=ImageReadMode.RGB)
+    if img.dim() == 4:
+        img = img[0]
+    return ImageClassification(crop_size=crop, resize_size=resize, interpolation=InterpolationMode(interpolation))(img)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("resize,crop", [(40, 32), (24, 32), (256, 224), (232, 224)],
+                         ids=["40-32", "pad", "imagenet", "232"])
+def test_exact_is_torchvision_bitwise(images, resize, crop, interpolation):
+    """Every kind the pipeline reads (RGB, gray, CMYK, progressive and 4:4:4 JPEGs, RGBA,
+    palette, 1-bit, gray+alpha, 16-bit PNGs, WEBP, GIF, an animated GIF), upscaled, padded,
+    and downscaled through the row strips: torchvision's float crop, bit for bit."""
+    t = Transform()
+    for path in images:
+        out = preprocess(read_bytes(path), resize=resize, crop=crop, interpolation=interpolation)
+        assert out.shape == (3, crop, crop) and out.is_contiguous()
+        assert out.dtype == (torch.uint16 if "16" in path.name else torch.uint8), path.name
+        assert torch.equal(t.normalize(out), reference(path, resize, crop, interpolation)), path.name
+
+
+def test_exact_resize_on_odd_shapes():
+    """The strip and kept-column arithmetic against torchvision on random pixels: odd sizes,
+    both orientations, up- and downscaling, uint8 and uint16, planar and channels-last (as the
+    decoders give them) layouts, several strips."""
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    g = torch.Generator().manual_seed(0)
+    for h, w, resize, crop in [(375, 500, 256, 224), (1201, 331, 64, 61), (17, 999, 40, 32), (250, 251, 249, 249),
+                               (5, 7, 64, 60), (640, 2300, 300, 299)]:
+        for dtype, top in ((torch.uint8, 256), (torch.uint16, 65536)):
+            planar = torch.randint(0, top, (3, h, w), generator=g, dtype=torch.int32).to(dtype)
+            hwc = torch.randint(0, top, (h, w, 3), generator=g, dtype=torch.int32).to(dtype).permute(2, 0, 1)
+            for img, how in ((planar, "bilinear"), (planar, "bicubic"), (hwc, "bilinear"), (hwc, "bicubic")):
+                ref = F.center_crop(F.resize(img, [resize], interpolation=InterpolationMode(how), antialias=True), [crop])
+                assert torch.equal(resize_crop(img, resize, crop, interpolation=how), ref), \
+                    (h, w, resize, crop, dtype, how, img.stride())
+
+
+@pytest.mark.parametrize("resize,crop", [(40, 32), (64, 56), (100, 90), (256, 224)])
+def test_fast_within_its_bound(images, resize, crop):
+    """fast takes every kind exact takes, same shape and dtype, its pixels within the
+    documented deviation (the scaled DCT decodes included: 1/2, 1/4 and 1/8 occur here)."""
+    for path in images:
+        data = read_bytes(path)
+        exact = preprocess(data, resize=resize, crop=crop)
+        fast = preprocess(data, resize=resize, crop=crop, mode="fast")
+        assert fast.shape == exact.shape and fast.dtype == exact.dtype, path.name
+        if exact.dtype != torch.uint8:
+            assert torch.equal(fast, exact), path.name  # 16-bit: the exact path
+            continue
+        diff = (fast.int() - exact.int()).abs().float()
+        assert diff.mean() <= FAST_MEAN_BOUND and diff.max() <= FAST_MAX_BOUND, \
+            (path.name, float(diff.mean()), int(diff.max()))
+
+
+def test_jpeg_scale_rule():
+    """The smallest DCT scale leaving >= 2x the resize target on the shorter side."""
+    assert jpeg_scale(4032, 3024, 256) == 4      # 756 >= 512, 378 is not
+    assert jpeg_scale(1920, 1080, 256) == 2
+    assert jpeg_scale(500, 375, 256) == 1
+    assert jpeg_scale(8000, 4096, 256) == 8      # 512 >= 512
+    assert jpeg_scale(8000, 4095, 256) == 8      # ceil(4095 / 8) = 512: libjpeg rounds up
+    assert jpeg_scale(8000, 4088, 256) == 4      # 511 at 1/8
+
+
+def test_fast_decodes_large_jpegs_scaled(tmp_path):
+    """A 1/4-scale decode: the crop is computed from the file's own size, not the decoded one."""
+    from fastres.predict.preprocess import decode_input
+
+    buf = io.BytesIO()
+    pixels((1000, 700), "RGB", 1).save(buf, "JPEG", quality=90)
+    img, size = decode_input(buf.getvalue(), 80, "fast", None)
+    assert size == (1000, 700) and tuple(img.shape) == (3, 175, 250)
+    img, size = decode_input(buf.getvalue(), 80, "exact", None)
+    assert size is None and tuple(img.shape) == (3, 700, 1000)
+    img, size = decode_input(buf.getvalue(), 40, "fast", None)  # 1/8: 1000 / 8 rounds up
+    assert size == (1000, 700) and tuple(img.shape) == (3, 88, 125)
+    buf = io.BytesIO()
+    pixels((1001, 703), "RGB", 1).save(buf, "JPEG", quality=90)
+    assert tuple(decode_input(buf.getvalue(), 40, "fast", None)[0].shape) == (3, 88, 126)
+    assert preprocess(buf.getvalue(), resize=80, crop=70, mode="fast").shape == (3, 70, 70)
+
+
+def test_arguments_and_errors():
+    jpeg = io.BytesIO()
+    pixels((40, 30), "RGB", 2).save(jpeg, "JPEG")
+    with pytest.raises(ValueError, match="mode must be one of exact, fast"):
+        fastres.preprocess(jpeg.getvalue(), mode="quick")
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        fastres.preprocess(jpeg.getvalue(), interpolation="nearest")
+    with pytest.raises(ValueError, match="resize and crop must be >= 1"):
+        fastres.preprocess(jpeg.getvalue(), crop=0)
+    with pytest.raises(fastres.ImageError, match="not an image"):
+        fastres.preprocess(b"hello, world" * 4)
+    with pytest.raises(ImageError, match=f"aspect ratio over {MAX_ASPECT}:1"):
+        resize_crop(torch.zeros((3, 2, 200), dtype=torch.uint8), 32, 32)
+    assert fastres.preprocess(bytes(jpeg.getvalue()), resize=20, crop=16).shape == (3, 16, 16)  # bytes, not only bytearray
+
+
+_CHILD = r"""
+import json, resource, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+torch.set_num_threads(1)
+from fastres.predict.images import ImageError, Transform
+from fastres.predict.pipeline import StageTimes, load_item
+from fastres.predict.preprocess import preprocess
+names = json.loads(sys.argv[1])
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import io
+from PIL import Image
+b = io.BytesIO(); Image.new("RGB", (640, 480), (9, 99, 199)).save(b, "JPEG")
+for mode in ("exact", "fast"):
+    preprocess(b.getvalue(), mode=mode)
+base = peak()
+out = []
+for name, path in names:
+    for mode in ("exact", "fast"):
+        try:
+            preprocess(open(path, "rb").read(), mode=mode)
+            error = None
+        except ImageError as exc:
+            error = str(exc)
+        item = load_item(0, path, Transform(), 89_478_485, StageTimes(), False, mode=mode)  # fastres predict's job
+        out.append(dict(name=name, mode=mode, error=error, item_error=item.error, extra=peak() - base))
+print(json.dumps(out))
+"""
+
+
+def test_hostile_files_refused_or_bounded(tmp_path):
+    """Each hostile file is refused with its ImageError, or classified within
+    `memory_bound()` (the peak RSS of a fresh process, preprocess and the pipeline's job, both
+    modes): 8-bit baseline files first (within the 3-bytes-a-pixel bound), then a progressive
+    JPEG, a GIF and a 16-bit PNG at the pixel limit (within the 6-bytes-a-pixel bound)."""
+    files = hostile_files(tmp_path)
+    from PIL import Image
+    import numpy as np
+
+    deep = tmp_path / "deep-16.png"
+    Image.fromarray(np.zeros((9400, 9450), np.uint16)).save(deep)
+    progressive = tmp_path / "progressive-420.jpg"  # 4:2:0: 511 MB to decode, within the 6 bytes a pixel
+    Image.new("RGB", (9450, 9450), (30, 80, 200)).save(progressive, "JPEG", quality=90, progressive=True)
+    gif = tmp_path / "screen-9450.gif"  # 4 bytes a pixel to decode: palette indices, then RGB
+    Image.new("P", (9450, 9450), 3).save(gif)
+    names = [(n, str(p)) for n, (p, _) in files.items()] + [("progressive-420.jpg", str(progressive)),
+                                                            ("screen-9450.gif", str(gif))]
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(names + [("deep-16.png", str(deep))])],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(run.stdout.strip().splitlines()[-1])
+    for row in rows:
+        words = files[row["name"]][1] if row["name"] in files else None
+        if words is None:
+            assert row["error"] is None and row["item_error"] is None, row
+        else:
+            assert words in (row["error"] or "") and words in (row["item_error"] or ""), row
+    baseline = max(r["extra"] for r in rows if r["name"] not in ("deep-16.png", "progressive-420.jpg",
+                                                                 "screen-9450.gif"))
+    assert baseline <= memory_bound(bytes_per_pixel=3), f"8-bit baseline files: peak +{baseline / 2**20:.0f} MB"
+    assert rows[-1]["extra"] <= memory_bound(), f"all files: peak +{rows[-1]['extra'] / 2**20:.0f} MB"
+
+
+def test_pipeline_job_and_predictor_take_the_mode(tmp_path):
+    """fastres predict's worker job crops as preprocess does, in either mode; Predictor checks
+    the mode's name before it builds anything."""
+    from fastres.predict.pipeline import StageTimes, load_item
+    from fastres.predict.predictor import Predictor
+
+    path = tmp_path / "p.jpg"
+    pixels((600, 400), "RGB", 3).save(path, "JPEG", quality=90)
+    t = Transform(resize=64, crop=56)
+    for mode in ("exact", "fast"):
+        item = load_item(0, str(path), t, None, StageTimes(), False, mode=mode)
+        assert torch.equal(item.crop, preprocess(read_bytes(path), resize=64, crop=56, mode=mode)), mode
+    with pytest.raises(ValueError, match="preprocess must be one of exact, fast"):
+        Predictor(object(), preprocess="quick")
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_commands_take_the_mode(command, capsys):
+    from fastres import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0 and "--preprocess {exact,fast}" in capsys.readouterr().out
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, datas):
+        self.datas = datas
+
+    def __len__(self):
+        return len(self.datas)
+
+    def __getitem__(self, i):
+        return fastres.preprocess(self.datas[i], resize=40, crop=32, mode="fast")
+
+
+def test_in_a_dataloader_worker():
+    """fastres.preprocess in a DataLoader worker process: the default collate stacks its crops."""
+    datas = []
+    for seed in range(3):
+        buf = io.BytesIO()
+        pixels((90, 70), "RGB", seed).save(buf, "JPEG")
+        datas.append(buf.getvalue())
+    loader = torch.utils.data.DataLoader(_Files(datas), batch_size=3, num_workers=1)
+    (batch,) = list(loader)
+    assert batch.shape == (3, 3, 32, 32) and batch.dtype == torch.uint8
+    assert torch.equal(batch[1], fastres.preprocess(datas[1], resize=40, crop=32, mode="fast"))
