@@ -84,7 +84,7 @@ def test_dilation_checks(device):
         K.conv_bn_relu(x, w, b, dilation=1.5)
     with pytest.raises(ValueError, match=r"empty output: .*dilation \(3, 3\) gives -?\d+x-?\d+"):
         K.conv_bn_relu(x, w, b, dilation=3)
-    with pytest.raises(ValueError, match=r"the TMA conv runs neither dilated nor grouped"):
+    with pytest.raises(ValueError, match=r"the TMA conv runs no grouped convs, and dilated ones only bordered"):
         K.conv_bn_relu(x, w, b, padding=2, dilation=2, config=Config(64, 64, 16, 4, 4, variant="tma"))
 
 
@@ -172,7 +172,7 @@ def test_groups_checks(device):
         K.conv_bn_relu(x, w, b, groups=2)
     with pytest.raises(ValueError, match=r"w has 4 input channels \(shape"):
         K.conv_bn_relu(x, w, b)
-    with pytest.raises(ValueError, match=r"the TMA conv runs neither dilated nor grouped"):
+    with pytest.raises(ValueError, match=r"the TMA conv runs no grouped convs, and dilated ones only bordered"):
         K.conv_bn_relu(x, w, b, padding=1, groups=4, config=Config(64, 64, 16, 4, 4, variant="tma"))
 
 

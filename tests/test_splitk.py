@@ -144,8 +144,8 @@ def _space_params():
     for kernel in ("conv", "conv_stem", "conv1x1"):
         for dtype in (torch.float32, torch.float16):
             for c in config_space(kernel, dtype):
-                if c.warp_specialized:
-                    continue  # never split (kernels/gemm_tma.py, kernels/conv_bordered.py)
+                if not c.splits:
+                    continue  # warp-specialized or persistent: never split (kernels/gemm_tma.py, kernels/conv_bordered.py)
                 out.append(pytest.param(kernel, dtype, c, id=f"{kernel}-{dtype_id(dtype)}-{c.name}"))
                 if (c.variant == "ptr" and kernel != "conv_stem" and dtype in config_mod.HOPPER_DTYPES
                         and c.BLOCK_M <= config_mod.FUSED_MAX_BLOCK_M):
