@@ -34,6 +34,7 @@ import triton.language as tl
 
 from ._checks import nhwc_strides
 from .config import BORDERED_VARIANTS, NUM_SMS_DEFAULT, Config, bordered_rows
+from .conv_tma import check_tma_weights
 from .gemm_tma import check_tma_rows
 from .epilogue import bias_residual_relu_store
 from .indexing import grouped_tile
@@ -198,14 +199,8 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
         raise ValueError(f"config {config.name}: a bordered conv needs stride 1, got stride {(g.SH, g.SW)}")
     if config.variant in ("tma_b_ws", "tma_b_p") and config.SPLIT_K > 1:
         raise ValueError(f"config {config.name}: a warp-specialized or persistent conv cannot split its K loop")
-    if g.C % config.BLOCK_K:
-        raise ValueError(f"config {config.name}: TMA boxes need Cin a multiple of BLOCK_K={config.BLOCK_K}, "
-                         f"got w of shape {tuple(w.shape)}")
-    swo, swc, swh, sww = w.stride()
-    if swc != 1 or (g.KW > 1 and sww != g.C) or (g.KH > 1 and swh != g.KW * g.C):
-        raise ValueError(f"config {config.name}: TMA reads the weights as dense [Cout, KH*KW*Cin] rows, "
-                         f"got w of shape {tuple(w.shape)} with strides {tuple(w.stride())}")
-    check_tma_rows("w", w, swo)
+    check_tma_weights(config, g, w)
+    swo = w.stride(0)
     xp = bordered_map(x, (g.PH, g.PW))
     check_tma_rows("x", xp, g.C)
     hp, wp = g.H + 2 * g.PH, g.W + 2 * g.PW

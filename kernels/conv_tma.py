@@ -101,11 +101,9 @@ def tma_rows(g, config: Config) -> int:
     return m_tiles(config, g.M, (g.N * g.OH, g.OW)) * config.BLOCK_M if config.variant == "tma" else g.M
 
 
-def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, workspace, counters, y) -> None:
-    """Launch `_conv_tma_kernel` for the checked conv geometry `g` (kernels/conv.py checks the
-    tensors); raises ValueError where `config`'s variant cannot run this conv."""
-    if config.variant not in ("tma", "tma_w"):
-        raise ValueError(f"config {config.name}: a conv's TMA variants are tma and tma_w")
+def check_tma_weights(config: Config, g, w: torch.Tensor) -> None:
+    """Raises ValueError where TMA cannot read `w` [Cout, KH, KW, Cin] as dense [Cout, KH*KW*Cin]
+    rows in boxes of BLOCK_K input channels (every TMA conv's weight operand)."""
     if g.C % config.BLOCK_K:
         raise ValueError(f"config {config.name}: TMA weight boxes need Cin a multiple of BLOCK_K={config.BLOCK_K}, "
                          f"got w of shape {tuple(w.shape)}")
@@ -115,6 +113,15 @@ def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, works
         raise ValueError(f"config {config.name}: TMA reads the weights as dense [Cout, KH*KW*Cin] rows, "
                          f"got w of shape {tuple(w.shape)} with strides {tuple(w.stride())}")
     check_tma_rows("w", w, swo)
+
+
+def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, workspace, counters, y) -> None:
+    """Launch `_conv_tma_kernel` for the checked conv geometry `g` (kernels/conv.py checks the
+    tensors); raises ValueError where `config`'s variant cannot run this conv."""
+    if config.variant not in ("tma", "tma_w"):
+        raise ValueError(f"config {config.name}: a conv's TMA variants are tma and tma_w")
+    check_tma_weights(config, g, w)
+    swo = w.stride(0)
     sxn, sxh, sxw, sxc = nhwc_strides(x)
     a_tma = config.variant == "tma"
     if a_tma:

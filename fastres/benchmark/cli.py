@@ -153,6 +153,15 @@ def _child_main() -> int:
         return 2
 
 
+
+def check_date(date: str | None) -> None:
+    """--date, when given, as the results' file names need it (a UserError otherwise)."""
+    if date is not None:
+        try:
+            bench_date(date)
+        except ValueError as exc:
+            raise UserError(f"--date: {exc}") from None
+
 def main(args: argparse.Namespace) -> int:
     """Run `fastres bench` with parsed `args`; returns the exit code."""
     from ..kernels import interpreting
@@ -217,11 +226,7 @@ def main(args: argparse.Namespace) -> int:
     )
     if timing.min_reps < 1 or timing.max_reps < timing.min_reps:
         raise UserError(f"need 1 <= --min-reps <= --max-reps, got {timing.min_reps} and {timing.max_reps}")
-    if args.date is not None:
-        try:
-            bench_date(args.date)
-        except ValueError as exc:
-            raise UserError(f"--date: {exc}") from None
+    check_date(args.date)
 
     # the options are valid: now the device (the smoke runs in a child with the interpreter on)
     if smoke and not interpreting():
@@ -315,11 +320,7 @@ def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
     reps = args.min_reps if args.min_reps is not None else (1 if smoke else 5)
     if reps < 1:
         raise UserError(f"--min-reps must be >= 1, got {reps}")
-    if args.date is not None:
-        try:
-            bench_date(args.date)
-        except ValueError as exc:
-            raise UserError(f"--date: {exc}") from None
+    check_date(args.date)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     env = environment(device, smoke=smoke, date=args.date)
     if device.type == "cpu":
