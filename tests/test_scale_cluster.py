@@ -1,7 +1,8 @@
 """fastres.scale.cluster: what actors and replicas ask for and are given; the core package
 never importing ray; Serve importable under warnings-as-errors; the test cluster's workers
 not inheriting TRITON_INTERPRET (so the other scale tests show the runtime_env delivers it);
-the token file of a cluster started here readable by its owner only."""
+the token file of a cluster started here readable by its owner only; a process already
+connected never silently uses its cluster for an address that names another."""
 from __future__ import annotations
 
 import json
@@ -97,6 +98,30 @@ def test_workers_do_not_inherit_triton_interpret(ray_cluster):
     assert not placement.gpu and placement.env["TRITON_INTERPRET"] == "1"
     given = getenv.options(runtime_env=placement.ray_options()["runtime_env"])
     assert ray.get(given.remote("TRITON_INTERPRET"), timeout=120) == "1"
+
+
+def test_an_address_is_honoured_while_already_connected(ray_cluster):
+    """Connected already (the shared cluster): its own address, by name or number, and "auto"
+    reuse the connection; a closed port is refused as without a connection; a port where
+    something else listens is refused, naming both clusters."""
+    import socket
+
+    from fastres.scale.cluster import ALREADY, connect
+    from scale_helpers import free_port
+
+    ray = ray_or_skip()
+    current = ray.get_runtime_context().gcs_address
+    port = current.rpartition(":")[2]
+    assert connect(current) == connect(f"localhost:{port}") == connect("auto") == connect() == ALREADY
+    closed = free_port()
+    with pytest.raises(ConnectionError, match=rf"at 127.0.0.1:{closed}: Connection refused"):
+        connect(f"127.0.0.1:{closed}")
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        elsewhere = f"127.0.0.1:{other.getsockname()[1]}"
+        with pytest.raises(ConnectionError, match=rf"at {elsewhere}: this process is already connected to the one "
+                                                  rf"at {current}"):
+            connect(elsewhere)
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == current
 
 
 def test_the_token_file_is_private(tmp_path):

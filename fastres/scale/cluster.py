@@ -220,18 +220,41 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                               f"{exc.strerror or type(exc).__name__} (is a Ray head node running there?)") from None
 
 
+def _same_address(a: str, b: str) -> bool:
+    """Whether host:port addresses `a` and `b` name the same endpoint (host names resolved)."""
+    import socket
+
+    def key(address: str):
+        host, _, port = address.rpartition(":")
+        try:
+            host = socket.gethostbyname(host.strip("[]"))
+        except OSError:
+            pass
+        return host, port
+
+    return a == b or key(a) == key(b)
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None,
             log_to_driver: bool = True) -> str:
     """Connect this process to the Ray cluster at `address` (host:port, "auto" for the one
     `ray start` runs on this machine, ray://host:port for Ray Client; default $RAY_ADDRESS),
     or, without one, start a local cluster (no dashboard). Nothing when Ray is already
-    initialized. log_to_driver=False keeps the workers' output out of this process's stdout and
-    stderr (it stays in the cluster's log files): Ray prints a worker's stdout on the driver's.
+    initialized, unless `address` names another cluster (ConnectionError). log_to_driver=False
+    keeps the workers' output out of this process's stdout and stderr (it stays in the
+    cluster's log files): Ray prints a worker's stdout on the driver's.
     Returns STARTED (this call started a cluster: ray.shutdown() stops it), CONNECTED or
     ALREADY (initialized before: the caller leaves it so). Raises RayNotInstalled, or
     ConnectionError when the address has no cluster."""
     ray = require_ray("--ray" if address is None else f"--address {address}")
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address and address != "auto" and not address.startswith("ray://") and not _same_address(address, current):
+            # Ray keeps one connection per process: the work would silently run elsewhere.
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: this process is already "
+                                  f"connected to the one at {current} (ray.shutdown() first)")
         return ALREADY
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
