@@ -20,20 +20,42 @@ serve any launch).
 Inside `with precompiling():` launches only compile, on a thread pool (see kernels/launch.py).
 On CPU tensors they run only under TRITON_INTERPRET=1; otherwise they need a CUDA device.
 """
-from ._checks import interpreting
-from .config import Config, config_space, select_config, tuning_candidates, use_config
-from .conv import conv_bn_relu, pixel_norm, stem_conv
-from .conv_bordered import zero_bordered
-from .elementwise import add_relu
-from .fold import fold_bn
-from .gemm1x1 import conv1x1
-from .head import avgpool_fc
-from .launch import can_precompile, precompiling
-from .pool import max_pool2d
-from .splitk import COUNTER_WORDS
+if __name__ == "kernels":
+    # This folder is fastres.kernels. Imported by the bare name (a checkout's root on sys.path,
+    # as `python -m ...` run from there puts it), it would shadow the PyPI package `kernels`,
+    # which transformers imports: the bare name goes to that package, or fails as if absent.
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
+    from importlib.machinery import PathFinder as _PathFinder
 
-__all__ = [
-    "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
-    "can_precompile", "precompiling",
-    "COUNTER_WORDS", "conv_bn_relu", "zero_bordered", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
-]
+    _root = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
+    _spec = _PathFinder.find_spec("kernels", [p for p in _sys.path if _os.path.realpath(p or _os.curdir) != _root])
+    if _spec is None or _spec.loader is None:
+        raise ModuleNotFoundError("No module named 'kernels' (this checkout's kernels/ folder is fastres.kernels)",
+                                  name="kernels")
+    _module = _util.module_from_spec(_spec)
+    _sys.modules["kernels"] = _module  # what `import kernels` returns once this file has run
+    try:
+        _spec.loader.exec_module(_module)
+    except BaseException:
+        del _sys.modules["kernels"]
+        raise
+else:
+    from ._checks import interpreting
+    from .config import Config, config_space, select_config, tuning_candidates, use_config
+    from .conv import conv_bn_relu, pixel_norm, stem_conv
+    from .conv_bordered import zero_bordered
+    from .elementwise import add_relu
+    from .fold import fold_bn
+    from .gemm1x1 import conv1x1
+    from .head import avgpool_fc
+    from .launch import can_precompile, precompiling
+    from .pool import max_pool2d
+    from .splitk import COUNTER_WORDS
+
+    __all__ = [
+        "Config", "config_space", "select_config", "tuning_candidates", "use_config", "interpreting",
+        "can_precompile", "precompiling",
+        "COUNTER_WORDS", "conv_bn_relu", "zero_bordered", "stem_conv", "pixel_norm", "conv1x1", "add_relu", "max_pool2d", "avgpool_fc", "fold_bn",
+    ]

@@ -81,30 +81,6 @@ def randomize_bn_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def import_transformers():
-    """transformers, or a pytest skip. transformers 5 imports the PyPI package `kernels`,
-    which this checkout's `kernels/` folder (fastres.kernels in a checkout) shadows wherever
-    the checkout's root is on sys.path, as `python -m pytest` puts it: import the installed
-    `kernels` first, from the other entries of sys.path."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    import pytest
-
-    root = Path(__file__).resolve().parent.parent
-    if "kernels" not in sys.modules:
-        saved = list(sys.path)
-        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
-        try:
-            importlib.import_module("kernels")
-        except ImportError:
-            pass  # not installed: transformers then does without it
-        finally:
-            sys.path[:] = saved
-    return pytest.importorskip("transformers")
-
-
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 
 

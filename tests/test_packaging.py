@@ -1,5 +1,6 @@
 """fastres.kernels imports the same way from a wheel and from a plain checkout, and no top-level
-`kernels` module is installed (an unrelated PyPI package owns that name)."""
+`kernels` module is installed (an unrelated PyPI package owns that name); with the checkout's
+root on sys.path the bare name `kernels` is still that package's (transformers imports it)."""
 from __future__ import annotations
 
 import json
@@ -160,3 +161,44 @@ def test_plain_checkout_imports_kernels(tmp_path):
     assert Path(got["fastres"]).resolve() == REPO / "fastres" / "__init__.py", got
     assert got["same_object"] and got["add_relu_ok"], got
 
+
+
+def test_the_bare_name_kernels_is_never_the_checkout_folder(tmp_path):
+    """From the checkout's root (`python -m ...` puts it first on sys.path) `import kernels` is
+    the installed PyPI package where there is one, and ModuleNotFoundError where there is none
+    (the other entries of sys.path holding a `kernels` hidden for that import); fastres.kernels
+    is the checkout's folder in the same process either way."""
+    import importlib.metadata
+
+    code = """
+import json, os, sys
+root = os.path.realpath(os.getcwd())
+def bare():
+    sys.modules.pop("kernels", None)
+    try:
+        import kernels
+        return kernels.__file__
+    except ModuleNotFoundError as exc:
+        return "missing: " + str(exc)
+with_installed = bare()
+saved = list(sys.path)
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) == root
+               or not os.path.exists(os.path.join(p or os.curdir, "kernels"))]
+without = bare()
+sys.path[:] = saved
+from fastres import kernels as K
+print(json.dumps({"installed": with_installed, "without": without, "fastres": K.__file__,
+                  "add_relu": hasattr(K, "add_relu")}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=_child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(got["fastres"]).resolve() == REPO / "kernels" / "__init__.py" and got["add_relu"], got
+    assert got["without"].startswith("missing: No module named 'kernels'"), got
+    try:
+        installed = Path(importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py")).resolve()
+    except importlib.metadata.PackageNotFoundError:
+        assert got["installed"].startswith("missing: "), got
+    else:
+        assert Path(got["installed"]).resolve() == installed, got

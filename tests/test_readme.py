@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers import import_transformers
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -19,7 +17,7 @@ def python_blocks() -> list[str]:
 def test_readme_python_example_runs(index, capsys):
     if "import torch, timm, transformers" in python_blocks()[index]:
         pytest.importorskip("timm")
-        import_transformers()  # the installed `kernels` before this checkout's folder (README says why)
+        pytest.importorskip("transformers")
     exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
     assert capsys.readouterr().out.strip(), "every README example prints what it shows"
 

@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 
 import fastres
 from fastres.weights import WeightsError, read_metadata
-from helpers import DEVICE, assert_close, import_transformers, randomize_bn_
+from helpers import DEVICE, assert_close, randomize_bn_
 
 timm = pytest.importorskip("timm")
-transformers = import_transformers()
+transformers = pytest.importorskip("transformers")
 
 
 def _reference(model, x, **kwargs):

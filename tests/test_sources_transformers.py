@@ -11,9 +11,9 @@ import torch
 
 import fastres
 from fastres.plan import UnsupportedModelError
-from helpers import DEVICE, assert_close, import_transformers, randomize_bn_
+from helpers import DEVICE, assert_close, randomize_bn_
 
-transformers = import_transformers()
+transformers = pytest.importorskip("transformers")
 
 
 def _config(layer_type="bottleneck", **kwargs):
