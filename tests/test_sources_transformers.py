@@ -50,6 +50,26 @@ def test_image_classification(layer_type, flags):
     assert_close(tup[0], ref.logits, 1e-4, what="logits (tuple)")
 
 
+@pytest.mark.parametrize("num_labels, labels", [
+    (3, torch.tensor([0, 2])),                         # single-label: cross-entropy
+    (3, torch.tensor([[1., 0., 1.], [0., 1., 0.]])),   # float targets: multi-label BCE
+    (1, torch.tensor([0.5, -1.0])),                    # one label: regression, MSE
+], ids=["single-label", "multi-label", "regression"])
+def test_labels_give_transformers_loss(num_labels, labels):
+    """Fed as transformers' tests feed it (`model(pixel_values, labels=labels)`): the loss its
+    own loss function computes from the logits, first in the tuple with return_dict=False."""
+    model = _build("ResNetForImageClassification", _config("basic", num_labels=num_labels))
+    fast = fastres.from_transformers(model, dtype=torch.float32, device=DEVICE)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x, labels=labels)
+    out = fast(x.to(DEVICE), labels=labels.to(DEVICE))
+    assert out.logits.shape == (2, num_labels) and out.loss.shape == ()
+    assert_close(out.loss, ref.loss, 1e-5, what="loss")
+    loss, logits = fast(x.to(DEVICE), labels=labels.to(DEVICE), return_dict=False)
+    assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
+
+
 def test_model_pooler_and_hidden_states():
     model = _build("ResNetModel", _config("bottleneck"), seed=1)
     fast = fastres.from_transformers(model, dtype=torch.float32, device=DEVICE)

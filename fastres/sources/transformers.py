@@ -192,19 +192,26 @@ class _HFModule(torch.nn.Module):
 
 class HFResNetForImageClassification(_HFModule):
     """transformers' ResNetForImageClassification on fastres: the same output object (logits;
-    hidden_states where asked). labels (a loss) are refused."""
+    hidden_states where asked; with labels, the loss transformers computes from the logits:
+    cross-entropy, MSE or BCE by the config's problem_type, its own loss function)."""
+
+    def __init__(self, engines: _Engines, config, loss_function=None):
+        super().__init__(engines, config)
+        self._loss_function = loss_function
 
     def forward(self, pixel_values: torch.Tensor, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
         from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
-        if labels is not None:
-            raise ValueError("fastres runs inference: labels (a training loss) are not supported")
+        if labels is not None and self._loss_function is None:
+            raise ValueError("labels: this transformers version's model had no loss_function to compute the loss with")
         hs, rd = self._flags(output_hidden_states, return_dict)
         logits = self._engines.classifier(pixel_values)
+        # transformers' own loss of the logits fastres computed (in their dtype)
+        loss = None if labels is None else self._loss_function(labels, logits, self.config)
         hidden = _hidden_states(self._engines, pixel_values) if hs else None
         if not rd:
-            return (logits,) + ((hidden,) if hs else ())
-        return ImageClassifierOutputWithNoAttention(loss=None, logits=logits, hidden_states=hidden)
+            return ((loss,) if loss is not None else ()) + (logits,) + ((hidden,) if hs else ())
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden)
 
 
 class HFResNetModel(_HFModule):
@@ -286,7 +293,7 @@ def from_transformers(model: torch.nn.Module, *, dtype: torch.dtype = torch.floa
     params = fold_params(sd, spec, num_classes, dtype, eps, 4)
     engines = _Engines(spec, params, num_classes, dict(dtype=dtype, device=device, cuda_graph=cuda_graph, tune=tune))
     if num_classes is not None:
-        return HFResNetForImageClassification(engines, config)
+        return HFResNetForImageClassification(engines, config, getattr(model, "loss_function", None))
     if is_transformers(model, "ResNetModel"):
         return HFResNetModel(engines, config)
     return HFResNetBackbone(engines, config, model.out_features)
