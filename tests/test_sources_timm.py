@@ -37,6 +37,25 @@ def test_resnet18_logits_features_and_head():
                      1e-5, what="pre_logits")
 
 
+@pytest.mark.parametrize("kwargs, shape", [({"num_classes": 0}, (2, 512)),
+                                           ({"num_classes": 0, "global_pool": ""}, (2, 512, 1, 2))],
+                         ids=["pooled", "unpooled"])
+def test_feature_extractor_num_classes_0(kwargs, shape):
+    """timm's feature extractor (num_classes=0: fc is Identity): the trunk on fastres, timm's own
+    pool after it; timm's attributes (num_classes, num_features, pretrained_cfg, feature_info)
+    and get_classifier() as the model's."""
+    torch.manual_seed(1)
+    model = randomize_bn_(timm.create_model("resnet18", pretrained=False, **kwargs))
+    fast = fastres.from_timm(model, dtype=torch.float32, device=DEVICE)
+    x = torch.randn(2, 3, 32, 40)
+    out = fast(x.to(DEVICE))
+    assert tuple(out.shape) == shape and fast.engine.returns is not None
+    assert_close(out, _reference(model, x), 1e-4, what="features")
+    assert (fast.num_classes, fast.num_features) == (model.num_classes, model.num_features) == (0, 512)
+    assert fast.pretrained_cfg == model.pretrained_cfg and len(fast.feature_info) == len(model.feature_info)
+    assert type(fast.get_classifier()) is torch.nn.Identity
+
+
 @pytest.mark.parametrize("block, size", [(BasicBlock, (32, 32)), (Bottleneck, (30, 27))], ids=["basic", "bottleneck"])
 def test_deep_stem_and_average_pool_shortcut(block, size):
     """timm's `d` variant (resnet18d / resnet50d's shape, smaller): deep stem, 2x2 average pool
@@ -88,7 +107,7 @@ def test_features_only(feature_cls):
     ("resnet18", {"act_layer": "silu"}, "fuses ReLU only"),
     ("resnet18", {"output_stride": 16}, "dilated"),
     ("resnet18", {"global_pool": "max"}, "global average pool"),
-    ("resnet18", {"num_classes": 0}, "Linear classifier"),
+    ("resnet18", {"num_classes": 0, "global_pool": "max"}, "global average pool"),
     ("resnet18", {"replace_stem_pool": True}, "conv-pool stems"),
     ("resnetv2_50", {}, "ResNetV2"),
 ])

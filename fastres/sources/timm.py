@@ -167,20 +167,26 @@ def _spec_of(model, trunk: bool):
 
 
 def check_timm_resnet(model: torch.nn.Module):
-    """(arch, num_classes, eps per BN) of a timm ResNet classifier in eval mode."""
+    """(arch, num_classes, eps per BN) of a timm ResNet classifier in eval mode; num_classes is
+    None for a feature extractor (timm's num_classes=0: fc is Identity)."""
     expect(is_timm(model, "ResNet"), f"expected timm's ResNet (timm.models.resnet.ResNet), got {kind(model)}")
     check_eval(model)
     _check_hooks(model)
     children = {n for n, _ in model.named_children()}
     want = {"conv1", "bn1", "act1", "maxpool", *LAYERS, "global_pool", "fc"}
     expect(children == want, f"the model's submodules {sorted(children)} differ from timm's ResNet {sorted(want)}")
-    gp = model.global_pool
-    expect(type(gp).__name__ == "SelectAdaptivePool2d" and getattr(gp, "pool_type", None) == "avg"
-           and gp.is_identity() is False and type(getattr(gp, "flatten", None)) is torch.nn.Flatten,
-           f"global_pool is {gp}: fastres runs the flattened global average pool only")
-    expect(type(model.fc) is torch.nn.Linear and model.fc.bias is not None,
-           f"fc is {model.fc}: fastres runs a Linear classifier with bias (num_classes > 0)")
-    arch, num_classes = _spec_of(model, trunk=False)
+    gp, fc = model.global_pool, model.fc
+    pool_type = getattr(gp, "pool_type", None)
+    features = type(fc) is torch.nn.Identity  # num_classes=0: the pooled (or, with global_pool='', unpooled) features
+    expect(type(gp).__name__ == "SelectAdaptivePool2d" and (
+        (pool_type == "avg" and not gp.is_identity() and type(getattr(gp, "flatten", None)) is torch.nn.Flatten)
+        or (features and pool_type == "" and gp.is_identity())),
+        f"global_pool is {gp}: fastres runs the flattened global average pool, or none with num_classes=0")
+    expect(features or (type(fc) is torch.nn.Linear and fc.bias is not None),
+           f"fc is {fc}: fastres runs a Linear classifier with bias, or none (num_classes=0)")
+    arch, num_classes = _spec_of(model, trunk=features)
+    if features:
+        num_classes = None
     spec = arch_spec(arch)
     eps: dict[str, float] = {}
     _check_stem(model, spec, eps)
@@ -228,16 +234,28 @@ class TimmResNet(torch.nn.Module):
     """timm's ResNet on fastres: `forward(x)` gives the logits, and `forward_features(x)` /
     `forward_head(x, pre_logits=False)` what timm's do (the head, a global average pool and
     the Linear, stays torch and runs as timm's does; forward_features builds a trunk engine
-    returning layer4 on first use)."""
+    returning layer4 on first use). A feature extractor (timm's num_classes=0) is the trunk
+    engine and timm's own pool: forward gives the pooled features (unpooled with
+    global_pool='')."""
 
-    def __init__(self, engine: ResNet, global_pool: torch.nn.Module, fc: torch.nn.Module, options: dict):
+    def __init__(self, engine: ResNet, global_pool: torch.nn.Module, fc: torch.nn.Module, options: dict,
+                 source: torch.nn.Module | None = None):
         super().__init__()
         self.engine = engine
         self.global_pool, self.fc = global_pool, fc
         self._options = options
-        self._trunk: ResNet | None = None
+        self._trunk: ResNet | None = None if engine.num_classes else engine
+        for name in ("num_classes", "num_features", "head_hidden_size", "pretrained_cfg", "default_cfg",
+                     "feature_info"):
+            if hasattr(source, name):
+                setattr(self, name, copy.deepcopy(getattr(source, name)))
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._trunk is self.engine:
+            return self.forward_head(self.forward_features(x))
         return self.engine(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,6 +311,10 @@ def from_timm(model: torch.nn.Module, *, dtype: torch.dtype = torch.float16, dev
                                     "(timm.models.resnet.ResNet) and its features_only trunks; ResNetV2 (pre-activation), "
                                     "ByobNet and other families are not")
     arch, num_classes, eps = check_timm_resnet(model)
-    params = fold_params(model.state_dict(), arch, num_classes, dtype, eps)
-    engine = ResNet(arch, params, num_classes=num_classes, **options)
-    return TimmResNet(engine, copy.deepcopy(model.global_pool), copy.deepcopy(model.fc), options)
+    if num_classes is None:
+        params = fold_params(model.state_dict(), arch, None, dtype, eps, 4)
+        engine = ResNet(arch, params, returns={"layer4": "layer4"}, **options)
+    else:
+        params = fold_params(model.state_dict(), arch, num_classes, dtype, eps)
+        engine = ResNet(arch, params, num_classes=num_classes, **options)
+    return TimmResNet(engine, copy.deepcopy(model.global_pool), copy.deepcopy(model.fc), options, model)
