@@ -42,6 +42,28 @@ from .launch import ensure_tma_allocator, launch
 from .splitk import config_splits, finish_tile, split_counters, split_workspace
 
 
+@triton.jit
+def _tap_offsets(it, n_cb, C, WP, DH, DW, KW: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K step `it` (tap-major, BLOCK_K channels each) -> (its tap's row offset in the flattened
+    map, its first channel, its column of the [Cout, KH*KW*Cin] weights)."""
+    tap = it // n_cb
+    c0 = (it - tap * n_cb) * BLOCK_K
+    kh = tap // KW
+    kw = tap - kh * KW
+    return kh * DH * WP + kw * DW, c0, tap * C + c0
+
+
+@triton.jit
+def _window_outputs(r, MT, HP, WP, OH, OW):
+    """Rows r of the map (window corners (n, hp, wp)) -> (their output pixels n*OH*OW + hp*OW
+    + wp, which rows have one: the border columns and rows between images have none)."""
+    n = r // (HP * WP)
+    rem = r - n * (HP * WP)
+    hp = rem // WP
+    wp = rem - hp * WP
+    return n * (OH * OW) + hp * OW + wp, (r < MT) & (hp < OH) & (wp < OW)
+
+
 # Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
 # input size compiles nothing (the strides left depend on channel counts only).
 @triton.jit(do_not_specialize=("MT", "MP", "HP", "WP", "OH", "OW", "ITERS"))
@@ -76,24 +98,13 @@ def _conv_bordered_kernel(
     it1 = tl.minimum(it0 + ITERS, KH * KW * n_cb)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for it in tl.range(it0, it1, warp_specialize=WARP_SPECIALIZE):
-        tap = it // n_cb
-        c0 = (it - tap * n_cb) * BLOCK_K
-        kh = tap // KW
-        kw = tap - kh * KW
+        dr, c0, wk = _tap_offsets(it, n_cb, C, WP, DH, DW, KW, BLOCK_K)
         # Rows past MP (the last tile's tail) are zero-filled by the TMA unit.
-        a = x_desc.load([r0 + kh * DH * WP + kw * DW, c0])
-        b = w_desc.load([n0, tap * C + c0])
+        a = x_desc.load([r0 + dr, c0])
+        b = w_desc.load([n0, wk])
         acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
 
-    # Window corner (n, hp, wp) of each row -> its output pixel, where it has one.
-    r = r0 + tl.arange(0, BLOCK_M)
-    img = HP * WP
-    n = r // img
-    rem = r - n * img
-    hp = rem // WP
-    wp = rem - hp * WP
-    m_ok = (r < MT) & (hp < OH) & (wp < OW)
-    rm = n * (OH * OW) + hp * OW + wp
+    rm, m_ok = _window_outputs(r0 + tl.arange(0, BLOCK_M), MT, HP, WP, OH, OW)
     rn = n0 + tl.arange(0, BLOCK_N)
     finish_tile(
         acc, rm, rn, m_ok, rn < CO, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
@@ -122,28 +133,20 @@ def _conv_bordered_persistent_kernel(
     n_cb = C // BLOCK_K
     k_steps = KH * KW * n_cb
     tiles = tl.cdiv(MT, BLOCK_M) * tl.cdiv(CO, BLOCK_N)
-    img = HP * WP
     for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, MT, CO, BLOCK_M, BLOCK_N, GROUP_M)
         r0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for it in range(0, k_steps):
-            tap = it // n_cb
-            c0 = (it - tap * n_cb) * BLOCK_K
-            kh = tap // KW
-            kw = tap - kh * KW
-            a = x_desc.load([r0 + kh * DH * WP + kw * DW, c0])
-            b = w_desc.load([n0, tap * C + c0])
+            dr, c0, wk = _tap_offsets(it, n_cb, C, WP, DH, DW, KW, BLOCK_K)
+            a = x_desc.load([r0 + dr, c0])
+            b = w_desc.load([n0, wk])
             acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
-        r = r0 + tl.arange(0, BLOCK_M)
-        n = r // img
-        rem = r - n * img
-        hp = rem // WP
-        wp = rem - hp * WP
+        rm, m_ok = _window_outputs(r0 + tl.arange(0, BLOCK_M), MT, HP, WP, OH, OW)
         rn = n0 + tl.arange(0, BLOCK_N)
         bias_residual_relu_store(
-            acc, n * (OH * OW) + hp * OW + wp, rn, (r < MT) & (hp < OH) & (wp < OW), rn < CO, b_ptr, r_ptr, y_ptr,
+            acc, rm, rn, m_ok, rn < CO, b_ptr, r_ptr, y_ptr,
             OH, OW, srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
         )
 
@@ -206,8 +209,8 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
     hp, wp = g.H + 2 * g.PH, g.W + 2 * g.PW
     mt = bordered_rows(g.N, hp, wp, g.OH, g.OW)
     r = residual if residual is not None else y
+    tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
     if config.variant == "tma_b_p":
-        tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
         programs = persistent_programs(tiles, x.device)
         ensure_tma_allocator()
         launch(_conv_bordered_persistent_kernel, (programs,),
@@ -221,7 +224,6 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
         return
     splits, iters = config_splits(config, g.C, g.KH * g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
-    tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
     ensure_tma_allocator()
     launch(_conv_bordered_kernel, (tiles, splits),
