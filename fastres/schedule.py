@@ -11,8 +11,8 @@ producers write the interior, and every consumer reads the interior view. Border
 shared only by activations of one shape and border, so no write ever lands on a border. The
 layout follows the configs: `Schedule.with_configs` lays the slots out again. Nothing is
 allocated and no kernel runs, so a schedule can be printed (`fastres run --plan`,
-`ResNet.schedule(x)`) and tested on any machine, for any device described by a `DeviceInfo`. The runtime (`fastres.arena`) binds a schedule to buffers
-and runs or captures it.
+`ResNet.schedule(x)`) and tested on any machine, for any device described by a `DeviceInfo`.
+The runtime (`fastres.arena`) binds a schedule to buffers and runs or captures it.
 """
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ _SPACE["conv1x1"] = {
 # stated in (bfloat16 and float32 keep the pointer kernels, and CI's gate its budget, until a
 # GPU run shows which variants pay). Offered to the tuner, never chosen by the untuned
 # heuristic, until a GPU run ranks them (bench/NOTES.md, version 8).
-# The bordered convs (tma_b, tma_b_ws): stride-1 3x3s over zero-bordered inputs.
+# The bordered convs (tma_b, tma_b_ws, tma_b_p): stride-1 3x3s over zero-bordered inputs.
 _BORDERED = (C(128, 64, 64, 4, 4, variant="tma_b"), C(64, 128, 64, 4, 4, variant="tma_b"),
              C(64, 64, 64, 4, 4, variant="tma_b"),
              C(128, 128, 64, 4, 3, variant="tma_b_ws"), C(128, 64, 64, 4, 4, variant="tma_b_ws"),

@@ -322,7 +322,7 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     if cfg.tma:
         if g.G != 1 or ((g.DH, g.DW) != (1, 1) and not cfg.bordered):
             raise ValueError(f"config {cfg.name}: the TMA conv runs no grouped convs, and dilated ones only bordered "
-                             f"(tma_b, tma_b_ws), got dilation "
+                             f"(tma_b, tma_b_ws, tma_b_p), got dilation "
                              f"{(g.DH, g.DW)}, groups {g.G}: use a pointer config")
         if flat or norm is not None or x.dtype != w.dtype:
             raise ValueError(f"config {cfg.name}: the TMA conv needs >= 16 input channels in w's dtype, got x "

@@ -200,7 +200,7 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
         raise ValueError(f"config {config.name}: the bordered conv's variants are {', '.join(BORDERED_VARIANTS)}")
     if (g.SH, g.SW) != (1, 1):
         raise ValueError(f"config {config.name}: a bordered conv needs stride 1, got stride {(g.SH, g.SW)}")
-    if config.variant in ("tma_b_ws", "tma_b_p") and config.SPLIT_K > 1:
+    if config.SPLIT_K > 1 and not config.splits:
         raise ValueError(f"config {config.name}: a warp-specialized or persistent conv cannot split its K loop")
     check_tma_weights(config, g, w)
     swo = w.stride(0)
