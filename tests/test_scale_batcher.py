@@ -125,6 +125,35 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     assert [a[0] for a in answers] == [0, 1, 2, 3, 4]
 
 
+def test_retry_after_is_the_queues_run_time_at_the_measured_batch_time():
+    """Once a batch has taken 3 s (on the batcher's clock), a refusal behind one running batch
+    and 3 queued (2 batches of max 2) says Retry-After: 9."""
+    now = [0.0]
+
+    async def main():
+        gate = asyncio.Event()
+
+        async def run(items):
+            if now[0]:  # every batch after the first waits for the gate
+                await gate.wait()
+            now[0] += 3.0
+            return items
+
+        b = Batcher(run, max_batch=2, wait_s=0.0, max_queue=3, clock=lambda: now[0])
+        await b.submit("first")  # one batch of 3 s
+        running = [asyncio.ensure_future(b.submit(i)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(b.submit(i)) for i in range(2, 5)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as info:
+            await b.submit("one too many")
+        gate.set()
+        await asyncio.gather(*running, *queued)
+        return info.value
+
+    assert asyncio.run(main()).headers == {"Retry-After": "9"}
+
+
 def test_deadlines_answer_504_whether_queued_or_running():
     async def main():
         gate = asyncio.Event()

@@ -12,6 +12,13 @@ import sys
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
 
+
+def add_preprocess_argument(p: argparse.ArgumentParser) -> None:
+    """--preprocess, as `fastres predict` and `fastres serve` take it (fastres.preprocess's modes)."""
+    p.add_argument("--preprocess", choices=("exact", "fast"), default="exact",
+                   help="exact: torchvision's pixels bit for bit (default); fast: JPEGs decoded at a reduced DCT scale "
+                        "and torch's uint8 resize, close to exact and several times faster on large photos")
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively (sorted)")
     p.add_argument("--weights", metavar="FILE", required=True,
@@ -31,9 +38,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if there is one)")
     p.add_argument("--decode", choices=("auto", "cpu", "cuda"), default="auto",
                    help="JPEG decoding: nvjpeg on the GPU (cuda), the CPU workers (cpu), or nvjpeg where available (auto)")
-    p.add_argument("--preprocess", choices=("exact", "fast"), default="exact",
-                   help="exact: torchvision's pixels bit for bit (default); fast: JPEGs decoded at a reduced DCT scale "
-                        "and torch's uint8 resize, close to exact and several times faster on large photos")
+    add_preprocess_argument(p)
     p.add_argument("--workers", type=int, default=None, help="CPU decode threads (default: the CPU count, at most 32)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")

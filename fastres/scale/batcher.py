@@ -37,6 +37,12 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
+# The server's default limits (`fastres serve`'s flags; kept here, free of Ray and torch, so
+# that the command line can show them without importing either).
+TIMEOUT_S = 30.0  # the deadline of a request, from its arrival at the replica
+BODY_TIMEOUT_S = 15.0  # the time to receive a whole body
+DRAIN_S = 30.0  # the time given to the requests in flight on shutdown
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -100,10 +106,10 @@ class Batcher(Generic[T, R]):
         self.run, self.max_batch, self.wait_s, self.max_queue = run, int(max_batch), float(wait_s), int(max_queue)
         self.clock = clock
         self.queue: collections.deque[_Waiting] = collections.deque()
-        self.running = 0  # requests in the batch that runs now
-        self._batch: list[_Waiting] = []
+        self._batch: list[_Waiting] = []  # the batch that runs now
         self.draining = False
         self.batches: list[int] = []  # the size of every batch run so far (the last 1000)
+        self.batches_run = 0
         self._batch_s = 0.0  # a moving average of a batch's run time, for Retry-After
         self._arrived: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -169,13 +175,18 @@ class Batcher(Generic[T, R]):
             await self._idle.wait()
 
     @property
+    def running(self) -> int:
+        """Requests in the batch that runs now."""
+        return len(self._batch)
+
+    @property
     def mean_batch(self) -> float:
         return sum(self.batches) / len(self.batches) if self.batches else 0.0
 
     def _drain_estimate(self) -> float:
-        """Seconds until the queue, as it is, has run: what Retry-After says (at least 1)."""
+        """Seconds until the queue, as it is, has run: what Retry-After says (rounded up, at least 1)."""
         batches = math.ceil((len(self.queue) + 1) / self.max_batch) + (1 if self.running else 0)
-        return max(1.0, batches * self._batch_s)
+        return batches * self._batch_s
 
     # -- the batch loop --------------------------------------------------------------------
 
@@ -187,7 +198,6 @@ class Batcher(Generic[T, R]):
     async def _loop(self) -> None:
         while True:
             batch = self._batch = await self._next_batch()
-            self.running = len(batch)
             t0 = self.clock()
             try:
                 results = await self.run([w.item for w in batch])
@@ -204,8 +214,10 @@ class Batcher(Generic[T, R]):
             finally:
                 took = self.clock() - t0
                 self._batch_s = took if not self._batch_s else 0.8 * self._batch_s + 0.2 * took
-                self.batches = self.batches[-999:] + [len(batch)]
-                self.running, self._batch = 0, []
+                self.batches.append(len(batch))
+                del self.batches[:-1000]
+                self.batches_run += 1
+                self._batch = []
                 if not self.queue:
                     self._idle.set()
 
@@ -213,7 +225,6 @@ class Batcher(Generic[T, R]):
         """Up to max_batch live requests, once max_batch are queued or the first queued has
         waited wait_s (already passed when it queued while the last batch ran)."""
         while True:
-            self._drop_dead()
             if not self.queue:
                 self._idle.set()
                 self._arrived.clear()
@@ -226,16 +237,7 @@ class Batcher(Generic[T, R]):
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except asyncio.TimeoutError:
                     break
-                self._drop_dead()
-                if not self.queue:
-                    break
-            self._drop_dead()
-            if not self.queue:
+            if not self.queue:  # every queued caller gave up meanwhile (each removes its own entry)
                 continue
             n = min(self.max_batch, len(self.queue))
             return [self.queue.popleft() for _ in range(n)]
-
-    def _drop_dead(self) -> None:
-        """Requests whose caller gave up (deadline, disconnect) leave the queue's head."""
-        while self.queue and self.queue[0].future.done():
-            self.queue.popleft()

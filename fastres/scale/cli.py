@@ -11,6 +11,10 @@ import sys
 import threading
 import time
 
+from ..predict.cli import add_preprocess_argument
+from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S
+from .cluster import first_line
+
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 DEFAULT_PORT = 8000
 
@@ -37,21 +41,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=None,
                    help="requests that may wait per replica behind the running batch; more get 503 with Retry-After "
                         "at once (default 4 x --max-batch)")
-    p.add_argument("--timeout-s", type=float, default=30.0,
+    p.add_argument("--timeout-s", type=float, default=TIMEOUT_S,
                    help="a request not answered within this many seconds of reaching its replica gets 504 "
-                        "(default 30)")
-    p.add_argument("--body-timeout-s", type=float, default=15.0,
+                        f"(default {TIMEOUT_S:g})")
+    p.add_argument("--body-timeout-s", type=float, default=BODY_TIMEOUT_S,
                    help="a request body not received in full within this many seconds gets 408, before it takes a "
-                        "place in the queue (default 15)")
-    p.add_argument("--drain-s", type=float, default=30.0,
+                        f"place in the queue (default {BODY_TIMEOUT_S:g})")
+    p.add_argument("--drain-s", type=float, default=DRAIN_S,
                    help="on SIGINT or SIGTERM: new requests get 503, those in flight have this many seconds to be "
-                        "answered (then 503), then the server exits (default 30)")
+                        f"answered (then 503), then the server exits (default {DRAIN_S:g})")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
-    p.add_argument("--preprocess", choices=("exact", "fast"), default="exact",
-                   help="exact: torchvision's pixels bit for bit (default); fast: JPEGs decoded at a reduced DCT scale "
-                        "and torch's uint8 resize, close to exact and several times faster on large photos")
+    add_preprocess_argument(p)
     p.add_argument("--address", default=None,
                    help="the Ray cluster to serve on (host:port, auto, ray://...; default $RAY_ADDRESS, else a new "
                         "local cluster)")
@@ -73,10 +75,6 @@ def _positive(args, names: tuple[str, ...]) -> None:
             raise _user_error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 def check_model(args):
     """A CPU Predictor of the weights and options, built on the driver only to check them:
@@ -93,7 +91,7 @@ def check_model(args):
         return Predictor(args.weights, device="cpu", dtype=dtype, topk=args.topk, resize=args.resize, crop=args.crop,
                          labels=args.labels, cuda_graph=False)
     except (WeightsError, LabelsError, FileNotFoundError, ValueError, TypeError) as exc:
-        raise _user_error(_first_line(exc)) from None
+        raise _user_error(first_line(exc, typed=False)) from None
 
 
 def _connect(address: str | None, *, log_to_driver: bool, command: str, no_auth: bool | None = None) -> str:
@@ -112,7 +110,7 @@ def _connect(address: str | None, *, log_to_driver: bool, command: str, no_auth:
     try:
         how = connect(address, log_to_driver=log_to_driver)
     except (RayNotInstalled, ConnectionError) as exc:
-        raise _user_error(_first_line(exc)) from None
+        raise _user_error(first_line(exc, typed=False)) from None
     if no_auth or (how == STARTED and auth_disabled()):
         # Asked for, or a cluster started here without it (a cluster started elsewhere is its
         # owner's choice: this process follows it).
@@ -191,7 +189,7 @@ def main(args) -> int:
         try:
             serve.run(application, name=APP_NAME, route_prefix="/")
         except Exception as exc:  # noqa: BLE001 - a replica that cannot start: its first line, not a traceback
-            print(f"fastres serve: error: the application did not start: {_first_line(exc)}", file=sys.stderr)
+            print(f"fastres serve: error: the application did not start: {first_line(exc, typed=False)}", file=sys.stderr)
             return 1
         if not stop.is_set():
             print(f"fastres serve: ready at http://{args.host}:{args.port}/predict (POST an image; GET /healthz); "
@@ -237,7 +235,7 @@ def _take_down(serve, name: str, started: bool) -> None:
         if not serve.status().applications:
             serve.shutdown()  # Serve with no application left would only hold the port
     except Exception as exc:  # noqa: BLE001 - leaving anyway; say what was left behind
-        print(f"fastres serve: could not take the application down: {_first_line(exc)}", file=sys.stderr)
+        print(f"fastres serve: could not take the application down: {first_line(exc, typed=False)}", file=sys.stderr)
 
 
 # -- fastres predict --ray --------------------------------------------------------------------
@@ -296,7 +294,7 @@ def predict_on_ray(args, files) -> int:
     except OSError as exc:
         raise _user_error(f"cannot write {args.out or 'stdout'}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - never a traceback: what was written stays written
-        print(f"fastres predict: error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        print(f"fastres predict: error: {first_line(exc)}", file=sys.stderr)
         return 1
     finally:
         disconnect(how)

@@ -201,6 +201,16 @@ def cluster_placement(*, cpus: float | None = None) -> Placement:
     return placement_for(total.get("GPU", 0.0), total.get("CPU", 1.0), cpus=cpus)
 
 
+def first_line(exc: BaseException, *, typed: bool = True) -> str:
+    """An exception as one line: its message's first line, after its type where `typed` (the
+    type alone for an empty message)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if typed else line
+
+
 STARTED, CONNECTED, ALREADY = "started", "connected", "already connected"
 
 
@@ -256,14 +266,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
             raise ConnectionError(f"cannot connect to the Ray cluster at {address}: this process is already "
                                   f"connected to the one at {current} (ray.shutdown() first)")
         return ALREADY
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:  # (an address given was probed above)
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address:
+            _check_reachable(address)
     if address:
-        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=log_to_driver)
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {first}") from None
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: "
+                                  f"{first_line(exc, typed=False)}") from None
         return CONNECTED
     # address="local": a cluster of our own, even where `ray start` left one running.
     if not auth_disabled() and has_token_auth():

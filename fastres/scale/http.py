@@ -12,9 +12,9 @@ import asyncio
 from typing import AsyncIterator, Mapping
 
 from ..predict.images import ImageError, check_decodable
+from .batcher import BODY_TIMEOUT_S
 
 MAX_BODY = 20_000_000  # bytes: the default limit of one request body (20 MB)
-BODY_TIMEOUT_S = 15.0  # the default time to receive a whole body
 ROUTES = {"/predict": "POST", "/healthz": "GET"}
 
 

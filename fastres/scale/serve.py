@@ -32,17 +32,15 @@ import time
 from typing import Any
 
 from ..predict.images import DEFAULT_MAX_PIXELS
-from .batcher import Batcher, Draining, Refused
-from .cluster import Placement, cluster_placement, for_workers, import_serve
-from .http import BODY_TIMEOUT_S, MAX_BODY, HttpError, check_image, predict_answer, read_body, route
+from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Batcher, Draining, Refused
+from .cluster import Placement, cluster_placement, first_line, for_workers, import_serve
+from .http import MAX_BODY, HttpError, check_image, predict_answer, read_body, route
 
 serve = import_serve()
 logger = logging.getLogger("ray.serve")
 
 APP_NAME = "fastres"
 MAX_BATCH_LIMIT = 1024
-TIMEOUT_S = 30.0  # the default deadline of a request, from its arrival at the replica
-DRAIN_S = 30.0  # the default time given to the requests in flight on shutdown
 READ_SLOTS = 64  # requests a replica may hold while their bodies arrive, over its queue and batch
 
 
@@ -134,9 +132,7 @@ class ImageClassifier:
             body = await read_body(request.headers, request.stream(), self.max_body, self.body_timeout_s)
             check_image(body, self.max_pixels)
             status, payload, n = await self.batcher.submit(body, deadline=arrived + self.timeout_s)
-        except HttpError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-        except Refused as exc:
+        except (HttpError, Refused) as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug here is still a JSON answer, not Serve's plain text
             logger.exception("fastres request failed")
@@ -152,7 +148,7 @@ class ImageClassifier:
         try:
             preds = await asyncio.get_running_loop().run_in_executor(self.engine_thread, run)
         except Exception as exc:  # noqa: BLE001 - answered as 500; the replica decides whether it can go on
-            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            message = first_line(exc)
             logger.exception("fastres batch of %d failed", n)
             if "CUDA" in message or "cuda" in message:
                 # A CUDA error poisons the process: the health check tells Serve to replace it.
@@ -176,7 +172,7 @@ class ImageClassifier:
             me = str(serve.get_replica_context().replica_id)
         except Exception:  # noqa: BLE001 - outside a replica (tests): the process
             me = f"pid {os.getpid()}"
-        return me, len(self.batcher.batches), left
+        return me, self.batcher.batches_run, left
 
     async def check_health(self) -> None:
         """Serve calls this periodically: raising makes it replace the replica."""
@@ -233,7 +229,7 @@ def drain_app(name: str = APP_NAME, replicas: int = 1, drain_s: float = DRAIN_S)
     try:
         handle = serve.get_app_handle(name)
     except Exception as exc:  # noqa: BLE001 - nothing to drain
-        return 0, 0, [_first_line(exc)]
+        return 0, 0, [first_line(exc)]
     while len(seen) < replicas and time.monotonic() < end:
         left = max(0.0, end - 10 - time.monotonic())
         calls = [handle.drain.remote(left) for _ in range(replicas - len(seen))]
@@ -241,13 +237,9 @@ def drain_app(name: str = APP_NAME, replicas: int = 1, drain_s: float = DRAIN_S)
             try:
                 me, _, aborted = call.result(timeout_s=max(1.0, end - time.monotonic()))
             except Exception as exc:  # noqa: BLE001 - a replica gone or restarting has nothing to drain
-                errors.append(_first_line(exc))
+                errors.append(first_line(exc))
                 time.sleep(0.5)
                 continue
             seen[me] = aborted
     return len(seen), sum(seen.values()), errors
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
