@@ -8,8 +8,9 @@ Public API (see README.md):
     fastres.convert(src, out=None, *, arch=None, dtype=torch.float16) -> pathlib.Path
     fastres.load(path, device="cuda") -> fastres.ResNet
     fastres.Predictor(weights_or_model, ...)  (classify image files or uint8 tensors)
-    fastres.preprocess(data, *, resize=256, crop=224, mode="exact")  (an image file's bytes ->
-        the uint8 [3, crop, crop] crop the engine takes; "exact" is torchvision's, "fast" faster)
+    fastres.preprocess(data, *, resize=256, crop=224, mode="exact", interpolation="bilinear", max_pixels=...)
+        (an image file's bytes -> the uint8 [3, crop, crop] crop the engine takes; "exact" is
+        torchvision's, "fast" faster; max_pixels defaults to PIL's decompression-bomb limit)
     fastres.kernels  (the Triton kernels and their launchers)
 
 Attributes load on first use (PEP 562), so that `fastres.cli` can decide on triton's CPU

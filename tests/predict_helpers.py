@@ -93,15 +93,16 @@ def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def torchvision_reference(path: Path, resize: int, crop: int) -> torch.Tensor:
+def torchvision_reference(path: Path, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
     """decode_image(mode=RGB) + torchvision's ImageClassification preset: the float32 crop."""
     from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms._presets import ImageClassification
 
     img = decode_image(str(path), mode=ImageReadMode.RGB)
     if img.dim() == 4:
         img = img[0]
-    return ImageClassification(crop_size=crop, resize_size=resize)(img)
+    return ImageClassification(crop_size=crop, resize_size=resize, interpolation=InterpolationMode(interpolation))(img)
 
 
 # -- hostile files: small bodies that would cost a decoder a lot -----------------------------

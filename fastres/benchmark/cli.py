@@ -19,11 +19,12 @@ from ..cli import UserError, run_subcommand
 from .e2e import checked_forward, run_e2e
 from .environment import bench_date, environment
 from .layers import run_layers
-from .pipeline import PREDICT_SYSTEMS, run_predict
-from .preprocess import PHOTOS, PHOTO_SIZES, PREPROCESS_SYSTEMS, SMOKE_PHOTO_SIZES, cpu_name, host_note, run_preprocess
+from .pipeline import PREDICT_SYSTEMS, resize_for, run_predict
+from .preprocess import (PHOTOS, PHOTO_SIZES, PREPROCESS_SYSTEMS, SMOKE_PHOTO_SIZES, cpu_name, host_note,
+                         markdown_preprocess_table, run_preprocess)
 from .names import ALL_E2E_SYSTEMS, CLASSIFIER_MODELS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
 from .report import render_markdown, summary_text, write_report
-from .results import load_results, open_results, results_path, validate_results
+from .results import load_results, open_results, results_path, save_results, validate_results
 from .run import Run, budget_note
 from .systems import FASTRES_OPTIONS
 from .timing import SMOKE_TIMING, Budget, TimingOptions
@@ -93,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-layers", type=int, default=None, help="per model, at most this many distinct convs (the most varied first)")
     parser.add_argument("--warmup-ms", type=float, default=None, help="warm-up per measurement (default 25)")
     parser.add_argument("--rep-ms", type=float, default=None, help="timed repetitions fill this long (default 100)")
-    parser.add_argument("--min-reps", type=int, default=None, help="at least this many timed repetitions (default 10)")
+    parser.add_argument("--min-reps", type=int, default=None, help="at least this many timed repetitions (default 10; preprocess: passes, default 5)")
     parser.add_argument("--max-reps", type=int, default=None, help="at most this many timed repetitions (default 1000)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this many seconds (the file says so)")
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
@@ -309,11 +310,9 @@ def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
     """`fastres bench preprocess`: on the CPU (one core), and nvjpeg where there is a GPU; no
     interpreter, no GPU needed. Its records join the day's results file of this machine's
     GPU, or a `cpu-DATE.json` without one."""
-    from .results import save_results
-
     systems = _csv(args.systems, PREPROCESS_SYSTEMS, "systems", _choice(PREPROCESS_SYSTEMS))
     crop = args.size or (56 if smoke else 224)
-    resize = crop * 256 // 224
+    resize = resize_for(crop)
     photos = args.images if args.images is not None else (1 if smoke else PHOTOS)
     if photos < 1:
         raise UserError(f"--images must be >= 1, got {photos}")
@@ -324,7 +323,7 @@ def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     env = environment(device, smoke=smoke, date=args.date)
     if device.type == "cpu":
-        env.update(device=f"{cpu_name()} (CPU only)", card="cpu")
+        env.update(device=f"{cpu_name()} (CPU only)")
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fastres-smoke-")) if smoke else Path("bench") / "results"
     path = results_path(out_dir, env)
     results = open_results(path, env)
@@ -336,8 +335,6 @@ def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
                    reps=reps, logits=not smoke)
     save_results(path, results)
     md, png = write_report(path, results, plot=not args.no_plot)
-    from .preprocess import markdown_preprocess_table
-
     print()
     print(markdown_preprocess_table(results))
     print(f"wrote {path}, {md.name}" + (f", {png.name}" if png else ""))

@@ -252,6 +252,11 @@ def _mpx(pixels: int) -> str:
 def check_decodable(data: bytes | bytearray | memoryview, max_pixels: int | None) -> str:
     """The format of a file's bytes, if torchvision can decode it within the pixel limit; else
     an ImageError saying why not (empty, not an image, unsupported format, too many pixels)."""
+    return check_header(data, max_pixels)[0]
+
+
+def check_header(data: bytes | bytearray | memoryview, max_pixels: int | None) -> tuple[str, tuple[int, int]]:
+    """`check_decodable`, returning the (width, height) its header gave too."""
     if len(data) == 0:
         raise ImageError("empty file")
     fmt = sniff(data)
@@ -269,7 +274,7 @@ def check_decodable(data: bytes | bytearray | memoryview, max_pixels: int | None
             raise ImageError(f"{size[0]}x{size[1]} pixels: decoding this {fmt} would take {cost / 2**20:.0f} MB (a "
                              f"progressive JPEG holds all its DCT coefficients), over the limit of {budget / 2**20:.0f} "
                              f"MB ({DECODE_BYTES_PER_PIXEL} bytes a pixel of --max-pixels); raise it with --max-pixels")
-    return fmt
+    return fmt, size
 
 
 def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
@@ -294,9 +299,13 @@ def read_bytes(path: str | os.PathLike) -> bytearray:
 def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """A file's bytes as torchvision's ``decode_image(..., mode=ImageReadMode.RGB)`` gives them:
     [3, H, W] uint8 (uint16 for 16-bit PNGs), on the CPU. Raises ImageError."""
+    return decode_checked(data, check_decodable(data, max_pixels), max_pixels)
+
+
+def decode_checked(data: bytearray, fmt: str, max_pixels: int | None) -> torch.Tensor:
+    """`decode` of bytes `check_decodable` has passed as `fmt`."""
     from torchvision.io import ImageReadMode, decode_image
 
-    fmt = check_decodable(data, max_pixels)
     if fmt == "GIF":
         data = gif_first_frame(data, max_pixels)
     try:
@@ -310,6 +319,9 @@ def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torc
 
 
 # -- resize and crop --------------------------------------------------------------------------
+
+INTERPOLATIONS = ("bilinear", "bicubic")  # torchvision's presets', and timm's and transformers' checkpoints'
+
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
@@ -327,7 +339,7 @@ class Transform:
     interpolation: str = "bilinear"
 
     def __post_init__(self):
-        if self.interpolation not in ("bilinear", "bicubic"):
+        if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if self.resize < 1 or self.crop < 1:
             raise ValueError(f"resize and crop must be >= 1, got {self.resize} and {self.crop}")

@@ -134,7 +134,7 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
     t1 = time.perf_counter()
     stages.add(decode=t1 - t0)
     try:
-        crop = resize_crop(img, transform.resize, transform.crop, mode=mode, interpolation=interpolation_of(transform),
+        crop = resize_crop(img, transform.resize, transform.crop, mode=mode, interpolation=transform.interpolation,
                            size=size)
     except ImageError as exc:
         return Item(index, path, error=str(exc))
@@ -144,11 +144,6 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
         stages.add(preprocess=time.perf_counter() - t1)
     return Item(index, path, crop=crop)
 
-
-def interpolation_of(transform: Transform) -> str:
-    """The transform's interpolation ("bilinear" unless it says otherwise)."""
-    how = getattr(transform, "interpolation", "bilinear")
-    return getattr(how, "value", how)
 
 
 class _Batch:
@@ -268,7 +263,7 @@ class Batcher:
             img = decode(data, None)  # its header was held to the limits by the worker
             t1 = time.perf_counter()
             t = self.transform
-            it.crop = resize_crop(img, t.resize, t.crop, interpolation=interpolation_of(t))
+            it.crop = resize_crop(img, t.resize, t.crop, interpolation=t.interpolation)
             self.stages.add(decode=t1 - t0, preprocess=time.perf_counter() - t1)
         except ImageError as exc:
             it.error = str(exc)

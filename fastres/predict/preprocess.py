@@ -62,12 +62,11 @@ import io
 import torch
 
 from .images import (
-    DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageError, check_decodable, decode,
-    image_size,
+    DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, INTERPOLATIONS, ImageError,
+    check_header, decode_checked,
 )
 
 MODES = ("exact", "fast")
-INTERPOLATIONS = ("bilinear", "bicubic")
 # The longest side may be at most this many times the shortest: past it the resized image
 # (and each pass's buffer) grows with the ratio while the crop stays one square.
 MAX_ASPECT = 64
@@ -118,8 +117,7 @@ def check_resizable(width: int, height: int) -> None:
 def check_input(data: bytes | bytearray | memoryview, max_pixels: int | None) -> tuple[str, tuple[int, int]]:
     """The format and (width, height) of a file's bytes, every limit checked from its header
     (ImageError otherwise): nothing is decoded."""
-    fmt = check_decodable(data, max_pixels)
-    size = image_size(data, fmt)
+    fmt, size = check_header(data, max_pixels)
     check_resizable(*size)
     return fmt, size
 
@@ -159,7 +157,7 @@ def decode_input(data: bytes | bytearray | memoryview, resize: int, mode: str,
                 return img, size
     if not isinstance(data, bytearray):
         data = bytearray(data)  # torch.frombuffer shares a writable buffer
-    return decode(data, max_pixels), None
+    return decode_checked(data, fmt, max_pixels), None
 
 
 def jpeg_scale(width: int, height: int, resize: int) -> int:
@@ -217,7 +215,7 @@ def _torchvision(img: torch.Tensor, resize: int, crop: int, interpolation: str) 
     import torchvision.transforms.functional as F
     from torchvision.transforms import InterpolationMode
 
-    how = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    how = InterpolationMode(interpolation)
     return F.center_crop(F.resize(img, [resize], interpolation=how, antialias=True), [crop]).contiguous()
 
 
