@@ -1,7 +1,9 @@
 """fastres.scale.batcher, without Ray, with a stand-in engine of fixed cost per batch (an
 asyncio sleep): under closed-loop load batches are full and throughput grows with them;
 requests that arrive while a batch runs form the next one; the queue's bound, the deadline
-and the drain answer at once."""
+and the drain answer at once; a batch's close time follows the queue's head; a cancelled run
+answers its requests; a shutdown counts its 503s once. Where an order of events matters, the
+test waits for the state it needs (`until`), not for a time."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +11,8 @@ import time
 
 import pytest
 
-from fastres.scale.batcher import Batcher, DeadlineExceeded, Draining, QueueFull
+from fastres.scale.batcher import DeadlineExceeded, Draining, QueueFull, RequestBatcher
+from wait_helpers import until
 
 MAX_BATCH = 8
 COST_1, COST_8 = 0.040, 0.056  # s per batch of 1 and of 8: a batch of 8 costs 1.4x a batch of 1
@@ -24,14 +27,14 @@ class Engine:
         self.gate = gate
 
     async def __call__(self, items: list) -> list:
-        self.sizes.append(len(items))
+        self.sizes.append(len(items))  # the batch has started: what `until` may wait for
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(COST_1 + (len(items) - 1) * (COST_8 - COST_1) / (MAX_BATCH - 1))
         return [(item, len(items)) for item in items]
 
 
-async def closed_loop(batcher: Batcher, clients: int, seconds: float) -> tuple[int, float]:
+async def closed_loop(batcher: RequestBatcher, clients: int, seconds: float) -> tuple[int, float]:
     """`clients` callers, each sending its next request as soon as the last is answered, for
     `seconds`: (requests answered, requests per second)."""
     done = 0
@@ -54,10 +57,10 @@ def test_closed_loop_load_fills_batches_and_multiplies_throughput():
     """Default flags (max batch 8, 5 ms wait), concurrency 16 = 2 x max batch: mean batch >= 80%
     of 8 and >= 4x the throughput of one client (measured here: about 8 and 6x)."""
     async def main():
-        one = Batcher(Engine(), max_batch=MAX_BATCH, wait_s=0.005, max_queue=32)
+        one = RequestBatcher(Engine(), max_batch=MAX_BATCH, wait_s=0.005, max_queue=32)
         _, rate_1 = await closed_loop(one, 1, 0.6)
         engine = Engine()
-        many = Batcher(engine, max_batch=MAX_BATCH, wait_s=0.005, max_queue=32)
+        many = RequestBatcher(engine, max_batch=MAX_BATCH, wait_s=0.005, max_queue=32)
         n, rate_16 = await closed_loop(many, 2 * MAX_BATCH, 1.2)
         return one.mean_batch, rate_1, many.mean_batch, rate_16, n, engine.sizes
 
@@ -74,13 +77,13 @@ def test_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
     async def main():
         gate = asyncio.Event()
         engine = Engine(gate)
-        b = Batcher(engine, max_batch=MAX_BATCH, wait_s=0.005, max_queue=32)
+        b = RequestBatcher(engine, max_batch=MAX_BATCH, wait_s=0.005, max_queue=32)
         first = asyncio.ensure_future(b.submit("first"))
-        await asyncio.sleep(0.02)
+        await until(lambda: engine.sizes == [1])  # the first batch runs, held by the gate
         later = []
         for i in range(5):
             later.append(asyncio.ensure_future(b.submit(i)))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the input: arrivals farther apart than the wait
         gate.set()
         return await first, await asyncio.gather(*later), engine.sizes
 
@@ -90,11 +93,11 @@ def test_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
 
 def test_a_lone_request_waits_for_the_wait_and_a_full_batch_does_not():
     async def main():
-        lone = Batcher(Engine(), max_batch=MAX_BATCH, wait_s=0.3, max_queue=32)
+        lone = RequestBatcher(Engine(), max_batch=MAX_BATCH, wait_s=0.3, max_queue=32)
         t0 = time.monotonic()
         assert await lone.submit("a") == ("a", 1)
         waited = time.monotonic() - t0
-        full = Batcher(Engine(), max_batch=MAX_BATCH, wait_s=30.0, max_queue=32)
+        full = RequestBatcher(Engine(), max_batch=MAX_BATCH, wait_s=30.0, max_queue=32)
         t0 = time.monotonic()
         answers = await asyncio.gather(*(full.submit(i) for i in range(MAX_BATCH)))
         return waited, time.monotonic() - t0, answers
@@ -107,11 +110,11 @@ def test_a_lone_request_waits_for_the_wait_and_a_full_batch_does_not():
 def test_a_full_queue_refuses_at_once_with_retry_after():
     async def main():
         gate = asyncio.Event()
-        b = Batcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=3)  # the running 2, then 3 may wait
+        b = RequestBatcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=3)  # the running 2, then 3 may wait
         running = [asyncio.ensure_future(b.submit(i)) for i in range(2)]
-        await asyncio.sleep(0.01)  # the first batch (2) runs, held by the gate
+        await until(lambda: b.running == 2)  # the first batch (2) runs, held by the gate
         queued = [asyncio.ensure_future(b.submit(i)) for i in range(2, 5)]
-        await asyncio.sleep(0.01)
+        await until(lambda: len(b.queue) == 3)
         t0 = time.monotonic()
         with pytest.raises(QueueFull) as info:
             await b.submit("one too many")
@@ -139,12 +142,12 @@ def test_retry_after_is_the_queues_run_time_at_the_measured_batch_time():
             now[0] += 3.0
             return items
 
-        b = Batcher(run, max_batch=2, wait_s=0.0, max_queue=3, clock=lambda: now[0])
+        b = RequestBatcher(run, max_batch=2, wait_s=0.0, max_queue=3, clock=lambda: now[0])
         await b.submit("first")  # one batch of 3 s
         running = [asyncio.ensure_future(b.submit(i)) for i in range(2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: b.running == 2)
         queued = [asyncio.ensure_future(b.submit(i)) for i in range(2, 5)]
-        await asyncio.sleep(0.01)
+        await until(lambda: len(b.queue) == 3)
         with pytest.raises(QueueFull) as info:
             await b.submit("one too many")
         gate.set()
@@ -157,14 +160,13 @@ def test_retry_after_is_the_queues_run_time_at_the_measured_batch_time():
 def test_deadlines_answer_504_whether_queued_or_running():
     async def main():
         gate = asyncio.Event()
-        b = Batcher(Engine(gate), max_batch=1, wait_s=0.0, max_queue=8)
+        b = RequestBatcher(Engine(gate), max_batch=1, wait_s=0.0, max_queue=8)
         now = time.monotonic()
         running = asyncio.ensure_future(b.submit("runs", deadline=now + 0.1))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.running == 1)
         queued = asyncio.ensure_future(b.submit("waits", deadline=now + 0.1))
         kept = asyncio.ensure_future(b.submit("kept"))
-        await asyncio.sleep(0.01)
-        assert len(b.queue) == 2
+        await until(lambda: len(b.queue) == 2)
         results = await asyncio.gather(running, queued, return_exceptions=True)
         left = len(b.queue)  # the expired one left the queue at its deadline
         gate.set()
@@ -174,21 +176,21 @@ def test_deadlines_answer_504_whether_queued_or_running():
     assert isinstance(running, DeadlineExceeded) and running.status == 504
     assert isinstance(queued, DeadlineExceeded) and "deadline" in queued.message
     assert left == 1 and kept == ("kept", 1)
-    assert b.batches == [1, 1]  # "waits" never ran
+    assert list(b.batches) == [1, 1]  # "waits" never ran
 
 
 def test_drain_refuses_new_requests_and_finishes_the_queued():
     async def main():
         gate = asyncio.Event()
-        b = Batcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=8)
+        b = RequestBatcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=8)
         queued = [asyncio.ensure_future(b.submit(i)) for i in range(5)]
-        await asyncio.sleep(0.01)
+        await until(lambda: b.running == 2 and len(b.queue) == 3)
         b.drain()
         with pytest.raises(Draining) as info:
             await b.submit("late")
         gate.set()
         await asyncio.wait_for(b.drained(), 5)
-        return info.value, [q.result() for q in queued], b.batches
+        return info.value, [q.result() for q in queued], list(b.batches)
 
     exc, answers, batches = asyncio.run(main())
     assert exc.status == 503 and "shutting down" in exc.message
@@ -205,7 +207,7 @@ def test_a_failing_batch_fails_its_requests_only():
         return [i * 2 for i in items]
 
     async def main():
-        b = Batcher(run, max_batch=2, wait_s=0.0, max_queue=8)
+        b = RequestBatcher(run, max_batch=2, wait_s=0.0, max_queue=8)
         first = await asyncio.gather(b.submit("bad"), b.submit("x"), return_exceptions=True)
         return first, await b.submit(3)
 
@@ -217,4 +219,88 @@ def test_bad_limits_are_refused():
     for kwargs, words in [({"max_batch": 0}, "max_batch must be >= 1"), ({"wait_s": -1}, "wait_s must be >= 0"),
                           ({"max_queue": 7}, r"max_queue must be >= max_batch \(8\), got 7")]:
         with pytest.raises(ValueError, match=words):
-            Batcher(Engine(), **{"max_batch": 8, "wait_s": 0.005, "max_queue": 8, **kwargs})
+            RequestBatcher(Engine(), **{"max_batch": 8, "wait_s": 0.005, "max_queue": 8, **kwargs})
+
+
+def test_a_cancelled_run_answers_its_requests_and_the_loop_goes_on():
+    """A CancelledError out of the engine's run (not the loop's own cancellation) is no
+    exception of Exception's: its batch's callers still get an answer (no deadline would end
+    their wait), and the next request runs."""
+    runs = []
+
+    async def run(items):
+        runs.append(list(items))
+        if len(runs) == 1:
+            raise asyncio.CancelledError()
+        return items
+
+    async def main():
+        b = RequestBatcher(run, max_batch=2, wait_s=0.0, max_queue=8)
+        first = await asyncio.wait_for(asyncio.gather(b.submit("a"), b.submit("b"), return_exceptions=True), 5)
+        return first, await asyncio.wait_for(b.submit("c"), 5)
+
+    first, after = asyncio.run(main())
+    assert all(isinstance(e, RuntimeError) and "cancelled" in str(e) for e in first), first
+    assert after == "c" and runs == [["a", "b"], ["c"]]
+
+
+def test_a_batch_closes_wait_s_after_the_head_that_is_left():
+    """On the batcher's clock (the test's), wait_s = 10: A queues at 0, B at 6, then A gives
+    up. The batch's close time becomes B's 16, not A's 10: C at 12 joins B, and D at 16
+    closes the batch of three (with A's close time, B and C would have run at 12 as a batch
+    of two, and D alone at 26)."""
+    now = [0.0]
+
+    async def main():
+        engine = Engine()
+        b = RequestBatcher(engine, max_batch=MAX_BATCH, wait_s=10.0, max_queue=32, clock=lambda: now[0])
+        a = asyncio.ensure_future(b.submit("A"))
+        await until(lambda: len(b.queue) == 1)
+        now[0] = 6.0
+        rest = [asyncio.ensure_future(b.submit("B"))]
+        await until(lambda: len(b.queue) == 2)
+        a.cancel()
+        await until(lambda: len(b.queue) == 1)
+        now[0] = 12.0
+        rest.append(asyncio.ensure_future(b.submit("C")))
+        await until(lambda: len(b.queue) == 2 or bool(engine.sizes))
+        now[0] = 16.0
+        rest.append(asyncio.ensure_future(b.submit("D")))
+        return await asyncio.wait_for(asyncio.gather(*rest), 5), engine.sizes
+
+    answers, sizes = asyncio.run(main())
+    assert sizes == [3] and answers == [("B", 3), ("C", 3), ("D", 3)], (sizes, answers)
+
+
+def test_a_drain_closes_a_waiting_batch_at_once():
+    """Once draining, no request can join: a batch waiting for others (wait_s = 60 s) runs now."""
+    async def main():
+        engine = Engine()
+        b = RequestBatcher(engine, max_batch=MAX_BATCH, wait_s=60.0, max_queue=32)
+        queued = [asyncio.ensure_future(b.submit(i)) for i in range(3)]
+        await until(lambda: len(b.queue) == 3)
+        b.drain()
+        return await asyncio.wait_for(asyncio.gather(*queued), 5), engine.sizes
+
+    answers, sizes = asyncio.run(main())
+    assert answers == [(i, 3) for i in range(3)] and sizes == [3]
+
+
+def test_shut_down_counts_its_503s_once_for_concurrent_and_repeated_calls():
+    """Two shutdowns at once, and a third after: one drain, whose count (5 requests answered
+    503: 2 running, 3 queued) each call returns; the 5 callers get the first call's error."""
+    async def main():
+        gate = asyncio.Event()
+        b = RequestBatcher(Engine(gate), max_batch=2, wait_s=0.0, max_queue=8)
+        queued = [asyncio.ensure_future(b.submit(i)) for i in range(5)]
+        await until(lambda: b.running == 2 and len(b.queue) == 3)
+        both = await asyncio.wait_for(asyncio.gather(b.shut_down(0.05, Draining("first")),
+                                                     b.shut_down(0.05, Draining("second"))), 5)
+        again = await asyncio.wait_for(b.shut_down(0.05, Draining("third")), 5)
+        gate.set()
+        return both, again, await asyncio.gather(*queued, return_exceptions=True)
+
+    both, again, answers = asyncio.run(main())
+    assert list(both) == [5, 5] and again == 5, (both, again)
+    assert all(isinstance(a, Draining) and a.message == "first" for a in answers), answers
+

@@ -2,8 +2,9 @@
 ASGI, its engine replaced by a stand-in of fixed cost per batch (a real Predictor is built,
 then its predict_bytes swapped). Bodies are read (408 past their timeout) before a request
 queues, and a stalled body does not hold valid traffic; a full queue is a 503 with
-Retry-After at once; a deadline is a 504; a drain answers every request in flight; every
-answer is JSON."""
+Retry-After at once; a deadline is a 504; a drain answers every request in flight, and
+reports its 503s once however often it is asked; every answer is JSON. The order of events
+comes from the stand-in's gate and the batcher's state (`until`), not from sleeps."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,7 @@ from fastres.predict.output import Prediction, Top
 from predict_helpers import pixels
 import scale_helpers  # noqa: F401 - Ray's test environment, set before ray is imported
 from test_build import calibrated
+from wait_helpers import until
 
 MAX_BATCH = 4
 
@@ -62,9 +64,10 @@ def png(i: int = 0) -> bytes:
 
 
 async def call(clf, body: bytes | None, *, method="POST", path="/predict", stall_after: int | None = None,
-               headers: dict | None = None) -> tuple[int, dict, dict]:
+               headers: dict | None = None, stalled: list | None = None) -> tuple[int, dict, dict]:
     """One request through ASGI: (status, JSON body, headers). stall_after: send that many
-    bytes of the body, then nothing more (a slow client)."""
+    bytes of the body, then nothing more (a slow client); stalled: a list this call appends
+    to when the replica asks for more of its body and gets nothing."""
     from starlette.requests import Request
 
     body = body or b""
@@ -77,6 +80,8 @@ async def call(clf, body: bytes | None, *, method="POST", path="/predict", stall
     async def receive():
         nonlocal sent
         if sent:
+            if stalled is not None:
+                stalled.append(path)
             await asyncio.sleep(3600)
         sent = True
         if stall_after is not None:
@@ -91,8 +96,9 @@ def test_a_stalled_body_gets_408_and_holds_no_one_up(weights):
     clf = replica(weights, body_timeout_s=1.0)
 
     async def main():
-        slow = [asyncio.ensure_future(call(clf, png(i), stall_after=10)) for i in range(16)]
-        await asyncio.sleep(0.05)
+        stalled = []
+        slow = [asyncio.ensure_future(call(clf, png(i), stall_after=10, stalled=stalled)) for i in range(16)]
+        await until(lambda: len(stalled) == 16, what="16 bodies stalled")
         ok = await call(clf, png(20))
         pending = sum(not s.done() for s in slow)  # answered while the 16 slow clients still stall
         return ok, pending, await asyncio.gather(*slow)
@@ -111,16 +117,18 @@ def test_a_full_queue_is_503_with_retry_after_at_once(weights):
 
     async def main():
         held = [asyncio.ensure_future(call(clf, png(i))) for i in range(MAX_BATCH)]  # a batch, held running
-        await asyncio.sleep(0.2)
+        await until(lambda: clf.batcher.running == MAX_BATCH, what="a batch running")
         held += [asyncio.ensure_future(call(clf, png(i))) for i in range(MAX_BATCH)]  # a full queue
-        await asyncio.sleep(0.2)
+        await until(lambda: len(clf.batcher.queue) == MAX_BATCH, what="a full queue")
+        health = await call(clf, None, method="GET", path="/healthz")
         t0 = time.monotonic()
         refused = await call(clf, png(9))
         took = time.monotonic() - t0
         clf.engine.gate.set()
-        return refused, took, await asyncio.gather(*held)
+        return refused, took, await asyncio.gather(*held), health
 
-    (status, body, headers), took, held = asyncio.run(main())
+    (status, body, headers), took, held, health = asyncio.run(main())
+    assert health[:2] == (200, {"status": "ok", "queued": MAX_BATCH, "running": MAX_BATCH}), health
     assert status == 503 and f"{MAX_BATCH} requests wait already" in body["error"]
     assert int(headers["retry-after"]) >= 1 and took < 0.5, (headers, took)  # at once, not after the batch
     assert [s for s, _, _ in held] == [200] * (2 * MAX_BATCH)
@@ -142,15 +150,17 @@ def test_past_its_deadline_a_request_is_504(weights):
 
 def test_drain_answers_the_16_in_flight_and_refuses_new_ones(weights):
     clf = replica(weights)
-    clf.engine.cost = 0.1
+    clf.engine.gate.clear()
 
     async def main():
         flying = [asyncio.ensure_future(call(clf, png(i))) for i in range(16)]
-        await asyncio.sleep(0.05)
+        await until(lambda: clf.batcher.running == MAX_BATCH and len(clf.batcher.queue) == 16 - MAX_BATCH,
+                    what="one batch running, the rest queued")
         drained = asyncio.ensure_future(clf.drain(10.0))
-        await asyncio.sleep(0.01)
+        await until(lambda: clf.batcher.draining, what="the drain begun")
         new = await call(clf, png(30))
         health = await call(clf, None, method="GET", path="/healthz")
+        clf.engine.gate.set()
         return await asyncio.gather(*flying), new, health, await drained
 
     flying, new, health, (me, batches, aborted) = asyncio.run(main())
@@ -165,13 +175,18 @@ def test_a_drain_past_its_time_answers_503(weights):
 
     async def main():
         flying = [asyncio.ensure_future(call(clf, png(i))) for i in range(6)]
-        await asyncio.sleep(0.3)
-        result = await clf.drain(0.2)
+        await until(lambda: clf.batcher.running == MAX_BATCH and len(clf.batcher.queue) == 6 - MAX_BATCH,
+                    what="one batch running, the rest queued")
+        # Asked twice at once (a handle call each, routed to this replica), then once more:
+        # one drain, whose count each call reports.
+        both = await asyncio.gather(clf.drain(0.2), clf.drain(0.2))
+        again = await clf.drain(0.2)
         clf.engine.gate.set()
-        return await asyncio.gather(*flying), result
+        return await asyncio.gather(*flying), [r[2] for r in (*both, again)]
 
-    flying, (_, _, aborted) = asyncio.run(main())
-    assert aborted == 6 and all(s == 503 and "drain time (0.2 s)" in b["error"] for s, b, _ in flying), flying
+    flying, aborted = asyncio.run(main())
+    assert aborted == [6, 6, 6], aborted
+    assert all(s == 503 and "drain time (0.2 s)" in b["error"] for s, b, _ in flying), flying
 
 
 def test_every_answer_is_json(weights):

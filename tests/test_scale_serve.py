@@ -2,9 +2,12 @@
 with the default batch wait: every bad request gets its 4xx and the replica goes on; 32
 concurrent requests are all answered as torchvision's own model answers them, in batches
 larger than one; 16 clients that stall in their bodies get 408 and hold no valid request
-up, nor do 16 that stall in their headers; SIGTERM with 16 requests in flight answers all
-of them, then takes the application down; and after the cluster's shutdown none of its
-processes is left. (The replica's limits one by one, without Ray: test_scale_replica.py.)"""
+up, nor do 16 that stall in their headers; SIGTERM once 16 requests have reached the replica
+answers all of them, then takes the application down; SIGINT with requests held in a batch's
+wait answers them at once; and after the cluster's shutdown none of its processes is left.
+Orders of events come from the server's own state (its /healthz), not from sleeps. drain_app
+is also driven without Ray, by a stand-in router. (The replica's limits one by one, without
+Ray: test_scale_replica.py.)"""
 from __future__ import annotations
 
 import io
@@ -26,6 +29,7 @@ import torch
 from predict_helpers import pixels, torchvision_reference
 from scale_helpers import CLUSTER, alive, descendants, free_port, is_ray, ray_or_skip
 from test_build import calibrated
+from wait_helpers import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +46,69 @@ def test_batch_sizes_and_padding():
     assert [padded_size(n, batch_sizes(12)) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
     with pytest.raises(ValueError, match="max_batch must be between 1 and 1024, got 0"):
         batch_sizes(0)
+
+
+class Clock:
+    """time for drain_app: a clock that moves only when drain_app sleeps."""
+
+    def __init__(self):
+        self.now, self.sleeps = 0.0, 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+
+
+class Router:
+    """Serve as drain_app sees it: `get_app_handle(name).drain.remote(s).result(timeout_s)`,
+    each call sent to the replica `route` names (by the call's number), which answers (its id,
+    batches run, requests it answered 503): `counts[id]` on its first call, `later` after
+    (what a replica that forgot its drain said: 0). More than `limit` calls: a spinning loop."""
+
+    def __init__(self, counts: dict[str, int], route, later: int | None = 0, limit: int = 1000):
+        self.counts, self.route, self.later, self.limit = counts, route, later, limit
+        self.calls: list[str] = []
+        self.drain = self
+
+    def get_app_handle(self, name: str):
+        return self
+
+    def remote(self, seconds: float):
+        assert len(self.calls) < self.limit, f"drain_app spins: {len(self.calls)} calls"
+        me = self.route(len(self.calls))
+        first = me not in self.calls
+        self.calls.append(me)
+        answer = (me, 1, self.counts[me] if first or self.later is None else self.later)
+        return type("Call", (), {"result": lambda _self, timeout_s: answer})()
+
+
+def test_drain_app_counts_each_replica_once_from_its_first_answer(monkeypatch):
+    """Two replicas; the router sends the first three calls to a: a's second answer (0, from a
+    replica that does not remember its drain) does not replace its first (3)."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
+    from fastres.scale import serve as serve_mod
+
+    router = Router({"a": 3, "b": 2}, lambda i: "a" if i < 3 else "b")
+    monkeypatch.setattr(serve_mod, "serve", router)
+    monkeypatch.setattr(serve_mod, "time", Clock())
+    assert serve_mod.drain_app(replicas=2, drain_s=5.0) == (2, 5, [])
+    assert router.calls == ["a", "a", "a", "b"]
+
+
+def test_drain_app_pauses_between_rounds_that_find_no_new_replica(monkeypatch):
+    """Two replicas asked for, every call routed to the one that is there: drain_app goes on
+    until drain_s + 10 s, but in rounds half a second apart, not as fast as the calls return."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
+    from fastres.scale import serve as serve_mod
+
+    router, clock = Router({"a": 4}, lambda i: "a", later=None), Clock()
+    monkeypatch.setattr(serve_mod, "serve", router)
+    monkeypatch.setattr(serve_mod, "time", clock)
+    assert serve_mod.drain_app(replicas=2, drain_s=2.0) == (1, 4, [])
+    assert clock.now == pytest.approx(12.0) and clock.sleeps == 24 and len(router.calls) == 2 + 24, router.calls
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +172,7 @@ def expected_top(model, body: bytes, tmp: Path) -> list[tuple[int, float]]:
 def test_bad_requests_then_32_concurrent_in_batches(server, ray_cluster, tmp_path):
     proc, base, log, model = server
     status, body, _ = request(base + "/healthz", method="GET")
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body) == (200, {"status": "ok", "queued": 0, "running": 0})
 
     jpeg = encoded(0)
     bad = {
@@ -185,12 +252,23 @@ def test_slow_clients_get_408_and_hold_no_one_up(server, ray_cluster):
     assert status == 400, body
 
 
+def in_replica(base: str) -> int:
+    """Requests queued or running in the (one) replica, by its /healthz."""
+    status, body, _ = request(base + "/healthz", method="GET")
+    assert status == 200, (status, body)
+    return body["queued"] + body["running"]
+
+
 def test_sigterm_answers_the_16_requests_in_flight(server, ray_cluster):
+    """SIGTERM once the 16 requests are in the replica (on the CPU, the first batch runs for
+    seconds meanwhile; where batches take milliseconds, answers may begin first: then at
+    once): every one answered. That requests held at the signal are answered whatever the
+    engine's speed: the SIGINT test below, which holds them in a batch's wait."""
     proc, base, log, _ = server
     with ThreadPoolExecutor(16) as pool:
         flying = [pool.submit(request, base + "/predict", encoded(i % 8)) for i in range(16)]
-        time.sleep(1.0)  # all 16 reach the replica: one batch runs, or gathers
-        assert not any(f.done() for f in flying)
+        wait_until(lambda: any(f.done() for f in flying) or in_replica(base) == 16, 120,
+                   "the 16 requests in the replica")
         proc.send_signal(signal.SIGTERM)
         answers = [f.result() for f in flying]
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
@@ -204,8 +282,9 @@ def test_sigterm_answers_the_16_requests_in_flight(server, ray_cluster):
 
 def test_its_own_cluster_with_token_auth_then_sigint_leaves_nothing(tmp_path):
     """Without --address: a local cluster with Ray's token authentication, its token file
-    created 0600; SIGINT with requests in flight answers them, exits 0, and every process of
-    that cluster is gone."""
+    created 0600; SIGINT with 3 requests held in the replica's queue (a batch of up to 4 that
+    waits 10 minutes for its 4th) answers them at once (the drain closes the batch), exits 0,
+    and every process of that cluster is gone."""
     ray_or_skip()
     torch.save(calibrated("resnet18").state_dict(), tmp_path / "r18.pth")
     token = tmp_path / "token" / "auth_token"
@@ -215,7 +294,8 @@ def test_its_own_cluster_with_token_auth_then_sigint_leaves_nothing(tmp_path):
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fastres", "serve", "--port", str(port), "--weights", "r18.pth", "--dtype",
-             "float32", "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4"],
+             "float32", "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4", "--batch-wait-ms",
+             "600000"],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
     pids: set[int] = set()
     deadline = time.monotonic() + 240
@@ -228,18 +308,22 @@ def test_its_own_cluster_with_token_auth_then_sigint_leaves_nothing(tmp_path):
     try:
         assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
         assert f"Ray token authentication on; its token is in {token} (mode 600)" in log.read_text()
-        with ThreadPoolExecutor(4) as pool:
-            flying = [pool.submit(request, f"http://127.0.0.1:{port}/predict", encoded(i)) for i in range(4)]
-            time.sleep(1.0)
+        base = f"http://127.0.0.1:{port}"
+        with ThreadPoolExecutor(3) as pool:
+            flying = [pool.submit(request, base + "/predict", encoded(i)) for i in range(3)]
+            wait_until(lambda: in_replica(base) == 3, 120, "3 requests queued in the replica")
             pids |= descendants(proc.pid)
             assert len(pids) >= 3 and not any(f.done() for f in flying), pids
+            t0 = time.monotonic()
             proc.send_signal(signal.SIGINT)
             answers = [f.result() for f in flying]
+            answered_in = time.monotonic() - t0
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert [status for status, _, _ in answers] == [200] * 4, answers
+    assert [status for status, _, _ in answers] == [200] * 3, answers
+    assert [int(h["x-fastres-batch"]) for _, _, h in answers] == [3] * 3 and answered_in < 300, answered_in
     end = time.monotonic() + 20
     while time.monotonic() < end and any(alive(p) for p in pids):
         time.sleep(0.2)

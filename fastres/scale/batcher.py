@@ -14,7 +14,9 @@ primitive of it (``max_concurrent_batches``, ``batch_size_fn``, the setters) let
 stay open until the engine is free. Here a batch is formed only when the engine is free:
 
 - the first request queued starts the wait; the batch closes when it holds `max_batch`
-  requests, or when `wait_s` has passed since that first request, whichever comes first;
+  requests, or when `wait_s` has passed since that first request, whichever comes first (if
+  the first request leaves the queue, its deadline passed or its caller gone, the wait is the
+  next one's); once the server drains, no request can join, so a batch closes at once;
 - while a batch runs, the queue keeps filling, and when the run ends, a wait that has
   already passed closes the next batch at once, with up to `max_batch` requests.
 
@@ -26,7 +28,8 @@ Limits, each answered at once rather than by a request left waiting:
   `QueueFull` (the server's 503), which says when to retry (`retry_after_s`);
 - a request's deadline: past it, `DeadlineExceeded` (504), whether it still waits (it
   leaves the queue) or runs (its answer is dropped);
-- `drain`: new requests are refused with `Draining` (503), the queued ones still run.
+- `drain`: new requests are refused with `Draining` (503), the queued ones still run;
+  `shut_down` drains for a given time, then answers those left with `Draining`.
 """
 from __future__ import annotations
 
@@ -84,8 +87,8 @@ class _Waiting:
     queued_at: float
 
 
-class Batcher(Generic[T, R]):
-    """Requests in, batches of them through `run`, one batch at a time.
+class RequestBatcher(Generic[T, R]):
+    """A replica's requests in, batches of them through `run`, one batch at a time.
 
     run: an async function of a list of items (1 to max_batch) that returns one result per
     item, in order; its exception is every request's of that batch. wait_s: how long the
@@ -108,12 +111,13 @@ class Batcher(Generic[T, R]):
         self.queue: collections.deque[_Waiting] = collections.deque()
         self._batch: list[_Waiting] = []  # the batch that runs now
         self.draining = False
-        self.batches: list[int] = []  # the size of every batch run so far (the last 1000)
+        self.batches: collections.deque[int] = collections.deque(maxlen=1000)  # the last 1000 batches' sizes
         self.batches_run = 0
         self._batch_s = 0.0  # a moving average of a batch's run time, for Retry-After
-        self._arrived: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None  # the queue changed, or a drain began: the loop looks again
         self._idle: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+        self._shut_down: asyncio.Task | None = None
 
     # -- requests --------------------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class Batcher(Generic[T, R]):
             raise DeadlineExceeded("the request's deadline passed before it was queued")
         waiting = _Waiting(item, asyncio.get_running_loop().create_future(), now)
         self.queue.append(waiting)
-        self._arrived.set()
+        self._changed.set()
         try:
             if deadline is None:
                 return await asyncio.shield(waiting.future)
@@ -142,6 +146,8 @@ class Batcher(Generic[T, R]):
                 self.queue.remove(waiting)
             except ValueError:
                 pass
+            else:
+                self._changed.set()  # were it the first, the batch's close time is the next one's
 
     def admit(self) -> None:
         """Raise Draining or QueueFull now if a request would be refused (a server checks
@@ -153,8 +159,28 @@ class Batcher(Generic[T, R]):
                             f"{self.max_queue}); retry later", self._drain_estimate())
 
     def drain(self) -> None:
-        """From now on refuse new requests (Draining); those queued still run."""
+        """From now on refuse new requests (Draining); those queued still run, without waiting
+        for others to join their batch."""
         self.draining = True
+        if self._changed is not None:
+            self._changed.set()
+
+    async def shut_down(self, seconds: float, exc: Refused) -> int:
+        """Drain, wait up to `seconds` for every request queued or running to be answered,
+        then answer those left with `exc`: how many were answered so. Once: a call made while
+        or after another runs waits for that one and returns its count (its `seconds` and
+        `exc` are not used)."""
+        if self._shut_down is None:
+            self.drain()
+            self._shut_down = asyncio.get_running_loop().create_task(self._drain_within(seconds, exc))
+        return await asyncio.shield(self._shut_down)
+
+    async def _drain_within(self, seconds: float, exc: Refused) -> int:
+        try:
+            await asyncio.wait_for(self.drained(), max(0.0, seconds))
+        except asyncio.TimeoutError:
+            return self.abort(exc)
+        return 0
 
     def abort(self, exc: Refused) -> int:
         """Answer every request still queued or running with `exc` now (a running batch's
@@ -192,7 +218,7 @@ class Batcher(Generic[T, R]):
 
     def _start(self) -> None:
         if self._loop_task is None or self._loop_task.done():
-            self._arrived, self._idle = asyncio.Event(), asyncio.Event()
+            self._changed, self._idle = asyncio.Event(), asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="fastres-batcher")
 
     async def _loop(self) -> None:
@@ -203,10 +229,18 @@ class Batcher(Generic[T, R]):
                 results = await self.run([w.item for w in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} items")
-            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+            except BaseException as exc:  # noqa: BLE001 - every request of the batch gets it
+                failure = exc
+                if isinstance(exc, asyncio.CancelledError):
+                    # A cancelled future is no answer: the caller would take it for its own cancellation.
+                    failure = RuntimeError("the batch was cancelled before its results were ready")
+                    failure.__cause__ = exc
                 for w in batch:
                     if not w.future.done():
-                        w.future.set_exception(exc)
+                        w.future.set_exception(failure)
+                run_cancelled = isinstance(exc, asyncio.CancelledError) and not _loop_cancelled()
+                if not isinstance(exc, Exception) and not run_cancelled:
+                    raise  # this loop is stopped (its task cancelled, or the process exits)
             else:
                 for w, r in zip(batch, results):
                     if not w.future.done():
@@ -215,29 +249,36 @@ class Batcher(Generic[T, R]):
                 took = self.clock() - t0
                 self._batch_s = took if not self._batch_s else 0.8 * self._batch_s + 0.2 * took
                 self.batches.append(len(batch))
-                del self.batches[:-1000]
                 self.batches_run += 1
                 self._batch = []
                 if not self.queue:
                     self._idle.set()
 
     async def _next_batch(self) -> list[_Waiting]:
-        """Up to max_batch live requests, once max_batch are queued or the first queued has
-        waited wait_s (already passed when it queued while the last batch ran)."""
+        """Up to max_batch live requests, once max_batch are queued, the first queued has
+        waited wait_s (already passed when it queued while the last batch ran), or a drain
+        began. The first is whichever is first now: each caller that gives up removes its own
+        entry, and the close time follows the queue's head."""
         while True:
+            self._changed.clear()
             if not self.queue:
                 self._idle.set()
-                self._arrived.clear()
-                await self._arrived.wait()
+                await self._changed.wait()
                 continue
-            closes = self.queue[0].queued_at + self.wait_s
-            while len(self.queue) < self.max_batch and (left := closes - self.clock()) > 0:
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except asyncio.TimeoutError:
-                    break
-            if not self.queue:  # every queued caller gave up meanwhile (each removes its own entry)
-                continue
-            n = min(self.max_batch, len(self.queue))
-            return [self.queue.popleft() for _ in range(n)]
+            left = self.queue[0].queued_at + self.wait_s - self.clock()
+            if len(self.queue) >= self.max_batch or left <= 0 or self.draining:
+                n = min(self.max_batch, len(self.queue))
+                return [self.queue.popleft() for _ in range(n)]
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _loop_cancelled() -> bool:
+    """Whether the running task is being cancelled from outside, rather than having met a
+    CancelledError of something it awaited (Python 3.10 cannot tell them apart: it says yes,
+    so that a loop told to stop stops)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0

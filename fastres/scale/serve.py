@@ -3,16 +3,17 @@
 
 HTTP: ``POST /predict`` with an image file's bytes as the body answers 200 and
 ``{"top": [{"index", "label", "prob"}, ...]}`` (a ``fastres predict`` line without its
-path); ``GET /healthz`` answers 200 ``{"status": "ok"}`` from a replica that is up (its
-engine built and, on a GPU, its batch sizes compiled and captured). Bad requests: see
+path); ``GET /healthz`` answers 200 ``{"status": "ok", "queued": q, "running": r}`` from a
+replica that is up (its engine built and, on a GPU, its batch sizes compiled and captured):
+q requests wait in its queue, r are in the batch that runs. Bad requests: see
 `fastres.scale.http`. Every answer to /predict carries ``x-fastres-batch``: how many
 requests its batch held.
 
 Batching (`fastres.scale.batcher`, not ``@serve.batch``: its module says why): while one batch
 runs, the next gathers, and closes at `max_batch` requests or `batch_wait_ms` after its first
-request queued, whichever comes first; a batch of n runs at the smallest captured size >= n
-(the powers of two below max_batch, and max_batch), padded, so on a GPU each size's CUDA
-graph, captured at start-up, is reused.
+request queued, whichever comes first (at once when the replica drains); a batch of n runs at
+the smallest captured size >= n (the powers of two below max_batch, and max_batch), padded,
+so on a GPU each size's CUDA graph, captured at start-up, is reused.
 
 Limits, each answered at once with a JSON error: the body is read (``body_timeout_s``, else
 408) before the request takes a place in the queue; a full queue (`max_queue` waiting
@@ -32,7 +33,7 @@ import time
 from typing import Any
 
 from ..predict.images import DEFAULT_MAX_PIXELS
-from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Batcher, Draining, Refused
+from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Draining, Refused, RequestBatcher
 from .cluster import Placement, cluster_placement, first_line, for_workers, import_serve
 from .http import MAX_BODY, HttpError, check_image, predict_answer, read_body, route
 
@@ -101,7 +102,7 @@ class ImageClassifier:
         # One engine thread: batches run one at a time, and the event loop keeps reading
         # bodies and queueing requests, which form the next batch meanwhile.
         self.engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastres-engine")
-        self.batcher = Batcher(self.classify, max_batch=max_batch, wait_s=batch_wait_ms / 1000,
+        self.batcher = RequestBatcher(self.classify, max_batch=max_batch, wait_s=batch_wait_ms / 1000,
                                max_queue=max_queue or default_queue(max_batch))
         self.broken: str | None = None
         if warmup if warmup is not None else self.predictor.device.type == "cuda":
@@ -127,7 +128,8 @@ class ImageClassifier:
             if path == "/healthz":
                 if self.batcher.draining:
                     return JSONResponse({"error": "the server is shutting down"}, status_code=503)
-                return JSONResponse({"status": "ok"})
+                return JSONResponse({"status": "ok", "queued": len(self.batcher.queue),
+                                     "running": self.batcher.running})
             self.batcher.admit()  # a full queue or a drain: refused before the body is read
             body = await read_body(request.headers, request.stream(), self.max_body, self.body_timeout_s)
             check_image(body, self.max_pixels)
@@ -160,14 +162,10 @@ class ImageClassifier:
     async def drain(self, seconds: float) -> tuple[str, int, int]:
         """Take no new request (503 from now on) and return once every request queued or
         running is answered, or after `seconds`, answering those left with 503: (this
-        replica's id, batches run, requests answered 503 at the end)."""
-        self.batcher.drain()
-        left = 0
-        try:
-            await asyncio.wait_for(self.batcher.drained(), max(0.0, seconds))
-        except asyncio.TimeoutError:
-            left = self.batcher.abort(Draining(f"the server is shutting down and could not answer within its "
-                                               f"drain time ({seconds:g} s)"))
+        replica's id, batches run, requests answered 503 at the end). The drain happens once:
+        a call while or after another runs returns the same count."""
+        left = await self.batcher.shut_down(seconds, Draining(
+            f"the server is shutting down and could not answer within its drain time ({seconds:g} s)"))
         try:
             me = str(serve.get_replica_context().replica_id)
         except Exception:  # noqa: BLE001 - outside a replica (tests): the process
@@ -221,8 +219,10 @@ def drain_app(name: str = APP_NAME, replicas: int = 1, drain_s: float = DRAIN_S)
     (`ImageClassifier.drain`: new requests get 503, those in flight are answered within
     drain_s, or get 503) and wait for them. A handle call reaches one replica, chosen by
     Serve's router, so calls go on until each replica has answered one, or drain_s (and 10 s
-    of grace for the calls) is over. Returns (replicas drained, requests they answered 503
-    at the drain's end, the first line of each call that failed)."""
+    of grace for the calls) is over; a round of calls that finds no replica not drained yet is
+    followed by half a second's pause, for the router to pick another. Returns (replicas
+    drained, requests they answered 503 at the drain's end, each distinct first line of a
+    call that failed)."""
     end = time.monotonic() + drain_s + 10
     seen: dict[str, int] = {}
     errors: list[str] = []
@@ -233,13 +233,17 @@ def drain_app(name: str = APP_NAME, replicas: int = 1, drain_s: float = DRAIN_S)
     while len(seen) < replicas and time.monotonic() < end:
         left = max(0.0, end - 10 - time.monotonic())
         calls = [handle.drain.remote(left) for _ in range(replicas - len(seen))]
+        found = False
         for call in calls:
             try:
                 me, _, aborted = call.result(timeout_s=max(1.0, end - time.monotonic()))
             except Exception as exc:  # noqa: BLE001 - a replica gone or restarting has nothing to drain
-                errors.append(first_line(exc))
-                time.sleep(0.5)
+                if (line := first_line(exc)) not in errors:
+                    errors.append(line)
                 continue
-            seen[me] = aborted
+            if me not in seen:  # a replica's count once, from its first answer
+                seen[me] = aborted
+                found = True
+        if not found and len(seen) < replicas:
+            time.sleep(max(0.0, min(0.5, end - time.monotonic())))
     return len(seen), sum(seen.values()), errors
-
