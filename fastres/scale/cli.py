@@ -11,11 +11,10 @@ import sys
 import threading
 import time
 
-from ..predict.cli import add_preprocess_argument
+from ..predict.options import DTYPE_NAMES, add_preprocess_argument
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S
 from .cluster import first_line
 
-DTYPE_NAMES = ("float16", "bfloat16", "float32")
 DEFAULT_PORT = 8000
 
 
@@ -63,7 +62,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _user_error(message: str):
-    from ..cli import UserError
+    from ..errors import UserError
 
     return UserError(message)
 
