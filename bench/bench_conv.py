@@ -19,9 +19,9 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    from fastres.benchmark.cli import run_cli
+    from fastres.cli import run_subcommand
 
-    sys.exit(run_cli(["layers", *sys.argv[1:]]))
+    sys.exit(run_subcommand("bench", ["layers", *sys.argv[1:]]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -29,7 +29,7 @@ from conftest import ON_GPU, run_rotating  # noqa: E402
 
 from fastres.benchmark.environment import l2_bytes  # noqa: E402
 from fastres.benchmark.geometry import conv_layers  # noqa: E402
-from fastres.benchmark.layers import layer_callable, layer_inputs, layer_reference  # noqa: E402
+from fastres.benchmark.layer_calls import layer_callable, layer_inputs, layer_reference  # noqa: E402
 from fastres.benchmark.names import DTYPES as DTYPE_BY_NAME  # noqa: E402
 from fastres.benchmark.numerics import LAYER_TOL, rel_error  # noqa: E402
 from fastres.benchmark.systems import system_flags  # noqa: E402

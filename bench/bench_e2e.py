@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    from fastres.benchmark.cli import run_cli
+    from fastres.cli import run_subcommand
 
-    sys.exit(run_cli(["e2e", *sys.argv[1:]]))
+    sys.exit(run_subcommand("bench", ["e2e", *sys.argv[1:]]))
 
 import copy  # noqa: E402
 

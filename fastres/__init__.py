@@ -1,6 +1,6 @@
 """fastres: ResNet inference with hand-written Triton kernels.
 
-Public API (see README.md):
+Public API (see README.md and docs/engine.md):
     fastres.from_torchvision(model, dtype=torch.float16) -> fastres.ResNet (a classifier or an
         IntermediateLayerGetter), or a copy of an FCN / DeepLabV3 / ResNet-FPN detector /
         BackboneWithFPN with its ResNet trunk on fastres

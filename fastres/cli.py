@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from .errors import UserError
+
 SUBCOMMANDS = {
     "run": ("fastres.runner", "build a ResNet, run a batch through the Triton forward, check it against torchvision"),
     "convert": ("fastres.convert_cli", "convert a torchvision, timm or transformers checkpoint into a fastres .safetensors file"),
@@ -19,10 +21,6 @@ SUBCOMMANDS = {
     "predict": ("fastres.predict.cli", "classify image files (JSON lines or CSV out), preprocessed as torchvision does"),
     "serve": ("fastres.scale.cli", "serve HTTP POST /predict on Ray Serve, with dynamic batching (needs fastres[ray])"),
 }
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

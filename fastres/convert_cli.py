@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from .cli import UserError
+    from .errors import UserError
 
     if args.dtype not in DTYPES:
         raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")

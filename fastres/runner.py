@@ -70,7 +70,7 @@ def _print_plan(args, device, batch: int, size: int) -> int:
     """The schedule the engine would run for this input, planned without running a kernel."""
     import torch
 
-    from .cli import UserError
+    from .errors import UserError
     from .device import DeviceInfo
     from .schedule import build_schedule
 
@@ -109,7 +109,7 @@ def _labels(num_classes: int, weights: str | None) -> list[str]:
 def main(args) -> int:
     import torch
 
-    from .cli import UserError
+    from .errors import UserError
     from .kernels import interpreting
 
     on_gpu = torch.cuda.is_available()

@@ -20,7 +20,7 @@ import torch
 @dataclasses.dataclass(frozen=True)
 class TargetInfo:
     """name: "sm_90"; backend/arch/warp_size: triton's GPUTarget; max_shared: bytes of shared
-    memory (LDS on AMD) one block may use; cards: examples, for messages and the README."""
+    memory (LDS on AMD) one block may use; cards: examples, for messages and docs/gpus.md."""
 
     name: str
     backend: str

@@ -34,7 +34,7 @@ def test_report_command_writes_md_and_png(tmp_path, capsys):
 
 
 def test_cli_user_errors(tmp_path):
-    from fastres.cli import UserError
+    from fastres.errors import UserError
 
     parser = argparse.ArgumentParser()
     configure(parser)

@@ -106,7 +106,7 @@ def test_timed_call_launches_what_the_engines_step_launches(tile, tmp_path):
     import torchvision
 
     import fastres
-    from fastres.benchmark.layers import LayerScratch, layer_callable, layer_inputs
+    from fastres.benchmark.layer_calls import LayerScratch, layer_callable, layer_inputs
     from fastres.kernels.launch import recording
     from fastres.schedule import CONV
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fastres.benchmark.cli import run_cli
+from fastres.cli import run_subcommand
 from fastres.benchmark.preprocess import markdown_preprocess_table, run_preprocess
 from fastres.benchmark.results import validate_results
 from fastres.predict.preprocess import FAST_MAX_BOUND, FAST_MEAN_BOUND
@@ -41,12 +41,12 @@ def test_records_and_table():
 
 
 def test_cli_smoke_writes_results(tmp_path, capsys):
-    assert run_cli(["preprocess", "--smoke", "--out", str(tmp_path), "--no-plot", "--systems", "exact,fast"]) == 0
+    assert run_subcommand("bench", ["preprocess", "--smoke", "--out", str(tmp_path), "--no-plot", "--systems", "exact,fast"]) == 0
     out = capsys.readouterr().out
     assert "fastres bench preprocess:" in out and "| 400x300 | fast |" in out
     (path,) = tmp_path.glob("smoke-*.json")
     results = json.loads(path.read_text())
     assert {r["system"] for r in results["records"]} == {"exact", "fast"} and results["preprocess_host"]
     assert "Preprocessing per core" in path.with_suffix(".md").read_text()
-    assert run_cli(["preprocess", "--systems", "exact,warp"]) == 2
+    assert run_subcommand("bench", ["preprocess", "--systems", "exact,warp"]) == 2
     assert "unknown name 'warp'" in capsys.readouterr().err

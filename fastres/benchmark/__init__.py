@@ -7,6 +7,8 @@ One job per module; import a name from the module that owns it:
 - ``cli``: the ``fastres bench`` command (options, defaults, the order of a run, ``--smoke``)
 - ``e2e``: the end-to-end measurement
 - ``layers``: the per-layer measurement (and the matrix and copy peaks it is compared to)
+- ``layer_calls``: one conv layer as something to run: its input sets and scratch, fastres'
+  config, fn(i) per compared system, the reference (``layers`` and ``variants`` both time it)
 - ``head``: the classifier head measurement
 - ``pipeline``: the image pipeline of ``fastres predict`` (``fastres bench predict``)
 - ``preprocess``: decode + resize + crop per CPU core, exact / fast / torchvision / PIL, and

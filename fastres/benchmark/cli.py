@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..cli import UserError, run_subcommand
+from ..errors import UserError
 from .e2e import checked_forward, run_e2e
 from .environment import bench_date, environment
 from .layers import run_layers
@@ -343,8 +343,3 @@ def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
         print(f"{len(bad)} preprocess point(s) failed: " + "; ".join(f"{r['model']} {r['system']}: {r.get('reason')}"
                                                                for r in bad[:5]))
     return 1 if bad else 0
-
-
-def run_cli(argv: Sequence[str] | None = None) -> int:
-    """`fastres bench ARGV` from Python, as the bench/ scripts call it (ARGV defaults to sys.argv[1:])."""
-    return run_subcommand("bench", None if argv is None else list(argv))

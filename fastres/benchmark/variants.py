@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .layer_calls import fastres_layer_config, layer_callable
 from .numerics import finite_or_none, rel_error
 from .results import first_line
 from .timing import measure
@@ -74,8 +75,6 @@ def compare_variants(run, rec: dict, layer: ConvLayer, sets, ref: torch.Tensor, 
                      tag: str, peak: float | None, flops: float, batch: int, scratch=None) -> None:
     """Check and time every other variant family of `layer` beside fastres' own config (in
     `rec`, already timed); results into rec["variants"]."""
-    from .layers import fastres_layer_config, layer_callable
-
     default = fastres_layer_config(layer, sets[0])
     configs = variant_configs(layer, default, sets[0].x.dtype, batch, run.device, residual=sets[0].r is not None,
                               families=tuple(run.variants) or FAMILIES)

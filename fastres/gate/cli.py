@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the gate as `args` say, print the rows, return the exit status."""
-    from ..cli import UserError
+    from ..errors import UserError
     from ..kernels._checks import interpreting
 
     if interpreting():

@@ -12,4 +12,5 @@ One job per module; import a name from the module that owns it:
 - ``predictor``: ``Predictor``, the Python API
 - ``output``: ``Prediction`` and the JSON-lines and CSV writers
 - ``cli``: the ``fastres predict`` command
+- ``options``: the options ``fastres predict`` and ``fastres serve`` share (``--preprocess``, the dtypes)
 """

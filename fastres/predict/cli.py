@@ -9,15 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-DTYPE_NAMES = ("float16", "bfloat16", "float32")
+from .options import DTYPE_NAMES, add_preprocess_argument
 
-
-
-def add_preprocess_argument(p: argparse.ArgumentParser) -> None:
-    """--preprocess, as `fastres predict` and `fastres serve` take it (fastres.preprocess's modes)."""
-    p.add_argument("--preprocess", choices=("exact", "fast"), default="exact",
-                   help="exact: torchvision's pixels bit for bit (default); fast: JPEGs decoded at a reduced DCT scale "
-                        "and torch's uint8 resize, close to exact and several times faster on large photos")
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively (sorted)")
@@ -56,7 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args) -> None:
-    from ..cli import UserError
+    from ..errors import UserError
 
     for name in ("batch", "topk", "resize", "crop", "workers", "max_pixels", "actors"):
         value = getattr(args, name)
@@ -72,7 +65,7 @@ def main(args) -> int:
 
     import torch
 
-    from ..cli import UserError
+    from ..errors import UserError
     from .images import DEFAULT_MAX_PIXELS, NoImagesError, find_images
     from .output import open_writer, output_format
 
@@ -118,7 +111,7 @@ def main(args) -> int:
 def _predictor(args, default_max_pixels: int):
     import torch
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..weights import WeightsError
     from .labels import LabelsError
     from .predictor import Predictor

@@ -11,11 +11,10 @@ import sys
 import threading
 import time
 
-from ..predict.cli import add_preprocess_argument
+from ..predict.options import DTYPE_NAMES, add_preprocess_argument
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S
 from .cluster import first_line
 
-DTYPE_NAMES = ("float16", "bfloat16", "float32")
 DEFAULT_PORT = 8000
 
 
@@ -59,11 +58,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "local cluster)")
     p.add_argument("--insecure-no-ray-auth", action="store_true",
                    help="run Ray without token authentication (RAY_AUTH_MODE=disabled): anyone who reaches the "
-                        "cluster's ports can run code in it; see the README's security section")
+                        "cluster's ports can run code in it; see docs/serving.md, Security")
 
 
 def _user_error(message: str):
-    from ..cli import UserError
+    from ..errors import UserError
 
     return UserError(message)
 
@@ -106,7 +105,7 @@ def _connect(address: str | None, *, log_to_driver: bool, command: str, no_auth:
         set_auth_mode("disabled")
     elif auth_disabled() and no_auth is not None:
         raise _user_error(f"{AUTH_ENV}=disabled turns off Ray's token authentication: pass --insecure-no-ray-auth "
-                          "to run so anyway (see the README's security section), or unset it")
+                          "to run so anyway (see docs/serving.md, Security), or unset it")
     try:
         how = connect(address, log_to_driver=log_to_driver)
     except (RayNotInstalled, ConnectionError) as exc:

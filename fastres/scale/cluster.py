@@ -4,8 +4,8 @@ each actor (Ray Data) or replica (Ray Serve) asks for and is given.
 Ray's defaults that would surprise a fastres user, and what this module does about them:
 
 - A local cluster starts a dashboard web server: never here (include_dashboard=False; its
-  head process and the per-node agent still run, with ports of their own: the README's
-  security section lists what listens where).
+  head process and the per-node agent still run, with ports of their own: docs/serving.md's
+  Security section lists what listens where).
 - A worker does not get the driver's environment on a cluster started elsewhere: whatever
   the engine reads from its environment (TRITON_INTERPRET, FASTRES_CACHE_DIR) is given to
   every actor and replica through ``runtime_env={"env_vars": ...}``.
@@ -16,7 +16,7 @@ Ray's defaults that would surprise a fastres user, and what this module does abo
 - Ray writes the token file it generates (``~/.ray/auth_token``) with the process's umask,
   usually readable by every user of the machine: `secure_token_file` creates it first, with
   mode 0600, or takes the group's and others' permissions off an existing one.
-- Usage reporting is left to the user (the README says how); the tests turn it off.
+- Usage reporting is left to the user (docs/serving.md says how); the tests turn it off.
 """
 from __future__ import annotations
 

@@ -1,0 +1,147 @@
+"""One conv layer of the per-layer benchmark as something to run: its input sets, the scratch the
+engine's step owns beside them, the config fastres' launcher picks, fn(i) for each compared
+system, and the reference. Both the per-layer measurement (fastres.benchmark.layers) and the
+kernel variants beside it (fastres.benchmark.variants) time what this builds."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .environment import baseline_flags
+from .geometry import ConvLayer
+
+if TYPE_CHECKING:
+    from ..kernels import Config
+
+
+@dataclasses.dataclass
+class LayerInputs:
+    """One input set of a conv: activation, weights, float32 bias (and cast to the dtype), residual, output."""
+
+    x: torch.Tensor
+    w: torch.Tensor
+    b: torch.Tensor
+    b_cast: torch.Tensor
+    r: torch.Tensor | None
+    out: torch.Tensor
+
+
+def layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device, n: int, gen: torch.Generator) -> list[LayerInputs]:
+    """`n` independent input sets for `layer` at `batch`: x, weights (He-scaled), float32 bias,
+    residual (if the layer has one) and an output buffer, all channels_last in `dtype`."""
+    cl = torch.channels_last
+
+    def randn(*shape):  # drawn on the device: host RNG for a batch-256 activation takes seconds
+        return torch.randn(*shape, generator=gen, device=device)
+
+    sets = []
+    for _ in range(n):
+        x = randn(batch, layer.cin, layer.h, layer.w).to(dtype).contiguous(memory_format=cl)
+        fan_in = layer.cin * layer.k * layer.k
+        w = (randn(layer.cout, layer.cin, layer.k, layer.k) * math.sqrt(2.0 / fan_in)).to(dtype).contiguous(memory_format=cl)
+        b = randn(layer.cout) * 0.2
+        r = None
+        if layer.residual:
+            r = randn(batch, layer.cout, layer.oh, layer.ow).to(dtype).contiguous(memory_format=cl)
+        out = torch.empty(batch, layer.cout, layer.oh, layer.ow, device=device, dtype=dtype, memory_format=cl)
+        sets.append(LayerInputs(x, w, b, b.to(dtype), r, out))
+    return sets
+
+
+class LayerScratch:
+    """What the engine's step owns beside its activations, made once per layer point and
+    outside every timed region: the fused split's arrival counters (zero, left zero by every
+    fused launch) and the float32 split-K workspace, grown to the largest config timed. A
+    launcher given neither would allocate them inside the timing (the counters with a fill
+    launch: about what fused split-K exists to save)."""
+
+    def __init__(self, device: torch.device):
+        from ..kernels.splitk import COUNTER_WORDS
+
+        self.device = device
+        self.counters = torch.zeros(COUNTER_WORDS, device=device, dtype=torch.int32)
+        self.workspace: torch.Tensor | None = None
+
+    def workspace_for(self, layer: ConvLayer, s: LayerInputs, config: Config) -> torch.Tensor | None:
+        """The workspace a launch of `layer` with `config` needs (None: unsplit), as the
+        schedule sizes it."""
+        from ..kernels.conv import reduction
+        from ..kernels.splitk import config_splits, workspace_numel
+
+        if layer.k == 1:
+            k, taps = layer.cin, 1
+        else:
+            flat, k, _ = reduction(layer.cin, layer.k, layer.k)
+            taps = 1 if flat else layer.k * layer.k
+        m = s.x.shape[0] * layer.oh * layer.ow
+        numel = workspace_numel(m, layer.cout, config_splits(config, k, taps)[0])
+        if not numel:
+            return None
+        if self.workspace is None or self.workspace.numel() < numel:
+            self.workspace = torch.empty(numel, device=self.device, dtype=torch.float32)
+        return self.workspace
+
+
+def fastres_layer_config(layer: ConvLayer, s: LayerInputs) -> Config:
+    """The config fastres' launcher picks for `layer` on input set `s` (what the engine runs)."""
+    from ..kernels.conv import check_conv_args, conv_config
+    from ..kernels.gemm1x1 import conv1x1_config
+
+    g = check_conv_args(s.x, s.w, s.b, layer.stride, layer.pad, s.r, s.out, "ieee")
+    if layer.k == 1:
+        return conv1x1_config(g, s.x.dtype, s.x.device)
+    return conv_config(g, s.x.dtype, s.x.device, residual=s.r is not None)
+
+
+def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config: Config | None = None,
+                   scratch: LayerScratch | None = None) -> Callable[[int], torch.Tensor]:
+    """fn(i) running `system` on input set i: 'fastres' (the kernel, written into the set's
+    output buffer, with `scratch`'s counters and workspace as the engine's step has them, so
+    that fn launches exactly what the step launches; `config` overrides the launcher's
+    choice), 'cudnn-eager' (F.conv2d + bias, then in-place add and ReLU) or 'cudnn-conv'."""
+    from .. import kernels as K
+
+    if system == "fastres":
+        cfg = config or fastres_layer_config(layer, sets[0])
+        scratch = scratch or LayerScratch(sets[0].x.device)
+        ws, cnt = scratch.workspace_for(layer, sets[0], cfg), scratch.counters
+        if layer.k == 1:
+            return lambda i: K.conv1x1(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, relu=layer.relu,
+                                       residual=sets[i].r, out=sets[i].out, config=cfg, workspace=ws, counters=cnt)
+        # A bordered config reads a zero-bordered copy of each set's input, made here, not timed
+        # (in the engine the producer writes straight into the bordered slot's interior).
+        xs = [K.zero_bordered(s.x, layer.pad) if cfg.bordered else s.x for s in sets]
+        return lambda i: K.conv_bn_relu(xs[i], sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
+                                        relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=cfg,
+                                        workspace=ws, counters=cnt)
+    if system == "cudnn-eager":
+        def fused(i):
+            s = sets[i]
+            y = F.conv2d(s.x, s.w, s.b_cast, stride=layer.stride, padding=layer.pad)
+            if s.r is not None:
+                y.add_(s.r)
+            if layer.relu:
+                y.relu_()
+            return y
+        return fused
+    if system == "cudnn-conv":
+        return lambda i: F.conv2d(sets[i].x, sets[i].w, None, stride=layer.stride, padding=layer.pad)
+    raise ValueError(f"unknown layer system {system!r}")
+
+
+def layer_reference(layer: ConvLayer, s: LayerInputs, *, fused: bool, device: torch.device) -> torch.Tensor:
+    """The layer in float32 with TF32 off (float64 on the CPU or for float32 inputs); `fused`
+    adds bias, residual and ReLU."""
+    rdt = torch.float64 if (device.type == "cpu" or s.x.dtype == torch.float32) else torch.float32
+    with baseline_flags(benchmark=False):
+        y = F.conv2d(s.x.to(rdt), s.w.to(rdt), s.b.to(rdt) if fused else None, stride=layer.stride, padding=layer.pad)
+        if fused:
+            if s.r is not None:
+                y = y + s.r.to(rdt)
+            if layer.relu:
+                y = torch.relu(y)
+    return y
