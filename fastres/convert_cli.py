@@ -14,6 +14,26 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output file (default weights/<name>-<dtype>.safetensors)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="expected architecture (default: inferred from the keys)")
     p.add_argument("--dtype", default="float16", help="float16 (default), bfloat16 or float32")
+    p.add_argument("--dilate", metavar="none|L2,L3,L4",
+                   help="the dilation of a bare trunk state_dict (a ResNet's without fc.*, whose weights cannot show it), "
+                        "as torchvision's replace_stride_with_dilation for layer2..layer4: 'none' (timm's features_only, "
+                        "an IntermediateLayerGetter over a plain ResNet) or e.g. '0,1,1' (an FCN's or DeepLabV3's "
+                        "backbone); required for such a file, elsewhere it must agree with the source's own")
+
+
+def parse_dilate(text: str) -> tuple[bool, bool, bool]:
+    """--dilate's value: 'none', or three of 0/1/false/true for layer2..layer4 (commas, brackets
+    and spaces as torchvision's list prints them: '[False, True, True]')."""
+    from .cli import UserError
+
+    words = [w for w in text.strip().strip("[]()").replace(",", " ").lower().split()]
+    if words == ["none"]:
+        return (False, False, False)
+    values = {"0": False, "1": True, "false": False, "true": True}
+    if len(words) != 3 or any(w not in values for w in words):
+        raise UserError(f"--dilate takes 'none' or three of 0/1 (true/false) for layer2..layer4, e.g. '0,1,1'; "
+                        f"got {text!r}")
+    return tuple(values[w] for w in words)
 
 
 def main(args) -> int:
@@ -22,7 +42,8 @@ def main(args) -> int:
     if args.dtype not in DTYPES:
         raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     try:
-        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype)
+        dilate = None if args.dilate is None else parse_dilate(args.dilate)
+        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype, dilate=dilate)
     except (WeightsError, OSError) as exc:
         raise UserError(str(exc)) from None
     meta = read_metadata(path)
@@ -30,6 +51,7 @@ def main(args) -> int:
     origin = f" (torchvision {meta['torchvision_weights']})" if "torchvision_weights" in meta else (
         f" ({meta['source']}, preprocessing " + ("from its config" if "preprocess" in meta else "torchvision's defaults: "
                                                  "its config says none") + ")" if "source" in meta else "")
-    what = f"{meta['num_classes']} classes" if "num_classes" in meta else f"trunk returning {meta['returns']}"
+    what = f"{meta['num_classes']} classes" if "num_classes" in meta else \
+        f"trunk returning {meta['returns']}, dilate {meta['dilate']}"
     print(f"{path}: {meta['arch']}, {what}, {meta['dtype']}, {size:.1f} MB{origin}")
     return 0

@@ -19,6 +19,7 @@ from . import kernels as K
 from . import ops
 from .arena import Arena
 from .device import DeviceInfo
+from .kernels.config import tile_of
 from .plan import (LAYERS, NO_DILATION, ArchSpec, arch_blocks, arch_label, arch_spec, check_dilate, check_params,
                    check_returns, param_shapes, returns_depth)
 from .schedule import STEM, Schedule, Step, build_schedule
@@ -168,10 +169,14 @@ class ResNet(torch.nn.Module):
         the tile configs it would run untuned: what runs, on which buffers, with which tile and
         K split. Plain data, nothing runs; print it for a table.
 
-        The configs are the heuristic's, except that a new input size never brings a new
-        binary: where the heuristic picks for a layer a config that layer has not run at an
-        earlier shape of the same batch, the layer keeps the config it ran first (kernel sizes
-        are not specialized, so the binaries compiled for it serve every size)."""
+        The configs are the heuristic's, except that a new input size brings no new tile:
+        where the heuristic picks for a layer a tile that layer has not run at an earlier
+        shape of the same batch, the layer keeps the tile it ran first (kernel sizes are not
+        specialized, so the binaries compiled for it serve every size), split as the planner
+        splits that tile at this shape (`Step.with_tile`): a split sized for a small input
+        would cost a large one workspace and a reduce launch. The split's count is no compile
+        key; splitting or not is, so a size that crosses that line compiles the tile's split
+        or unsplit twin once."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
         schedule = build_schedule(self._arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
                                   dilate=self.dilate, returns=self.returns)
@@ -180,8 +185,8 @@ class ResNet(torch.nn.Module):
         keep = {}
         for i, step in enumerate(schedule.steps):
             ran = self._ran.get((shape[0], step.layer))
-            if ran and step.config not in ran:
-                keep[i] = next(iter(ran))
+            if ran and tile_of(step.config) not in {tile_of(c) for c in ran}:
+                keep[i] = step.with_tile(next(iter(ran)), self.device_info()).config
         return schedule.with_configs(keep) if keep else schedule
 
     def _tune_key(self, step: Step, batch: int) -> str:

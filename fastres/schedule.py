@@ -23,10 +23,11 @@ import torch
 
 from .device import DeviceInfo
 from .kernels._checks import out_size
-from .kernels.config import Config, bordered_rows, select_config, tuning_candidates
-from .kernels.conv import conv_problem
+from .kernels.config import (Config, bordered_rows, choose_split, m_tiles, select_config, tile_of, tuning_candidates,
+                              with_split)
+from .kernels.reduction import conv_problem
 from .kernels.head import head_workspace_numel
-from .kernels.splitk import config_splits, workspace_numel
+from .kernels.splitk import conv_split
 from .plan import (LAYERS, NO_DILATION, ArchSpec, ConvSpec, arch_blocks, arch_label, arch_spec, check_dilate,
                    check_returns, returns_depth)
 
@@ -62,8 +63,8 @@ class Step:
 
     def with_config(self, config: Config) -> "Step":
         """The same launch with another tile config (its split and workspace follow)."""
-        return dataclasses.replace(self, config=config, **_split_fields(self.kernel, self.gemm, self.in_shape,
-                                                                          self.out_shape, config))
+        return dataclasses.replace(self, config=config, **_split_fields(self.kernel, self.gemm, self.spec,
+                                                                          self.in_shape, self.out_shape, config))
 
     def candidates(self, dtype: torch.dtype, device: DeviceInfo) -> tuple[Config, ...]:
         """The configs per-layer tuning measures for this step (none for untuned steps)."""
@@ -72,15 +73,38 @@ class Step:
         m, n, k, taps = self.gemm
         stride = self.spec.stride if self.spec is not None else 1
         dilation = self.spec.dilation if self.spec is not None else 1
-        segments = bordered = None
-        if self.kernel == CONV:  # the tma conv's grid: one tile row per output row segment
-            segments = (self.out_shape[0] * self.out_shape[2], self.out_shape[3])
-            if stride == 1 and self.spec.groups == 1:  # the bordered convs' grid: rows of the bordered map
-                n_, _, h, w = self.in_shape
-                bordered = bordered_rows(n_, h + 2 * self.spec.pad, w + 2 * self.spec.pad, *self.out_shape[2:])
+        segments, bordered = self._grid_rows()
         return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
                                  stride=stride, dilation=dilation, segments=segments, bordered=bordered,
                                  **_planned_for(device))
+
+    def with_tile(self, config: Config, device: DeviceInfo) -> "Step":
+        """This launch with `config`'s tile and the K split the planner gives that tile at this
+        step's shape on `device` (`choose_split` over the grid the tile launches; never on the
+        interpreter, whose planner does not split): how a layer keeps a tile compiled at
+        another input size without keeping a split planned for that size."""
+        if self.gemm is None:
+            return self.with_config(config)
+        geometry = _conv_geometry(self.kernel, self.gemm, self.spec, self.in_shape, self.out_shape)
+        tile = tile_of(config)
+        split = 1
+        if not device.interpreter:
+            segments, bordered = self._grid_rows()
+            programs = m_tiles(tile, self.gemm[0], segments, bordered) * -(-self.gemm[1] // tile.BLOCK_N)
+            split = choose_split(programs, conv_split(tile, **geometry).iters, device.sms)
+        return self.with_config(with_split(self.space or "conv1x1", config, split, residual=self.residual is not None))
+
+    def _grid_rows(self) -> tuple[tuple[int, int] | None, int | None]:
+        """(segments, bordered): what the grids of the ``tma`` and bordered convs are made of
+        (`m_tiles`), for a conv step; (None, None) otherwise."""
+        if self.kernel != CONV:
+            return None, None
+        segments = (self.out_shape[0] * self.out_shape[2], self.out_shape[3])  # one tile row per output row segment
+        bordered = None
+        if self.spec.stride == 1 and self.spec.groups == 1:  # the bordered convs' grid: rows of the bordered map
+            n_, _, h, w = self.in_shape
+            bordered = bordered_rows(n_, h + 2 * self.spec.pad, w + 2 * self.spec.pad, *self.out_shape[2:])
+        return segments, bordered
 
     @property
     def bordered_input(self) -> bool:
@@ -92,15 +116,26 @@ def _planned_for(device: DeviceInfo) -> dict:
     return dict(sms=device.sms, target=device.target, max_shared=device.max_shared)
 
 
-def _split_fields(kernel: str, gemm, in_shape: Shape, out_shape, config: Config) -> dict:
+def _conv_geometry(kernel: str, gemm, spec: ConvSpec | None, in_shape: Shape, out_shape) -> dict | None:
+    """`conv_split`'s geometry arguments for a launch (None: it has no K loop); the head's
+    classifier is a 1x1 GEMM over the pooled features."""
     if kernel == HEAD:
-        splits = config_splits(config, in_shape[1])[0]
-        return dict(splits=splits, workspace=head_workspace_numel(in_shape[0], in_shape[1], out_shape[1], config))
+        return dict(M=in_shape[0], C=in_shape[1], CO=out_shape[1])
     if gemm is None:
+        return None
+    return dict(M=gemm[0], C=spec.cin, CO=spec.cout, KH=spec.k, KW=spec.k, groups=spec.groups)
+
+
+def _split_fields(kernel: str, gemm, spec: ConvSpec | None, in_shape: Shape, out_shape, config: Config) -> dict:
+    """A launch's split and workspace as its launcher runs them (`conv_split`: a grouped conv's
+    tile loops over every group it spans, more than the Cin/groups its config is chosen for)."""
+    geometry = _conv_geometry(kernel, gemm, spec, in_shape, out_shape)
+    if geometry is None:
         return dict(splits=1, workspace=0)
-    m, n, k, taps = gemm
-    splits = config_splits(config, k, taps)[0]
-    return dict(splits=splits, workspace=workspace_numel(m, n, splits))
+    plan = conv_split(config, **geometry)
+    if kernel == HEAD:  # the pooled features first, then the partials
+        return dict(splits=plan.splits, workspace=head_workspace_numel(in_shape[0], in_shape[1], out_shape[1], config))
+    return dict(splits=plan.splits, workspace=plan.workspace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +384,7 @@ def build_schedule(
         cfg = select_config(space or "conv1x1", dtype, M=m, N=n, K=k, taps=taps, residual=res is not None,
                             interpreter=device.interpreter, **_planned_for(device))
         steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg, space=space,
-                          spec=spec, gemm=gemm, **_split_fields(kernel, gemm, in_shape, out_shape, cfg)))
+                          spec=spec, gemm=gemm, **_split_fields(kernel, gemm, spec, in_shape, out_shape, cfg)))
     caps, borders = lay_out(values, wiring, steps)
     steps = [dataclasses.replace(st, src=None if a is None else values[a].slot, dst=None if d is None else values[d].slot,
                                  residual=None if r is None else values[r].slot)

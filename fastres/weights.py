@@ -5,6 +5,7 @@ Nothing here executes code from a file: .pth files are read with torch.load(weig
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -184,25 +185,35 @@ def _unpack(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.permute(0, 3, 1, 2) if v.dim() == 4 else v) for k, v in tensors.items()}
 
 
-def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.float16,
+def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.float16, dilate=None,
             verbose: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """(folded parameters, the file's metadata, the default file name's stem) of a source:
     what `convert` writes, without writing it. Raises WeightsError like `convert`."""
     from .build import check_module
-    from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_label, expected_shapes, fold_params, infer_arch,
-                       returns_depth)
-    from .sources.checkpoints import TrunkCheckpoint, features_trunk, split_trunk, torchvision_weights_name
+    from .plan import (ARCHS, NO_DILATION, UnsupportedModelError, arch_blocks, arch_label, check_dilate,
+                       expected_shapes, fold_params, infer_arch, returns_depth)
+    from .sources.checkpoints import (BARE_TRUNK_DILATION, TrunkCheckpoint, check_dilate_agrees, features_trunk,
+                                      split_trunk, torchvision_weights_name, trunk_module)
     from .sources.hub import module_checkpoint, read_hub
 
     dtype = _dtype(dtype)
     if arch is not None and arch not in ARCHS:
         raise WeightsError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+    if dilate is not None:
+        try:
+            dilate = check_dilate(dilate)
+        except ValueError as exc:
+            raise WeightsError(str(exc)) from None
     eps: float | dict[str, float] = 1e-5  # torchvision's BatchNorm2d default; a state_dict does not record it
-    path = hub = None
+    path = hub = module_trunk = None
     try:
         if isinstance(src, torch.nn.Module):
             hub = module_checkpoint(src)  # timm's or transformers' (checked as from_timm / from_transformers do)
-            if hub is None:
+            module_trunk = None if hub is not None else trunk_module(src)
+            if module_trunk is not None:  # its dilation read off its convs, as from_torchvision reads it
+                facts, source, sd = module_trunk
+                found, eps = facts.arch, facts.eps
+            elif hub is None:
                 found, _, eps = check_module(src)
                 sd = src.state_dict()
             else:
@@ -223,10 +234,18 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
                 sd = _read_state_dict(path)
                 sha, name = _sha256(path), path.stem
         trunk = None if isinstance(src, torch.nn.Module) or hub is not None else split_trunk(sd)
-        if hub is not None and hub.returns is not None:
+        if module_trunk is not None:
+            trunk = TrunkCheckpoint(sd, facts.returns, facts.dilate, source)
+        elif hub is not None and hub.returns is not None:
             trunk = TrunkCheckpoint(sd, hub.returns, NO_DILATION, hub.source)
         elif trunk is None and not isinstance(src, torch.nn.Module):
             trunk = features_trunk(sd)  # no classifier: every stage, numbered as timm's features_only
+            if trunk is not None:
+                if dilate is None:
+                    raise UnsupportedModelError(BARE_TRUNK_DILATION)
+                trunk = dataclasses.replace(trunk, dilate=dilate)
+        if dilate is not None:
+            check_dilate_agrees(dilate, trunk)
         if trunk is not None:  # a detector's or segmenter's checkpoint: its ResNet trunk alone
             sd = trunk.state_dict
         if hub is not None and hub.arch is not None:
@@ -243,7 +262,10 @@ def prepare(src, *, arch: str | None = None, dtype: torch.dtype | str = torch.fl
         if verbose:
             what = f"{num_classes} classes" if trunk is None else f"the trunk of a {trunk.source} checkpoint"
             print(f"folding BatchNorm of {arch_label(found)} ({what}) into {_dtype_name(dtype)} weights", file=sys.stderr)
-        params = fold_params(sd, found, num_classes, dtype, eps, 4 if trunk is None else returns_depth(trunk.returns))
+        depth = 4 if trunk is None else returns_depth(trunk.returns)
+        if trunk is not None:
+            arch_blocks(found, trunk.dilate, depth)  # a dilation torchvision never builds (BasicBlock) is refused
+        params = fold_params(sd, found, num_classes, dtype, eps, depth)
     except UnsupportedModelError as exc:
         raise WeightsError(str(exc)) from None
 
@@ -281,21 +303,30 @@ def convert(
     *,
     arch: str | None = None,
     dtype: torch.dtype | str = torch.float16,
+    dilate=None,
     verbose: bool = False,
 ) -> Path:
     """Convert a ResNet checkpoint into a fastres .safetensors file; returns its path.
 
     src: a .pth/.pt/.bin state_dict (or a dict holding one under "state_dict"/"model"), a
-    .safetensors state_dict, a state_dict mapping, a torchvision ResNet module, or a timm or
+    .safetensors state_dict, a state_dict mapping, a torchvision ResNet module (or a trunk:
+    FCN, DeepLabV3, IntermediateLayerGetter over a ResNet), or a timm or
     transformers model folder (fastres.sources.hub: their source and stated preprocessing are
     recorded as `source` and `preprocess`).
     arch: inferred from the keys and shapes; when given, it must agree with them.
+    dilate: torchvision's replace_stride_with_dilation (three bools, layer2..layer4) of a bare
+    trunk state_dict (a ResNet's without fc.*: timm's features_only model, a saved
+    IntermediateLayerGetter or an FCN's / DeepLabV3's backbone), whose weights do not show it:
+    required there ([False, False, False]: undilated; [False, True, True]: FCN, DeepLabV3).
+    Elsewhere the source states its own (a segmentation checkpoint's, a module's convs) and a
+    `dilate` given must agree with it. An FCN or DeepLabV3 module, or an IntermediateLayerGetter
+    over a ResNet, converts to a trunk with its own dilation.
     out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
     A source file downloaded from torchvision (its file name or sha256 says which weights
     entry) is recorded as `torchvision_weights`, so that `fastres predict` uses its transforms.
     Raises WeightsError (a ValueError) for anything it cannot convert exactly.
     """
-    params, metadata, name = prepare(src, arch=arch, dtype=dtype, verbose=verbose)
+    params, metadata, name = prepare(src, arch=arch, dtype=dtype, dilate=dilate, verbose=verbose)
     target = Path(out) if out is not None else DEFAULT_DIR / f"{name}-{metadata['dtype']}.safetensors"
     _atomic_save(_pack(params), metadata, target)
     if verbose:

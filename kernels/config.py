@@ -332,6 +332,31 @@ def choose_split(programs: int, iters: int, sms: int) -> int:
     return split
 
 
+def tile_of(config: Config) -> Config:
+    """`config` unsplit: its tile (block sizes, warps, stages, kernel variant), what a layer
+    compiles once for every input size (a split's count is no compile key; "fused_k" unsplit
+    is the pointer kernel)."""
+    return dataclasses.replace(config, SPLIT_K=1, variant="ptr" if config.variant == "fused_k" else config.variant)
+
+
+def with_split(kernel: str, config: Config, split: int, *, residual: bool = False) -> Config:
+    """`config`'s tile split `split` ways (1: unsplit), as select_config and tuning_candidates
+    split a tile: a pointer tile keeps its reduce launch or fused sum, a TMA tile fuses it; a
+    tile that cannot split (warp-specialized, persistent, a TMA tile over FUSED_MAX_BLOCK_M
+    rows) stays unsplit. A split tile whose unsplit epilogue cannot take the residual
+    (`residual_unsafe`) keeps its own split: unsplit, it would not be dispatched there."""
+    if kernel not in SPLIT_KERNELS:
+        return config
+    tile = tile_of(config)
+    if not config.splits or (config.tma and config.BLOCK_M > FUSED_MAX_BLOCK_M):
+        return tile
+    if split > 1:
+        return dataclasses.replace(config, SPLIT_K=int(split))
+    if residual and config.SPLIT_K > 1 and residual_unsafe(kernel, tile):
+        return config
+    return tile
+
+
 def bordered_rows(N: int, HP: int, WP: int, OH: int, OW: int) -> int:
     """Rows of a bordered conv's tile grid (kernels/conv_bordered.py): positions of the
     flattened [N*HP*WP] bordered map up to the window corner of the last output pixel."""

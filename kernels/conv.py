@@ -28,7 +28,8 @@ from ._checks import (
 )
 from .config import Config, select_config
 from .indexing import grouped_tile, nhwc_rows
-from .splitk import config_splits, finish_tile, reduce_partials, split_counters, split_workspace
+from .reduction import conv_problem, reduction  # noqa: F401 - conv_problem, reduction: kernels.conv.*
+from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
 
 # How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
@@ -272,42 +273,6 @@ def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
 
 
-def reduction(C: int, KH: int, KW: int) -> tuple[bool, int, str]:
-    """(flat K?, the K a config is chosen for, the config space) of a conv with C input channels.
-
-    Below 16 channels a (kh, kw) tap cannot fill tl.dot's K, so the kernel reduces over taps
-    and channels at once (FLAT_K, configs of "conv_stem") and the config sees K = KH*KW*C;
-    otherwise it steps through channels tap by tap ("conv") and the config sees K = C.
-    """
-    if C < 16:
-        return True, KH * KW * C, "conv_stem"
-    return False, C, "conv"
-
-
-def conv_problem(cin: int, cout: int, kh: int, kw: int, groups: int = 1) -> tuple[str, int, int, int]:
-    """(config space, N, K, taps) of a conv: the arguments `select_config(space, dtype, M=...,
-    N=N, K=K, taps=taps)` and `tuning_candidates` take for it, as the launcher plans it itself.
-
-    Plain convs as `reduction` says ("conv_stem" with K = KH*KW*Cin in one flat loop below 16
-    input channels, else "conv" with K = Cin per tap). Grouped convs (groups > 1) take
-    "conv_grouped" with K = Cin/groups, the reduction of one group per tap: a tile runs its K
-    loop over the input channels of the groups its output channels belong to (one group when
-    Cout/groups >= BLOCK_N; BLOCK_N*Cin/Cout channels when a tile spans several groups, whose
-    weight tile is then block-diagonal). Dilation does not change the problem.
-    """
-    if groups > 1:
-        return "conv_grouped", cout, cin // groups, kh * kw
-    flat, k, space = reduction(cin, kh, kw)
-    return space, cout, k, 1 if flat else kh * kw
-
-
-def group_span(g: ConvGeometry, block_n: int) -> int:
-    """Input channels the K loop of the widest BLOCK_N-column tile of a grouped conv runs over
-    (the channels of every group its columns belong to)."""
-    cig, cog = g.C // g.G, g.CO // g.G
-    return max(((min(n0 + block_n, g.CO) - 1) // cog - n0 // cog + 1) * cig for n0 in range(0, g.CO, block_n))
-
-
 def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None, *,
                 residual: bool = False) -> Config:
     """The launcher's own config for a conv of geometry `g` (the engine fixes it per layer)."""
@@ -336,9 +301,8 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
                 x, w, b, g, relu, residual, out, cfg, workspace, counters, y)
         return y
     grouped = g.G > 1
-    if grouped:
-        flat, k = False, group_span(g, cfg.BLOCK_N)
-    splits, iters = config_splits(cfg, k, 1 if flat else g.KH * g.KW)
+    flat = flat and not grouped  # a grouped conv steps tap by tap whatever its width
+    splits, iters, _ = conv_split(cfg, M=g.M, C=g.C, CO=g.CO, KH=g.KH, KW=g.KW, groups=g.G)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, w)
     if g.M == 0:

@@ -39,7 +39,7 @@ from .gemm_tma import check_tma_rows
 from .epilogue import bias_residual_relu_store
 from .indexing import grouped_tile
 from .launch import ensure_tma_allocator, launch
-from .splitk import config_splits, finish_tile, split_counters, split_workspace
+from .splitk import conv_split, finish_tile, split_counters, split_workspace
 
 
 @triton.jit
@@ -222,7 +222,7 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
             **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
         )
         return
-    splits, iters = config_splits(config, g.C, g.KH * g.KW)
+    splits, iters, _ = conv_split(config, M=g.M, C=g.C, CO=g.CO, KH=g.KH, KW=g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
     ensure_tma_allocator()

@@ -23,7 +23,7 @@ from .config import Config, m_tiles
 from .gemm_tma import check_tma_rows
 from .indexing import grouped_tile, nhwc_rows
 from .launch import ensure_tma_allocator, launch
-from .splitk import config_splits, finish_tile, split_counters, split_workspace
+from .splitk import conv_split, finish_tile, split_counters, split_workspace
 
 
 # Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
@@ -133,7 +133,7 @@ def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, works
         for s in (sxn, sxh, sxw):
             check_tma_rows("x", x, s)
     mt = tma_rows(g, config)
-    splits, iters = config_splits(config, g.C, g.KH * g.KW)
+    splits, iters, _ = conv_split(config, M=g.M, C=g.C, CO=g.CO, KH=g.KH, KW=g.KW)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b

@@ -19,7 +19,7 @@ from .config import Config, select_config
 from .conv import ConvGeometry, alloc_nhwc, check_conv_args
 from .indexing import grouped_tile, nhwc_rows
 from .gemm_tma import launch_gemm_tma
-from .splitk import config_splits, finish_tile, reduce_partials, split_counters, split_workspace
+from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
 
 
@@ -157,7 +157,7 @@ def conv1x1(
         raise ValueError(f"config {cfg.name}: the TMA GEMM cannot average-pool its A tile; use a pointer-load config")
     if cfg.tma:
         return _conv1x1_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters)
-    splits, iters = config_splits(cfg, g.C)
+    splits, iters, _ = conv_split(cfg, M=g.M, C=g.C, CO=g.CO)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
     y = out if out is not None else alloc_nhwc(g.out_shape, x)
     if g.M == 0:

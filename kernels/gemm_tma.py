@@ -19,7 +19,7 @@ import triton.language as tl
 from .config import Config
 from .indexing import grouped_tile
 from .launch import ensure_tma_allocator, launch
-from .splitk import config_splits, finish_tile, split_counters, split_workspace
+from .splitk import conv_split, finish_tile, split_counters, split_workspace
 
 
 # Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
@@ -91,7 +91,7 @@ def launch_gemm_tma(
         raise ValueError(f"config {config.name}: a warp-specialized TMA GEMM cannot split its K loop")
     check_tma_rows("x", x2, sxm)
     check_tma_rows("w", w2, w2.stride(0))
-    splits, iters = config_splits(config, C)
+    splits, iters, _ = conv_split(config, M=M, C=C, CO=CO)
     ws, sws = split_workspace(workspace, splits, M, CO, b, x=x2, w=w2, b=b, residual=residual4, out=y4)
     tiles = triton.cdiv(M, config.BLOCK_M) * triton.cdiv(CO, config.BLOCK_N)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b

@@ -20,7 +20,7 @@ from ._checks import (
 )
 from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
-from .splitk import check_workspace, config_splits, reduce_partials, split_counters, split_plane, workspace_numel
+from .splitk import check_workspace, conv_split, reduce_partials, split_counters, split_plane
 from .launch import launch
 
 
@@ -63,8 +63,7 @@ def fc_config(N: int, C: int, classes: int, dtype: torch.dtype, device: torch.de
 def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
     """Float32 elements `avgpool_fc` needs in its workspace: the pooled features, then the
     split-K partials of the linear layer (if its config splits)."""
-    splits, _ = config_splits(config, C)
-    return _pooled_numel(N, C) + workspace_numel(N, classes, splits)
+    return _pooled_numel(N, C) + conv_split(config, M=N, C=C, CO=classes).workspace
 
 
 # The linear layer: the 1x1 conv kernel on 1x1 "images", specialized as it was before the
@@ -123,7 +122,7 @@ def avgpool_fc(
         raise ValueError(f"out must be a float tensor of shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
     precision = check_precision(input_precision, x.dtype)
     cfg = config or fc_config(N, C, CLS, x.dtype, x.device)
-    splits, iters = config_splits(cfg, C)
+    splits, iters, _ = conv_split(cfg, M=N, C=C, CO=CLS)
     need = head_workspace_numel(N, C, CLS, cfg)
     check_workspace(workspace, need, x=x, w=w, b=b, out=out)
     y = out if out is not None else torch.empty((N, CLS), device=x.device, dtype=torch.float32)

@@ -17,6 +17,8 @@ zero again for the next launch (a CUDA graph replays the same buffer).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,7 @@ from ._checks import check_device, check_no_overlap, nhwc_strides
 from .config import k_iters, select_config
 from .epilogue import bias_residual_relu_store
 from .launch import launch
+from .reduction import tile_reduction
 
 
 def split_plan(iters: int, split: int) -> tuple[int, int]:
@@ -41,6 +44,26 @@ def config_splits(config, K: int, taps: int = 1) -> tuple[int, int]:
     """(splits, K-loop iterations per split) of a launch with `config` over a reduction of
     `taps` x K (K in BLOCK_K steps), as every split-capable launcher plans it."""
     return split_plan(k_iters(K, config.BLOCK_K, taps), config.SPLIT_K)
+
+
+class SplitPlan(NamedTuple):
+    """How a conv launch splits its K loop: `splits` programs per tile, `iters` K-loop steps
+    each (all of them when unsplit), and the float32 `workspace` elements it needs (0 unsplit)."""
+
+    splits: int
+    iters: int
+    workspace: int
+
+
+def conv_split(config, *, M: int, C: int, CO: int, KH: int = 1, KW: int = 1, groups: int = 1) -> SplitPlan:
+    """The split of a conv launch with `config` (M output pixels, C -> CO channels, a KH x KW
+    kernel, `groups`), as every conv launcher runs it (pointer, TMA, bordered, 1x1 GEMM): the
+    one place the engine's schedule and the benchmark size workspaces from. The K loop is the
+    tile's own (`tile_reduction`): a grouped conv's tile that spans several groups loops over
+    all their input channels, more than Cin/groups."""
+    k, taps = tile_reduction(C, CO, KH, KW, groups, config.BLOCK_N)
+    splits, iters = config_splits(config, k, taps)
+    return SplitPlan(splits, iters, workspace_numel(M, CO, splits))
 
 
 # Tiles of one fused split launch at most: the counters buffer the engine keeps (int32, zero).

@@ -138,6 +138,29 @@ def test_grouped_split(fused, dtype, device):
     check(1, 32, 7, 5, 32, 3, padding=2, dilation=2, groups=8, residual=True, config=cfg, dtype=dtype, device=device)
 
 
+def test_split_workspace_covers_tiles_spanning_groups(device):
+    """A 64-wide tile over groups of 4 channels (ResNeXt 32x4d's layer1: BLOCK_N != BLOCK_K)
+    runs its K loop over the 16 groups it spans, 64 channels, not one group's 4: four K steps
+    per tap where a plan by Cin/groups counts one, so a 4-way split is 4 planes, not 3. The
+    one planner (`conv_split`) says what the launcher launches, and a workspace of exactly
+    its size is enough."""
+    from fastres.kernels.launch import recording
+    from fastres.kernels.splitk import conv_split, workspace_numel
+
+    cfg = Config(16, 64, 16, 4, 1, SPLIT_K=4)
+    n, c, h, w, groups = 1, 128, 5, 5, 32
+    plan = conv_split(cfg, M=n * h * w, C=c, CO=c, KH=3, KW=3, groups=groups)
+    assert plan == (4, 9, workspace_numel(n * h * w, c, 4))
+    x = rand_nhwc(n, c, h, w, device=device)
+    wt = rand_nhwc(c, c // groups, 3, 3, device=device, scale=(c // groups * 9) ** -0.5)
+    b = torch.randn(c).to(device)
+    ws = torch.full((plan.workspace,), float("nan"), device=device)
+    with recording() as launches:
+        y = K.conv_bn_relu(x, wt, b, padding=1, groups=groups, config=cfg, workspace=ws)
+    assert launches[0].grid[1] == plan.splits  # then the reduce launch
+    assert_close(y, ref_conv(x, wt, b, padding=1, groups=groups), KERNEL_RTOL[torch.float32], what="spanning split")
+
+
 def test_grouped_default_configs_run(device):
     """Every config select_config / tuning_candidates offer for a grouped conv runs it right
     (the GPU heuristic's choices for an H100, forced here under the interpreter)."""

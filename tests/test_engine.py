@@ -8,6 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastres
+from fastres.kernels.config import tile_of
 from helpers import DEVICE, ON_GPU, assert_close
 from test_build import calibrated, reference
 
@@ -373,3 +374,31 @@ def test_resnet50_bordered_forward_equals_the_default():
         inner[:, :, ph:full.shape[2] - ph, pw:full.shape[3] - pw] = True
         assert not full[~inner].any(), f"slot {i}: a border was written"
         assert torch.isfinite(full[inner]).all(), f"slot {i}: interior left unwritten"
+
+
+def test_a_larger_size_keeps_the_tile_but_plans_its_own_split():
+    # Planned for a 4-SM card, layer1's convs split their K loop 4 ways at 32x32 (one tile) and
+    # not at all at 64x64 (four tiles): the layer keeps the tile the first size compiled, but
+    # not that size's split, which would cost the larger one a workspace and a reduce launch
+    # per conv. The first size is built without running (its launches only recorded).
+    from fastres.device import DeviceInfo
+    from fastres.gate.keys import recording
+    from fastres.schedule import build_schedule
+
+    small = DeviceInfo("a 4-SM card", sms=4)
+    model = calibrated("resnet18")
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
+    fast._device_info = small
+    with recording(run=False):
+        fast(torch.randn(1, 3, 32, 32, device=DEVICE))
+    ran = {s.layer: s for s in fast.schedule((1, 3, 32, 32)).steps}
+    assert ran["layer1.0.conv1"].splits == 4
+    planned = build_schedule("resnet18", (1, 3, 64, 64), torch.float32, small, num_classes=10)
+    got = fast.schedule((1, 3, 64, 64))
+    for step, plan in zip(got.steps, planned.steps):
+        assert tile_of(step.config) == tile_of(ran[step.layer].config)  # the tile the first size compiled
+        assert (step.layer, step.config, step.splits, step.workspace) == \
+            (plan.layer, plan.config, plan.splits, plan.workspace)
+    assert [s.layer for s in got.steps if s.layer.startswith("layer1.") and s.splits > 1] == []
+    x = torch.randn(1, 3, 64, 64, device=DEVICE)
+    assert_close(fast(x).double().cpu(), reference(model, x), 1e-4, "logits at the second size")

@@ -251,6 +251,30 @@ def test_resnext_grouped_convs_are_planned_per_group():
     assert [st.spec.cin for st in grouped if st.layer.endswith(".0.conv2")] == [128, 256, 512, 1024]
 
 
+def test_grouped_split_workspace_is_what_the_launcher_needs():
+    # A forced tile wider than its K step (64 columns over groups of 4 channels: 16 groups,
+    # four K steps per tap) split 4 ways: the schedule sizes the workspace by the launcher's
+    # own K loop, not by Cin/groups (which plans 3 splits of 3 steps and 3 planes). Each
+    # grouped step is launched (recorded, not run) with exactly the schedule's workspace.
+    from fastres.kernels.launch import recording
+
+    cfg = Config(16, 64, 16, 4, 1, SPLIT_K=4)
+    with fastres.kernels.use_config("conv_grouped", cfg):
+        s = build_schedule("resnext50_32x4d", (1, 3, 32, 32), torch.float32, H100)
+    grouped = [st for st in s.steps if st.space == "conv_grouped"]
+    assert grouped and all(st.config == cfg for st in grouped)
+    assert grouped[0].splits == 4
+    for st in grouped:
+        n, c, h, w = st.in_shape
+        x = torch.empty(st.in_shape).contiguous(memory_format=torch.channels_last)
+        wt = torch.empty(st.spec.cout, c // st.spec.groups, 3, 3).contiguous(memory_format=torch.channels_last)
+        ws = torch.empty(st.workspace)
+        with recording(run=False) as launches:
+            fastres.kernels.conv_bn_relu(x, wt, torch.zeros(st.spec.cout), stride=st.spec.stride, padding=1,
+                                         groups=st.spec.groups, config=cfg, workspace=ws)
+        assert launches[0].grid[1] == st.splits, st.layer
+
+
 def _all_bordered(s):
     """`s` with every stride-1 3x3 on the bordered conv."""
     cfg = Config(64, 64, 64, 4, 4, variant="tma_b")

@@ -119,12 +119,14 @@ def test_run_refuses_a_file_torchvision_cannot_build(tmp_path, capsys):
 
 
 def test_timm_features_only_checkpoint_is_a_trunk(tmp_path):
-    """A state_dict without a classifier (timm's features_only model saved) converts to a trunk
-    returning the stem's activation and every stage, numbered as timm numbers them."""
+    """A state_dict without a classifier (timm's features_only model saved) converts, its
+    dilation stated (its weights cannot show it), to a trunk returning the stem's activation
+    and every stage, numbered as timm numbers them."""
     torch.manual_seed(3)
     model = randomize_bn_(timm.create_model("resnet18", pretrained=False, features_only=True), seed=3)
     torch.save(model.state_dict(), tmp_path / "feats.pth")
-    out = fastres.convert(tmp_path / "feats.pth", tmp_path / "feats.safetensors", dtype="float32")
+    out = fastres.convert(tmp_path / "feats.pth", tmp_path / "feats.safetensors", dtype="float32",
+                          dilate=[False, False, False])
     meta = read_metadata(out)
     assert meta["arch"] == "resnet18" and json.loads(meta["returns"]) == {
         "stem": "0", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}

@@ -855,3 +855,58 @@ def test_convert_the_trunk_of_a_detection_or_segmentation_checkpoint(tmp_path, b
     with pytest.raises(WeightsError, match="trunk"):
         W.open_model(out, device="cpu")
     assert cli.main(["convert", str(src), "--out", str(tmp_path / "again.safetensors")]) == 0
+
+
+def _dilated_getter(return_layers):
+    """An IntermediateLayerGetter over a resnet50 dilated as FCN and DeepLabV3 dilate theirs."""
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    torch.manual_seed(0)
+    trunk = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval()
+    return IntermediateLayerGetter(trunk, return_layers).eval()
+
+
+def test_a_bare_trunk_state_dict_needs_its_dilation_stated(tmp_path, capsys):
+    # A dilated trunk's weights are shaped as an undilated one's: converted without a stated
+    # dilation it would run at stride 32 instead of 8. Refused, saying what to pass.
+    getter = _dilated_getter({"layer4": "out"})
+    src = tmp_path / "backbone.pth"
+    torch.save(getter.state_dict(), src)
+    with pytest.raises(WeightsError, match=r"without fc\.\* is a bare trunk.*dilate=\[False, True, True\]"):
+        W.convert(src, tmp_path / "silent.safetensors", dtype=torch.float32)
+    assert not (tmp_path / "silent.safetensors").exists()
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "silent.safetensors")]) != 0
+    assert "--dilate 0,1,1" in capsys.readouterr().err
+    # Stated, it is the trunk it was: every stage (as timm's features_only numbers them), dilated.
+    out = W.convert(src, tmp_path / "dilated.safetensors", dtype=torch.float32, dilate=[False, True, True])
+    assert W.read_metadata(out)["dilate"] == "0,1,1"
+    loaded = W.load(out, device="cpu")
+    assert loaded.dilate == (False, True, True)
+    direct = from_torchvision(getter, dtype=torch.float32, device="cpu")
+    for k, v in direct.params().items():
+        torch.testing.assert_close(loaded.params()[k], v, rtol=0, atol=0)
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "cli.safetensors"), "--dilate", "[False, True, True]"]) == 0
+    assert W.read_metadata(tmp_path / "cli.safetensors")["dilate"] == "0,1,1"
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "none.safetensors"), "--dilate", "none"]) == 0
+    assert W.read_metadata(tmp_path / "none.safetensors")["dilate"] == "0,0,0"
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "bad.safetensors"), "--dilate", "2,4"]) != 0
+    assert "--dilate takes 'none' or three of 0/1" in capsys.readouterr().err
+
+
+def test_dilated_trunk_modules_convert_with_their_own_dilation(tmp_path):
+    getter = _dilated_getter({"layer3": "aux", "layer4": "out"})
+    meta = W.read_metadata(W.convert(getter, tmp_path / "getter.safetensors", dtype=torch.float32))
+    assert (meta["dilate"], meta["returns"]) == ("0,1,1", '{"layer3": "aux", "layer4": "out"}')
+    torch.manual_seed(0)
+    fcn = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3).eval()
+    out = W.convert(fcn, tmp_path / "fcn.safetensors", dtype=torch.float32)
+    assert W.read_metadata(out)["dilate"] == "0,1,1"
+    direct = from_torchvision(fcn.backbone, dtype=torch.float32, device="cpu")
+    for k, v in direct.params().items():
+        torch.testing.assert_close(W.load(out, device="cpu").params()[k], v, rtol=0, atol=0)
+    # A stated dilation must be the source's own.
+    with pytest.raises(WeightsError, match=r"dilate=\[False, False, False\] contradicts .* segmentation trunk"):
+        W.convert(fcn, tmp_path / "x.safetensors", dilate=[False, False, False])
+    classifier = torchvision.models.resnet18(num_classes=3).eval()
+    with pytest.raises(WeightsError, match=r"contradicts the source, which is a classifier"):
+        W.convert(classifier.state_dict(), tmp_path / "y.safetensors", dilate=[False, True, True])

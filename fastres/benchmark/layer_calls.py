@@ -69,16 +69,11 @@ class LayerScratch:
     def workspace_for(self, layer: ConvLayer, s: LayerInputs, config: Config) -> torch.Tensor | None:
         """The workspace a launch of `layer` with `config` needs (None: unsplit), as the
         schedule sizes it."""
-        from ..kernels.conv import reduction
-        from ..kernels.splitk import config_splits, workspace_numel
+        from ..kernels.splitk import conv_split
 
-        if layer.k == 1:
-            k, taps = layer.cin, 1
-        else:
-            flat, k, _ = reduction(layer.cin, layer.k, layer.k)
-            taps = 1 if flat else layer.k * layer.k
-        m = s.x.shape[0] * layer.oh * layer.ow
-        numel = workspace_numel(m, layer.cout, config_splits(config, k, taps)[0])
+        # (a ConvLayer is ungrouped: conv_layers refuses grouped convs)
+        numel = conv_split(config, M=s.x.shape[0] * layer.oh * layer.ow, C=layer.cin, CO=layer.cout,
+                           KH=layer.k, KW=layer.k).workspace
         if not numel:
             return None
         if self.workspace is None or self.workspace.numel() < numel:

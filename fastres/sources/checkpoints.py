@@ -8,6 +8,10 @@ dilation. What `fastres convert` folds when a checkpoint is a whole detector or 
 - Segmentation (`backbone.*` beside `classifier.*`: FCN, DeepLabV3): layer4 returned as "out",
   and layer3 as "aux" where the checkpoint has an `aux_classifier`; dilated as torchvision
   builds them, replace_stride_with_dilation=[False, True, True].
+- A ResNet's without fc.* (timm's features_only, a saved IntermediateLayerGetter or FCN
+  backbone): every stage, and the dilation the caller states (the weights cannot show it).
+And the same trunks as modules (FCN, DeepLabV3, IntermediateLayerGetter), whose dilation
+their convs show.
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ from typing import Mapping
 import torch
 
 from ..plan import LAYERS, NO_DILATION, Returns, UnsupportedModelError, check_returns
+from . import segmentation
+from . import torchvision as tv
+from .torchvision import ResNetFacts
 
 # Output channels of layer1..layer4 per block type (a Bottleneck's expansion is 4).
 _CHANNELS = {"bottleneck": (256, 512, 1024, 2048), "basic": (64, 128, 256, 512)}
@@ -29,7 +36,7 @@ class TrunkCheckpoint:
     state_dict: dict[str, torch.Tensor]
     returns: Returns
     dilate: tuple[bool, bool, bool]
-    source: str  # "detection" or "segmentation"
+    source: str  # "detection", "segmentation", "features", "IntermediateLayerGetter", timm's, transformers'
 
 
 def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -47,6 +54,39 @@ def features_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
     points = ["stem", *LAYERS[:len(present)]]
     return TrunkCheckpoint(dict(sd), check_returns({p: str(i) for i, p in enumerate(points)}), NO_DILATION,
                            "features")
+
+
+# Why a ResNet state_dict without fc.* is refused without a dilation, and what to pass.
+BARE_TRUNK_DILATION = (
+    "a ResNet state_dict without fc.* is a bare trunk, and its weights do not show whether its stages were dilated "
+    "(an FCN's or DeepLabV3's backbone is, at stride 8 instead of 32; timm's features_only model and an "
+    "IntermediateLayerGetter over a plain ResNet are not): pass the dilation it was built with, torchvision's "
+    "replace_stride_with_dilation for layer2..layer4: dilate=[False, False, False] (command line: --dilate none) "
+    "for an undilated trunk, dilate=[False, True, True] (--dilate 0,1,1) for an FCN's or DeepLabV3's; or convert "
+    "the module itself (its dilation is read off its convs)")
+
+
+def trunk_module(src: torch.nn.Module) -> tuple[ResNetFacts, str, dict[str, torch.Tensor]] | None:
+    """(facts, source, state_dict) of a torchvision trunk module, its dilation read off its
+    convs as from_torchvision reads it: an IntermediateLayerGetter over a ResNet, or an FCN's
+    or DeepLabV3's backbone; None for any other module."""
+    if segmentation.is_segmentation(src):
+        tv.check_eval(src)
+        getter = getattr(src, "backbone", None)
+        return tv.check_layer_getter(getter, f"{type(src).__name__}.backbone"), "segmentation", getter.state_dict()
+    if tv.is_torchvision(src, "IntermediateLayerGetter"):
+        return tv.check_layer_getter(src), "IntermediateLayerGetter", src.state_dict()
+    return None
+
+
+def check_dilate_agrees(dilate: tuple[bool, bool, bool], trunk: TrunkCheckpoint | None) -> None:
+    """A dilation given for a source that states its own (a detection or segmentation
+    checkpoint, a module; a classifier: undilated) must be that one."""
+    own = NO_DILATION if trunk is None else trunk.dilate
+    if dilate != own:
+        what = ("a classifier (converted files hold undilated classifiers only)" if trunk is None else
+                f"a {trunk.source} trunk, built with replace_stride_with_dilation={list(own)}")
+        raise UnsupportedModelError(f"dilate={list(dilate)} contradicts the source, which is {what}")
 
 
 def split_trunk(sd: Mapping[str, torch.Tensor]) -> TrunkCheckpoint | None:
