@@ -24,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def parse_dilate(text: str) -> tuple[bool, bool, bool]:
     """--dilate's value: 'none', or three of 0/1/false/true for layer2..layer4 (commas, brackets
     and spaces as torchvision's list prints them: '[False, True, True]')."""
-    from .cli import UserError
+    from .errors import UserError
 
     words = [w for w in text.strip().strip("[]()").replace(",", " ").lower().split()]
     if words == ["none"]:
