@@ -51,12 +51,12 @@ def files(tmp_path_factory):
     return order, set(bad)
 
 
-def run(files, engine, batch_size, transform=T, gpu=False):
-    stages = StageTimes(workers=2)
+def run(files, engine, batch_size, transform=T, gpu=False, workers=2):
+    stages = StageTimes(workers=workers)
     batcher = Batcher(engine, transform, [f"c{i}" for i in range(engine.num_classes)], batch_size=batch_size, topk=3,
                       stages=stages)
     jobs = (lambda i=i, f=f: load_item(i, str(f), transform, None, stages, gpu) for i, f in enumerate(files))
-    return run_pipeline(jobs, batcher, workers=2, lookahead=4), stages
+    return run_pipeline(jobs, batcher, workers=workers, lookahead=4), stages
 
 
 def test_order_errors_and_fixed_shapes(files):
@@ -220,3 +220,43 @@ def test_nvjpeg_images_live_until_their_batch_finishes(tmp_path):
     preds = batcher.finish(batch)
     assert batch.keep == [] and all(p.error is None for _, p in preds)
     batcher.close()
+
+
+@pytest.mark.parametrize("where", ["decode_input", "resize_crop"])
+def test_an_empty_message_failure_is_one_error_line(files, monkeypatch, where):
+    """A bare MemoryError() (no message) in one image's decode or resize: that image gets one
+    error line naming the type, and the others are still classified."""
+    import fastres.predict.pipeline as pipeline
+
+    order, bad = files
+    good = [f for f in order if f not in bad][:4]
+    real = getattr(pipeline, where)
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, where, fails_once)
+    preds, stages = run(good, StubEngine(), batch_size=2, workers=1)
+    preds = list(preds)
+    assert [p.path for p in preds] == [str(f) for f in good]
+    failed = [p for p in preds if not p.ok]
+    assert len(failed) == 1 and failed[0].error == f"cannot {where.split('_')[0]}: MemoryError", failed
+    assert sum(p.ok for p in preds) == len(good) - 1 and stages.errors == 1
+
+
+def test_cpu_fallback_reports_an_empty_message_failure(monkeypatch):
+    """The GPU decoder's CPU fallback: a bare RuntimeError() becomes the image's error line."""
+    import fastres.predict.pipeline as pipeline
+
+    def fails(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(pipeline, "decode", fails)
+    batcher = Batcher(StubEngine(), T, ["c0"], batch_size=1, topk=1, stages=StageTimes())
+    item = Item(0, "x.jpg")
+    batcher._cpu_fallback(item, bytearray(b"\xff\xd8\xff"))
+    assert item.error == "cannot decode: RuntimeError" and item.crop is None

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import first_line
 from .numerics import finite_or_none, rel_error
-from .results import first_line
 from .timing import measure
 
 if TYPE_CHECKING:

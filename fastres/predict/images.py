@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import first_line
 
 # What a directory search collects (case-insensitive). torchvision.io decodes the first five;
 # the others are collected so that they get an error line instead of vanishing.
@@ -240,7 +241,7 @@ def gif_first_frame(data: bytes | bytearray | memoryview, max_pixels: int | None
 
 def _decoder_message(exc: BaseException) -> str:
     """torchvision's decoder error without its C++ source location, first line only."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, typed=False, limit=None)
     text = re.sub(r"^.*?\.(?:cpp|cu|h):\d+,\s*", "", text)
     return text[:1].lower() + text[1:200]
 

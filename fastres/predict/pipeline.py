@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from ..errors import first_line
 from .images import ImageError, Transform, decode, read_bytes
 from .preprocess import check_input, decode_input, resize_crop
 from .output import Prediction, Top
@@ -131,6 +132,9 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
     except ImageError as exc:
         stages.add(decode=time.perf_counter() - t0)
         return Item(index, path, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one image's failure (a MemoryError, say) must not stop the others
+        stages.add(decode=time.perf_counter() - t0)
+        return Item(index, path, error=f"cannot decode: {first_line(exc)}")
     t1 = time.perf_counter()
     stages.add(decode=t1 - t0)
     try:
@@ -139,7 +143,7 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
     except ImageError as exc:
         return Item(index, path, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
-        return Item(index, path, error=f"cannot resize: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return Item(index, path, error=f"cannot resize: {first_line(exc)}")
     finally:
         stages.add(preprocess=time.perf_counter() - t1)
     return Item(index, path, crop=crop)
@@ -269,7 +273,7 @@ class Batcher:
             it.error = str(exc)
             self.stages.add(decode=time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001
-            it.error = f"cannot decode: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            it.error = f"cannot decode: {first_line(exc)}"
 
     def _pixel_batch(self, batch: _Batch, live: list[Item]) -> torch.Tensor:
         """The uint8 batch on the engine's device: CPU crops through the pinned buffer, device

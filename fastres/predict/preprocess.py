@@ -61,6 +61,7 @@ import io
 
 import torch
 
+from ..errors import first_line
 from .images import (
     DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, INTERPOLATIONS, ImageError,
     check_header, decode_checked,
@@ -187,8 +188,7 @@ def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor
             hw = (im.size[1], im.size[0])
             pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError for bad data
-        text = str(exc).strip()
-        raise ImageError(f"cannot decode JPEG: {text.splitlines()[0][:200] if text else type(exc).__name__}") from None
+        raise ImageError(f"cannot decode JPEG: {first_line(exc, typed=False, limit=200)}") from None
     return pixels.view(*hw, 3).permute(2, 0, 1)  # channels_last: what the uint8 resize wants
 
 

@@ -13,7 +13,7 @@ import time
 
 from ..predict.cli import add_preprocess_argument
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S
-from .cluster import first_line
+from ..errors import first_line
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 DEFAULT_PORT = 8000

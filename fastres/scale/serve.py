@@ -33,7 +33,8 @@ from typing import Any
 
 from ..predict.images import DEFAULT_MAX_PIXELS
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Batcher, Draining, Refused
-from .cluster import Placement, cluster_placement, first_line, for_workers, import_serve
+from ..errors import first_line
+from .cluster import Placement, cluster_placement, for_workers, import_serve
 from .http import MAX_BODY, HttpError, check_image, predict_answer, read_body, route
 
 serve = import_serve()

@@ -1,0 +1,21 @@
+"""An exception as one line: what every catch-all in fastres reports (an error line, a record's
+reason, an HTTP answer). Imports nothing of fastres, so that any module may use it."""
+from __future__ import annotations
+
+
+def first_line(exc: BaseException, *, typed: bool = True, last: bool = False, limit: int | None = 300) -> str:
+    """`exc` as one line: the first non-blank line of its message (`last`: the last one, where
+    the reason comes after an excerpt, as in triton's CompilationError), after its type's name
+    where `typed`; the type's name alone for an empty message (a bare ``MemoryError()``), never
+    an empty string. `limit` (None: no limit) cuts the result to that many characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    name = type(exc).__name__
+    if not lines:
+        text = name
+    else:
+        line = lines[-1] if last else lines[0]
+        text = f"{name}: {line}" if typed else line
+    return text if limit is None else text[:limit]
+
+
+__all__ = ["first_line"]
