@@ -8,7 +8,7 @@ import torch
 
 from fastres.predict.images import Transform, decode, read_bytes
 from fastres.predict.pipeline import (
-    Batcher, Item, StageTimes, jpeg_components, load_item, nvjpeg_can_take, run_pipeline,
+    ImageBatcher, Item, StageTimes, jpeg_components, load_item, nvjpeg_can_take, run_pipeline,
 )
 from predict_helpers import DEEP, GOOD, bad_files, make_images, torchvision_reference
 
@@ -53,7 +53,7 @@ def files(tmp_path_factory):
 
 def run(files, engine, batch_size, transform=T, gpu=False, workers=2):
     stages = StageTimes(workers=workers)
-    batcher = Batcher(engine, transform, [f"c{i}" for i in range(engine.num_classes)], batch_size=batch_size, topk=3,
+    batcher = ImageBatcher(engine, transform, [f"c{i}" for i in range(engine.num_classes)], batch_size=batch_size, topk=3,
                       stages=stages)
     jobs = (lambda i=i, f=f: load_item(i, str(f), transform, None, stages, gpu) for i, f in enumerate(files))
     return run_pipeline(jobs, batcher, workers=workers, lookahead=4), stages
@@ -146,7 +146,7 @@ def test_items_from_tensors_keep_their_order():
     engine = StubEngine()
     imgs = [torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8) for _ in range(5)]
     stages = StageTimes()
-    batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=stages)
+    batcher = ImageBatcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=stages)
     jobs = (lambda i=i, img=img: Item(i, None, crop=img) for i, img in enumerate(imgs))
     preds = list(run_pipeline(jobs, batcher, workers=3, lookahead=3))
     for img, p in zip(imgs, preds):
@@ -182,7 +182,7 @@ def test_batcher_falls_back_to_a_pooled_stream_and_never_destroys_it(monkeypatch
     engine.device = torch.device("cuda", 0)
     monkeypatch.setattr(torch, "zeros", lambda *a, **k: None)  # no CUDA buffers here
     with pytest.warns(UserWarning, match="pooled CUDA streams"):
-        batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
+        batcher = ImageBatcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
     stream = batcher.stream
     assert isinstance(stream, _PooledStream) and not batcher._owned
     batcher.close()
@@ -198,7 +198,7 @@ def test_batcher_destroys_the_stream_it_created(monkeypatch):
     engine = StubEngine()
     engine.device = torch.device("cuda", 0)
     monkeypatch.setattr(torch, "zeros", lambda *a, **k: None)
-    batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
+    batcher = ImageBatcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
     assert batcher._owned
     batcher.close()
     assert destroyed == made and len(made) == 1
@@ -212,7 +212,7 @@ def test_nvjpeg_images_live_until_their_batch_finishes(tmp_path):
     engine = StubEngine()
     engine.device = torch.device("cuda", torch.cuda.current_device())
     stages = StageTimes()
-    batcher = Batcher(engine, T, list("abcde"), batch_size=len(paths), topk=1, stages=stages, gpu_decode=True)
+    batcher = ImageBatcher(engine, T, list("abcde"), batch_size=len(paths), topk=1, stages=stages, gpu_decode=True)
     items = [load_item(i, str(p), T, None, stages, True) for i, p in enumerate(paths)]
     assert all(it.jpeg is not None for it in items)
     batch = batcher.submit(items)
@@ -256,7 +256,7 @@ def test_cpu_fallback_reports_an_empty_message_failure(monkeypatch):
         raise RuntimeError()
 
     monkeypatch.setattr(pipeline, "decode", fails)
-    batcher = Batcher(StubEngine(), T, ["c0"], batch_size=1, topk=1, stages=StageTimes())
+    batcher = ImageBatcher(StubEngine(), T, ["c0"], batch_size=1, topk=1, stages=StageTimes())
     item = Item(0, "x.jpg")
     batcher._cpu_fallback(item, bytearray(b"\xff\xd8\xff"))
     assert item.error == "cannot decode: RuntimeError" and item.crop is None

@@ -158,12 +158,13 @@ class _Batch:
         self.values = self.indices = self.logits = None
         self.events: dict[str, torch.cuda.Event] = {}
         self.cpu_model_s = 0.0
-        # nvjpeg's decoded images, alive until the batch finishes (see Batcher._decode_on_gpu)
+        # nvjpeg's decoded images, alive until the batch finishes (see ImageBatcher._decode_on_gpu)
         self.keep: list[torch.Tensor] = []
 
 
-class Batcher:
-    """Fixed-shape batches through `engine`, results in input order."""
+class ImageBatcher:
+    """Images (decoded crops, or JPEGs for nvjpeg) in fixed-shape batches through `engine`, results in
+    input order."""
 
     def __init__(self, engine, transform: Transform, labels: Sequence[str], *, batch_size: int, topk: int,
                  stages: StageTimes, gpu_decode: bool = False, hw: tuple[int, int] | None = None):
@@ -380,7 +381,7 @@ class Batcher:
         return out
 
 
-def run_pipeline(sources: Iterable[Callable[[], Item]], batcher: Batcher, *, workers: int,
+def run_pipeline(sources: Iterable[Callable[[], Item]], batcher: ImageBatcher, *, workers: int,
                  lookahead: int) -> Iterator[Prediction]:
     """Run every source (a worker's job returning an Item) on a pool of `workers` threads, at
     most `lookahead` ahead of the batching loop; yield one Prediction per source, in order,
@@ -439,4 +440,4 @@ def run_pipeline(sources: Iterable[Callable[[], Item]], batcher: Batcher, *, wor
             stages.wall += time.perf_counter() - t_start
 
 
-__all__ = ["Batcher", "Item", "StageTimes", "default_workers", "load_item", "run_pipeline"]
+__all__ = ["ImageBatcher", "Item", "StageTimes", "default_workers", "load_item", "run_pipeline"]
