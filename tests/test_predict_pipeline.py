@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastres.predict.images import Transform, decode, read_bytes
+from fastres.predict.images import Transform, decode, jpeg_components, read_bytes
 from fastres.predict.pipeline import (
-    ImageBatcher, Item, StageTimes, jpeg_components, load_item, nvjpeg_can_take, run_pipeline,
+    ImageBatcher, Item, StageTimes, load_item, nvjpeg_can_take, run_pipeline,
 )
 from predict_helpers import DEEP, GOOD, bad_files, make_images, torchvision_reference
 
@@ -140,6 +140,33 @@ def test_nvjpeg_routing(tmp_path):
     assert cmyk.jpeg is None and torch.equal(cmyk.crop, T(decode(read_bytes(paths["cmyk.jpg"]))))
     assert "cannot decode JPEG" in load_item(2, str(bad["truncated.jpg"][0]), T, None, stages, True).error
     assert load_item(3, str(paths["rgba.png"]), T, None, stages, True).crop is not None
+
+
+def test_nvjpeg_takes_jpegs_with_stray_bytes_or_large_segments_before_the_frame(tmp_path):
+    """The frame header is found as libjpeg finds it: past a stray byte before a marker and past
+    an application segment that ends beyond the first 64 KB, so such a JPEG still goes to
+    nvjpeg (and the CPU decoder reads it too: it is a valid file)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 30, 60)).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    app = b"\xff\xe5" + (2 + 65530).to_bytes(2, "big") + bytes(65530)  # a maximal APP5 segment
+    app0 = 4 + int.from_bytes(jpeg[4:6], "big")  # SOI, then APP0 (JFIF): the stray byte goes after it
+    variants = {
+        "stray": jpeg[:app0] + b"\x00" + jpeg[app0:],     # an extraneous byte between two segments
+        "large-app": jpeg[:2] + app + app + jpeg[2:],     # the frame header past 128 KB
+    }
+    stages = StageTimes()
+    for name, data in variants.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        assert jpeg_components(bytearray(data)) == 3, name
+        assert nvjpeg_can_take(bytearray(data)), name
+        assert load_item(0, str(path), T, None, stages, True).jpeg is not None, name
+        assert decode(bytearray(data)).shape == (3, 16, 24), name  # a file the decoders accept
 
 
 def test_items_from_tensors_keep_their_order():

@@ -141,6 +141,13 @@ def _jpeg_frame(d: bytes | bytearray) -> tuple[int, int, int, bytes, int | None]
     return None if frame is None else (*frame, None)
 
 
+def jpeg_components(d: bytes | bytearray) -> int | None:
+    """The component count of a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK/YCCK), found as
+    libjpeg finds it (see `_jpeg_frame`), or None."""
+    frame = _jpeg_frame(d)
+    return None if frame is None else len(frame[3]) // 3
+
+
 def _jpeg_size(d: bytes | bytearray) -> tuple[int, int] | None:
     """(width, height) of a JPEG's first frame header (see `_jpeg_frame`)."""
     frame = _jpeg_frame(d)

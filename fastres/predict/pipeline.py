@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import first_line
-from .images import ImageError, Transform, decode, read_bytes
+from .images import ImageError, Transform, decode, jpeg_components, read_bytes
 from .preprocess import check_input, decode_input, resize_crop
 from .output import Prediction, Top
 
@@ -92,22 +92,6 @@ class Item:
     crop: torch.Tensor | None = None
     jpeg: bytearray | None = None
     error: str | None = None
-
-
-def jpeg_components(data: bytes | bytearray) -> int | None:
-    """The component count of a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK/YCCK), or None."""
-    d, i = bytes(data[:65536]), 2
-    while i + 9 < len(d) and d[i] == 0xFF:
-        marker = d[i + 1]
-        if marker == 0xFF:
-            i += 1
-        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return d[i + 9]
-        else:
-            i += 2 + int.from_bytes(d[i + 2:i + 4], "big")
-    return None
 
 
 def nvjpeg_can_take(data: bytearray) -> bool:
