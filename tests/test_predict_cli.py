@@ -121,3 +121,22 @@ def test_usage_mistakes_are_one_line_and_exit_2(setup, capsys, case, words):
     lines = err.strip().splitlines()
     assert rc == 2 and out == "" and len(lines) == 1, err
     assert lines[0].startswith("fastres predict: error: ") and words in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("exc", [ValueError(), ValueError("bad weights\nmore detail")])
+def test_a_predictor_error_is_one_line_even_when_empty(monkeypatch, tmp_path, exc):
+    """An error building the Predictor is one UserError line: its message's first line, or its
+    type's name where the message is empty."""
+    import fastres.predict.predictor as predictor
+    from fastres.cli import UserError
+    from fastres.predict import cli as predict_cli
+
+    def refuses(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(predictor, "Predictor", refuses)
+    args = cli.build_parser().parse_args(["predict", str(tmp_path), "--weights", "w.safetensors", "--device", "cpu",
+                                          "--dtype", "float32"])
+    with pytest.raises(UserError) as raised:
+        predict_cli._predictor(args, 1000)
+    assert str(raised.value) == (str(exc).splitlines()[0] if str(exc) else "ValueError")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastres.predict.images import Transform, decode, read_bytes
+from fastres.predict.images import Transform, decode, jpeg_components, read_bytes
 from fastres.predict.pipeline import (
-    Batcher, Item, StageTimes, jpeg_components, load_item, nvjpeg_can_take, run_pipeline,
+    ImageBatcher, Item, StageTimes, load_item, nvjpeg_can_take, run_pipeline,
 )
 from predict_helpers import DEEP, GOOD, bad_files, make_images, torchvision_reference
 
@@ -51,12 +51,12 @@ def files(tmp_path_factory):
     return order, set(bad)
 
 
-def run(files, engine, batch_size, transform=T, gpu=False):
-    stages = StageTimes(workers=2)
-    batcher = Batcher(engine, transform, [f"c{i}" for i in range(engine.num_classes)], batch_size=batch_size, topk=3,
+def run(files, engine, batch_size, transform=T, gpu=False, workers=2):
+    stages = StageTimes(workers=workers)
+    batcher = ImageBatcher(engine, transform, [f"c{i}" for i in range(engine.num_classes)], batch_size=batch_size, topk=3,
                       stages=stages)
     jobs = (lambda i=i, f=f: load_item(i, str(f), transform, None, stages, gpu) for i, f in enumerate(files))
-    return run_pipeline(jobs, batcher, workers=2, lookahead=4), stages
+    return run_pipeline(jobs, batcher, workers=workers, lookahead=4), stages
 
 
 def test_order_errors_and_fixed_shapes(files):
@@ -142,11 +142,38 @@ def test_nvjpeg_routing(tmp_path):
     assert load_item(3, str(paths["rgba.png"]), T, None, stages, True).crop is not None
 
 
+def test_nvjpeg_takes_jpegs_with_stray_bytes_or_large_segments_before_the_frame(tmp_path):
+    """The frame header is found as libjpeg finds it: past a stray byte before a marker and past
+    an application segment that ends beyond the first 64 KB, so such a JPEG still goes to
+    nvjpeg (and the CPU decoder reads it too: it is a valid file)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 30, 60)).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    app = b"\xff\xe5" + (2 + 65530).to_bytes(2, "big") + bytes(65530)  # a maximal APP5 segment
+    app0 = 4 + int.from_bytes(jpeg[4:6], "big")  # SOI, then APP0 (JFIF): the stray byte goes after it
+    variants = {
+        "stray": jpeg[:app0] + b"\x00" + jpeg[app0:],     # an extraneous byte between two segments
+        "large-app": jpeg[:2] + app + app + jpeg[2:],     # the frame header past 128 KB
+    }
+    stages = StageTimes()
+    for name, data in variants.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        assert jpeg_components(bytearray(data)) == 3, name
+        assert nvjpeg_can_take(bytearray(data)), name
+        assert load_item(0, str(path), T, None, stages, True).jpeg is not None, name
+        assert decode(bytearray(data)).shape == (3, 16, 24), name  # a file the decoders accept
+
+
 def test_items_from_tensors_keep_their_order():
     engine = StubEngine()
     imgs = [torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8) for _ in range(5)]
     stages = StageTimes()
-    batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=stages)
+    batcher = ImageBatcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=stages)
     jobs = (lambda i=i, img=img: Item(i, None, crop=img) for i, img in enumerate(imgs))
     preds = list(run_pipeline(jobs, batcher, workers=3, lookahead=3))
     for img, p in zip(imgs, preds):
@@ -182,7 +209,7 @@ def test_batcher_falls_back_to_a_pooled_stream_and_never_destroys_it(monkeypatch
     engine.device = torch.device("cuda", 0)
     monkeypatch.setattr(torch, "zeros", lambda *a, **k: None)  # no CUDA buffers here
     with pytest.warns(UserWarning, match="pooled CUDA streams"):
-        batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
+        batcher = ImageBatcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
     stream = batcher.stream
     assert isinstance(stream, _PooledStream) and not batcher._owned
     batcher.close()
@@ -198,7 +225,7 @@ def test_batcher_destroys_the_stream_it_created(monkeypatch):
     engine = StubEngine()
     engine.device = torch.device("cuda", 0)
     monkeypatch.setattr(torch, "zeros", lambda *a, **k: None)
-    batcher = Batcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
+    batcher = ImageBatcher(engine, T, list("abcde"), batch_size=2, topk=1, stages=StageTimes())
     assert batcher._owned
     batcher.close()
     assert destroyed == made and len(made) == 1
@@ -212,7 +239,7 @@ def test_nvjpeg_images_live_until_their_batch_finishes(tmp_path):
     engine = StubEngine()
     engine.device = torch.device("cuda", torch.cuda.current_device())
     stages = StageTimes()
-    batcher = Batcher(engine, T, list("abcde"), batch_size=len(paths), topk=1, stages=stages, gpu_decode=True)
+    batcher = ImageBatcher(engine, T, list("abcde"), batch_size=len(paths), topk=1, stages=stages, gpu_decode=True)
     items = [load_item(i, str(p), T, None, stages, True) for i, p in enumerate(paths)]
     assert all(it.jpeg is not None for it in items)
     batch = batcher.submit(items)
@@ -220,3 +247,43 @@ def test_nvjpeg_images_live_until_their_batch_finishes(tmp_path):
     preds = batcher.finish(batch)
     assert batch.keep == [] and all(p.error is None for _, p in preds)
     batcher.close()
+
+
+@pytest.mark.parametrize("where", ["decode_input", "resize_crop"])
+def test_an_empty_message_failure_is_one_error_line(files, monkeypatch, where):
+    """A bare MemoryError() (no message) in one image's decode or resize: that image gets one
+    error line naming the type, and the others are still classified."""
+    import fastres.predict.pipeline as pipeline
+
+    order, bad = files
+    good = [f for f in order if f not in bad][:4]
+    real = getattr(pipeline, where)
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, where, fails_once)
+    preds, stages = run(good, StubEngine(), batch_size=2, workers=1)
+    preds = list(preds)
+    assert [p.path for p in preds] == [str(f) for f in good]
+    failed = [p for p in preds if not p.ok]
+    assert len(failed) == 1 and failed[0].error == f"cannot {where.split('_')[0]}: MemoryError", failed
+    assert sum(p.ok for p in preds) == len(good) - 1 and stages.errors == 1
+
+
+def test_cpu_fallback_reports_an_empty_message_failure(monkeypatch):
+    """The GPU decoder's CPU fallback: a bare RuntimeError() becomes the image's error line."""
+    import fastres.predict.pipeline as pipeline
+
+    def fails(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(pipeline, "decode", fails)
+    batcher = ImageBatcher(StubEngine(), T, ["c0"], batch_size=1, topk=1, stages=StageTimes())
+    item = Item(0, "x.jpg")
+    batcher._cpu_fallback(item, bytearray(b"\xff\xd8\xff"))
+    assert item.error == "cannot decode: RuntimeError" and item.crop is None

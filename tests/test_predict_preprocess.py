@@ -16,7 +16,7 @@ from PIL import Image
 import fastres
 from fastres.predict.images import ImageError, Transform, read_bytes
 from fastres.predict.preprocess import (
-    FAST_MAX_BOUND, FAST_MEAN_BOUND, MAX_ASPECT, jpeg_scale, memory_bound, preprocess, resize_crop,
+    FAST_MAX_BOUND, FAST_MEAN_BOUND, MAX_ASPECT, jpeg_scale, memory_bound, preprocess, resize_crop, resized_size,
 )
 from predict_helpers import DEEP, GOOD, animated_gif, hostile_files, make_images, pixels, torchvision_reference
 
@@ -139,6 +139,39 @@ def test_arguments_and_errors():
     with pytest.raises(ImageError, match=f"aspect ratio over {MAX_ASPECT}:1"):
         resize_crop(torch.zeros((3, 2, 200), dtype=torch.uint8), 32, 32)
     assert fastres.preprocess(bytes(jpeg.getvalue()), resize=20, crop=16).shape == (3, 16, 16)  # bytes, not only bytearray
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("hw,resize", [((600, 10), 8), ((5, 11), 20), ((10, 600), 8)], ids=["tall", "upscaled", "wide"])
+def test_exact_resizes_only_down_to_the_crops_last_row(hw, resize, interpolation):
+    """exact mode's vertical pass stops at the crop's last row and its buffer at the last row
+    that pass reads (the image's other rows are never resized nor allocated), bit for bit
+    torchvision's crop all the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.out = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if isinstance(result, torch.Tensor) and result.dim() == 4 and result.dtype == torch.float32:
+                self.out.append((str(func), tuple(result.shape)))
+            return result
+
+    h, w = hw
+    crop = 6
+    img = (torch.rand(3, h, w, generator=torch.Generator().manual_seed(h)) * 255).to(torch.uint8)
+    oh, ow = resized_size(h, w, resize)
+    top = int(round((oh - crop) / 2.0))
+    with Shapes() as seen:
+        out = resize_crop(img, resize, crop, interpolation=interpolation)
+    assert torch.equal(out, Transform(resize=resize, crop=crop, interpolation=interpolation)(img))
+    vertical = [rows for op, (_, _, rows, width) in seen.out if "_aa" in op and width == crop]
+    assert vertical == [top + crop], (oh, top, seen.out)  # not oh rows
+    if h == 600:  # tall: the crop's taps read the top half; the horizontal pass's buffer holds no more
+        assert max(rows for _, (_, _, rows, _) in seen.out) < h, seen.out
 
 
 _CHILD = r"""

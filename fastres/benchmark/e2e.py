@@ -9,11 +9,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import first_line
 from .environment import baseline_flags, l2_bytes
 from .geometry import model_gflop
 from .names import DTYPES, MAX_AUTOTUNE_SYSTEM, TRUNK_MODEL
 from .numerics import e2e_tolerance, finite_or_none, rel_error
-from .results import add_record, base_record, first_line, speedups, timed_record
+from .results import add_record, base_record, speedups, timed_record
 from .run import Run, budget_note, free_memory
 from .systems import build_model, e2e_system, first_checked_call, system_flags
 from .timing import measure, rotation_count, sync

@@ -8,10 +8,11 @@ import zlib
 import torch
 import torch.nn.functional as F
 
+from ..errors import first_line
 from .environment import baseline_flags
 from .geometry import head_geometry
 from .numerics import LAYER_TOL, finite_or_none, rel_error
-from .results import add_record, base_record, first_line, speedups, timed_record
+from .results import add_record, base_record, speedups, timed_record
 from .run import Run
 from .systems import system_flags
 from .timing import measure, rotation_count

@@ -13,13 +13,14 @@ from typing import Sequence
 
 import torch
 
+from ..errors import first_line
 from .environment import baseline_flags, l2_bytes
 from .geometry import conv_layers, pick_representative
 from .head import head_point
 from .layer_calls import LayerScratch, fastres_layer_config, layer_callable, layer_inputs, layer_reference
 from .names import DTYPES
 from .numerics import LAYER_TOL, finite_or_none, rel_error
-from .results import add_record, base_record, first_line, record_key, speedups, timed_record
+from .results import add_record, base_record, record_key, speedups, timed_record
 from .run import Run, budget_note, free_memory
 from .systems import system_flags
 from .timing import TimingOptions, measure, rotation_count

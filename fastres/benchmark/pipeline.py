@@ -21,8 +21,9 @@ from typing import Sequence
 
 import torch
 
+from ..errors import first_line
 from .names import DTYPES
-from .results import add_record, base_record, first_line, timed_record
+from .results import add_record, base_record, timed_record
 from .run import Run, budget_note, free_memory
 from .systems import build_model
 from .timing import measure, sync

@@ -33,8 +33,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import first_line
 from .pipeline import photo_like_jpeg
-from .results import add_record, base_record, first_line
+from .results import add_record, base_record
 
 PREPROCESS_SYSTEMS = ("exact", "fast", "torchvision", "pil", "nvjpeg")
 PHOTO_SIZES = ((500, 375), (1920, 1080), (4032, 3024))

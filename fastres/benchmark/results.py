@@ -66,12 +66,6 @@ def speedups(point: dict[str, dict]) -> None:
             rec["fastres_speedup"] = rec["median_ms"] / f["median_ms"]
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception as a record's one-line reason."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
 def validate_results(results: dict) -> list[str]:
     """The schema's complaints about `results` (empty when it is well formed)."""
     problems = [f"missing top-level key {k!r}" for k in TOP_LEVEL_KEYS if k not in results]

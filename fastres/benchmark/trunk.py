@@ -10,10 +10,11 @@ import math
 
 import torch
 
+from ..errors import first_line
 from .environment import baseline_flags, l2_bytes
 from .names import DTYPES, TRUNK_MODEL
 from .numerics import e2e_tolerance, finite_or_none
-from .results import add_record, base_record, first_line, speedups, timed_record
+from .results import add_record, base_record, speedups, timed_record
 from .run import Run, budget_note, free_memory
 from .systems import build_model, e2e_system, first_checked_call, system_flags
 from .timing import measure, rotation_count

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import first_line
 from .layer_calls import fastres_layer_config, layer_callable
 from .numerics import finite_or_none, rel_error
-from .results import first_line
 from .timing import measure
 
 if TYPE_CHECKING:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import first_line
 from .inspect import inspect_kernel
 from .keys import unaligned, unspecialized
 from .target import DEFAULT_TARGET, Target
@@ -159,14 +160,6 @@ def fn_name(fn: Any) -> str:
     return getattr(getattr(fn, "fn", fn), "__name__", str(fn))
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception as one short line: its type and the last line of its message."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # triton's CompilationError puts the source excerpt first and the reason last.
-    msg = lines[-1] if lines else ""
-    return f"{type(exc).__name__}: {msg}"[:400]
-
-
 def blank_row(kernel: str, config: Config, dtype: str, variant: Variant, target: Target) -> dict[str, Any]:
     """A row with every key and nothing measured yet (``ok`` False)."""
     from ..kernels.config import GEMM_KERNELS
@@ -229,7 +222,8 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
     except (OSError, subprocess.SubprocessError, MemoryError):
         raise  # the toolchain could not run (missing ptxas, no memory...): not the kernel's fault
     except Exception as exc:  # a compile error is a result, not a crash of the gate
-        row["error"] = "compile error: " + first_line(exc)
+        # triton's CompilationError puts the source excerpt first and the reason last.
+        row["error"] = "compile error: " + first_line(exc, last=True, limit=400)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         return row
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from .cache import cache_file, kernel_key, load_cache, row_key, save_cache
-from .compile import FAMILIES, blank_row, compile_row, first_line, row_family
+from ..errors import first_line
+from .compile import FAMILIES, blank_row, compile_row, row_family
 from .target import DEFAULT_TARGET, Target
 from .selection import dispatchable, engine_space, heaviest
 from .variants import DTYPES, Variant, config_family, dtype_name, variants
@@ -99,7 +100,7 @@ class Task:
 def _error_row(task: Task, exc: BaseException) -> dict:
     """The gate itself broke on a row (not the kernel): report it, never cache it."""
     row = blank_row(task.kernel, task.config, task.dtype, task.variant, task.target)
-    return dict(row, error="gate error: " + first_line(exc), _transient=True)
+    return dict(row, error="gate error: " + first_line(exc, last=True, limit=400), _transient=True)
 
 
 def _run_task(task: Task) -> dict:

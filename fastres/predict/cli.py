@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import first_line
 from .options import DTYPE_NAMES, add_preprocess_argument
 
 
@@ -101,8 +102,7 @@ def main(args) -> int:
     except OSError as exc:
         raise UserError(f"cannot write {args.out or 'stdout'}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - never a traceback: what was written stays written
-        print(f"fastres predict: error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-              file=sys.stderr)
+        print(f"fastres predict: error: {first_line(exc)}", file=sys.stderr)
         return 1
     print(predictor.stats.summary(), file=sys.stderr)
     return 1 if failed else 0
@@ -135,4 +135,4 @@ def _predictor(args, default_max_pixels: int):
                          workers=args.workers, max_pixels=args.max_pixels or default_max_pixels,
                          preprocess=args.preprocess)
     except (WeightsError, LabelsError, FileNotFoundError, ValueError, TypeError) as exc:
-        raise UserError(str(exc).strip().splitlines()[0]) from None
+        raise UserError(first_line(exc, typed=False, limit=None)) from None

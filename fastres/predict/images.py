@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import first_line
 
 # What a directory search collects (case-insensitive). torchvision.io decodes the first five;
 # the others are collected so that they get an error line instead of vanishing.
@@ -140,6 +141,13 @@ def _jpeg_frame(d: bytes | bytearray) -> tuple[int, int, int, bytes, int | None]
     return None if frame is None else (*frame, None)
 
 
+def jpeg_components(d: bytes | bytearray) -> int | None:
+    """The component count of a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK/YCCK), found as
+    libjpeg finds it (see `_jpeg_frame`), or None."""
+    frame = _jpeg_frame(d)
+    return None if frame is None else len(frame[3]) // 3
+
+
 def _jpeg_size(d: bytes | bytearray) -> tuple[int, int] | None:
     """(width, height) of a JPEG's first frame header (see `_jpeg_frame`)."""
     frame = _jpeg_frame(d)
@@ -240,7 +248,7 @@ def gif_first_frame(data: bytes | bytearray | memoryview, max_pixels: int | None
 
 def _decoder_message(exc: BaseException) -> str:
     """torchvision's decoder error without its C++ source location, first line only."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, typed=False, limit=None)
     text = re.sub(r"^.*?\.(?:cpp|cu|h):\d+,\s*", "", text)
     return text[:1].lower() + text[1:200]
 

@@ -30,7 +30,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .images import ImageError, Transform, decode, read_bytes
+from ..errors import first_line
+from .images import ImageError, Transform, decode, jpeg_components, read_bytes
 from .preprocess import check_input, decode_input, resize_crop
 from .output import Prediction, Top
 
@@ -93,22 +94,6 @@ class Item:
     error: str | None = None
 
 
-def jpeg_components(data: bytes | bytearray) -> int | None:
-    """The component count of a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK/YCCK), or None."""
-    d, i = bytes(data[:65536]), 2
-    while i + 9 < len(d) and d[i] == 0xFF:
-        marker = d[i + 1]
-        if marker == 0xFF:
-            i += 1
-        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return d[i + 9]
-        else:
-            i += 2 + int.from_bytes(d[i + 2:i + 4], "big")
-    return None
-
-
 def nvjpeg_can_take(data: bytearray) -> bool:
     """Whether nvjpeg gets this JPEG: complete (ends with the end-of-image marker, so a
     truncated file meets the CPU decoder's error) with 1 or 3 components (not CMYK)."""
@@ -131,6 +116,9 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
     except ImageError as exc:
         stages.add(decode=time.perf_counter() - t0)
         return Item(index, path, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one image's failure (a MemoryError, say) must not stop the others
+        stages.add(decode=time.perf_counter() - t0)
+        return Item(index, path, error=f"cannot decode: {first_line(exc)}")
     t1 = time.perf_counter()
     stages.add(decode=t1 - t0)
     try:
@@ -139,7 +127,7 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
     except ImageError as exc:
         return Item(index, path, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
-        return Item(index, path, error=f"cannot resize: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return Item(index, path, error=f"cannot resize: {first_line(exc)}")
     finally:
         stages.add(preprocess=time.perf_counter() - t1)
     return Item(index, path, crop=crop)
@@ -154,12 +142,13 @@ class _Batch:
         self.values = self.indices = self.logits = None
         self.events: dict[str, torch.cuda.Event] = {}
         self.cpu_model_s = 0.0
-        # nvjpeg's decoded images, alive until the batch finishes (see Batcher._decode_on_gpu)
+        # nvjpeg's decoded images, alive until the batch finishes (see ImageBatcher._decode_on_gpu)
         self.keep: list[torch.Tensor] = []
 
 
-class Batcher:
-    """Fixed-shape batches through `engine`, results in input order."""
+class ImageBatcher:
+    """Images (decoded crops, or JPEGs for nvjpeg) in fixed-shape batches through `engine`, results in
+    input order."""
 
     def __init__(self, engine, transform: Transform, labels: Sequence[str], *, batch_size: int, topk: int,
                  stages: StageTimes, gpu_decode: bool = False, hw: tuple[int, int] | None = None):
@@ -269,7 +258,7 @@ class Batcher:
             it.error = str(exc)
             self.stages.add(decode=time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001
-            it.error = f"cannot decode: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            it.error = f"cannot decode: {first_line(exc)}"
 
     def _pixel_batch(self, batch: _Batch, live: list[Item]) -> torch.Tensor:
         """The uint8 batch on the engine's device: CPU crops through the pinned buffer, device
@@ -376,7 +365,7 @@ class Batcher:
         return out
 
 
-def run_pipeline(sources: Iterable[Callable[[], Item]], batcher: Batcher, *, workers: int,
+def run_pipeline(sources: Iterable[Callable[[], Item]], batcher: ImageBatcher, *, workers: int,
                  lookahead: int) -> Iterator[Prediction]:
     """Run every source (a worker's job returning an Item) on a pool of `workers` threads, at
     most `lookahead` ahead of the batching loop; yield one Prediction per source, in order,
@@ -435,4 +424,4 @@ def run_pipeline(sources: Iterable[Callable[[], Item]], batcher: Batcher, *, wor
             stages.wall += time.perf_counter() - t_start
 
 
-__all__ = ["Batcher", "Item", "StageTimes", "default_workers", "load_item", "run_pipeline"]
+__all__ = ["ImageBatcher", "Item", "StageTimes", "default_workers", "load_item", "run_pipeline"]

@@ -13,7 +13,7 @@ from .images import DEFAULT_MAX_PIXELS, Transform, as_image_list, check_tensor_i
 from .labels import class_labels
 from .output import Prediction
 from .preprocess import MODES
-from .pipeline import Batcher, Item, StageTimes, default_workers, load_item, run_pipeline
+from .pipeline import ImageBatcher, Item, StageTimes, default_workers, load_item, run_pipeline
 
 DECODE_CHOICES = ("auto", "cpu", "cuda")
 GPU_BATCH, CPU_BATCH = 64, 4
@@ -141,9 +141,9 @@ class Predictor:
                 f"resize {t.resize}, crop {t.crop} ({self.sizes_origin}), batch {self.batch_size}, top {self.topk}, "
                 f"decode {'nvjpeg + CPU' if self.gpu_decode else 'CPU'}, preprocess {self.preprocess})")
 
-    def _batcher(self, batch_size: int, hw: tuple[int, int] | None = None) -> Batcher:
+    def _batcher(self, batch_size: int, hw: tuple[int, int] | None = None) -> ImageBatcher:
         self.stats = StageTimes(workers=self.workers)
-        return Batcher(self.engine, self.transform, self.labels, batch_size=batch_size, topk=self.topk,
+        return ImageBatcher(self.engine, self.transform, self.labels, batch_size=batch_size, topk=self.topk,
                        stages=self.stats, gpu_decode=self.gpu_decode, hw=hw)
 
     def predict_paths(self, paths: str | os.PathLike | Iterable[str | os.PathLike], *,
@@ -201,10 +201,10 @@ class Predictor:
         yield from self._progress(run_pipeline(jobs, batcher, workers=self.workers, lookahead=self._lookahead(batcher)),
                                   len(files), progress, batcher)
 
-    def _lookahead(self, batcher: Batcher) -> int:
+    def _lookahead(self, batcher: ImageBatcher) -> int:
         return max(2 * batcher.batch_size, 4 * self.workers)
 
-    def _progress(self, preds: Iterator[Prediction], total: int, progress: bool, batcher: Batcher):
+    def _progress(self, preds: Iterator[Prediction], total: int, progress: bool, batcher: ImageBatcher):
         from ..progress import Progress
 
         try:

@@ -10,7 +10,8 @@ pixels, so the same logits. It is torchvision's own arithmetic, only less of it:
   computed on strips of rows, each converted to float32 while it is in cache (torchvision
   converts the whole image first: on a 12 MP photo that one conversion costs as much as the
   resize), and only on the rows the crop's vertical taps read; the vertical pass only on
-  the columns the crop keeps. Every output pixel the crop keeps is the same sum of the same
+  the columns the crop keeps, down to its last row (the rows above it are computed too: see
+  `_exact`). Every output pixel the crop keeps is the same sum of the same
   products as in torchvision's call (the tests compare them bit for bit on every image kind).
   uint8 and uint16 (16-bit PNGs: torchvision truncates those instead of rounding, and so does
   this) alike.
@@ -59,8 +60,11 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
+from torch.nn.functional import interpolate
 
+from ..errors import first_line
 from .images import (
     DECODE_BYTES_PER_PIXEL, DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, INTERPOLATIONS, ImageError,
     check_header, decode_checked,
@@ -187,8 +191,7 @@ def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor
             hw = (im.size[1], im.size[0])
             pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError for bad data
-        text = str(exc).strip()
-        raise ImageError(f"cannot decode JPEG: {text.splitlines()[0][:200] if text else type(exc).__name__}") from None
+        raise ImageError(f"cannot decode JPEG: {first_line(exc, typed=False, limit=200)}") from None
     return pixels.view(*hw, 3).permute(2, 0, 1)  # channels_last: what the uint8 resize wants
 
 
@@ -230,19 +233,23 @@ def _taps(n_in: int, n_out: int, first: int, last: int, interpolation: str) -> t
 
 
 def _exact(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) -> torch.Tensor:
-    """torchvision's resize + center crop of a uint8 or uint16 image, computing only what the
-    crop keeps. Buffers: one strip of rows at a time in float32, the kept columns of the
-    horizontal pass ([3, H, crop] float32, written only on the rows the vertical pass reads for
-    the kept rows: the others are never touched, so they cost no memory), the vertical pass's
-    [3, oh, crop] output."""
-    from torch.nn.functional import interpolate
-
+    """torchvision's resize + center crop of a uint8 or uint16 image, computing little more
+    than what the crop keeps. The horizontal pass runs one strip of rows at a time in float32,
+    on the rows [r0, r1) the kept rows' vertical taps read, keeping the crop's columns
+    ([3, r1, crop] float32: rows below r1 are never allocated). The vertical pass computes the
+    output rows from the first down to the crop's last, not below it: torch's kernel has no
+    first-row offset, and an output row's weights depend on its index, so the rows above the
+    crop are computed too (from buffer rows above r0, never written: their values land only in
+    rows the crop drops). Its buffer: [3, top + crop, crop] float32."""
     _, h, w = img.shape
     top, left = int(round((oh - crop) / 2.0)), int(round((ow - crop) / 2.0))
     x = img.unsqueeze(0)
     # horizontal pass (torch's first), on the rows the kept rows' vertical taps read
     r0, r1 = _taps(h, oh, top, top + crop, interpolation) if oh != h else (top, top + crop)
-    cols = torch.empty((1, 3, h, crop), dtype=torch.float32)
+    rows = top + crop  # the vertical pass's output rows
+    if oh != h and r1 == rows:  # torch leaves a dimension whose size does not change as it is
+        r1, rows = (r1 + 1, rows) if r1 < h else (r1, rows + 1)
+    cols = torch.empty((1, 3, r1, crop), dtype=torch.float32)
     step = max(1, _STRIP_BYTES // (12 * max(w, ow)))
     for s in range(r0, r1, step):
         e = min(s + step, r1)
@@ -250,12 +257,8 @@ def _exact(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) -
         if ow != w:
             strip = interpolate(strip, size=(e - s, ow), mode=interpolation, align_corners=False, antialias=True)
         cols[:, :, s:e] = strip[..., left:left + crop]
-    # vertical pass, on the kept columns only
-    if oh != h:
-        out = interpolate(cols, size=(oh, crop), mode=interpolation, align_corners=False, antialias=True)
-        out = out[:, :, top:top + crop]
-    else:
-        out = cols[:, :, top:top + crop]
+    # vertical pass, on the kept columns only, down to the crop's last row
+    out = _vertical(cols, h, oh, rows, interpolation)[:, :, top:top + crop] if oh != h else cols[:, :, top:top + crop]
     if img.dtype == torch.uint8:  # torchvision rounds (and clamps bicubic) for uint8 only
         if interpolation == "bicubic":
             out = out.clamp(0, 255)
@@ -263,10 +266,20 @@ def _exact(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) -
     return out[0].to(img.dtype).contiguous()
 
 
+def _vertical(cols: torch.Tensor, h: int, oh: int, rows: int, interpolation: str) -> torch.Tensor:
+    """The first `rows` rows of torch's antialiased resize of an `h`-row image to `oh` rows,
+    from `cols` (its first rows: those these outputs read), bit for bit: the scale torch would
+    compute from the sizes, float32(h) / oh, is handed to its kernel so that the shorter input
+    and output leave every weight as it was."""
+    scale = float(np.float32(h) / np.float32(oh))
+    op = torch.ops.aten._upsample_bicubic2d_aa if interpolation == "bicubic" else torch.ops.aten._upsample_bilinear2d_aa
+    # the kernel takes 1 / its scale (what F.interpolate's scale_factor is); back in float32 it is `scale` again
+    return op(cols, [rows, cols.shape[-1]], False, 1.0 / scale, None)
+
+
 def _fast(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) -> torch.Tensor:
     """torch's uint8 antialiased resize (channels_last), then the center crop."""
     import torchvision.transforms.functional as F
-    from torch.nn.functional import interpolate
 
     x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     if (oh, ow) != tuple(img.shape[-2:]):

@@ -13,7 +13,7 @@ import time
 
 from ..predict.options import DTYPE_NAMES, add_preprocess_argument
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S
-from .cluster import first_line
+from ..errors import first_line
 
 DEFAULT_PORT = 8000
 

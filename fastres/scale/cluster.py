@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from ..errors import first_line
+
 INSTALL_HINT = "pip install 'fastres[ray]'"
 # What the engine reads from its environment, so every worker must be handed it.
 FORWARDED_ENV = ("FASTRES_CACHE_DIR",)
@@ -199,16 +201,6 @@ def cluster_placement(*, cpus: float | None = None) -> Placement:
 
     total = ray.cluster_resources()
     return placement_for(total.get("GPU", 0.0), total.get("CPU", 1.0), cpus=cpus)
-
-
-def first_line(exc: BaseException, *, typed: bool = True) -> str:
-    """An exception as one line: its message's first line, after its type where `typed` (the
-    type alone for an empty message)."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    if not line:
-        return type(exc).__name__
-    return f"{type(exc).__name__}: {line}" if typed else line
 
 
 STARTED, CONNECTED, ALREADY = "started", "connected", "already connected"

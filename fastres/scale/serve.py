@@ -33,8 +33,9 @@ import time
 from typing import Any
 
 from ..predict.images import DEFAULT_MAX_PIXELS
+from ..errors import first_line
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Draining, Refused, RequestBatcher
-from .cluster import Placement, cluster_placement, first_line, for_workers, import_serve
+from .cluster import Placement, cluster_placement, for_workers, import_serve
 from .http import MAX_BODY, HttpError, check_image, predict_answer, read_body, route
 
 serve = import_serve()
