@@ -23,9 +23,10 @@ def dtype_id(d) -> str:
     return str(d).removeprefix("torch.")
 
 
-def ref_conv(x, w, b, *, stride=1, padding=0, relu=True, residual=None):
+def ref_conv(x, w, b, *, stride=1, padding=0, dilation=1, relu=True, residual=None):
     """torch reference in float64 on the CPU: relu(conv2d(x, w) + b (+ residual))."""
-    y = F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), stride=stride, padding=padding)
+    y = F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), stride=stride, padding=padding,
+                 dilation=dilation)
     if residual is not None:
         y = y + residual.double().cpu()
     return F.relu(y) if relu else y

@@ -45,7 +45,13 @@ def test_tma_weights_any_stride(dtype, k, stride, pad, h, device):
 
 
 @pytest.mark.parametrize("variant,stride", [("tma", 1), ("tma_w", 1), ("tma_w", 2)])
-def test_fused_split_is_the_two_launch_split(variant, stride, device):
+def test_fused_split_matches_the_two_launch_split(variant, stride, device):
+    """A fused split (one launch, counters left zero) against torch in float64 and against the
+    pointer kernel's two-launch split within the per-kernel bound. Not bit for bit, even for
+    tma_w's same tiles: its weight tile reaches tl.dot transposed (a [BLOCK_N, BLOCK_K] TMA box),
+    the pointer kernel's as loaded, and in the interpreter the BLAS under numpy's matmul may
+    take another path for another layout. test_splitk holds the fused sum's order bit for bit
+    where it is by construction (the same kernel, tiles and operands)."""
     x, w, b, r = case(1, 48, 32, 7, 7, 3, stride, 1, torch.float16, device)
     two = K.conv_bn_relu(x, w, b, stride=stride, padding=1, residual=r, config=Config(16, 16, 16, 4, 1, SPLIT_K=4))
     ref = ref_conv(x, w, b, stride=stride, padding=1, residual=r)
@@ -53,9 +59,8 @@ def test_fused_split_is_the_two_launch_split(variant, stride, device):
     one = K.conv_bn_relu(x, w, b, stride=stride, padding=1, residual=r, counters=counters,
                          config=Config(16, 16, 16, 4, 1, SPLIT_K=4, variant=variant))
     assert not counters.any()
-    assert_close(one, ref, KERNEL_RTOL[torch.float16])
-    if variant == "tma_w":  # the same tiles as the pointer kernel: the same partials, the same sum
-        assert torch.equal(one, two)
+    assert_close(one, ref, KERNEL_RTOL[torch.float16], what=f"{variant} fused split")
+    assert_close(one, two, KERNEL_RTOL[torch.float16], what=f"{variant} fused split against the two-launch split")
 
 
 def test_refusals(device):

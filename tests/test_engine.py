@@ -334,7 +334,7 @@ def test_twenty_input_sizes_compile_no_new_kernel():
 
 def _bordered_schedule(schedule):
     """`schedule` with every stride-1 3x3 on the bordered kernel, each with its own K step and
-    column tile (so that float32 sums run in the same order), 64 rows."""
+    column tile, 64 rows."""
     from fastres.kernels import Config
     from fastres.schedule import CONV
 
@@ -343,14 +343,20 @@ def _bordered_schedule(schedule):
         for i, st in enumerate(schedule.steps) if st.kernel == CONV and st.spec.stride == 1 and st.spec.k == 3})
 
 
-def test_resnet50_bordered_forward_equals_the_default():
+def test_resnet50_bordered_forward_matches_the_default():
     """ResNet-50 at batch 2 with every stride-1 3x3 on tma_b (their inputs in bordered slots,
-    written by 1x1 GEMMs into the interior) gives the default forward's logits; after the
-    forward every border is still zero."""
+    written by 1x1 GEMMs into the interior) gives the default forward's logits within DESIGN's
+    float32 bounds: 1e-5 of the default forward (one kernel's bound: the two differ only in
+    summation order) and 1e-4 of torchvision's float64 forward (a network's). Not bit for bit:
+    the bordered kernel's row tiles are rows of the bordered map, so its tl.dot operands differ
+    in shape from the pointer kernel's, and under the interpreter BLAS may sum those in another
+    order (OpenBLAS's Haswell and Zen kernels do). After the forward every border is still zero,
+    exactly."""
     from fastres.arena import Arena
     from fastres.kernels.launch import recording
 
-    fast = fastres.from_torchvision(calibrated("resnet50"), dtype=torch.float32, device=DEVICE)
+    model = calibrated("resnet50")
+    fast = fastres.from_torchvision(model, dtype=torch.float32, device=DEVICE)
     x = torch.randn(2, 3, 32, 36, device=DEVICE)
     default = fast(x)
     schedule = _bordered_schedule(fast.schedule(x))
@@ -363,10 +369,8 @@ def test_resnet50_bordered_forward_equals_the_default():
         logits = arena.forward(x)
     ran = [launch.kernel for launch in launches]
     assert ran.count("_conv_bordered_kernel") == 13  # 16 bottlenecks, 3 of them with a stride-2 3x3
-    if ON_GPU:
-        assert_close(logits, default, 1e-5, "bordered forward")
-    else:
-        assert torch.equal(logits, default)
+    assert_close(logits, default, 1e-5, "bordered forward against the default forward")
+    assert_close(logits, reference(model, x), 1e-4, "bordered forward against float64")
     for i in bordered:
         full = arena.bordered_view(i)
         ph, pw = schedule.borders[i].pad

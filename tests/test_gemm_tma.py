@@ -1,6 +1,6 @@
 """The TMA GEMM (fastres.kernels.gemm_tma) through conv1x1 and the head: parity with torch in
 float64 for the tma and tma_ws variants, every epilogue, tiles hanging over every edge, fused
-split-K (bitwise the two-launch split), and the refusals (stride 2, a split warp-specialized tile, rows TMA cannot read)."""
+split-K (within the per-kernel bound of the two-launch split), and the refusals (stride 2, a split warp-specialized tile, rows TMA cannot read)."""
 from __future__ import annotations
 
 import pytest
@@ -46,18 +46,22 @@ def test_tiles_over_every_edge(variant, n, cin, cout, hw, tile, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fused_split_is_the_two_launch_split(dtype, device):
-    """A split TMA GEMM sums its partials in the kernel, in the reduce launch's order: the
-    same bits as the pointer kernel's two-launch split of the same tile."""
+def test_fused_split_matches_the_two_launch_split(dtype, device):
+    """A split TMA GEMM sums its partials in the kernel (one launch, counters left zero): torch's
+    result in float64 and the pointer kernel's two-launch split of the same tile, within the
+    per-kernel bound. Not bit for bit: the TMA kernel hands tl.dot its weight tile transposed,
+    the pointer kernel as loaded, and in the interpreter the BLAS under numpy's matmul may take
+    another path for another layout (test_splitk holds the fused sum's order bit for bit where
+    it is by construction: the same kernel, tiles and operands)."""
     x, w, b, r = case(1, 96, 48, 4, dtype, device)
     cfg = Config(16, 16, 16, 4, 1, SPLIT_K=3)
     two = K.conv1x1(x, w, b, residual=r, config=cfg)
     counters = torch.zeros(64, dtype=torch.int32, device=device)
     one = K.conv1x1(x, w, b, residual=r, config=Config(16, 16, 16, 4, 1, SPLIT_K=3, variant="tma"),
                     counters=counters)
-    assert torch.equal(one, two)
     assert not counters.any(), "a fused split leaves its counters zero"
-    assert_close(one, ref_conv(x, w, b, residual=r), KERNEL_RTOL[dtype])
+    assert_close(one, ref_conv(x, w, b, residual=r), KERNEL_RTOL[dtype], what="fused split")
+    assert_close(one, two, KERNEL_RTOL[dtype], what="fused split against the two-launch split")
 
 
 # The classifier reads float32 pooled features through TMA. On triton 3.6 two warps issue its

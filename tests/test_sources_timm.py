@@ -22,19 +22,30 @@ def _reference(module: torch.nn.Module, x: torch.Tensor, method: str = "forward"
 
 
 def test_resnet18_logits_features_and_head():
+    """forward, forward_features and forward_head against timm's own forward in float64.
+    forward_head runs on fastres' features and is held to timm's whole forward (logits and
+    pre-logits) and to the logits of fastres' own fused head (avgpool_fc, what forward runs):
+    neither side of a comparison is a copy of the other. 40x48 leaves layer4 2x2, so the
+    global pool averages several pixels (at 1x1 any pool would pass)."""
     torch.manual_seed(0)
     model = randomize_bn_(timm.create_model("resnet18", pretrained=False, num_classes=7))
     fast = fastres.from_timm(model, dtype=torch.float32, device=DEVICE)
     assert fast.engine.arch == "resnet18"  # torchvision-shaped: torchvision's arch
-    x = torch.randn(1, 3, 24, 24)
-    assert_close(fast(x.to(DEVICE)), _reference(model, x), 1e-4, what="logits")
-    feats = fast.forward_features(x.to(DEVICE))
-    assert_close(feats, _reference(model, x, "forward_features"), 1e-4, what="forward_features")
-    head = fast.forward_head(feats.cpu().double().float())
+    x = torch.randn(2, 3, 40, 48)
+    ref_logits, ref_feats = _reference(model, x), _reference(model, x, "forward_features")
     with torch.no_grad():
-        assert_close(head, model.forward_head(feats.cpu().float()), 1e-5, what="forward_head")
-        assert_close(fast.forward_head(feats.cpu(), pre_logits=True), model.forward_head(feats.cpu(), pre_logits=True),
-                     1e-5, what="pre_logits")
+        ref_pooled = copy.deepcopy(model).double().forward_head(ref_feats, pre_logits=True)
+    assert tuple(ref_feats.shape) == (2, 512, 2, 2)
+    logits = fast(x.to(DEVICE))
+    assert_close(logits, ref_logits, 1e-4, what="logits")
+    feats = fast.forward_features(x.to(DEVICE))
+    assert_close(feats, ref_feats, 1e-4, what="forward_features")
+    with torch.no_grad():
+        head = fast.forward_head(feats)
+        pooled = fast.forward_head(feats, pre_logits=True)
+    assert_close(head, ref_logits, 1e-4, what="forward_head(forward_features(x)) against timm's forward")
+    assert_close(head, logits, 1e-5, what="forward_head against fastres' fused head")
+    assert_close(pooled, ref_pooled, 1e-4, what="forward_head(pre_logits=True) against timm's")
 
 
 @pytest.mark.parametrize("kwargs, shape", [({"num_classes": 0}, (2, 512)),
