@@ -320,7 +320,7 @@ class ResNet(torch.nn.Module):
         Under torch.compile or torch.export the whole forward is one custom op,
         `torch.ops.fastres.forward` (fastres.ops): no graph break, the kernels and CUDA graphs
         stay fastres' own."""
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if ops.tracing():
             return ops.traced_forward(self, x)
         return self.eager_forward(x)
 
@@ -360,6 +360,13 @@ class ResNet(torch.nn.Module):
                                          memory_format=torch.channels_last)) for o in outs)
             return torch.empty((0, self.num_classes), device=self.device, dtype=logits_dtype)
         if self.device.type == "cuda":
+            if self.cuda_graph and torch.cuda.is_current_stream_capturing():
+                # Its own graph's capture or replay inside another capture: refused, not attempted.
+                raise RuntimeError(
+                    "fastres: an engine built with cuda_graph=True cannot run inside a CUDA graph capture (it captures "
+                    "and replays graphs of its own): build it with cuda_graph=False to record its kernels in your graph; "
+                    "under torch.compile, mode='reduce-overhead' needs torch >= 2.9 (torch.Tag.cudagraph_unsafe), "
+                    "mode='default' runs fastres' own graph on any torch")
             # Triton launches on the current device: make it the engine's.
             with torch.cuda.device(self.device):
                 return self._arena(x, norm).forward(x)

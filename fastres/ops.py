@@ -9,10 +9,15 @@ CUDA graphs stay its own, opaque to inductor.
 
 - `mode="default"` (and "max-autotune-no-cudagraphs"): fastres captures and replays its own
   CUDA graph per input shape inside the op, as it does eagerly.
-- `mode="reduce-overhead"`: the op is tagged `cudagraph_unsafe`, so inductor's CUDA graphs
-  never record it (a capture of fastres' own capture or replay is not what it is meant to
-  do): inductor leaves the graph that holds it uncaptured (or, with graph partitioning,
-  captures only the partitions around it); fastres' own graph still runs inside the op.
+- `mode="reduce-overhead"`: on torch >= 2.9 the op is tagged `cudagraph_unsafe`, so
+  inductor's CUDA graphs never record it (a capture of fastres' own capture or replay is not
+  what it is meant to do): inductor leaves the graph that holds it uncaptured (or, with graph
+  partitioning, captures only the partitions around it); fastres' own graph still runs inside
+  the op. torch 2.6-2.8 have no such tag: there inductor may try to record the op, and the
+  engine refuses to run inside a CUDA graph capture with a RuntimeError saying so (use
+  mode="default" there). Only a GPU can run this: tests/test_ops.py's gpu-marked test checks
+  that a compiled model under "reduce-overhead" gives the eager logits across repeated calls
+  and new inputs; the CPU tiers never run it.
 - `torch.export.export` yields a program that calls `fastres.forward` with the engine's
   handle as a constant. The handle names an engine of this process only: running the
   program where no engine has it raises a RuntimeError saying so (export the model around a
@@ -70,7 +75,11 @@ def output_shapes(engine, shape) -> list[tuple]:
     return [points[layer] for layer, _ in engine.returns]
 
 
-@torch.library.custom_op("fastres::forward", mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,))
+# torch.Tag.cudagraph_unsafe first shipped in torch 2.9; older ones run the op untagged.
+_TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("fastres::forward", mutates_args=(), tags=_TAGS)
 def forward(x: torch.Tensor, handle: int) -> list[torch.Tensor]:
     """The engine's forward: [logits] for a classifier, a trunk's features in its order."""
     engine = _engine(handle)
@@ -89,6 +98,14 @@ def _forward_fake(x: torch.Tensor, handle: int) -> list[torch.Tensor]:
         else:
             outs.append(x.new_empty(shape))
     return outs
+
+
+def tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing the caller. torch 2.6 has no
+    `torch.compiler.is_exporting` (2.7 added it); its `is_compiling` covers torch.export too,
+    as its documentation says."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.compiler.is_compiling() or (is_exporting is not None and is_exporting())
 
 
 def traced_forward(engine, x: torch.Tensor):
