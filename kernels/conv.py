@@ -56,8 +56,9 @@ def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
 
 # Not specialized on: the sizes that vary with the batch or the input's spatial size (so a new
 # input size compiles nothing: NHWC strides with channel counts divisible by 16 keep their
-# class at every size). Dilation is (1 a constant; left unspecialized, its multiplies spilled
-# 8 B in float32 tiles on sm_86 / sm_89): dilated convs have binaries of their own.
+# class at every size). Dilation is: 1 is a constant to the JIT (left unspecialized, its
+# multiplies spilled 8 B in float32 tiles on sm_86 / sm_89), so dilated convs have binaries of
+# their own.
 _SIZES = ("M", "H", "W", "OH", "OW", "ITERS")
 
 
@@ -179,12 +180,44 @@ def _conv_kernel(
     )
 
 
-# The flat-K path (the stem, thin inputs) as a kernel of its own, specialized on every size as
-# the JIT does by default: with its sizes and input strides unspecialized it spilled on sm_80
-# (float32, 120 B) and sm_120 (uint8 pixels, 64 B). So a new input size can compile a new stem
-# binary where it changes which of the stem's sizes and strides (H, W, H*W...) are divisible by
-# 16; inputs padded to a multiple of 32, as the detectors' transform pads them, never do.
-_conv_stem_kernel = triton.jit(_conv_kernel.fn)
+# The flat-K path (the stem, thin inputs) as a kernel of its own. It reads the caller's input in
+# the caller's layout, whose strides (W, H*W, 3*H*W in NCHW; 3, 3*W, 3*H*W channels_last) and
+# sizes H, W it leaves unspecialized, at no cost in registers or instructions. M, OH and OW it
+# keeps specialized (is each 1, a multiple of 16, neither?), as the JIT does by default: left
+# unspecialized, the lost constancy of the row index math spilled on sm_80 (float32 64x64x16:
+# 255 registers, 104 B of stack, 2760 SASS instructions against 165 and 2344) and on sm_120
+# (uint8 pixels). So a new input size compiles a new stem binary where it changes the class of
+# OH, OW or N*OH*OW (``stem_size_classes``); inputs of 32k x 32k' pixels (the detectors' padded
+# batches, 224x224) all have multiples of 16 there and share one binary.
+_STEM_UNSPECIALIZED = ("H", "W", "sxn", "sxh", "sxw", "sxc")
+_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_STEM_UNSPECIALIZED)
+
+
+def stem_specialization(shape: tuple[int, int, int, int], cout: int = 64, *, kernel_size: int = 7,
+                        stride: int = 2, padding: int = 3) -> tuple[tuple[str, tuple], ...]:
+    """What of an input's size the stem's binary depends on: for an input of `shape`
+    [N, C, H, W] (any layout, any dtype) and `cout` output channels, the specialization that
+    triton's JIT (the installed version's own rule, ``native_specialize_impl``) gives each
+    argument of ``_conv_stem_kernel`` that varies with the size and is not in
+    ``_STEM_UNSPECIALIZED``: M = N*OH*OW, OH, OW and the output's NHWC strides. Each is
+    ("constexpr", 1) for 1, (width, "D") for a multiple of 16, (width, "") otherwise.
+
+    Two input sizes run one stem binary (for a given dtype and tile config) iff their
+    specializations are equal: with 64 output channels the strides are always multiples of
+    16, so a new size compiles a new stem exactly where it changes whether OH, OW and
+    N*OH*OW are 1, multiples of 16 or neither. 224x224 and every size a multiple of 32 give
+    ("D", "D", "D"); 801x1203 (OH 401, OW 602), 225x225 and 97x131 give ("", "", "") at
+    batch 1, one binary for all three.
+    """
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    n, _, h, w = shape
+    k, s, p = pair("kernel_size", kernel_size), pair("stride", stride), pair("padding", padding)
+    oh, ow = out_size(h, k[0], s[0], p[0], 1), out_size(w, k[1], s[1], p[1], 1)
+    values = {"M": n * oh * ow, "OH": oh, "OW": ow, "syn": oh * ow * cout, "syh": ow * cout, "syw": cout}
+    return tuple((name, tuple(native_specialize_impl(BaseBackend, v, False, True, True)[:2]))
+                 for name, v in values.items())
 
 
 class ConvGeometry(NamedTuple):

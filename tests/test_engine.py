@@ -295,34 +295,66 @@ def test_forward_pixels_checks(engine):
     assert engine.forward_pixels(px[:0]).shape == (0, 10)
 
 
-def test_twenty_input_sizes_compile_no_new_kernel():
-    # A detector's transform feeds a new size for almost every image: each costs a plan and
-    # buffers (and on CUDA a graph) but must reuse the binaries the first size compiled. The
-    # engine plans for an H100 (the configs a GPU would run, not the interpreter's); its
-    # launches are recorded without running.
+def _resnet50_for_h100(max_shapes: int = 2):
+    """A float16 ResNet-50 trunk on the CPU that plans for an H100 (the configs a GPU would run,
+    not the interpreter's), and its `returns`."""
     from fastres.device import DeviceInfo
-    from fastres.gate.keys import compile_keys, recording
     from fastres.plan import fold_params
-    from fastres.schedule import build_schedule
 
     h100 = DeviceInfo("NVIDIA H100 80GB HBM3", sms=132)
     returns = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     trunk = {k: v for k, v in calibrated("resnet50").state_dict().items() if not k.startswith("fc.")}
     fast = fastres.ResNet("resnet50", fold_params(trunk, "resnet50", None, torch.float16), returns=returns,
-                          dtype=torch.float16, device="cpu", max_shapes=2)
+                          dtype=torch.float16, device="cpu", max_shapes=max_shapes)
     fast._device_info = h100
-    # Sizes as torchvision's detection transform makes them at its defaults (min_size 800,
-    # max_size 1333, padded to multiples of 32): landscape 800xW and portrait Hx800.
-    sizes = [(800, 832 + 64 * i) for i in range(8)] + [(800, 1344)] + [(832 + 64 * i, 800) for i in range(8)] + \
-        [(1344, 800), (800, 800), (800, 1216)]
-    keys = []
-    for h, w in sizes:
-        with recording(run=False) as launches:
-            fast(torch.randn(1, 3, h, w))
-        keys.append(compile_keys(launches))
-    assert len(sizes) == 20 and len(keys[0]) > 5
-    new = {sizes[i]: len(k - keys[0]) for i, k in enumerate(keys) if not k <= keys[0]}
-    assert not new, f"sizes that compile new kernels (size: how many): {new}"
+    return fast, h100, returns
+
+
+# Sizes as torchvision's detection transform makes them at its defaults (min_size 800,
+# max_size 1333, padded to multiples of 32): landscape 800xW and portrait Hx800.
+DETECTOR_SIZES = [(800, 832 + 64 * i) for i in range(8)] + [(800, 1344)] + [(832 + 64 * i, 800) for i in range(8)] + \
+    [(1344, 800), (800, 800), (800, 1216)]
+# Sizes nothing pads: odd, prime, and pairs whose H (224 / 223) or W differ in divisibility by 16
+# while the stem's output sizes do not.
+ODD_SIZES = [(801, 1203), (225, 225), (97, 131), (224, 225), (223, 225), (803, 1205), (800, 801)]
+
+
+def test_twenty_input_sizes_compile_no_new_kernel():
+    # A detector's transform feeds a new size for almost every image: each costs a plan and
+    # buffers (and on CUDA a graph). Every kernel but the stem reuses the binaries the first
+    # size compiled at every size; the stem compiles a new one exactly where
+    # kernels.conv.stem_specialization (triton's own rule on its output sizes) changes, which
+    # no size a multiple of 32 does. The launches are recorded without running.
+    from fastres.gate.keys import compile_keys, recording
+    from fastres.kernels.conv import stem_specialization
+    from fastres.schedule import build_schedule
+
+    fast, h100, returns = _resnet50_for_h100()
+    keys, stems = {}, {}
+    for h, w in DETECTOR_SIZES + ODD_SIZES:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            with recording(run=False) as launches:
+                fast(torch.randn(1, 3, h, w).contiguous(memory_format=layout))
+            found = compile_keys(launches)
+            stem = {k for k in found if k[0] == "_conv_stem_kernel"}
+            assert len(stem) == 1, stem
+            # NCHW and channels_last inputs run one stem binary
+            assert stems.setdefault((h, w), stem) == stem, (h, w)
+            keys[h, w] = found - stem
+    first = keys[DETECTOR_SIZES[0]]
+    assert len(DETECTOR_SIZES) == 20 and len(first) > 5
+    new = {size: len(k - first) for size, k in keys.items() if not k <= first}
+    assert not new, f"sizes whose kernels past the stem compile anew (size: how many): {new}"
+    # The stem: one binary per specialization, and the same binary for the same one.
+    by_spec: dict = {}
+    for size, stem in stems.items():
+        by_spec.setdefault(stem_specialization((1, 3, *size)), set()).update(stem)
+    assert all(len(s) == 1 for s in by_spec.values()), by_spec
+    # Three: OH, OW and M all multiples of 16; none of them (801x1203 and co); all but OW.
+    assert len(set().union(*stems.values())) == len(by_spec) == 3
+    assert len(set().union(*(stems[s] for s in DETECTOR_SIZES))) == 1
+    assert stems[801, 1203] == stems[225, 225] == stems[97, 131] == stems[803, 1205]
+    assert stems[224, 225] == stems[223, 225] == stems[800, 801]  # H 224 and 223 alike
     # The heuristic alone would have picked other tiles at some of these sizes: kept, not re-picked.
     heuristic = {(s.layer, s.config) for s in build_schedule("resnet50", (1, 3, 800, 1344), torch.float16, h100,
                                                              returns=returns).steps}
@@ -330,6 +362,42 @@ def test_twenty_input_sizes_compile_no_new_kernel():
     # Another batch is planned afresh.
     assert fast.schedule((2, 3, 800, 1344)) == build_schedule("resnet50", (2, 3, 800, 1344), torch.float16, h100,
                                                               returns=returns)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_new_input_sizes_compile_what_stem_specialization_says_on_cuda():
+    """triton's own count: the binaries in every launched kernel's JIT cache
+    (``device_caches[device][0]``, triton 3.6 and 3.8) before and after forwards at new sizes.
+    Past the first size, only the stem compiles, once per new ``stem_specialization``."""
+    from fastres.gate.keys import kernel_name, recording
+    from fastres.kernels.conv import stem_specialization
+
+    fast = fastres.from_torchvision(calibrated("resnet50"), dtype=torch.float16, device="cuda")
+    fns, specs = {}, set()
+
+    def compiled() -> dict:
+        dev = torch.cuda.current_device()
+        return {name: len(fn.device_caches[dev][0]) for name, fn in fns.items()}
+
+    first = True
+    for h, w in [(800, 832), (832, 800), (800, 1344)] + ODD_SIZES:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(1, 3, h, w, device="cuda").contiguous(memory_format=layout)
+            before = compiled()
+            with recording() as launches:
+                fast(x)
+            torch.cuda.synchronize()
+            fns.update({kernel_name(fn): fn for fn, _ in launches})
+            after = compiled()
+            grew = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+            spec = stem_specialization((1, 3, h, w))
+            if first:
+                first = False
+            else:
+                assert set(grew) <= {"_conv_stem_kernel"}, (h, w, grew)
+                assert grew.get("_conv_stem_kernel", 0) == (0 if spec in specs else 1), (h, w, grew, spec, specs)
+            specs.add(spec)
 
 
 def _bordered_schedule(schedule):

@@ -39,7 +39,8 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
 def test_an_unchanged_kernel_keeps_its_key(tmp_path):
     """The key of a kernel's rows is its own jit function's source key: an edit to another
     kernel, or to its own module outside the kernel, leaves it (no recompile); an edit inside
-    the kernel changes it. Checked on a copy of the package, in a child without the
+    the kernel changes it. The stem's kernel shares the conv's function but not its
+    unspecialized arguments, so not its key either. Checked on a copy of the package, in a child without the
     interpreter (where jit functions have their cache_key)."""
     import shutil
 
@@ -51,7 +52,7 @@ def test_an_unchanged_kernel_keeps_its_key(tmp_path):
     for folder in ("fastres", "kernels"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     script = ("import json, fastres.gate.cache as c; print(json.dumps({k: c.kernel_key(k) for k in "
-              "('conv', 'conv1x1', 'max_pool2d', 'add_relu')} | {'file': c.__file__}))")
+              "('conv', 'conv_stem', 'conv1x1', 'max_pool2d', 'add_relu')} | {'file': c.__file__}))")
 
     def keys() -> dict[str, str]:
         r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=gate_env(PYTHONPATH=str(tmp_path)),
@@ -62,6 +63,7 @@ def test_an_unchanged_kernel_keeps_its_key(tmp_path):
         return found
 
     before = keys()
+    assert before["conv"] != before["conv_stem"]
     pool, conv = tmp_path / "kernels" / "pool.py", tmp_path / "kernels" / "conv.py"
     conv.write_text(conv.read_text() + "\n\ndef _an_unrelated_helper():\n    return 1\n")
     text = pool.read_text()
@@ -69,5 +71,5 @@ def test_an_unchanged_kernel_keeps_its_key(tmp_path):
     body = text.index("\n", text.index("):", body)) + 1  # the kernel's first body line
     pool.write_text(text[:body] + "    edited = 1  # an edit inside the kernel\n" + text[body:])
     after = keys()
-    assert {k: after[k] == v for k, v in before.items()} == {"conv": True, "conv1x1": True, "max_pool2d": False,
-                                                              "add_relu": True}
+    assert {k: after[k] == v for k, v in before.items()} == {"conv": True, "conv_stem": True, "conv1x1": True,
+                                                              "max_pool2d": False, "add_relu": True}

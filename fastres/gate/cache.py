@@ -43,11 +43,16 @@ def kernel_key(kernel: str, variant: str = "ptr") -> str:
     """The source key of the @triton.jit function that `kernel`'s configs of `variant` run
     (``Config.variant``): triton's own ``cache_key``, which changes with the function's text,
     its first line number, the jit functions it calls and the constexpr globals it reads, and
-    with nothing else (not with an edit to another kernel). Needs real jit functions: not
+    with nothing else (not with an edit to another kernel), and the arguments the function
+    leaves unspecialized (``do_not_specialize``, ``do_not_specialize_on_alignment``). Needs real jit functions: not
     under TRITON_INTERPRET (the gate refuses to run there)."""
     from .compile import kernel_fn
+    from .keys import unaligned, unspecialized
 
-    return kernel_fn(kernel, variant).cache_key
+    fn = kernel_fn(kernel, variant)
+    # Two kernels may share one function (the stem's and the other convs') and differ only in
+    # which arguments the JIT leaves unspecialized, which triton's cache_key does not see.
+    return json.dumps([fn.cache_key, sorted(unspecialized(fn)), sorted(unaligned(fn))])
 
 
 def triton_version() -> str:
