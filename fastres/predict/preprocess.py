@@ -264,8 +264,10 @@ def resize_crop(img: torch.Tensor, resize: int, crop: int, *, mode: str = "exact
         sw, sh = size if size is not None else (w, h)
         return _fast(img, *resized_size(sh, sw, resize), crop, interpolation)
     oh, ow = resized_size(h, w, resize)
+    # ow == 1: torch's kernel resizes a one-column image otherwise than a column of a wider one
+    # (see `_exact`), and the rows it is handed must then be all the image's
     if img.dtype not in (torch.uint8, torch.uint16) or crop > oh or crop > ow or (oh, ow) == (h, w) \
-            or img.device.type != "cpu":
+            or img.device.type != "cpu" or ow == 1:
         return _torchvision(img, resize, crop, interpolation)
     return _exact(img, oh, ow, crop, interpolation)
 
@@ -296,25 +298,32 @@ def _exact(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) -
     output rows from the first down to the crop's last, not below it: torch's kernel has no
     first-row offset, and an output row's weights depend on its index, so the rows above the
     crop are computed too (from buffer rows above r0, never written: their values land only in
-    rows the crop drops). Its buffer: [3, top + crop, crop] float32."""
+    rows the crop drops). Its buffer: [3, top + crop, crop] float32 (two columns for a crop of 1)."""
     _, h, w = img.shape
     top, left = int(round((oh - crop) / 2.0)), int(round((ow - crop) / 2.0))
+    center = left
     x = img.unsqueeze(0)
     # horizontal pass (torch's first), on the rows the kept rows' vertical taps read
     r0, r1 = _taps(h, oh, top, top + crop, interpolation) if oh != h else (top, top + crop)
     rows = top + crop  # the vertical pass's output rows
     if oh != h and r1 == rows:  # torch leaves a dimension whose size does not change as it is
         r1, rows = (r1 + 1, rows) if r1 < h else (r1, rows + 1)
-    cols = torch.empty((1, 3, r1, crop), dtype=torch.float32)
+    # torch's kernel resizes a one-column image otherwise than a column of a wider one: a crop
+    # of 1 keeps a neighbouring column too (where the resized image has one)
+    keep = 2 if crop == 1 else crop  # ow > 1 here (resize_crop)
+    left = min(left, ow - keep)
+    cols = torch.empty((1, 3, r1, keep), dtype=torch.float32)
     step = max(1, _STRIP_BYTES // (12 * max(w, ow)))
     for s in range(r0, r1, step):
         e = min(s + step, r1)
         strip = x[:, :, s:e].float()
         if ow != w:
             strip = interpolate(strip, size=(e - s, ow), mode=interpolation, align_corners=False, antialias=True)
-        cols[:, :, s:e] = strip[..., left:left + crop]
+        cols[:, :, s:e] = strip[..., left:left + keep]
     # vertical pass, on the kept columns only, down to the crop's last row
     out = _vertical(cols, h, oh, rows, interpolation)[:, :, top:top + crop] if oh != h else cols[:, :, top:top + crop]
+    if keep != crop:
+        out = out[..., center - left:center - left + 1]
     if img.dtype == torch.uint8:  # torchvision rounds (and clamps bicubic) for uint8 only
         if interpolation == "bicubic":
             out = out.clamp(0, 255)
