@@ -216,33 +216,40 @@ def image_size(data: bytes | bytearray | memoryview, fmt: str | None) -> tuple[i
 def gif_first_frame(data: bytes | bytearray | memoryview, max_pixels: int | None) -> bytearray:
     """A GIF cut after its first image (the trailer appended): the decoder then decodes that
     frame alone, the frame classification uses, whatever the file's frame count. The first
-    frame's own size is held to the pixel limit too. ImageError if the blocks cannot be walked."""
-    d = bytes(data)
-    n = len(d)
+    frame's own size is held to the pixel limit too. ImageError if the blocks cannot be walked.
+    The cut is the one copy made (its bytes up to the first frame's end, plus one): the blocks
+    are walked on a view of `data`."""
+    with memoryview(data) as view, view.cast("B") as d:
+        n = len(d)
 
-    def sub_blocks(i: int) -> int:  # the index after a chain of data sub-blocks
-        while i < n and d[i]:
-            i += 1 + d[i]
-        if i >= n:
-            raise ImageError("cannot decode GIF: the file ends inside its first frame")
-        return i + 1
+        def sub_blocks(i: int) -> int:  # the index after a chain of data sub-blocks
+            while i < n and d[i]:
+                i += 1 + d[i]
+            if i >= n:
+                raise ImageError("cannot decode GIF: the file ends inside its first frame")
+            return i + 1
 
-    i = 13
-    if n < 13:
-        raise ImageError("cannot decode GIF: the file ends inside its header")
-    if d[10] & 0x80:
-        i += 3 << ((d[10] & 7) + 1)
-    while i < n:
-        block = d[i]
-        if block == 0x21 and i + 1 < n:  # an extension: label, then sub-blocks
-            i = sub_blocks(i + 2)
-        elif block == 0x2C and i + 10 <= n:  # the first image descriptor
-            fw, fh = struct.unpack("<HH", d[i + 5:i + 9])
-            check_pixels(max(fw, 1), max(fh, 1), max_pixels)
-            j = i + 10 + ((3 << ((d[i + 9] & 7) + 1)) if d[i + 9] & 0x80 else 0)
-            return bytearray(d[:sub_blocks(j + 1)] + b"\x3b")
-        else:
-            break
+        i = 13
+        if n < 13:
+            raise ImageError("cannot decode GIF: the file ends inside its header")
+        if d[10] & 0x80:
+            i += 3 << ((d[10] & 7) + 1)
+        while i < n:
+            block = d[i]
+            if block == 0x21 and i + 1 < n:  # an extension: label, then sub-blocks
+                i = sub_blocks(i + 2)
+            elif block == 0x2C and i + 10 <= n:  # the first image descriptor
+                fw, fh = struct.unpack("<HH", d[i + 5:i + 9])
+                check_pixels(max(fw, 1), max(fh, 1), max_pixels)
+                j = i + 10 + ((3 << ((d[i + 9] & 7) + 1)) if d[i + 9] & 0x80 else 0)
+                end = sub_blocks(j + 1)
+                cut = bytearray(end + 1)
+                with memoryview(cut) as out:
+                    out[:end] = d[:end]  # a bytearray's own slice assignment would copy d[:end] first
+                cut[end] = 0x3B  # the trailer
+                return cut
+            else:
+                break
     raise ImageError("cannot decode GIF: no image in the file")
 
 
@@ -293,6 +300,12 @@ def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
                          f"{_mpx(max_pixels)} (a decompression bomb?); raise it with --max-pixels")
 
 
+def writable(data: bytes | bytearray | memoryview) -> bytearray:
+    """`data` as a buffer torch.frombuffer shares without a warning (a writable one): a
+    bytearray as it is (the decoders only read it), anything else copied once."""
+    return data if isinstance(data, bytearray) else bytearray(data)
+
+
 def read_bytes(path: str | os.PathLike) -> bytearray:
     """A file's bytes (writable, so torch.frombuffer shares them); an ImageError if unreadable."""
     try:
@@ -304,18 +317,19 @@ def read_bytes(path: str | os.PathLike) -> bytearray:
         raise ImageError(f"cannot read the file: {exc.strerror or exc}") from None
 
 
-def decode(data: bytearray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def decode(data: bytes | bytearray | memoryview, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """A file's bytes as torchvision's ``decode_image(..., mode=ImageReadMode.RGB)`` gives them:
     [3, H, W] uint8 (uint16 for 16-bit PNGs), on the CPU. Raises ImageError."""
     return decode_checked(data, check_decodable(data, max_pixels), max_pixels)
 
 
-def decode_checked(data: bytearray, fmt: str, max_pixels: int | None) -> torch.Tensor:
-    """`decode` of bytes `check_decodable` has passed as `fmt`."""
+def decode_checked(data: bytes | bytearray | memoryview, fmt: str, max_pixels: int | None) -> torch.Tensor:
+    """`decode` of bytes `check_decodable` has passed as `fmt`. At most one copy of `data` is
+    made: a GIF's first frame (`gif_first_frame`), or bytes that are not a bytearray made
+    writable (`writable`); a bytearray is decoded in place."""
     from torchvision.io import ImageReadMode, decode_image
 
-    if fmt == "GIF":
-        data = gif_first_frame(data, max_pixels)
+    data = gif_first_frame(data, max_pixels) if fmt == "GIF" else writable(data)
     try:
         img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError; anything else is as bad

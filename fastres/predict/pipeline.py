@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import first_line
-from .images import ImageError, Transform, decode, jpeg_components, read_bytes
+from .images import ImageError, Transform, decode, jpeg_components, read_bytes, writable
 from .preprocess import check_input, decode_input, resize_crop
 from .output import Prediction, Top
 
@@ -101,17 +101,20 @@ def nvjpeg_can_take(data: bytearray) -> bool:
 
 
 def load_item(index: int, path: str | None, transform: Transform, max_pixels: int | None, stages: StageTimes,
-              jpeg_to_gpu: bool, data: bytearray | None = None, mode: str = "exact") -> Item:
+              jpeg_to_gpu: bool, data: bytes | bytearray | memoryview | None = None, mode: str = "exact") -> Item:
     """A worker's job: read, decode and crop one file (for nvjpeg: read and check it only),
     through `fastres.preprocess`'s steps in `mode` ("exact" or "fast"). With `data` (an
-    encoded file's bytes, writable) nothing is read: `path` only names it."""
+    encoded file's bytes) nothing is read: `path` only names it; a bytearray is read in place,
+    other bytes copied once at most (see `decode_checked`)."""
     t0 = time.perf_counter()
     try:
         if data is None:
             data = read_bytes(path)
-        if jpeg_to_gpu and check_input(data, max_pixels)[0] == "JPEG" and nvjpeg_can_take(data):
-            stages.add(decode=time.perf_counter() - t0)
-            return Item(index, path, jpeg=data)
+        if jpeg_to_gpu and check_input(data, max_pixels)[0] == "JPEG":
+            data = writable(data)  # nvjpeg's input, and the CPU decoder's where it refuses the file
+            if nvjpeg_can_take(data):
+                stages.add(decode=time.perf_counter() - t0)
+                return Item(index, path, jpeg=data)
         img, size = decode_input(data, transform.resize, mode, max_pixels)
     except ImageError as exc:
         stages.add(decode=time.perf_counter() - t0)

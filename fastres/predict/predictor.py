@@ -169,6 +169,9 @@ class Predictor:
                       paths: Sequence[str | None] | None = None, pad_to: int | None = None) -> list[Prediction]:
         """Predictions for encoded image files' bytes (JPEG, PNG, GIF, WEBP), decoded and
         preprocessed as files are; `paths` (default None) is what each Prediction's `path` says.
+        A bytearray is read in place (not changed: leave it as it is until this returns); bytes
+        and memoryviews are copied once each, one at a time per worker (torch.frombuffer shares
+        writable buffers only), and a GIF's first frame is cut out of either (one copy).
         pad_to: the rows of every batch the engine runs, the last one padded (default: the
         batch size, or fewer inputs): one shape, so its CUDA graph is reused."""
         datas = list(datas)
@@ -179,9 +182,8 @@ class Predictor:
         names = list(paths) if paths is not None else [None] * len(datas)
         batcher = self._batcher(self._batch_rows(len(datas), pad_to))
         t, mp, stats, gpu = self.transform, self.max_pixels, self.stats, batcher.gpu_decode
-        # A copy the decoders may share: torch.frombuffer wants a writable buffer.
         mode = self.preprocess
-        jobs = (lambda i=i, d=d: load_item(i, names[i], t, mp, stats, gpu, data=bytearray(d), mode=mode)
+        jobs = (lambda i=i, d=d: load_item(i, names[i], t, mp, stats, gpu, data=d, mode=mode)
                 for i, d in enumerate(datas))
         return list(self._progress(run_pipeline(jobs, batcher, workers=min(self.workers, len(datas)),
                                                 lookahead=self._lookahead(batcher)), len(datas), False, batcher))

@@ -87,16 +87,37 @@ _STRIP_BYTES = 1 << 20
 
 
 def memory_bound(max_pixels: int = DEFAULT_MAX_PIXELS, resize: int = DEFAULT_RESIZE, crop: int = DEFAULT_CROP, *,
-                 bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) -> int:
-    """The most extra memory (bytes) one image costs `preprocess` in either mode, by
-    construction: the decode (at most `DECODE_BYTES_PER_PIXEL` = 6 bytes a pixel of
-    `max_pixels`, checked from the header: a 16-bit PNG's output, or a progressive JPEG's
-    output and coefficient buffer), the vertical pass's float32 [3, resize * MAX_ASPECT, crop]
-    output, and 32 MB for the strips, the crop and the decoders' row buffers. At the default
-    flags: 586 MB; with bytes_per_pixel=3, what a baseline JPEG, an 8-bit PNG or a WEBP can
-    cost: 330 MB. The tests measure peak RSS on the worst files the limits let through: 285 MB
-    (8-bit PNGs, baseline JPEGs), 327 MB (a GIF), 516 MB (a 16-bit PNG, a progressive JPEG)."""
-    return bytes_per_pixel * max_pixels + 12 * resize * MAX_ASPECT * crop + (32 << 20)
+                 encoded_bytes: int, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) -> int:
+    """The most memory (bytes) one image of `encoded_bytes` costs, by construction, from its
+    encoded bytes to its crop (a `fastres serve` request: its body; `preprocess`, the pipeline's
+    job, `Predictor.predict_bytes`: the caller's bytes and what they allocate):
+
+    - the encoded bytes held: at most 9/8 of them plus 64 bytes (`fastres serve` grows the body
+      in one bytearray, by an eighth at a time, then decodes it in place);
+    - one copy of them at most: a GIF's first frame cut out (up to the whole file, plus its
+      trailer), fast mode's JPEG decoder (PIL: it keeps the comment and APPn segments), or
+      bytes that are not a bytearray made writable for the decoder;
+    - the decode: at most `bytes_per_pixel` (`DECODE_BYTES_PER_PIXEL` = 6) bytes a pixel of
+      `max_pixels`, checked from the header: a 16-bit PNG's output, or a progressive JPEG's
+      output and coefficient buffer;
+    - the vertical pass's float32 [3, resize * MAX_ASPECT, crop] output;
+    - 32 MB for the strips, the crop and the decoders' row buffers.
+
+    At the default flags and a 20 MB body (`fastres serve`'s default limit): 627 MB; with
+    bytes_per_pixel=3, what a baseline JPEG, an 8-bit PNG or a WEBP can cost: 371 MB. The tests
+    measure the copies of the encoded bytes (Python's allocations, through the server's path:
+    1.1 times the body for a JPEG or a PNG, 2.1 for a GIF or a JPEG in fast mode)
+    and the peak RSS on the worst files the limits let through: 285 MB (8-bit PNGs, baseline
+    JPEGs), 327 MB (a GIF), 516 MB (a 16-bit PNG, a progressive JPEG)."""
+    return encoded_memory(encoded_bytes) + bytes_per_pixel * max_pixels + 12 * resize * MAX_ASPECT * crop + (32 << 20)
+
+
+def encoded_memory(encoded_bytes: int) -> int:
+    """`memory_bound`'s share for the encoded bytes (see there): held (9/8 of them, plus 64
+    bytes) and one copy (a GIF's first frame, PIL's JPEG segments, or bytes made writable)."""
+    if encoded_bytes < 0:
+        raise ValueError(f"encoded_bytes must be >= 0, got {encoded_bytes}")
+    return (encoded_bytes + encoded_bytes // 8 + 64) + (encoded_bytes + 1)
 
 
 def check_mode(mode: str, interpolation: str = "bilinear") -> None:
@@ -161,8 +182,6 @@ def decode_input(data: bytes | bytearray | memoryview, resize: int, mode: str,
             img = _decode_jpeg_scaled(data, size, scale)
             if img is not None:
                 return img, size
-    if not isinstance(data, bytearray):
-        data = bytearray(data)  # torch.frombuffer shares a writable buffer
     return decode_checked(data, fmt, max_pixels), None
 
 
@@ -183,7 +202,7 @@ def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
         return None  # PIL would warn or refuse: a --max-pixels raised past its limit decodes in full
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _Reader(data) as f, Image.open(f, formats=["JPEG"]) as im:
             if im.mode not in ("RGB", "L"):
                 return None
             im.draft("RGB", (w // scale, h // scale))  # PIL picks the largest scale s with w // s >= this
@@ -195,6 +214,43 @@ def _decode_jpeg_scaled(data, size: tuple[int, int], scale: int) -> torch.Tensor
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError for bad data
         raise ImageError(f"cannot decode JPEG: {first_line(exc, typed=False, limit=200)}") from None
     return pixels.view(*hw, 3).permute(2, 0, 1)  # channels_last: what the uint8 resize wants
+
+
+class _Reader(io.RawIOBase):
+    """A seekable read-only file over a buffer, for PIL, without a copy of it (io.BytesIO
+    copies anything but bytes): PIL reads it a block at a time."""
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        super().__init__()
+        self._view, self._pos = memoryview(data).cast("B"), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), len(self._view) - self._pos))
+        with memoryview(b) as out, out.cast("B") as flat:
+            flat[:n] = self._view[self._pos:self._pos + n]  # a bytearray's slice assignment would copy first
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = (0, self._pos, len(self._view))[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._view.release()  # a bytearray under it can be resized again
+        super().close()
 
 
 def resize_crop(img: torch.Tensor, resize: int, crop: int, *, mode: str = "exact", interpolation: str = "bilinear",
@@ -210,8 +266,10 @@ def resize_crop(img: torch.Tensor, resize: int, crop: int, *, mode: str = "exact
         sw, sh = size if size is not None else (w, h)
         return _fast(img, *resized_size(sh, sw, resize), crop, interpolation)
     oh, ow = resized_size(h, w, resize)
+    # ow == 1: torch's kernel resizes a one-column image otherwise than a column of a wider one
+    # (see `_exact`), and the rows it is handed must then be all the image's
     if img.dtype not in (torch.uint8, torch.uint16) or crop > oh or crop > ow or (oh, ow) == (h, w) \
-            or img.device.type != "cpu":
+            or img.device.type != "cpu" or ow == 1:
         return _torchvision(img, resize, crop, interpolation)
     return _exact(img, oh, ow, crop, interpolation)
 
@@ -242,25 +300,32 @@ def _exact(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) -
     output rows from the first down to the crop's last, not below it: torch's kernel has no
     first-row offset, and an output row's weights depend on its index, so the rows above the
     crop are computed too (from buffer rows above r0, never written: their values land only in
-    rows the crop drops). Its buffer: [3, top + crop, crop] float32."""
+    rows the crop drops). Its buffer: [3, top + crop, crop] float32 (two columns for a crop of 1)."""
     _, h, w = img.shape
     top, left = int(round((oh - crop) / 2.0)), int(round((ow - crop) / 2.0))
+    center = left
     x = img.unsqueeze(0)
     # horizontal pass (torch's first), on the rows the kept rows' vertical taps read
     r0, r1 = _taps(h, oh, top, top + crop, interpolation) if oh != h else (top, top + crop)
     rows = top + crop  # the vertical pass's output rows
     if oh != h and r1 == rows:  # torch leaves a dimension whose size does not change as it is
         r1, rows = (r1 + 1, rows) if r1 < h else (r1, rows + 1)
-    cols = torch.empty((1, 3, r1, crop), dtype=torch.float32)
+    # torch's kernel resizes a one-column image otherwise than a column of a wider one: a crop
+    # of 1 keeps a neighbouring column too (where the resized image has one)
+    keep = 2 if crop == 1 else crop  # ow > 1 here (resize_crop)
+    left = min(left, ow - keep)
+    cols = torch.empty((1, 3, r1, keep), dtype=torch.float32)
     step = max(1, _STRIP_BYTES // (12 * max(w, ow)))
     for s in range(r0, r1, step):
         e = min(s + step, r1)
         strip = x[:, :, s:e].float()
         if ow != w:
             strip = interpolate(strip, size=(e - s, ow), mode=interpolation, align_corners=False, antialias=True)
-        cols[:, :, s:e] = strip[..., left:left + crop]
+        cols[:, :, s:e] = strip[..., left:left + keep]
     # vertical pass, on the kept columns only, down to the crop's last row
     out = _vertical(cols, h, oh, rows, interpolation)[:, :, top:top + crop] if oh != h else cols[:, :, top:top + crop]
+    if keep != crop:
+        out = out[..., center - left:center - left + 1]
     if img.dtype == torch.uint8:  # torchvision rounds (and clamps bicubic) for uint8 only
         if interpolation == "bicubic":
             out = out.clamp(0, 255)
@@ -290,5 +355,5 @@ def _fast(img: torch.Tensor, oh: int, ow: int, crop: int, interpolation: str) ->
 
 
 __all__ = ["FAST_MAX_BOUND", "FAST_MEAN_BOUND", "INTERPOLATIONS", "MAX_ASPECT", "MODES", "check_input",
-           "check_mode", "check_resizable", "decode_input", "jpeg_scale", "memory_bound", "preprocess", "resize_crop",
-           "resized_size"]
+           "check_mode", "check_resizable", "decode_input", "encoded_memory", "jpeg_scale", "memory_bound",
+           "preprocess", "resize_crop", "resized_size"]

@@ -142,7 +142,7 @@ class ImageClassifier:
             return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
         return JSONResponse(payload, status_code=status, headers={"x-fastres-batch": str(n)})
 
-    async def classify(self, bodies: list[bytes]) -> list[tuple[int, dict, int]]:
+    async def classify(self, bodies: list[bytearray]) -> list[tuple[int, dict, int]]:
         """(status, JSON body, requests in the batch) for each body, in order: the batcher's
         run function, one batch at a time."""
         n = len(bodies)
