@@ -182,41 +182,53 @@ def _conv_kernel(
 
 # The flat-K path (the stem, thin inputs) as a kernel of its own. It reads the caller's input in
 # the caller's layout, whose strides (W, H*W, 3*H*W in NCHW; 3, 3*W, 3*H*W channels_last) and
-# sizes H, W it leaves unspecialized, at no cost in registers or instructions. M, OH and OW it
-# keeps specialized (is each 1, a multiple of 16, neither?), as the JIT does by default: left
+# sizes H, W it keeps off alignment (``do_not_specialize_on_alignment``): the JIT still makes
+# each a constant where it is 1 (the layout: sxw = 1 in NCHW, sxc = 1 channels_last, so the
+# two layouts run binaries of their own) but not "divisible by 16" (what varies with the size).
+# Left wholly unspecialized (one binary for both layouts) they spilled 8 B under triton 3.6
+# (uint8 pixels on sm_86 / sm_89, 13-47 registers on gfx942; 16-bit casts 64x64x32 on sm_120):
+# the constant unit stride is what keeps a layout's address math lean. M, OH and OW it keeps
+# specialized (is each 1, a multiple of 16, neither?), as the JIT does by default: left
 # unspecialized, the lost constancy of the row index math spilled on sm_80 (float32 64x64x16:
 # 255 registers, 104 B of stack, 2760 SASS instructions against 165 and 2344) and on sm_120
-# (uint8 pixels). So a new input size compiles a new stem binary where it changes the class of
-# OH, OW or N*OH*OW (``stem_size_classes``); inputs of 32k x 32k' pixels (the detectors' padded
-# batches, 224x224) all have multiples of 16 there and share one binary.
-_STEM_UNSPECIALIZED = ("H", "W", "sxn", "sxh", "sxw", "sxc")
-_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize=_STEM_UNSPECIALIZED)
+# (uint8 pixels). So a new input size compiles a new stem binary where it changes
+# ``stem_specialization``: the class of OH, OW or N*OH*OW, or (a 1-pixel-wide or -high input)
+# which of H, W and the input's strides are 1; inputs of 32k x 32k' pixels (the detectors'
+# padded batches, 224x224) all have multiples of 16 there and share one binary per layout.
+_STEM_OFF_ALIGNMENT = ("H", "W", "sxn", "sxh", "sxw", "sxc")
+_conv_stem_kernel = triton.jit(_conv_kernel.fn, do_not_specialize_on_alignment=_STEM_OFF_ALIGNMENT)
 
 
-def stem_specialization(shape: tuple[int, int, int, int], cout: int = 64, *, kernel_size: int = 7,
-                        stride: int = 2, padding: int = 3) -> tuple[tuple[str, tuple], ...]:
-    """What of an input's size the stem's binary depends on: for an input of `shape`
-    [N, C, H, W] (any layout, any dtype) and `cout` output channels, the specialization that
+def stem_specialization(shape: tuple[int, int, int, int], cout: int = 64, *, strides: tuple[int, ...] | None = None,
+                        kernel_size: int = 7, stride: int = 2, padding: int = 3) -> tuple[tuple[str, tuple], ...]:
+    """What of an input's size and layout the stem's binary depends on: for an input of `shape`
+    [N, C, H, W] and `strides` (torch's ``x.stride()``, in N, C, H, W order; default: a
+    contiguous NCHW tensor), any dtype, and `cout` output channels, the specialization that
     triton's JIT (the installed version's own rule, ``native_specialize_impl``) gives each
-    argument of ``_conv_stem_kernel`` that varies with the size and is not in
-    ``_STEM_UNSPECIALIZED``: M = N*OH*OW, OH, OW and the output's NHWC strides. Each is
-    ("constexpr", 1) for 1, (width, "D") for a multiple of 16, (width, "") otherwise.
+    argument of ``_conv_stem_kernel`` that varies with them: M = N*OH*OW, OH, OW and the
+    output's NHWC strides, each ("constexpr", 1) for 1, (width, "D") for a multiple of 16,
+    (width, "") otherwise; H, W and the input's strides (``_STEM_OFF_ALIGNMENT``) the same
+    but never "D".
 
-    Two input sizes run one stem binary (for a given dtype and tile config) iff their
-    specializations are equal: with 64 output channels the strides are always multiples of
-    16, so a new size compiles a new stem exactly where it changes whether OH, OW and
-    N*OH*OW are 1, multiples of 16 or neither. 224x224 and every size a multiple of 32 give
-    ("D", "D", "D"); 801x1203 (OH 401, OW 602), 225x225 and 97x131 give ("", "", "") at
-    batch 1, one binary for all three.
+    Two inputs run one stem binary (for a given dtype and tile config) iff their
+    specializations are equal: with 64 output channels the output strides are always
+    multiples of 16, and only a 1-pixel-wide or -high input has an H, W or input stride of 1
+    other than the layout's own unit stride (sxw in NCHW, sxc channels_last). So a new size
+    compiles a new stem where it changes whether OH, OW and N*OH*OW are 1, multiples of 16 or
+    neither. 224x224 and every size a multiple of 32 give ("D", "D", "D") there; 801x1203
+    (OH 401, OW 602), 225x225 and 97x131 give ("", "", "") at batch 1, one binary for all
+    three (per layout).
     """
     from triton.backends.compiler import BaseBackend
     from triton.runtime.jit import native_specialize_impl
 
-    n, _, h, w = shape
+    n, c, h, w = shape
+    sn, sc, sh, sw = strides if strides is not None else (c * h * w, h * w, w, 1)
     k, s, p = pair("kernel_size", kernel_size), pair("stride", stride), pair("padding", padding)
     oh, ow = out_size(h, k[0], s[0], p[0], 1), out_size(w, k[1], s[1], p[1], 1)
-    values = {"M": n * oh * ow, "OH": oh, "OW": ow, "syn": oh * ow * cout, "syh": ow * cout, "syw": cout}
-    return tuple((name, tuple(native_specialize_impl(BaseBackend, v, False, True, True)[:2]))
+    values = {"M": n * oh * ow, "H": h, "W": w, "OH": oh, "OW": ow, "sxn": sn, "sxh": sh, "sxw": sw, "sxc": sc,
+              "syn": oh * ow * cout, "syh": ow * cout, "syw": cout}
+    return tuple((name, tuple(native_specialize_impl(BaseBackend, v, False, True, name not in _STEM_OFF_ALIGNMENT)[:2]))
                  for name, v in values.items())
 
 

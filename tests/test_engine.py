@@ -323,38 +323,55 @@ def test_twenty_input_sizes_compile_no_new_kernel():
     # A detector's transform feeds a new size for almost every image: each costs a plan and
     # buffers (and on CUDA a graph). Every kernel but the stem reuses the binaries the first
     # size compiled at every size; the stem compiles a new one exactly where
-    # kernels.conv.stem_specialization (triton's own rule on its output sizes) changes, which
-    # no size a multiple of 32 does. The launches are recorded without running.
+    # kernels.conv.stem_specialization (triton's own rule on its output sizes, and on which of
+    # its input's sizes and strides are 1) changes, which no size a multiple of 32 does. The
+    # launches are recorded without running.
     from fastres.gate.keys import compile_keys, recording
     from fastres.kernels.conv import stem_specialization
     from fastres.schedule import build_schedule
 
     fast, h100, returns = _resnet50_for_h100()
     keys, stems = {}, {}
-    for h, w in DETECTOR_SIZES + ODD_SIZES:
-        for layout in (torch.contiguous_format, torch.channels_last):
+    layouts = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+    # 1-pixel-wide and -high inputs: H or W and an input stride are the constant 1 (only the stem is checked)
+    degenerate = [(97, 1), (1, 131)]
+    for h, w in DETECTOR_SIZES + ODD_SIZES + degenerate:
+        for layout, fmt in layouts.items():
+            x = torch.randn(1, 3, h, w).contiguous(memory_format=fmt)
             with recording(run=False) as launches:
-                fast(torch.randn(1, 3, h, w).contiguous(memory_format=layout))
+                fast(x)
             found = compile_keys(launches)
             stem = {k for k in found if k[0] == "_conv_stem_kernel"}
             assert len(stem) == 1, stem
-            # NCHW and channels_last inputs run one stem binary
-            assert stems.setdefault((h, w), stem) == stem, (h, w)
-            keys[h, w] = found - stem
+            stems[h, w, layout] = (stem, stem_specialization(x.shape, strides=x.stride()))
+            if (h, w) not in degenerate:
+                keys[h, w] = found - stem
     first = keys[DETECTOR_SIZES[0]]
     assert len(DETECTOR_SIZES) == 20 and len(first) > 5
-    new = {size: len(k - first) for size, k in keys.items() if not k <= first}
-    assert not new, f"sizes whose kernels past the stem compile anew (size: how many): {new}"
+    # Past the stem, only a layer that moves between split and unsplit (the small sizes: 225x225
+    # and co split layers the large ones do not) compiles its tile's other form, once.
+    new = {size: k - first for size, k in keys.items() if not k <= first}
+    assert len(set(map(frozenset, new.values()))) <= 1, \
+        f"sizes whose kernels past the stem compile anew (size: how many): { {s: len(k) for s, k in new.items()} }"
+    assert all(k[0] == "_splitk_reduce_kernel" or dict(k[1]).get("SPLIT") == ("constexpr", True)
+               for k in set().union(*new.values())), new
     # The stem: one binary per specialization, and the same binary for the same one.
     by_spec: dict = {}
-    for size, stem in stems.items():
-        by_spec.setdefault(stem_specialization((1, 3, *size)), set()).update(stem)
+    for stem, spec in stems.values():
+        by_spec.setdefault(spec, set()).update(stem)
     assert all(len(s) == 1 for s in by_spec.values()), by_spec
-    # Three: OH, OW and M all multiples of 16; none of them (801x1203 and co); all but OW.
-    assert len(set().union(*stems.values())) == len(by_spec) == 3
-    assert len(set().union(*(stems[s] for s in DETECTOR_SIZES))) == 1
-    assert stems[801, 1203] == stems[225, 225] == stems[97, 131] == stems[803, 1205]
-    assert stems[224, 225] == stems[223, 225] == stems[800, 801]  # H 224 and 223 alike
+    binaries = {(h, w, layout): next(iter(stem)) for (h, w, layout), (stem, _) in stems.items()}
+    # Per layout three: OH, OW and M all multiples of 16; none of them (801x1203 and co); all
+    # but OW. And one per layout and degenerate size (H or W, OH or OW and a stride are 1).
+    assert len(set(binaries.values())) == len(by_spec) == 2 * 3 + 2 * len(degenerate)
+    for layout in layouts:
+        assert len({binaries[h, w, layout] for h, w in DETECTOR_SIZES}) == 1
+        assert binaries[801, 1203, layout] == binaries[225, 225, layout] == binaries[97, 131, layout] \
+            == binaries[803, 1205, layout]
+        assert binaries[224, 225, layout] == binaries[223, 225, layout] == binaries[800, 801, layout]  # H 224, 223 alike
+    # NCHW and channels_last inputs run binaries of their own (sxw or sxc the constant 1)
+    assert not {v for (*_, layout), v in binaries.items() if layout == "nchw"} & \
+        {v for (*_, layout), v in binaries.items() if layout == "nhwc"}
     # The heuristic alone would have picked other tiles at some of these sizes: kept, not re-picked.
     heuristic = {(s.layer, s.config) for s in build_schedule("resnet50", (1, 3, 800, 1344), torch.float16, h100,
                                                              returns=returns).steps}
@@ -391,7 +408,7 @@ def test_new_input_sizes_compile_what_stem_specialization_says_on_cuda():
             fns.update({kernel_name(fn): fn for fn, _ in launches})
             after = compiled()
             grew = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-            spec = stem_specialization((1, 3, h, w))
+            spec = stem_specialization(x.shape, strides=x.stride())
             if first:
                 first = False
             else:
