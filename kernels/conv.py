@@ -185,9 +185,9 @@ def _conv_kernel(
 # sizes H, W it keeps off alignment (``do_not_specialize_on_alignment``): the JIT still makes
 # each a constant where it is 1 (the layout: sxw = 1 in NCHW, sxc = 1 channels_last, so the
 # two layouts run binaries of their own) but not "divisible by 16" (what varies with the size).
-# Left wholly unspecialized (one binary for both layouts) they spilled 8 B under triton 3.6
-# (uint8 pixels on sm_86 / sm_89, 13-47 registers on gfx942; 16-bit casts 64x64x32 on sm_120):
-# the constant unit stride is what keeps a layout's address math lean. M, OH and OW it keeps
+# Left wholly unspecialized (one binary for both layouts), the 64x64x32 16-bit tiles reading
+# the other 16-bit type spilled 8 B on sm_120 under triton 3.6; off alignment each row measured
+# compiles as fully specialized (bench/NOTES.md, "No compile per input size"). M, OH and OW it keeps
 # specialized (is each 1, a multiple of 16, neither?), as the JIT does by default: left
 # unspecialized, the lost constancy of the row index math spilled on sm_80 (float32 64x64x16:
 # 255 registers, 104 B of stack, 2760 SASS instructions against 165 and 2344) and on sm_120
