@@ -43,6 +43,10 @@ if __name__ == "kernels":
         raise
 else:
     from ._checks import interpreting
+    from .interpreter import skip_discarded_overflow_checks
+
+    if interpreting():
+        skip_discarded_overflow_checks()
     from .config import Config, config_space, select_config, tuning_candidates, use_config
     from .conv import conv_bn_relu, pixel_norm, stem_conv
     from .conv_bordered import zero_bordered
