@@ -314,7 +314,7 @@ def run_loadgen(lg, sut: SystemUnderTest, samples: SampleLibrary, settings, log_
     log_dir.mkdir(parents=True, exist_ok=True)
     log = lg.LogSettings()
     log.log_output.outdir = str(log_dir)
-    log.log_output.copy_summary_to_stdout = False
+    log.log_output.copy_summary_to_stdout = True  # LoadGen's own summary in the run's output too
     handle = lg.ConstructSUT(sut.issue, sut.flush)
     qsl = lg.ConstructQSL(samples.count, settings.performance_sample_count_override, samples.load, samples.unload)
     try:
