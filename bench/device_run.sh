@@ -21,6 +21,9 @@
 #                               peaks): the baselines, saved before any variant runs
 #   e2e          70 s   60-70 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
 #                               fastres vs cudnn-eager vs cudnn-eager-graph (stops at --budget-s)
+#   mlperf-Offline 40 s 20-35 s fastres bench mlperf, resnet50 float16, random weights, generated
+#   mlperf-Server  40 s 20-35 s   samples: LoadGen's Offline (expected QPS from the warm-up), then
+#                               Server (half that rate, p99 <= 15 ms), 8 s each, a process each
 #   sanitizer    40 s   30-40 s one resnet18 64x64 batch-2 float16 forward (no CUDA graph)
 #                               under compute-sanitizer --tool memcheck
 #   var-fused    30 s   20-30 s the kernel variants, one process per family, each timed beside
@@ -214,6 +217,15 @@ step e2e 70 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --n
   --models resnet50,resnet18 --batches 1,32,256 --dtypes float16,bfloat16 \
   --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 150 --budget-s 60
 collect
+
+# ---- MLPerf's LoadGen: resnet50 float16, Offline then Server, short runs, a process each --------
+# (one LoadGen test per process: only a process's first config load reads LoadGen's rules);
+# LoadGen's summary goes to bench.log, its own files stay in the work folder
+for SC in Offline Server; do
+  step "mlperf-$SC" 40 "$BENCH" "$PY" -m fastres bench mlperf --scenario "$SC" --arch resnet50 --dtype float16 \
+    --duration-s 8 --out "$WORK" --date "$DATE" --log-dir "$WORK/mlperf-$SC"
+  collect
+done
 
 # ---- memcheck of one small forward ---------------------------------------------------------
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)

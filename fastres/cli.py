@@ -21,6 +21,12 @@ SUBCOMMANDS = {
     "predict": ("fastres.predict.cli", "classify image files (JSON lines or CSV out), preprocessed as torchvision does"),
     "serve": ("fastres.scale.cli", "serve HTTP POST /predict on Ray Serve, with dynamic batching (needs fastres[ray])"),
 }
+# Subcommands of a subcommand, each its own parser: `fastres bench mlperf ...`.
+NESTED = {
+    ("bench", "mlperf"): ("fastres.benchmark.mlperf_cli",
+                          "MLPerf Inference's LoadGen around the engine: its four scenarios, performance and accuracy "
+                          "(needs fastres[mlperf])"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +64,17 @@ def _prepare_environment(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _prepare_environment(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    nested = NESTED.get(tuple(argv[:2]))
+    if nested is not None:
+        module, help_text = nested
+        parser = argparse.ArgumentParser(prog=f"fastres {argv[0]} {argv[1]}", description=help_text)
+        mod = importlib.import_module(module)
+        mod.configure(parser)
+        args = parser.parse_args(argv[2:])
+        args.command, args._main = f"{argv[0]} {argv[1]}", mod.main
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2

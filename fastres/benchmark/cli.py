@@ -64,7 +64,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "where there is a GPU; needs no GPU), "
         "'report RESULTS.json' (markdown + plot from a results file), "
         "'summary RESULTS.json' (a short text overview), "
-        "'forward' (one checked forward without CUDA graphs, e.g. under compute-sanitizer). "
+        "'forward' (one checked forward without CUDA graphs, e.g. under compute-sanitizer); "
+        "'fastres bench mlperf --help': MLPerf's LoadGen around the engine (its own options). "
         "--smoke runs the harness through triton's CPU interpreter on tiny shapes (not a performance figure)."
     )
     parser.add_argument("action", nargs="?", default="all", choices=ACTIONS, help="what to run (default: all)")

@@ -166,6 +166,12 @@ def render_markdown(results: dict) -> str:
         if results.get("preprocess_host"):
             lines.append(f"Measured on {results['preprocess_host']}; torch threads = 1.\n")
         lines.append(preprocess)
+    from .mlperf_results import markdown_mlperf_table
+
+    mlperf = markdown_mlperf_table(results)
+    if mlperf:
+        lines.append("## MLPerf LoadGen (`fastres bench mlperf`)\n")
+        lines.append(mlperf)
     predict = markdown_predict_table(results)
     if predict:
         lines.append("## Classify pipeline (`fastres predict` on generated JPEGs)\n")

@@ -23,7 +23,8 @@ LAYER_RECORD_KEYS = RECORD_KEYS + ("layer", "tflops")
 
 def record_key(r: dict) -> tuple:
     """What makes a record unique in a results file: a later record with the same key replaces it."""
-    return (r.get("kind"), r.get("model"), r.get("layer"), r.get("size"), r.get("batch"), r.get("dtype"), r.get("system"))
+    return (r.get("kind"), r.get("model"), r.get("layer"), r.get("size"), r.get("batch"), r.get("dtype"), r.get("system"),
+            r.get("scenario"), r.get("mode"))
 
 
 def new_results(env: dict) -> dict:
@@ -36,7 +37,8 @@ def new_results(env: dict) -> dict:
 
 
 def add_record(results: dict, record: dict) -> dict:
-    """Add `record`, replacing one with the same key (kind, model, layer, size, batch, dtype, system)."""
+    """Add `record`, replacing one with the same key (kind, model, layer, size, batch, dtype, system, and an
+    MLPerf record's scenario and mode)."""
     key = record_key(record)
     results["records"] = [r for r in results["records"] if record_key(r) != key]
     results["records"].append(record)
