@@ -37,7 +37,7 @@ _LAZY = {
     "UnsupportedModelError": "fastres.plan",
     "convert": "fastres.weights",
     "load": "fastres.weights",
-    "WeightsError": "fastres.weights",
+    "WeightsError": "fastres.errors",
     "UnsupportedDeviceError": "fastres.kernels.targets",
     "Predictor": "fastres.predict.predictor",
     "Prediction": "fastres.predict.output",

@@ -1,8 +1,11 @@
 """What any module of fastres may import, since it imports nothing of fastres: the error every
-subcommand raises for a mistake in the user's input, and an exception as one line.
+subcommand raises for a mistake in the user's input, the error of a weights file fastres cannot
+convert or load, and an exception as one line.
 
 `UserError` lives below both the command line (`fastres.cli`, which prints it as one line and
-exits 2) and the subcommands that raise it, so that neither imports the other for it.
+exits 2) and the subcommands that raise it, so that neither imports the other for it;
+`WeightsError` below the conversion (`fastres.weights`) and the file reading it uses
+(`fastres.checkpoint_file`).
 `first_line` is what every catch-all in fastres reports (an error line, a record's reason, an
 HTTP answer)."""
 from __future__ import annotations
@@ -10,6 +13,10 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2."""
+
+
+class WeightsError(ValueError):
+    """A weights file or state_dict that fastres cannot convert or load (nothing was loaded)."""
 
 
 def first_line(exc: BaseException, *, typed: bool = True, last: bool = False, limit: int | None = 300) -> str:
@@ -27,4 +34,4 @@ def first_line(exc: BaseException, *, typed: bool = True, last: bool = False, li
     return text if limit is None else text[:limit]
 
 
-__all__ = ["UserError", "first_line"]
+__all__ = ["UserError", "WeightsError", "first_line"]
