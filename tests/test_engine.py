@@ -386,12 +386,14 @@ def test_twenty_input_sizes_compile_no_new_kernel():
 def test_new_input_sizes_compile_what_stem_specialization_says_on_cuda():
     """triton's own count: the binaries in every launched kernel's JIT cache
     (``device_caches[device][0]``, triton 3.6 and 3.8) before and after forwards at new sizes.
-    Past the first size, only the stem compiles, once per new ``stem_specialization``."""
-    from fastres.gate.keys import kernel_name, recording
+    Past the first size the stem compiles once per new ``stem_specialization``, and the other
+    kernels only what the interpreter test above allows: a layer that moves between split and
+    unsplit compiles its tile's split form (and the reduce), once, as its compile keys say."""
+    from fastres.gate.keys import compile_keys, kernel_name, recording
     from fastres.kernels.conv import stem_specialization
 
     fast = fastres.from_torchvision(calibrated("resnet50"), dtype=torch.float16, device="cuda")
-    fns, specs = {}, set()
+    fns, specs, seen = {}, set(), set()
 
     def compiled() -> dict:
         dev = torch.cuda.current_device()
@@ -409,12 +411,18 @@ def test_new_input_sizes_compile_what_stem_specialization_says_on_cuda():
             after = compiled()
             grew = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
             spec = stem_specialization(x.shape, strides=x.stride())
+            keys = {k for k in compile_keys(launches) if k[0] != "_conv_stem_kernel"}
             if first:
                 first = False
             else:
-                assert set(grew) <= {"_conv_stem_kernel"}, (h, w, grew)
+                new = keys - seen
+                assert all(k[0] == "_splitk_reduce_kernel" or dict(k[1]).get("SPLIT") == ("constexpr", True)
+                           for k in new), (h, w, new)
+                assert {k: n for k, n in grew.items() if k != "_conv_stem_kernel"} == \
+                    {name: sum(k[0] == name for k in new) for name in {k[0] for k in new}}, (h, w, grew, new)
                 assert grew.get("_conv_stem_kernel", 0) == (0 if spec in specs else 1), (h, w, grew, spec, specs)
             specs.add(spec)
+            seen |= keys
 
 
 def _bordered_schedule(schedule):
