@@ -10,9 +10,9 @@ import dataclasses
 
 import torch
 
-from .kernels._checks import interpreting
+from .kernels._checks import FLOAT_DTYPES, interpreting
 from .kernels.config import NUM_SMS_DEFAULT
-from .kernels.targets import DEFAULT_TARGET, TARGETS, device_facts
+from .kernels.targets import DEFAULT_TARGET, QUANT_DTYPES, TARGETS, check_quant_dtype, device_facts
 
 CPU_NAME = "cpu-interpreter"
 
@@ -47,6 +47,19 @@ class DeviceInfo:
             facts = device_facts(device)
             return cls(facts.name, facts.sms, interpreting(), facts.target, facts.max_shared)
         return cls(CPU_NAME, NUM_SMS_DEFAULT, interpreting())
+
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        """Refuse, up front, a dtype this device cannot run: float16 / bfloat16 / float32 run
+        everywhere, the 8-bit dtypes as `kernels.targets.check_quant_dtype` says for the target
+        (the interpreter runs both); anything else is a TypeError."""
+        if dtype in FLOAT_DTYPES:
+            return
+        if self.interpreter and dtype in QUANT_DTYPES:
+            return
+        if dtype not in QUANT_DTYPES:
+            names = ", ".join(str(d) for d in (*FLOAT_DTYPES, *QUANT_DTYPES))
+            raise TypeError(f"fastres runs {names}, got {dtype}")
+        check_quant_dtype(dtype, self.target, self.name)
 
     def __str__(self) -> str:
         if self.interpreter:

@@ -6,6 +6,7 @@ config space (`kernels.config.config_space(..., target=...)`), cleared by the co
 (`fastres check --target T`). A device maps to a target by its capability or `gcnArchName`;
 cards older than Ampere are refused (no tensor-core path in triton's kernels there), and a
 newer card fastres does not know yet gets the most conservative space, with one warning.
+Which 8-bit dtypes a target runs (`quant_dtypes`, `check_quant_dtype`) is decided here too.
 """
 from __future__ import annotations
 
@@ -47,6 +48,46 @@ MIN_CAPABILITY = (8, 0)
 
 class UnsupportedDeviceError(RuntimeError):
     """A device fastres cannot run on (too old for its tensor-core kernels)."""
+
+
+# The 8-bit dtypes fastres quantizes to, and the targets whose tl.dot runs e4m3fn x e4m3fn on
+# fp8 tensor cores. What triton 3.x makes of such a dot (tests/test_targets.py compiles it on
+# every target): sm_80/86 refuse the type outright; sm_89 and sm_120 use mma.sync e4m3, sm_90
+# wgmma e4m3, sm_100 tcgen05 kind::f8f6f4 (sm_90/100: from 64-row tiles on; smaller ones fall
+# back to an f16 mma.sync). gfx942 compiles it, but upcast to f16 (v_mfma_f32_32x32x8_f16):
+# its fp8 MFMA takes the fnuz encoding (float8_e4m3fnuz), not OCP e4m3fn, so fp8 there would
+# run no faster than float16 while rounding like fp8; it is refused.
+QUANT_DTYPES = (torch.int8, torch.float8_e4m3fn)
+FP8_TARGETS = ("sm_89", "sm_90", "sm_100", "sm_120")
+
+
+def quant_dtypes(target: str) -> tuple[torch.dtype, ...]:
+    """The 8-bit dtypes `target` runs: torch.int8 on every target, torch.float8_e4m3fn where
+    tl.dot has native e4m3 tensor cores (sm_89 and newer)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    return QUANT_DTYPES if target in FP8_TARGETS else (torch.int8,)
+
+
+def check_quant_dtype(dtype: torch.dtype, target: str, name: str | None = None) -> None:
+    """Refuse, before anything is built, an 8-bit dtype that `target` does not run.
+
+    TypeError: `dtype` is not one fastres quantizes to; ValueError: `target` does not run it
+    (the message names the card, `name` if given, and what to use instead)."""
+    if dtype not in QUANT_DTYPES:
+        raise TypeError(f"{dtype} is not an 8-bit dtype fastres quantizes to: use torch.int8 or torch.float8_e4m3fn")
+    if dtype in quant_dtypes(target):
+        return
+    info = TARGETS[target]
+    device = f"{name} ({target})" if name else f"{target} ({info.cards})"
+    if info.backend == "hip":
+        raise ValueError(
+            f"torch.float8_e4m3fn is not supported on {target}: its fp8 tensor cores take the fnuz encoding "
+            f"(float8_e4m3fnuz), and triton runs an e4m3fn dot there upcast to float16, no faster than float16; "
+            f"this device is {device}: use torch.int8")
+    raise ValueError(
+        f"torch.float8_e4m3fn needs sm_89 or newer (Ada, Hopper, Blackwell), for fp8 tensor cores; this device is "
+        f"{device}: use torch.int8")
 
 
 def target_for_capability(major: int, minor: int, name: str = "this card") -> tuple[str, bool]:

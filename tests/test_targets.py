@@ -3,6 +3,8 @@ no GPU needed)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import types
 import warnings
 
@@ -146,3 +148,113 @@ def test_tuning_keys_keep_targets_apart(monkeypatch):
         keys.add(fast._tune_key(step, 1))
     assert len(keys) == 4
     assert any("(sm_89)" in k for k in keys) and any("(gfx942)" in k for k in keys)
+
+
+# -- the 8-bit dtypes each target runs ---------------------------------------------------------
+
+_CARD_OF = {target: name for name, *_, target in CARDS} | {"gfx942": MI300X.name}
+
+
+def test_quant_dtypes_per_target():
+    fp8 = {"sm_89", "sm_90", "sm_100", "sm_120"}
+    for target in T.TARGETS:
+        assert T.quant_dtypes(target) == ((torch.int8, torch.float8_e4m3fn) if target in fp8 else (torch.int8,)), target
+        T.check_quant_dtype(torch.int8, target)
+    with pytest.raises(ValueError, match="unknown target 'sm_75'"):
+        T.quant_dtypes("sm_75")
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_86"])
+def test_fp8_before_ada_is_refused_naming_the_card(target):
+    with pytest.raises(ValueError) as e:
+        T.check_quant_dtype(torch.float8_e4m3fn, target)
+    assert str(e.value) == (f"torch.float8_e4m3fn needs sm_89 or newer (Ada, Hopper, Blackwell), for fp8 tensor cores; "
+                            f"this device is {target} ({T.TARGETS[target].cards}): use torch.int8")
+    with pytest.raises(ValueError, match=rf"this device is {_CARD_OF[target]} \({target}\): use torch.int8"):
+        T.check_quant_dtype(torch.float8_e4m3fn, target, _CARD_OF[target])
+
+
+def test_fp8_on_gfx942_is_refused_for_its_fnuz_tensor_cores():
+    with pytest.raises(ValueError, match=r"float8_e4m3fn is not supported on gfx942: .*float8_e4m3fnuz.*"
+                                         r"this device is AMD Instinct MI300X \(gfx942\): use torch.int8"):
+        T.check_quant_dtype(torch.float8_e4m3fn, "gfx942", "AMD Instinct MI300X")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float8_e5m2, torch.float8_e4m3fnuz])
+def test_check_quant_dtype_refuses_what_is_not_8bit_quantization(dtype):
+    with pytest.raises(TypeError, match=rf"{dtype} is not an 8-bit dtype fastres quantizes to: use torch.int8 or "
+                                        r"torch.float8_e4m3fn"):
+        T.check_quant_dtype(dtype, "sm_90")
+
+
+@pytest.mark.parametrize("card", [props(*c[:5]) for c in CARDS] + [MI300X], ids=lambda p: p.name)
+def test_device_info_checks_dtypes_for_its_card(card):
+    info = card_info(card)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.int8):
+        info.check_dtype(dtype)
+    if torch.float8_e4m3fn in T.quant_dtypes(info.target):
+        info.check_dtype(torch.float8_e4m3fn)
+    else:
+        with pytest.raises(ValueError, match=rf"this device is {card.name} \({info.target}\): use torch.int8"):
+            info.check_dtype(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"fastres runs torch.float16, .*torch.float8_e4m3fn, got torch.int32"):
+        info.check_dtype(torch.int32)
+
+
+def test_the_interpreter_runs_both_8bit_dtypes():
+    info = DeviceInfo("cpu-interpreter", interpreter=True, target="sm_80")
+    info.check_dtype(torch.int8)
+    info.check_dtype(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="got torch.uint8"):
+        info.check_dtype(torch.uint8)
+
+
+# What triton makes of an e4m3fn x e4m3fn tl.dot on each target, compiled in a
+# child without the interpreter (from a file: triton reads a kernel's source): the tensor-core
+# instructions, or the compile error.
+_DOT_PROBE = r"""
+import json, re
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from fastres.kernels.targets import TARGETS
+
+@triton.jit
+def dot(a_ptr, b_ptr, c_ptr):
+    r = tl.arange(0, 64)
+    k = tl.arange(0, 32)
+    a = tl.load(a_ptr + r[:, None] * 32 + k[None, :])
+    b = tl.load(b_ptr + k[:, None] * 64 + r[None, :])
+    tl.store(c_ptr + r[:, None] * 64 + r[None, :], tl.dot(a, b))
+
+found = {}
+for t in TARGETS.values():
+    sig = {"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*fp32"}
+    try:
+        k = triton.compile(triton.compiler.ASTSource(fn=dot, signature=sig, constexprs={}),
+                           target=GPUTarget(t.backend, t.arch, t.warp_size))
+    except Exception as e:
+        found[t.name] = "error: " + str(e)
+        continue
+    asm = k.asm.get("ptx") or k.asm["amdgcn"]
+    found[t.name] = " ".join(sorted(set(re.findall(
+        r"mma\.sync[\w.]*|wgmma\.mma_async[\w.]*|tcgen05\.mma[\w.:]*|v_mfma\w*", asm))))
+print(json.dumps(found))
+"""
+
+
+def test_fp8_targets_are_those_with_native_e4m3_dots(tmp_path):
+    """The table above, against the installed triton: an e4m3fn dot compiles to an fp8 tensor-core
+    instruction exactly on the targets that run float8_e4m3fn (sm_80/86 refuse the type; gfx942
+    upcasts it to a float16 MFMA)."""
+    from gate_helpers import run_python
+
+    probe = tmp_path / "dot_probe.py"
+    probe.write_text(_DOT_PROBE)
+    r = run_python([str(probe)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = json.loads(r.stdout.strip().splitlines()[-1])
+    native = re.compile(r"\.e4m3\.e4m3|kind::f8f6f4|v_mfma\w*_fp8_fp8")
+    for target in T.TARGETS:
+        assert bool(native.search(found[target])) == (torch.float8_e4m3fn in T.quant_dtypes(target)), (target, found)
+    assert "fp8e4nv not supported in this architecture" in found["sm_80"]
+    assert "v_mfma_f32_32x32x8_f16" in found["gfx942"], found["gfx942"]
