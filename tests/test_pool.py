@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fastres import kernels as K
 from fastres.kernels import Config, use_config
-from helpers import DTYPES, KERNEL_RTOL, assert_close, rand_nhwc
+from helpers import DTYPES, KERNEL_RTOL, assert_close, nhwc, rand_nhwc
 
 
 def dtype_id(d) -> str:
@@ -135,3 +135,61 @@ def test_cpu_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match=r"is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.max_pool2d(x)
+
+
+# -- 8-bit codes: pooled in their dtype, keeping their scale ------------------------------------
+
+QDTYPES = [torch.int8, torch.float8_e4m3fn]
+
+
+def rand_codes(shape, dtype, device, *, negative=False):
+    """Every code of `dtype` but NaN, drawn uniformly (e4m3fn: normals, subnormals, +-0, +-448);
+    negative: only negative ones."""
+    if dtype == torch.int8:
+        q = torch.randint(-128, 0 if negative else 128, shape, dtype=torch.int32).to(torch.int8)
+    else:
+        bits = torch.randint(0x81 if negative else 0, 0xFF, shape, dtype=torch.int32)
+        bits = torch.where(bits == 0x7F, 0, bits)  # 0x7F is NaN; 0xFF is out of the draw
+        q = bits.to(torch.uint8).view(torch.float8_e4m3fn)
+    return nhwc(q).to(device)
+
+
+def check_codes(x, kernel_size=3, stride=2, padding=1, *, config=None):
+    """The requantized max of the dequantized values (a positive scale drops out of the max):
+    the same bits, but for a +0 / -0 tie in e4m3fn, where either is right."""
+    ref = F.max_pool2d(x.float().cpu(), kernel_size, stride if stride is not None else kernel_size, padding)
+    out = nhwc(torch.full(tuple(ref.shape), 0x7F, dtype=torch.uint8).view(torch.int8).view(x.dtype)).to(x.device)
+    y = K.max_pool2d(x, kernel_size, stride, padding, out=out, config=config)
+    assert y.data_ptr() == out.data_ptr() and y.dtype == x.dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.float().cpu(), ref), "an 8-bit max pool must select exactly"
+    bits = lambda t: t.cpu().view(torch.int8).int()  # noqa: E731
+    tie = ref == 0
+    assert torch.equal(bits(y)[~tie], bits(ref.to(x.dtype))[~tie])
+    return y
+
+
+@pytest.mark.parametrize("dtype", QDTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[8]], ids=["odd", "asymmetric", "mostly_padding"])
+def test_max_pool2d_8bit(case, dtype, device):
+    shape, k, s, p = case
+    check_codes(rand_codes(shape, dtype, device), k, s, p)
+
+
+@pytest.mark.parametrize("dtype", QDTYPES, ids=dtype_id)
+def test_8bit_padding_never_wins(dtype, device):
+    """All codes negative, down to the least one (-128; e4m3fn -448): padding (0 as a value)
+    must not appear; channel and pixel tails of a forced tile."""
+    x = rand_codes((2, 20, 7, 7), dtype, device, negative=True)
+    x[0, :, :2, :2] = x.new_full((), -128 if dtype == torch.int8 else -448.0)
+    y = check_codes(x, config=Config(16, 16))
+    assert (y.float() < 0).all()
+
+
+def test_e4m3_nan_wins(device):
+    x = rand_codes((1, 4, 6, 6), torch.float8_e4m3fn, device)
+    x.view(torch.uint8)[0, 1, 2, 2] = 0x7F   # +NaN
+    x.view(torch.uint8)[0, 2, 5, 5] = 0xFF   # -NaN: a NaN too, not the least value
+    y = K.max_pool2d(x).float().cpu()
+    ref = F.max_pool2d(x.float().cpu(), 3, 2, 1)
+    assert torch.isnan(ref).sum() == 2 and torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(y[~torch.isnan(ref)], ref[~torch.isnan(ref)])
