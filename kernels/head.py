@@ -10,6 +10,8 @@ small batches: 1000 classes in 64-wide tiles are 16 programs for 132 SMs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -22,6 +24,42 @@ from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
 from .splitk import check_workspace, conv_split, reduce_partials, split_counters, split_plane
 from .launch import launch
+from .targets import QUANT_DTYPES
+
+
+@triton.jit
+def _e4m3_value(b):
+    """e4m3fn bits (the int8 read as int32) -> float32, exactly, from the bits (triton's
+    interpreter upcasts the NaN codes 0x7F / 0xFF to +-480): the exponent rebiased (7 -> 127)
+    and the 3 mantissa bits moved up, or for a subnormal its mantissa times 2**-9."""
+    u = b & 0xFF
+    e = (u >> 3) & 0xF
+    m = u & 0x7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    v = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
+    v = tl.where((u & 0x7F) == 0x7F, float("nan"), v)
+    return tl.where(u >= 0x80, -v, v)
+
+
+@triton.jit
+def _pixel_sum(x_ptr, n, rc, c_ok, HW, W, sxn, sxh, sxw, sxc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The float32 sum over the H*W pixels of image n, channels rc: BLOCK_M pixels per load, so a
+    7x7 map is one load per program instead of 49 dependent ones. x: float, int8 or e4m3fn."""
+    E4M3: tl.constexpr = x_ptr.dtype.element_ty == tl.float8e4nv
+    rp = tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for p0 in range(0, HW, BLOCK_M):
+        p = p0 + rp
+        h = p // W
+        w = p - h * W
+        offs = n * sxn + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + rc[None, :] * sxc
+        mask = (p < HW)[:, None] & c_ok[None, :]
+        if E4M3:
+            bits = tl.load(x_ptr.to(tl.pointer_type(tl.int8), bitcast=True) + offs, mask=mask, other=0)
+            acc += tl.sum(_e4m3_value(bits.to(tl.int32)), axis=0)
+        else:
+            acc += tl.sum(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), axis=0)
+    return acc
 
 
 # Sizes that vary with the batch or the input's spatial size are not specialized on, so a new
@@ -38,21 +76,35 @@ def _avgpool_kernel(
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # One image (program_id 0) x BLOCK_N channels; BLOCK_M pixels per load, so a 7x7 map is
-    # one load per program instead of 49 dependent ones.
+    # One image (program_id 0) x BLOCK_N channels.
     n = tl.program_id(0).to(tl.int64)
     rc = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ok = rc < C
-    rp = tl.arange(0, BLOCK_M)
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for p0 in range(0, HW, BLOCK_M):
-        p = p0 + rp
-        h = p // W
-        w = p - h * W
-        offs = n * sxn + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + rc[None, :] * sxc
-        tile = tl.load(x_ptr + offs, mask=(p < HW)[:, None] & c_ok[None, :], other=0.0)
-        acc += tl.sum(tile.to(tl.float32), axis=0)
+    acc = _pixel_sum(x_ptr, n, rc, c_ok, HW, W, sxn, sxh, sxw, sxc, BLOCK_M, BLOCK_N)
     tl.store(p_ptr + n * spn + rc, acc * (1.0 / HW), mask=c_ok)
+
+
+# The pool of 8-bit codes: the float kernel's, times `scale` = float32(x_scale / (H*W)) (the
+# float kernel keeps its arguments, which the compile gate's variants name).
+@triton.jit(do_not_specialize=("HW", "W"))
+def _avgpool_8bit_kernel(
+    # pointers
+    x_ptr, p_ptr,
+    # sizes
+    C, HW, W,
+    # strides (x: n, h, w, c; p: n)
+    sxn, sxh, sxw, sxc,
+    spn,
+    # the dequantization and the mean in one factor
+    scale,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    rc = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = rc < C
+    acc = _pixel_sum(x_ptr, n, rc, c_ok, HW, W, sxn, sxh, sxw, sxc, BLOCK_M, BLOCK_N)
+    tl.store(p_ptr + n * spn + rc, acc * scale, mask=c_ok)
 
 
 def fc_config(N: int, C: int, classes: int, dtype: torch.dtype, device: torch.device | None = None) -> Config:
@@ -74,6 +126,15 @@ def head_workspace_numel(N: int, C: int, classes: int, config: Config) -> int:
 _fc_kernel = triton.jit(_gemm1x1_kernel.fn, do_not_specialize=("ITERS",))
 
 
+def _check_scale(x_scale, dtype: torch.dtype) -> None:
+    if x_scale is None:
+        raise TypeError(f"x is {dtype}: avgpool_fc needs its per-tensor scale, x_scale=<a python float>")
+    if isinstance(x_scale, bool) or not isinstance(x_scale, (int, float)):
+        raise TypeError(f"x_scale must be a python float, got {type(x_scale).__name__}")
+    if not (math.isfinite(x_scale) and x_scale > 0):
+        raise ValueError(f"x_scale must be finite and > 0, got {x_scale}")
+
+
 def _pooled_numel(N: int, C: int) -> int:
     # Rounded up to 4 floats so that the partials after it start 16-byte aligned, which the
     # JIT specializes on (vectorized stores).
@@ -90,23 +151,35 @@ def avgpool_fc(
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
+    x_scale: float | None = None,
 ) -> torch.Tensor:
     """logits = mean over H, W of x, times w^T, plus b: torchvision's avgpool + flatten + fc.
 
-    x: [N, C, H, W] channels_last, float16 / bfloat16 / float32.
-    w: [classes, C] in x's dtype (contiguous).  b: [classes] float32.
+    x: [N, C, H, W] channels_last, float16 / bfloat16 / float32, or 8-bit codes (int8,
+    float8_e4m3fn) with their per-tensor scale `x_scale` (a python float > 0, required for
+    8-bit x and only there): the pooled features are then float32(sum of the codes) *
+    float32(x_scale / (H*W)), the sum exact in float32 (for e4m3fn while H*W <= 73).
+    w: [classes, C] contiguous, in x's dtype (float x) or any float dtype (8-bit x: an 8-bit
+    classifier is not supported).
+    b: [classes] float32.
     Returns float32 logits [N, classes], or writes them into `out` (any float dtype: the
     engine asks for the input's dtype, rounded once from fp32). The pooled features
-    are kept in float32 and rounded to x's dtype only as the product's input.
+    are kept in float32 and rounded to w's dtype only as the product's input.
     `config` is the linear layer's GEMM config (a "conv1x1" config, SPLIT_K included);
     `workspace`: float32 scratch of at least `head_workspace_numel(...)` elements (else a
     fresh buffer); `counters`: a fused split's arrival counters (see conv_bn_relu). Two
     launches, three when split unfused. A TMA config runs the linear layer on the TMA GEMM
     (kernels/gemm_tma.py).
     """
-    check_tensor("x", x, rank=4)
+    check_tensor("x", x, rank=4, dtypes=(*FLOAT_DTYPES, *QUANT_DTYPES))
     check_tensor("w", w, rank=2)
-    check_same_dtype("x", x, w=w)
+    quantized = x.dtype in QUANT_DTYPES
+    if quantized:
+        _check_scale(x_scale, x.dtype)
+    elif x_scale is not None:
+        raise ValueError(f"x_scale is the scale of 8-bit x, but x is {x.dtype}: leave it out")
+    else:
+        check_same_dtype("x", x, w=w)
     check_device(x=x, w=w, b=b, out=out)
     check_channels_last("x", x)
     N, C, H, W = x.shape
@@ -120,8 +193,8 @@ def avgpool_fc(
         raise ValueError(f"x has an empty spatial size {H}x{W}")
     if out is not None and (tuple(out.shape) != (N, CLS) or out.dtype not in FLOAT_DTYPES):
         raise ValueError(f"out must be a float tensor of shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
-    precision = check_precision(input_precision, x.dtype)
-    cfg = config or fc_config(N, C, CLS, x.dtype, x.device)
+    precision = check_precision(input_precision, w.dtype)
+    cfg = config or fc_config(N, C, CLS, w.dtype, x.device)
     splits, iters, _ = conv_split(cfg, M=N, C=C, CO=CLS)
     need = head_workspace_numel(N, C, CLS, cfg)
     check_workspace(workspace, need, x=x, w=w, b=b, out=out)
@@ -131,10 +204,20 @@ def avgpool_fc(
     ws = workspace if workspace is not None else torch.empty(need, device=x.device, dtype=torch.float32)
     pooled, partials = ws[: N * C], ws[_pooled_numel(N, C):]
 
-    pcfg = select_config("avgpool", x.dtype, M=H * W, N=C)
-    launch(_avgpool_kernel, (N, triton.cdiv(C, pcfg.BLOCK_N)),
-        x, pooled, C, H * W, W, *nhwc_strides(x), C, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
-    )
+    # The pool's config space has no 8-bit entries: 8-bit codes take float16's tile (it sums
+    # in float32 for every dtype).
+    pcfg = select_config("avgpool", torch.float16 if quantized else x.dtype, M=H * W, N=C)
+    grid = (N, triton.cdiv(C, pcfg.BLOCK_N))
+    if quantized:
+        # Rounded to float32 here, so that the kernel's float32 argument is exactly this.
+        scale = torch.tensor(x_scale / (H * W), dtype=torch.float32).item()
+        launch(_avgpool_8bit_kernel, grid,
+            x, pooled, C, H * W, W, *nhwc_strides(x), C, scale, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
+        )
+    else:
+        launch(_avgpool_kernel, grid,
+            x, pooled, C, H * W, W, *nhwc_strides(x), C, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
+        )
 
     # The linear layer is a 1x1 conv over a 1x1 "image" per sample: pooled [N, C] as NHWC
     # rows, logits [N, CLS] likewise; the bias is added in the epilogue (or the split sum).

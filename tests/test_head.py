@@ -174,3 +174,73 @@ def test_cpu_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match=r"is a CPU tensor.*need a CUDA device.*TRITON_INTERPRET=1"):
         K.avgpool_fc(x, wt, b)
+
+
+# -- 8-bit features: dequantized in the pool, the classifier in float ---------------------------
+
+def rand_codes(shape, dtype):
+    """Every code of `dtype` but NaN (e4m3fn: normals, subnormals, +-0, +-448)."""
+    if dtype == torch.int8:
+        return nhwc(torch.randint(-128, 128, shape, dtype=torch.int32).to(torch.int8))
+    bits = torch.randint(0, 0xFF, shape, dtype=torch.int32)
+    return nhwc(torch.where(bits == 0x7F, 0, bits).to(torch.uint8).view(torch.float8_e4m3fn))
+
+
+def ref_pooled_8bit(q, x_scale):
+    """float32(sum of the codes) * float32(x_scale / (H*W)): the sum is exact in float32 (int8;
+    e4m3fn codes are multiples of 2**-9 up to 448, so up to 73 pixels), in any order."""
+    hw = q.shape[2] * q.shape[3]
+    return q.float().cpu().sum((2, 3)) * torch.tensor(x_scale / hw, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype, w_dtype", [(torch.int8, torch.float32), (torch.float8_e4m3fn, torch.float16)],
+                         ids=["int8-w_float32", "e4m3fn-w_float16"])
+def test_avgpool_fc_8bit(dtype, w_dtype, device):
+    """A 9x8 map (72 pixels: two pixel blocks of the pool) with channel and class tails; the
+    pooled features (the workspace's head) equal the reference bit for bit, the logits are the
+    float classifier on them rounded to w's dtype."""
+    n, c, classes, x_scale = 3, 40, 24, 0.0371
+    q = rand_codes((n, c, 9, 8), dtype).to(device)
+    wt = (torch.randn(classes, c) * c ** -0.5).to(w_dtype).to(device)
+    b = (torch.randn(classes) * 0.1).to(device)
+    cfg = Config(16, 16, 16, num_stages=1, SPLIT_K=2)
+    ws = torch.full((head_workspace_numel(n, c, classes, cfg),), float("nan"), device=device)
+    y = K.avgpool_fc(q, wt, b, x_scale=x_scale, config=cfg, workspace=ws)
+    pooled = ref_pooled_8bit(q, x_scale)
+    assert torch.equal(ws[: n * c].view(n, c).cpu(), pooled)
+    ref = F.linear(pooled.to(w_dtype).double(), wt.double().cpu(), b.double().cpu())
+    assert y.dtype == torch.float32 and y.shape == (n, classes)
+    assert_close(y, ref, KERNEL_RTOL[torch.float32], what="avgpool_fc 8-bit")
+    assert_close(y, ref_avgpool_fc(q.float() * x_scale, wt, b), KERNEL_RTOL[w_dtype], what="against the float head")
+
+
+def test_every_e4m3_code_dequantizes_exactly(device):
+    """All 256 codes, one per channel on a 1x1 map with scale 1: the pooled features are their
+    values exactly (subnormals, +-448; -0 sums to +0), NaN for 0x7F and 0xFF."""
+    q = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).view(1, 256, 1, 1).to(device)
+    ws = torch.full((head_workspace_numel(1, 256, 2, Config(16, 16, 16, num_stages=1)),), 0.0, device=device)
+    y = K.avgpool_fc(q, torch.ones(2, 256, device=device), torch.zeros(2, device=device), x_scale=1.0,
+                     config=Config(16, 16, 16, num_stages=1), workspace=ws)
+    values, ref = ws[:256].cpu(), q.float().flatten().cpu()
+    nan = torch.isnan(ref)
+    assert nan.nonzero().flatten().tolist() == [0x7F, 0xFF] and torch.equal(torch.isnan(values), nan)
+    assert torch.equal(values[~nan], ref[~nan])
+    assert torch.isnan(y).all()
+
+
+def test_8bit_bad_input(device):
+    q = rand_codes((2, 16, 3, 3), torch.int8).to(device)
+    x, wt, b = make_inputs(2, 16, 3, 3, 5, torch.float32, device)
+    with pytest.raises(TypeError, match=r"x is torch.int8: avgpool_fc needs its per-tensor scale, x_scale="):
+        K.avgpool_fc(q, wt, b)
+    with pytest.raises(ValueError, match=r"x_scale is the scale of 8-bit x, but x is torch.float32"):
+        K.avgpool_fc(x, wt, b, x_scale=0.5)
+    with pytest.raises(TypeError, match=r"x_scale must be a python float, got Tensor"):
+        K.avgpool_fc(q, wt, b, x_scale=torch.tensor(0.5))
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"x_scale must be finite and > 0"):
+            K.avgpool_fc(q, wt, b, x_scale=bad)
+    with pytest.raises(TypeError, match=r"w must have dtype in .*got torch.int8"):
+        K.avgpool_fc(q, wt.to(torch.int8), b, x_scale=0.5)
+    with pytest.raises(TypeError, match=r"x must have dtype in .*got torch.uint8"):
+        K.avgpool_fc(q.view(torch.uint8), wt, b, x_scale=0.5)
