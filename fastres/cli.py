@@ -1,4 +1,4 @@
-"""The `fastres` command line: run, convert, bench, check, predict, serve.
+"""The `fastres` command line: run, convert, bench, check, predict, eval, serve.
 
 Each subcommand lives in its own module exposing ``configure(parser)`` and ``main(args) -> int``.
 A user mistake is one clear line on stderr and a non-zero exit, never a traceback.
@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "check": ("fastres.gate.cli",
               "compile every dispatchable kernel config for GPU targets (default: Hopper, sm_90) and inspect the binaries"),
     "predict": ("fastres.predict.cli", "classify image files (JSON lines or CSV out), preprocessed as torchvision does"),
+    "eval": ("fastres.eval_cli", "top-1 and top-5 on a labelled image folder (MLPerf's val_map.txt or torchvision's "
+                                 "ImageFolder), several dtypes side by side against float32"),
     "serve": ("fastres.scale.cli", "serve HTTP POST /predict on Ray Serve, with dynamic batching (needs fastres[ray])"),
 }
 # Subcommands of a subcommand, each its own parser: `fastres bench mlperf ...`.
@@ -49,7 +51,7 @@ def _version() -> str:
 
 # Subcommands that run kernels: without CUDA they go through triton's CPU interpreter, which
 # must be chosen before any kernel module is imported (triton reads it when kernels are defined).
-_INTERPRETED = ("run", "bench", "predict")
+_INTERPRETED = ("run", "bench", "predict", "eval")
 
 
 def _prepare_environment(argv: list[str]) -> None:

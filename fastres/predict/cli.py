@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..errors import first_line
-from .options import DTYPE_NAMES, add_preprocess_argument
+from .options import DTYPE_NAMES, add_preprocess_argument, resolve_device
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -109,26 +109,14 @@ def main(args) -> int:
 
 
 def _predictor(args, default_max_pixels: int):
-    import torch
-
     from ..errors import UserError
     from ..weights import WeightsError
     from .labels import LabelsError
     from .predictor import Predictor
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {args.device}: not a device (cuda, cuda:N or cpu)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device here")
+    device = resolve_device(args.device)
     if device.type == "cpu" and args.dtype == "bfloat16":
         raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
-    from ..kernels import interpreting
-
-    if device.type == "cpu" and not interpreting():
-        raise UserError("--device cpu runs only through triton's interpreter: set TRITON_INTERPRET=1")
     try:
         return Predictor(args.weights, device=device, dtype=args.dtype, batch_size=args.batch, topk=args.topk,
                          resize=args.resize, crop=args.crop, labels=args.labels, decode=args.decode,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -40,6 +40,30 @@ def _sizes_origin(resize_given: bool, crop_given: bool, preset: str | None) -> s
         return f"{given} as given, {other} from {preset}" if preset else f"{given} as given, {other} the default"
     return f"those of {preset}" if preset else ("the defaults: no torchvision weights entry or checkpoint config to take "
                                                 "them from")
+
+
+def weights_transform(metadata: Mapping[str, str], resize: int | None = None,
+                      crop: int | None = None) -> tuple[Transform, str]:
+    """(the Transform, where its sizes came from, in words) for a weights file's metadata: the
+    preset of the torchvision weights entry it records, else the preprocessing a timm or
+    transformers checkpoint states, else 256 / 224; `resize` / `crop` override the sizes."""
+    name = metadata.get("torchvision_weights")
+    preset = None
+    if name:
+        try:
+            transform = Transform.from_torchvision(name, resize=resize, crop=crop)
+            preset = name
+        except ValueError:  # a newer torchvision's entry: the defaults, still overridable
+            transform = Transform(resize=resize or 256, crop=crop or 224)
+    elif "preprocess" in metadata:  # a timm or transformers checkpoint's stated preprocessing
+        stated = json.loads(metadata["preprocess"])
+        transform = Transform(resize=resize or stated["resize"], crop=crop or stated["crop"],
+                              mean=tuple(stated["mean"]), std=tuple(stated["std"]),
+                              interpolation=stated["interpolation"], source=stated["source"])
+        preset = stated["source"]
+    else:
+        transform = Transform(resize=resize or 256, crop=crop or 224)
+    return transform, _sizes_origin(resize is not None, crop is not None, preset)
 
 
 class Predictor:
@@ -99,22 +123,7 @@ class Predictor:
                             f"{type(model).__name__}")
         self.device = self.engine.device
         self.weights_name = self.metadata.get("torchvision_weights")
-        preset = None
-        if self.weights_name:
-            try:
-                self.transform = Transform.from_torchvision(self.weights_name, resize=resize, crop=crop)
-                preset = self.weights_name
-            except ValueError:  # a newer torchvision's entry: the defaults, still overridable
-                self.transform = Transform(resize=resize or 256, crop=crop or 224)
-        elif "preprocess" in self.metadata:  # a timm or transformers checkpoint's stated preprocessing
-            stated = json.loads(self.metadata["preprocess"])
-            self.transform = Transform(resize=resize or stated["resize"], crop=crop or stated["crop"],
-                                       mean=tuple(stated["mean"]), std=tuple(stated["std"]),
-                                       interpolation=stated["interpolation"], source=stated["source"])
-            preset = stated["source"]
-        else:
-            self.transform = Transform(resize=resize or 256, crop=crop or 224)
-        self.sizes_origin = _sizes_origin(resize is not None, crop is not None, preset)
+        self.transform, self.sizes_origin = weights_transform(self.metadata, resize, crop)
         num_classes = self.engine.num_classes
         if not 1 <= int(topk) <= num_classes:
             raise ValueError(f"topk must be between 1 and the model's {num_classes} classes, got {topk}")
