@@ -18,11 +18,13 @@ SCRIPT = ROOT / "bench" / "device_run.sh"
 NEEDS_BASH = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and timeout")
 
-# The stand-in python: records each invocation's arguments (one line) and swallows a script
-# given on stdin; BENCH (if any) then runs for `-m fastres bench ...` calls.
+# The stand-in python: records each invocation's arguments (one line), swallows a script
+# given on stdin, answers `-c CODE` (an import check) with exit C_RC; BENCH (if any) then runs
+# for `-m fastres bench ...` calls.
 STUB = """#!/usr/bin/env bash
 echo "$*" >> "{calls}"
 [ "$1" = "-" ] && cat > /dev/null
+[ "$1" = "-c" ] && exit {c_rc}
 if [ "$1 $2 $3" = "-m fastres bench" ]; then
 {bench}
 fi
@@ -30,12 +32,12 @@ exit 0
 """
 
 
-def dry_run(tmp_path: Path, bench: str = ":") -> tuple[subprocess.CompletedProcess, list[str], Path]:
+def dry_run(tmp_path: Path, bench: str = ":", c_rc: int = 0) -> tuple[subprocess.CompletedProcess, list[str], Path]:
     """Run the script against the stand-in python in `tmp_path` (with any stand-in tools put
     there); returns the finished process, the python calls, one per line, and OUTDIR."""
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
-    stub.write_text(STUB.format(calls=calls, bench=bench))
+    stub.write_text(STUB.format(calls=calls, bench=bench, c_rc=c_rc))
     stub.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=str(stub), TOTAL_S="120", FASTRES_COMMIT="abc123", TMPDIR=str(tmp_path),
@@ -73,6 +75,7 @@ def test_device_run_dry(tmp_path):
     assert [l.split("--variants ")[1].split()[0] for l in layers if "--variants-only" in l] == ["fused_k", "tma,tma_w",
                                                                                               "tma_ws", "tma_b,tma_b_ws,tma_b_p"]
     assert any(l.startswith("-m fastres bench e2e") for l in lines)
+    assert [l.split()[5] for l in lines if l.startswith("-m fastres bench mlperf")] == ["Offline", "Server"]
     predict = next(l for l in lines if l.startswith("-m fastres bench predict"))
     assert "--images" in predict and "--budget-s" in predict and "--date" in predict and f"--out {out}" not in predict
     pre = next(l for l in lines if l.startswith("-m fastres bench preprocess"))
@@ -80,6 +83,15 @@ def test_device_run_dry(tmp_path):
     produced = assert_flat_and_few(out)
     assert {"env.txt", "tests.log", "check.log", "bench.log"} <= set(produced)
     assert "steps (name, outcome, seconds, cap)" in proc.stdout
+
+
+@NEEDS_BASH
+def test_mlperf_steps_skip_without_loadgen(tmp_path):
+    # mlperf_loadgen not importable (no wheel carried): both steps skipped, saying why, and the run goes on
+    proc, lines, out = dry_run(tmp_path, c_rc=1)
+    assert "-c import mlperf_loadgen" in lines and not [l for l in lines if l.startswith("-m fastres bench mlperf")]
+    assert "skipped: mlperf_loadgen is not importable" in (out / "bench.log").read_text()
+    assert "no wheel" in proc.stdout and any(l.startswith("-m fastres bench predict") for l in lines)
 
 
 # Each benchmark step writes its results file into its --out, named as the harness names it (by

@@ -8,7 +8,7 @@ from PIL import Image
 
 from fastres.predict.images import (
     DEFAULT_MAX_PIXELS, ImageError, NoImagesError, Transform, check_tensor_image, decode, find_images, image_size,
-    read_bytes, sniff,
+    read_bytes, resize_for_crop, sniff,
 )
 from predict_helpers import DEEP, GOOD, animated_gif, bad_files, make_images, torchvision_reference
 
@@ -127,3 +127,10 @@ def test_jpeg_header_found_past_stray_bytes(tmp_path):
     assert decode(read_bytes(path)).shape == (3, 40, 48)
     with pytest.raises(ImageError, match="over the limit"):
         decode(read_bytes(path), max_pixels=1000)
+
+
+def test_resize_for_crop_is_mlperfs_rule():
+    # MLPerf's reference ResNet-50 preprocessing: int(100. * crop / 87.5), truncated (32 -> 36,
+    # where rounding would give 37)
+    assert resize_for_crop(224) == 256 and resize_for_crop(32) == 36 and resize_for_crop(56) == 64
+    assert all(resize_for_crop(c) == int(100.0 * c / 87.5) for c in range(1, 2048))

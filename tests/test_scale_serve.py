@@ -37,17 +37,6 @@ RESIZE, CROP, TOPK, MAX_BATCH = 40, 32, 3, 16
 BODY_TIMEOUT_S = 4
 
 
-def test_batch_sizes_and_padding():
-    ray_or_skip()
-    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'fastres[ray]'")
-    from fastres.scale.serve import batch_sizes, padded_size
-
-    assert batch_sizes(1) == (1,) and batch_sizes(8) == (1, 2, 4, 8) and batch_sizes(12) == (1, 2, 4, 8, 12)
-    assert [padded_size(n, batch_sizes(12)) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
-    with pytest.raises(ValueError, match="max_batch must be between 1 and 1024, got 0"):
-        batch_sizes(0)
-
-
 class Clock:
     """time for drain_app: a clock that moves only when drain_app sleeps."""
 

@@ -19,7 +19,7 @@ from ..errors import UserError
 from .e2e import checked_forward, run_e2e
 from .environment import bench_date, environment
 from .layers import run_layers
-from .pipeline import PREDICT_SYSTEMS, resize_for, run_predict
+from .pipeline import PREDICT_SYSTEMS, run_predict
 from .preprocess import (PHOTOS, PHOTO_SIZES, PREPROCESS_SYSTEMS, SMOKE_PHOTO_SIZES, cpu_name, host_note,
                          markdown_preprocess_table, run_preprocess)
 from .names import ALL_E2E_SYSTEMS, CLASSIFIER_MODELS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
@@ -311,9 +311,11 @@ def _preprocess_main(args: argparse.Namespace, smoke: bool) -> int:
     """`fastres bench preprocess`: on the CPU (one core), and nvjpeg where there is a GPU; no
     interpreter, no GPU needed. Its records join the day's results file of this machine's
     GPU, or a `cpu-DATE.json` without one."""
+    from ..predict.images import resize_for_crop
+
     systems = _csv(args.systems, PREPROCESS_SYSTEMS, "systems", _choice(PREPROCESS_SYSTEMS))
     crop = args.size or (56 if smoke else 224)
-    resize = resize_for(crop)
+    resize = resize_for_crop(crop)
     photos = args.images if args.images is not None else (1 if smoke else PHOTOS)
     if photos < 1:
         raise UserError(f"--images must be >= 1, got {photos}")

@@ -3,14 +3,16 @@ library (QSL), the system under test (SUT) and one LoadGen test.
 
 - Samples: MLPerf's ImageNet validation layout (the JPEGs and ``val_map.txt``: one
   ``FILE LABEL`` per line, line i is sample i), each preprocessed once, untimed, when LoadGen
-  loads it (torchvision's resize of the shorter side to 256, bilinear and antialiased, centre
-  crop 224: ``fastres.preprocess``'s exact mode) and held as a uint8 crop in host memory (pinned
+  loads it (the shorter side resized to 256, or in MLPerf's proportion for other crops:
+  `resize_for_crop`; torchvision's bilinear antialiased resize and centre crop 224:
+  ``fastres.preprocess``'s exact mode) and held as a uint8 crop in host memory (pinned
   on CUDA). Normalization happens in the engine's stem (`ResNet.forward_pixels`).
 - The SUT: ``issue_queries`` only enqueues (in the Server scenario LoadGen calls it once per
   sample, on its own thread); one worker thread takes whatever is queued, up to the largest
-  batch, pads it to a power-of-two bucket (each bucket one engine shape, built and CUDA-graphed
-  before the test) and completes each sample with its top-1 class index as one float32, as
-  MLPerf's reference writes it, so its accuracy script reads the log unchanged.
+  batch, pads it to a power-of-two bucket (`fastres.batch_shapes`, as serving does: each
+  bucket one engine shape, built and CUDA-graphed before the test) and completes each sample
+  with its top-1 class index as one float32, as MLPerf's reference writes it, so its accuracy
+  script reads the log unchanged.
 - `Engine` (the model) or `NullEngine` (no model: the harness's own cost).
 
 mlperf_loadgen (the optional extra ``fastres[mlperf]``) is imported only when a test runs.
@@ -29,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..batch_shapes import batch_sizes, padded_size
 from ..errors import UserError
 
 INSTALL_HINT = "pip install 'fastres[mlperf]'"
@@ -52,11 +55,6 @@ def loadgen():
     except ImportError:
         raise UserError(f"'fastres bench mlperf' needs MLPerf's LoadGen (mlcommons-loadgen): {INSTALL_HINT}") from None
     return mlperf_loadgen
-
-
-def resize_for_crop(crop: int) -> int:
-    """The shorter side before the crop: 256 for 224, in proportion for other crops."""
-    return max(crop, round(crop * 256 / 224))
 
 
 def read_val_map(data_dir: Path) -> tuple[list[Path], np.ndarray]:
@@ -102,7 +100,7 @@ class SampleLibrary:
             g = torch.Generator().manual_seed(0)
             crops.copy_(torch.randint(0, 256, crops.shape, dtype=torch.uint8, generator=g))
         else:
-            from ..predict.images import read_bytes
+            from ..predict.images import read_bytes, resize_for_crop
             from ..predict.preprocess import preprocess
 
             resize = resize_for_crop(self.size)
@@ -175,21 +173,12 @@ class NullEngine:
         return NULL_SECONDS_PER_SAMPLE
 
 
-def buckets_up_to(max_batch: int) -> list[int]:
-    """The batch shapes the SUT runs: powers of two below `max_batch`, and `max_batch`."""
-    out, b = [], 1
-    while b < max_batch:
-        out.append(b)
-        b *= 2
-    return out + [max_batch]
-
-
 class SystemUnderTest:
     """LoadGen's SUT: `issue` enqueues, one worker batches and completes (see the module docstring)."""
 
     def __init__(self, lg, engine, max_batch: int):
         self.lg, self.engine, self.max_batch = lg, engine, int(max_batch)
-        self.buckets = buckets_up_to(self.max_batch)
+        self.buckets = batch_sizes(self.max_batch)
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.batches = 0
@@ -207,9 +196,6 @@ class SystemUnderTest:
     def stop(self) -> None:
         self.queue.put(None)
         self.worker.join()
-
-    def _bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
 
     def _work(self) -> None:
         lg, q, max_batch = self.lg, self.queue, self.max_batch
@@ -239,7 +225,7 @@ class SystemUnderTest:
         ids = [s.id for s in batch]
         indices = np.fromiter((s.index for s in batch), dtype=np.int64, count=len(batch))
         try:
-            answers = self.engine(indices, self._bucket(len(batch)))
+            answers = self.engine(indices, padded_size(len(batch), self.buckets))
         except BaseException as exc:  # noqa: BLE001 - reported after the test; LoadGen must not hang
             self.error = self.error or exc
             answers = np.full(len(batch), -1.0, dtype=np.float32)
@@ -328,13 +314,12 @@ def run_loadgen(lg, sut: SystemUnderTest, samples: SampleLibrary, settings, log_
 
 def warm_engine(engine, scenario: str, max_batch: int) -> float:
     """Build the shapes `scenario` runs; seconds per sample at the largest of them."""
-    buckets = buckets_up_to(max_batch)
+    buckets = batch_sizes(max_batch)
     if scenario == "SingleStream":
-        buckets = [1]
+        buckets = (1,)
     elif scenario == "MultiStream":
         # queries of 8 samples: batches of min(8, max_batch), and the remainder's bucket
         top = min(MULTISTREAM_SAMPLES, max_batch)
         rest = MULTISTREAM_SAMPLES % top
-        fit = lambda n: next(b for b in buckets if b >= n)  # noqa: E731
-        buckets = sorted({fit(top)} | ({fit(rest)} if rest else set()))
+        buckets = tuple(sorted({padded_size(top, buckets)} | ({padded_size(rest, buckets)} if rest else set())))
     return engine.warm(buckets)

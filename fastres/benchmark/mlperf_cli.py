@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..batch_shapes import MAX_BATCH_LIMIT
 from ..errors import UserError, first_line
 from .environment import environment
 from .mlperf import (MODES, MULTISTREAM_SAMPLES, PERFORMANCE_SAMPLES, SCENARIOS, Engine, NullEngine, Overrides,
                      SampleLibrary, SystemUnderTest, loadgen, read_val_map, run_loadgen, test_settings, warm_engine)
+from .mlperf_peak import MAX_PROBES, PEAK_DURATION_S, main as find_peak
 from .mlperf_results import accuracy_line, accuracy_top1, markdown_mlperf_table, mlperf_record, read_summary, summary_fields
 from .names import SMOKE_LABEL
 from .results import add_record, open_results, results_path, save_results
@@ -35,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and held as uint8 crops; normalization happens in the stem. Responses are the top-1 index as float32, as "
         "MLPerf's reference writes them. Without a GPU the engine runs through triton's interpreter (not a "
         "performance figure); --engine null measures the harness alone.")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default Offline)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default=None, help="LoadGen scenario (default Offline)")
     parser.add_argument("--mode", choices=MODES, default="performance",
                         help="performance (LoadGen's timing and validity) or accuracy (every sample once; top-1 "
                              "against MLPerf's 75.695%% floor)")
@@ -71,6 +73,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     short.add_argument("--latency-percentile", type=float, default=None,
                        help="the latency percentile judged (MLPerf: 90 SingleStream, 99 MultiStream and Server); "
                             "LoadGen's early stopping needs 64 queries at 90, 662 at 99, 4 at 10")
+    peak = parser.add_argument_group("--find-peak (short runs, each in a process of its own)")
+    peak.add_argument("--find-peak", action="store_true",
+                      help="search the highest Server target QPS that stays VALID (bracketing, then bisection) and "
+                           "Offline's expected QPS (one run), and write them to LOG_DIR/user.conf; probes run "
+                           f"--duration-s (default {PEAK_DURATION_S:g} s) and --query-count (default 1) each")
+    peak.add_argument("--max-probes", type=int, default=None,
+                      help=f"--find-peak's Server runs, at most (default {MAX_PROBES})")
     parser.add_argument("--out", default=None,
                         help="folder for the results file (default bench/results; the interpreter: a temporary folder)")
     parser.add_argument("--date", default=None, help="YYYY-MM-DD naming the results file (default today, UTC)")
@@ -78,7 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ("batch", "image_size", "query_count"):
+    for name in ("batch", "image_size", "query_count", "max_probes"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -88,6 +97,15 @@ def _check(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {v}")
     if args.latency_percentile is not None and not 0 < args.latency_percentile < 100:
         raise UserError(f"--latency-percentile must be in (0, 100), got {args.latency_percentile}")
+    if args.batch is not None and args.batch > MAX_BATCH_LIMIT:
+        raise UserError(f"--batch must be at most {MAX_BATCH_LIMIT}, got {args.batch}")
+    if args.find_peak:
+        for flag, given in (("--scenario", args.scenario is not None), ("--mode accuracy", args.mode == "accuracy"),
+                            ("--target-qps", args.target_qps is not None)):
+            if given:
+                raise UserError(f"--find-peak runs Offline, then Server at the rates it searches: drop {flag}")
+    elif args.max_probes is not None:
+        raise UserError("--max-probes is --find-peak's: add --find-peak, or drop it")
     if args.image_size < 32:
         raise UserError(f"--image-size must be >= 32 (ResNets downsample by 32), got {args.image_size}")
     if args.mode == "accuracy" and args.data is None:
@@ -143,6 +161,9 @@ def main(args: argparse.Namespace) -> int:
     """Run one LoadGen test (or --find-peak's search); returns the exit code (1: INVALID or failed)."""
     _check(args)
     lg = loadgen()
+    if args.find_peak:
+        return find_peak(args)
+    scenario = args.scenario or "Offline"
     device = _device() if args.engine == "fastres" else torch.device("cpu")
     smoke = args.engine == "fastres" and device.type == "cpu"
     size = args.image_size
@@ -153,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
         print("fastres bench mlperf: no --data: generated images (seeded noise), performance mode only", flush=True)
     count = len(paths) if paths is not None else PERFORMANCE_SAMPLES
     max_batch = args.batch or (GPU_BATCH if device.type == "cuda" or args.engine == "null" else CPU_BATCH)
-    if args.scenario == "SingleStream":
+    if scenario == "SingleStream":
         max_batch = 1
     samples = SampleLibrary(paths, count, size, pin=device.type == "cuda")
     if args.engine == "null":
@@ -171,17 +192,17 @@ def main(args: argparse.Namespace) -> int:
                                                 else Path("bench") / "results")
     path = results_path(out_dir, env)
     log_dir = Path(args.log_dir) if args.log_dir else out_dir / (
-        f"mlperf-{env['card']}-{env['date']}-{model_name}-{dtype_name}-{engine.name}-{args.scenario}-{args.mode}")
+        f"mlperf-{env['card']}-{env['date']}-{model_name}-{dtype_name}-{engine.name}-{scenario}-{args.mode}")
     banner = f"{SMOKE_LABEL}\n" if smoke else ""
-    print(f"{banner}fastres bench mlperf: {args.scenario}, {args.mode}, {engine.name} {model_name} {dtype_name} at "
+    print(f"{banner}fastres bench mlperf: {scenario}, {args.mode}, {engine.name} {model_name} {dtype_name} at "
           f"{size}x{size}, batch <= {max_batch}, {count} samples, on {env['device']}; LoadGen logs: {log_dir}", flush=True)
 
     # untimed: the first sample set for the warm-up's gathers, and every shape built
     samples.load(range(min(count, max_batch)))
-    seconds_per_sample = warm_engine(engine, args.scenario, max_batch)
+    seconds_per_sample = warm_engine(engine, scenario, max_batch)
     overrides = Overrides(args.duration_s, args.target_qps, args.target_latency_ms, args.query_count,
                           args.latency_percentile)
-    settings = test_settings(lg, args.scenario, args.mode, Path(args.user_conf) if args.user_conf else None, overrides,
+    settings = test_settings(lg, scenario, args.mode, Path(args.user_conf) if args.user_conf else None, overrides,
                              sample_count=count, seconds_per_sample=seconds_per_sample, max_batch=max_batch)
     # LoadGen's issue thread needs the GIL for every Server arrival: a worker holding it for the
     # default 5 ms switch interval shows in the tail latency (null engine, 100k/s, one core: p99
@@ -199,11 +220,11 @@ def main(args: argparse.Namespace) -> int:
     fields = accuracy = None
     summary_path = log_dir / "mlperf_log_summary.txt"
     if args.mode == "performance":
-        fields = summary_fields(read_summary(summary_path), args.scenario, MULTISTREAM_SAMPLES)
+        fields = summary_fields(read_summary(summary_path), scenario, MULTISTREAM_SAMPLES)
     else:
         accuracy = accuracy_top1(log_dir / "mlperf_log_accuracy.json", labels)
     rec = mlperf_record(model=model_name, dtype=dtype_name, system=engine.name, size=size, batch=max_batch,
-                        scenario=args.scenario, mode=args.mode, fields=fields, accuracy=accuracy, log_dir=log_dir)
+                        scenario=scenario, mode=args.mode, fields=fields, accuracy=accuracy, log_dir=log_dir)
     rec.update(sut_batches=sut.batches, sut_samples=sut.samples, short_run=overrides.any(), user_conf=args.user_conf)
     results = open_results(path, env)
     add_record(results, rec)

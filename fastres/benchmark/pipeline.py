@@ -74,18 +74,14 @@ def generate_jpegs(folder: Path, count: int, sizes: Sequence[tuple[int, int]] = 
     return [files[i % n] for i in range(count)]
 
 
-def resize_for(crop: int) -> int:
-    """The shorter side resized to before a `crop` center crop: torchvision's ratio (256 -> 224)."""
-    return crop * 256 // 224
-
-
 def run_predict(run: Run, models: Sequence[str], batches: Sequence[int], dtypes: Sequence[str], size: int,
                 count: int, systems: Sequence[str] = PREDICT_SYSTEMS, reps: int = 3) -> None:
     """Pipeline images/s at every (model, dtype, batch): the engine alone, then each pipeline."""
     import fastres
+    from ..predict.images import resize_for_crop
 
     device = run.device
-    resize = resize_for(size)
+    resize = resize_for_crop(size)
     with tempfile.TemporaryDirectory(prefix="fastres-predict-bench-") as tmp:
         t = time.perf_counter()
         files = generate_jpegs(Path(tmp), count, SMOKE_SIZES if run.smoke else IMAGENET_SIZES)

@@ -42,6 +42,17 @@ DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
 DECODE_BYTES_PER_PIXEL = 6
 
 
+def resize_for_crop(crop: int) -> int:
+    """The shorter side an image is resized to before a centre crop of `crop`: 256 for 224,
+    and in the same proportion, rounded down, for other crops (36 for 32, 64 for 56)."""
+    # MLPerf's reference ResNet-50 preprocessing decides the rounding (mlcommons/inference,
+    # vision/classification_and_detection/python/dataset.py): the "imagenet" dataset every
+    # resnet50 profile runs resizes the shorter side to int(100. * crop / 87.5), truncated
+    # (87.5% is 224/256); its torchvision path fixes 256 for 224. The quotient is correctly
+    # rounded and exact where it is an integer, so int() of it is crop * 256 // 224 for every crop.
+    return crop * 256 // 224
+
+
 class ImageError(Exception):
     """A file that cannot be classified; the message names the cause (one line)."""
 

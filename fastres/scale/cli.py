@@ -152,7 +152,8 @@ def main(args) -> int:
         serve = import_serve("fastres serve")
     except RayNotInstalled as exc:
         raise _user_error(str(exc)) from None
-    from .serve import APP_NAME, MAX_BATCH_LIMIT, app, default_queue, drain_app
+    from ..batch_shapes import MAX_BATCH_LIMIT
+    from .serve import APP_NAME, app, default_queue, drain_app
 
     if args.max_batch > MAX_BATCH_LIMIT:
         raise _user_error(f"--max-batch must be at most {MAX_BATCH_LIMIT}, got {args.max_batch}")

@@ -32,6 +32,7 @@ import os
 import time
 from typing import Any
 
+from ..batch_shapes import MAX_BATCH_LIMIT, batch_sizes, padded_size
 from ..predict.images import DEFAULT_MAX_PIXELS
 from ..errors import first_line
 from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Draining, Refused, RequestBatcher
@@ -42,7 +43,6 @@ serve = import_serve()
 logger = logging.getLogger("ray.serve")
 
 APP_NAME = "fastres"
-MAX_BATCH_LIMIT = 1024
 READ_SLOTS = 64  # requests a replica may hold while their bodies arrive, over its queue and batch
 
 
@@ -57,23 +57,6 @@ def ongoing_limit(max_batch: int, max_queue: int) -> int:
     more with 503 (Serve's own queue in front of a full replica has no bound, and answers
     in plain text)."""
     return max_batch + max_queue + READ_SLOTS + max_batch
-
-
-def batch_sizes(max_batch: int) -> tuple[int, ...]:
-    """The captured batch sizes: powers of two below max_batch, then max_batch (8: 1, 2, 4, 8;
-    12: 1, 2, 4, 8, 12): at most twice the rows a batch needs, and few CUDA graphs."""
-    if not 1 <= max_batch <= MAX_BATCH_LIMIT:
-        raise ValueError(f"max_batch must be between 1 and {MAX_BATCH_LIMIT}, got {max_batch}")
-    sizes, s = [], 1
-    while s < max_batch:
-        sizes.append(s)
-        s *= 2
-    return (*sizes, max_batch)
-
-
-def padded_size(n: int, sizes: tuple[int, ...]) -> int:
-    """The smallest captured size that holds n requests."""
-    return next(s for s in sizes if s >= n)
 
 
 class ImageClassifier:
