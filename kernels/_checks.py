@@ -2,11 +2,15 @@
 expected vs actual, so a bad call never reaches a kernel and never returns garbage."""
 from __future__ import annotations
 
+import math
 import os
+from typing import NamedTuple
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Quantized weights and activations (kernels/quant.py): symmetric int8 and float8 e4m3fn.
+QUANT_DTYPES = (torch.int8, torch.float8_e4m3fn)
 
 
 def interpreting() -> bool:
@@ -164,3 +168,95 @@ def check_no_overlap(
         t0, t1 = _byte_range(t)
         if o0 < t1 and t0 < o1:
             raise ValueError(f"{out_name} overlaps {name} in memory: the kernel would read values it has already overwritten")
+
+
+class Quant(NamedTuple):
+    """The 8-bit side of a conv launch (kernels/quant.py), as `check_quant` accepted it: the
+    dequantization scale [Cout] of 8-bit weights, the inverse scale that quantizes a float
+    input as it is loaded, the residual's scale, the 8-bit output's inverse scale (each None
+    where it does not apply), and the output's dtype."""
+
+    scale: torch.Tensor | None = None
+    in_inv: float | None = None
+    r_scale: float | None = None
+    out_inv: float | None = None
+    out_dtype: torch.dtype | None = None
+
+    @property
+    def kernel_args(self) -> dict:
+        """The conv kernels' keyword arguments for it (none at all for a float launch)."""
+        named = {"s_ptr": self.scale, "in_inv": self.in_inv, "r_scale": self.r_scale, "out_inv": self.out_inv}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def _inverse_scale(name: str, v) -> float | None:
+    """A scale argument: a python float (or int), finite and positive; None stays None. Taken
+    by value: the kernel gets it as an argument, which a CUDA graph records at capture."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        got = f"a tensor ({v.dtype}, shape {tuple(v.shape)})" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise TypeError(f"{name} must be a python float (the kernel takes it by value), got {got}")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be finite and positive, got {v}")
+    return float(v)
+
+
+def check_quant(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None, out: torch.Tensor | None, *,
+                scale=None, in_inv=None, residual_scale=None, out_inv=None) -> Quant:
+    """The dtypes of a conv launch with its quantization arguments (kernels/quant.py).
+
+    Float weights (FLOAT_DTYPES): x, out and residual of w's dtype, or an 8-bit residual
+    (QUANT_DTYPES) with its residual_scale; no scale, in_inv, out_inv. 8-bit weights:
+    scale (float32 [Cout]); x of w's dtype, or float (or the stem's uint8 pixels), quantized
+    as it is loaded with in_inv; output of w's dtype with out_inv, or float16 / bfloat16 /
+    float32 (pass out= of that dtype); a residual of any of these dtypes, 8-bit with its
+    residual_scale. Shapes and layouts are check_conv_args'.
+    """
+    if w.dtype == torch.uint8:
+        raise TypeError(f"w is uint8 (shape {tuple(w.shape)}): 8-bit weights are symmetric int8 or float8_e4m3fn")
+    CO = w.shape[0]
+    in_inv, out_inv = _inverse_scale("in_inv", in_inv), _inverse_scale("out_inv", out_inv)
+    r_scale = _inverse_scale("residual_scale", residual_scale)
+    quantized = w.dtype in QUANT_DTYPES
+    # (a float conv's output has w's dtype: check_like says so where out has another)
+    out_dtype = out.dtype if out is not None and quantized else w.dtype
+    if not quantized:
+        for name, v in (("scale", scale), ("in_inv", in_inv), ("out_inv", out_inv)):
+            if v is not None:
+                raise ValueError(f"{name}= is for 8-bit weights ({', '.join(map(str, QUANT_DTYPES))}), but w is {w.dtype}")
+    else:
+        if not isinstance(scale, torch.Tensor):
+            raise ValueError(f"w is {w.dtype} (shape {tuple(w.shape)}): pass scale=, the float32 [{CO}] dequantization "
+                             f"scale s_x * s_w[co], got {type(scale).__name__}")
+        if scale.dtype != torch.float32 or tuple(scale.shape) != (CO,) or scale.stride(0) != 1:
+            raise ValueError(f"scale must be a contiguous float32 tensor of shape ({CO},) (one per output channel of w, "
+                             f"shape {tuple(w.shape)}), got {scale.dtype} of shape {tuple(scale.shape)}")
+        if x.dtype == w.dtype:
+            if in_inv is not None:
+                raise ValueError(f"in_inv= quantizes a float input, but x is already {x.dtype}")
+        elif x.dtype in QUANT_DTYPES:
+            raise TypeError(f"x is {x.dtype} but w is {w.dtype}: an 8-bit input must have the weights' dtype")
+        elif in_inv is None:
+            raise ValueError(f"x is {x.dtype} (shape {tuple(x.shape)}) and w {w.dtype}: pass in_inv= (a python float, "
+                             "the inverse activation scale) to quantize x as it is loaded")
+        if out_dtype not in (w.dtype,) + FLOAT_DTYPES:
+            raise TypeError(f"out has dtype {out_dtype}: the output of a {w.dtype} conv is {w.dtype} or float "
+                            f"({', '.join(map(str, FLOAT_DTYPES))})")
+        if out_dtype == w.dtype and out_inv is None:
+            raise ValueError(f"the output is {w.dtype}: pass out_inv= (a python float, its inverse scale), or out= a "
+                             "float tensor for a float output")
+        if out_dtype != w.dtype and out_inv is not None:
+            raise ValueError(f"out_inv= quantizes an 8-bit output, but out is {out_dtype}")
+    if residual is None:
+        if r_scale is not None:
+            raise ValueError("residual_scale= without a residual")
+    else:
+        floats = FLOAT_DTYPES if quantized else (w.dtype,)
+        if residual.dtype not in floats + QUANT_DTYPES:
+            raise TypeError(f"residual must have dtype {' or '.join(map(str, floats))} or 8-bit "
+                            f"({', '.join(map(str, QUANT_DTYPES))}, with residual_scale=) for w of dtype {w.dtype}, "
+                            f"got {residual.dtype}")
+        if residual.dtype in QUANT_DTYPES and r_scale is None:
+            raise ValueError(f"residual is {residual.dtype}: pass residual_scale= (a python float, its scale)")
+    return Quant(scale if quantized else None, in_inv if x.dtype != w.dtype else None, r_scale, out_inv, out_dtype)

@@ -23,7 +23,8 @@ import threading
 
 import torch
 
-from ._checks import interpreting
+from ._checks import QUANT_DTYPES, interpreting
+from .quant import MIN_BLOCK_K_8BIT, check_fp8_target
 from .targets import DEFAULT_TARGET, TARGETS
 
 
@@ -110,12 +111,16 @@ C = Config
 # 128x64x16 / 64x64x32 (its 2-D index math spills).
 _SPACE: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {}
 _16 = (torch.float16, torch.bfloat16)
+# 8-bit GEMMs (int8: int32 accumulator; float8_e4m3fn: float32): pointer kernels only so far,
+# K steps of at least 32 (tl.dot's smallest for 8-bit operands: MIN_BLOCK_K_8BIT).
+_8 = QUANT_DTYPES
 # conv: implicit GEMM over (kh, kw, cin-block); num_warps <= 4 (see above).
 _SPACE["conv"] = {
     **{dt: (C(128, 128, 64, 4, 4), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 128, 32, 4, 4),
             C(64, 64, 32, 4, 4))
        for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
+    **{dt: (C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4)) for dt in _8},
 }
 # Tiles whose fused residual epilogue spills (the gate: 128x128x64 on 4 warps, 88 B of stack)
 # while the plain epilogue does not: dispatched only to convs without a residual, which are
@@ -149,6 +154,7 @@ _EXCLUDED: dict[str, dict[str, tuple[Config, ...]]] = {
 _SPACE["conv_stem"] = {
     **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
+    **{dt: (C(64, 64, 32, 4, 4),) for dt in _8},
 }
 # conv_grouped: the conv kernel on grouped convs (ResNeXt's 3x3s). BLOCK_N = BLOCK_K, so that
 # select_config's BLOCK_K (the widest the per-group reduction Cin/groups fills) also sizes the
@@ -159,12 +165,15 @@ _SPACE["conv_grouped"] = {
     **{dt: (C(64, 16, 16, 4, 4), C(128, 16, 16, 4, 4), C(64, 32, 32, 4, 4), C(64, 64, 64, 4, 4)) for dt in _16},
     # float32: 64x32x32 spills 8 B (the gate: on 3 stages on sm_90, on 2 with tf32 on sm_80/86/89)
     torch.float32: (C(64, 16, 16, 4, 3),),
+    **{dt: (C(64, 32, 32, 4, 4), C(64, 64, 64, 4, 4)) for dt in _8},
 }
 # conv1x1: a plain GEMM, so 8 warps are allowed and carry the 128x128 tile.
 _SPACE["conv1x1"] = {
     **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4))
        for dt in _16},
     torch.float32: (C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 3)),
+    **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4))
+       for dt in _8},
 }
 # Hopper's TMA variants (sm_90 only: the gate clears them there; other targets keep the
 # pointer kernels), and fused split-K: in float16 only, the dtype the performance targets are
@@ -197,13 +206,13 @@ HOPPER_DTYPES = (torch.float16,)
 FUSED_MAX_BLOCK_M = 64
 # avgpool (the head's pool; its linear layer runs on conv1x1 configs): BLOCK_M = pixels per
 # load (a 7x7 map in one), BLOCK_N = channels.
-_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
+_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
 # max_pool2d: BLOCK_M = output pixels, BLOCK_N = channels.
-_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
+_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
 # add_relu: BLOCK_M = elements.
 _SPACE["add_relu"] = {dt: (C(2048, 1, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # splitk_reduce: BLOCK_M = output pixels, BLOCK_N = channels (128 contiguous fp32 = 512 B rows).
-_SPACE["splitk_reduce"] = {dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
+_SPACE["splitk_reduce"] = {dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
 
 # Under the CPU interpreter every program and loop step costs milliseconds of Python while
 # numpy on a tile is cheap: big tiles (clamped to the problem in select_config) run fastest.
@@ -249,6 +258,8 @@ def config_space(
         raise ValueError(f"no config space for kernel {kernel!r} at dtype {dtype}") from None
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    if dtype == torch.float8_e4m3fn:
+        check_fp8_target(target)
     if target in HOPPER_TARGETS:
         space = space + _HOPPER.get(kernel, {}).get(dtype, ())
     excluded = _EXCLUDED.get(target, {}).get(kernel, ())
@@ -465,9 +476,10 @@ def select_config(
     if interpreting() if interpreter is None else interpreter:
         cfg = _INTERPRETER[kernel]
         if kernel in GEMM_KERNELS:
+            k_floor = MIN_BLOCK_K_8BIT if dtype in QUANT_DTYPES else 16
             cfg = dataclasses.replace(
                 cfg, BLOCK_M=min(cfg.BLOCK_M, _pow2_at_least(M)), BLOCK_N=min(cfg.BLOCK_N, _pow2_at_least(N)),
-                BLOCK_K=min(cfg.BLOCK_K, _pow2_at_least(K)),
+                BLOCK_K=min(cfg.BLOCK_K, _pow2_at_least(K, k_floor)),
             )
         return cfg
     sms, target, max_shared = _device(device, sms, target, max_shared)

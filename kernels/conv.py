@@ -22,15 +22,15 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_like, check_no_overlap, check_nhwc, check_precision,
-    check_same_dtype,
-    check_tensor, nhwc_strides, out_size, pair,
+    FLOAT_DTYPES, QUANT_DTYPES, Quant, check_bias, check_channels_last, check_device, check_like, check_no_overlap,
+    check_nhwc, check_precision, check_quant, check_same_dtype, check_tensor, nhwc_strides, out_size, pair,
 )
 from .config import Config, select_config
 from .indexing import grouped_tile, nhwc_rows
 from .reduction import conv_problem, reduction  # noqa: F401 - conv_problem, reduction: kernels.conv.*
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
+from .quant import check_block_k, check_float_weights, check_fp8_device, gemm_operand, partials_dtype
 
 # How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
 NORM_NONE, NORM_FMA, NORM_IEEE = 0, 1, 2
@@ -82,6 +82,10 @@ def _conv_kernel(
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     FUSED: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # 8-bit GEMMs only (kernels/quant.py; None for float weights): the dequant scale [Cout]
+    # (float32), the inverse scale that quantizes a float input as it is loaded, the
+    # residual's scale and the output's inverse scale
+    s_ptr=None, in_inv=None, r_scale=None, out_inv=None,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
     # Split-K: this program sums K-loop iterations [it0, it1) (program_id(1) is 0 when unsplit).
@@ -96,7 +100,8 @@ def _conv_kernel(
     x_row, ih0, iw0 = nhwc_rows(rm, OH, OW, SH, SW, PH, PW, sxn, sxh, sxw)
     w_col = rn.to(tl.int64) * swo
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # int8 x int8 products sum exactly in int32; float and e4m3 ones in float32.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if w_ptr.dtype.element_ty == tl.int8 else tl.float32)
     if FLAT_K:
         # Thin inputs (the stem's Cin = 3): one K index runs over (kh, kw, cin) together, so a
         # BLOCK_K step covers several taps instead of padding 3 channels up to 16.
@@ -122,7 +127,7 @@ def _conv_kernel(
                 w_ptr + w_col[None, :] + (kh * swh + kw * sww + c * swc)[:, None],
                 mask=k_ok[:, None] & n_ok[None, :], other=0.0,
             )
-            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(gemm_operand(a, b.dtype, in_inv), b, acc, input_precision=INPUT_PRECISION)
     else:
         # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
         # kh and kw unroll into copies of the body and spill at big tiles.
@@ -171,12 +176,13 @@ def _conv_kernel(
                     w_ptr + (w_col + (kh * swh + kw * sww))[None, :] + c[:, None] * swc,
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0,
                 )
-            # The cast is a no-op except in the stem, which reads the user's input as it comes.
-            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+            # The cast is a no-op except in the stem, which reads the user's input as it comes,
+            # and in an 8-bit conv reading a float input (quantized here).
+            acc = tl.dot(gemm_operand(a, b.dtype, in_inv), b, acc, input_precision=INPUT_PRECISION)
 
     finish_tile(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED, s_ptr, r_scale, out_inv,
     )
 
 
@@ -251,6 +257,8 @@ class ConvGeometry(NamedTuple):
     G: int = 1
     DH: int = 1
     DW: int = 1
+    # the launch's 8-bit side and output dtype (check_quant; all None for a bare geometry)
+    q: Quant = Quant()
 
     @property
     def M(self) -> int:
@@ -262,17 +270,24 @@ class ConvGeometry(NamedTuple):
 
 
 def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *, any_input=False,
-                    dilation=1, groups=1) -> ConvGeometry:
+                    dilation=1, groups=1, scale=None, in_inv=None, residual_scale=None, out_inv=None) -> ConvGeometry:
     """Validate a fused-conv call and return its geometry (shared by conv and conv1x1).
 
     any_input: x may have any float dtype and memory layout (the stem reads the user's input);
-    "pixels": also uint8 (pixel values the stem normalizes).
+    "pixels": also uint8 (pixel values the stem normalizes). scale, in_inv, residual_scale,
+    out_inv: an 8-bit conv's (`check_quant`), in the geometry's `q`.
     """
-    check_tensor("x", x, rank=4, dtypes=FLOAT_DTYPES + (torch.uint8,) if any_input == "pixels" else FLOAT_DTYPES)
-    check_tensor("w", w, rank=4)
-    check_device(x=x, w=w, b=b, residual=residual, out=out)
+    check_tensor("x", x, rank=4, dtypes=FLOAT_DTYPES + (torch.uint8,) if any_input == "pixels" else
+                 FLOAT_DTYPES + QUANT_DTYPES)
+    if isinstance(w, torch.Tensor) and w.dtype == torch.uint8:
+        check_quant(x, w, residual, out)  # its error: 8-bit weights are signed
+    check_tensor("w", w, rank=4, dtypes=FLOAT_DTYPES + QUANT_DTYPES)
+    check_device(x=x, w=w, b=b, residual=residual, out=out, scale=scale)
+    q = check_quant(x, w, residual, out, scale=scale, in_inv=in_inv, residual_scale=residual_scale, out_inv=out_inv)
+    check_fp8_device(x.device, x, w, residual, out)
     if not any_input:
-        check_same_dtype("x", x, w=w)
+        if w.dtype not in QUANT_DTYPES:  # (an 8-bit conv may read float: check_quant)
+            check_same_dtype("x", x, w=w)
         # (or the interior of a zero-bordered map: the engine's bordered slots)
         check_nhwc("x", x)
     check_channels_last("w", w)
@@ -297,10 +312,10 @@ def check_conv_args(x, w, b, stride, padding, residual, out, input_precision, *,
             f"dilation {(DH, DW)} gives {OH}x{OW}"
         )
     g = ConvGeometry(N, C, H, W, CO, KH, KW, SH, SW, PH, PW, OH, OW, check_precision(input_precision, w.dtype),
-                     G=G, DH=DH, DW=DW)
-    check_like("residual", residual, g.out_shape, w.dtype, window=True)
-    check_like("out", out, g.out_shape, w.dtype, window=True)
-    check_no_overlap("out", out, x=x, w=w, b=b, residual=residual, elementwise=("residual",))
+                     G=G, DH=DH, DW=DW, q=q)
+    check_like("residual", residual, g.out_shape, w.dtype if residual is None else residual.dtype, window=True)
+    check_like("out", out, g.out_shape, q.out_dtype, window=True)
+    check_no_overlap("out", out, x=x, w=w, b=b, residual=residual, scale=scale, elementwise=("residual",))
     return g
 
 
@@ -314,8 +329,8 @@ def _check_groups(groups, C: int, CO: int) -> int:
     return groups
 
 
-def alloc_nhwc(shape, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
+def alloc_nhwc(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
 
 
 def conv_config(g: ConvGeometry, dtype: torch.dtype, device: torch.device | None = None, *,
@@ -330,6 +345,7 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     if cfg.tma:
+        check_float_weights(cfg, w)
         if g.G != 1 or ((g.DH, g.DW) != (1, 1) and not cfg.bordered):
             raise ValueError(f"config {cfg.name}: the TMA conv runs no grouped convs, and dilated ones only bordered "
                              f"(tma_b, tma_b_ws, tma_b_p), got dilation "
@@ -347,25 +363,29 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
         return y
     grouped = g.G > 1
     flat = flat and not grouped  # a grouped conv steps tap by tap whatever its width
+    check_block_k(cfg, w)
     splits, iters, _ = conv_split(cfg, M=g.M, C=g.C, CO=g.CO, KH=g.KH, KW=g.KW, groups=g.G)
-    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
-    y = out if out is not None else alloc_nhwc(g.out_shape, w)
+    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, partials=partials_dtype(w), x=x, w=w, b=b,
+                              residual=residual, out=out, scale=g.q.scale)
+    y = out if out is not None else alloc_nhwc(g.out_shape, w, g.q.out_dtype)
     if g.M == 0:
         return y
     r = residual if residual is not None else y
     tiles = triton.cdiv(g.M, cfg.BLOCK_M) * triton.cdiv(g.CO, cfg.BLOCK_N)
     fused = splits > 1 and cfg.fused_split
     cnt = split_counters(counters, tiles, b) if fused else b
-    mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype == torch.float32 else NORM_FMA)
+    # An 8-bit stem quantizes torchvision's own float32 normalization (its IEEE divisions).
+    mode = NORM_NONE if norm is None else (NORM_IEEE if w.dtype in (torch.float32,) + QUANT_DTYPES else NORM_FMA)
     launch(_conv_stem_kernel if flat else _conv_kernel, (tiles, splits),
         x, w, b, r, y, ws, b if norm is None else norm, cnt,
         g.M, g.H, g.W, g.C, g.OH, g.OW, g.CO, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.C // g.G, g.CO // g.G, iters,
         *nhwc_strides(x), *nhwc_strides(w), *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, FLAT_K=flat, GROUPED=grouped, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
         SPLIT=splits > 1, FUSED=fused, NORMALIZE=mode, **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        **g.q.kernel_args,
     )
     if splits > 1 and not fused:
-        reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
+        reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu, quant=g.q.kernel_args)
     return y
 
 
@@ -385,6 +405,10 @@ def conv_bn_relu(
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    in_inv: float | None = None,
+    residual_scale: float | None = None,
+    out_inv: float | None = None,
 ) -> torch.Tensor:
     """y = relu(conv2d(x, w, stride, padding, dilation) + b (+ residual)), fused (one launch, two
     if split), BN folded into w, b.
@@ -409,8 +433,21 @@ def conv_bn_relu(
     they read x as the interior of a zero-bordered map `padding` wide (``zero_bordered``).
     x, residual and out may be such interior windows of bigger NHWC maps for every config
     but the 1x1 TMA GEMM's x.
+
+    Quantized (kernels/quant.py): w int8 or float8_e4m3fn (per-output-channel symmetric) with
+    `scale` [Cout] float32 = s_x * s_w[co]; the accumulator (int32 for int8, exact; float32 for
+    e4m3) becomes y = acc * scale + b (+ residual * residual_scale), relu. x is of w's dtype,
+    or float (float16 / bfloat16 / float32), quantized as it is loaded with `in_inv` (a python
+    float: clamp(rint(x * in_inv), -128, 127), or e4m3(clamp(x * in_inv, -448, 448))). The
+    output is of w's dtype, quantized with `out_inv` (python float), or float: pass `out` of
+    float16 / bfloat16 / float32. A residual may be 8-bit (int8 or e4m3, with residual_scale,
+    a python float), or float (residual_scale, if given, multiplies it). A float conv also takes
+    an 8-bit residual with its residual_scale. The scalars are kernel arguments: a CUDA graph
+    keeps the values it was captured with. 8-bit convs run the pointer configs (BLOCK_K >= 32);
+    float8_e4m3fn needs sm_89 or newer.
     """
-    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision, dilation=dilation, groups=groups)
+    g = check_conv_args(x, w, b, stride, padding, residual, out, input_precision, dilation=dilation, groups=groups,
+                        scale=scale, in_inv=in_inv, residual_scale=residual_scale, out_inv=out_inv)
     return _launch_conv(x, w, b, g, relu, residual, out, config, workspace, counters)
 
 
@@ -462,6 +499,9 @@ def stem_conv(
     workspace: torch.Tensor | None = None,
     normalize: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    in_inv: float | None = None,
+    out_inv: float | None = None,
 ) -> torch.Tensor:
     """conv_bn_relu for the network's first layer, reading the user's input as it is.
 
@@ -473,7 +513,11 @@ def stem_conv(
     zero in normalized space, so the GPU reads one byte per pixel value and no normalized
     copy of the batch is ever written.
     Returns [N, Cout, OH, OW] channels_last in w's dtype.
+    With 8-bit weights (see conv_bn_relu: scale, in_inv, out_inv) the float input, or the
+    normalized pixels (torchvision's float32 normalization, IEEE divisions), are quantized
+    with in_inv as they are loaded.
     """
-    g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input="pixels")
+    g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input="pixels", scale=scale,
+                        in_inv=in_inv, out_inv=out_inv)
     _check_norm(x, normalize)
     return _launch_conv(x, w, b, g, relu, None, out, config, workspace, counters, normalize)

@@ -21,6 +21,7 @@ from .indexing import grouped_tile, nhwc_rows
 from .gemm_tma import launch_gemm_tma
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
+from .quant import check_block_k, check_float_weights, gemm_operand, partials_dtype
 
 
 @triton.jit
@@ -70,6 +71,8 @@ def _gemm1x1_kernel(
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     FUSED: tl.constexpr, POOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # 8-bit GEMMs only (kernels/quant.py, as _conv_kernel's; None for float weights)
+    s_ptr=None, in_inv=None, r_scale=None, out_inv=None,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
     # Split-K: this program sums channels [k_lo, k_hi) (program_id(1) is 0 when unsplit).
@@ -90,7 +93,8 @@ def _gemm1x1_kernel(
         inv = 1.0 / ((1.0 + h_ok.to(tl.float32)) * (1.0 + w_ok.to(tl.float32)))
     b_ptrs = w_ptr + rn.to(tl.int64)[None, :] * swo + (k_lo + rk)[:, None] * swc
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # int8 x int8 products sum exactly in int32; float and e4m3 ones in float32.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if w_ptr.dtype.element_ty == tl.int8 else tl.float32)
     if POOL:
         acc = _pooled_k_loop(acc, x_ptr, w_ptr, x_row, rn, m_ok, n_ok, h_ok, w_ok, inv, k_lo, k_hi, C, sxh, sxw, sxc,
                              swo, swc, INPUT_PRECISION, max(BLOCK_K // 2, 16),
@@ -102,14 +106,15 @@ def _gemm1x1_kernel(
             k_ok = (k0 + rk) < C
             a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            # The cast is a no-op except in the classifier head, whose pooled features are float32.
-            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+            # The cast is a no-op except in the classifier head, whose pooled features are float32,
+            # and in an 8-bit GEMM reading a float input (quantized here).
+            acc = tl.dot(gemm_operand(a, b.dtype, in_inv), b, acc, input_precision=INPUT_PRECISION)
             a_ptrs += BLOCK_K * sxc
             b_ptrs += BLOCK_K * swc
 
     finish_tile(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, FUSED, s_ptr, r_scale, out_inv,
     )
 
 
@@ -132,6 +137,10 @@ def conv1x1(
     config: Config | None = None,
     workspace: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    in_inv: float | None = None,
+    residual_scale: float | None = None,
+    out_inv: float | None = None,
 ) -> torch.Tensor:
     """y = relu(x @ w^T + b (+ residual)) over pixels: a 1x1 conv (no padding), fused (one launch, two if split).
 
@@ -145,21 +154,29 @@ def conv1x1(
     epilogue), one if it is fused (``fused_split``); see conv_bn_relu for `workspace` and
     `counters`. A TMA config (``variant="tma"`` / ``"tma_ws"``, kernels/gemm_tma.py) needs
     stride 1 and dense, 16-byte aligned pixel rows.
+    Quantized: w int8 or float8_e4m3fn with scale, in_inv, residual_scale, out_inv as in
+    conv_bn_relu (pointer configs only; pool=True runs float weights only).
     """
     if isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) != (1, 1):
         raise ValueError(f"conv1x1 needs a [Cout, Cin, 1, 1] weight, got shape {tuple(w.shape)}: use conv_bn_relu")
-    g = check_conv_args(x, w, b, stride, 0, residual, out, input_precision)
+    g = check_conv_args(x, w, b, stride, 0, residual, out, input_precision, scale=scale, in_inv=in_inv,
+                        residual_scale=residual_scale, out_inv=out_inv)
     if pool and (g.SH, g.SW) != (2, 2):
         raise ValueError(f"conv1x1(pool=True) averages 2x2 windows at stride 2, got stride {(g.SH, g.SW)} for x of "
                          f"shape {tuple(x.shape)}")
-    cfg = config or conv1x1_config(g, x.dtype, x.device)
+    if pool and g.q.scale is not None:
+        raise ValueError(f"conv1x1(pool=True) runs float weights only, got w {w.dtype} of shape {tuple(w.shape)}")
+    cfg = config or conv1x1_config(g, w.dtype, x.device)
     if cfg.tma and pool:
         raise ValueError(f"config {cfg.name}: the TMA GEMM cannot average-pool its A tile; use a pointer-load config")
     if cfg.tma:
+        check_float_weights(cfg, w)
         return _conv1x1_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters)
+    check_block_k(cfg, w)
     splits, iters, _ = conv_split(cfg, M=g.M, C=g.C, CO=g.CO)
-    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
-    y = out if out is not None else alloc_nhwc(g.out_shape, x)
+    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, partials=partials_dtype(w), x=x, w=w, b=b,
+                              residual=residual, out=out, scale=g.q.scale)
+    y = out if out is not None else alloc_nhwc(g.out_shape, x, g.q.out_dtype)
     if g.M == 0:
         return y
     r = residual if residual is not None else y
@@ -173,9 +190,10 @@ def conv1x1(
         *nhwc_strides(r), *nhwc_strides(y), sws,
         HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision, SPLIT=splits > 1,
         FUSED=fused, POOL=bool(pool), **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        **g.q.kernel_args,
     )
     if splits > 1 and not fused:
-        reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu)
+        reduce_partials(ws, splits, b, residual, y, M=g.M, OH=g.OH, OW=g.OW, relu=relu, quant=g.q.kernel_args)
     return y
 
 

@@ -5,7 +5,8 @@ for 132 SMs, each running a 72-step K loop alone. With split-K the grid gets a s
 `splits` programs per tile, each summing one contiguous range of K-loop iterations into a
 float32 partial in a workspace of `splits` planes [M, Cout] (split_plane apart); a second launch sums the partials in a fixed
 order (deterministic, unlike atomics) and applies the fused epilogue (bias, residual, ReLU)
-with the same `bias_residual_relu_store` as the unsplit kernels.
+with the same `bias_residual_relu_store` as the unsplit kernels. An int8 GEMM's partials are
+int32 in the same buffer (exact: the scales apply once, after the sum).
 
 Fused split-K (a config's ``variant="fused_k"``, and every split TMA launch) drops that
 second launch: each program stores its partial, then takes a ticket from its tile's arrival
@@ -119,12 +120,14 @@ def check_workspace(ws: torch.Tensor | None, numel: int, **others: torch.Tensor 
 
 
 def split_workspace(
-    workspace: torch.Tensor | None, splits: int, M: int, CO: int, stand_in: torch.Tensor, **others: torch.Tensor | None
+    workspace: torch.Tensor | None, splits: int, M: int, CO: int, stand_in: torch.Tensor, *,
+    partials: torch.dtype = torch.float32, **others: torch.Tensor | None
 ) -> tuple[torch.Tensor, int]:
     """(the tensor a conv launch passes as its workspace, the stride of its split planes).
 
     Unsplit: `stand_in` (never read) and 0. Split: the caller's workspace, checked against
-    the launch's other tensors, or a fresh one.
+    the launch's other tensors, or a fresh one; viewed as int32 for `partials` int32 (an
+    int8 GEMM's: the workspace stays float32 to its callers, one buffer for every layer).
     """
     if splits <= 1:
         return stand_in, 0
@@ -132,12 +135,12 @@ def split_workspace(
     check_workspace(workspace, numel, **others)
     if workspace is None:
         workspace = torch.empty(numel, device=stand_in.device, dtype=torch.float32)
-    return workspace, split_plane(M, CO)
+    return workspace.view(partials), split_plane(M, CO)
 
 
 @triton.jit
 def store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws):
-    """One program's float32 partial sum into plane `pid_k` of the [splits, M, CO] workspace."""
+    """One program's partial sum (float32; int32 for int8) into plane `pid_k` of the [splits, M, CO] workspace."""
     p = ws_ptr + pid_k.to(tl.int64) * sws + rm.to(tl.int64)[:, None] * CO + rn[None, :]
     tl.store(p, acc, mask=m_ok[:, None] & n_ok[None, :])
 
@@ -151,6 +154,7 @@ def sum_if_last(
     syn, syh, syw, syc,
     sws,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    s_ptr=None, r_scale=None, out_inv=None,
 ):
     """Fused split-K: after this program's partial is stored, the last of the tile's programs
     to arrive sums all partials (fixed order) and applies the epilogue."""
@@ -163,15 +167,15 @@ def sum_if_last(
         tl.debug_barrier()
         mask = m_ok[:, None] & n_ok[None, :]
         p = ws_ptr + rm.to(tl.int64)[:, None] * CO + rn[None, :]
-        acc = tl.zeros(mask.shape, dtype=tl.float32)
+        acc = tl.zeros(mask.shape, dtype=ws_ptr.dtype.element_ty)
         for _ in range(0, splits):
             # .cg: from L2, where the other SMs' partials are; never a stale L1 line.
-            acc += tl.load(p, mask=mask, other=0.0, cache_modifier=".cg")
+            acc += tl.load(p, mask=mask, other=0, cache_modifier=".cg")
             p += sws
         tl.store(cnt_ptr + tile, 0)
         bias_residual_relu_store(
             acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
-            srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+            srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU, s_ptr, r_scale, out_inv,
         )
 
 
@@ -184,18 +188,22 @@ def finish_tile(
     syn, syh, syw, syc,
     sws,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr,
+    s_ptr=None, r_scale=None, out_inv=None,
 ):
     """The end of a conv program: its partial into the workspace when split (FUSED: and the
-    sum by the last program of the tile), else the fused epilogue straight into y."""
+    sum by the last program of the tile), else the fused epilogue straight into y. An int8
+    GEMM's partials are int32 (its launcher passes the float32 workspace viewed as int32):
+    sums of products of 8-bit integers, exact in any order, where float32 partials would
+    round past 2**24; the scales (`bias_residual_relu_store`) apply once, to the sum."""
     if SPLIT:
         store_partial(acc, rm, rn, m_ok, n_ok, ws_ptr, pid_k, CO, sws)
         if FUSED:
             sum_if_last(rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, tl.program_id(0), OH, OW, CO,
-                        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU)
+                        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, s_ptr, r_scale, out_inv)
     else:
         bias_residual_relu_store(
             acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
-            srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+            srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU, s_ptr, r_scale, out_inv,
         )
 
 
@@ -214,6 +222,8 @@ def _splitk_reduce_kernel(
     # meta-parameters
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    # quantized epilogue (kernels/epilogue.py; None: float): scale, residual scale, output inverse scale
+    s_ptr=None, r_scale=None, out_inv=None,
 ):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -222,25 +232,26 @@ def _splitk_reduce_kernel(
     mask = m_ok[:, None] & n_ok[None, :]
     # The pointer advances by one plane per split: no split x plane product that could overflow.
     p = ws_ptr + rm.to(tl.int64)[:, None] * CO + rn[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ws_ptr.dtype.element_ty)
     for _ in range(0, SPLITS):
-        acc += tl.load(p, mask=mask, other=0.0)
+        acc += tl.load(p, mask=mask, other=0)
         p += sws
     bias_residual_relu_store(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, OH, OW,
-        srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+        srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU, s_ptr, r_scale, out_inv,
     )
 
 
 def reduce_partials(
     ws: torch.Tensor, splits: int, b: torch.Tensor, residual: torch.Tensor | None, y: torch.Tensor,
-    *, M: int, OH: int, OW: int, relu: bool,
+    *, M: int, OH: int, OW: int, relu: bool, quant: dict | None = None,
 ) -> None:
     """y = relu(sum of the `splits` partial planes of ws + b (+ residual)), cast to y's dtype.
 
-    ws: float32, `splits` planes [M, CO] split_plane(M, CO) apart (contiguous); y, residual:
-    [N, CO, OH, OW] channels_last. Called by the launchers right after their split launch;
-    their checks cover these tensors.
+    ws: float32 (int32 for an int8 GEMM's partials), `splits` planes [M, CO] split_plane(M, CO)
+    apart (contiguous); y, residual: [N, CO, OH, OW] channels_last. quant: an 8-bit GEMM's
+    epilogue arguments (``Quant.kernel_args``: s_ptr, r_scale, out_inv). Called by the launchers
+    right after their split launch; their checks cover these tensors.
     """
     CO = y.shape[1]
     cfg = select_config("splitk_reduce", y.dtype, M=M, N=CO)
@@ -251,5 +262,5 @@ def reduce_partials(
         M, CO, OH, OW, splits,
         split_plane(M, CO), *nhwc_strides(r), *nhwc_strides(y),
         HAS_RESIDUAL=residual is not None, RELU=bool(relu),
-        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
+        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N"), **(quant or {}),
     )

@@ -110,7 +110,9 @@ def specialize(
     beyond 32 bits); a pointer -> ``*<type>`` with ``tt.divisibility`` 16 (torch's allocator
     aligns every buffer far beyond 16 bytes). An argument the kernel marks ``do_not_specialize``
     -> plain ``i32`` whatever its value; ``do_not_specialize_on_alignment`` -> never
-    ``tt.divisibility``. Keys: signature by name, constexprs and attrs by argument path
+    ``tt.divisibility``; a float -> ``fp32``; an argument that defaults to None and that the
+    variant leaves out -> the constexpr None (as a launch leaves it out: a float GEMM's 8-bit
+    arguments). Keys: signature by name, constexprs and attrs by argument path
     ``(index,)``: the format both versions' ``ASTSource`` take.
     """
     dt = dtype_name(dtype)
@@ -129,11 +131,14 @@ def specialize(
     attrs: dict[tuple[int, ...], list] = {}
     divisible = [["tt.divisibility", 16]]
     plain, no_align = unspecialized(fn), unaligned(fn)
+    defaults = arg_defaults(fn)
     for i, name in enumerate(arg_names(fn)):
         if name in pointers:
             ty = pointers[name]
             signature[name] = "*" + (TRITON_TYPE[dt] if ty == "x" else ty)
             attrs[(i,)] = divisible
+        elif name in values and isinstance(values[name], float):
+            signature[name] = "fp32"  # a float scalar (an 8-bit GEMM's scales): never specialized
         elif name in values and name in plain:
             v = int(values[name])
             signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
@@ -149,10 +154,22 @@ def specialize(
         elif name in meta:
             signature[name] = "constexpr"
             constexprs[(i,)] = meta[name]
+        elif name in defaults and defaults[name] is None:
+            # left out, as a launch leaves it (a float GEMM's 8-bit arguments): the JIT's None
+            signature[name] = "constexpr"
+            constexprs[(i,)] = None
         else:
             raise ValueError(f"variant {variant.name!r} gives no value for argument {name!r} of {fn_name(fn)}")
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
     return signature, constexprs, attrs, options
+
+
+def arg_defaults(fn: Any) -> dict[str, Any]:
+    """The parameters of a @triton.jit function (or a plain one) that have a default, with it."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(getattr(fn, "fn", fn)).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def fn_name(fn: Any) -> str:
