@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import torch
 
 from . import kernels as K
+from .precision import QUANT_DTYPES, Ranges
 from .schedule import CONV, CONV1X1, HEAD, MAXPOOL, STEM, Schedule, Step
 
 
@@ -23,12 +24,14 @@ class Arena:
 
     params: the engine's folded parameters by state_dict key; logits_dtype: the dtype the
     caller's input has and its logits (or a trunk's returned features) get (float32 for
-    pixels); normalize: for uint8 pixel inputs, the stem's `kernels.pixel_norm` table.
+    pixels); normalize: for uint8 pixel inputs, the stem's `kernels.pixel_norm` table; ranges:
+    a quantized schedule's activation ranges (`fastres.precision.Ranges`).
     """
 
     def __init__(self, schedule: Schedule, params: Mapping[str, torch.Tensor], device: torch.device,
-                 logits_dtype: torch.dtype, normalize: torch.Tensor | None = None):
+                 logits_dtype: torch.dtype, normalize: torch.Tensor | None = None, ranges: Ranges | None = None):
         self.lock = threading.Lock()
+        self.ranges = ranges
         self.schedule = schedule
         self.params = params
         self.device = device
@@ -64,7 +67,7 @@ class Arena:
         """The activation buffers of `schedule`: bordered ones zeroed, once, here."""
         with torch.inference_mode(False):
             self.slots = [(torch.zeros if schedule.border(i) is not None else torch.empty)(
-                c, device=self.device, dtype=schedule.dtype) for i, c in enumerate(schedule.slots)]
+                c, device=self.device, dtype=schedule.slot_dtype(i)) for i, c in enumerate(schedule.slots)]
 
     def view(self, slot: int | None, shape: tuple[int, ...]) -> torch.Tensor | None:
         """Slot `slot` as a channels_last activation of logical shape [N, C, H, W] (of a bordered
@@ -100,7 +103,8 @@ class Arena:
         if key not in self._scratch:
             with torch.inference_mode(False):
                 self._scratch[key] = zero_bordered(
-                    torch.zeros(step.in_shape, device=self.device, dtype=self.schedule.dtype), step.spec.pad)
+                    torch.zeros(step.in_shape, device=self.device, dtype=self.schedule.slot_dtype(step.src)),
+                    step.spec.pad)
         return self._scratch[key]
 
     def stage_input(self, step: Step) -> None:
@@ -120,7 +124,8 @@ class Arena:
         """Take `schedule`'s configs (same input shape; e.g. after tuning): the workspace is sized
         for them, the slots allocated anew where its layout differs (configs that border other
         activations: bordered slots zeroed), and every step is bound again."""
-        if schedule.input_shape != self.schedule.input_shape or schedule.dtype != self.schedule.dtype:
+        if schedule.input_shape != self.schedule.input_shape or schedule.dtype != self.schedule.dtype \
+                or schedule.slot_dtypes != self.schedule.slot_dtypes:
             raise ValueError("reschedule: the new schedule must have the same input shape and dtype")
         if self.graph is not None:
             raise RuntimeError("reschedule: this arena's launches are already captured in a CUDA graph")
@@ -144,9 +149,10 @@ class Arena:
         if step.kernel == MAXPOOL:
             y = self.view(step.dst, step.out_shape)
             return lambda x: K.max_pool2d(a, 3, 2, 1, out=y, config=cfg)
+        q = self._quant_args(step)
         if step.kernel == HEAD:
             fw, fb, logits = p["fc.weight"], p["fc.bias"], self.logits
-            return lambda x: K.avgpool_fc(a, fw, fb, out=logits, config=cfg, workspace=ws, counters=cnt)
+            return lambda x: K.avgpool_fc(a, fw, fb, out=logits, config=cfg, workspace=ws, counters=cnt, **q)
         spec = step.spec
         if step.kernel == CONV and cfg.bordered and self.schedule.border(step.src) is None:
             a = self.scratch_input(step)  # a candidate run off the schedule's layout
@@ -155,15 +161,37 @@ class Arena:
         if step.kernel == STEM:
             norm = self.normalize
             return lambda x: K.stem_conv(x, w, b, stride=spec.stride, padding=spec.pad, out=y, config=cfg, workspace=ws,
-                                         normalize=norm, counters=cnt)
+                                         normalize=norm, counters=cnt, **q)
         if step.kernel == CONV1X1:
             return lambda x: K.conv1x1(a, w, b, stride=spec.stride, pool=spec.avg_pool, relu=spec.relu, residual=r,
-                                       out=y, config=cfg, workspace=ws, counters=cnt)
+                                       out=y, config=cfg, workspace=ws, counters=cnt, **q)
         if step.kernel == CONV:
             return lambda x: K.conv_bn_relu(a, w, b, stride=spec.stride, padding=spec.pad, dilation=spec.dilation,
                                             groups=spec.groups, relu=spec.relu, residual=r, out=y, config=cfg,
-                                            workspace=ws, counters=cnt)
+                                            workspace=ws, counters=cnt, **q)
         raise ValueError(f"unknown kernel {step.kernel!r} in step {step.layer}")
+
+    def _quant_args(self, step: Step) -> dict:
+        """The quantization keywords of a launch of a quantized schedule: the accumulator's
+        multipliers of an 8-bit conv, the inverse scale of an input it quantizes as it loads it
+        and of an 8-bit output, the scale of an 8-bit residual or of the head's 8-bit input."""
+        pr, rg = step.precision, self.ranges
+        if pr is None or step.kernel == MAXPOOL:
+            return {}
+        if rg is None:
+            raise ValueError(f"{step.layer}: a quantized schedule needs its activation ranges")
+        if step.kernel == HEAD:
+            return dict(x_scale=rg.scale(pr.src_scale)) if pr.src in QUANT_DTYPES else {}
+        q = {}
+        if pr.eight_bit:
+            q["scale"] = rg.dequant(pr.src_scale, self.params[f"{step.spec.name}.weight_scale"]).to(self.device)
+            if pr.src not in QUANT_DTYPES:  # the caller's image or a float activation: quantized as loaded
+                q["in_inv"] = rg.inv(pr.src_scale)
+        if pr.dst in QUANT_DTYPES:
+            q["out_inv"] = rg.inv(pr.dst_scale)
+        if pr.residual in QUANT_DTYPES:
+            q["residual_scale"] = rg.scale(pr.residual_scale)
+        return q
 
     def run(self, x: torch.Tensor) -> None:
         """Every step in order on the current stream; the logits land in `self.logits`, a

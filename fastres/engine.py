@@ -20,8 +20,9 @@ from . import ops
 from .arena import Arena
 from .device import DeviceInfo
 from .kernels.config import tile_of
-from .plan import (LAYERS, NO_DILATION, ArchSpec, arch_blocks, arch_label, arch_spec, check_dilate, check_params,
-                   check_returns, param_shapes, returns_depth)
+from .plan import (LAYERS, NO_DILATION, ArchSpec, UnsupportedModelError, arch_blocks, arch_convs, arch_label, arch_spec,
+                   check_dilate, check_params, check_returns, param_shapes, returns_depth)
+from .precision import QUANT_DTYPES, Quantized, Ranges
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -50,6 +51,12 @@ class ResNet(torch.nn.Module):
     it returns an OrderedDict name -> [N, C, H, W] feature (channels_last, x's dtype), in
     execution order, as IntermediateLayerGetter does. dilate: torchvision's
     replace_stride_with_dilation (three bools for layer2..layer4).
+
+    A quantized engine (made by `fastres.quantize`) computes the convs `quantized.layers` in
+    `quantized.dtype` (int8 or float8_e4m3fn: their weights in that dtype with per-output-channel
+    scales "<conv>.weight_scale"), with per-tensor activation ranges `ranges` (absolute max by
+    the name of the layer that writes each activation, "input" for the image); every other
+    launch computes in `dtype` (see fastres.precision).
     """
 
     def __init__(
@@ -65,6 +72,8 @@ class ResNet(torch.nn.Module):
         cuda_graph: bool = True,
         tune: "bool | Tuner" = False,
         max_shapes: int = 16,
+        quantized: Quantized | None = None,
+        ranges: Mapping[str, float] | None = None,
     ):
         super().__init__()
         # A torchvision name, or the ArchSpec of another ResNet (timm's, transformers').
@@ -98,9 +107,11 @@ class ResNet(torch.nn.Module):
                 raise ValueError("tune=True measures kernels on a GPU; on the CPU pass a Tuner with its own timer")
             tune = Tuner()
         self.tuner: Tuner | None = tune or None
-        check_params(params, self._arch, self.num_classes, dtype, self.depth)
+        self.quantized, self.ranges = self._check_quantized(quantized, ranges)
+        self.report = None  # a quantized engine's calibration report (fastres.quantize sets it)
+        check_params(params, self._arch, self.num_classes, dtype, self.depth, quantized)
         self._params: dict[str, torch.Tensor] = {}
-        for key in param_shapes(self._arch, self.num_classes, self.depth):
+        for key in param_shapes(self._arch, self.num_classes, self.depth, quantized):
             t = params[key]
             fmt = torch.channels_last if t.dim() == 4 else torch.contiguous_format
             with torch.inference_mode(False):
@@ -117,6 +128,35 @@ class ResNet(torch.nn.Module):
         # The name torch.compile / torch.export call this engine by (fastres.ops).
         self._op_handle = ops.register(self)
 
+    def _check_quantized(self, quantized: Quantized | None, ranges) -> tuple[Quantized | None, Ranges | None]:
+        if quantized is None:
+            if ranges is not None:
+                raise ValueError("ranges are for a quantized engine: give quantized= too")
+            return None, None
+        if not isinstance(quantized, Quantized):
+            raise TypeError(f"quantized must be a fastres.precision.Quantized, got {type(quantized).__name__}")
+        convs = {c.name for c in arch_convs(self._arch, self.dilate, self.depth)}
+        unknown = sorted(quantized.layers - convs)
+        if unknown:
+            raise UnsupportedModelError(f"quantized layers {unknown} are not convs of {self.arch}")
+        if ranges is None:
+            raise ValueError("a quantized engine needs its activation ranges (ranges=)")
+        if self._device_info is not None:
+            self._device_info.check_dtype(quantized.dtype)
+        return quantized, Ranges(quantized.dtype, dict(ranges))
+
+    def quantization_report(self):
+        """The per-layer report of the calibration that made this engine (fastres.quantize):
+        each quantized tensor's scale and clipped fraction, each layer's error against float."""
+        if self.quantized is None:
+            raise ValueError("this engine is not quantized (fastres.quantize makes one)")
+        if self.report is None:
+            raise ValueError("this quantized engine was loaded without its calibration report")
+        return self.report
+
+    def _compute_dtype(self, step: Step) -> torch.dtype:
+        return step.precision.compute if step.precision is not None and step.kernel != "max_pool2d" else self.dtype
+
     # nn.Module plumbing: the packed parameters are tied to one device and dtype.
     def _apply(self, fn, recurse=True):
         raise RuntimeError(
@@ -132,7 +172,9 @@ class ResNet(torch.nn.Module):
         what = (f"num_classes={self.num_classes}" if self.returns is None else
                 "returns={" + ", ".join(f"{layer!r}: {name!r}" for layer, name in self.returns) + "}")
         dilated = [LAYERS[i + 1] for i, d in enumerate(self.dilate) if d]
-        return (f"arch={self.arch}, {what}{', dilated=' + '+'.join(dilated) if dilated else ''}, dtype={self.dtype}, "
+        quant = ("" if self.quantized is None else
+                 f", quantized={self.quantized.dtype} ({len(self.quantized.layers)} convs)")
+        return (f"arch={self.arch}, {what}{', dilated=' + '+'.join(dilated) if dilated else ''}, dtype={self.dtype}{quant}, "
                 f"device={self.device}")
 
     # -- input checks -----------------------------------------------------------------
@@ -179,7 +221,7 @@ class ResNet(torch.nn.Module):
         or unsplit twin once."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(int(v) for v in x)
         schedule = build_schedule(self._arch, shape, self.dtype, self.device_info(), num_classes=self.num_classes,
-                                  dilate=self.dilate, returns=self.returns)
+                                  dilate=self.dilate, returns=self.returns, quantized=self.quantized)
         if self.tuner is not None:
             return schedule  # tuning measures (and so compiles) its own candidates
         keep = {}
@@ -201,7 +243,7 @@ class ResNet(torch.nn.Module):
         # The card's name, and its target: two cards of one name never share a target, but a
         # cache written by a build that mapped the card differently must not be read.
         device = info.name if info.interpreter else f"{info.name} ({info.target})"
-        return cache_key(device, self.dtype, step.space, geometry, batch)
+        return cache_key(device, self._compute_dtype(step), step.space, geometry, batch)
 
     def _tune(self, arena: Arena, step: Step, key: str, candidates, example: torch.Tensor):
         """The measured-fastest config of one conv, on the arena's (randomly filled) buffers."""
@@ -216,10 +258,15 @@ class ResNet(torch.nn.Module):
                     x.copy_(torch.randn(example.shape, device=self.device))
             for slot, shape in ((step.src, step.in_shape), (step.residual, step.out_shape)):
                 if slot is not None:
-                    arena.view(slot, shape).normal_()
+                    view = arena.view(slot, shape)
+                    if view.dtype in QUANT_DTYPES:
+                        view.copy_(torch.randn(view.shape, device=self.device).mul_(30).clamp_(-127, 127).round_())
+                    else:
+                        view.normal_()
             if any(c.bordered for c in candidates):
                 arena.stage_input(step)  # bordered candidates read the same values
-        return self.tuner.choose(key, lambda cfg: arena.launch(step, x, cfg), candidates, step.config, self.dtype)
+        return self.tuner.choose(key, lambda cfg: arena.launch(step, x, cfg), candidates, step.config,
+                                 self._compute_dtype(step))
 
     def _precompile(self, arena: Arena, configs: Mapping[int, tuple], example: torch.Tensor, label: str) -> None:
         """Compile every kernel this shape will launch (configs[i]: every config step i may
@@ -244,11 +291,11 @@ class ResNet(torch.nn.Module):
         N, _, H, W = example.shape
         schedule = self.schedule(example)
         if norm is None:
-            arena = Arena(schedule, self._params, self.device, example.dtype)
+            arena = Arena(schedule, self._params, self.device, example.dtype, ranges=self.ranges)
         else:
             with torch.inference_mode(False):
                 table = K.pixel_norm(*norm, device=self.device)
-            arena = Arena(schedule, self._params, self.device, torch.float32, normalize=table)
+            arena = Arena(schedule, self._params, self.device, torch.float32, normalize=table, ranges=self.ranges)
         # step index -> (cache key, candidates) of the convs tuning still has to measure
         tuning: dict[int, tuple[str, tuple]] = {}
         configs: dict[int, tuple] = {}
@@ -257,7 +304,7 @@ class ResNet(torch.nn.Module):
             for i, step in enumerate(schedule.steps):
                 if step.space is None:
                     continue
-                key, candidates = self._tune_key(step, N), step.candidates(self.dtype, self.device_info())
+                key, candidates = self._tune_key(step, N), step.candidates(self._compute_dtype(step), self.device_info())
                 hit = self.tuner.cached(key, candidates)
                 if hit is not None:
                     cached[i] = hit

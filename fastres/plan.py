@@ -452,12 +452,16 @@ def fold_params(
     return out
 
 
-def param_shapes(arch: str, num_classes: int | None, depth: int = 4) -> dict[str, tuple[int, ...]]:
-    """The shapes of fold_params' output (what a converted file must hold)."""
+def param_shapes(arch: str, num_classes: int | None, depth: int = 4, quantized=None) -> dict[str, tuple[int, ...]]:
+    """The shapes of fold_params' output (what a converted file must hold); a quantized engine's
+    8-bit convs (`quantized`: a fastres.precision.Quantized) also have their weights' per-output-
+    channel scales, "<conv>.weight_scale" [Cout] float32."""
     shapes = {}
     for c in arch_convs(arch, depth=depth):
         shapes[f"{c.name}.weight"] = c.weight_shape
         shapes[f"{c.name}.bias"] = (c.cout,)
+        if quantized is not None and c.name in quantized.layers:
+            shapes[f"{c.name}.weight_scale"] = (c.cout,)
     if num_classes is not None:
         shapes["fc.weight"] = (num_classes, arch_spec(arch).features)
         shapes["fc.bias"] = (num_classes,)
@@ -465,14 +469,15 @@ def param_shapes(arch: str, num_classes: int | None, depth: int = 4) -> dict[str
 
 
 def check_params(params: Mapping[str, torch.Tensor], arch: str, num_classes: int | None, dtype: torch.dtype,
-                 depth: int = 4) -> None:
+                 depth: int = 4, quantized=None) -> None:
     """Folded parameters exactly as the engine runs them (what fold_params makes and a converted
     file holds): every key, nothing else, each shape, weights in `dtype` and biases float32.
 
     Raises UnsupportedModelError for a missing, unexpected or misshaped tensor, TypeError for a
     wrong dtype.
     """
-    expected = param_shapes(arch, num_classes, depth)
+    expected = param_shapes(arch, num_classes, depth, quantized)
+    eight_bit = set() if quantized is None else {f"{name}.weight" for name in quantized.layers}
     missing = [k for k in expected if k not in params]
     if missing:
         raise UnsupportedModelError(f"missing tensor '{missing[0]}' for {arch_label(arch)}")
@@ -485,6 +490,7 @@ def check_params(params: Mapping[str, torch.Tensor], arch: str, num_classes: int
             raise TypeError(f"tensor '{key}' is a {type(t).__name__}")
         if tuple(t.shape) != shape:
             raise UnsupportedModelError(f"tensor '{key}' has shape {tuple(t.shape)}, expected {shape} for {arch_label(arch)}")
-        want = torch.float32 if key.endswith(".bias") else dtype
+        want = (torch.float32 if key.endswith((".bias", ".weight_scale")) else
+                quantized.dtype if key in eight_bit else dtype)
         if t.dtype != want:
             raise TypeError(f"tensor '{key}' has dtype {t.dtype}, expected {want}")

@@ -30,6 +30,7 @@ from .kernels.head import head_workspace_numel
 from .kernels.splitk import conv_split
 from .plan import (LAYERS, NO_DILATION, ArchSpec, ConvSpec, arch_blocks, arch_label, arch_spec, check_dilate,
                    check_returns, returns_depth)
+from .precision import Precision, Quantized, plan_precision, short
 
 Shape = tuple[int, int, int, int]
 
@@ -60,6 +61,8 @@ class Step:
     gemm: tuple[int, int, int, int] | None = None
     splits: int = 1
     workspace: int = 0  # float32 elements
+    # A quantized schedule's dtypes of this launch (None: everything in the schedule's dtype).
+    precision: Precision | None = None
 
     def with_config(self, config: Config) -> "Step":
         """The same launch with another tile config (its split and workspace follow)."""
@@ -190,15 +193,26 @@ class Schedule:
     dilate: tuple[bool, bool, bool] = NO_DILATION
     # Per slot: its Border, or None for a plain slot (empty: none bordered).
     borders: tuple[Border | None, ...] = ()
+    # Per slot: the dtype of its elements (empty: every slot in `dtype`; a quantized schedule
+    # keeps 8-bit and float activations in slots of their own).
+    slot_dtypes: tuple[torch.dtype, ...] = ()
     # The activations (shape, first writer, last reader) and each step's (src, dst, residual)
     # activation indices: what `with_configs` lays the slots out again from.
-    values: tuple[tuple[Shape, int, int], ...] = dataclasses.field(default=(), compare=False, repr=False)
+    values: tuple[tuple[Shape, int, int, torch.dtype | None], ...] = dataclasses.field(default=(), compare=False, repr=False)
     wiring: tuple[tuple[int | None, int | None, int | None], ...] = dataclasses.field(default=(), compare=False,
                                                                                        repr=False)
 
     @property
     def workspace(self) -> int:
         return max((s.workspace for s in self.steps), default=0)
+
+    def slot_dtype(self, slot: int) -> torch.dtype:
+        """The dtype of slot `slot`'s elements."""
+        return self.slot_dtypes[slot] if self.slot_dtypes else self.dtype
+
+    @property
+    def quantized(self) -> bool:
+        return any(s.precision is not None and s.precision.eight_bit for s in self.steps)
 
     def border(self, slot: int | None) -> Border | None:
         """Slot `slot`'s Border (None: a plain slot)."""
@@ -210,13 +224,13 @@ class Schedule:
         steps = tuple(s.with_config(configs[i]) if i in configs else s for i, s in enumerate(self.steps))
         if not self.values:
             return dataclasses.replace(self, steps=steps)
-        values = [_Value(shape, first, last) for shape, first, last in self.values]
-        caps, borders = lay_out(values, self.wiring, steps)
+        values = [_Value(*v) for v in self.values]
+        caps, borders, dtypes = lay_out(values, self.wiring, steps)
         slot = {None: None, **{i: v.slot for i, v in enumerate(values)}}
         steps = tuple(dataclasses.replace(st, src=slot[src], dst=slot[dst], residual=slot[res])
                       for st, (src, dst, res) in zip(steps, self.wiring))
         outputs = tuple(dataclasses.replace(o, slot=slot[self.wiring[o.step][1]]) for o in self.outputs)
-        return dataclasses.replace(self, steps=steps, slots=caps, borders=borders, outputs=outputs)
+        return dataclasses.replace(self, steps=steps, slots=caps, borders=borders, outputs=outputs, slot_dtypes=dtypes)
 
     def __str__(self) -> str:
         return format_schedule(self)
@@ -229,20 +243,22 @@ class _Value:
     shape: Shape
     first: int
     last: int = -1
+    dtype: torch.dtype | None = None  # its storage (None: the schedule's dtype)
     slot: int = -1
     border: Border | None = None
 
 
-def assign_slots(values: Sequence[_Value]) -> tuple[list[int], list[Border | None]]:
+def assign_slots(values: Sequence[_Value]) -> tuple[list[int], list[tuple[Border | None, torch.dtype | None]]]:
     """Greedy liveness allocation: a value reuses a slot whose last reader came before it and
-    whose kind is its own (plain, or bordered with the same shape and border). Sets each
-    value's slot; returns the slots' capacities in elements and their borders."""
+    whose kind is its own (plain, or bordered with the same shape and border; of the same
+    dtype). Sets each value's slot; returns the slots' capacities in elements and their kinds
+    (border, dtype)."""
     caps: list[int] = []
     busy_until: list[int] = []
     kinds: list[Border | None] = []
     for v in sorted(values, key=lambda v: v.first):
         numel = v.border.numel if v.border is not None else v.shape[0] * v.shape[1] * v.shape[2] * v.shape[3]
-        free = [i for i in range(len(caps)) if busy_until[i] < v.first and kinds[i] == v.border]
+        free = [i for i in range(len(caps)) if busy_until[i] < v.first and kinds[i] == (v.border, v.dtype)]
         if free:
             # Prefer a slot already big enough (smallest such), else grow the biggest.
             fits = [i for i in free if caps[i] >= numel]
@@ -251,7 +267,7 @@ def assign_slots(values: Sequence[_Value]) -> tuple[list[int], list[Border | Non
         else:
             caps.append(numel)
             busy_until.append(-1)
-            kinds.append(v.border)
+            kinds.append((v.border, v.dtype))
             i = len(caps) - 1
         busy_until[i] = v.last
         v.slot = i
@@ -265,7 +281,8 @@ def _needs_dense(step: Step) -> bool:
     return step.kernel in (MAXPOOL, HEAD) or (step.kernel == CONV1X1 and step.config.tma)
 
 
-def lay_out(values: Sequence[_Value], wiring, steps: Sequence[Step]) -> tuple[tuple[int, ...], tuple[Border | None, ...]]:
+def lay_out(values: Sequence[_Value], wiring, steps: Sequence[Step]) -> tuple[tuple[int, ...], tuple[Border | None, ...],
+                                                                              tuple[torch.dtype, ...]]:
     """Borders, then slots: an activation is bordered where a step reads it with a bordered
     config (border = that conv's padding). Raises ValueError where another reader of it cannot
     read an interior view, or two bordered readers want different borders."""
@@ -280,20 +297,23 @@ def lay_out(values: Sequence[_Value], wiring, steps: Sequence[Step]) -> tuple[tu
         if src is not None and values[src].border is not None and _needs_dense(step):
             raise ValueError(f"{step.layer} ({step.kernel}, config {step.config.name}) reads a dense input, but a "
                              "bordered conv reads the same activation: give one of them another config")
-    caps, borders = assign_slots(values)
-    return tuple(caps), (tuple(borders) if any(b is not None for b in borders) else ())
+    caps, kinds = assign_slots(values)
+    borders = [b for b, _ in kinds]
+    dtypes = () if all(d is None for _, d in kinds) else tuple(d for _, d in kinds)
+    return tuple(caps), (tuple(borders) if any(b is not None for b in borders) else ()), dtypes
 
 
 def build_schedule(
     arch: "str | ArchSpec", input_shape: Sequence[int], dtype: torch.dtype, device: DeviceInfo, *, num_classes: int | None = 1000,
-    dilate=NO_DILATION, returns=None,
+    dilate=NO_DILATION, returns=None, quantized: Quantized | None = None,
 ) -> Schedule:
     """The launch schedule of `arch` for an input of `input_shape` [N, 3, H, W] with activations
     in `dtype`, its tile configs chosen for `device` (a thread's `use_config` overrides apply).
 
     dilate: torchvision's replace_stride_with_dilation. returns: a trunk's outputs (a mapping
     layer -> name, as IntermediateLayerGetter's return_layers); the schedule then stops after
-    the last returned layer, has no head, and num_classes is ignored.
+    the last returned layer, has no head, and num_classes is ignored. quantized: the convs
+    that compute in 8 bits (`fastres.precision`); the others, and float activations, in `dtype`.
     """
     spec = arch_spec(arch)
     if len(input_shape) != 4 or input_shape[1] != 3 or min(input_shape) < 1:
@@ -361,15 +381,22 @@ def build_schedule(
         return None if v is None else index[id(v)]
 
     wiring = tuple((vi(src), vi(dst), vi(res)) for _, _, _, src, res, dst, _ in launches)
+    value_dtypes, _, precisions = plan_precision([(k, layer) for k, layer, *_ in launches], wiring,
+                                                 {vi(v) for _, v in outputs}, len(values), dtype, quantized)
+    if quantized is not None:
+        for v, d in zip(values, value_dtypes):
+            v.dtype = d
 
     steps = []
-    for kernel, layer, spec, src, res, dst, in_shape in launches:
+    for (kernel, layer, spec, src, res, dst, in_shape), precision in zip(launches, precisions):
         out_shape = dst.shape if dst is not None else (N, num_classes)
+        compute = dtype if precision is None or kernel == MAXPOOL else precision.compute
         # (slots are laid out below, from the configs)
         slots = dict(src=vi(src), dst=vi(dst), residual=vi(res))
         if kernel == MAXPOOL:
             cfg = select_config("max_pool2d", dtype, interpreter=device.interpreter, **_planned_for(device))
-            steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg))
+            steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg,
+                              precision=precision))
             continue
         if kernel == HEAD:
             # The classifier is the 1x1 GEMM over the pooled float32 features.
@@ -381,17 +408,19 @@ def build_schedule(
             space, n, k, taps = conv_problem(spec.cin, spec.cout, spec.k, spec.k, spec.groups)
             gemm = (N * out_shape[2] * out_shape[3], n, k, taps)
         m, n, k, taps = gemm
-        cfg = select_config(space or "conv1x1", dtype, M=m, N=n, K=k, taps=taps, residual=res is not None,
+        cfg = select_config(space or "conv1x1", compute, M=m, N=n, K=k, taps=taps, residual=res is not None,
                             interpreter=device.interpreter, **_planned_for(device))
         steps.append(Step(kernel, layer, **slots, in_shape=in_shape, out_shape=out_shape, config=cfg, space=space,
-                          spec=spec, gemm=gemm, **_split_fields(kernel, gemm, spec, in_shape, out_shape, cfg)))
-    caps, borders = lay_out(values, wiring, steps)
+                          spec=spec, gemm=gemm, precision=precision,
+                          **_split_fields(kernel, gemm, spec, in_shape, out_shape, cfg)))
+    caps, borders, slot_dtypes = lay_out(values, wiring, steps)
     steps = [dataclasses.replace(st, src=None if a is None else values[a].slot, dst=None if d is None else values[d].slot,
                                  residual=None if r is None else values[r].slot)
              for st, (a, d, r) in zip(steps, wiring)]
     outs = tuple(Output(name, v.slot, v.shape, v.first) for name, v in outputs)
     return Schedule(arch_label(arch), (N, 3, H, W), dtype, None if num_classes is None else int(num_classes), device, caps,
-                    tuple(steps), outs, dilate, borders, tuple((v.shape, v.first, v.last) for v in values), wiring)
+                    tuple(steps), outs, dilate, borders, slot_dtypes,
+                    tuple((v.shape, v.first, v.last, v.dtype) for v in values), wiring)
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -401,13 +430,22 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 def format_schedule(schedule: Schedule) -> str:
     """A table of the schedule: one line per launch, then the buffers it needs."""
     dtype = str(schedule.dtype).removeprefix("torch.")
+    quantized = schedule.quantized
+    if quantized:
+        eight = next(s.precision.compute for s in schedule.steps if s.precision is not None and s.precision.eight_bit)
+        dtype = f"{short(eight)} and {dtype}"
+    # A quantized schedule names each launch's dtypes: compute (input -> output).
+    prec = ((lambda s: "" if s.precision is None else
+             f" {short(s.precision.compute)}({short(s.precision.src)}->{short(s.precision.dst)})")
+            if quantized else (lambda s: ""))
     dilated = [LAYERS[i + 1] for i, d in enumerate(schedule.dilate) if d]
     what = (f"{schedule.num_classes} classes" if schedule.num_classes is not None else
             "trunk returning " + ", ".join(f"{o.name} (s{o.slot} {_fmt_shape(o.shape)})" for o in schedule.outputs))
     lines = [
         f"{schedule.arch}{' (dilated ' + ', '.join(dilated) + ')' if dilated else ''} schedule: input "
         f"{'x'.join(map(str, schedule.input_shape))}, {dtype} activations, {what}, for {schedule.device}",
-        f"{'#':>3}  {'kernel':<12} {'layer':<22} {'input':<16} {'output':<16} {'residual':<9} {'config':<22} split",
+        f"{'#':>3}  {'kernel':<12} {'layer':<22} {'input':<16} {'output':<16} {'residual':<9} {'config':<22} split"
+        + ("  dtypes" if quantized else ""),
     ]
     for i, s in enumerate(schedule.steps):
         src = "x" if s.src is None else f"s{s.src}"
@@ -416,15 +454,18 @@ def format_schedule(schedule: Schedule) -> str:
         res = "" if s.residual is None else f"s{s.residual}"
         lines.append(f"{i:>3}  {s.kernel:<12} {s.layer:<22} {src + ' ' + _fmt_shape(s.in_shape):<16} "
                      f"{dst + ' ' + _fmt_shape(s.out_shape):<16} {res:<9} {s.config.name:<22} "
-                     f"{s.splits if s.splits > 1 else '-'}")
-    elem = torch.empty((), dtype=schedule.dtype).element_size()
+                     f"{s.splits if s.splits > 1 else '-':<5}{prec(s)}".rstrip())
+    def elem(i: int) -> int:
+        return torch.empty((), dtype=schedule.slot_dtype(i)).element_size()
+
     for i, cap in enumerate(schedule.slots):
         b = schedule.border(i)
         what = "" if b is None else (f"  bordered {b.pad[0]}x{b.pad[1]} around {_fmt_shape(b.shape)}: "
-                                     f"+{b.extra * elem / 2**20:.2f} MiB of border")
-        lines.append(f"     s{i:<3} {cap * elem / 2**20:9.2f} MiB{what}")
-    total = sum(schedule.slots) * elem
-    border = sum(b.extra for b in schedule.borders if b is not None) * elem
+                                     f"+{b.extra * elem(i) / 2**20:.2f} MiB of border")
+        kind = f" {short(schedule.slot_dtype(i))}" if quantized else ""
+        lines.append(f"     s{i:<3} {cap * elem(i) / 2**20:9.2f} MiB{kind}{what}")
+    total = sum(cap * elem(i) for i, cap in enumerate(schedule.slots))
+    border = sum(b.extra * elem(i) for i, b in enumerate(schedule.borders) if b is not None)
     fused = sum(1 for s in schedule.steps if s.residual is not None)
     split = sum(1 for s in schedule.steps if s.splits > 1)
     lines.append(f"{len(schedule.steps)} launches ({fused} with a fused residual, {split} with a split K loop); "
