@@ -11,6 +11,8 @@ Public API (see README.md and docs/engine.md):
     fastres.preprocess(data, *, resize=256, crop=224, mode="exact", interpolation="bilinear", max_pixels=...)
         (an image file's bytes -> the uint8 [3, crop, crop] crop the engine takes; "exact" is
         torchvision's, "fast" faster; max_pixels defaults to PIL's decompression-bomb limit)
+    fastres.quantize(model, calibration, *, dtype=torch.int8, method="entropy") -> fastres.ResNet
+        (post-training quantization to int8 or float8_e4m3fn; .quantization_report())
     fastres.kernels  (the Triton kernels and their launchers)
 
 Attributes load on first use (PEP 562), so that `fastres.cli` can decide on triton's CPU
@@ -43,11 +45,12 @@ _LAZY = {
     "Prediction": "fastres.predict.output",
     "preprocess": "fastres.predict.preprocess",
     "ImageError": "fastres.predict.images",
+    "quantize": "fastres.quant.quantize",
 }
 
 __all__ = ["ARCHS", "ArchSpec", "ImageError", "Prediction", "Predictor", "ResNet", "UnsupportedDeviceError", "UnsupportedModelError",
            "WeightsError", "convert", "from_timm", "from_torchvision", "from_transformers", "kernels", "load", "preprocess",
-           "__version__"]
+           "quantize", "__version__"]
 
 
 _HERE = Path(__file__).resolve().parent

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .weights import DTYPES, WeightsError, convert, read_metadata
+from .weights import DTYPES, QUANT_DTYPES, WeightsError, convert, read_metadata
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -13,7 +13,16 @@ def configure(p: argparse.ArgumentParser) -> None:
                                "timm or transformers model folder (config.json + weights)")
     p.add_argument("--out", help="output file (default weights/<name>-<dtype>.safetensors)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="expected architecture (default: inferred from the keys)")
-    p.add_argument("--dtype", default="float16", help="float16 (default), bfloat16 or float32")
+    p.add_argument("--dtype", default="float16",
+                   help="float16 (default), bfloat16, float32, or int8 / float8_e4m3fn (quantized: needs --calibrate)")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="a quantized file's calibration images: a folder (searched recursively; its first "
+                        "--calibration-count images in sorted order, preprocessed as `fastres predict` does)")
+    p.add_argument("--calibration-count", type=int, default=500, metavar="N",
+                   help="how many calibration images (default 500, as NVIDIA's MLPerf ResNet-50 calibration)")
+    p.add_argument("--method", default=None, choices=("max", "percentile", "entropy", "mse"),
+                   help="how each activation's range is chosen (default: entropy, TensorRT's KL divergence, for int8; mse for "
+                        "float8_e4m3fn)")
     p.add_argument("--dilate", metavar="none|L2,L3,L4",
                    help="the dilation of a bare trunk state_dict (a ResNet's without fc.*, whose weights cannot show it), "
                         "as torchvision's replace_stride_with_dilation for layer2..layer4: 'none' (timm's features_only, "
@@ -39,11 +48,16 @@ def parse_dilate(text: str) -> tuple[bool, bool, bool]:
 def main(args) -> int:
     from .errors import UserError
 
-    if args.dtype not in DTYPES:
-        raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if args.dtype not in DTYPES and args.dtype not in QUANT_DTYPES:
+        raise UserError(f"unknown dtype {args.dtype!r}: choose one of {', '.join((*DTYPES, *QUANT_DTYPES))}")
+    if args.dtype in QUANT_DTYPES and args.calibrate is None:
+        raise UserError(f"--dtype {args.dtype} needs calibration images: --calibrate DIR")
+    if args.calibrate is not None and args.dtype not in QUANT_DTYPES:
+        raise UserError("--calibrate is for a quantized file: --dtype int8 or float8_e4m3fn")
     try:
         dilate = None if args.dilate is None else parse_dilate(args.dilate)
-        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype, dilate=dilate)
+        path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype, dilate=dilate, calibrate=args.calibrate,
+                       calibration_count=args.calibration_count, method=args.method, verbose=args.calibrate is not None)
     except (WeightsError, OSError) as exc:
         raise UserError(str(exc)) from None
     meta = read_metadata(path)
@@ -53,5 +67,12 @@ def main(args) -> int:
                                                  "its config says none") + ")" if "source" in meta else "")
     what = f"{meta['num_classes']} classes" if "num_classes" in meta else \
         f"trunk returning {meta['returns']}, dilate {meta['dilate']}"
-    print(f"{path}: {meta['arch']}, {what}, {meta['dtype']}, {size:.1f} MB{origin}")
+    if "quantized" in meta:
+        from .quant.fileformat import read_quant
+
+        report = read_quant(meta, path)[2]
+        if report is not None:
+            print(report)
+    held = meta["dtype"] if "quantized" not in meta else f"{meta['quantized']} (float layers {meta['dtype']})"
+    print(f"{path}: {meta['arch']}, {what}, {held}, {size:.1f} MB{origin}")
     return 0

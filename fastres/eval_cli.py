@@ -30,6 +30,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", nargs="+", action="extend", metavar="DTYPE", default=None,
                    help=f"one or several, space- or comma-separated, of {', '.join(DTYPES)}; float32 is computed "
                         "too, as the reference, whenever another is asked (default: a converted file's own dtype, float32 for a checkpoint)")
+    p.add_argument("--calibrate", metavar="DIR", default=None,
+                   help="for --dtype int8 / float8_e4m3fn of a float file: quantize it here (fastres.quantize), "
+                        "calibrated on DIR's first --calibration-count images (keep them apart from --data)")
+    p.add_argument("--calibration-count", type=int, default=500, metavar="N", help="calibration images (default 500)")
+    p.add_argument("--method", default=None, choices=("max", "percentile", "entropy", "mse"),
+                   help="calibration method with --calibrate (default: entropy for int8, mse for float8_e4m3fn)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images, in sorted order")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=None, metavar="N",
                    help="images per batch (default 64 on a GPU, 4 on the CPU)")
@@ -58,7 +64,7 @@ def dtype_list(values: list[str] | None) -> list[str]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("limit", "batch_size", "resize", "crop", "workers"):
+    for name in ("limit", "batch_size", "resize", "crop", "workers", "calibration_count"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -80,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
     dtypes = dtypes_to_run(asked or [stored or REFERENCE])
     models, meta = {}, None
     for name in dtypes:
-        models[name], file_meta = build(args.weights, name, device)
+        models[name], file_meta = build(args.weights, name, device, calibrate=args.calibrate,
+                                        calibration_count=args.calibration_count, method=args.method)
         meta = meta if meta is not None else file_meta
     reference = models[dtypes[0]]
     check_labels(dataset, reference.num_classes)

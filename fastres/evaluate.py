@@ -115,7 +115,8 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
 
 # -- the models -------------------------------------------------------------------------------
 
-def build(weights: str | os.PathLike, dtype: str, device: torch.device):
+def build(weights: str | os.PathLike, dtype: str, device: torch.device, *, calibrate: str | os.PathLike | None = None,
+          calibration_count: int = 500, method: str | None = None):
     """(model, metadata): the classifier `weights` give, evaluated at `dtype` on `device`, and
     the file's metadata (what chooses the preprocessing: `weights_transform`).
 
@@ -125,9 +126,14 @@ def build(weights: str | os.PathLike, dtype: str, device: torch.device):
     (`fastres.load`); a torchvision checkpoint (.pth) is folded at `dtype`; a converted file in
     another dtype has its weights cast (biases stay float32, as in every file), so float32 from
     a float16 file computes the float16 weights in float32. A UserError for anything the file
-    or the device cannot give (bfloat16 on the CPU, a trunk, a damaged file)."""
+    or the device cannot give (bfloat16 on the CPU, a trunk, a damaged file).
+
+    int8 / float8_e4m3fn: a file converted in that dtype runs as it is; any other file is
+    quantized here by fastres.quantize (`method`), calibrated on the first `calibration_count`
+    images of `calibrate`, preprocessed as the file says. A float dtype of a quantized file: the
+    float model it stands for (its 8-bit weights dequantized)."""
     if dtype in QUANTIZED_DTYPES:
-        raise UserError(f"--dtype {dtype}: evaluating quantized weights is not available yet")
+        return _quantized(Path(weights), dtype, device, calibrate, calibration_count, method)
     if dtype not in FLOAT_DTYPES:
         raise UserError(f"--dtype {dtype}: unknown (choose from {', '.join(DTYPES)})")
     from .errors import WeightsError
@@ -136,6 +142,10 @@ def build(weights: str | os.PathLike, dtype: str, device: torch.device):
     path, graph = Path(weights), device.type == "cuda"
     try:
         meta = _converted_metadata(path)
+        if meta is not None and "quantized" in meta:
+            from .quant.quantize import dequantized
+
+            return dequantized(load(path, "cpu", cuda_graph=False), TORCH_DTYPES[dtype], device, graph), meta
         if meta is None or meta["dtype"] == dtype:
             return open_model(path, device, dtype=TORCH_DTYPES[dtype], cuda_graph=graph)
         return _cast(load(path, device, cuda_graph=False), TORCH_DTYPES[dtype], graph), meta
@@ -143,11 +153,37 @@ def build(weights: str | os.PathLike, dtype: str, device: torch.device):
         raise UserError(first_line(exc, typed=False, limit=None)) from None
 
 
+def _quantized(path: Path, dtype: str, device: torch.device, calibrate, count: int, method: str):
+    from .errors import WeightsError
+    from .weights import open_model
+
+    meta = _converted_metadata(path)
+    graph = device.type == "cuda"
+    try:
+        if meta is not None and meta.get("quantized") == dtype:
+            return open_model(path, device, dtype=dtype, cuda_graph=graph)
+        if calibrate is None:
+            held = "a checkpoint" if meta is None else f"{meta.get('quantized', meta['dtype'])} weights"
+            raise UserError(f"--dtype {dtype}: {path} holds {held}; give --calibrate DIR to quantize it here, or a file "
+                            f"converted with `fastres convert --dtype {dtype} --calibrate DIR`")
+        from .predict.predictor import weights_transform
+        from .quant.images import CalibrationImages
+        from .quant.quantize import quantize
+
+        model, meta = build(path, "float32", torch.device("cpu"))
+        t, _ = weights_transform(meta, None, None)
+        images = CalibrationImages(calibrate, count, resize=t.resize, crop=t.crop, interpolation=t.interpolation,
+                                   mean=t.mean, std=t.std)
+        return quantize(model, images, dtype=getattr(torch, dtype), method=method, device=device, cuda_graph=graph), meta
+    except (WeightsError, FileNotFoundError, ValueError, TypeError) as exc:
+        raise UserError(first_line(exc, typed=False, limit=None)) from None
+
+
 def stored_dtype(weights: str | os.PathLike) -> str | None:
-    """The dtype a converted classifier file holds; None for a checkpoint (folded at whatever
-    dtype is asked)."""
+    """The dtype a converted classifier file holds (a quantized file's 8-bit dtype); None for a
+    checkpoint (folded at whatever dtype is asked)."""
     meta = _converted_metadata(Path(weights))
-    return None if meta is None else meta["dtype"]
+    return None if meta is None else meta.get("quantized", meta["dtype"])
 
 
 def _converted_metadata(path: Path) -> dict[str, str] | None:

@@ -7,7 +7,11 @@ import contextlib
 import sys
 import time
 
-DTYPE_NAMES = ("float16", "bfloat16", "float32")
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "int8", "float8_e4m3fn")
+QUANT_NAMES = ("int8", "float8_e4m3fn")
+# A quantized engine against the torch reference of its integer math (fastres.quant.reference):
+# equal in the interpreter, apart by roundings that fused multiply-adds move on a GPU.
+QUANT_BOUND = 1e-2
 # Interpreter defaults: small enough that resnet50 finishes within a minute on 2 cores.
 CPU_SIZE, CPU_BATCH = 64, 2
 GPU_SIZE, GPU_BATCH = 224, 8
@@ -22,7 +26,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"images per batch (default {GPU_BATCH} on a GPU and with --plan, {CPU_BATCH} on the CPU)")
     p.add_argument("--size", type=int, default=None,
                    help=f"image height and width (default {GPU_SIZE} on a GPU and with --plan, {CPU_SIZE} on the CPU)")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="engine dtype (default float16; with --weights, the file's)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                   help="engine dtype (default float16; with --weights, the file's); int8 / float8_e4m3fn: a quantized "
+                        "file, or the random weights quantized by fastres.quantize on random calibration batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions on a GPU (median reported)")
     p.add_argument("--tune", action="store_true", help="on a GPU: measure each conv's tile configs first (cached on disk)")
@@ -84,10 +90,14 @@ def _print_plan(args, device, batch: int, size: int) -> int:
             raise UserError(str(exc)) from None
         print(fast.schedule(shape))
         return 0
-    from .plan import UnsupportedModelError
+    from .plan import UnsupportedModelError, arch_convs
+    from .precision import Quantized
 
+    arch, dtype, quantized = args.arch or "resnet50", args.dtype or "float16", None
+    if dtype in QUANT_NAMES:  # every conv in 8 bits, as fastres.quantize makes it by default
+        quantized, dtype = Quantized(getattr(torch, dtype), {c.name for c in arch_convs(arch)}), "float16"
     try:
-        print(build_schedule(args.arch or "resnet50", shape, getattr(torch, args.dtype or "float16"), DeviceInfo.of(device)))
+        print(build_schedule(arch, shape, getattr(torch, dtype), DeviceInfo.of(device), quantized=quantized))
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -151,14 +161,19 @@ def main(args) -> int:
                             "the engine against torchvision's model (classify images with `fastres predict --weights`)")
         if args.arch and args.arch != fast.arch:
             raise UserError(f"--arch {args.arch} contradicts {args.weights}, which holds {fast.arch}")
-        if args.dtype and getattr(torch, args.dtype) != fast.dtype:
-            raise UserError(f"--dtype {args.dtype} contradicts {args.weights}, which holds {str(fast.dtype)[6:]}")
+        held = fast.quantized.dtype if fast.quantized is not None else fast.dtype
+        if args.dtype and getattr(torch, args.dtype) != held:
+            raise UserError(f"--dtype {args.dtype} contradicts {args.weights}, which holds {str(held)[6:]}")
         arch, dtype = fast.arch, fast.dtype
-        # The file holds folded weights: torchvision with identity BatchNorms computes the same.
-        model = unfolded(arch, {k: v.cpu() for k, v in fast.params().items()}, fast.num_classes)
+        # The file holds folded weights: torchvision with identity BatchNorms computes the same
+        # (a quantized file's: its dequantized weights, the float model it stands for).
+        from .quant.quantize import float_params
+
+        model = unfolded(arch, float_params(fast), fast.num_classes)
         source = args.weights
     else:
-        arch, dtype = args.arch or "resnet50", getattr(torch, args.dtype or "float16")
+        arch = args.arch or "resnet50"
+        dtype = torch.float16 if args.dtype in QUANT_NAMES else getattr(torch, args.dtype or "float16")
         with _step(f"building {arch} with calibrated random weights (seed {args.seed})"):
             model = random_resnet(arch, seed=args.seed)
         with _step(f"folding BatchNorm and packing {str(dtype)[6:]} weights"):
@@ -167,6 +182,14 @@ def main(args) -> int:
             except UnsupportedModelError as exc:  # e.g. an arch whose convs these kernels lack
                 raise UserError(str(exc)) from None
         source = "random weights"
+        if args.dtype in QUANT_NAMES:
+            from .quant.quantize import quantize
+
+            g = torch.Generator().manual_seed(args.seed + 2)
+            calibration = [torch.randn(batch, 3, size, size, generator=g) for _ in range(4)]
+            with _step(f"quantizing to {args.dtype} (entropy calibration on 4 random batches)"):
+                fast = quantize(model, calibration, dtype=getattr(torch, args.dtype), device=device, progress=False)
+            source = f"random weights, {args.dtype}"
     if dtype == torch.bfloat16 and not on_gpu:
         raise UserError("bfloat16 needs a GPU: triton's CPU interpreter multiplies bf16 wrongly (triton issue 11584)")
 
@@ -199,9 +222,24 @@ def main(args) -> int:
     err = (out - ref).abs()
     top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
 
-    print(f"{arch} ({source}), {str(dtype)[6:]}, batch {batch}, {size}x{size}")
-    print(f"parity vs torchvision float64: rel L2 {rel:.2e} (torchvision {str(dtype)[6:]}: {torch_rel:.2e}; bound {bound:.1e}), "
-          f"max |err| {err.max().item():.3e}, top-1 agreement {top1:.0%}")
+    if fast.quantized is not None:
+        print(f"{arch} ({source}), {str(fast.quantized.dtype)[6:]} ({len(fast.quantized.layers)} convs; float layers "
+              f"{str(dtype)[6:]}), batch {batch}, {size}x{size}")
+        print(f"against the float model it stands for (float64): rel L2 {rel:.2e}, top-1 agreement {top1:.0%}")
+        from .quant.reference import run_schedule
+
+        with _step("torch reference of the quantized integer math"):
+            qref = run_schedule(fast.schedule(x), {k: v.cpu() for k, v in fast.params().items()}, images,
+                                ranges=fast.ranges).double()
+        rel, bound = ((out - qref).norm() / qref.norm()).item(), QUANT_BOUND
+        err = (out - qref).abs()
+        top1 = (out.argmax(1) == qref.argmax(1)).float().mean().item()
+        print(f"parity vs that reference: rel L2 {rel:.2e} (bound {bound:.0e}), max |err| {err.max().item():.3e}, "
+              f"top-1 agreement {top1:.0%}")
+    else:
+        print(f"{arch} ({source}), {str(dtype)[6:]}, batch {batch}, {size}x{size}")
+        print(f"parity vs torchvision float64: rel L2 {rel:.2e} (torchvision {str(dtype)[6:]}: {torch_rel:.2e}; bound "
+              f"{bound:.1e}), max |err| {err.max().item():.3e}, top-1 agreement {top1:.0%}")
     top5 = out.topk(min(5, out.shape[1]), dim=1).indices
     labels = _labels(fast.num_classes, args.weights)
     for i in range(batch):

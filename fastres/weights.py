@@ -23,6 +23,9 @@ FORMAT = "fastres"
 FORMAT_VERSION = 1
 # Version 2: a trunk (no fc; "returns" and "dilate" instead of "num_classes"); classifiers stay 1.
 TRUNK_FORMAT_VERSION = 2
+# Version 3: a quantized classifier or trunk (fastres.quant.fileformat).
+QUANT_FORMAT_VERSION = 3
+QUANT_DTYPES = ("int8", "float8_e4m3fn")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DIR = Path("weights")
 
@@ -186,6 +189,9 @@ def convert(
     dtype: torch.dtype | str = torch.float16,
     dilate=None,
     verbose: bool = False,
+    calibrate=None,
+    calibration_count: int = 500,
+    method: str | None = None,
 ) -> Path:
     """Convert a ResNet checkpoint into a fastres .safetensors file; returns its path.
 
@@ -203,16 +209,66 @@ def convert(
     `dilate` given must agree with it. An FCN or DeepLabV3 module, or an IntermediateLayerGetter
     over a ResNet, converts to a trunk with its own dilation.
     out: default weights/<source name>-<dtype>.safetensors. The write is atomic.
+    dtype "int8" or "float8_e4m3fn" (or the torch dtypes): a quantized file (format version 3),
+    calibrated by fastres.quantize with `method` on `calibrate`: a folder of images (its first
+    `calibration_count` in sorted order, preprocessed as `fastres predict` does) or an iterable
+    of normalized float batches; its float layers are float16.
     A source file downloaded from torchvision (its file name or sha256 says which weights
     entry) is recorded as `torchvision_weights`, so that `fastres predict` uses its transforms.
     Raises WeightsError (a ValueError) for anything it cannot convert exactly.
     """
-    params, metadata, name = prepare(src, arch=arch, dtype=dtype, dilate=dilate, verbose=verbose)
-    target = Path(out) if out is not None else DEFAULT_DIR / f"{name}-{metadata['dtype']}.safetensors"
+    qdtype = _quant_dtype(dtype)
+    if qdtype is not None:
+        params, metadata, name = _quantized(src, arch, qdtype, dilate, verbose, calibrate, calibration_count, method)
+    elif calibrate is not None:
+        raise WeightsError("calibrate is for a quantized file: --dtype int8 or float8_e4m3fn")
+    else:
+        params, metadata, name = prepare(src, arch=arch, dtype=dtype, dilate=dilate, verbose=verbose)
+    suffix = metadata.get("quantized", metadata["dtype"])
+    target = Path(out) if out is not None else DEFAULT_DIR / f"{name}-{suffix}.safetensors"
     _atomic_save(_pack(params), metadata, target)
     if verbose:
         print(f"wrote {target}", file=sys.stderr)
     return target
+
+
+def _quant_dtype(dtype) -> torch.dtype | None:
+    from .quant.fileformat import QUANT_DTYPE_NAMES
+
+    if isinstance(dtype, str) and dtype in QUANT_DTYPE_NAMES:
+        return QUANT_DTYPE_NAMES[dtype]
+    return dtype if dtype in QUANT_DTYPE_NAMES.values() else None
+
+
+def _quantized(src, arch, qdtype: torch.dtype, dilate, verbose: bool, calibrate, count: int, method: str):
+    """(params, metadata, name) of a quantized file: the float32 fold of `src`, calibrated."""
+    from .engine import ResNet
+    from .quant.fileformat import quant_metadata
+    from .quant.images import CalibrationImages
+    from .quant.quantize import quantize
+
+    if calibrate is None:
+        raise WeightsError(f"a {_dtype_name(qdtype)} file needs calibration images: --calibrate DIR")
+    params, metadata, name = prepare(src, arch=arch, dtype=torch.float32, dilate=dilate, verbose=verbose)
+    trunk = trunk_spec(metadata)
+    returns, dilated = trunk or (None, None)
+    engine = ResNet(file_arch(metadata), params, num_classes=None if trunk else int(metadata["num_classes"]),
+                    returns=returns, dilate=dilated, dtype=torch.float32, device="cpu", cuda_graph=False)
+    batches = calibrate
+    source = "batches"
+    if isinstance(calibrate, (str, os.PathLike)):
+        pre = json.loads(metadata["preprocess"]) if "preprocess" in metadata else {}
+        keys = ("resize", "crop", "interpolation", "mean", "std")
+        batches = CalibrationImages(calibrate, count, **{k: pre[k] for k in keys if k in pre})
+        source = f"{len(batches.files)} images of {Path(calibrate).name}"
+    try:
+        q = quantize(engine, batches, dtype=qdtype, method=method, float_dtype=torch.float16, device="cpu",
+                     cuda_graph=False, progress=verbose)
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"calibration failed: {exc}") from None
+    metadata.update(dtype="float16", **quant_metadata(q, {"method": q.report.method, "source": source,
+                                                          "images": q.report.images, "batches": q.report.batches}))
+    return q.params(), metadata, name
 
 
 def _new_file_beside(target: Path) -> tuple[str, int]:
@@ -291,15 +347,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a fastres weights file (metadata format={meta.get('format')!r}); convert it with `fastres convert`")
-    if meta.get("format_version") not in (str(FORMAT_VERSION), str(TRUNK_FORMAT_VERSION)):
+    if meta.get("format_version") not in (str(FORMAT_VERSION), str(TRUNK_FORMAT_VERSION), str(QUANT_FORMAT_VERSION)):
         raise WeightsError(f"{path} has format version {meta.get('format_version')!r}; this fastres reads versions "
-                           f"{FORMAT_VERSION} and {TRUNK_FORMAT_VERSION}")
+                           f"{FORMAT_VERSION}, {TRUNK_FORMAT_VERSION} and {QUANT_FORMAT_VERSION}")
     file_arch(meta, path)
     if meta.get("dtype") not in DTYPES:
         raise WeightsError(f"{path} names an unknown dtype {meta.get('dtype')!r}")
-    if meta["format_version"] == str(TRUNK_FORMAT_VERSION):
-        trunk_spec(meta, path)
-    elif not str(meta.get("num_classes", "")).isdigit() or int(meta["num_classes"]) < 1:
+    from .quant.fileformat import read_quant
+
+    read_quant(meta, path)
+    if trunk_spec(meta, path) is None and (not str(meta.get("num_classes", "")).isdigit()
+                                           or int(meta["num_classes"]) < 1):
         raise WeightsError(f"{path} has an invalid num_classes {meta.get('num_classes')!r}")
     return meta
 
@@ -308,7 +366,8 @@ def trunk_spec(meta: Mapping[str, str], path=None) -> tuple[tuple, tuple[bool, b
     """(returns, dilate) of a trunk file's metadata; None for a classifier's."""
     from .plan import UnsupportedModelError, check_dilate, check_returns
 
-    if meta.get("format_version") != str(TRUNK_FORMAT_VERSION):
+    version = meta.get("format_version")
+    if version != str(TRUNK_FORMAT_VERSION) and not (version == str(QUANT_FORMAT_VERSION) and "returns" in meta):
         return None
     try:
         returns = check_returns(json.loads(meta.get("returns", "")))
@@ -329,8 +388,10 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
 
     from .engine import ResNet
     from .plan import UnsupportedModelError, check_params, returns_depth
+    from .quant.fileformat import read_quant
 
     meta = read_metadata(path)
+    quantized, ranges, report = read_quant(meta, path) or (None, None, None)
     trunk = trunk_spec(meta, path)
     arch, dtype = file_arch(meta, path), DTYPES[meta["dtype"]]
     num_classes = None if trunk else int(meta["num_classes"])
@@ -341,11 +402,13 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
         raise WeightsError(f"{path} is truncated or corrupt: {exc}") from None
     params = _unpack(stored)
     try:
-        check_params(params, arch, num_classes, dtype, returns_depth(returns))
+        check_params(params, arch, num_classes, dtype, returns_depth(returns), quantized)
     except (UnsupportedModelError, TypeError) as exc:
         raise WeightsError(f"{path}: {exc}") from None
-    return ResNet(arch, params, num_classes=num_classes, returns=returns, dilate=dilate, dtype=dtype, device=device,
-                  cuda_graph=cuda_graph, tune=tune)
+    engine = ResNet(arch, params, num_classes=num_classes, returns=returns, dilate=dilate, dtype=dtype, device=device,
+                    cuda_graph=cuda_graph, tune=tune, quantized=quantized, ranges=ranges)
+    engine.report = report
+    return engine
 
 
 def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, dtype=None,
@@ -362,9 +425,11 @@ def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, 
     if path.suffix == ".safetensors" and _is_converted(path):
         meta = read_metadata(path)
         _refuse_trunk(path, meta)
-        if dtype is not None and _dtype(dtype) != DTYPES[meta["dtype"]]:
-            raise WeightsError(f"{path} holds {meta['dtype']} weights, not {_dtype_name(_dtype(dtype))}: convert the "
-                               f"checkpoint again with --dtype {_dtype_name(_dtype(dtype))}")
+        held = meta.get("quantized", meta["dtype"])
+        wanted = None if dtype is None else _dtype_name(_quant_dtype(dtype) or _dtype(dtype))
+        if wanted is not None and wanted != held:
+            raise WeightsError(f"{path} holds {held} weights, not {wanted}: convert the checkpoint again with "
+                               f"--dtype {wanted}" + (" --calibrate DIR" if wanted in QUANT_DTYPES else ""))
         return load(path, device, cuda_graph=cuda_graph, tune=tune), meta
     params, meta, _ = prepare(path, dtype=torch.float16 if dtype is None else dtype)
     _refuse_trunk(path, meta)
