@@ -29,10 +29,13 @@ _CONVS = ("stem_conv", "conv_bn_relu", "conv1x1")
 @dataclasses.dataclass(frozen=True)
 class Quantized:
     """What runs in 8 bits: `dtype` (int8 or float8_e4m3fn) and the convs (state_dict names,
-    e.g. "layer1.0.conv2", "conv1") that compute in it."""
+    e.g. "layer1.0.conv2", "conv1") that compute in it. float_residuals: keep every activation
+    read as a fused residual (each block's input) in the float dtype, whatever its readers (the
+    alternative measured against 8-bit residuals: docs/quantize.md)."""
 
     dtype: torch.dtype
     layers: frozenset
+    float_residuals: bool = False
 
     def __post_init__(self):
         if self.dtype not in QUANT_DTYPES:
@@ -79,6 +82,7 @@ def plan_precision(launches: Sequence[tuple[str, str]], wiring: Sequence[tuple],
         return [float_dtype] * n_values, names, [None] * len(launches)
     q = quantized.dtype
     writer = {dst: i for i, (_, dst, _) in enumerate(wiring) if dst is not None}
+    residuals = {res for _, _, res in wiring if res is not None} if quantized.float_residuals else set()
     readers: list[list[int]] = [[] for _ in range(n_values)]
     for i, (src, _, _) in enumerate(wiring):
         if src is not None:
@@ -100,7 +104,7 @@ def plan_precision(launches: Sequence[tuple[str, str]], wiring: Sequence[tuple],
         i = writer[v]
         if launches[i][0] == "max_pool2d":
             dtypes[v] = dtypes[wiring[i][0]]
-        elif eight_bit_conv(i) and v not in returned and all(takes_8bit(j) for j in readers[v]):
+        elif eight_bit_conv(i) and v not in returned and v not in residuals and all(takes_8bit(j) for j in readers[v]):
             dtypes[v] = q
     precisions = []
     for i, (src, dst, res) in enumerate(wiring):

@@ -57,6 +57,18 @@ def test_a_float_reader_keeps_an_activation_float():
     assert "int8(f16->int8)" in str(s) and " f16" in str(s)
 
 
+def test_float_residuals_keep_every_block_input_float():
+    layers = {c.name for c in arch_convs("resnet50")}
+    s = build_schedule("resnet50", (2, 3, 64, 64), torch.float16, PLAN, num_classes=10,
+                       quantized=Quantized(torch.int8, layers, float_residuals=True))
+    conv3 = _step(s, "layer1.1.conv3")
+    assert conv3.precision.residual == torch.float16 and conv3.precision.dst == torch.float16
+    nxt = _step(s, "layer1.2.conv1")  # reads the block's float16 output, quantized as it loads it
+    assert (nxt.precision.compute, nxt.precision.src, nxt.precision.src_scale) == (torch.int8, torch.float16,
+                                                                                 "layer1.1.conv3")
+    assert _step(s, "layer1.2.conv2").precision.src == torch.int8  # inside a block: 8 bits still
+
+
 def test_a_trunks_returned_activations_are_float():
     layers = {c.name for c in arch_convs("resnet50", depth=3)}
     s = build_schedule("resnet50", (1, 3, 64, 64), torch.float16, PLAN, returns={"layer1": "a", "layer3": "b"},
