@@ -54,6 +54,8 @@ def main(args) -> int:
         raise UserError(f"--dtype {args.dtype} needs calibration images: --calibrate DIR")
     if args.calibrate is not None and args.dtype not in QUANT_DTYPES:
         raise UserError("--calibrate is for a quantized file: --dtype int8 or float8_e4m3fn")
+    if args.calibration_count < 1:
+        raise UserError(f"--calibration-count must be >= 1, got {args.calibration_count}")
     try:
         dilate = None if args.dilate is None else parse_dilate(args.dilate)
         path = convert(args.src, args.out, arch=args.arch, dtype=args.dtype, dilate=dilate, calibrate=args.calibrate,

@@ -32,7 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "too, as the reference, whenever another is asked (default: a converted file's own dtype, float32 for a checkpoint)")
     p.add_argument("--calibrate", metavar="DIR", default=None,
                    help="for --dtype int8 / float8_e4m3fn of a float file: quantize it here (fastres.quantize), "
-                        "calibrated on DIR's first --calibration-count images (keep them apart from --data)")
+                        "calibrated on DIR's first --calibration-count images, preprocessed as --data's (keep them "
+                        "apart from --data)")
     p.add_argument("--calibration-count", type=int, default=500, metavar="N", help="calibration images (default 500)")
     p.add_argument("--method", default=None, choices=("max", "percentile", "entropy", "mse"),
                    help="calibration method with --calibrate (default: entropy for int8, mse for float8_e4m3fn)")
@@ -87,7 +88,9 @@ def main(args: argparse.Namespace) -> int:
     models, meta = {}, None
     for name in dtypes:
         models[name], file_meta = build(args.weights, name, device, calibrate=args.calibrate,
-                                        calibration_count=args.calibration_count, method=args.method)
+                                        calibration_count=args.calibration_count, method=args.method,
+                                        resize=args.resize, crop=args.crop, mode=args.preprocess,
+                                        progress=not args.no_progress)
         meta = meta if meta is not None else file_meta
     reference = models[dtypes[0]]
     check_labels(dataset, reference.num_classes)

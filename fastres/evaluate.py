@@ -116,7 +116,8 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
 # -- the models -------------------------------------------------------------------------------
 
 def build(weights: str | os.PathLike, dtype: str, device: torch.device, *, calibrate: str | os.PathLike | None = None,
-          calibration_count: int = 500, method: str | None = None):
+          calibration_count: int = 500, method: str | None = None, resize: int | None = None, crop: int | None = None,
+          mode: str = "exact", progress: bool = False):
     """(model, metadata): the classifier `weights` give, evaluated at `dtype` on `device`, and
     the file's metadata (what chooses the preprocessing: `weights_transform`).
 
@@ -130,10 +131,13 @@ def build(weights: str | os.PathLike, dtype: str, device: torch.device, *, calib
 
     int8 / float8_e4m3fn: a file converted in that dtype runs as it is; any other file is
     quantized here by fastres.quantize (`method`), calibrated on the first `calibration_count`
-    images of `calibrate`, preprocessed as the file says. A float dtype of a quantized file: the
-    float model it stands for (its 8-bit weights dequantized)."""
+    images of `calibrate`, preprocessed as the evaluated images are: as the file says, with
+    `resize` / `crop` overriding its sizes, in `mode` ("exact" or "fast"); `progress`: the
+    calibration's on stderr. A float dtype of a quantized file: the float model it stands for
+    (its 8-bit weights dequantized)."""
     if dtype in QUANTIZED_DTYPES:
-        return _quantized(Path(weights), dtype, device, calibrate, calibration_count, method)
+        return _quantized(Path(weights), dtype, device, calibrate, calibration_count, method,
+                          dict(resize=resize, crop=crop, mode=mode), progress)
     if dtype not in FLOAT_DTYPES:
         raise UserError(f"--dtype {dtype}: unknown (choose from {', '.join(DTYPES)})")
     from .errors import WeightsError
@@ -153,7 +157,8 @@ def build(weights: str | os.PathLike, dtype: str, device: torch.device, *, calib
         raise UserError(first_line(exc, typed=False, limit=None)) from None
 
 
-def _quantized(path: Path, dtype: str, device: torch.device, calibrate, count: int, method: str):
+def _quantized(path: Path, dtype: str, device: torch.device, calibrate, count: int, method: str, preprocess: dict,
+               progress: bool):
     from .errors import WeightsError
     from .weights import open_model
 
@@ -171,10 +176,11 @@ def _quantized(path: Path, dtype: str, device: torch.device, calibrate, count: i
         from .quant.quantize import quantize
 
         model, meta = build(path, "float32", torch.device("cpu"))
-        t, _ = weights_transform(meta, None, None)
-        images = CalibrationImages(calibrate, count, resize=t.resize, crop=t.crop, interpolation=t.interpolation,
-                                   mean=t.mean, std=t.std)
-        return quantize(model, images, dtype=getattr(torch, dtype), method=method, device=device, cuda_graph=graph), meta
+        t, _ = weights_transform(meta, preprocess["resize"], preprocess["crop"])
+        images = CalibrationImages(calibrate, count, resize=t.resize, crop=t.crop, mode=preprocess["mode"],
+                                   interpolation=t.interpolation, mean=t.mean, std=t.std)
+        return quantize(model, images, dtype=getattr(torch, dtype), method=method, device=device, cuda_graph=graph,
+                        progress=progress), meta
     except (WeightsError, FileNotFoundError, ValueError, TypeError) as exc:
         raise UserError(first_line(exc, typed=False, limit=None)) from None
 

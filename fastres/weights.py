@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 
 from .checkpoint_file import check_kind as _check_kind, read_state_dict as _read_state_dict, unwrap as _unwrap
-from .errors import WeightsError
+from .errors import UserError, WeightsError
 
 FORMAT = "fastres"
 FORMAT_VERSION = 1
@@ -248,22 +248,31 @@ def _quantized(src, arch, qdtype: torch.dtype, dilate, verbose: bool, calibrate,
     from .quant.quantize import quantize
 
     if calibrate is None:
-        raise WeightsError(f"a {_dtype_name(qdtype)} file needs calibration images: --calibrate DIR")
+        raise WeightsError(f"quantizing to {_dtype_name(qdtype)} needs calibration images: calibrate= a folder or "
+                           "batches (--calibrate DIR)")
+    # The images' reader raises UserError (a folder without images, an image it cannot decode):
+    # here that is the WeightsError convert promises. The folder is listed before the checkpoint
+    # is read, so that a wrong one is refused at once.
+    batches, source = calibrate, "batches"
+    try:
+        if isinstance(calibrate, (str, os.PathLike)):
+            batches = CalibrationImages(calibrate, count)
+            source = f"{len(batches.files)} images of {Path(calibrate).name}"
+    except UserError as exc:
+        raise WeightsError(f"calibration images: {exc}") from None
     params, metadata, name = prepare(src, arch=arch, dtype=torch.float32, dilate=dilate, verbose=verbose)
+    if isinstance(batches, CalibrationImages) and "preprocess" in metadata:  # the source's stated preprocessing
+        pre = json.loads(metadata["preprocess"])
+        batches.set_transform(**{k: pre[k] for k in ("resize", "crop", "interpolation", "mean", "std") if k in pre})
     trunk = trunk_spec(metadata)
     returns, dilated = trunk or (None, None)
     engine = ResNet(file_arch(metadata), params, num_classes=None if trunk else int(metadata["num_classes"]),
                     returns=returns, dilate=dilated, dtype=torch.float32, device="cpu", cuda_graph=False)
-    batches = calibrate
-    source = "batches"
-    if isinstance(calibrate, (str, os.PathLike)):
-        pre = json.loads(metadata["preprocess"]) if "preprocess" in metadata else {}
-        keys = ("resize", "crop", "interpolation", "mean", "std")
-        batches = CalibrationImages(calibrate, count, **{k: pre[k] for k in keys if k in pre})
-        source = f"{len(batches.files)} images of {Path(calibrate).name}"
     try:
         q = quantize(engine, batches, dtype=qdtype, method=method, float_dtype=torch.float16, device="cpu",
                      cuda_graph=False, progress=verbose)
+    except UserError as exc:
+        raise WeightsError(f"calibration images: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"calibration failed: {exc}") from None
     metadata.update(dtype="float16", **quant_metadata(q, {"method": q.report.method, "source": source,
@@ -405,10 +414,27 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
         check_params(params, arch, num_classes, dtype, returns_depth(returns), quantized)
     except (UnsupportedModelError, TypeError) as exc:
         raise WeightsError(f"{path}: {exc}") from None
+    if quantized is not None:
+        _check_quantized(path, arch, dilate, returns_depth(returns), quantized, ranges)
     engine = ResNet(arch, params, num_classes=num_classes, returns=returns, dilate=dilate, dtype=dtype, device=device,
                     cuda_graph=cuda_graph, tune=tune, quantized=quantized, ranges=ranges)
     engine.report = report
     return engine
+
+
+def _check_quantized(path, arch, dilate, depth: int, quantized, ranges: Mapping[str, float]) -> None:
+    """A version-3 file's 8-bit layers are convs of its arch, and its ranges hold the image's
+    and every conv's output (what fastres.quantize records): refused at load, not at the first
+    forward that would need a missing one."""
+    from .plan import NO_DILATION, arch_convs, arch_label
+
+    convs = [c.name for c in arch_convs(arch, dilate or NO_DILATION, depth)]
+    unknown = sorted(quantized.layers - set(convs))
+    if unknown:
+        raise WeightsError(f"{path}: quantized_layers names {unknown}, which are not convs of {arch_label(arch)}")
+    missing = [name for name in ("input", *convs) if name not in ranges]
+    if missing:
+        raise WeightsError(f"{path}: ranges lacks {missing[0]!r} (it needs the input's and every conv's range)")
 
 
 def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, dtype=None,

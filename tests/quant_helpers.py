@@ -64,3 +64,10 @@ def calibration(batch: int = 50, count: int = 200) -> list[torch.Tensor]:
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.float().argmax(1) == labels).float().mean().item()
+
+
+def launch_dtypes(plan: str) -> dict[str, str]:
+    """{layer: its "dtypes" column} of the launch rows of a printed schedule (`fastres run --plan`,
+    `ResNet.schedule`): e.g. "int8(int8->int8)", the compute dtype then input -> output."""
+    rows = [line.split() for line in plan.splitlines()]
+    return {row[2]: row[-1] for row in rows if len(row) > 3 and row[0].isdigit() and "(" in row[-1]}

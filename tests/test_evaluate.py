@@ -167,8 +167,10 @@ def test_build_casts_a_converted_file_and_folds_a_checkpoint(setup):
     model, _ = build(pth, "float16", DEVICE)
     assert model.dtype == torch.float16 and model.num_classes == 10
     for name in ("int8", "float8_e4m3fn"):
-        with pytest.raises(UserError, match=f"--dtype {name}: evaluating quantized weights is not available yet"):
+        with pytest.raises(UserError, match=f"--dtype {name}: .* holds float32 weights; give --calibrate DIR"):
             build(weights, name, DEVICE)
+        with pytest.raises(UserError, match=f"--dtype {name}: .* holds a checkpoint; give --calibrate DIR"):
+            build(pth, name, DEVICE)
 
 
 @pytest.mark.parametrize("case,words", [
@@ -179,7 +181,8 @@ def test_build_casts_a_converted_file_and_folds_a_checkpoint(setup):
     ("folder-label", "(class folder 'k') has label 10, out of range of the model's 10 classes"),
     ("missing", "no such image"),
     ("bf16", "bfloat16 needs a GPU"),
-    ("int8", "--dtype int8: evaluating quantized weights is not available yet"),
+    ("int8", "holds float32 weights; give --calibrate DIR to quantize it here, or a file converted with "
+             "`fastres convert --dtype int8 --calibrate DIR`"),
     ("unknown", "--dtype fp8: unknown (choose from float32, float16, bfloat16, int8, float8_e4m3fn)"),
     ("limit", "--limit must be >= 1, got 0"),
 ])
@@ -209,3 +212,75 @@ def test_usage_mistakes_are_one_line_and_exit_2(setup, tmp_path, capsys, case, w
     lines = err.strip().splitlines()
     assert rc == 2 and out == "" and len(lines) == 1, err
     assert lines[0].startswith("fastres eval: error: ") and words in lines[0], lines[0]
+
+
+# -- quantized dtypes ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quantized(setup):
+    """An int8 file of the same resnet18, calibrated on two of the images (preprocessed at
+    resize 256, crop 224: the file states no preprocessing), and a val_map folder of three
+    images labelled with float32's answers."""
+    root, _, images, top = setup
+    path = fastres.convert(calibrated("resnet18"), root / "r18-int8.safetensors", dtype="int8",
+                           calibrate=images[0].parent, calibration_count=2, method="max")
+    data = root / "three"
+    data.mkdir()
+    for img in images[:3]:
+        (data / img.name).write_bytes(img.read_bytes())
+    (data / "val_map.txt").write_text("".join(f"{p.name} {top[str(p)][0]}\n" for p in images[:3]))
+    return path, data
+
+
+def _rows(doc: dict) -> None:
+    assert doc["reference"] == "float32" and [r["dtype"] for r in doc["results"]] == ["float32", "int8"]
+    f32, int8 = doc["results"]
+    assert f32["reference"] and f32["agreement_top1"] is None and f32["logits_rel_l2"] is None
+    assert not int8["reference"] and int8["images"] == 3 and int8["agreement_top1"] is not None
+    assert 0 < int8["logits_rel_l2"] < 0.5
+
+
+def test_a_quantized_file_beside_the_float_model_it_stands_for(setup, quantized, capsys):
+    """--dtype int8 of an int8 file: the file as it is, and as float32 the float model it stands
+    for (its codes times their scales): the logits' difference is the quantization's alone."""
+    root, weights, _, _ = setup
+    path, data = quantized
+    rc, stdout, err = run_cli(capsys, "--weights", path, "--data", data, "--dtype", "int8", "--json", "--no-progress",
+                              *SMALL)
+    assert rc == 0 and err.count("\n") == 2, err               # the run's line and the time split
+    doc = json.loads(stdout)
+    assert doc["weights_dtype"] == "int8" and doc["classified"] == 3
+    _rows(doc)
+    q = fastres.load(path, "cpu", cuda_graph=False)
+    f32, meta = build(path, "float32", DEVICE)
+    assert meta["quantized"] == "int8" and f32.quantized is None and f32.dtype == torch.float32
+    for k, v in f32.params().items():
+        want = q.params()[k].float()
+        if k.removesuffix(".weight") in q.quantized.layers:
+            want = want * q.params()[k.replace(".weight", ".weight_scale")][:, None, None, None]
+        assert torch.equal(v.cpu(), want), k
+
+
+def test_a_float_file_quantized_here(setup, quantized, capsys, monkeypatch):
+    """--dtype float32 int8 --calibrate DIR: the float file quantized by fastres.quantize on the
+    calibration images, preprocessed as the evaluated ones (--resize 40 --crop 32)."""
+    import fastres.quant.quantize as quantize_module
+
+    root, weights, images, _ = setup
+    _, data = quantized
+    seen = []
+    real = quantize_module.quantize
+
+    def spy(model, calibration, **kw):
+        seen.extend(tuple(b.shape) for b in calibration)
+        return real(model, calibration, **kw)
+
+    monkeypatch.setattr(quantize_module, "quantize", spy)
+    rc, stdout, err = run_cli(capsys, "--weights", weights, "--data", data, "--dtype", "float32", "int8",
+                              "--calibrate", images[0].parent, "--calibration-count", 3, "--method", "max", "--json",
+                              "--no-progress", *SMALL)
+    assert rc == 0, err
+    assert seen == [(3, 3, 32, 32)]
+    doc = json.loads(stdout)
+    assert doc["weights_dtype"] == "float32"
+    _rows(doc)

@@ -86,3 +86,35 @@ def test_run_plan_defaults_to_the_gpu_size():
     r = fastres("run", "--plan", "--arch", "resnet18")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines()[0].startswith("resnet18 schedule: input 8x3x224x224, float16 activations"), r.stdout
+
+
+def test_run_plan_int8_names_each_launch_dtype():
+    """Every conv in int8, as fastres.quantize makes it by default; the head reads the codes and
+    computes in float16. A plan launches nothing: nothing is calibrated either."""
+    from fastres.plan import arch_convs
+    from quant_helpers import launch_dtypes
+
+    r = fastres("run", "--plan", "--dtype", "int8", "--arch", "resnet18", "--batch", "2", "--size", "32")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("resnet18 schedule: input 2x3x32x32, int8 and float16 activations, 1000 classes")
+    convs = [c.name for c in arch_convs("resnet18")]
+    dtypes = launch_dtypes(r.stdout)
+    assert list(dtypes) == [convs[0], "maxpool", *convs[1:], "fc"], r.stdout
+    assert (dtypes.pop("conv1"), dtypes.pop("fc")) == ("int8(-->int8)", "f16(int8->-)")
+    assert set(dtypes.values()) == {"int8(int8->int8)"}, dtypes
+    assert "parity" not in r.stdout and "quantizing" not in r.stderr
+
+
+def test_run_int8_against_the_reference_of_its_integer_math():
+    """Random weights quantized on random batches, then the engine against the torch reference
+    of its integer math on the same input: equal in the interpreter but for the rounding of
+    the float16 logits (at most 2**-11 of each)."""
+    r = fastres("run", "--dtype", "int8", "--arch", "resnet18", "--size", "32", "--batch", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "resnet18 (random weights, int8), int8 (20 convs; float layers float16), batch 2, 32x32" in out
+    assert "against the float model it stands for (float64): rel L2" in out
+    parity = next(line for line in out.splitlines() if line.startswith("parity vs that reference: rel L2 "))
+    assert "(bound 1e-02)" in parity and float(parity.split()[6]) <= (1e-2 if ON_GPU else 1e-3), parity
+    assert len([line for line in out.splitlines() if "top-5 classes" in line]) == 2
+    assert "quantizing to int8" in r.stderr

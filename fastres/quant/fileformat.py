@@ -4,6 +4,7 @@ safetensors metadata strings beside the 8-bit weights and their scales."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Mapping
 
 import torch
@@ -48,8 +49,9 @@ def read_quant(meta: Mapping[str, str], path=None) -> tuple[Quantized, dict[str,
         ranges = json.loads(meta.get("ranges", ""))
         if not isinstance(layers, list) or not all(isinstance(v, str) for v in layers):
             raise ValueError("quantized_layers is not a list of conv names")
-        if not isinstance(ranges, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in ranges.values()):
-            raise ValueError("ranges is not a mapping of names to positive numbers")
+        if not isinstance(ranges, dict) or not all(isinstance(v, (int, float)) and 0 < v < math.inf
+                                                   for v in ranges.values()):
+            raise ValueError("ranges is not a mapping of names to positive finite numbers")
     except ValueError as exc:
         raise WeightsError(f"{path}: invalid quantization metadata ({exc})") from None
     report = None

@@ -29,7 +29,14 @@ class CalibrationImages:
         except (FileNotFoundError, NoImagesError) as exc:
             raise UserError(str(exc)) from None
         self.files = files[:count]
-        self.batch, self.resize, self.crop, self.mode, self.interpolation = batch, resize, crop, mode, interpolation
+        self.batch, self.mode = batch, mode
+        self.set_transform(resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std)
+
+    def set_transform(self, *, resize: int = 256, crop: int = 224, interpolation: str = "bilinear",
+                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        """How the images are preprocessed (a checkpoint states its own only once it is read,
+        after the folder has been listed)."""
+        self.resize, self.crop, self.interpolation = resize, crop, interpolation
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
