@@ -85,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
     dataset = list_dataset(args.data, args.limit)
     stored = stored_dtype(args.weights)
     dtypes = dtypes_to_run(asked or [stored or REFERENCE])
+    if args.calibrate is not None and not any(d in ("int8", "float8_e4m3fn") for d in dtypes):
+        raise UserError("--calibrate quantizes a float file for --dtype int8 or float8_e4m3fn; no 8-bit dtype is asked")
     models, meta = {}, None
     for name in dtypes:
         models[name], file_meta = build(args.weights, name, device, calibrate=args.calibrate,

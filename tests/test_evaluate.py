@@ -185,6 +185,7 @@ def test_build_casts_a_converted_file_and_folds_a_checkpoint(setup):
              "`fastres convert --dtype int8 --calibrate DIR`"),
     ("unknown", "--dtype fp8: unknown (choose from float32, float16, bfloat16, int8, float8_e4m3fn)"),
     ("limit", "--limit must be >= 1, got 0"),
+    ("calibrate", "--calibrate quantizes a float file for --dtype int8 or float8_e4m3fn; no 8-bit dtype is asked"),
 ])
 def test_usage_mistakes_are_one_line_and_exit_2(setup, tmp_path, capsys, case, words):
     root, weights, images, _ = setup
@@ -207,7 +208,8 @@ def test_usage_mistakes_are_one_line_and_exit_2(setup, tmp_path, capsys, case, w
         (data / "val_map.txt").write_text("x.png 1\n")
         (data / "x.png").write_bytes(images[4].read_bytes())
     extra = {"bf16": ["--dtype", "bfloat16"], "int8": ["--dtype", "float16", "int8"],
-             "unknown": ["--dtype", "float16,fp8"], "limit": ["--limit", "0"]}.get(case, [])
+             "unknown": ["--dtype", "float16,fp8"], "limit": ["--limit", "0"],
+             "calibrate": ["--dtype", "float16", "--calibrate", str(data)]}.get(case, [])
     rc, out, err = run_cli(capsys, "--weights", weights, "--data", data, *extra, *SMALL)
     lines = err.strip().splitlines()
     assert rc == 2 and out == "" and len(lines) == 1, err
