@@ -8,6 +8,7 @@ CUDA a captured graph). A repeated forward at a known shape allocates nothing bu
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import threading
 import warnings
@@ -144,6 +145,13 @@ class ResNet(torch.nn.Module):
         if self._device_info is not None:
             self._device_info.check_dtype(quantized.dtype)
         return quantized, Ranges(quantized.dtype, dict(ranges))
+
+    def trunk(self, returns) -> "ResNet":
+        """A trunk engine returning `returns` (layer -> name, as the constructor takes) over this
+        engine's parameters and options; see `trunk_of`."""
+        return trunk_of(self._arch, self._params, returns, dilate=self.dilate, dtype=self.dtype, device=self.device,
+                        cuda_graph=self.cuda_graph, tune=self.tuner or False, max_shapes=self.max_shapes,
+                        quantized=self.quantized, ranges=None if self.ranges is None else self.ranges.amax)
 
     def quantization_report(self):
         """The per-layer report of the calibration that made this engine (fastres.quantize):
@@ -419,3 +427,19 @@ class ResNet(torch.nn.Module):
                 return self._arena(x, norm).forward(x)
         with _INTERPRETER_LOCK:
             return self._arena(x, norm).forward(x)
+
+
+def trunk_of(arch: "str | ArchSpec", params: Mapping[str, torch.Tensor], returns, *, dilate=NO_DILATION,
+             quantized: Quantized | None = None, ranges: Mapping[str, float] | None = None, **options) -> ResNet:
+    """A trunk engine returning `returns` made from a classifier's (or a deeper trunk's) folded
+    `params`: its convs' tensors only. A quantized one keeps the 8-bit codes, weight scales and
+    activation ranges of the convs it runs (the same values a calibration of the trunk itself
+    gives: every activation it computes is the deeper network's). options: as ResNet takes."""
+    returns = check_returns(returns)
+    depth = returns_depth(returns)
+    if quantized is not None:
+        convs = {c.name for c in arch_convs(arch, dilate, depth)}
+        quantized = dataclasses.replace(quantized, layers=quantized.layers & convs)
+    keep = param_shapes(arch, None, depth, quantized)
+    return ResNet(arch, {k: params[k] for k in keep}, returns=returns, dilate=dilate, quantized=quantized,
+                  ranges=ranges, **options)

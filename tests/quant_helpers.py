@@ -1,7 +1,8 @@
 """A ResNet trained in the tests on real images: scikit-learn's handwritten digits (1,797 8x8
 scans, shipped with the package), upsampled to 16x16 RGB. Quantization is judged on it, never on
 random weights alone (DESIGN.md section 4): a random network's activations have none of the
-outliers and skew that break calibration."""
+outliers and skew that break calibration. NoConvolution: a dispatch mode that fails on any aten
+convolution, around a quantized forward."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,15 @@ import torch
 
 SIZE = 16
 TRAIN = 1400  # images; the other 397 are held out
+
+
+class NoConvolution(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on any aten convolution (the quantized forward is fastres' kernels only)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "convolution" in func.__name__ or "conv2d" in func.__name__:
+            raise AssertionError(f"{func} ran in the quantized forward")
+        return func(*args, **(kwargs or {}))
 
 
 @functools.lru_cache(maxsize=1)

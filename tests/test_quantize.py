@@ -11,19 +11,10 @@ from fastres.precision import QUANT_DTYPES, Quantized
 from fastres.quant.reference import run_schedule
 
 from helpers import DEVICE, ON_GPU, assert_close
-from quant_helpers import calibration, held_out, top1, trained_resnet
+from quant_helpers import NoConvolution, calibration, held_out, top1, trained_resnet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 FP8 = pytest.param(torch.float8_e4m3fn, id="e4m3")
-
-
-class NoConvolution(torch.utils._python_dispatch.TorchDispatchMode):
-    """Fails on any aten convolution (the quantized forward is fastres' kernels only)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if "convolution" in func.__name__ or "conv2d" in func.__name__:
-            raise AssertionError(f"{func} ran in the quantized forward")
-        return func(*args, **(kwargs or {}))
 
 
 def _quantize(dtype, method, **kw):

@@ -6,6 +6,8 @@
 - ``reference``: a schedule run by torch: the float forward calibration observes, and the
   reference of a quantized engine's integer math
 - ``quantize``: calibration, weight quantization, each layer's error, the kept layers, the engine
+- ``intake``: the float engine a model (torchvision's, timm's, transformers', a detector...)
+  is calibrated by, and the same kind of model rebuilt around the quantized one
 - ``report``: the per-layer report; ``fileformat``: quantized files (format version 3);
   ``images``: calibration batches from a folder of images
 """

@@ -8,7 +8,9 @@ A second pass measures each conv's own error: its 8-bit output against its float
 the same float input. Convs named in `keep`, convs whose error exceeds `max_layer_error`, and
 the convs that have no 8-bit kernel (a shortcut's average pool, timm's `d` variants) stay in
 the float dtype; the classifier stays float (an 8-bit classifier is not built yet). The
-result is a `fastres.ResNet` whose forward is fastres' kernels only.
+result is a `fastres.ResNet` whose forward is fastres' kernels only, or the model's wrapper
+(timm's, transformers', torchvision's segmentation and detection copies) around one
+(`fastres.quant.intake`).
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ import torch
 
 from ..device import DeviceInfo
 from ..engine import ResNet
-from ..plan import UnsupportedModelError
 from ..precision import INPUT, QMAX, QUANT_DTYPES, Precision, Quantized, Ranges, short
 from ..progress import Progress
 from ..schedule import STEM, Step, build_schedule
 from .calibrate import RangeObserver, choose_amax, clipped_fraction
+from .intake import intake
 from .reference import conv_step, run_schedule
 from .report import LayerReport, QuantizationReport
 
@@ -33,12 +35,16 @@ _PLAN = DeviceInfo("plan", sms=1)  # the reference runs no kernel: any device's 
 def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, method: str | None = None,
              keep: Sequence[str] = (), max_layer_error: float | None = None, percentile: float = 99.99,
              float_dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
-             cuda_graph: bool = True, progress: bool = True) -> ResNet:
+             cuda_graph: bool = True, progress: bool = True) -> torch.nn.Module:
     """A quantized copy of `model`, called as the float one and answering in its input's dtype.
 
-    model: a torchvision ResNet classifier (or an IntermediateLayerGetter over one), or a
-    fastres.ResNet. calibration: an iterable of input batches [N, 3, H, W] float as the model
-    takes them (a DataLoader's (images, labels) pairs will do: the first element is used);
+    model: a torchvision ResNet classifier (or an IntermediateLayerGetter over one), an FCN or
+    DeepLabV3, a ResNet-FPN detector or BackboneWithFPN, a timm or transformers ResNet (or what
+    fastres.from_timm / from_transformers made of one), or a float fastres.ResNet; the result
+    is the same kind of model (a fastres.ResNet, or fastres' wrapper of the same class as
+    from_torchvision / from_timm / from_transformers give). calibration: an iterable of input
+    batches [N, 3, H, W] float as the model takes them (a DataLoader's (images, labels) pairs
+    will do: the first element is used; a detector's are passed through its transform);
     iterated twice, or held in memory if it is a one-shot iterator. dtype: torch.int8 or
     torch.float8_e4m3fn. method: how an activation's range is chosen from what calibration saw:
     "max", "percentile" (`percentile` of |x|), "entropy" (TensorRT's KL divergence; int8 only),
@@ -57,9 +63,10 @@ def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, m
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if max_layer_error is not None and not max_layer_error > 0:
         raise ValueError(f"max_layer_error must be positive, got {max_layer_error}")
-    source = _float_engine(model)
+    taken = intake(model)
+    source, calibration = taken.engine, taken.batches(calibration)
     if device is None:
-        device = source.device if isinstance(model, ResNet) else _module_device(model)
+        device = taken.device
     convs = _conv_names(source)
     unknown = sorted(set(keep) - set(convs))
     if unknown:
@@ -121,7 +128,7 @@ def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, m
                           _span(qparams[f"{name}.weight_scale"]), errors[name][0],
                           short(float_dtype) if name in why else short(dtype), why.get(name, ""))
               for name, src in ((n, errors[n][1]) for n in convs)))
-    return engine
+    return taken.model(engine)
 
 
 def float_params(engine: ResNet) -> dict[str, torch.Tensor]:
@@ -139,32 +146,6 @@ def dequantized(engine: ResNet, dtype: torch.dtype, device, cuda_graph: bool = T
     params = {k: (v.to(dtype) if k.endswith(".weight") else v.float()) for k, v in float_params(engine).items()}
     return ResNet(engine._arch, params, num_classes=engine.num_classes, returns=engine.returns, dilate=engine.dilate,
                   dtype=dtype, device=device, cuda_graph=cuda_graph)
-
-
-def _float_engine(model) -> ResNet:
-    """The float32 fastres engine on the CPU that `model` makes (its folded parameters and plan)."""
-    if isinstance(model, ResNet):
-        if model.quantized is not None:
-            raise ValueError("the model is already quantized")
-        return model
-    from ..build import from_torchvision
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torchvision ResNet or a fastres.ResNet, got {type(model).__name__}")
-    lib = type(model).__module__.split(".")[0]
-    if lib in ("timm", "transformers"):
-        raise UnsupportedModelError(
-            f"quantize takes torchvision ResNets and fastres engines; for a {lib} model, quantize the engine inside "
-            f"fastres.from_{lib}(model) is not supported yet")
-    engine = from_torchvision(model, dtype=torch.float32, device="cpu", cuda_graph=False)
-    if not isinstance(engine, ResNet):
-        raise UnsupportedModelError(f"quantize takes a ResNet classifier or trunk; {type(model).__name__} wraps one in "
-                                    "other modules (detection, segmentation), which quantize does not handle")
-    return engine
-
-
-def _module_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
 
 
 def _conv_names(engine: ResNet) -> list[str]:

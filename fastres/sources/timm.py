@@ -234,16 +234,15 @@ class TimmResNet(torch.nn.Module):
     """timm's ResNet on fastres: `forward(x)` gives the logits, and `forward_features(x)` /
     `forward_head(x, pre_logits=False)` what timm's do (the head, a global average pool and
     the Linear, stays torch and runs as timm's does; forward_features builds a trunk engine
-    returning layer4 on first use). A feature extractor (timm's num_classes=0) is the trunk
-    engine and timm's own pool: forward gives the pooled features (unpooled with
-    global_pool='')."""
+    returning layer4 on first use, `engine.trunk`: a quantized engine's is quantized alike). A
+    feature extractor (timm's num_classes=0) is the trunk engine and timm's own pool: forward
+    gives the pooled features (unpooled with global_pool='')."""
 
-    def __init__(self, engine: ResNet, global_pool: torch.nn.Module, fc: torch.nn.Module, options: dict,
+    def __init__(self, engine: ResNet, global_pool: torch.nn.Module, fc: torch.nn.Module,
                  source: torch.nn.Module | None = None):
         super().__init__()
         self.engine = engine
         self.global_pool, self.fc = global_pool, fc
-        self._options = options
         self._trunk: ResNet | None = None if engine.num_classes else engine
         for name in ("num_classes", "num_features", "head_hidden_size", "pretrained_cfg", "default_cfg",
                      "feature_info"):
@@ -260,13 +259,16 @@ class TimmResNet(torch.nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self._trunk is None:
-            params = {k: v for k, v in self.engine.params().items() if not k.startswith("fc.")}
-            self._trunk = ResNet(self.engine._arch, params, returns={"layer4": "layer4"}, **self._options)
+            self._trunk = self.engine.trunk({"layer4": "layer4"})
         return self._trunk(x)["layer4"]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
         return x if pre_logits else self.fc(x)
+
+    def quantization_report(self):
+        """A quantized model's calibration report (fastres.quantize): its engine's."""
+        return self.engine.quantization_report()
 
 
 class TimmFeatures(torch.nn.Module):
@@ -282,6 +284,10 @@ class TimmFeatures(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         out = self.engine(x)
         return list(out.values()) if self.as_list else collections.OrderedDict(out)
+
+    def quantization_report(self):
+        """A quantized model's calibration report (fastres.quantize): its engine's."""
+        return self.engine.quantization_report()
 
 
 def from_timm(model: torch.nn.Module, *, dtype: torch.dtype = torch.float16, device=None, cuda_graph: bool = True,
@@ -317,4 +323,4 @@ def from_timm(model: torch.nn.Module, *, dtype: torch.dtype = torch.float16, dev
     else:
         params = fold_params(model.state_dict(), arch, num_classes, dtype, eps)
         engine = ResNet(arch, params, num_classes=num_classes, **options)
-    return TimmResNet(engine, copy.deepcopy(model.global_pool), copy.deepcopy(model.fc), options, model)
+    return TimmResNet(engine, copy.deepcopy(model.global_pool), copy.deepcopy(model.fc), model)

@@ -17,9 +17,8 @@ from typing import Mapping
 
 import torch
 
-from ..engine import ENGINE_DTYPES, ResNet
-from ..plan import (LAYERS, ArchSpec, UnsupportedModelError, arch_blocks, check_returns, check_spec, fold_params,
-                    param_shapes, returns_depth)
+from ..engine import ENGINE_DTYPES, ResNet, trunk_of
+from ..plan import LAYERS, ArchSpec, UnsupportedModelError, arch_blocks, check_spec, fold_params
 from .torchvision import check_eval, expect, kind
 
 MODELS = ("ResNetForImageClassification", "ResNetModel", "ResNetBackbone")
@@ -151,7 +150,8 @@ def _check_modules(trunk: torch.nn.Module, spec: ArchSpec, depth: int) -> dict[s
 
 class _Engines:
     """The engines one transformers model needs, built on first use from one set of folded
-    parameters: the classifier (logits), or a trunk returning given points."""
+    parameters: the classifier (logits), or a trunk returning given points. options: as
+    ResNet takes them (a quantized engine's quantized= and ranges= too)."""
 
     def __init__(self, arch: ArchSpec, params: dict, num_classes: int | None, options: dict):
         self.arch, self.params, self.num_classes, self.options = arch, params, num_classes, options
@@ -159,12 +159,29 @@ class _Engines:
         self.classifier = (ResNet(arch, params, num_classes=num_classes, **options) if num_classes is not None
                            else None)
 
+    @classmethod
+    def around(cls, engine: ResNet) -> "_Engines":
+        """The engines around a built one (a classifier, or a trunk returning every point, as
+        `widest` gives): it serves what it computes, trunks of its parameters the rest."""
+        options = dict(dtype=engine.dtype, device=engine.device, cuda_graph=engine.cuda_graph,
+                       tune=engine.tuner or False, quantized=engine.quantized,
+                       ranges=None if engine.ranges is None else engine.ranges.amax)
+        engines = cls(engine._arch, engine.params(), None, options)
+        engines.num_classes = engine.num_classes
+        if engine.num_classes is not None:
+            engines.classifier = engine
+        else:
+            engines._trunks[tuple(layer for layer, _ in engine.returns)] = engine
+        return engines
+
+    def widest(self) -> ResNet:
+        """The engine that computes every other's values: the classifier, or the trunk
+        returning every point (what output_hidden_states runs)."""
+        return self.classifier if self.classifier is not None else self.trunk(_ALL)
+
     def trunk(self, points: tuple[str, ...]) -> ResNet:
         if points not in self._trunks:
-            returns = {p: p for p in points}
-            keep = param_shapes(self.arch, None, returns_depth(check_returns(returns)))
-            params = {k: v for k, v in self.params.items() if k in keep}
-            self._trunks[points] = ResNet(self.arch, params, returns=returns, **self.options)
+            self._trunks[points] = trunk_of(self.arch, self.params, {p: p for p in points}, **self.options)
         return self._trunks[points]
 
 
@@ -188,6 +205,11 @@ class _HFModule(torch.nn.Module):
             self.config, "output_hidden_states", False)
         rd = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         return bool(hs), bool(rd)
+
+    def quantization_report(self):
+        """A quantized model's calibration report (fastres.quantize): that of the engine it
+        calibrated (the classifier, or the trunk returning every stage)."""
+        return self._engines.widest().quantization_report()
 
 
 class HFResNetForImageClassification(_HFModule):
