@@ -22,18 +22,25 @@ def _quantize(dtype, method, **kw):
                             progress=False, **kw)
 
 
-@pytest.mark.parametrize("dtype,method", [(torch.int8, "entropy"), (torch.int8, "max"), (torch.int8, "mse"),
-                                          (torch.int8, "percentile"), (FP8.values[0], "max"), (FP8.values[0], "mse")],
-                         ids=["int8-entropy", "int8-max", "int8-mse", "int8-percentile", "e4m3-max", "e4m3-mse"])
-def test_top1_within_a_point_of_float32(dtype, method):
+# Each dtype's default method runs the engine itself (through the interpreter on the CPU: ~10 s for
+# the 397 held-out images); the others run the torch reference of the same integer math, which
+# the engine equals bit for bit where its sums are exact (the next test), in a fraction of that.
+@pytest.mark.parametrize("dtype,method,engine", [
+    (torch.int8, "entropy", True), (torch.int8, "max", False), (torch.int8, "mse", False),
+    (torch.int8, "percentile", False), (torch.float8_e4m3fn, "max", False), (torch.float8_e4m3fn, "mse", True)],
+    ids=["int8-entropy", "int8-max", "int8-mse", "int8-percentile", "e4m3-max", "e4m3-mse"])
+def test_top1_within_a_point_of_float32(dtype, method, engine):
     x, y = held_out()
     model = trained_resnet()
     with torch.no_grad():
         ref = model(x)
     q = _quantize(dtype, method)
-    with NoConvolution():
-        out = q(x.to(DEVICE)).cpu()
-    assert out.dtype == torch.float32
+    if engine:
+        with NoConvolution():
+            out = q(x.to(DEVICE)).cpu()
+        assert out.dtype == torch.float32
+    else:
+        out = run_schedule(q.schedule(x), {k: v.cpu() for k, v in q.params().items()}, x, ranges=q.ranges)
     agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
     assert top1(out, y) >= top1(ref, y) - 0.01, (top1(out, y), top1(ref, y))
     assert agree >= 0.97, agree
