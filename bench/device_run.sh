@@ -21,6 +21,12 @@
 #                               peaks): the baselines, saved before any variant runs
 #   e2e          70 s   60-70 s resnet50 then resnet18, batch 1/32/256, float16 then bfloat16,
 #                               fastres vs cudnn-eager vs cudnn-eager-graph (stops at --budget-s)
+#   q-layers     45 s   30-45 s every distinct ResNet-50 conv at batch 256 in int8, then
+#                               float8_e4m3fn: fastres' 8-bit launch, beside the float16 records
+#                               above (cuDNN has no 8-bit conv through torch); + the int8/e4m3
+#                               GEMM peaks. fp8 is skipped, saying why, below sm_89
+#   q-e2e        60 s   40-60 s resnet50 quantized by fastres.quantize (random calibration),
+#                               int8 then float8_e4m3fn, batch 1/32/256, beside e2e's float16
 #   loadgen      30 s    ~5 s   the mlcommons-loadgen wheel from bench/wheels/ (only if it is there)
 #   mlperf-Offline 40 s 20-35 s fastres bench mlperf, resnet50 float16, random weights, generated
 #   mlperf-Server  40 s 20-35 s   samples: LoadGen's Offline (expected QPS from the warm-up), then
@@ -218,6 +224,16 @@ collect
 step e2e 70 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot \
   --models resnet50,resnet18 --batches 1,32,256 --dtypes float16,bfloat16 \
   --systems fastres,cudnn-eager,cudnn-eager-graph --warmup-ms 30 --rep-ms 150 --budget-s 60
+collect
+
+# ---- 8 bits (int8, float8_e4m3fn): fastres alone, beside the float16 baselines just saved ------
+# (a process each, after the baselines: a faulting 8-bit kernel loses only its step; the
+# layers' comparison needs the float16 batch-256 records, which the layers step's budget may cut)
+step q-layers 45 "$BENCH" "$PY" -m fastres bench layers --out "$WORK" --date "$DATE" --no-plot --models resnet50 \
+  --batches 256 --dtypes int8,float8_e4m3fn --layer-systems fastres --warmup-ms 5 --rep-ms 20 --budget-s 38
+collect
+step q-e2e 60 "$BENCH" "$PY" -m fastres bench e2e --out "$WORK" --date "$DATE" --no-plot --models resnet50 \
+  --batches 1,32,256 --dtypes int8,float8_e4m3fn --systems fastres --warmup-ms 30 --rep-ms 150 --budget-s 50
 collect
 
 # ---- MLPerf's LoadGen: resnet50 float16, Offline then Server, short runs, a process each --------

@@ -46,7 +46,9 @@ def test_cli_user_errors(tmp_path):
         with pytest.raises(UserError, match="--smoke"):
             main(parser.parse_args(["e2e", "--out", str(tmp_path)]))
     with pytest.raises(UserError, match="unknown dtype"):
-        main(parser.parse_args(["--smoke", "--dtypes", "fp8", "--out", str(tmp_path)]))
+        main(parser.parse_args(["--smoke", "--dtypes", "fp4", "--out", str(tmp_path)]))
+    with pytest.raises(UserError, match="float engines"):
+        main(parser.parse_args(["predict", "--smoke", "--dtypes", "fp8", "--out", str(tmp_path)]))
     with pytest.raises(UserError, match="bf16"):
         main(parser.parse_args(["--smoke", "--dtypes", "bf16", "--out", str(tmp_path)]))
     with pytest.raises(UserError, match="unknown name"):
@@ -108,7 +110,8 @@ def test_smoke_reexecs_with_the_interpreter(tmp_path, monkeypatch):
 
 
 def test_bench_smoke_end_to_end(tmp_path):
-    """`fastres bench --smoke --out DIR`: layers, e2e and the report through the interpreter."""
+    """`fastres bench --smoke --out DIR`: layers (one of them in int8 too), e2e and the report
+    through the interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CLI must set it itself
     env["CUDA_VISIBLE_DEVICES"] = ""
     results_dir = REPO / "bench" / "results"
@@ -136,11 +139,14 @@ def test_bench_smoke_end_to_end(tmp_path):
     assert e2e["cudnn-eager"]["status"] == "ok"
     for name in ("cudnn-eager-graph", "torch-compile"):
         assert e2e[name]["status"] == "skipped" and "CUDA" in e2e[name]["reason"]
-    layer = [r for r in recs if r["kind"] == "layer"]
+    layer = [r for r in recs if r["kind"] == "layer" and r["dtype"] != "int8"]
     assert {r["system"] for r in layer} == set(LAYER_SYSTEMS)
     assert {r["dtype"] for r in layer} == {"float32", "float16"}
     assert all(r["status"] == "ok" and r["tflops"] > 0 for r in layer), [r for r in layer if r["status"] != "ok"]
     assert any(r["layer"].startswith("7x7/2 3->64") for r in layer)
+    int8 = {r["system"]: r for r in recs if r["kind"] == "layer" and r["dtype"] == "int8"}
+    assert int8["fastres"]["status"] == "ok" and int8["fastres"]["code_err"] == 0, int8["fastres"]
+    assert "+res" in int8["fastres"]["layer"] and {int8[s]["status"] for s in LAYER_SYSTEMS[1:]} == {"skipped"}
     md = path.with_suffix(".md").read_text()
     assert SMOKE_LABEL in md and "| resnet18 | float16 | 32 | 2 |" in md
     try:

@@ -66,3 +66,36 @@ def test_budget_stops_and_is_noted(tmp_path):
     again = open_results(run.out_path, environment(torch.device("cpu"), smoke=True))
     assert "e2e" in again["incomplete"]
     assert "**Incomplete:**" in render_markdown(again)
+
+
+@pytest.mark.parametrize("scale, status", [(1.0, "ok"), (1.1, "wrong")])
+def test_eight_bit_e2e_is_the_quantized_engine(tmp_path, monkeypatch, resnet18_cpu, scale, status):
+    """In 8 bits fastres is the engine fastres.quantize makes (a stand-in here, checked by a
+    stand-in of the reference of its integer math), built once for the dtype on float16 images
+    of the run's size, its quantize time recorded; the baselines are skipped (their float16
+    records stand beside it), and e4m3 on a device without e4m3 tensor cores is skipped with
+    the device's reason."""
+    from fastres.benchmark import quantized
+    from fastres.benchmark.numerics import rel_error
+
+    built = []
+
+    def build(model, dtype, device, hw):
+        built.append((dtype, hw))
+        return _Scaled(model, scale)
+
+    monkeypatch.setattr(e2e, "build_model", lambda name, device, **kw: resnet18_cpu)
+    monkeypatch.setattr(systems, "build_quantized", build)
+    monkeypatch.setattr(e2e, "logits_error", lambda engine, x, out: rel_error(out, resnet18_cpu(x.float())))
+    monkeypatch.setattr(quantized, "unsupported", lambda device, dtype: "no e4m3 here" if dtype != torch.int8 else None)
+    run = smoke_run(tmp_path)
+    run_e2e(run, ["resnet18"], [2], ["int8", "float8_e4m3fn"], ["fastres", "cudnn-eager"], 32)
+    recs = {(r["dtype"], r["system"]): r for r in run.results["records"]}
+    assert built == [(torch.int8, (32, 32))]
+    f = recs[("int8", "fastres")]
+    assert f["status"] == status and f["quantize_s"] is not None and f["tol"] == 1e-2
+    assert ((f["median_ms"] or 0) > 0) == (status == "ok")
+    assert recs[("int8", "cudnn-eager")]["status"] == "skipped"
+    assert "float16 record" in recs[("int8", "cudnn-eager")]["reason"]
+    assert recs[("float8_e4m3fn", "fastres")]["reason"] == "no e4m3 here"
+    assert validate_results(run.results) == []

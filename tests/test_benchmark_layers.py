@@ -132,3 +132,43 @@ def test_timed_call_launches_what_the_engines_step_launches(tile, tmp_path):
         arena.launch(arena.schedule.steps[i], x, workspace=arena.workspace)
     assert [l.key for l in timed] == [l.key for l in stepped]
     assert len(timed) == (2 if tile.variant == "ptr" else 1)
+
+
+@pytest.mark.parametrize("dtype_name, stem", [("int8", False), ("float8_e4m3fn", True)])
+def test_eight_bit_layer_point_is_checked_in_codes(tmp_path, device, monkeypatch, dtype_name, stem):
+    """In 8 bits the fastres system is the quantized conv launch (a residual conv in int8; the
+    stem in e4m3, quantizing the float16 image as it loads it), checked in codes against the
+    torch reference of its integer math before it is timed; cuDNN's rows are skipped, saying
+    its float16 records stand beside them; a reference two codes off makes the point wrong."""
+    from fastres.benchmark import layers
+    from fastres.benchmark.names import DTYPES, LAYER_SYSTEMS
+    from fastres.benchmark.quantized import unsupported
+
+    dtype = DTYPES[dtype_name]
+    if unsupported(device, dtype):
+        pytest.skip(unsupported(device, dtype))
+    layer = next(l for l in conv_layers("resnet18", 32) if (l.cin == 3) == stem and (stem or l.residual))
+    args = ("resnet18", layer, 1, dtype_name, dtype, list(LAYER_SYSTEMS), 32, l2_bytes(device), None, None)
+    run = smoke_run(tmp_path, device)
+    _layer_point(run, *args)
+    recs = {r["system"]: r for r in run.results["records"]}
+    f = recs["fastres"]
+    assert f["status"] == "ok" and f["median_ms"] > 0 and f["code_err"] <= 1, f
+    if dtype == torch.int8 and device.type == "cpu":
+        assert f["code_err"] == 0  # the interpreter's int8 is the integer math, bit for bit
+    assert f["bytes"] < f["bytes_float16"]
+    assert all(recs[s]["status"] == "skipped" and "float16 record" in recs[s]["reason"] for s in LAYER_SYSTEMS[1:])
+    if stem:
+        return
+    real = layers.layer_reference
+
+    def off_by_two(*a, **kw):
+        ref = real(*a, **kw)
+        ref.codes = (ref.codes.int() + 2).clamp(-128, 127).to(torch.int8)
+        return ref
+
+    monkeypatch.setattr(layers, "layer_reference", off_by_two)
+    run = smoke_run(tmp_path / "wrong", device)
+    _layer_point(run, *args[:5], ["fastres"], *args[6:])
+    (rec,) = run.results["records"]
+    assert rec["status"] == "wrong" and rec["median_ms"] is None and rec["code_err"] == 2, rec

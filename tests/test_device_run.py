@@ -165,6 +165,12 @@ def test_dry_run_isolates_each_risky_family(tmp_path):
     tests = ["tests", "tests-fused", "tests-tma", "tests-ws", "tests-bordered", "tests-tuned"]
     assert [n for n in names if n.startswith("tests")] == tests
     assert names.index("tests-tuned") < names.index("check") < names.index("layers") < names.index("e2e")
+    # the 8-bit steps right after the float16 baselines, each its own capped process
+    assert names.index("e2e") < names.index("q-layers") < names.index("q-e2e") < names.index("var-fused")
+    eight = {n: cmd for n, _, cmd in steps if n.startswith("q-")}
+    assert all("--dtypes int8,float8_e4m3fn" in c and "--budget-s" in c and "--models resnet50" in c
+               for c in eight.values())
+    assert "--batches 256 " in eight["q-layers"] and "--batches 1,32,256 " in eight["q-e2e"]
     variants = [(n, cmd) for n, _, cmd in steps if n.startswith("var-")]
     assert [n for n, _ in variants] == ["var-fused", "var-tma", "var-ws", "var-bordered"]
     assert all(names.index(n) > names.index("e2e") for n, _ in variants), "variants after the baselines"

@@ -22,7 +22,8 @@ from .layers import run_layers
 from .pipeline import PREDICT_SYSTEMS, run_predict
 from .preprocess import (PHOTOS, PHOTO_SIZES, PREPROCESS_SYSTEMS, SMOKE_PHOTO_SIZES, cpu_name, host_note,
                          markdown_preprocess_table, run_preprocess)
-from .names import ALL_E2E_SYSTEMS, CLASSIFIER_MODELS, E2E_MODELS, E2E_SYSTEMS, LAYER_SYSTEMS, MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL
+from .names import (ALL_E2E_SYSTEMS, CLASSIFIER_MODELS, E2E_MODELS, E2E_SYSTEMS, EIGHT_BIT, LAYER_SYSTEMS,
+                    MAX_AUTOTUNE_SYSTEM, SMOKE_LABEL)
 from .report import render_markdown, summary_text, write_report
 from .results import load_results, open_results, results_path, save_results, validate_results
 from .run import Run, budget_note
@@ -38,18 +39,25 @@ LAYER_BATCHES = (1, 32, 256)
 PREDICT_MODELS = ("resnet50",)
 PREDICT_BATCHES = (64, 256)
 PREDICT_IMAGES = 1024
-GPU_DTYPES = ("float16", "bfloat16")
+FLOAT_GPU_DTYPES = ("float16", "bfloat16")
+# e2e and layers: the float dtypes, then fastres' 8-bit kernels (cuDNN's rows of these are its
+# float16 ones: fastres.benchmark.quantized); predict and forward take the float dtypes only.
+GPU_DTYPES = FLOAT_GPU_DTYPES + EIGHT_BIT
 
 # The smoke run: the interpreter needs ~6 s for one resnet18 forward at 32x32 on a CI core, so
 # the end-to-end part is one point (batch 2, float16: the check call, then one timed call) and
-# the per-layer part four varied convs at batch 1 in float32 and float16.
+# the per-layer part four varied convs at batch 1 in float32 and float16, and one of them (with
+# a residual) in int8.
 SMOKE = dict(models=("resnet18",), e2e_batches=(2,), e2e_dtypes=("float16",), layer_batches=(1,),
-             layer_dtypes=("float32", "float16"), size=32, max_layers=4, predict_images=4)
+             layer_dtypes=("float32", "float16", "int8"), size=32, max_layers=4, eight_bit_layers=1,
+             predict_images=4)
 
 _DTYPE_ALIASES = {
     "fp16": "float16", "half": "float16", "f16": "float16", "float16": "float16",
     "bf16": "bfloat16", "bfloat16": "bfloat16",
     "fp32": "float32", "float": "float32", "f32": "float32", "float32": "float32",
+    "int8": "int8", "i8": "int8",
+    "fp8": "float8_e4m3fn", "e4m3": "float8_e4m3fn", "float8_e4m3fn": "float8_e4m3fn",
 }
 
 
@@ -74,7 +82,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for the results file, its .md and .png (default bench/results; smoke: a temporary folder)")
     parser.add_argument("--models", default=None, help=f"comma list (e2e default {','.join(E2E_MODELS)}; layers default {','.join(LAYER_MODELS)})")
     parser.add_argument("--batches", default=None, help=f"comma list (e2e default {','.join(map(str, E2E_BATCHES))}; layers default {','.join(map(str, LAYER_BATCHES))})")
-    parser.add_argument("--dtypes", default=None, help="comma list of float16, bfloat16, float32 (default float16,bfloat16)")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma list of float16, bfloat16, float32, int8, float8_e4m3fn (fp8) (default: "
+                             f"{','.join(GPU_DTYPES)}; predict: {','.join(FLOAT_GPU_DTYPES)}); in 8 bits fastres "
+                             "runs its quantized kernels (per layer) and fastres.quantize's engine (e2e), beside "
+                             "the float16 records of cuDNN, which has no 8-bit conv in torch")
     parser.add_argument("--size", type=int, default=None, help="input height = width (default 224)")
     parser.add_argument("--systems", default=None, help=f"e2e systems, comma list of {','.join(ALL_E2E_SYSTEMS)} (default: the first four); "
                         f"predict: of {','.join(PREDICT_SYSTEMS)} (default: all); preprocess: of "
@@ -119,7 +131,7 @@ def _csv(value: str | None, default: Sequence, what: str, convert=str) -> list:
 def _dtype_name(v: str) -> str:
     name = _DTYPE_ALIASES.get(v.lower())
     if name is None:
-        raise ValueError(f"unknown dtype {v!r} (choose from float16, bfloat16, float32)")
+        raise ValueError(f"unknown dtype {v!r} (choose from float16, bfloat16, float32, int8, float8_e4m3fn)")
     return name
 
 
@@ -194,7 +206,12 @@ def main(args: argparse.Namespace) -> int:
     layer_models = _csv(args.models, SMOKE["models"] if smoke else LAYER_MODELS, "models", _choice(CLASSIFIER_MODELS))
     e2e_batches = _csv(args.batches, SMOKE["e2e_batches"] if smoke else E2E_BATCHES, "batches", _positive_int)
     layer_batches = _csv(args.batches, SMOKE["layer_batches"] if smoke else LAYER_BATCHES, "batches", _positive_int)
-    e2e_dtypes = _csv(args.dtypes, SMOKE["e2e_dtypes"] if smoke else GPU_DTYPES, "dtypes", _dtype_name)
+    floats_only = action in ("predict", "forward")
+    e2e_dtypes = _csv(args.dtypes, SMOKE["e2e_dtypes"] if smoke else FLOAT_GPU_DTYPES if floats_only else GPU_DTYPES,
+                      "dtypes", _dtype_name)
+    if floats_only and set(e2e_dtypes) & set(EIGHT_BIT):
+        raise UserError(f"'fastres bench {action}' runs float engines: for 8 bits, time 'fastres bench e2e --dtypes "
+                        "int8,float8_e4m3fn'")
     layer_dtypes = _csv(args.dtypes, SMOKE["layer_dtypes"] if smoke else GPU_DTYPES, "dtypes", _dtype_name)
     if smoke and "bfloat16" in e2e_dtypes + layer_dtypes:
         raise UserError("bfloat16 is GPU only: triton's CPU interpreter computes bf16 dot products wrongly (triton issue 11584)")
@@ -283,7 +300,8 @@ def main(args: argparse.Namespace) -> int:
     if action == "predict":
         run_predict(run, predict_models, predict_batches, e2e_dtypes, size, images, predict_systems)
     if action in ("all", "layers"):
-        run_layers(run, layer_models, layer_batches, layer_dtypes, layer_systems, size, max_layers)
+        run_layers(run, layer_models, layer_batches, layer_dtypes, layer_systems, size, max_layers,
+                   SMOKE["eight_bit_layers"] if smoke else None)
     if action in ("all", "e2e") and not run.budget.spent():
         run_e2e(run, e2e_models, e2e_batches, e2e_dtypes, systems, size)
     elif action in ("all", "e2e"):

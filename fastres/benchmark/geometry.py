@@ -46,12 +46,14 @@ class ConvLayer:
     def flops(self, batch: int) -> int:
         return 2 * batch * self.oh * self.ow * self.cout * self.cin * self.k * self.k
 
-    def bytes(self, batch: int, itemsize: int) -> int:
-        """Fewest bytes moved: input, weights, bias (fp32), output and residual once each."""
+    def bytes(self, batch: int, itemsize: int, in_itemsize: int | None = None) -> int:
+        """Fewest bytes moved: input, weights, bias (fp32), output and residual once each;
+        `in_itemsize`: the input's, where it differs (an 8-bit stem reads the float image)."""
         act_in = batch * self.cin * self.h * self.w
         act_out = batch * self.cout * self.oh * self.ow
         weights = self.cout * self.cin * self.k * self.k
-        return itemsize * (act_in + weights + act_out * (2 if self.residual else 1)) + 4 * self.cout
+        return (itemsize * (weights + act_out * (2 if self.residual else 1)) + (in_itemsize or itemsize) * act_in
+                + 4 * self.cout)
 
 
 def _block_roles(model: torch.nn.Module) -> dict[str, tuple[bool, bool]]:

@@ -1,7 +1,8 @@
 """One conv layer of the per-layer benchmark as something to run: its input sets, the scratch the
 engine's step owns beside them, the config fastres' launcher picks, fn(i) for each compared
-system, and the reference. Both the per-layer measurement (fastres.benchmark.layers) and the
-kernel variants beside it (fastres.benchmark.variants) time what this builds."""
+system, the reference and how far an output is from it. Both the per-layer measurement
+(fastres.benchmark.layers) and the kernel variants beside it (fastres.benchmark.variants) time
+what this builds; in an 8-bit dtype the sets and the reference are fastres.benchmark.quantized's."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,16 +12,21 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
+from ..precision import QUANT_DTYPES
 from .environment import baseline_flags
 from .geometry import ConvLayer
+from .numerics import code_distance, rel_error
+from .quantized import BASELINE_NOTE, CodeReference, code_reference, quantized_layer_inputs, stem_reads_float
 
 if TYPE_CHECKING:
     from ..kernels import Config
+    from .quantized import QuantOperands
 
 
 @dataclasses.dataclass
 class LayerInputs:
-    """One input set of a conv: activation, weights, float32 bias (and cast to the dtype), residual, output."""
+    """One input set of a conv: activation, weights, float32 bias (and cast to the dtype), residual,
+    output; an 8-bit conv's scales (`quant`, None for a float one)."""
 
     x: torch.Tensor
     w: torch.Tensor
@@ -28,11 +34,20 @@ class LayerInputs:
     b_cast: torch.Tensor
     r: torch.Tensor | None
     out: torch.Tensor
+    quant: QuantOperands | None = None
+
+    @property
+    def quant_kwargs(self) -> dict:
+        """The launchers' scale, in_inv, residual_scale and out_inv (none for a float conv)."""
+        return self.quant.kwargs() if self.quant is not None else {}
 
 
 def layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device, n: int, gen: torch.Generator) -> list[LayerInputs]:
     """`n` independent input sets for `layer` at `batch`: x, weights (He-scaled), float32 bias,
-    residual (if the layer has one) and an output buffer, all channels_last in `dtype`."""
+    residual (if the layer has one) and an output buffer, all channels_last in `dtype` (8-bit:
+    fastres.benchmark.quantized.quantized_layer_inputs)."""
+    if dtype in QUANT_DTYPES:
+        return quantized_layer_inputs(layer, batch, dtype, device, n, gen)
     cl = torch.channels_last
 
     def randn(*shape):  # drawn on the device: host RNG for a batch-256 activation takes seconds
@@ -86,10 +101,10 @@ def fastres_layer_config(layer: ConvLayer, s: LayerInputs) -> Config:
     from ..kernels.conv import check_conv_args, conv_config
     from ..kernels.gemm1x1 import conv1x1_config
 
-    g = check_conv_args(s.x, s.w, s.b, layer.stride, layer.pad, s.r, s.out, "ieee")
+    g = check_conv_args(s.x, s.w, s.b, layer.stride, layer.pad, s.r, s.out, "ieee", **s.quant_kwargs)
     if layer.k == 1:
-        return conv1x1_config(g, s.x.dtype, s.x.device)
-    return conv_config(g, s.x.dtype, s.x.device, residual=s.r is not None)
+        return conv1x1_config(g, s.w.dtype, s.x.device)
+    return conv_config(g, s.w.dtype, s.x.device, residual=s.r is not None)
 
 
 def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], config: Config | None = None,
@@ -97,22 +112,27 @@ def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], confi
     """fn(i) running `system` on input set i: 'fastres' (the kernel, written into the set's
     output buffer, with `scratch`'s counters and workspace as the engine's step has them, so
     that fn launches exactly what the step launches; `config` overrides the launcher's
-    choice), 'cudnn-eager' (F.conv2d + bias, then in-place add and ReLU) or 'cudnn-conv'."""
+    choice; an 8-bit set's scales go with it), 'cudnn-eager' (F.conv2d + bias, then in-place add
+    and ReLU) or 'cudnn-conv' (neither in 8 bits: fastres.benchmark.quantized)."""
     from .. import kernels as K
 
     if system == "fastres":
         cfg = config or fastres_layer_config(layer, sets[0])
         scratch = scratch or LayerScratch(sets[0].x.device)
         ws, cnt = scratch.workspace_for(layer, sets[0], cfg), scratch.counters
+        qs = [s.quant_kwargs for s in sets]
         if layer.k == 1:
             return lambda i: K.conv1x1(sets[i].x, sets[i].w, sets[i].b, stride=layer.stride, relu=layer.relu,
-                                       residual=sets[i].r, out=sets[i].out, config=cfg, workspace=ws, counters=cnt)
+                                       residual=sets[i].r, out=sets[i].out, config=cfg, workspace=ws, counters=cnt,
+                                       **qs[i])
         # A bordered config reads a zero-bordered copy of each set's input, made here, not timed
         # (in the engine the producer writes straight into the bordered slot's interior).
         xs = [K.zero_bordered(s.x, layer.pad) if cfg.bordered else s.x for s in sets]
         return lambda i: K.conv_bn_relu(xs[i], sets[i].w, sets[i].b, stride=layer.stride, padding=layer.pad,
                                         relu=layer.relu, residual=sets[i].r, out=sets[i].out, config=cfg,
-                                        workspace=ws, counters=cnt)
+                                        workspace=ws, counters=cnt, **qs[i])
+    if sets[0].quant is not None:
+        raise ValueError(f"{system}: {BASELINE_NOTE}")
     if system == "cudnn-eager":
         def fused(i):
             s = sets[i]
@@ -128,9 +148,36 @@ def layer_callable(system: str, layer: ConvLayer, sets: list[LayerInputs], confi
     raise ValueError(f"unknown layer system {system!r}")
 
 
-def layer_reference(layer: ConvLayer, s: LayerInputs, *, fused: bool, device: torch.device) -> torch.Tensor:
+def layer_bytes(layer: ConvLayer, batch: int, dtype: torch.dtype) -> int:
+    """The fewest bytes `layer` moves at `batch` in `dtype` (ConvLayer.bytes; an 8-bit stem
+    reads the float16 image)."""
+    in_itemsize = 2 if dtype in QUANT_DTYPES and stem_reads_float(layer) else None
+    return layer.bytes(batch, dtype.itemsize, in_itemsize)
+
+
+def poison(out: torch.Tensor) -> torch.Tensor:
+    """Fill an output buffer so that elements a system leaves unwritten fail its check: NaN;
+    int8, which has none, -128 (a code only a clamped negative result takes)."""
+    return out.fill_(-128 if out.dtype == torch.int8 else float("nan"))
+
+
+def layer_error(out: torch.Tensor, ref: torch.Tensor | CodeReference) -> float:
+    """How far a system's output is from the reference: relative L2 error (float), or the most
+    codes any value is off on the reference's images (8-bit, numerics.code_distance)."""
+    if isinstance(ref, CodeReference):
+        return code_distance(out[ref.images], ref.codes)
+    return rel_error(out, ref)
+
+
+def layer_reference(layer: ConvLayer, s: LayerInputs, *, fused: bool,
+                    device: torch.device) -> torch.Tensor | CodeReference:
     """The layer in float32 with TF32 off (float64 on the CPU or for float32 inputs); `fused`
-    adds bias, residual and ReLU."""
+    adds bias, residual and ReLU. An 8-bit set: the codes of its integer math
+    (fastres.benchmark.quantized.code_reference; fused only)."""
+    if s.quant is not None:
+        if not fused:
+            raise ValueError(f"{layer.name}: an 8-bit conv has no unfused reference (cuDNN runs no 8-bit conv)")
+        return code_reference(layer, s)
     rdt = torch.float64 if (device.type == "cpu" or s.x.dtype == torch.float32) else torch.float32
     with baseline_flags(benchmark=False):
         y = F.conv2d(s.x.to(rdt), s.w.to(rdt), s.b.to(rdt) if fused else None, stride=layer.stride, padding=layer.pad)

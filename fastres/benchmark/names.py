@@ -1,5 +1,5 @@
 """The names the harness shares: the benchmarked models, the systems compared, the dtypes by
-name, and the label every smoke figure carries."""
+name (the 8-bit ones among them), and the label every smoke figure carries."""
 from __future__ import annotations
 
 import torch
@@ -16,4 +16,8 @@ LAYER_SYSTEMS = ("fastres", "cudnn-eager", "cudnn-conv")
 
 SMOKE_LABEL = "SMOKE: interpreter, not a performance figure"
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8,
+          "float8_e4m3fn": torch.float8_e4m3fn}
+# fastres' quantized kernels (docs/quantize.md): per layer the conv launch in 8 bits, end to end
+# the engine fastres.quantize makes; cuDNN's rows of these stay float16 (fastres.benchmark.quantized).
+EIGHT_BIT = ("int8", "float8_e4m3fn")

@@ -1,11 +1,12 @@
-"""Presenting a results file: the markdown report (end-to-end, per-layer and head tables), the
-short text summary and the matplotlib plot, written beside the results file."""
+"""Presenting a results file: the markdown report (end-to-end, per-layer and head tables; the
+8-bit ones beside the float16 records of the same points), the short text summary and the
+matplotlib plot, written beside the results file."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .names import ALL_E2E_SYSTEMS, E2E_MODELS, LAYER_SYSTEMS, SMOKE_LABEL
+from .names import ALL_E2E_SYSTEMS, E2E_MODELS, EIGHT_BIT, LAYER_SYSTEMS, SMOKE_LABEL
 from .results import load_results
 
 
@@ -26,9 +27,20 @@ def _status_cell(r: dict) -> str | None:
     if status == "ok":
         return None
     if status == "wrong":
-        rel = r.get("rel_err")
+        rel, codes = r.get("rel_err"), r.get("code_err")
+        if isinstance(codes, (int, float)):
+            return f"WRONG ({codes:g} codes)"
         return f"WRONG (rel {rel:.1e})" if isinstance(rel, float) else "WRONG (non-finite)"
     return status
+
+
+def _ok(r: dict | None) -> bool:
+    return r is not None and r.get("status", "ok") == "ok" and isinstance(r.get("median_ms"), (int, float))
+
+
+def _ratio(num: dict | None, den: dict | None) -> str:
+    """num's time over den's ("2.10x": den is 2.1 times faster), or "-"."""
+    return f"{num['median_ms'] / den['median_ms']:.2f}x" if _ok(num) and _ok(den) and den["median_ms"] > 0 else "-"
 
 
 def _e2e_cell(r: dict | None, with_speedup: bool) -> str:
@@ -80,14 +92,15 @@ def markdown_layer_table(results: dict) -> str:
     recs = [r for r in results.get("records", []) if r.get("kind") == "layer"]
     if not recs:
         return "_no per-layer records_\n"
-    groups: dict[tuple, dict[str, dict[str, dict]]] = {}
-    for r in recs:
-        groups.setdefault((r["model"], r["dtype"], r["batch"]), {}).setdefault(r["layer"], {})[r["system"]] = r
+    groups = _layer_groups(recs)
     out = []
     if results.get("smoke"):
         out.append(f"**{SMOKE_LABEL}**\n")
     for (model, dtype, batch) in sorted(groups):
         layers = groups[(model, dtype, batch)]
+        if dtype in EIGHT_BIT:
+            out += _eight_bit_layer_table(model, dtype, batch, layers, groups.get((model, "float16", batch), {}))
+            continue
         out.append(f"#### {model}, {dtype}, batch {batch}\n")
         out.append("| layer | uses | fastres ms | TFLOP/s | % peak | cudnn-eager ms | cudnn-conv ms | fastres vs cudnn-eager |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -123,6 +136,92 @@ def markdown_layer_table(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _layer_groups(recs: Iterable[dict]) -> dict[tuple, dict[str, dict[str, dict]]]:
+    """(model, dtype, batch) -> layer -> system -> record."""
+    groups: dict[tuple, dict[str, dict[str, dict]]] = {}
+    for r in recs:
+        groups.setdefault((r["model"], r["dtype"], r["batch"]), {}).setdefault(r["layer"], {})[r["system"]] = r
+    return groups
+
+
+def eight_bit_totals(layers: dict[str, dict[str, dict]], float16: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """Sums over distinct convs x uses of one 8-bit group's fastres times ("fastres"), and of the
+    same layers' float16 records ("fastres float16", "cudnn-eager float16", "cudnn-conv
+    float16"); a sum is left out where any of its layers has no timed record."""
+    cols = {"fastres": lambda l: layers[l].get("fastres")}
+    cols.update({f"{s} float16": (lambda l, s=s: float16.get(l, {}).get(s)) for s in LAYER_SYSTEMS})
+    totals = {}
+    for name, get in cols.items():
+        recs = [(get(l), len((layers[l].get("fastres") or {}).get("uses", ())) or 1) for l in layers]
+        if recs and all(_ok(r) for r, _ in recs):
+            totals[name] = sum(r["median_ms"] * uses for r, uses in recs)
+    return totals
+
+
+def _eight_bit_layer_table(model: str, dtype: str, batch: int, layers: dict[str, dict[str, dict]],
+                           float16: dict[str, dict[str, dict]]) -> list[str]:
+    """One 8-bit per-layer table: fastres' 8-bit conv beside the float16 records of the same
+    layer and batch (fastres' and cuDNN's, which has no 8-bit conv through torch), and the
+    megabytes 8 bits save per use."""
+    out = [f"#### {model}, {dtype}, batch {batch} (beside float16: cuDNN has no int8 or e4m3 conv through torch)\n",
+           "| layer | uses | fastres ms | TOP/s | % peak | fastres float16 ms | cudnn-eager float16 ms | vs fastres float16 "
+           "| vs cudnn-eager float16 | MB saved |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for layer, by_sys in layers.items():
+        q = by_sys.get("fastres")
+        if q is None:
+            continue
+        f, e = float16.get(layer, {}).get("fastres"), float16.get(layer, {}).get("cudnn-eager")
+        tops = f"{q['tflops']:.1f}" if _ok(q) and isinstance(q.get("tflops"), (int, float)) else "-"
+        pct = f"{q['pct_peak']:.0f}%" if _ok(q) and isinstance(q.get("pct_peak"), (int, float)) else "-"
+        saved = (f"{(q['bytes_float16'] - q['bytes']) / 1e6:.2f}"
+                 if isinstance(q.get("bytes_float16"), int) and isinstance(q.get("bytes"), int) else "-")
+        cells = [_status_cell(r) or _fmt_ms(r.get("median_ms")) if r else "-" for r in (q, f, e)]
+        out.append(f"| {layer} | {len(q.get('uses', ())) or 1} | {cells[0]} | {tops} | {pct} | {cells[1]} | {cells[2]} "
+                   f"| {_ratio(f, q)} | {_ratio(e, q)} | {saved} |")
+    totals = eight_bit_totals(layers, float16)
+    if "fastres" in totals:
+        def vs(name):
+            return f"**{totals[name] / totals['fastres']:.2f}x**" if name in totals else "-"
+
+        out.append(f"| **all convs, x uses** | | **{_fmt_ms(totals['fastres'])}** | | "
+                   f"| {_fmt_ms(totals.get('fastres float16'))} | {_fmt_ms(totals.get('cudnn-eager float16'))} "
+                   f"| {vs('fastres float16')} | {vs('cudnn-eager float16')} | |")
+    out.append("")
+    return out
+
+
+def markdown_eight_bit_table(results: dict) -> str:
+    """End to end in 8 bits beside float16, per (model, size, batch): fastres' float16 engine,
+    the faster of cuDNN's float16 eager and graphed, and each 8-bit engine's images/s with its
+    speedup over both."""
+    recs = [r for r in results.get("records", []) if r.get("kind", "e2e") == "e2e"]
+    rows: dict[tuple, dict[tuple, dict]] = {}
+    for r in recs:
+        rows.setdefault((r["model"], r.get("size", 224), r["batch"]), {})[(r["dtype"], r["system"])] = r
+    rows = {k: v for k, v in rows.items() if any(d in EIGHT_BIT and s == "fastres" for d, s in v)}
+    if not rows:
+        return ""
+    model_order = {m: i for i, m in enumerate(E2E_MODELS)}
+    out = ["| model | size | batch | fastres float16 | cuDNN float16 (best) | " + " | ".join(f"fastres {d}" for d in EIGHT_BIT)
+           + " |", "|---|---|---:|---|---|" + "---|" * len(EIGHT_BIT)]
+    for key in sorted(rows, key=lambda k: (model_order.get(k[0], 99), k)):
+        by = rows[key]
+        f16 = by.get(("float16", "fastres"))
+        cudnn = [r for r in (by.get(("float16", s)) for s in ("cudnn-eager", "cudnn-eager-graph")) if _ok(r)]
+        best = min(cudnn, key=lambda r: r["median_ms"]) if cudnn else None
+        cells = [_e2e_cell(f16, False) or "-",
+                 f"{_e2e_cell(best, False)} ({best['system']})" if best else "-"]
+        for d in EIGHT_BIT:
+            q = by.get((d, "fastres"))
+            cell = _e2e_cell(q, False) or "-"
+            if _ok(q):
+                cell += f" ({_ratio(f16, q)} fastres float16, {_ratio(best, q)} cuDNN)"
+            cells.append(cell)
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def render_markdown(results: dict) -> str:
     """The whole report of a results file: header, measured peaks, e2e table, per-layer tables."""
     lines = []
@@ -137,7 +236,8 @@ def render_markdown(results: dict) -> str:
     )
     peaks = results.get("peaks") or {}
     if peaks:
-        parts = [f"{dt} matmul {v:.3g} TFLOP/s" for dt, v in (peaks.get("matmul_tflops") or {}).items()]
+        parts = [f"{dt} matmul " + (f"{v:.3g} T{'' if dt in EIGHT_BIT else 'FL'}OP/s" if v else "not measured")
+                 for dt, v in (peaks.get("matmul_tflops") or {}).items()]
         if peaks.get("copy_tb_s"):
             parts.append(f"device-to-device copy {peaks['copy_tb_s']:.3g} TB/s (read + write)")
         lines.append(f"Measured peaks ({peaks.get('note', '')}): " + "; ".join(parts) + ".\n")
@@ -148,6 +248,10 @@ def render_markdown(results: dict) -> str:
         lines.append(f"**Incomplete:** {note}\n")
     lines.append("## End to end\n")
     lines.append(markdown_e2e_table(results))
+    eight = markdown_eight_bit_table(results)
+    if eight:
+        lines.append("### 8 bits beside float16 (cuDNN has no int8 or e4m3 conv through torch)\n")
+        lines.append(eight)
     lines.append("## Per layer\n")
     lines.append(markdown_layer_table(results))
     variants = markdown_variant_table(results)
@@ -248,8 +352,8 @@ def markdown_head_table(results: dict) -> str:
 
 def summary_text(results: dict) -> str:
     """A short fixed-width overview (printed last by bench/device_run.sh): e2e medians with
-    fastres' speedup over each baseline, per-layer totals (distinct convs x uses), and every
-    record that is wrong or failed."""
+    fastres' speedup over each baseline (8-bit: over the float16 records of the same point),
+    per-layer totals (distinct convs x uses), and every record that is wrong or failed."""
     lines = []
     if results.get("smoke"):
         lines.append(SMOKE_LABEL)
@@ -258,7 +362,7 @@ def summary_text(results: dict) -> str:
     if e2e:
         systems = _system_order((r["system"] for r in e2e), ALL_E2E_SYSTEMS)
         lines.append("e2e median ms (fastres speedup = baseline / fastres)")
-        lines.append(f"{'model':10s}{'dtype':9s}{'batch':>6s}  " + "".join(f"{s:>20s}" for s in systems))
+        lines.append(f"{'model':10s}{'dtype':14s}{'batch':>6s}  " + "".join(f"{s:>20s}" for s in systems))
         rows: dict[tuple, dict] = {}
         for r in e2e:
             rows.setdefault((r["model"], r["dtype"], r["batch"]), {})[r["system"]] = r
@@ -273,14 +377,30 @@ def summary_text(results: dict) -> str:
                 else:
                     sp = r.get("fastres_speedup")
                     cells.append(f"{r['median_ms']:.3f}" + (f" ({sp:.2f}x)" if isinstance(sp, (int, float)) else ""))
-            lines.append(f"{key[0]:10s}{key[1]:9s}{key[2]:>6d}  " + "".join(f"{c:>20s}" for c in cells))
+            lines.append(f"{key[0]:10s}{key[1]:14s}{key[2]:>6d}  " + "".join(f"{c:>20s}" for c in cells))
+        for key in sorted(k for k in rows if k[1] in EIGHT_BIT and _ok(rows[k].get("fastres"))):
+            q = rows[key]["fastres"]
+            f16 = rows.get((key[0], "float16", key[2]), {})
+            vs = [f"{_ratio(f16.get(s), q)} {s} float16" for s in ("fastres", "cudnn-eager", "cudnn-eager-graph")
+                  if _ok(f16.get(s))]
+            lines.append(f"8-bit e2e {key[0]} {key[1]} b{key[2]}: {q['median_ms']:.3f} ms"
+                         + (": " + ", ".join(vs) if vs else " (no float16 records to compare)"))
     layer = [r for r in recs if r.get("kind") == "layer"]
     if layer:
         lines.append("per-layer totals, ms (sum over distinct convs x uses; complete groups only)")
         groups: dict[tuple, dict[str, list]] = {}
         for r in layer:
             groups.setdefault((r["model"], r["dtype"], r["batch"]), {}).setdefault(r["system"], []).append(r)
+        by_layer = _layer_groups(layer)
         for key in sorted(groups):
+            n = len(by_layer[key])
+            if key[1] in EIGHT_BIT:  # beside the float16 records of the same layers
+                t = eight_bit_totals(by_layer[key], by_layer.get((key[0], "float16", key[2]), {}))
+                parts = [f"fastres {t['fastres']:.3f}" if "fastres" in t else "fastres incomplete"]
+                parts += [f"{s} {t[s]:.3f} (fastres {t[s] / t['fastres']:.2f}x)" for s in
+                          ("fastres float16", "cudnn-eager float16") if s in t and "fastres" in t]
+                lines.append(f"{key[0]:10s}{key[1]:14s}b{key[2]:<5d} {n:2d} convs: " + ", ".join(parts))
+                continue
             parts = []
             totals = {}
             for s in _system_order(groups[key], LAYER_SYSTEMS):
@@ -293,8 +413,7 @@ def summary_text(results: dict) -> str:
             ratio = ""
             if totals.get("fastres") and totals.get("cudnn-eager"):
                 ratio = f"  fastres {totals['cudnn-eager'] / totals['fastres']:.2f}x vs cudnn-eager"
-            n = len({r["layer"] for rs in groups[key].values() for r in rs})
-            lines.append(f"{key[0]:10s}{key[1]:9s}b{key[2]:<5d} {n:2d} convs: " + ", ".join(parts) + ratio)
+            lines.append(f"{key[0]:10s}{key[1]:14s}b{key[2]:<5d} {n:2d} convs: " + ", ".join(parts) + ratio)
     for r in (r for r in recs if r.get("kind") == "head" and r.get("system") == "fastres"):
         eager = next((e for e in recs if e.get("kind") == "head" and e.get("system") == "cudnn-eager"
                       and all(e.get(k) == r.get(k) for k in ("model", "dtype", "batch", "size"))), None)

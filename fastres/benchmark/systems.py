@@ -5,7 +5,8 @@ runs under.
 End to end, ``fastres`` is the engine (CUDA-graphed), ``cudnn-eager`` torchvision (channels_last,
 cast to the dtype, ``cudnn.benchmark=True``, ``torch.inference_mode()``), ``cudnn-eager-graph``
 the same captured in one CUDA graph and ``torch-compile`` its default mode (``--max-autotune``
-adds ``torch-compile-max-autotune``).
+adds ``torch-compile-max-autotune``). In int8 and float8_e4m3fn ``fastres`` is the engine
+``fastres.quantize`` makes (fastres.benchmark.quantized), its build time its calibration's.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from typing import Callable
 
 import torch
 
+from ..precision import QUANT_DTYPES
 from .environment import baseline_flags
 from .names import MAX_AUTOTUNE_SYSTEM
+from .quantized import build_quantized
 from .timing import sync
 
 
@@ -73,10 +76,14 @@ def system_flags(system: str) -> contextlib.AbstractContextManager:
 
 def e2e_system(system: str, model32: torch.nn.Module, eager: torch.nn.Module, dtype: torch.dtype, device: torch.device,
                example: torch.Tensor, built: dict[str, object]) -> tuple[Callable, float]:
-    """The callable for `system` (built once per dtype, graphs once per shape) and build time."""
+    """The callable for `system` (built once per dtype, graphs once per shape) and build time
+    (8-bit fastres: also in built["quantize_s"])."""
     t = time.perf_counter()
     if system == "fastres":
-        if "fastres" not in built:
+        if "fastres" not in built and dtype in QUANT_DTYPES:
+            built["fastres"] = build_quantized(model32, dtype, device, tuple(example.shape[2:]))
+            built["quantize_s"] = round(time.perf_counter() - t, 3)
+        elif "fastres" not in built:
             built["fastres"] = build_fastres(model32, dtype, device)
         fn = built["fastres"]
     elif system == "cudnn-eager":
