@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import torch
 
 from . import kernels as K
-from .precision import QUANT_DTYPES, Ranges
+from .precision import POOLED, QUANT_DTYPES, Ranges
 from .schedule import CONV, CONV1X1, HEAD, MAXPOOL, STEM, Schedule, Step
 
 
@@ -174,14 +174,19 @@ class Arena:
     def _quant_args(self, step: Step) -> dict:
         """The quantization keywords of a launch of a quantized schedule: the accumulator's
         multipliers of an 8-bit conv, the inverse scale of an input it quantizes as it loads it
-        and of an 8-bit output, the scale of an 8-bit residual or of the head's 8-bit input."""
+        and of an 8-bit output, the scale of an 8-bit residual or of the head's 8-bit input; an
+        8-bit classifier's multipliers and its pooled features' inverse scale."""
         pr, rg = step.precision, self.ranges
         if pr is None or step.kernel == MAXPOOL:
             return {}
         if rg is None:
             raise ValueError(f"{step.layer}: a quantized schedule needs its activation ranges")
         if step.kernel == HEAD:
-            return dict(x_scale=rg.scale(pr.src_scale)) if pr.src in QUANT_DTYPES else {}
+            q = dict(x_scale=rg.scale(pr.src_scale)) if pr.src in QUANT_DTYPES else {}
+            if pr.eight_bit:  # the classifier: the pooled features quantized as its GEMM loads them
+                scale = rg.dequant(POOLED, self.params["fc.weight_scale"]).to(self.device)
+                q.update(scale=scale, in_inv=rg.inv(POOLED))
+            return q
         q = {}
         if pr.eight_bit:
             q["scale"] = rg.dequant(pr.src_scale, self.params[f"{step.spec.name}.weight_scale"]).to(self.device)

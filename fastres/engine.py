@@ -23,7 +23,7 @@ from .device import DeviceInfo
 from .kernels.config import tile_of
 from .plan import (LAYERS, NO_DILATION, ArchSpec, UnsupportedModelError, arch_blocks, arch_convs, arch_label, arch_spec,
                    check_dilate, check_params, check_returns, param_shapes, returns_depth)
-from .precision import QUANT_DTYPES, Quantized, Ranges
+from .precision import CLASSIFIER, QUANT_DTYPES, Quantized, Ranges
 from .schedule import STEM, Schedule, Step, build_schedule
 from .streams import owned_stream
 from .tuning import Tuner, cache_key
@@ -53,11 +53,12 @@ class ResNet(torch.nn.Module):
     execution order, as IntermediateLayerGetter does. dilate: torchvision's
     replace_stride_with_dilation (three bools for layer2..layer4).
 
-    A quantized engine (made by `fastres.quantize`) computes the convs `quantized.layers` in
-    `quantized.dtype` (int8 or float8_e4m3fn: their weights in that dtype with per-output-channel
-    scales "<conv>.weight_scale"), with per-tensor activation ranges `ranges` (absolute max by
-    the name of the layer that writes each activation, "input" for the image); every other
-    launch computes in `dtype` (see fastres.precision).
+    A quantized engine (made by `fastres.quantize`) computes the convs `quantized.layers` (and
+    the classifier, where "fc" is one of them) in `quantized.dtype` (int8 or float8_e4m3fn:
+    their weights in that dtype with per-output-channel scales "<layer>.weight_scale"), with
+    per-tensor activation ranges `ranges` (absolute max by the name of the layer that writes
+    each activation, "input" for the image, "pool" for the pooled features an 8-bit classifier
+    quantizes); every other launch computes in `dtype` (see fastres.precision).
     """
 
     def __init__(
@@ -136,10 +137,14 @@ class ResNet(torch.nn.Module):
             return None, None
         if not isinstance(quantized, Quantized):
             raise TypeError(f"quantized must be a fastres.precision.Quantized, got {type(quantized).__name__}")
-        convs = {c.name for c in arch_convs(self._arch, self.dilate, self.depth)}
-        unknown = sorted(quantized.layers - convs)
+        layers = {c.name for c in arch_convs(self._arch, self.dilate, self.depth)}
+        if self.num_classes is not None:
+            layers.add(CLASSIFIER)
+        unknown = sorted(quantized.layers - layers)
         if unknown:
-            raise UnsupportedModelError(f"quantized layers {unknown} are not convs of {self.arch}")
+            what = "convs (or its classifier, 'fc')" if self.num_classes is not None else \
+                "convs (a trunk has no classifier)"
+            raise UnsupportedModelError(f"quantized layers {unknown} are not {what} of {self.arch}")
         if ranges is None:
             raise ValueError("a quantized engine needs its activation ranges (ranges=)")
         if self._device_info is not None:
@@ -181,7 +186,7 @@ class ResNet(torch.nn.Module):
                 "returns={" + ", ".join(f"{layer!r}: {name!r}" for layer, name in self.returns) + "}")
         dilated = [LAYERS[i + 1] for i, d in enumerate(self.dilate) if d]
         quant = ("" if self.quantized is None else
-                 f", quantized={self.quantized.dtype} ({len(self.quantized.layers)} convs)")
+                 f", quantized={self.quantized.dtype} ({len(self.quantized.layers)} layers)")
         return (f"arch={self.arch}, {what}{', dilated=' + '+'.join(dilated) if dilated else ''}, dtype={self.dtype}{quant}, "
                 f"device={self.device}")
 

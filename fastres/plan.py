@@ -455,7 +455,8 @@ def fold_params(
 def param_shapes(arch: str, num_classes: int | None, depth: int = 4, quantized=None) -> dict[str, tuple[int, ...]]:
     """The shapes of fold_params' output (what a converted file must hold); a quantized engine's
     8-bit convs (`quantized`: a fastres.precision.Quantized) also have their weights' per-output-
-    channel scales, "<conv>.weight_scale" [Cout] float32."""
+    channel scales, "<conv>.weight_scale" [Cout] float32, and its 8-bit classifier ("fc" in
+    quantized.layers) its per-class scales, "fc.weight_scale" [classes] float32."""
     shapes = {}
     for c in arch_convs(arch, depth=depth):
         shapes[f"{c.name}.weight"] = c.weight_shape
@@ -465,6 +466,8 @@ def param_shapes(arch: str, num_classes: int | None, depth: int = 4, quantized=N
     if num_classes is not None:
         shapes["fc.weight"] = (num_classes, arch_spec(arch).features)
         shapes["fc.bias"] = (num_classes,)
+        if quantized is not None and "fc" in quantized.layers:
+            shapes["fc.weight_scale"] = (num_classes,)
     return shapes
 
 

@@ -10,7 +10,8 @@ caller's image). A fused residual is read in either form. The max pool keeps its
 and scale (max commutes with a per-tensor quantization). A trunk's returned activations are
 always float. Each 8-bit activation has one per-tensor scale, named by the layer that writes it
 (`Precision.src_scale` ...): "input" for the caller's image, the stem's conv for the max pool's
-output.
+output. The classifier ("fc") may compute in 8 bits too: the head then pools into float32
+features as always and quantizes them as its GEMM loads them, with the range named "pool".
 """
 from __future__ import annotations
 
@@ -23,15 +24,18 @@ QUANT_DTYPES = (torch.int8, torch.float8_e4m3fn)
 # The largest magnitude of each 8-bit dtype, which a range's absolute max maps to.
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 INPUT = "input"  # the scale name of the caller's image
-_CONVS = ("stem_conv", "conv_bn_relu", "conv1x1")
+POOLED = "pool"  # the scale name of the head's pooled features, which an 8-bit classifier quantizes
+CLASSIFIER = "fc"  # the head's layer name: its classifier computes in 8 bits when it is in Quantized.layers
+_EIGHT_BIT_CAPABLE = ("stem_conv", "conv_bn_relu", "conv1x1", "avgpool_fc")
 
 
 @dataclasses.dataclass(frozen=True)
 class Quantized:
     """What runs in 8 bits: `dtype` (int8 or float8_e4m3fn) and the convs (state_dict names,
-    e.g. "layer1.0.conv2", "conv1") that compute in it. float_residuals: keep every activation
-    read as a fused residual (each block's input) in the float dtype, whatever its readers (the
-    alternative measured against 8-bit residuals: docs/quantize.md)."""
+    e.g. "layer1.0.conv2", "conv1") that compute in it, and "fc" where the classifier does (its
+    input: the pooled features, quantized with the range POOLED). float_residuals: keep every
+    activation read as a fused residual (each block's input) in the float dtype, whatever its
+    readers (the alternative measured against 8-bit residuals: docs/quantize.md)."""
 
     dtype: torch.dtype
     layers: frozenset
@@ -48,7 +52,9 @@ class Precision:
     """The dtypes of one launch. compute: its weights' and dot operands' dtype. src / dst /
     residual: how its input, output and fused residual are stored (src None: the caller's
     input; dst None: the logits, in the caller's dtype). *_scale: the names of their
-    activation ranges (None where that tensor is not 8-bit and not quantized at load)."""
+    activation ranges (None where that tensor is not 8-bit and not quantized at load). The
+    head with an 8-bit compute (its classifier) quantizes its pooled features with the range
+    POOLED."""
 
     compute: torch.dtype
     src: torch.dtype | None
@@ -88,34 +94,36 @@ def plan_precision(launches: Sequence[tuple[str, str]], wiring: Sequence[tuple],
         if src is not None:
             readers[src].append(i)
 
-    def eight_bit_conv(i: int) -> bool:
+    def eight_bit(i: int) -> bool:
         kernel, layer = launches[i]
-        return kernel in _CONVS and layer in quantized.layers
+        return kernel in _EIGHT_BIT_CAPABLE and layer in quantized.layers
 
     def takes_8bit(i: int) -> bool:
         kernel = launches[i][0]
         if kernel == "max_pool2d":  # it passes its input's form on: its output's readers decide
             out = wiring[i][1]
             return out not in returned and all(takes_8bit(j) for j in readers[out])
-        return kernel == "avgpool_fc" or eight_bit_conv(i)
+        return kernel == "avgpool_fc" or eight_bit(i)
 
     dtypes: list[torch.dtype] = [float_dtype] * n_values
     for v in range(n_values):  # values in order of their writers: a max pool's input comes first
         i = writer[v]
         if launches[i][0] == "max_pool2d":
             dtypes[v] = dtypes[wiring[i][0]]
-        elif eight_bit_conv(i) and v not in returned and v not in residuals and all(takes_8bit(j) for j in readers[v]):
+        elif eight_bit(i) and v not in returned and v not in residuals and all(takes_8bit(j) for j in readers[v]):
             dtypes[v] = q
     precisions = []
     for i, (src, dst, res) in enumerate(wiring):
         kernel, layer = launches[i]
-        compute = q if eight_bit_conv(i) else float_dtype
+        compute = q if eight_bit(i) else float_dtype
         s = None if src is None else dtypes[src]
         d = None if dst is None else dtypes[dst]
         r = None if res is None else dtypes[res]
         if kernel == "max_pool2d":
             compute = s
-        eight = compute in QUANT_DTYPES or s in QUANT_DTYPES
+        # The head's input has a scale only when 8-bit: its classifier quantizes the pooled
+        # features (POOLED), not its input.
+        eight = s in QUANT_DTYPES or (compute in QUANT_DTYPES and kernel != "avgpool_fc")
         src_scale = (INPUT if src is None else names[src]) if eight else None
         precisions.append(Precision(compute, s, d, r, src_scale, names[dst] if d in QUANT_DTYPES else None,
                                     names[res] if r in QUANT_DTYPES else None))

@@ -223,7 +223,7 @@ def main(args) -> int:
     top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
 
     if fast.quantized is not None:
-        print(f"{arch} ({source}), {str(fast.quantized.dtype)[6:]} ({len(fast.quantized.layers)} convs; float layers "
+        print(f"{arch} ({source}), {str(fast.quantized.dtype)[6:]} ({len(fast.quantized.layers)} layers; float layers "
               f"{str(dtype)[6:]}), batch {batch}, {size}x{size}")
         print(f"against the float model it stands for (float64): rel L2 {rel:.2e}, top-1 agreement {top1:.0%}")
         from .quant.reference import run_schedule

@@ -415,26 +415,33 @@ def load(path: str | os.PathLike, device: torch.device | str = "cuda", *, cuda_g
     except (UnsupportedModelError, TypeError) as exc:
         raise WeightsError(f"{path}: {exc}") from None
     if quantized is not None:
-        _check_quantized(path, arch, dilate, returns_depth(returns), quantized, ranges)
+        _check_quantized(path, arch, dilate, returns_depth(returns), quantized, ranges, num_classes is not None)
     engine = ResNet(arch, params, num_classes=num_classes, returns=returns, dilate=dilate, dtype=dtype, device=device,
                     cuda_graph=cuda_graph, tune=tune, quantized=quantized, ranges=ranges)
     engine.report = report
     return engine
 
 
-def _check_quantized(path, arch, dilate, depth: int, quantized, ranges: Mapping[str, float]) -> None:
+def _check_quantized(path, arch, dilate, depth: int, quantized, ranges: Mapping[str, float],
+                     classifier_file: bool) -> None:
     """A version-3 file's 8-bit layers are convs of its arch, and its ranges hold the image's
     and every conv's output (what fastres.quantize records): refused at load, not at the first
     forward that would need a missing one."""
     from .plan import NO_DILATION, arch_convs, arch_label
 
+    from .precision import CLASSIFIER, POOLED
+
     convs = [c.name for c in arch_convs(arch, dilate or NO_DILATION, depth)]
-    unknown = sorted(quantized.layers - set(convs))
+    classifier = [CLASSIFIER] if classifier_file else []
+    unknown = sorted(quantized.layers - set(convs) - set(classifier))
     if unknown:
-        raise WeightsError(f"{path}: quantized_layers names {unknown}, which are not convs of {arch_label(arch)}")
-    missing = [name for name in ("input", *convs) if name not in ranges]
+        raise WeightsError(f"{path}: quantized_layers names {unknown}, which are not convs of {arch_label(arch)}"
+                           + (" or its classifier 'fc'" if classifier else ""))
+    needed = ("input", *convs, *([POOLED] if CLASSIFIER in quantized.layers else []))
+    missing = [name for name in needed if name not in ranges]
     if missing:
-        raise WeightsError(f"{path}: ranges lacks {missing[0]!r} (it needs the input's and every conv's range)")
+        raise WeightsError(f"{path}: ranges lacks {missing[0]!r} (it needs the input's and every conv's range, and the "
+                           "pooled features' where the classifier is 8-bit)")
 
 
 def open_model(path: str | os.PathLike, device: torch.device | str = "cuda", *, dtype=None,

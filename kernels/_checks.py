@@ -202,6 +202,19 @@ def _inverse_scale(name: str, v) -> float | None:
     return float(v)
 
 
+def check_dequant_scale(scale, w: torch.Tensor, *, product: str = "s_x * s_w[co]",
+                        per: str = "output channel") -> None:
+    """An 8-bit GEMM's dequantization scale: a contiguous float32 tensor, one per row of w
+    (`product`: what it is, for the message; `per`: what a row of w is)."""
+    rows = w.shape[0]
+    if not isinstance(scale, torch.Tensor):
+        raise ValueError(f"w is {w.dtype} (shape {tuple(w.shape)}): pass scale=, the float32 [{rows}] dequantization "
+                         f"scale {product}, got {type(scale).__name__}")
+    if scale.dtype != torch.float32 or tuple(scale.shape) != (rows,) or scale.stride(0) != 1:
+        raise ValueError(f"scale must be a contiguous float32 tensor of shape ({rows},) (one per {per} of w, "
+                         f"shape {tuple(w.shape)}), got {scale.dtype} of shape {tuple(scale.shape)}")
+
+
 def check_quant(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None, out: torch.Tensor | None, *,
                 scale=None, in_inv=None, residual_scale=None, out_inv=None) -> Quant:
     """The dtypes of a conv launch with its quantization arguments (kernels/quant.py).
@@ -215,7 +228,6 @@ def check_quant(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None,
     """
     if w.dtype == torch.uint8:
         raise TypeError(f"w is uint8 (shape {tuple(w.shape)}): 8-bit weights are symmetric int8 or float8_e4m3fn")
-    CO = w.shape[0]
     in_inv, out_inv = _inverse_scale("in_inv", in_inv), _inverse_scale("out_inv", out_inv)
     r_scale = _inverse_scale("residual_scale", residual_scale)
     quantized = w.dtype in QUANT_DTYPES
@@ -226,12 +238,7 @@ def check_quant(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None,
             if v is not None:
                 raise ValueError(f"{name}= is for 8-bit weights ({', '.join(map(str, QUANT_DTYPES))}), but w is {w.dtype}")
     else:
-        if not isinstance(scale, torch.Tensor):
-            raise ValueError(f"w is {w.dtype} (shape {tuple(w.shape)}): pass scale=, the float32 [{CO}] dequantization "
-                             f"scale s_x * s_w[co], got {type(scale).__name__}")
-        if scale.dtype != torch.float32 or tuple(scale.shape) != (CO,) or scale.stride(0) != 1:
-            raise ValueError(f"scale must be a contiguous float32 tensor of shape ({CO},) (one per output channel of w, "
-                             f"shape {tuple(w.shape)}), got {scale.dtype} of shape {tuple(scale.shape)}")
+        check_dequant_scale(scale, w)
         if x.dtype == w.dtype:
             if in_inv is not None:
                 raise ValueError(f"in_inv= quantizes a float input, but x is already {x.dtype}")

@@ -5,8 +5,9 @@ each K step walks the H*W pixels one dependent load after another (49 per step a
 steps for 2048 channels), and re-pools them for every class tile. Here the pool reads every
 activation once, H*W pixels x a channel block per load, into float32 features [N, C]; the
 linear layer is the 1x1-conv GEMM kernel on those features (cast to the weights' dtype as
-loaded), with split-K (kernels/splitk.py) where the class tiles alone leave SMs idle, as at
-small batches: 1000 classes in 64-wide tiles are 16 programs for 132 SMs.
+loaded, or quantized as loaded for an 8-bit classifier: kernels/quant.py), with split-K
+(kernels/splitk.py) where the class tiles alone leave SMs idle, as at small batches: 1000
+classes in 64-wide tiles are 16 programs for 132 SMs.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import triton
 import triton.language as tl
 
 from ._checks import (
-    FLOAT_DTYPES, check_bias, check_channels_last, check_device, check_precision, check_same_dtype, check_tensor,
-    nhwc_strides,
+    FLOAT_DTYPES, _inverse_scale, check_bias, check_channels_last, check_dequant_scale, check_device, check_precision,
+    check_same_dtype, check_tensor, nhwc_strides,
 )
 from .config import Config, select_config
 from .gemm1x1 import _gemm1x1_kernel
 from .splitk import check_workspace, conv_split, reduce_partials, split_counters, split_plane
 from .launch import launch
+from .quant import check_block_k, check_float_weights, check_fp8_device, partials_dtype
 from .targets import QUANT_DTYPES
 
 
@@ -135,6 +137,23 @@ def _check_scale(x_scale, dtype: torch.dtype) -> None:
         raise ValueError(f"x_scale must be finite and > 0, got {x_scale}")
 
 
+def _check_classifier(w: torch.Tensor, scale, in_inv) -> dict:
+    """The GEMM's quantization keywords for classifier weights `w` [classes, C]: an 8-bit w
+    needs `scale` (float32 [classes]) and `in_inv` (the pooled features' inverse scale); a
+    float w takes neither."""
+    if w.dtype not in QUANT_DTYPES:
+        for name, v in (("scale", scale), ("in_inv", in_inv)):
+            if v is not None:
+                raise ValueError(f"{name}= is for an 8-bit classifier ({', '.join(map(str, QUANT_DTYPES))}), but w is "
+                                 f"{w.dtype}")
+        return {}
+    check_dequant_scale(scale, w, product="s_features * s_w[class]", per="class")
+    if in_inv is None:
+        raise ValueError(f"w is {w.dtype}: pass in_inv= (a python float, the pooled features' inverse scale) to "
+                         "quantize the features as the classifier loads them")
+    return dict(s_ptr=scale, in_inv=_inverse_scale("in_inv", in_inv))
+
+
 def _pooled_numel(N: int, C: int) -> int:
     # Rounded up to 4 floats so that the partials after it start 16-byte aligned, which the
     # JIT specializes on (vectorized stores).
@@ -152,6 +171,8 @@ def avgpool_fc(
     workspace: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
     x_scale: float | None = None,
+    scale: torch.Tensor | None = None,
+    in_inv: float | None = None,
 ) -> torch.Tensor:
     """logits = mean over H, W of x, times w^T, plus b: torchvision's avgpool + flatten + fc.
 
@@ -159,8 +180,13 @@ def avgpool_fc(
     float8_e4m3fn) with their per-tensor scale `x_scale` (a python float > 0, required for
     8-bit x and only there): the pooled features are then float32(sum of the codes) *
     float32(x_scale / (H*W)), the sum exact in float32 (for e4m3fn while H*W <= 73).
-    w: [classes, C] contiguous, in x's dtype (float x) or any float dtype (8-bit x: an 8-bit
-    classifier is not supported).
+    w: [classes, C] contiguous, in x's dtype (float x) or any float dtype (8-bit x); or an
+    8-bit classifier (int8 or float8_e4m3fn, symmetric per class, for float or 8-bit x) with
+    `scale` (float32 [classes]: s_features * s_w[class]) and `in_inv` (a python float: the
+    pooled features' inverse scale, 1 / s_features): the float32 pooled features are quantized
+    as the GEMM loads them (kernels/quant.py: one float32 multiply, round half to even, clamp;
+    the e4m3 cast), summed in int32 (int8) or float32 (e4m3), and the logits are float32(acc) *
+    scale + b, in float32. Pointer configs only, BLOCK_K >= 32.
     b: [classes] float32.
     Returns float32 logits [N, classes], or writes them into `out` (any float dtype: the
     engine asks for the input's dtype, rounded once from fp32). The pooled features
@@ -172,15 +198,17 @@ def avgpool_fc(
     (kernels/gemm_tma.py).
     """
     check_tensor("x", x, rank=4, dtypes=(*FLOAT_DTYPES, *QUANT_DTYPES))
-    check_tensor("w", w, rank=2)
+    check_tensor("w", w, rank=2, dtypes=(*FLOAT_DTYPES, *QUANT_DTYPES))
     quantized = x.dtype in QUANT_DTYPES
     if quantized:
         _check_scale(x_scale, x.dtype)
     elif x_scale is not None:
         raise ValueError(f"x_scale is the scale of 8-bit x, but x is {x.dtype}: leave it out")
-    else:
+    elif w.dtype not in QUANT_DTYPES:
         check_same_dtype("x", x, w=w)
-    check_device(x=x, w=w, b=b, out=out)
+    check_device(x=x, w=w, b=b, out=out, scale=scale)
+    quant = _check_classifier(w, scale, in_inv)
+    check_fp8_device(x.device, w)
     check_channels_last("x", x)
     N, C, H, W = x.shape
     CLS, CW = w.shape
@@ -195,6 +223,9 @@ def avgpool_fc(
         raise ValueError(f"out must be a float tensor of shape {(N, CLS)}, got {out.dtype} with shape {tuple(out.shape)}")
     precision = check_precision(input_precision, w.dtype)
     cfg = config or fc_config(N, C, CLS, w.dtype, x.device)
+    if cfg.tma:
+        check_float_weights(cfg, w)
+    check_block_k(cfg, w)
     splits, iters, _ = conv_split(cfg, M=N, C=C, CO=CLS)
     need = head_workspace_numel(N, C, CLS, cfg)
     check_workspace(workspace, need, x=x, w=w, b=b, out=out)
@@ -202,7 +233,8 @@ def avgpool_fc(
     if N == 0:
         return y
     ws = workspace if workspace is not None else torch.empty(need, device=x.device, dtype=torch.float32)
-    pooled, partials = ws[: N * C], ws[_pooled_numel(N, C):]
+    # An int8 classifier's split partials are int32 (exact), in the same float32 buffer.
+    pooled, partials = ws[: N * C], ws[_pooled_numel(N, C):].view(partials_dtype(w))
 
     # The pool's config space has no 8-bit entries: 8-bit codes take float16's tile (it sums
     # in float32 for every dtype).
@@ -210,9 +242,9 @@ def avgpool_fc(
     grid = (N, triton.cdiv(C, pcfg.BLOCK_N))
     if quantized:
         # Rounded to float32 here, so that the kernel's float32 argument is exactly this.
-        scale = torch.tensor(x_scale / (H * W), dtype=torch.float32).item()
+        factor = torch.tensor(x_scale / (H * W), dtype=torch.float32).item()
         launch(_avgpool_8bit_kernel, grid,
-            x, pooled, C, H * W, W, *nhwc_strides(x), C, scale, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
+            x, pooled, C, H * W, W, *nhwc_strides(x), C, factor, **pcfg.launch_kwargs("BLOCK_M", "BLOCK_N"),
         )
     else:
         launch(_avgpool_kernel, grid,
@@ -238,8 +270,9 @@ def avgpool_fc(
         w.stride(0), 1,
         *ys, *ys, split_plane(N, CLS) if splits > 1 else 0,
         HAS_RESIDUAL=False, RELU=False, INPUT_PRECISION=precision, SPLIT=splits > 1, FUSED=fused, POOL=False,
-        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        **cfg.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), **quant,
     )
     if splits > 1 and not fused:
-        reduce_partials(partials, splits, b, None, y4, M=N, OH=1, OW=1, relu=False)
+        reduce_partials(partials, splits, b, None, y4, M=N, OH=1, OW=1, relu=False,
+                        quant={"s_ptr": quant["s_ptr"]} if quant else None)
     return y

@@ -1,7 +1,8 @@
 """Parity of fastres.kernels.avgpool_fc with torch: adaptive_avg_pool2d(1) + flatten + F.linear in float64.
 
 The head is a pool launch then the 1x1-conv GEMM (split-K at small batches): both paths, the
-pool's pixel loop past one block, the workspace and the logits' dtype and strides are covered."""
+pool's pixel loop past one block, the workspace and the logits' dtype and strides are covered;
+8-bit features, and an 8-bit classifier against the torch reference of its integer math."""
 from __future__ import annotations
 
 import pytest
@@ -12,6 +13,7 @@ from fastres import kernels as K
 from fastres.kernels import Config, use_config
 from fastres.kernels.head import head_workspace_numel
 from helpers import DTYPES, KERNEL_RTOL, TF32_RTOL, assert_close, nhwc, rand_nhwc
+from test_quant import E4M3, I8, assert_equal, conv_ref, inverse_scale, quantized_weights
 
 
 def dtype_id(d) -> str:
@@ -240,7 +242,79 @@ def test_8bit_bad_input(device):
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match=r"x_scale must be finite and > 0"):
             K.avgpool_fc(q, wt, b, x_scale=bad)
-    with pytest.raises(TypeError, match=r"w must have dtype in .*got torch.int8"):
-        K.avgpool_fc(q, wt.to(torch.int8), b, x_scale=0.5)
     with pytest.raises(TypeError, match=r"x must have dtype in .*got torch.uint8"):
         K.avgpool_fc(q.view(torch.uint8), wt, b, x_scale=0.5)
+
+
+# -- an 8-bit classifier: the float32 pooled features quantized as the GEMM loads them ----------
+
+def classifier_case(n, c, classes, x_dtype, w_dtype):
+    """x (8-bit codes with their x_scale, or float), the classifier's codes [classes, c], its
+    scale [classes] = s_features * s_w, in_inv (clipping the features' top fifth, so that the
+    clamp runs) and b."""
+    x_scale = 0.0371 if x_dtype in (I8, E4M3) else None
+    x = rand_codes((n, c, 3, 5), x_dtype) if x_scale else nhwc(torch.randn(n, c, 3, 5).abs().to(x_dtype))
+    in_inv = inverse_scale(x.float().mean((2, 3)) * (x_scale or 1.0), w_dtype) * 1.25
+    qw, s_w = quantized_weights(classes, c, 1, w_dtype)
+    return x, x_scale, qw.reshape(classes, c), (s_w / in_inv).float(), in_inv, torch.randn(classes) * 0.3
+
+
+def classifier_ref(pooled, qw, scale, b, in_inv):
+    """The 8-bit conv's reference on a 1x1 image per sample: the features quantized (one
+    float32 multiply, round half to even, clamp; or the e4m3 cast), the dot in float64 (exact
+    for int8), logits = float32(acc) * scale + b in float32."""
+    return conv_ref(pooled[:, :, None, None], qw[:, :, None, None], scale, b, in_inv=in_inv, relu=False).flatten(1)
+
+
+def run_classifier(x, x_scale, qw, scale, in_inv, b, cfg, device):
+    """(logits, the pooled features the kernel computed: the workspace's head)."""
+    n, c = x.shape[:2]
+    ws = torch.full((head_workspace_numel(n, c, qw.shape[0], cfg),), float("nan"), device=device)
+    y = K.avgpool_fc(x.to(device), qw.to(device), b.to(device), x_scale=x_scale, scale=scale.to(device),
+                     in_inv=in_inv, config=cfg, workspace=ws)
+    return y, ws[: n * c].view(n, c).cpu()
+
+
+@pytest.mark.parametrize("x_dtype, cfg", [
+    (I8, Config(16, 16, 32, num_stages=1, SPLIT_K=2)),   # int32 partials summed by the reduce launch
+    (torch.float16, Config(16, 16, 32, num_stages=1, SPLIT_K=2, variant="fused_k")),
+    (torch.float32, Config(16, 16, 32, num_stages=1)),
+], ids=["x_int8-split", "x_float16-fused_split", "x_float32"])
+def test_int8_classifier_is_the_integer_math(x_dtype, cfg, device):
+    """From 8-bit or float features: bit for bit the reference on the pooled features as the
+    kernel computed them. 72 channels (three 32-wide K steps), 24 classes (a class tail)."""
+    x, x_scale, qw, scale, in_inv, b = classifier_case(3, 72, 24, x_dtype, I8)
+    y, pooled = run_classifier(x, x_scale, qw, scale, in_inv, b, cfg, device)
+    assert y.dtype == torch.float32 and y.shape == (3, 24)
+    assert_equal(y, classifier_ref(pooled, qw, scale, b, in_inv), f"int8 classifier, x {x_dtype}")
+    # The features' top fifth was clipped: some codes are at the clamp.
+    assert (pooled * in_inv).abs().max() > 127
+
+
+def test_e4m3_classifier_within_float32_rounding(device):
+    """e4m3 features and classifier, split: float32 sums in their own order."""
+    x, x_scale, qw, scale, in_inv, b = classifier_case(3, 72, 24, E4M3, E4M3)
+    y, pooled = run_classifier(x, x_scale, qw, scale, in_inv, b, Config(16, 16, 32, num_stages=1, SPLIT_K=2), device)
+    assert_close(y, classifier_ref(pooled, qw, scale, b, in_inv), 1e-6, what="e4m3 classifier")
+
+
+def test_8bit_classifier_bad_input(device):
+    x, x_scale, qw, scale, in_inv, b = classifier_case(2, 32, 5, I8, I8)
+    x, qw, scale, b = x.to(device), qw.to(device), scale.to(device), b.to(device)
+    with pytest.raises(ValueError, match=r"w is torch.int8 \(shape \(5, 32\)\): pass scale=, the float32 \[5\]"):
+        K.avgpool_fc(x, qw, b, x_scale=x_scale, in_inv=in_inv)
+    with pytest.raises(ValueError, match=r"w is torch.int8: pass in_inv="):
+        K.avgpool_fc(x, qw, b, x_scale=x_scale, scale=scale)
+    with pytest.raises(ValueError, match=r"scale must be a contiguous float32 tensor of shape \(5,\).*torch.float16"):
+        K.avgpool_fc(x, qw, b, x_scale=x_scale, scale=scale.half(), in_inv=in_inv)
+    with pytest.raises(TypeError, match=r"in_inv must be a python float"):
+        K.avgpool_fc(x, qw, b, x_scale=x_scale, scale=scale, in_inv=torch.tensor(in_inv))
+    with pytest.raises(ValueError, match=r"steps K by at least 32.*BLOCK_K=16"):
+        K.avgpool_fc(x, qw, b, x_scale=x_scale, scale=scale, in_inv=in_inv, config=Config(16, 16, 16, num_stages=1))
+    with pytest.raises(TypeError, match=r"w must have dtype in .*got torch.uint8"):
+        K.avgpool_fc(x, qw.view(torch.uint8), b, x_scale=x_scale, scale=scale, in_inv=in_inv)
+    wf = torch.randn(5, 32, device=device)
+    with pytest.raises(ValueError, match=r"scale= is for an 8-bit classifier .* but w is torch.float32"):
+        K.avgpool_fc(x, wf, b, x_scale=x_scale, scale=scale)
+    with pytest.raises(ValueError, match=r"in_inv= is for an 8-bit classifier .* but w is torch.float32"):
+        K.avgpool_fc(x, wf, b, x_scale=x_scale, in_inv=in_inv)

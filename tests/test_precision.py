@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fastres.device import DeviceInfo
-from fastres.plan import arch_convs
+from fastres.engine import ResNet
+from fastres.plan import UnsupportedModelError, arch_convs, check_params, param_shapes
 from fastres.precision import INPUT, Quantized, Ranges, value_names
 from fastres.schedule import build_schedule
 
@@ -77,6 +78,33 @@ def test_a_trunks_returned_activations_are_float():
         assert s.slot_dtype(o.slot) == torch.float16
         writer = s.steps[o.step]
         assert writer.precision.compute == torch.int8 and writer.precision.dst == torch.float16
+
+
+def test_an_8bit_classifier():
+    """"fc" in the layers: the head computes in 8 bits from the 8-bit features, or from float
+    ones (their scale is then not the head's input's: it quantizes the pooled features with
+    "pool"); its weights are 8-bit with per-class scales; a trunk has no classifier to quantize."""
+    layers = {c.name for c in arch_convs("resnet50")} | {"fc"}
+    s = build_schedule("resnet50", (2, 3, 64, 64), torch.float16, PLAN, num_classes=10,
+                       quantized=Quantized(torch.int8, layers))
+    head = s.steps[-1].precision
+    assert (head.compute, head.src, head.src_scale, head.dst) == (torch.int8, torch.int8, "layer4.2.conv3", None)
+    s = build_schedule("resnet50", (2, 3, 64, 64), torch.float16, PLAN, num_classes=10,
+                       quantized=Quantized(torch.int8, layers - {"layer4.2.conv3"}))
+    head = s.steps[-1].precision
+    assert (head.compute, head.src, head.src_scale) == (torch.int8, torch.float16, None)
+    assert "int8(f16->-)" in str(s)
+    q = Quantized(torch.int8, {"conv1", "fc"})
+    shapes = param_shapes("resnet18", 10, quantized=q)
+    assert shapes["fc.weight_scale"] == (10,) and "fc.weight_scale" not in param_shapes("resnet18", 10)
+    params = {k: torch.zeros(v) for k, v in shapes.items()}
+    params.update({k: params[k].to(torch.int8) for k in ("conv1.weight", "fc.weight")})
+    check_params(params, "resnet18", 10, torch.float32, quantized=q)
+    with pytest.raises(TypeError, match="tensor 'fc.weight' has dtype torch.float32, expected torch.int8"):
+        check_params({**params, "fc.weight": params["fc.weight"].float()}, "resnet18", 10, torch.float32, quantized=q)
+    with pytest.raises(UnsupportedModelError, match=r"layers \['fc'\] are not convs \(a trunk has no classifier\)"):
+        ResNet("resnet18", {}, returns={"layer4": "out"}, dtype=torch.float32, device="cpu",
+               quantized=Quantized(torch.int8, {"fc"}), ranges={"input": 1.0})
 
 
 def test_value_names_and_ranges():

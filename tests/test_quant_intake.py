@@ -46,14 +46,17 @@ def test_timm_resnet_forward_and_forward_features_run_quantized():
     with NoConvolution():
         logits = q(x.to(DEVICE))
         feats = q.forward_features(x.to(DEVICE))
-    assert q._trunk.quantized == q.engine.quantized and q._trunk.returns == (("layer4", "layer4"),)
+    # The trunk runs the classifier's 8-bit convs (its classifier, if 8-bit, is not the trunk's).
+    assert q._trunk.quantized.layers == q.engine.quantized.layers - {"fc"} and q._trunk.returns == (("layer4", "layer4"),)
     assert logits.dtype == feats.dtype == torch.float32
     assert_close(logits, ref, BOUND, what="logits")
     assert_close(feats, ref_feats, BOUND, what="forward_features")
     with torch.no_grad():
         assert_close(q.forward_head(feats), ref, BOUND, what="forward_head(forward_features)")
     report = q.quantization_report()
-    assert report is q.engine.report and len(report.layers) == len(q.engine.quantized.layers) == 20
+    # 20 convs and the classifier; every one of them 8-bit unless the report says why not.
+    assert report is q.engine.report and len(report.layers) == 21
+    assert {r.layer for r in report.layers if not r.why} == q.engine.quantized.layers
     with pytest.raises(ValueError, match="not quantized"):
         fastres.from_timm(model, dtype=torch.float32, device=DEVICE).quantization_report()
     with pytest.raises(ValueError, match="already quantized"):
@@ -83,7 +86,8 @@ def test_transformers_image_classification_and_hidden_states():
     for i, (o, r) in enumerate(zip(out.hidden_states, ref.hidden_states)):
         assert_close(o, r, BOUND, what=f"hidden_states[{i}]")
     classifier = q._engines.classifier
-    assert q._engines.trunk(("maxpool", "layer1", "layer2", "layer3", "layer4")).quantized == classifier.quantized
+    trunk = q._engines.trunk(("maxpool", "layer1", "layer2", "layer3", "layer4"))
+    assert trunk.quantized.layers == classifier.quantized.layers - {"fc"}
     assert q.quantization_report() is classifier.report and not classifier.report.kept
 
 

@@ -1,13 +1,18 @@
 """fastres.quantize on a network trained on real images (tests/quant_helpers.py): top-1 within a
 point of float32 for each dtype and calibration method, the engine's 8-bit forward equal to the
-torch reference of its integer math, the report, the kept layers, and the errors."""
+torch reference of its integer math, the classifier's 8 bits chosen by measured agreement, the
+report, the kept layers, and the errors."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 import fastres
 from fastres.precision import QUANT_DTYPES, Quantized
+from fastres.quant import quantize as Q
+from fastres.quant.fileformat import report_from_dict
 from fastres.quant.reference import run_schedule
 
 from helpers import DEVICE, ON_GPU, assert_close
@@ -65,19 +70,47 @@ def test_the_engine_equals_the_reference_of_its_integer_math():
             assert torch.equal(out[name].float().cpu(), ref[name]), name
 
 
-def test_report_and_kept_layers():
+def test_the_classifier_in_8_bits_by_measured_agreement():
+    """On the digits network the int8 classifier keeps the float classifier's top-1 class on
+    every calibration image, so it runs in int8; with every conv in int8 too, layer4's codes are
+    pooled exactly and the classifier's sums are exact: the logits equal, bit for bit, the
+    reference of the integer math. The report's row for it survives a file's JSON."""
+    q = _quantize(torch.int8, "max")
+    report = q.quantization_report()
+    fc = report.layers[-1]
+    assert (fc.layer, fc.input, fc.output, fc.scale_out, fc.why) == ("fc", "pool", "logits", None, "")
+    assert fc.agreement >= Q.CLASSIFIER_MIN_AGREEMENT and 0 < fc.error < 0.05, fc
+    assert "fc" in q.quantized.layers and q.params()["fc.weight"].dtype == torch.int8
+    x = held_out()[0][:6]
+    head = q.schedule(x).steps[-1].precision
+    assert (head.compute, head.src) == (torch.int8, torch.int8)
+    out = q(x.to(DEVICE)).cpu()
+    ref = run_schedule(q.schedule(x), {k: v.cpu() for k, v in q.params().items()}, x, ranges=q.ranges)
+    if ON_GPU:
+        assert_close(out, ref, 1e-3, "logits")
+    else:
+        assert torch.equal(out, ref)
+    assert report_from_dict(json.loads(report.to_json())) == report
+
+
+def test_report_and_kept_layers(monkeypatch):
+    # An agreement no classifier reaches: the classifier stays float, by its measure before max_layer_error.
+    monkeypatch.setattr(Q, "CLASSIFIER_MIN_AGREEMENT", 1.01)
     q = _quantize(torch.int8, "max", keep=("conv1",), max_layer_error=1e-9)
     report = q.quantization_report()
     assert report.layers[0].layer == "conv1" and report.layers[0].why == "kept by name"
+    assert report.layers[-1].why == "top-1 agreement 100.00% < 101.0%" and report.layers[-1].precision == "f16"
     # Every layer errs above 1e-9: all are kept float, and the engine computes nothing in 8 bits.
     assert set(report.kept) == {r.layer for r in report.layers}
     assert all(r.error > 1e-9 for r in report.layers[1:])
     text = str(report)
     assert "layer4.0.conv2" in text and "kept by name" in text and "0 of" in text
     assert report.to_dict()["dtype"] == "int8"
-    q2 = _quantize(torch.int8, "max", max_layer_error=0.5)
+    monkeypatch.undo()
+    q2 = _quantize(torch.int8, "max", max_layer_error=0.5, keep=("fc",))
     r2 = q2.quantization_report()
-    for r in r2.layers:
+    assert r2.layers[-1].why == "kept by name" and "fc" not in q2.quantized.layers
+    for r in r2.layers[:-1]:
         assert (r.error > 0.5) == bool(r.why), r
         assert 0 <= r.clipped_in <= 1 and r.scale_in > 0 and r.weight_scale[0] <= r.weight_scale[1]
     assert "int8" in str(q2.schedule((2, 3, 16, 16)))

@@ -100,18 +100,23 @@ def test_file_metadata_and_tensors(made):
         assert (meta["format"], meta["format_version"], meta["quantized"], meta["dtype"]) == \
             ("fastres", "3", "int8", "float16")
         assert meta["arch"] == "resnet18" and meta["num_classes"] == str(NUM_CLASSES)
-        assert json.loads(meta["quantized_layers"]) == sorted(CONVS)
+        report = json.loads(meta["quantization_report"])
+        fc_8bit = report["layers"][-1]["precision"] == "int8"  # chosen by its measured agreement
+        assert json.loads(meta["quantized_layers"]) == sorted(CONVS + ["fc"] * fc_8bit)
         ranges = json.loads(meta["ranges"])
-        assert set(ranges) == {"input", *CONVS} and all(0 < v < math.inf for v in ranges.values())
+        assert set(ranges) == {"input", *CONVS, "pool"} and all(0 < v < math.inf for v in ranges.values())
         assert json.loads(meta["calibration"]) == {"method": "entropy", "source": source, "images": COUNT, "batches": 1}
         report = json.loads(meta["quantization_report"])
         assert (report["arch"], report["dtype"], report["method"], report["images"]) == ("resnet18", "int8", "entropy", COUNT)
-        assert [r["layer"] for r in report["layers"]] == CONVS
+        assert [r["layer"] for r in report["layers"]] == CONVS + ["fc"]
         dtypes = _dtypes(path)
         for conv in CONVS:
             assert (dtypes[f"{conv}.weight"], dtypes[f"{conv}.weight_scale"], dtypes[f"{conv}.bias"]) == ("I8", "F32", "F32")
-        assert (dtypes["fc.weight"], dtypes["fc.bias"]) == ("F16", "F32")
-        assert len(dtypes) == 3 * len(CONVS) + 2
+        if fc_8bit:
+            assert (dtypes["fc.weight"], dtypes["fc.weight_scale"], dtypes["fc.bias"]) == ("I8", "F32", "F32")
+        else:
+            assert (dtypes["fc.weight"], dtypes["fc.bias"]) == ("F16", "F32")
+        assert len(dtypes) == 3 * len(CONVS) + 2 + fc_8bit
     stored = load_file(str(made.folder_file))
     assert stored["conv1.weight"].shape == (64, 7, 7, 3)  # physically [Cout, KH, KW, Cin]
     assert stored["conv1.weight_scale"].shape == (64,) and bool((stored["conv1.weight_scale"] > 0).all())
@@ -184,9 +189,10 @@ BAD_FILES = {
     "an infinite range": (_ranges(lambda r: r.update(conv1=math.inf)), {}, ["positive finite numbers"]),
     "a range missing": (_ranges(lambda r: r.pop("layer3.0.conv2")), {}, ["ranges lacks 'layer3.0.conv2'"]),
     "unknown quantized dtype": (lambda meta: {"quantized": "int4"}, {}, ["quantized='int4'", "int8, float8_e4m3fn"]),
-    "unknown quantized layer": (lambda meta: {"quantized_layers": json.dumps([*CONVS, "layer5.0.conv1"])}, {},
+    "unknown quantized layer": (lambda meta: {"quantized_layers": json.dumps([*json.loads(meta["quantized_layers"]),
+                                                                               "layer5.0.conv1"])}, {},
                                 ["quantized_layers names ['layer5.0.conv1']", "not convs of resnet18"]),
-    "layer list damaged": (lambda meta: {"quantized_layers": '["conv1", 3]'}, {}, ["not a list of conv names"]),
+    "layer list damaged": (lambda meta: {"quantized_layers": '["conv1", 3]'}, {}, ["not a list of layer names"]),
     "damaged report": (lambda meta: {"quantization_report": meta["quantization_report"][:40]}, {},
                        ["invalid quantization_report"]),
     "float weight of an 8-bit conv": (lambda meta: {}, {"layer2.0.conv1.weight": torch.zeros(128, 3, 3, 64, dtype=torch.float16)},
@@ -216,7 +222,10 @@ def test_cli_convert_prints_the_report_and_the_summary(made):
     lines = out.splitlines()
     assert lines[0].startswith(f"resnet18 quantized to int8 (entropy calibration on {COUNT} images in 1 batches)")
     assert [line.split()[:2] for line in lines[2:2 + len(CONVS)]] == [[c, "int8"] for c in CONVS]
-    assert lines[-2] == f"{len(CONVS)} of {len(CONVS)} convs in int8"
+    report = made.q.quantization_report()
+    layers, eight = len(report.layers), sum(r.precision == "int8" for r in report.layers)
+    assert report.layers[-1].layer == "fc" and eight >= len(CONVS)
+    assert lines[-2].startswith(f"{eight} of {layers} layers in int8")
     size = made.folder_file.stat().st_size / 1e6
     assert lines[-1] == f"{made.folder_file}: resnet18, {NUM_CLASSES} classes, int8 (float layers float16), {size:.1f} MB"
     assert "\n".join(lines[:-1]) == str(made.q.quantization_report())
@@ -247,14 +256,16 @@ def test_cli_run_a_quantized_file(made):
     float16 logits' rounding); `--plan` names the int8 launches; a contradicting --dtype is refused."""
     rc, out, err = _cli("run", "--weights", made.folder_file, "--size", "32", "--batch", "1")
     assert rc == 0, out + err
-    assert f"resnet18 ({made.folder_file}), int8 ({len(CONVS)} convs; float layers float16), batch 1, 32x32" in out
+    eight = len(fastres.load(made.folder_file, "cpu", cuda_graph=False).quantized.layers)  # the convs, and fc if 8-bit
+    assert f"resnet18 ({made.folder_file}), int8 ({eight} layers; float layers float16), batch 1, 32x32" in out
     parity = next(line for line in out.splitlines() if line.startswith("parity vs that reference: rel L2 "))
     assert float(parity.split()[6]) <= (1e-2 if ON_GPU else 1e-3), parity
     rc, out, err = _cli("run", "--weights", made.folder_file, "--plan", "--batch", "1", "--size", "32")
     assert rc == 0, err
     launches = launch_dtypes(out)
     assert list(launches) == [CONVS[0], "maxpool", *CONVS[1:], "fc"], out
-    assert (launches.pop("conv1"), launches.pop("fc")) == ("int8(-->int8)", "f16(int8->-)")
+    fc = "int8(int8->-)" if eight > len(CONVS) else "f16(int8->-)"
+    assert (launches.pop("conv1"), launches.pop("fc")) == ("int8(-->int8)", fc)
     assert set(launches.values()) == {"int8(int8->int8)"}, launches
     assert "parity" not in out
     rc, out, err = _cli("run", "--weights", made.folder_file, "--dtype", "float16", "--size", "32")

@@ -1,5 +1,5 @@
-"""A quantized engine in a converted file (format version 3, weights/README.md): which convs
-run in 8 bits, the activation ranges, and the calibration's provenance and report, as
+"""A quantized engine in a converted file (format version 3, weights/README.md): which layers
+(convs, the classifier "fc") run in 8 bits, the activation ranges, and the calibration's provenance and report, as
 safetensors metadata strings beside the 8-bit weights and their scales."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def read_quant(meta: Mapping[str, str], path=None) -> tuple[Quantized, dict[str,
         layers = json.loads(meta.get("quantized_layers", ""))
         ranges = json.loads(meta.get("ranges", ""))
         if not isinstance(layers, list) or not all(isinstance(v, str) for v in layers):
-            raise ValueError("quantized_layers is not a list of conv names")
+            raise ValueError("quantized_layers is not a list of layer names")
         if not isinstance(ranges, dict) or not all(isinstance(v, (int, float)) and 0 < v < math.inf
                                                    for v in ranges.values()):
             raise ValueError("ranges is not a mapping of names to positive finite numbers")

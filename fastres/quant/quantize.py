@@ -7,10 +7,12 @@ calibration batches are on, the CPU included, and observes every activation
 A second pass measures each conv's own error: its 8-bit output against its float output from
 the same float input. Convs named in `keep`, convs whose error exceeds `max_layer_error`, and
 the convs that have no 8-bit kernel (a shortcut's average pool, timm's `d` variants) stay in
-the float dtype; the classifier stays float (an 8-bit classifier is not built yet). The
-result is a `fastres.ResNet` whose forward is fastres' kernels only, or the model's wrapper
-(timm's, transformers', torchvision's segmentation and detection copies) around one
-(`fastres.quant.intake`).
+the float dtype. The classifier ("fc") is measured the same way, on the float forward's pooled
+features: it runs in 8 bits only where its logits keep the float classifier's top-1 class on
+at least CLASSIFIER_MIN_AGREEMENT of the calibration images (and it is not kept by name or by
+`max_layer_error`). The result is a `fastres.ResNet` whose forward is fastres' kernels only, or
+the model's wrapper (timm's, transformers', torchvision's segmentation and detection copies)
+around one (`fastres.quant.intake`).
 """
 from __future__ import annotations
 
@@ -20,15 +22,19 @@ import torch
 
 from ..device import DeviceInfo
 from ..engine import ResNet
-from ..precision import INPUT, QMAX, QUANT_DTYPES, Precision, Quantized, Ranges, short
+from ..precision import CLASSIFIER, INPUT, POOLED, QMAX, QUANT_DTYPES, Precision, Quantized, Ranges, short
 from ..progress import Progress
 from ..schedule import STEM, Step, build_schedule
 from .calibrate import RangeObserver, choose_amax, clipped_fraction
 from .intake import intake
-from .reference import conv_step, run_schedule
+from .reference import classifier_step, conv_step, run_schedule
 from .report import LayerReport, QuantizationReport
 
 METHODS = ("max", "percentile", "entropy", "mse")
+# The classifier runs in 8 bits where its logits keep the float classifier's top-1 class on at
+# least this fraction of the calibration images (both from the same float features): at most one
+# image in 200 may change its prediction because of the classifier alone.
+CLASSIFIER_MIN_AGREEMENT = 0.995
 _PLAN = DeviceInfo("plan", sms=1)  # the reference runs no kernel: any device's configs do
 
 
@@ -50,8 +56,10 @@ def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, m
     "max", "percentile" (`percentile` of |x|), "entropy" (TensorRT's KL divergence; int8 only),
     "mse"; default "entropy" for int8, "mse" for float8_e4m3fn (whose levels are not uniform:
     the KL divergence against them measured the histogram's noise, fastres.quant.calibrate).
-    keep: conv names (e.g. "conv1", "layer4.2.conv3") to run in `float_dtype`; max_layer_error:
-    keep every conv whose relative error against float exceeds it (None: keep none by error).
+    keep: conv names (e.g. "conv1", "layer4.2.conv3"), or "fc" (the classifier), to run in
+    `float_dtype`; max_layer_error: keep every layer whose relative error against float exceeds
+    it (None: keep none by error). The classifier runs in 8 bits only where its top-1 agreement
+    with the float one on the calibration images is at least CLASSIFIER_MIN_AGREEMENT.
     device: where the engine runs (default: the model's). The report is
     `.quantization_report()`.
     """
@@ -68,18 +76,24 @@ def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, m
     if device is None:
         device = taken.device
     convs = _conv_names(source)
-    unknown = sorted(set(keep) - set(convs))
+    classifier = source.num_classes is not None
+    unknown = sorted(set(keep) - set(convs) - ({CLASSIFIER} if classifier else set()))
     if unknown:
-        raise ValueError(f"keep names {unknown} that are not convs of {source.arch}; its convs: {', '.join(convs)}")
+        also = " (and its classifier, 'fc')" if classifier else ""
+        raise ValueError(f"keep names {unknown} that are not convs of {source.arch}{also}; its convs: "
+                         f"{', '.join(convs)}")
     params = {k: v.detach().float().cpu() for k, v in source.params().items()}
     batches = calibration if iter(calibration) is not calibration else None
     held: list[torch.Tensor] = []
     observers: dict[str, RangeObserver] = {}
+    pooled: list[torch.Tensor] = []  # the float forward's pooled features: the classifier is judged on them
 
     def record(name: str, t: torch.Tensor) -> None:
         if name not in observers:
             observers[name] = RangeObserver(name)
         observers[name].observe(t)
+        if name == POOLED:
+            pooled.append(t.cpu())
 
     count = images = 0
     with Progress(_length(calibration), desc=f"calibrating {source.arch}", unit="batch", enabled=progress) as bar:
@@ -98,7 +112,8 @@ def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, m
             for name, obs in observers.items()}
     ranges = Ranges(dtype, amax)
     qparams = dict(params)
-    for name in convs:
+    weighted = [*convs, CLASSIFIER] if classifier else convs
+    for name in weighted:
         qparams.update(_quantized_weight(name, params[f"{name}.weight"], dtype))
     errors = _layer_errors(source, params, qparams, ranges, dtype, batches if batches is not None else held, progress)
     why = {}
@@ -109,35 +124,48 @@ def quantize(model, calibration: Iterable, *, dtype: torch.dtype = torch.int8, m
             why[name] = "average-pool shortcut: no 8-bit kernel"
         elif max_layer_error is not None and errors[name][0] > max_layer_error:
             why[name] = f"error above {max_layer_error:.2%}"
-    layers = [n for n in convs if n not in why]
+    if classifier:
+        fc_error, fc_agreement = _classifier_error(pooled, params, qparams, ranges, dtype)
+        if CLASSIFIER in keep:
+            why[CLASSIFIER] = "kept by name"
+        elif fc_agreement < CLASSIFIER_MIN_AGREEMENT:
+            why[CLASSIFIER] = f"top-1 agreement {fc_agreement:.2%} < {CLASSIFIER_MIN_AGREEMENT:.1%}"
+        elif max_layer_error is not None and fc_error > max_layer_error:
+            why[CLASSIFIER] = f"error above {max_layer_error:.2%}"
+    layers = [n for n in weighted if n not in why]
     final = {}
     for key, value in params.items():
-        conv = key.rsplit(".", 1)[0]
-        if key.endswith(".weight") and conv in layers:
+        layer = key.rsplit(".", 1)[0]
+        if key.endswith(".weight") and layer in layers:
             continue
         final[key] = value if key.endswith(".bias") else value.to(float_dtype)
     for name in layers:
-        final.update(_quantized_weight(name, params[f"{name}.weight"], dtype))
+        final.update({k: qparams[k] for k in (f"{name}.weight", f"{name}.weight_scale")})
     engine = ResNet(source._arch, final, num_classes=source.num_classes, returns=source.returns, dilate=source.dilate,
                     dtype=float_dtype, device=device, cuda_graph=cuda_graph, quantized=Quantized(dtype, layers),
                     ranges=amax)
-    engine.report = QuantizationReport(
-        source.arch, dtype, method, count, images, max_layer_error,
-        tuple(LayerReport(name, src, name, ranges.scale(src), ranges.scale(name),
-                          clipped_fraction(observers[src], amax[src]), clipped_fraction(observers[name], amax[name]),
-                          _span(qparams[f"{name}.weight_scale"]), errors[name][0],
-                          short(float_dtype) if name in why else short(dtype), why.get(name, ""))
-              for name, src in ((n, errors[n][1]) for n in convs)))
+    runs = {name: short(float_dtype) if name in why else short(dtype) for name in weighted}
+    rows = [LayerReport(name, src, name, ranges.scale(src), ranges.scale(name),
+                        clipped_fraction(observers[src], amax[src]), clipped_fraction(observers[name], amax[name]),
+                        _span(qparams[f"{name}.weight_scale"]), errors[name][0], runs[name], why.get(name, ""))
+            for name, src in ((n, errors[n][1]) for n in convs)]
+    if classifier:
+        rows.append(LayerReport(CLASSIFIER, POOLED, "logits", ranges.scale(POOLED), None,
+                                clipped_fraction(observers[POOLED], amax[POOLED]), None,
+                                _span(qparams[f"{CLASSIFIER}.weight_scale"]), fc_error, runs[CLASSIFIER],
+                                why.get(CLASSIFIER, ""), fc_agreement))
+    engine.report = QuantizationReport(source.arch, dtype, method, count, images, max_layer_error, tuple(rows))
     return taken.model(engine)
 
 
 def float_params(engine: ResNet) -> dict[str, torch.Tensor]:
     """A quantized engine's parameters as the float model it stands for (on the CPU, float32):
-    each 8-bit conv's codes times their per-output-channel scales; the others as they are."""
+    each 8-bit layer's codes times their per-output-channel scales; the others as they are."""
     params = {k: v.cpu() for k, v in engine.params().items() if not k.endswith(".weight_scale")}
     for name in (engine.quantized.layers if engine.quantized is not None else ()):
+        w = params[f"{name}.weight"].float()
         scale = engine.params()[f"{name}.weight_scale"].cpu()
-        params[f"{name}.weight"] = params[f"{name}.weight"].float() * scale[:, None, None, None]
+        params[f"{name}.weight"] = w * scale.view(-1, *[1] * (w.dim() - 1))
     return params
 
 
@@ -190,17 +218,42 @@ def _on(params: dict, x: torch.Tensor) -> dict:
 
 
 def _quantized_weight(name: str, w: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A conv's weights in `dtype` with one symmetric scale per output channel (its absolute
-    max maps to the dtype's largest code; an all-zero channel gets scale 1 and zero codes)."""
+    """A conv's weights (or the classifier's, [classes, C]) in `dtype` with one symmetric scale
+    per output channel (its absolute max maps to the dtype's largest code; an all-zero channel
+    gets scale 1 and zero codes)."""
     w64 = w.double()
-    amax = w64.abs().amax(dim=(1, 2, 3))
+    amax = w64.abs().amax(dim=tuple(range(1, w.dim())))
     scale = torch.where(amax > 0, amax / QMAX[dtype], torch.ones_like(amax))
-    v = w64 / scale[:, None, None, None]
+    v = w64 / scale.view(-1, *[1] * (w.dim() - 1))
     if dtype == torch.int8:
         q = torch.round(v).clamp_(-127, 127).to(torch.int8)
     else:
         q = v.clamp(-QMAX[dtype], QMAX[dtype]).float().to(dtype)
-    return {f"{name}.weight": q.contiguous(memory_format=torch.channels_last), f"{name}.weight_scale": scale.float()}
+    layout = torch.channels_last if w.dim() == 4 else torch.contiguous_format
+    return {f"{name}.weight": q.contiguous(memory_format=layout), f"{name}.weight_scale": scale.float()}
+
+
+def _classifier_error(pooled: Sequence[torch.Tensor], params, qparams, ranges: Ranges,
+                      dtype: torch.dtype) -> tuple[float, float]:
+    """(relative L2 error of the 8-bit classifier's logits against the float32 classifier's,
+    the fraction of images whose top-1 class they share), both from the same float32 pooled
+    features (the float forward's, over the calibration batches)."""
+    pr = Precision(dtype, torch.float32, None)
+    diff = norm = 0.0
+    agree = total = 0
+    for feats in pooled:
+        ref = classifier_step(None, feats, params, None)
+        out = classifier_step(pr, feats, qparams, ranges)
+        diff += float(((out.double() - ref.double()) ** 2).sum())
+        norm += float((ref.double() ** 2).sum())
+        agree += int((out.argmax(1) == ref.argmax(1)).sum())
+        total += feats.shape[0]
+    return _relative(diff, norm), agree / total
+
+
+def _relative(diff: float, norm: float) -> float:
+    """sqrt(diff / norm): a relative L2 error from its summed squares (0 / 0 is 0, x / 0 inf)."""
+    return (diff / norm) ** 0.5 if norm > 0 else (0.0 if diff == 0 else float("inf"))
 
 
 def _layer_errors(engine: ResNet, params, qparams, ranges: Ranges, dtype, batches, progress: bool) -> dict:
@@ -224,8 +277,7 @@ def _layer_errors(engine: ResNet, params, qparams, ranges: Ranges, dtype, batche
             sums.update({("src", k): v for k, v in names.items()})
             run_schedule(schedule, _on(params, x), x, on_conv=on_conv)
             bar.update()
-    return {k: ((v[0] / v[1]) ** 0.5 if v[1] > 0 else (0.0 if v[0] == 0 else float("inf")), v[2])
-            for k, v in sums.items() if isinstance(k, str)}
+    return {k: (_relative(v[0], v[1]), v[2]) for k, v in sums.items() if isinstance(k, str)}
 
 
 def _input_names(schedule) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from ..precision import INPUT, QMAX, QUANT_DTYPES, Precision, Ranges, value_names
+from ..precision import INPUT, POOLED, QMAX, QUANT_DTYPES, Precision, Ranges, value_names
 from ..schedule import HEAD, MAXPOOL, Schedule, Step
 
 Record = Callable[[str, torch.Tensor], None]
@@ -67,17 +67,38 @@ def conv_step(step: Step, pr: Precision | None, a: torch.Tensor, r: torch.Tensor
     return y.to(out).float()
 
 
-def head_step(pr: Precision | None, a: torch.Tensor, params: Mapping[str, torch.Tensor],
-              ranges: Ranges | None) -> torch.Tensor:
-    """Global average pool into float32 features, then the classifier in its weights' dtype."""
+def pooled_features(pr: Precision | None, a: torch.Tensor, ranges: Ranges | None) -> torch.Tensor:
+    """The head's global average pool of held values `a` into float32 features [N, C]."""
     if pr is not None and pr.src in QUANT_DTYPES:
         # As kernels.head: the codes' float32 sum times one float32 factor, scale / (H*W).
         factor = torch.tensor(ranges.scale(pr.src_scale) / (a.shape[2] * a.shape[3]), dtype=torch.float64).float()
-        feats = a.float().sum(dim=(2, 3)) * factor
-    else:
-        feats = a.float().mean(dim=(2, 3))
-    w = params["fc.weight"]
-    return feats.to(w.dtype).float() @ w.float().t() + params["fc.bias"].float()
+        return a.float().sum(dim=(2, 3)) * factor
+    return a.float().mean(dim=(2, 3))
+
+
+def classifier_step(pr: Precision | None, feats: torch.Tensor, params: Mapping[str, torch.Tensor],
+                    ranges: Ranges | None) -> torch.Tensor:
+    """The logits (float32) of float32 features [N, C]: the classifier in its weights' float
+    dtype, or in 8 bits (pr.compute) as kernels.head runs it: the features quantized with the
+    range POOLED, the codes summed exactly (float64; then int32 for int8), float32(acc) *
+    (s_features * s_w[class]) + b in float32."""
+    w, b = params["fc.weight"], params["fc.bias"].float()
+    if pr is None or not pr.eight_bit:
+        return feats.to(w.dtype).float() @ w.float().t() + b
+    q = quantize_codes(feats, ranges.inv(POOLED), pr.compute)
+    acc = q.double() @ w.double().t()
+    acc = acc.to(torch.int32).float() if pr.compute == torch.int8 else acc.float()
+    return acc * ranges.dequant(POOLED, params["fc.weight_scale"].cpu()).to(acc.device) + b
+
+
+def head_step(pr: Precision | None, a: torch.Tensor, params: Mapping[str, torch.Tensor],
+              ranges: Ranges | None, record: Record | None = None) -> torch.Tensor:
+    """Global average pool into float32 features (passed to `record` as "pool"), then the
+    classifier (`classifier_step`)."""
+    feats = pooled_features(pr, a, ranges)
+    if record is not None:
+        record(POOLED, feats)
+    return classifier_step(pr, feats, params, ranges)
 
 
 def run_schedule(schedule: Schedule, params: Mapping[str, torch.Tensor], x: torch.Tensor, *,
@@ -85,8 +106,9 @@ def run_schedule(schedule: Schedule, params: Mapping[str, torch.Tensor], x: torc
                  on_conv: Callable[[Step, torch.Tensor, torch.Tensor | None, torch.Tensor], None] | None = None):
     """The logits (float32) of x [N, 3, H, W] float, or a trunk's {name: features} (float32),
     as `schedule` computes them with `params` (the engine's: folded, 8-bit where quantized).
-    record(name, values) is called with the caller's input ("input") and every activation in
-    float (8-bit ones dequantized), under its scale name (fastres.precision.value_names);
+    record(name, values) is called with the caller's input ("input"), every activation in
+    float (8-bit ones dequantized), under its scale name (fastres.precision.value_names), and
+    the head's pooled features ("pool");
     on_conv(step, input, residual, output) with each conv's held values."""
     if schedule.wiring == () or schedule.values == ():
         raise ValueError("run_schedule needs a schedule from build_schedule (its activations' wiring)")
@@ -104,7 +126,7 @@ def run_schedule(schedule: Schedule, params: Mapping[str, torch.Tensor], x: torc
         if step.kernel == MAXPOOL:
             y = F.max_pool2d(a, 3, 2, 1)
         elif step.kernel == HEAD:
-            logits = head_step(pr, a, params, ranges)
+            logits = head_step(pr, a, params, ranges, record)
             continue
         else:
             r = None if res is None else held[res]
