@@ -206,9 +206,9 @@ HOPPER_DTYPES = (torch.float16,)
 FUSED_MAX_BLOCK_M = 64
 # avgpool (the head's pool; its linear layer runs on conv1x1 configs): BLOCK_M = pixels per
 # load (a 7x7 map in one), BLOCK_N = channels.
-_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
+_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # max_pool2d: BLOCK_M = output pixels, BLOCK_N = channels.
-_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
+_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # add_relu: BLOCK_M = elements.
 _SPACE["add_relu"] = {dt: (C(2048, 1, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # splitk_reduce: BLOCK_M = output pixels, BLOCK_N = channels (128 contiguous fp32 = 512 B rows).

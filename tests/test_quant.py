@@ -11,7 +11,7 @@ from fastres import kernels as K
 from fastres.kernels import Config, config_space, select_config
 from fastres.kernels.quant import quantize_probe
 from fastres.kernels.splitk import workspace_numel
-from helpers import assert_close, nhwc
+from helpers import ON_GPU, assert_close, nhwc
 from test_conv import IMAGENET_MEAN, IMAGENET_STD, torchvision_normalized
 
 I8, E4M3 = torch.int8, torch.float8_e4m3fn
@@ -96,8 +96,16 @@ def assert_equal(y: torch.Tensor, ref: torch.Tensor, what: str) -> None:
 
 
 def check_int8(y, ref, out_inv, what):
-    """y: the kernel's output; ref: the float32 reference before the output's rounding."""
-    assert_equal(y, quantize(ref, out_inv, I8) if out_inv is not None else ref.to(y.dtype), what)
+    """y: the kernel's output; ref: the float32 reference before the output's rounding. Bit
+    for bit in the interpreter; on a GPU the epilogue's multiply-add may be one fused
+    rounding: within one unit of the output dtype there."""
+    want = quantize(ref, out_inv, I8) if out_inv is not None else ref.to(y.dtype)
+    if not ON_GPU:
+        assert_equal(y, want, what)
+    elif y.dtype == I8:
+        assert (y.cpu().int() - want.int()).abs().max() <= 1, what
+    else:
+        assert_close(y, want, 1e-6 if y.dtype == torch.float32 else 1e-3, what=what)
 
 
 # ---------------------------------------------------------------- int8, bit for bit
