@@ -377,3 +377,14 @@ def test_float_launches_pass_no_quant_arguments(device):
         K.conv_bn_relu(*to(device, x, w, b), padding=1, config=Config(32, 32, 16, 4, 1, SPLIT_K=2))
     assert len(launches) == 2  # the split conv and its reduce
     assert all(not {"s_ptr", "in_inv", "r_scale", "out_inv"} & set(launch.kwargs) for launch in launches)
+
+
+def test_fp8_refused_on_a_gpu_without_e4m3(monkeypatch):
+    """A float8_e4m3fn launch on an sm_80 / sm_86 card is refused up front (int8 runs there)."""
+    from fastres.kernels import quant, targets
+
+    monkeypatch.setattr(targets, "device_facts", lambda device: targets.DeviceFacts("A100", "sm_80", 108, 166912))
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match=r"float8_e4m3fn runs on sm_89, .*not on sm_80 \(A100\): use int8 there"):
+        quant.check_fp8_device(cuda, torch.zeros(1, dtype=I8), torch.zeros(1, dtype=E4M3))
+    quant.check_fp8_device(cuda, torch.zeros(1, dtype=I8), None)
