@@ -24,7 +24,7 @@ import threading
 import torch
 
 from ._checks import QUANT_DTYPES, interpreting
-from .quant import MIN_BLOCK_K_8BIT, check_fp8_target
+from .quant import FP8_TARGETS, MIN_BLOCK_K_8BIT, check_fp8_target
 from .targets import DEFAULT_TARGET, TARGETS
 
 
@@ -120,7 +120,8 @@ _SPACE["conv"] = {
             C(64, 64, 32, 4, 4))
        for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
-    **{dt: (C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4)) for dt in _8},
+    # (K steps of 64 only: ResNets' convs reduce over at least 64 channels)
+    **{dt: (C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4)) for dt in _8},
 }
 # Tiles whose fused residual epilogue spills (the gate: 128x128x64 on 4 warps, 88 B of stack)
 # while the plain epilogue does not: dispatched only to convs without a residual, which are
@@ -150,11 +151,21 @@ _EXCLUDED: dict[str, dict[str, tuple[Config, ...]]] = {
         "conv1x1": (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4)),
     },
 }
+# 8-bit configs a target's gate rejected (the float tables above are measured on float rows
+# and do not apply): spills, every one.
+_EXCLUDED_8BIT: dict[str, dict[str, tuple[Config, ...]]] = {
+    # a float16 input quantized as it is loaded, with a float16 residual and output: 16-24 B
+    "sm_100": {"conv": (C(128, 64, 64, 4, 4),)},
+    # the stem's quantized float32 / uint8 pixel loads: 8-80 B of stack
+    "sm_120": {"conv_stem": (C(64, 64, 32, 4, 4),)},
+    # uint8 pixels: 73 registers spilled
+    "gfx942": {"conv_stem": (C(64, 32, 32, 4, 4),)},
+}
 # conv_stem: the same kernel on its flat-K path (Cin < 16: the stem's 7x7 over 3 channels).
 _SPACE["conv_stem"] = {
     **{dt: (C(128, 64, 16, 4, 4), C(64, 64, 32, 4, 4)) for dt in _16},
     torch.float32: (C(64, 64, 32, 4, 3), C(64, 64, 16, 4, 3)),
-    **{dt: (C(64, 64, 32, 4, 4),) for dt in _8},
+    **{dt: (C(64, 64, 32, 4, 4), C(64, 32, 32, 4, 4)) for dt in _8},
 }
 # conv_grouped: the conv kernel on grouped convs (ResNeXt's 3x3s). BLOCK_N = BLOCK_K, so that
 # select_config's BLOCK_K (the widest the per-group reduction Cin/groups fills) also sizes the
@@ -172,8 +183,7 @@ _SPACE["conv1x1"] = {
     **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4))
        for dt in _16},
     torch.float32: (C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 3)),
-    **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4), C(64, 64, 32, 4, 4))
-       for dt in _8},
+    **{dt: (C(128, 128, 64, 8, 3), C(128, 64, 64, 4, 4), C(64, 128, 64, 4, 4), C(64, 64, 64, 4, 4)) for dt in _8},
 }
 # Hopper's TMA variants (sm_90 only: the gate clears them there; other targets keep the
 # pointer kernels), and fused split-K: in float16 only, the dtype the performance targets are
@@ -206,13 +216,17 @@ HOPPER_DTYPES = (torch.float16,)
 FUSED_MAX_BLOCK_M = 64
 # avgpool (the head's pool; its linear layer runs on conv1x1 configs): BLOCK_M = pixels per
 # load (a 7x7 map in one), BLOCK_N = channels.
-_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
+_SPACE["avgpool"] = {dt: (C(64, 128, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # max_pool2d: BLOCK_M = output pixels, BLOCK_N = channels.
-_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
+_SPACE["max_pool2d"] = {dt: (C(32, 64, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # add_relu: BLOCK_M = elements.
 _SPACE["add_relu"] = {dt: (C(2048, 1, 1, 4, 1),) for dt in (*_16, torch.float32)}
 # splitk_reduce: BLOCK_M = output pixels, BLOCK_N = channels (128 contiguous fp32 = 512 B rows).
-_SPACE["splitk_reduce"] = {dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.float32, *_8)}
+_SPACE["splitk_reduce"] = {
+    **{dt: (C(16, 128, 1, 4, 1),) for dt in (*_16, torch.float32)},
+    # (int32 partials: 16x128 on 4 warps spilled 8 B on sm_90)
+    **{dt: (C(16, 128, 1, 8, 1),) for dt in _8},
+}
 
 # Under the CPU interpreter every program and loop step costs milliseconds of Python while
 # numpy on a tile is cheap: big tiles (clamped to the problem in select_config) run fastest.
@@ -262,7 +276,7 @@ def config_space(
         check_fp8_target(target)
     if target in HOPPER_TARGETS:
         space = space + _HOPPER.get(kernel, {}).get(dtype, ())
-    excluded = _EXCLUDED.get(target, {}).get(kernel, ())
+    excluded = (_EXCLUDED_8BIT if dtype in QUANT_DTYPES else _EXCLUDED).get(target, {}).get(kernel, ())
     space = tuple(c for c in space if c not in excluded)
     if max_shared is not None and max_shared < TARGETS[target].max_shared:
         space = tuple(c for c in space if shared_bound(kernel, c, dtype) <= max_shared)
@@ -272,6 +286,12 @@ def config_space(
         raise ValueError(f"no config of {kernel!r} at {dtype} fits {target}"
                          + (f" with {max_shared} bytes of shared memory per block" if max_shared is not None else ""))
     return space
+
+
+def has_space(kernel: str, dtype: torch.dtype, target: str = DEFAULT_TARGET) -> bool:
+    """Whether `kernel` has configs at `dtype` on `target` at all (8-bit: the GEMM-type convs
+    and the split-K sum; float8_e4m3fn only where tensor cores multiply e4m3: FP8_TARGETS)."""
+    return dtype in _SPACE.get(kernel, {}) and (dtype != torch.float8_e4m3fn or target in FP8_TARGETS)
 
 
 def shared_bound(kernel: str, config: Config, dtype: torch.dtype) -> int:

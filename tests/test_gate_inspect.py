@@ -81,6 +81,25 @@ def test_scan_sass_tells_the_tensor_core_opcodes_apart():
     assert scan_sass(ampere + blackwell + _SASS, target=SM90)["hgmma"] == 1
 
 
+def test_scan_sass_tells_the_8bit_opcodes_apart():
+    """int8 and e4m3 GEMMs (fastres.gate.target.for_dtype): IMMA / QMMA must not count sm_90's
+    IGMMA / QGMMA or sm_100's UTCIMMA / UTCQMMA."""
+    from fastres.gate.target import for_dtype
+
+    sass = """
+        /*0a10*/                   IMMA.16832.S8.S8.SAT R24, R40, R44, R24 ;
+        /*0a20*/                   QMMA.16832.F32.E4M3.E4M3 R24, R40, R44, R24 ;
+        /*0a30*/                   IGMMA.64x64x32.S8.S8 R24, gdesc[UR4], R24 ;
+        /*0a40*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R24, gdesc[UR4], R24 ;
+        /*0a50*/                   UTCIMMA gdesc[UR4], gdesc[UR6], tmem[UR9], tmem[UR30], idesc[UR31], !UPT ;
+        /*0a60*/                   UTCQMMA gdesc[UR4], gdesc[UR6], tmem[UR9], tmem[UR30], idesc[UR31], !UPT ;
+"""
+    for target, dtype, op in ((SM80, "int8", "imma"), (SM90, "int8", "igmma"), (SM100, "int8", "utcimma"),
+                              (SM90, "float8_e4m3fn", "qgmma"), (SM100, "float8_e4m3fn", "utcqmma")):
+        assert scan_sass(sass, target=for_dtype(target, dtype))[op] == 1, (target.name, dtype)
+    assert scan_sass(sass, target=SM80)["hmma"] == 0
+
+
 # Cut from triton 3.8's asm["amdgcn"] of a conv1x1 256x256x32 tile for gfx942 (4 warps), which
 # spills: a few instructions and the kernel's metadata (its .args list shortened).
 _AMDGCN_SPILLING = """

@@ -42,3 +42,19 @@ def test_unknown_target_is_one_line():
         resolve_targets("sm_80,sm_75")
     msg = str(err.value)
     assert "\n" not in msg and "unknown target 'sm_75'" in msg and "gfx942" in msg and "all" in msg
+
+
+def test_8bit_rows_are_judged_by_their_own_tensor_core_opcode():
+    from fastres.gate.target import for_dtype
+
+    assert for_dtype(SM90, "float16") is SM90
+    ops = {(t.name, dt): for_dtype(t, dt).tensor_core_op for t in TARGETS.values()
+           for dt in ("int8", "float8_e4m3fn") if dt == "int8" or t.name in ("sm_89", "sm_90", "sm_100", "sm_120")}
+    assert ops == {("sm_80", "int8"): "IMMA", ("sm_86", "int8"): "IMMA", ("sm_89", "int8"): "IMMA",
+                   ("sm_90", "int8"): "IGMMA", ("sm_100", "int8"): "UTCIMMA", ("sm_120", "int8"): "IMMA",
+                   ("gfx942", "int8"): "v_mfma", ("sm_89", "float8_e4m3fn"): "QMMA",
+                   ("sm_90", "float8_e4m3fn"): "QGMMA", ("sm_100", "float8_e4m3fn"): "UTCQMMA",
+                   ("sm_120", "float8_e4m3fn"): "QMMA"}
+    assert for_dtype(SM90, "int8").max_shared == SM90.max_shared and for_dtype(SM90, "int8").name == "sm_90"
+    with pytest.raises(ValueError, match="float8_e4m3fn has no tensor-core instruction on sm_80"):
+        for_dtype(SM80, "float8_e4m3fn")

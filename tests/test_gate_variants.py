@@ -8,7 +8,7 @@ import torch
 from fastres.gate.compile import CONFIG_META, arg_defaults, arg_names, specialize
 from fastres.gate.keys import unaligned, unspecialized
 from fastres.gate.target import GFX942, SM80, SM90, SM100, TARGETS
-from fastres.gate.selection import dispatchable, engine_space, heaviest, tensor_core_required
+from fastres.gate.selection import dispatchable, engine_space, has_engine_space, heaviest, tensor_core_required
 from fastres.gate.variants import DTYPES, variants
 from fastres.kernels.config import KERNELS, Config, config_space
 from gate_helpers import DTYPE_NAMES
@@ -28,7 +28,7 @@ def test_dispatchable_drops_k_steps_wider_than_the_layer():
     # every config of the space is compiled for some variant
     for dt in DTYPE_NAMES.values():
         for k in KERNELS:
-            for cfg in config_space(k, DTYPES[dt]):
+            for cfg in config_space(k, DTYPES[dt]) if has_engine_space(k, dt) else ():
                 assert any(dispatchable(k, cfg, v, dt) for v in variants(k, dt)), (k, cfg, dt)
 
 
@@ -70,7 +70,8 @@ def test_other_targets_compile_each_config_at_its_heaviest_variants():
     for k in ("conv", "conv_stem", "conv1x1", "splitk_reduce"):
         # sm_90's rows of the configs sm_80's space keeps (fused splits are Hopper's only)
         full = [t for t in tasks(kernels=[k], target=SM90)
-                if t.config in engine_space(k, t.dtype, SM80) and not dict(t.variant.meta).get("FUSED")]
+                if has_engine_space(k, t.dtype, SM80) and t.config in engine_space(k, t.dtype, SM80)
+                and not dict(t.variant.meta).get("FUSED")]
         every = tasks(kernels=[k], target=SM80, all_variants=True)
         few = tasks(kernels=[k], target=SM80)
         assert [(t.config, t.dtype, t.variant) for t in every] == [(t.config, t.dtype, t.variant) for t in full]
@@ -131,21 +132,26 @@ def _recorded_launches(monkeypatch, call) -> list[tuple]:
 def _jit_class(v):
     """What the JIT specializes an argument on: a pointer's dtype, an int's == 1 and % 16."""
     if isinstance(v, torch.Tensor):
-        return ("ptr", {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32"}[v.dtype])
+        return ("ptr", {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
+                        torch.int8: "i8", torch.float8_e4m3fn: "fp8e4nv", torch.uint8: "u8"}[v.dtype])
+    if isinstance(v, float):
+        return ("fp32",)
     if isinstance(v, bool) or not isinstance(v, int):
         return ("const", v)
     return ("int", v == 1, v % 16 == 0)
 
 
-def _gate_class(kernel_name: str, variant_name: str, config, fn, family: str = "ptr") -> dict:
-    v = next(v for v in variants(kernel_name, "float16", family) if v.name == variant_name)
-    signature, constexprs, attrs, _ = specialize(fn, config, "float16", v)
+def _gate_class(kernel_name: str, variant_name: str, config, fn, family: str = "ptr", dtype: str = "float16") -> dict:
+    v = next(v for v in variants(kernel_name, dtype, family) if v.name == variant_name)
+    signature, constexprs, attrs, _ = specialize(fn, config, dtype, v)
     names = arg_names(fn)
     out = {}
     for i, name in enumerate(names):
         ty = signature[name]
         if ty.startswith("*"):
             out[name] = ("ptr", ty[1:])
+        elif ty == "fp32":
+            out[name] = ("fp32",)
         elif ty == "constexpr":
             value = constexprs[(i,)]
             out[name] = ("int", True, False) if value == 1 and not isinstance(value, bool) else ("const", value)
@@ -240,13 +246,17 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
         call = lambda: K.avgpool_fc(nhwc(1024, 2048, 7, 7), torch.zeros(1000, 2048, dtype=torch.float16),  # noqa: E731
                                     b1000, out=torch.zeros(1024, 1000, dtype=torch.float16), config=cfg)
         expect = [("avgpool", "7x7 [head pool]"), ("conv1x1", "fc/N1024/y:fp16/ws [head]", "tma_ws")]
-    launches = _recorded_launches(monkeypatch, call)
+    _assert_launches_are_rows(_recorded_launches(monkeypatch, call), expect)
+
+
+def _assert_launches_are_rows(launches, expect, dtype: str = "float16") -> None:
+    """Each recorded launch specializes as the gate's row (kernel, variant name[, family]) at `dtype`."""
     assert len(launches) == len(expect)
     for (fn, args), (kernel_name, variant_name, *family) in zip(launches, expect):
         meta = {k: args.pop(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M") if k in args}
         config = Config(meta["BLOCK_M"], meta.get("BLOCK_N", 1), meta.get("BLOCK_K", 1), args.pop("num_warps"),
                         args.pop("num_stages"), meta.get("GROUP_M", 8))
-        gate = _gate_class(kernel_name, variant_name, config, fn, *family)
+        gate = _gate_class(kernel_name, variant_name, config, fn, *(family or ["ptr"]), dtype=dtype)
         # Constexpr arguments (per the kernel) compare by value, the others by JIT class.
         plain = unspecialized(fn)  # do_not_specialize: a plain int whatever its value
         no_align = unaligned(fn)  # do_not_specialize_on_alignment: 1 or a plain int
@@ -257,6 +267,51 @@ def test_gate_variants_are_the_launches(case, monkeypatch):
             gate.pop(name, None)
         mismatched = {n: (got.get(n), gate.get(n)) for n in set(got) | set(gate) if got.get(n) != gate.get(n)}
         assert not mismatched, f"{kernel_name} {variant_name}: launch vs gate {mismatched}"
+
+
+@pytest.mark.parametrize("case", ["3x3 residual", "3x3 float neighbours", "3x3 residual split", "1x1", "stem",
+                                  "stem pixels"])
+@pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
+def test_8bit_gate_variants_are_the_launches(case, dtype, monkeypatch):
+    """The gate's 8-bit rows specialize exactly as the 8-bit launches at those layers do: the
+    scale pointer, the scalars (fp32 arguments), an int8 split's int32 partials."""
+    from fastres import kernels as K
+
+    q8 = DTYPES[dtype]
+
+    def nhwc(*shape, dtype=q8):
+        return torch.zeros(*shape).to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def s(n):
+        return torch.ones(n)
+
+    if case == "3x3 residual":
+        call = lambda: K.conv_bn_relu(nhwc(32, 64, 56, 56), nhwc(64, 64, 3, 3), s(64), padding=1, scale=s(64),  # noqa: E731
+                                      residual=nhwc(32, 64, 56, 56), residual_scale=0.1, out_inv=2.0)
+        expect = [("conv", "3x3/s1/relu/res/ieee [layer1]")]
+    elif case == "3x3 float neighbours":
+        half = torch.float16
+        call = lambda: K.conv_bn_relu(nhwc(32, 64, 56, 56, dtype=half), nhwc(64, 64, 3, 3), s(64), padding=1,  # noqa: E731
+                                      scale=s(64), in_inv=3.0, residual=nhwc(32, 64, 56, 56, dtype=half),
+                                      out=nhwc(32, 64, 56, 56, dtype=half))
+        expect = [("conv", "3x3/s1/relu/res/x:fp16/ieee/r:fp16/y:fp16 [layer1]")]
+    elif case == "3x3 residual split":
+        call = lambda: K.conv_bn_relu(nhwc(1, 512, 7, 7), nhwc(512, 512, 3, 3), s(512), padding=1,  # noqa: E731
+                                      scale=s(512), residual=nhwc(1, 512, 7, 7), residual_scale=0.1, out_inv=2.0)
+        expect = [("conv", "3x3/s1/relu/res/splitk/ieee [resnet18 layer4]"),
+                  ("splitk_reduce", "sum/relu/res [layer4 b1]")]
+    elif case == "1x1":
+        call = lambda: K.conv1x1(nhwc(32, 64, 56, 56), nhwc(256, 64, 1, 1), s(256), scale=s(256),  # noqa: E731
+                                 residual=nhwc(32, 256, 56, 56), residual_scale=0.1, out_inv=2.0)
+        expect = [("conv1x1", "1x1/s1/relu/res/ieee [conv3]")]
+    else:
+        pixels = case == "stem pixels"
+        x = torch.zeros(32, 3, 224, 224, dtype=torch.uint8 if pixels else torch.float32)
+        norm = K.pixel_norm((0.5,) * 3, (0.25,) * 3) if pixels else None
+        call = lambda: K.stem_conv(x, nhwc(64, 3, 7, 7), s(64), scale=s(64), in_inv=3.0, out_inv=2.0,  # noqa: E731
+                                   normalize=norm)
+        expect = [("conv_stem", "7x7/s2/relu/x:nchw-" + ("u8/ieee [stem pixels]" if pixels else "fp32/ieee [stem]"))]
+    _assert_launches_are_rows(_recorded_launches(monkeypatch, call), expect, dtype)
 
 
 def test_tma_families_have_their_own_kernels_and_launches():

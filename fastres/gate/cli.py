@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", action="append", metavar="NAME",
                         help=f"only this kernel (repeatable): {', '.join(KERNELS)}")
     parser.add_argument("--dtype", action="append", metavar="DTYPE",
-                        help="only this dtype (repeatable): float16, bfloat16, float32")
+                        help="only this dtype (repeatable): float16, bfloat16, float32, int8, float8_e4m3fn")
     parser.add_argument("--target", action="append", metavar="T",
                         help=f"compile for these GPUs (repeatable, or comma-separated): {', '.join(TARGETS)}, "
                              f"or all (default: {DEFAULT_TARGET.name})")

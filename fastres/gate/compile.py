@@ -39,7 +39,7 @@ import torch
 from ..errors import first_line
 from .inspect import inspect_kernel
 from .keys import unaligned, unspecialized
-from .target import DEFAULT_TARGET, Target
+from .target import DEFAULT_TARGET, Target, for_dtype
 from .selection import tensor_core_required
 from .variants import TRITON_TYPE, Variant, dtype_name
 
@@ -181,6 +181,7 @@ def blank_row(kernel: str, config: Config, dtype: str, variant: Variant, target:
     """A row with every key and nothing measured yet (``ok`` False)."""
     from ..kernels.config import GEMM_KERNELS
 
+    target = for_dtype(target, dtype_name(dtype))
     row: dict[str, Any] = {
         "kernel": kernel, "config": config.name, "dtype": dtype, "variant": variant.name, "target": target.name,
         "ok": False, "registers": None, "stack": None, "spills": None, "shared": None,
@@ -227,6 +228,7 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
     import triton
     from triton.compiler import ASTSource
 
+    target = for_dtype(target, dtype_name(dtype))  # (an 8-bit GEMM's own tensor-core opcode)
     row = blank_row(kernel, config, dtype, variant, target)
     t0 = time.perf_counter()
     fn = launched_fn(kernel, config, variant)

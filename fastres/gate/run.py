@@ -33,7 +33,7 @@ from .cache import cache_file, kernel_key, load_cache, row_key, save_cache
 from ..errors import first_line
 from .compile import FAMILIES, blank_row, compile_row, row_family
 from .target import DEFAULT_TARGET, Target
-from .selection import dispatchable, engine_space, heaviest
+from .selection import dispatchable, engine_space, has_engine_space, heaviest
 from .variants import DTYPES, Variant, config_family, dtype_name, variants
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def tasks(kernels: Iterable[str] | None = None, dtypes: Iterable[str | torch.dty
         every = all_variants or tgt == DEFAULT_TARGET
         for k in names:
             for dt in DTYPES:
-                if dt not in dts:
+                if dt not in dts or not has_engine_space(k, dt, tgt):
                     continue
                 for cfg in engine_space(k, dt, tgt):
                     ok = [v for v in variants(k, dt, config_family(cfg)) if dispatchable(k, cfg, v, dt, tgt)]

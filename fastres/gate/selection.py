@@ -43,6 +43,14 @@ def engine_space(kernel: str, dtype: str | torch.dtype, target: Target = DEFAULT
     return config_space(kernel, DTYPES[dtype_name(dtype)], residual=residual, target=target.name)
 
 
+def has_engine_space(kernel: str, dtype: str | torch.dtype, target: Target = DEFAULT_TARGET) -> bool:
+    """Whether the engine dispatches `kernel` at `dtype` on `target` at all (8-bit dtypes: the
+    GEMM-type convs and the split-K sum; float8_e4m3fn on the targets with e4m3 tensor cores)."""
+    from ..kernels.config import has_space
+
+    return has_space(kernel, DTYPES[dtype_name(dtype)], target.name)
+
+
 def dispatchable(kernel: str, config: Config, variant: Variant, dtype: str | torch.dtype,
                  target: Target = DEFAULT_TARGET) -> bool:
     """Whether the engine can launch `config` for the layer of `variant` at `dtype` on `target`.
@@ -89,7 +97,7 @@ def _weight(v: Variant, dtype: str) -> tuple:
 
 def _width(ty: str, dtype: str) -> int:
     """Bytes per element of a pointer's type ("x": the engine's dtype)."""
-    return {"fp32": 4, "fp16": 2, "bf16": 2, "u8": 1}[TRITON_TYPE[dtype] if ty == "x" else ty]
+    return {"fp32": 4, "fp16": 2, "bf16": 2, "u8": 1, "i8": 1, "fp8e4nv": 1}[TRITON_TYPE[dtype] if ty == "x" else ty]
 
 
 def _family(v: Variant, dtype: str) -> tuple:

@@ -14,6 +14,12 @@ The opcodes, as triton 3.6 and 3.8 compile a float16 / bfloat16 / tf32 ``tl.dot`
 - sm_100: ``UTCHMMA`` (tcgen05.mma for f16, bf16 and tf32; printed without a shape suffix);
 - gfx942: ``v_mfma`` (v_mfma_f32_32x32x8_f16 / _bf16, v_mfma_f32_32x32x4_xf32 for tf32 and
   v_mfma_f32_32x32x2_f32 for exact float32 products, which only this target has).
+
+8-bit GEMMs have opcodes of their own (``for_dtype``): int8 ``IMMA`` (IMMA.16832.S8.S8.SAT) on
+sm_80, sm_86, sm_89 and sm_120, ``IGMMA`` (IGMMA.64x64x32.S8.S8) on sm_90, ``UTCIMMA`` on
+sm_100, ``v_mfma`` (v_mfma_i32_*_i8) on gfx942; float8 e4m3 ``QMMA`` (QMMA.16832.F32.E4M3.E4M3)
+on sm_89 and sm_120, ``QGMMA`` (QGMMA.64x64x32.F32.E4M3.E4M3) on sm_90, ``UTCQMMA`` on sm_100,
+and none elsewhere (``kernels.config`` has no e4m3 space there).
 """
 from __future__ import annotations
 
@@ -66,6 +72,25 @@ GFX942 = Target("gfx942", "hip", "gfx942", 64, 65536, "v_mfma", fp32_tensor_core
 
 TARGETS: dict[str, Target] = {t.name: t for t in (SM80, SM86, SM89, SM90, SM100, SM120, GFX942)}
 DEFAULT_TARGET = SM90
+
+
+# The tensor-core opcode of an 8-bit tl.dot per target (see the module docstring).
+QUANT_TENSOR_CORE_OPS: dict[str, dict[str, str]] = {
+    "int8": {"sm_80": "IMMA", "sm_86": "IMMA", "sm_89": "IMMA", "sm_90": "IGMMA", "sm_100": "UTCIMMA",
+             "sm_120": "IMMA", "gfx942": "v_mfma"},
+    "float8_e4m3fn": {"sm_89": "QMMA", "sm_90": "QGMMA", "sm_100": "UTCQMMA", "sm_120": "QMMA"},
+}
+
+
+def for_dtype(target: Target, dtype: str) -> Target:
+    """`target` as a row of `dtype` (a ``variants.DTYPES`` name) is judged: with the opcode of
+    that dtype's tensor-core instruction (``QUANT_TENSOR_CORE_OPS``); float dtypes: as it is."""
+    ops = QUANT_TENSOR_CORE_OPS.get(dtype)
+    if ops is None:
+        return target
+    if target.name not in ops:
+        raise ValueError(f"{dtype} has no tensor-core instruction on {target.name}")
+    return dataclasses.replace(target, tensor_core_op=ops[target.name])
 
 
 def resolve_targets(spec: str | Iterable[str] | None) -> tuple[Target, ...]:

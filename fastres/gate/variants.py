@@ -25,9 +25,11 @@ import torch
 if TYPE_CHECKING:
     from ..kernels.config import Config
 
-DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
-TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                                  "int8": torch.int8, "float8_e4m3fn": torch.float8_e4m3fn}
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32",
+                  "i8": "int8", "fp8": "float8_e4m3fn", "e4m3": "float8_e4m3fn"}
+TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int8": "i8", "float8_e4m3fn": "fp8e4nv"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,8 +358,15 @@ def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list
 
     Every split-K variant of conv and conv1x1 comes twice: summed by the reduce launch, and
     fused (summed by the tile's last program: the ``fused_k`` configs, dispatched on Hopper).
+    8-bit dtypes (int8, float8_e4m3fn): ``fastres.gate.variants_8bit``.
     """
+    from .variants_8bit import QUANT_DTYPES, quant_variants
+
     dt = dtype_name(dtype)
+    if dt in QUANT_DTYPES:
+        if family != "ptr":
+            raise ValueError(f"8-bit GEMMs run the pointer kernels only, not {family!r}")
+        return quant_variants(kernel, dt)
     if family != "ptr":
         return _tma_variants(kernel, family)
     out: list[Variant] = []
