@@ -30,7 +30,7 @@ from .indexing import grouped_tile, nhwc_rows
 from .reduction import conv_problem, reduction  # noqa: F401 - conv_problem, reduction: kernels.conv.*
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
-from .quant import check_block_k, check_float_weights, check_fp8_device, gemm_operand, partials_dtype
+from .quant import check_block_k, check_float_weights, check_fp8_device, gemm_operand, mma, partials_dtype
 
 # How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
 NORM_NONE, NORM_FMA, NORM_IEEE = 0, 1, 2
@@ -127,7 +127,7 @@ def _conv_kernel(
                 w_ptr + w_col[None, :] + (kh * swh + kw * sww + c * swc)[:, None],
                 mask=k_ok[:, None] & n_ok[None, :], other=0.0,
             )
-            acc = tl.dot(gemm_operand(a, b.dtype, in_inv), b, acc, input_precision=INPUT_PRECISION)
+            acc = mma(gemm_operand(a, b.dtype, in_inv), b, acc, INPUT_PRECISION)
     else:
         # One flattened loop over (kh, kw, cin-block) with scalar index math: nested loops over
         # kh and kw unroll into copies of the body and spill at big tiles.
@@ -178,7 +178,7 @@ def _conv_kernel(
                 )
             # The cast is a no-op except in the stem, which reads the user's input as it comes,
             # and in an 8-bit conv reading a float input (quantized here).
-            acc = tl.dot(gemm_operand(a, b.dtype, in_inv), b, acc, input_precision=INPUT_PRECISION)
+            acc = mma(gemm_operand(a, b.dtype, in_inv), b, acc, INPUT_PRECISION)
 
     finish_tile(
         acc, rm, rn, m_ok, n_ok, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,

@@ -21,7 +21,7 @@ from .indexing import grouped_tile, nhwc_rows
 from .gemm_tma import launch_gemm_tma
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
-from .quant import check_block_k, check_float_weights, gemm_operand, partials_dtype
+from .quant import check_block_k, check_float_weights, gemm_operand, mma, partials_dtype
 
 
 @triton.jit
@@ -108,7 +108,7 @@ def _gemm1x1_kernel(
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             # The cast is a no-op except in the classifier head, whose pooled features are float32,
             # and in an 8-bit GEMM reading a float input (quantized here).
-            acc = tl.dot(gemm_operand(a, b.dtype, in_inv), b, acc, input_precision=INPUT_PRECISION)
+            acc = mma(gemm_operand(a, b.dtype, in_inv), b, acc, INPUT_PRECISION)
             a_ptrs += BLOCK_K * sxc
             b_ptrs += BLOCK_K * swc
 

@@ -120,6 +120,18 @@ def gemm_operand(a, dtype: tl.constexpr, in_inv):
 
 
 @triton.jit
+def mma(a, b, acc, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ b. For e4m3 operands the product of each K tile is added into the float32
+    accumulator as it comes (max_num_imprecise_acc = the tile's K): on sm_90 triton otherwise
+    lets Hopper's fp8 tensor cores carry the whole K loop in their narrower internal sum (its
+    default there, 2**30), which moves a 4608-long dot's result by more than a code."""
+    if b.dtype.is_fp8():
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, max_num_imprecise_acc=b.shape[0])
+    else:
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def dequantize(acc, rn, n_ok, s_ptr):
     """An 8-bit GEMM's accumulator (int32 or float32) times its per-output-channel scale
     (float32 [Cout] at s_ptr, i.e. s_x * s_w[co]); a float GEMM's (s_ptr None) as it is."""
