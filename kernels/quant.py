@@ -124,11 +124,14 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr):
     """acc + a @ b. For e4m3 operands the product of each K tile is added into the float32
     accumulator as it comes (max_num_imprecise_acc = the tile's K): on sm_90 triton otherwise
     lets Hopper's fp8 tensor cores carry the whole K loop in their narrower internal sum (its
-    default there, 2**30), which moves a 4608-long dot's result by more than a code."""
+    default there, 2**30), which moves a 4608-long dot's result by more than a code.
+    out_dtype is the accumulator's: triton 3.6 asserts it equals acc's (its default, float32,
+    refuses an int8 dot's int32 accumulator), where 3.8 takes it from acc."""
     if b.dtype.is_fp8():
-        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, max_num_imprecise_acc=b.shape[0])
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, max_num_imprecise_acc=b.shape[0],
+                      out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
