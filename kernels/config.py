@@ -196,12 +196,14 @@ _BORDERED = (C(128, 64, 64, 4, 4, variant="tma_b"), C(64, 128, 64, 4, 4, variant
              C(128, 128, 64, 4, 3, variant="tma_b_ws"), C(128, 64, 64, 4, 4, variant="tma_b_ws"),
              # (persistent 128x128x64 on 4 warps spilled: 56-352 B of stack, triton 3.6 and 3.8)
              C(128, 64, 64, 4, 4, variant="tma_b_p"), C(64, 128, 64, 4, 4, variant="tma_b_p"))
+_GEMM_TMA = (C(128, 128, 64, 8, 3, variant="tma"), C(128, 64, 64, 4, 4, variant="tma"),
+             C(64, 128, 64, 4, 4, variant="tma"), C(64, 64, 64, 4, 4, variant="tma"),
+             C(128, 128, 64, 4, 3, variant="tma_ws"), C(128, 64, 64, 4, 4, variant="tma_ws"),
+             C(64, 64, 64, 4, 4, variant="tma_ws"))
 _HOPPER: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
-    "conv1x1": {dt: (C(128, 128, 64, 8, 3, variant="tma"), C(128, 64, 64, 4, 4, variant="tma"),
-                     C(64, 128, 64, 4, 4, variant="tma"), C(64, 64, 64, 4, 4, variant="tma"),
-                     C(128, 128, 64, 4, 3, variant="tma_ws"), C(128, 64, 64, 4, 4, variant="tma_ws"),
-                     C(64, 64, 64, 4, 4, variant="tma_ws"))
-                for dt in (torch.float16,)},
+    # 8-bit: the same tiles (the gate clears them with IGMMA / QGMMA), tuned unsplit only
+    # (HOPPER_DTYPES: fused splits stay float16's).
+    "conv1x1": {dt: _GEMM_TMA for dt in (torch.float16, *_8)},
     "conv": {dt: (C(128, 64, 64, 4, 4, variant="tma"), C(64, 128, 64, 4, 4, variant="tma"),
                   C(64, 64, 64, 4, 4, variant="tma"),
                   C(128, 64, 64, 4, 4, variant="tma_w"), C(64, 64, 64, 4, 4, variant="tma_w"),
@@ -408,9 +410,10 @@ def m_tiles(config: Config, M: int, segments: tuple[int, int] | None = None, bor
     return -(-int(M) // config.BLOCK_M)
 
 
-def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: int = 1) -> bool:
+def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: int = 1,
+            dtype: torch.dtype = torch.float16) -> bool:
     """Whether `config`'s variant can run a conv reducing over K channels per tap at `stride`
-    (what the TMA launchers require: 16-byte aligned rows, whole BLOCK_K steps inside a tap,
+    (what the TMA launchers require: 16-byte aligned rows of `dtype`, whole BLOCK_K steps inside a tap,
     for TMA activations stride 1, and no dilation except for the bordered convs; grouped
     convs have no TMA configs)."""
     if not config.tma:
@@ -421,7 +424,8 @@ def applies(kernel: str, config: Config, *, K: int, stride: int = 1, dilation: i
     if dilation != 1:
         return False
     if kernel == "conv1x1":
-        return stride == 1 and K % 8 == 0
+        # rows of K elements of `dtype`: 16-byte aligned for a TMA box
+        return stride == 1 and K * torch.empty((), dtype=dtype).element_size() % 16 == 0
     if kernel == "conv":
         whole = K % config.BLOCK_K == 0
         return whole and (stride == 1 or config.variant == "tma_w")
@@ -452,14 +456,14 @@ def tuning_candidates(
             return False
         if c.bordered and bordered is None:
             return False
-        return applies(kernel, c, K=K, stride=stride, dilation=dilation)
+        return applies(kernel, c, K=K, stride=stride, dilation=dilation, dtype=dtype)
 
     space = tuple(c for c in config_space(kernel, dtype, residual=residual, target=target, max_shared=max_shared) if ok(c))
     if kernel not in SPLIT_KERNELS:
         return space
     out = list(space)
     for c in config_space(kernel, dtype, target=target, max_shared=max_shared):
-        if not ok(c) or not c.splits or (c.tma and c.BLOCK_M > FUSED_MAX_BLOCK_M):
+        if not ok(c) or not c.splits or (c.tma and (c.BLOCK_M > FUSED_MAX_BLOCK_M or dtype not in HOPPER_DTYPES)):
             continue
         rows = segments if kernel == "conv" else None  # the 1x1 TMA GEMM tiles M = N*OH*OW flat
         if kernel == "conv" and c.variant == "tma" and rows is None and M > 0:

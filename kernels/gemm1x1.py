@@ -21,7 +21,7 @@ from .indexing import grouped_tile, nhwc_rows
 from .gemm_tma import launch_gemm_tma
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
-from .quant import check_block_k, check_float_weights, gemm_operand, mma, partials_dtype
+from .quant import check_block_k, gemm_operand, mma, partials_dtype
 
 
 @triton.jit
@@ -155,7 +155,7 @@ def conv1x1(
     `counters`. A TMA config (``variant="tma"`` / ``"tma_ws"``, kernels/gemm_tma.py) needs
     stride 1 and dense, 16-byte aligned pixel rows.
     Quantized: w int8 or float8_e4m3fn with scale, in_inv, residual_scale, out_inv as in
-    conv_bn_relu (pointer configs only; pool=True runs float weights only).
+    conv_bn_relu (pointer and TMA configs; pool=True runs float weights only).
     """
     if isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) != (1, 1):
         raise ValueError(f"conv1x1 needs a [Cout, Cin, 1, 1] weight, got shape {tuple(w.shape)}: use conv_bn_relu")
@@ -169,10 +169,9 @@ def conv1x1(
     cfg = config or conv1x1_config(g, w.dtype, x.device)
     if cfg.tma and pool:
         raise ValueError(f"config {cfg.name}: the TMA GEMM cannot average-pool its A tile; use a pointer-load config")
-    if cfg.tma:
-        check_float_weights(cfg, w)
-        return _conv1x1_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters)
     check_block_k(cfg, w)
+    if cfg.tma:
+        return _conv1x1_tma(x, w, b, g, relu, residual, out, cfg, workspace, counters)
     splits, iters, _ = conv_split(cfg, M=g.M, C=g.C, CO=g.CO)
     ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, partials=partials_dtype(w), x=x, w=w, b=b,
                               residual=residual, out=out, scale=g.q.scale)
@@ -206,10 +205,10 @@ def _conv1x1_tma(x, w, b, g: ConvGeometry, relu, residual, out, cfg: Config, wor
     if not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError(f"config {cfg.name}: the TMA GEMM reads x's pixels as one dense [M, Cin] matrix, got x of "
                          f"shape {tuple(x.shape)} with strides {tuple(x.stride())} (use a pointer config)")
-    y = out if out is not None else alloc_nhwc(g.out_shape, x)
+    y = out if out is not None else alloc_nhwc(g.out_shape, x, g.q.out_dtype)
     if g.M == 0:
         return y
     launch_gemm_tma(x, g.C, w.as_strided((g.CO, g.C), (w.stride(0), w.stride(1))),
                     b, residual, y, M=g.M, C=g.C, CO=g.CO, OH=g.OH, OW=g.OW, relu=relu, precision=g.precision,
-                    config=cfg, workspace=workspace, counters=counters)
+                    config=cfg, workspace=workspace, counters=counters, quant=g.q.kernel_args)
     return y

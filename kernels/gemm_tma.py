@@ -5,7 +5,8 @@ BLOCK_M pixel rows x BLOCK_K channels of the NHWC activations (pixel rows must b
 as a channels_last tensor's are, and 16-byte aligned) and BLOCK_N x BLOCK_K of the weights,
 straight into shared memory, where wgmma reads them; the TMA unit zero-fills what lies past
 M or Cin, so the loop has no masks. The epilogue is the pointer kernels' (bias, residual,
-ReLU, output dtype); a split K loop is summed by the tile's last program (kernels/splitk.py).
+ReLU, output dtype; an 8-bit GEMM's dequantization and requantization, kernels/quant.py); a
+split K loop is summed by the tile's last program (kernels/splitk.py).
 ``variant="tma_ws"`` warp-specializes the K loop (a producer warp issues the loads, two
 consumer warpgroups do the math); it never splits, because an atomic anywhere in the kernel
 makes triton drop the specialization silently.
@@ -19,6 +20,7 @@ import triton.language as tl
 from .config import Config
 from .indexing import grouped_tile
 from .launch import ensure_tma_allocator, launch
+from .quant import gemm_operand, mma, partials_dtype
 from .splitk import conv_split, finish_tile, split_counters, split_workspace
 
 
@@ -40,6 +42,8 @@ def _gemm_tma_kernel(
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # 8-bit GEMMs only (kernels/quant.py, as _gemm1x1_kernel's; None for float weights)
+    s_ptr=None, in_inv=None, r_scale=None, out_inv=None,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
@@ -47,17 +51,20 @@ def _gemm_tma_kernel(
     b_desc = tl.make_tensor_descriptor(w_ptr, shape=[CO, C], strides=[swo, 1], block_shape=[BLOCK_N, BLOCK_K])
     it0 = pid_k * ITERS
     it1 = tl.minimum(it0 + ITERS, tl.cdiv(C, BLOCK_K))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # int8 x int8 products sum exactly in int32; float and e4m3 ones in float32.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if w_ptr.dtype.element_ty == tl.int8 else tl.float32)
     for it in tl.range(it0, it1, warp_specialize=WARP_SPECIALIZE):
         a = a_desc.load([pid_m * BLOCK_M, it * BLOCK_K])
         b = b_desc.load([pid_n * BLOCK_N, it * BLOCK_K])
-        # The cast is a no-op except in the classifier, whose pooled features are float32.
-        acc = tl.dot(a.to(b.dtype), b.T, acc, input_precision=INPUT_PRECISION)
+        # The cast is a no-op except in the classifier, whose pooled features are float32, and
+        # in an 8-bit GEMM reading a float input (quantized here). The weight tile is K-major
+        # in shared memory (rows of Cin), as wgmma takes 8-bit B operands.
+        acc = mma(gemm_operand(a, b.dtype, in_inv), b.T, acc, INPUT_PRECISION)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     finish_tile(
         acc, rm, rn, rm < M, rn < CO, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, True,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, True, s_ptr, r_scale, out_inv,
     )
 
 
@@ -79,12 +86,14 @@ def check_tma_rows(name: str, t: torch.Tensor, row_stride: int) -> None:
 def launch_gemm_tma(
     x2: torch.Tensor, sxm: int, w2: torch.Tensor, b: torch.Tensor, residual4: torch.Tensor | None, y4: torch.Tensor,
     *, M: int, C: int, CO: int, OH: int, OW: int, relu: bool, precision: str, config: Config,
-    workspace: torch.Tensor | None, counters: torch.Tensor | None, fc: bool = False,
+    workspace: torch.Tensor | None, counters: torch.Tensor | None, fc: bool = False, quant: dict | None = None,
 ) -> None:
     """One TMA GEMM launch: x2 holds M pixel rows of C channels (row stride sxm, channel
     stride 1), w2 [CO, C] (row stride w2.stride(0)); y4 / residual4 NHWC-strided outputs of
     OH x OW per image; fc: the classifier's (OH = OW = 1, `_fc_tma_kernel`). The launchers
-    (kernels/gemm1x1.py, kernels/head.py) check the rest."""
+    (kernels/gemm1x1.py, kernels/head.py) check the rest. quant: an 8-bit GEMM's epilogue and
+    input arguments (``Quant.kernel_args``; w2 int8 or float8_e4m3fn, x2 8-bit or a float input
+    quantized as it is loaded)."""
     from ._checks import nhwc_strides
 
     if config.variant == "tma_ws" and config.SPLIT_K > 1:
@@ -92,7 +101,9 @@ def launch_gemm_tma(
     check_tma_rows("x", x2, sxm)
     check_tma_rows("w", w2, w2.stride(0))
     splits, iters, _ = conv_split(config, M=M, C=C, CO=CO)
-    ws, sws = split_workspace(workspace, splits, M, CO, b, x=x2, w=w2, b=b, residual=residual4, out=y4)
+    quant = quant or {}
+    ws, sws = split_workspace(workspace, splits, M, CO, b, partials=partials_dtype(w2), x=x2, w=w2, b=b,
+                              residual=residual4, out=y4, scale=quant.get("s_ptr"))
     tiles = triton.cdiv(M, config.BLOCK_M) * triton.cdiv(CO, config.BLOCK_N)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
     r = residual4 if residual4 is not None else y4
@@ -104,5 +115,5 @@ def launch_gemm_tma(
         *nhwc_strides(r), *nhwc_strides(y4), sws,
         HAS_RESIDUAL=residual4 is not None, RELU=bool(relu), INPUT_PRECISION=precision, SPLIT=splits > 1,
         WARP_SPECIALIZE=config.variant == "tma_ws",
-        **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), **quant,
     )

@@ -307,6 +307,26 @@ def test_tma_variants_are_in_hoppers_float16_space_only(kernel):
         assert all(c.variant == "ptr" for c in config_space(kernel, dtype, target="sm_90"))
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=str)
+def test_8bit_tma_gemms_are_hoppers_tuning_candidates(dtype):
+    """8-bit 1x1 convs get the TMA GEMM's tiles (tma, tma_ws) on sm_90, unsplit, for tuning
+    only; their 3x3s and other targets keep the pointer kernels."""
+    assert {c.variant for c in config_space("conv1x1", dtype, target="sm_90")} == {"ptr", "tma", "tma_ws"}
+    assert all(c.variant == "ptr" for c in config_space("conv", dtype, target="sm_90"))
+    for target in ("sm_89", "sm_100", "sm_120"):
+        assert all(c.variant == "ptr" for c in config_space("conv1x1", dtype, target=target))
+    # layer4 conv1 at batch 1: split-worthy, but the 8-bit TMA tiles are offered unsplit
+    cands = tuning_candidates("conv1x1", dtype, M=49, N=512, K=2048, sms=132, target="sm_90")
+    assert {"tma", "tma_ws"} <= {c.variant for c in cands} and any(c.SPLIT_K > 1 for c in cands)
+    assert not any(c.tma and c.SPLIT_K > 1 for c in cands) and not any(c.variant == "fused_k" for c in cands)
+    untuned = select_config("conv1x1", dtype, M=49, N=512, K=2048, sms=132, target="sm_90", interpreter=False)
+    assert untuned.variant == "ptr"
+    # one byte per channel: 40 channels are 40-byte rows (no TMA box), 48 are 48
+    assert not any(c.tma for c in tuning_candidates("conv1x1", dtype, M=4096, N=64, K=40, target="sm_90"))
+    assert any(c.tma for c in tuning_candidates("conv1x1", dtype, M=4096, N=64, K=48, target="sm_90"))
+    assert not any(c.tma for c in tuning_candidates("conv1x1", dtype, M=4096, N=64, K=48, target="sm_90", stride=2))
+
+
 @pytest.mark.parametrize("kernel", ["conv", "conv1x1"])
 @pytest.mark.parametrize("mnk", PROBLEMS, ids=lambda p: "x".join(map(str, p)))
 def test_untuned_heuristic_keeps_the_pointer_kernels(kernel, mnk):

@@ -101,3 +101,59 @@ def test_refusals(device):
     x20, w20, b20, _ = case(1, 20, 16, 3, torch.float16, device)
     with pytest.raises(ValueError, match="16-byte aligned"):
         K.conv1x1(x20, w20, b20, config=Config(16, 16, 16, 4, 1, variant="tma"))
+
+
+# ---------------------------------------------------------------- 8-bit weights
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_is_the_integer_math(variant, device):
+    """int8 through TMA, bit for bit against test_quant's reference (int32 accumulator, the
+    pointer kernels' dequantization and requantization): an int8 residual with its scale into
+    an int8 output, and a float16 input quantized as it is loaded into a float32 output. Cin =
+    48 leaves the last K box half past the channels (zero-filled by the TMA unit)."""
+    from test_quant import case as qcase, check_int8, conv_ref, empty, inverse_scale, to
+
+    cfg = Config(32, 32, 32, 4, 1, variant=variant)
+    x, _, qw, scale, b, shape = qcase(2, 48, 40, 5, 7, 1)
+    r8 = rand_nhwc(*shape, dtype=torch.float32, device="cpu").mul(50).round().clamp(-128, 127).to(torch.int8)
+    ref = conv_ref(x, qw, scale, b, residual=r8, residual_scale=0.05)
+    inv = inverse_scale(ref, torch.int8)
+    y = K.conv1x1(*to(device, x, qw, b), residual=r8.to(device), residual_scale=0.05, scale=scale.to(device),
+                  out_inv=inv, config=cfg)
+    check_int8(y, ref, inv, f"int8 conv1x1 {variant}")
+
+    xf, in_inv, qw, scale, b, shape = qcase(1, 32, 24, 3, 5, 1, x_dtype=torch.float16)
+    ref = conv_ref(xf, qw, scale, b, in_inv=in_inv, relu=False)
+    y = K.conv1x1(*to(device, xf, qw, b), relu=False, scale=scale.to(device), in_inv=in_inv, config=cfg,
+                  out=empty(shape, torch.float32, device))
+    check_int8(y, ref, None, f"float16 input quantized at load, {variant}")
+
+
+def test_int8_fused_split_is_the_integer_math(device):
+    """A split int8 TMA GEMM sums int32 partials in its last program: the unsplit integer sum."""
+    from test_quant import case as qcase, check_int8, conv_ref, inverse_scale, to
+
+    x, _, qw, scale, b, shape = qcase(1, 96, 24, 3, 5, 1)
+    ref = conv_ref(x, qw, scale, b)
+    inv = inverse_scale(ref, torch.int8)
+    counters = torch.zeros(16, dtype=torch.int32, device=device)
+    y = K.conv1x1(*to(device, x, qw, b), scale=scale.to(device), out_inv=inv, counters=counters,
+                  config=Config(16, 16, 32, 4, 1, SPLIT_K=3, variant="tma"))
+    assert not counters.any()
+    check_int8(y, ref, inv, "fused split int8 conv1x1 tma")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_e4m3_within_float32_rounding(variant, device):
+    """e4m3 through TMA: the float32 output within float32 rounding of the reference, the e4m3
+    output within one code."""
+    from test_quant import E4M3, case as qcase, conv_ref, e4m3_steps, empty, inverse_scale, quantize, to
+
+    x, _, qw, scale, b, shape = qcase(2, 64, 24, 5, 3, 1, E4M3)
+    cfg = Config(32, 32, 32, 4, 1, variant=variant)
+    ref = conv_ref(x, qw, scale, b)
+    y = K.conv1x1(*to(device, x, qw, b), scale=scale.to(device), config=cfg, out=empty(shape, torch.float32, device))
+    assert_close(y, ref, 1e-6, what=f"e4m3 conv1x1 {variant}, float32 output")
+    inv = inverse_scale(ref, E4M3)
+    y = K.conv1x1(*to(device, x, qw, b), scale=scale.to(device), out_inv=inv, config=cfg)
+    assert y.dtype == E4M3 and e4m3_steps(y, quantize(ref, inv, E4M3)).max() <= 1

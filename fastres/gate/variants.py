@@ -241,9 +241,10 @@ def _conv_bordered_variant(label: str, cin: int, cout: int, hw: int, residual: b
 
 
 def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, residual: bool, *, ws: bool,
-                      split: bool = False, head: tuple[int, str] | None = None) -> Variant:
-    """A ``_gemm_tma_kernel`` launch as ``kernels/gemm_tma.py`` makes it: a 1x1 stride-1 conv,
-    or with `head` = (N, logits type) the classifier on float32 pooled features."""
+                      split: bool = False, head: tuple[int, str] | None = None, x_type: str = "x") -> Variant:
+    """A ``_gemm_tma_kernel`` launch as ``kernels/gemm_tma.py`` makes it: a 1x1 stride-1 conv
+    (x_type: its input's type where it is not the engine's dtype), or with `head` = (N, logits
+    type) the classifier on float32 pooled features."""
     if head is not None:
         n, y = head
         m, oh, pointers = n, 1, dict(_POINTERS_CONV, x_ptr="fp32", r_ptr=y, y_ptr=y)
@@ -252,7 +253,7 @@ def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, resi
         split = request > 1
     else:
         n = SPLIT_BATCH if split else BATCH
-        m, oh, pointers = n * hw * hw, hw, _POINTERS_CONV
+        m, oh, pointers = n * hw * hw, hw, dict(_POINTERS_CONV, x_ptr=x_type)
         out = {**_nhwc(n, cout, hw, hw, "sr"), **_nhwc(n, cout, hw, hw, "sy")}
         request = _split_request(m, cout, cin, 1) if split else 1
         if split and request < 2:
@@ -263,7 +264,8 @@ def _gemm_tma_variant(label: str, cin: int, cout: int, hw: int, relu: bool, resi
     meta = {"HAS_RESIDUAL": residual, "RELU": relu, "INPUT_PRECISION": "ieee", "SPLIT": split, "WARP_SPECIALIZE": ws}
     what = f"fc/N{n}" if head is not None else "1x1/s1"
     y = "" if head is None or head[1] == "x" else f"/y:{head[1]}"
-    name = (what + ("/relu" if relu else "") + ("/res" if residual else "") + _split_tag(split, split) + y
+    x = "" if x_type == "x" else f"/x:{x_type}"
+    name = (what + ("/relu" if relu else "") + ("/res" if residual else "") + x + _split_tag(split, split) + y
             + ("/ws" if ws else "") + f" [{label}]")
     return Variant.make(name, meta, values, pointers, gemm_k=cin, k_loop=(cin, 1, request),
                         jit=("gemm_tma", "_fc_tma_kernel") if head is not None else None)
@@ -364,9 +366,7 @@ def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list
 
     dt = dtype_name(dtype)
     if dt in QUANT_DTYPES:
-        if family != "ptr":
-            raise ValueError(f"8-bit GEMMs run the pointer kernels only, not {family!r}")
-        return quant_variants(kernel, dt)
+        return quant_variants(kernel, dt, family)
     if family != "ptr":
         return _tma_variants(kernel, family)
     out: list[Variant] = []

@@ -5,7 +5,8 @@ its per-channel dequantization scale (``s_ptr``, float32), 8-bit activations in 
 (``out_inv``), an 8-bit residual with its scale (``r_scale``); and, where a quantized layer
 meets float ones, a float16 input quantized as it is loaded (``in_inv``) with a float16
 residual and output, the heaviest epilogue. int8 splits store int32 partials (the launcher's
-float32 workspace viewed as int32). Pointer kernels only: the TMA families run float weights;
+float32 workspace viewed as int32). The pointer kernels, and the 1x1 TMA GEMM unsplit (``tma``,
+``tma_ws``: tuning offers 8-bit TMA tiles unsplit); the other TMA families run float weights;
 no fused split (tuning offers ``fused_k`` in float16 only), no average-pool shortcut (float
 weights only) and no classifier (``kernels/head.py`` runs float weights).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .variants import TRITON_TYPE, Variant, _conv_variant, _gemm1x1_variant, _splitk_reduce_variant
+from .variants import TRITON_TYPE, Variant, _conv_variant, _gemm1x1_variant, _gemm_tma_variant, _splitk_reduce_variant
 
 QUANT_DTYPES = ("int8", "float8_e4m3fn")
 # The scalars are fp32 kernel arguments the JIT never specializes: any value stands for all.
@@ -41,13 +42,20 @@ def quantized(v: Variant, dtype: str, *, y: str = "x", r: str | None = None) -> 
                                values=tuple(values.items()))
 
 
-def quant_variants(kernel: str, dtype: str) -> list[Variant]:
-    """The rows of `kernel`'s 8-bit launches at `dtype` ("int8" or "float8_e4m3fn"): per kind
-    of code the heaviest of the float rows' layers (a fused residual over none, a split with
-    the residual), to keep the gate's time in bounds."""
+def quant_variants(kernel: str, dtype: str, family: str = "ptr") -> list[Variant]:
+    """The rows of `kernel`'s 8-bit launches at `dtype` ("int8" or "float8_e4m3fn") for configs
+    of `family` (``config_family``): per kind of code the heaviest of the float rows' layers (a
+    fused residual over none, a split with the residual), to keep the gate's time in bounds."""
     def q(v: Variant, **kw) -> Variant:
         return quantized(v, dtype, **kw)
 
+    if kernel == "conv1x1" and family in ("tma", "tma_ws"):
+        ws = family == "tma_ws"
+        return [q(_gemm_tma_variant("conv1", 256, 64, 56, True, False, ws=ws)),
+                q(_gemm_tma_variant("conv3", 64, 256, 56, True, True, ws=ws)),
+                q(_gemm_tma_variant("conv3", 64, 256, 56, True, True, ws=ws, x_type="fp16"), y="fp16")]
+    if family != "ptr":
+        raise ValueError(f"8-bit {kernel} runs no {family!r} kernel: the pointer kernels, and tma / tma_ws for conv1x1")
     if kernel == "conv_stem":
         from ..kernels.conv import NORM_IEEE
 
