@@ -345,18 +345,21 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     if cfg.tma:
-        check_float_weights(cfg, w)
+        if cfg.bordered:
+            check_float_weights(cfg, w)
+        check_block_k(cfg, w)
         if g.G != 1 or ((g.DH, g.DW) != (1, 1) and not cfg.bordered):
             raise ValueError(f"config {cfg.name}: the TMA conv runs no grouped convs, and dilated ones only bordered "
                              f"(tma_b, tma_b_ws, tma_b_p), got dilation "
                              f"{(g.DH, g.DW)}, groups {g.G}: use a pointer config")
-        if flat or norm is not None or x.dtype != w.dtype:
+        # (an 8-bit conv's float input is quantized in its loads: in_inv)
+        if flat or norm is not None or (x.dtype != w.dtype and g.q.in_inv is None):
             raise ValueError(f"config {cfg.name}: the TMA conv needs >= 16 input channels in w's dtype, got x "
                              f"{x.dtype} of shape {tuple(x.shape)}, w of shape {tuple(w.shape)}")
         from .conv_bordered import launch_conv_bordered
         from .conv_tma import launch_conv_tma
 
-        y = out if out is not None else alloc_nhwc(g.out_shape, w)
+        y = out if out is not None else alloc_nhwc(g.out_shape, w, g.q.out_dtype)
         if g.M:
             (launch_conv_bordered if cfg.bordered else launch_conv_tma)(
                 x, w, b, g, relu, residual, out, cfg, workspace, counters, y)

@@ -10,7 +10,9 @@ padding, and the box stays in shared memory for wgmma (a box spanning several ro
 have to be reshaped in registers: measured, 186 registers and A from registers). The price is
 that a tile covers one row segment: a map narrower than BLOCK_M leaves rows of the tile idle
 (bench/NOTES.md counts it per stage). ``variant="tma_w"``: the activations by pointer loads,
-as kernels/conv.py does (any stride and padding), the weights by TMA.
+as kernels/conv.py does (any stride and padding), the weights by TMA. int8 and e4m3 weights
+take the pointer kernels' 8-bit epilogue (kernels/quant.py), the input 8-bit or a float one
+quantized as its tile is loaded.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .config import Config, m_tiles
 from .gemm_tma import check_tma_rows
 from .indexing import grouped_tile, nhwc_rows
 from .launch import ensure_tma_allocator, launch
+from .quant import gemm_operand, mma, partials_dtype
 from .splitk import conv_split, finish_tile, split_counters, split_workspace
 
 
@@ -46,6 +49,8 @@ def _conv_tma_kernel(
     KH: tl.constexpr, KW: tl.constexpr, A_TMA: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # 8-bit GEMMs only (kernels/quant.py, as _conv_kernel's; None for float weights)
+    s_ptr=None, in_inv=None, r_scale=None, out_inv=None,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), MT, CO, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
@@ -73,7 +78,8 @@ def _conv_tma_kernel(
     n_cb = C // BLOCK_K
     it0 = pid_k * ITERS
     it1 = tl.minimum(it0 + ITERS, KH * KW * n_cb)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # int8 x int8 products sum exactly in int32; float and e4m3 ones in float32.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if w_ptr.dtype.element_ty == tl.int8 else tl.float32)
     for it in range(it0, it1):
         tap = it // n_cb
         c0 = (it - tap * n_cb) * BLOCK_K
@@ -88,11 +94,13 @@ def _conv_tma_kernel(
             row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + (x_row + (kh * sxh + kw * sxw))[:, None] + (c0 + rk)[None, :] * sxc,
                         mask=row_ok[:, None], other=0.0)
-        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+        # (an 8-bit conv reading a float input quantizes its A tile here; the weight box is
+        # K-major, as wgmma takes 8-bit B operands)
+        acc = mma(gemm_operand(a, b.dtype, in_inv), b.T, acc, INPUT_PRECISION)
 
     finish_tile(
         acc, rm, rn, m_ok, rn < CO, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, True,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, True, s_ptr, r_scale, out_inv,
     )
 
 
@@ -117,7 +125,8 @@ def check_tma_weights(config: Config, g, w: torch.Tensor) -> None:
 
 def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, workspace, counters, y) -> None:
     """Launch `_conv_tma_kernel` for the checked conv geometry `g` (kernels/conv.py checks the
-    tensors); raises ValueError where `config`'s variant cannot run this conv."""
+    tensors; an 8-bit conv's scales are `g.q`); raises ValueError where `config`'s variant
+    cannot run this conv."""
     if config.variant not in ("tma", "tma_w"):
         raise ValueError(f"config {config.name}: a conv's TMA variants are tma and tma_w")
     check_tma_weights(config, g, w)
@@ -134,7 +143,8 @@ def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, works
             check_tma_rows("x", x, s)
     mt = tma_rows(g, config)
     splits, iters, _ = conv_split(config, M=g.M, C=g.C, CO=g.CO, KH=g.KH, KW=g.KW)
-    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
+    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, partials=partials_dtype(w), x=x, w=w, b=b,
+                              residual=residual, out=out, scale=g.q.scale)
     tiles = triton.cdiv(mt, config.BLOCK_M) * triton.cdiv(g.CO, config.BLOCK_N)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
     r = residual if residual is not None else y
@@ -146,5 +156,5 @@ def launch_conv_tma(x, w, b, g, relu: bool, residual, out, config: Config, works
         *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, A_TMA=a_tma, HAS_RESIDUAL=residual is not None, RELU=bool(relu),
         INPUT_PRECISION=g.precision, SPLIT=splits > 1,
-        **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), **g.q.kernel_args,
     )

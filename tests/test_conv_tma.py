@@ -75,3 +75,60 @@ def test_refusals(device):
         K.stem_conv(xs, ws, b, config=Config(16, 16, 16, 4, 1, variant="tma_w"))
     with pytest.raises(ValueError, match="unknown config variant"):
         Config(16, 16, 16, variant="tmaa")
+
+
+# ---------------------------------------------------------------- 8-bit weights
+
+@pytest.mark.parametrize("variant,stride,hw", [("tma", 1, (5, 19)), ("tma_w", 2, (9, 7))])
+def test_int8_is_the_integer_math(variant, stride, hw, device):
+    """int8 through the TMA conv, bit for bit against test_quant's reference: the zero padding
+    from the TMA fill (tma: rows of 19 in 16-wide segments) or the pointer loads' masks (tma_w,
+    stride 2), an int8 residual with its scale into an int8 output; a float16 input quantized
+    as it is loaded into a float32 output."""
+    from test_quant import case as qcase, check_int8, conv_ref, empty, inverse_scale, to
+
+    cfg = Config(16, 32, 32, 4, 1, variant=variant)
+    x, _, qw, scale, b, shape = qcase(2, 64, 40, *hw, 3, stride=stride, padding=1)
+    r8 = (torch.randn(shape) * 50).round().clamp(-128, 127).to(torch.int8).contiguous(memory_format=torch.channels_last)
+    ref = conv_ref(x, qw, scale, b, stride=stride, padding=1, residual=r8, residual_scale=0.05)
+    inv = inverse_scale(ref, torch.int8)
+    y = K.conv_bn_relu(*to(device, x, qw, b), stride=stride, padding=1, residual=r8.to(device), residual_scale=0.05,
+                       scale=scale.to(device), out_inv=inv, config=cfg)
+    check_int8(y, ref, inv, f"int8 conv {variant}")
+
+    xf, in_inv, qw, scale, b, shape = qcase(1, 32, 24, 4, 6, 3, x_dtype=torch.float16, stride=stride, padding=1)
+    ref = conv_ref(xf, qw, scale, b, in_inv=in_inv, stride=stride, padding=1)
+    y = K.conv_bn_relu(*to(device, xf, qw, b), stride=stride, padding=1, scale=scale.to(device), in_inv=in_inv,
+                       config=cfg, out=empty(shape, torch.float32, device))
+    check_int8(y, ref, None, f"float16 input quantized at load, {variant}")
+
+
+def test_int8_fused_split_is_the_integer_math(device):
+    """A split int8 TMA conv sums int32 partials in its last program: the unsplit integer sum."""
+    from test_quant import case as qcase, check_int8, conv_ref, inverse_scale, to
+
+    x, _, qw, scale, b, shape = qcase(1, 64, 24, 4, 5, 3, padding=1)
+    ref = conv_ref(x, qw, scale, b, padding=1)
+    inv = inverse_scale(ref, torch.int8)
+    counters = torch.zeros(16, dtype=torch.int32, device=device)
+    y = K.conv_bn_relu(*to(device, x, qw, b), padding=1, scale=scale.to(device), out_inv=inv, counters=counters,
+                       config=Config(16, 16, 32, 4, 1, SPLIT_K=3, variant="tma"))
+    assert not counters.any()
+    check_int8(y, ref, inv, "fused split int8 conv tma")
+
+
+@pytest.mark.parametrize("variant", ["tma", "tma_w"])
+def test_e4m3_within_float32_rounding(variant, device):
+    """e4m3 through the TMA conv: the float32 output within float32 rounding of the reference,
+    the e4m3 output within one code."""
+    from test_quant import E4M3, case as qcase, conv_ref, e4m3_steps, empty, inverse_scale, quantize, to
+
+    x, _, qw, scale, b, shape = qcase(2, 32, 24, 5, 7, 3, E4M3, padding=1)
+    cfg = Config(16, 32, 32, 4, 1, variant=variant)
+    ref = conv_ref(x, qw, scale, b, padding=1)
+    y = K.conv_bn_relu(*to(device, x, qw, b), padding=1, scale=scale.to(device), config=cfg,
+                       out=empty(shape, torch.float32, device))
+    assert_close(y, ref, 1e-6, what=f"e4m3 conv {variant}, float32 output")
+    inv = inverse_scale(ref, E4M3)
+    y = K.conv_bn_relu(*to(device, x, qw, b), padding=1, scale=scale.to(device), out_inv=inv, config=cfg)
+    assert y.dtype == E4M3 and e4m3_steps(y, quantize(ref, inv, E4M3)).max() <= 1

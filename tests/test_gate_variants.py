@@ -270,7 +270,8 @@ def _assert_launches_are_rows(launches, expect, dtype: str = "float16") -> None:
 
 
 @pytest.mark.parametrize("case", ["3x3 residual", "3x3 float neighbours", "3x3 residual split", "1x1", "stem",
-                                  "stem pixels", "1x1 tma", "1x1 tma_ws float neighbours"])
+                                  "stem pixels", "1x1 tma", "1x1 tma_ws float neighbours", "3x3 tma float neighbours",
+                                  "3x3 tma_w residual"])
 @pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
 def test_8bit_gate_variants_are_the_launches(case, dtype, monkeypatch):
     """The gate's 8-bit rows specialize exactly as the 8-bit launches at those layers do: the
@@ -316,6 +317,18 @@ def test_8bit_gate_variants_are_the_launches(case, dtype, monkeypatch):
                                  out=nhwc(32, 256, 56, 56, dtype=half),
                                  config=Config(64, 64, 64, 4, 4, variant="tma_ws"))
         expect = [("conv1x1", "1x1/s1/relu/res/x:fp16/ws/r:fp16/y:fp16 [conv3]", "tma_ws")]
+    elif case == "3x3 tma float neighbours":
+        half = torch.float16
+        call = lambda: K.conv_bn_relu(nhwc(32, 64, 56, 56, dtype=half), nhwc(64, 64, 3, 3), s(64), padding=1,  # noqa: E731
+                                      scale=s(64), in_inv=3.0, residual=nhwc(32, 64, 56, 56, dtype=half),
+                                      out=nhwc(32, 64, 56, 56, dtype=half),
+                                      config=Config(64, 64, 64, 4, 4, variant="tma"))
+        expect = [("conv", "3x3/s1/relu/res/x:tma/x:fp16/r:fp16/y:fp16 [layer1]", "tma")]
+    elif case == "3x3 tma_w residual":
+        call = lambda: K.conv_bn_relu(nhwc(32, 64, 56, 56), nhwc(64, 64, 3, 3), s(64), padding=1, scale=s(64),  # noqa: E731
+                                      residual=nhwc(32, 64, 56, 56), residual_scale=0.1, out_inv=2.0,
+                                      config=Config(64, 64, 64, 4, 4, variant="tma_w"))
+        expect = [("conv", "3x3/s1/relu/res [layer1]", "tma_w")]
     else:
         pixels = case == "stem pixels"
         x = torch.zeros(32, 3, 224, 224, dtype=torch.uint8 if pixels else torch.float32)

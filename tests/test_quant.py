@@ -324,8 +324,8 @@ def test_8bit_config_spaces():
     for dtype in (I8, E4M3):
         for kernel in ("conv", "conv_stem", "conv_grouped", "conv1x1"):
             space = config_space(kernel, dtype)
-            # (Hopper's default target: the 1x1 TMA GEMM too, tests/test_config.py)
-            tma = ("tma", "tma_ws") if kernel == "conv1x1" else ()
+            # (Hopper's default target: the TMA kernels too, tests/test_config.py)
+            tma = {"conv1x1": ("tma", "tma_ws"), "conv": ("tma", "tma_w")}.get(kernel, ())
             assert space and all(c.variant in ("ptr", *tma) and c.BLOCK_K >= 32 for c in space), (kernel, dtype)
             assert select_config(kernel, dtype, M=64, N=16, K=16).BLOCK_K >= 32
         assert config_space("splitk_reduce", dtype)

@@ -185,10 +185,11 @@ def _fc_variant(n: int, y: str, prec: str, fused: bool = False) -> Variant:
 
 
 def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, hw: int, residual: bool, *,
-                      a_tma: bool, split: bool = False) -> Variant:
-    """A ``_conv_tma_kernel`` launch as ``kernels/conv_tma.py`` makes it. MT (the tile grid's
-    row count) is a multiple of BLOCK_M, so of 16, for every config: its specialization does
-    not depend on the config, and the 64-row figure stands for all."""
+                      a_tma: bool, split: bool = False, x_type: str = "x") -> Variant:
+    """A ``_conv_tma_kernel`` launch as ``kernels/conv_tma.py`` makes it (x_type: its input's
+    type where it is not the engine's dtype). MT (the tile grid's row count) is a multiple of
+    BLOCK_M, so of 16, for every config: its specialization does not depend on the config,
+    and the 64-row figure stands for all."""
     n = SPLIT_BATCH if split else BATCH
     oh = _out(hw, k, s, p)
     request = _split_request(n * oh * oh, cout, cin, k * k) if split else 1
@@ -203,9 +204,10 @@ def _conv_tma_variant(label: str, k: int, s: int, p: int, cin: int, cout: int, h
     }
     meta = {"KH": k, "KW": k, "A_TMA": a_tma, "HAS_RESIDUAL": residual, "RELU": True, "INPUT_PRECISION": "ieee",
             "SPLIT": split}
-    name = (f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + ("/x:tma" if a_tma else "") + _split_tag(split, split)
-            + f" [{label}]")
-    return Variant.make(name, meta, values, dict(_POINTERS_CONV, **_counters(split)), gemm_k=cin,
+    x = "" if x_type == "x" else f"/x:{x_type}"
+    name = (f"{k}x{k}/s{s}/relu" + ("/res" if residual else "") + ("/x:tma" if a_tma else "") + x
+            + _split_tag(split, split) + f" [{label}]")
+    return Variant.make(name, meta, values, dict(_POINTERS_CONV, x_ptr=x_type, **_counters(split)), gemm_k=cin,
                         k_loop=(cin, k * k, request))
 
 
