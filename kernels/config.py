@@ -204,10 +204,10 @@ _CONV_TMA = (C(128, 64, 64, 4, 4, variant="tma"), C(64, 128, 64, 4, 4, variant="
              C(64, 64, 64, 4, 4, variant="tma"),
              C(128, 64, 64, 4, 4, variant="tma_w"), C(64, 64, 64, 4, 4, variant="tma_w"))
 _HOPPER: dict[str, dict[torch.dtype, tuple[Config, ...]]] = {
-    # 8-bit: float16's tiles but the bordered convs' (the gate clears them with IGMMA / QGMMA),
-    # tuned unsplit only (HOPPER_DTYPES: fused splits stay float16's).
+    # 8-bit: float16's tiles (the gate clears them with IGMMA / QGMMA), tuned unsplit only
+    # (HOPPER_DTYPES: fused splits stay float16's).
     "conv1x1": {dt: _GEMM_TMA for dt in (torch.float16, *_8)},
-    "conv": {torch.float16: (*_CONV_TMA, *_BORDERED), **{dt: _CONV_TMA for dt in _8}},
+    "conv": {dt: (*_CONV_TMA, *_BORDERED) for dt in (torch.float16, *_8)},
 }
 HOPPER_TARGETS = ("sm_90",)
 HOPPER_DTYPES = (torch.float16,)

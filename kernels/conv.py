@@ -30,7 +30,7 @@ from .indexing import grouped_tile, nhwc_rows
 from .reduction import conv_problem, reduction  # noqa: F401 - conv_problem, reduction: kernels.conv.*
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
-from .quant import check_block_k, check_float_weights, check_fp8_device, gemm_operand, mma, partials_dtype
+from .quant import check_block_k, check_fp8_device, gemm_operand, mma, partials_dtype
 
 # How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
 NORM_NONE, NORM_FMA, NORM_IEEE = 0, 1, 2
@@ -345,8 +345,6 @@ def _launch_conv(x, w, b, g: ConvGeometry, relu, residual, out, config, workspac
     cfg = config or conv_config(g, w.dtype, x.device, residual=residual is not None)
     flat, k, _ = reduction(g.C, g.KH, g.KW)
     if cfg.tma:
-        if cfg.bordered:
-            check_float_weights(cfg, w)
         check_block_k(cfg, w)
         if g.G != 1 or ((g.DH, g.DW) != (1, 1) and not cfg.bordered):
             raise ValueError(f"config {cfg.name}: the TMA conv runs no grouped convs, and dilated ones only bordered "

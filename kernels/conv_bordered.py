@@ -39,6 +39,7 @@ from .gemm_tma import check_tma_rows
 from .epilogue import bias_residual_relu_store
 from .indexing import grouped_tile
 from .launch import ensure_tma_allocator, launch
+from .quant import mma, partials_dtype
 from .splitk import conv_split, finish_tile, split_counters, split_workspace
 
 
@@ -85,6 +86,10 @@ def _conv_bordered_kernel(
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # 8-bit convs only (kernels/quant.py: dequantization scale, residual scale, output inverse
+    # scale; None for float weights). The input is 8-bit itself: a float one quantized in
+    # registers would leave wgmma's A operand there, not in shared memory.
+    s_ptr=None, r_scale=None, out_inv=None,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), MT, CO, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
@@ -96,19 +101,20 @@ def _conv_bordered_kernel(
     n_cb = C // BLOCK_K
     it0 = pid_k * ITERS
     it1 = tl.minimum(it0 + ITERS, KH * KW * n_cb)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # int8 x int8 products sum exactly in int32; float and e4m3 ones in float32.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if w_ptr.dtype.element_ty == tl.int8 else tl.float32)
     for it in tl.range(it0, it1, warp_specialize=WARP_SPECIALIZE):
         dr, c0, wk = _tap_offsets(it, n_cb, C, WP, DH, DW, KW, BLOCK_K)
         # Rows past MP (the last tile's tail) are zero-filled by the TMA unit.
         a = x_desc.load([r0 + dr, c0])
         b = w_desc.load([n0, wk])
-        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+        acc = mma(a, b.T, acc, INPUT_PRECISION)
 
     rm, m_ok = _window_outputs(r0 + tl.arange(0, BLOCK_M), MT, HP, WP, OH, OW)
     rn = n0 + tl.arange(0, BLOCK_N)
     finish_tile(
         acc, rm, rn, m_ok, rn < CO, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, pid_k, OH, OW, CO,
-        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, True,
+        srn, srh, srw, src, syn, syh, syw, syc, sws, HAS_RESIDUAL, RELU, SPLIT, True, s_ptr, r_scale, out_inv,
     )
 
 
@@ -126,6 +132,10 @@ def _conv_bordered_persistent_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # 8-bit convs only (kernels/quant.py: dequantization scale, residual scale, output inverse
+    # scale; None for float weights). The input is 8-bit itself: a float one quantized in
+    # registers would leave wgmma's A operand there, not in shared memory.
+    s_ptr=None, r_scale=None, out_inv=None,
 ):
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[MP, C], strides=[sxm, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[CO, KH * KW * C], strides=[swo, 1],
@@ -137,17 +147,17 @@ def _conv_bordered_persistent_kernel(
         pid_m, pid_n = grouped_tile(tile, MT, CO, BLOCK_M, BLOCK_N, GROUP_M)
         r0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if w_ptr.dtype.element_ty == tl.int8 else tl.float32)
         for it in range(0, k_steps):
             dr, c0, wk = _tap_offsets(it, n_cb, C, WP, DH, DW, KW, BLOCK_K)
             a = x_desc.load([r0 + dr, c0])
             b = w_desc.load([n0, wk])
-            acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+            acc = mma(a, b.T, acc, INPUT_PRECISION)
         rm, m_ok = _window_outputs(r0 + tl.arange(0, BLOCK_M), MT, HP, WP, OH, OW)
         rn = n0 + tl.arange(0, BLOCK_N)
         bias_residual_relu_store(
             acc, rm, rn, m_ok, rn < CO, b_ptr, r_ptr, y_ptr,
-            OH, OW, srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU,
+            OH, OW, srn, srh, srw, src, syn, syh, syw, syc, HAS_RESIDUAL, RELU, s_ptr, r_scale, out_inv,
         )
 
 
@@ -202,8 +212,12 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
         raise ValueError(f"config {config.name}: a bordered conv needs stride 1, got stride {(g.SH, g.SW)}")
     if config.SPLIT_K > 1 and not config.splits:
         raise ValueError(f"config {config.name}: a warp-specialized or persistent conv cannot split its K loop")
+    if g.q.in_inv is not None:
+        raise ValueError(f"config {config.name}: a bordered conv reads its input in w's dtype ({w.dtype}), got x "
+                         f"{x.dtype} of shape {tuple(x.shape)} to quantize (in_inv): use variant tma or tma_w")
     check_tma_weights(config, g, w)
     swo = w.stride(0)
+    quant = g.q.kernel_args
     xp = bordered_map(x, (g.PH, g.PW))
     check_tma_rows("x", xp, g.C)
     hp, wp = g.H + 2 * g.PH, g.W + 2 * g.PW
@@ -219,11 +233,12 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
             g.C, swo,
             *nhwc_strides(r), *nhwc_strides(y),
             KH=g.KH, KW=g.KW, HAS_RESIDUAL=residual is not None, RELU=bool(relu), INPUT_PRECISION=g.precision,
-            **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+            **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), **quant,
         )
         return
     splits, iters, _ = conv_split(config, M=g.M, C=g.C, CO=g.CO, KH=g.KH, KW=g.KW)
-    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, x=x, w=w, b=b, residual=residual, out=out)
+    ws, sws = split_workspace(workspace, splits, g.M, g.CO, b, partials=partials_dtype(w), x=x, w=w, b=b,
+                              residual=residual, out=out, scale=g.q.scale)
     cnt = split_counters(counters, tiles, b) if splits > 1 else b
     ensure_tma_allocator()
     launch(_conv_bordered_kernel, (tiles, splits),
@@ -233,5 +248,5 @@ def launch_conv_bordered(x, w, b, g, relu: bool, residual, out, config: Config, 
         *nhwc_strides(r), *nhwc_strides(y), sws,
         KH=g.KH, KW=g.KW, HAS_RESIDUAL=residual is not None, RELU=bool(relu),
         INPUT_PRECISION=g.precision, SPLIT=splits > 1, WARP_SPECIALIZE=config.variant == "tma_b_ws",
-        **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+        **config.launch_kwargs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), **quant,
     )

@@ -70,8 +70,8 @@ def check_block_k(config, w: torch.Tensor) -> None:
 
 
 def check_float_weights(config, w: torch.Tensor) -> None:
-    """The 3x3 TMA convs (tma, tma_w), the bordered ones and the classifier's TMA GEMM run
-    float weights only (so far; the 1x1 convs' TMA GEMM takes 8-bit ones)."""
+    """The classifier's TMA GEMM runs float weights only (so far; the convs' TMA kernels take
+    8-bit ones)."""
     if w.dtype in QUANT_DTYPES:
         raise ValueError(f"config {config.name}: the {config.variant} kernels run float weights only, got w {w.dtype} "
                          f"of shape {tuple(w.shape)}: use a pointer config (variant 'ptr' or 'fused_k')")

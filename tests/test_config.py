@@ -310,16 +310,18 @@ def test_tma_variants_are_in_hoppers_float16_space_only(kernel):
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=str)
 def test_8bit_tma_kernels_are_hoppers_tuning_candidates(dtype):
     """8-bit 1x1 convs get the TMA GEMM's tiles (tma, tma_ws) on sm_90, their other convs the
-    TMA conv's (tma, tma_w; not the bordered ones), unsplit, for tuning only; other targets
-    keep the pointer kernels."""
+    TMA and bordered convs' (tma, tma_w, tma_b, tma_b_ws, tma_b_p), unsplit, for tuning only;
+    other targets keep the pointer kernels."""
     assert {c.variant for c in config_space("conv1x1", dtype, target="sm_90")} == {"ptr", "tma", "tma_ws"}
-    assert {c.variant for c in config_space("conv", dtype, target="sm_90")} == {"ptr", "tma", "tma_w"}
+    bordered = {"tma_b", "tma_b_ws", "tma_b_p"}
+    assert {c.variant for c in config_space("conv", dtype, target="sm_90")} == {"ptr", "tma", "tma_w", *bordered}
     for target in ("sm_89", "sm_100", "sm_120"):
         for kernel in ("conv", "conv1x1"):
             assert all(c.variant == "ptr" for c in config_space(kernel, dtype, target=target))
     c3 = tuning_candidates("conv", dtype, M=49, N=512, K=512, taps=9, sms=132, target="sm_90", segments=(7, 7),
                            bordered=config_mod.bordered_rows(1, 9, 9, 7, 7))
-    assert {c.variant for c in c3} == {"ptr", "tma", "tma_w"} and not any(c.tma and c.SPLIT_K > 1 for c in c3)
+    assert {c.variant for c in c3} == {"ptr", "tma", "tma_w", *bordered}
+    assert not any(c.tma and c.SPLIT_K > 1 for c in c3)
     s2 = tuning_candidates("conv", dtype, M=49, N=512, K=512, taps=9, sms=132, target="sm_90", stride=2,
                            segments=(7, 7))
     assert {c.variant for c in s2 if c.tma} == {"tma_w"}

@@ -167,3 +167,35 @@ def test_refusals(device):
     with pytest.raises(ValueError, match="dense"):  # the TMA 1x1 GEMM reads dense pixel rows only
         K.conv1x1(K.zero_bordered(x, 1), rand_nhwc(16, 32, 1, 1, dtype=torch.float16, device=device), b,
                   config=Config(16, 16, 16, 4, 1, variant="tma"))
+
+
+# ---------------------------------------------------------------- 8-bit weights
+
+@pytest.mark.parametrize("variant,split", [("tma_b", 1), ("tma_b", 3), ("tma_b_ws", 1), ("tma_b_p", 1)])
+def test_int8_is_the_integer_math(variant, split, device):
+    """int8 over a zero-bordered int8 map, bit for bit against test_quant's reference (the
+    border's zeros are int8 zeros): an int8 residual with its scale into an int8 output; split,
+    the int32 partials summed by the tile's last program."""
+    from test_quant import case as qcase, check_int8, conv_ref, inverse_scale, to
+
+    x, _, qw, scale, b, shape = qcase(2, 64, 40, 5, 6, 3, padding=1)
+    r8 = (torch.randn(shape) * 50).round().clamp(-128, 127).to(torch.int8).contiguous(memory_format=torch.channels_last)
+    ref = conv_ref(x, qw, scale, b, padding=1, residual=r8, residual_scale=0.05)
+    inv = inverse_scale(ref, torch.int8)
+    counters = torch.zeros(64, dtype=torch.int32, device=device)
+    y = K.conv_bn_relu(K.zero_bordered(x.to(device), 1), *to(device, qw, b), padding=1, residual=r8.to(device),
+                       residual_scale=0.05, scale=scale.to(device), out_inv=inv, counters=counters,
+                       config=Config(16, 32, 32, 4, 1, SPLIT_K=split, variant=variant))
+    assert not counters.any()
+    check_int8(y, ref, inv, f"int8 conv {variant} split {split}")
+
+
+def test_e4m3_within_float32_rounding(device):
+    from test_quant import E4M3, case as qcase, conv_ref, e4m3_steps, inverse_scale, quantize, to
+
+    x, _, qw, scale, b, shape = qcase(1, 32, 24, 6, 5, 3, E4M3, padding=1)
+    ref = conv_ref(x, qw, scale, b, padding=1)
+    inv = inverse_scale(ref, E4M3)
+    y = K.conv_bn_relu(K.zero_bordered(x.to(device), 1), *to(device, qw, b), padding=1, scale=scale.to(device),
+                       out_inv=inv, config=Config(16, 32, 32, 4, 1, variant="tma_b"))
+    assert y.dtype == E4M3 and e4m3_steps(y, quantize(ref, inv, E4M3)).max() <= 1

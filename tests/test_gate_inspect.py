@@ -38,6 +38,14 @@ def test_scan_sass_tells_where_wgmma_reads_a():
     shared = "        /*40f0*/                   HGMMA.64x128x16.F32 R24, gdesc[UR8], R24 ;\n"
     assert scan_sass(shared)["register_a_insts"] == 0 and scan_sass(shared)["hgmma"] == 1
     assert scan_sass(_SASS + shared)["register_a_insts"] == 1
+    # the 8-bit wgmmas (as sm_90's int8 / e4m3 rows see them), as ptxas prints them
+    for op, ab in (("IGMMA", "S8.S8"), ("QGMMA", "F32.E4M3.E4M3")):
+        target = dataclasses.replace(SM90, tensor_core_op=op)
+        shared8 = f"        /*2000*/                   {op}.64x64x32.{ab} R24, gdesc[UR20], R24 ;\n"
+        regs8 = f"        /*2f90*/                   {op}.64x64x32.{ab} R24, R60, gdesc[UR4], R24 ;\n"
+        assert scan_sass(shared8, target=target)["register_a_insts"] == 0
+        assert scan_sass(shared8 + regs8, target=target) == {op.lower(): 2, "local_insts": 0, "tma_insts": 0,
+                                                             "setmaxnreg_insts": 0, "register_a_insts": 1}
 
 
 def test_scan_sass_counts_the_targets_tensor_core_instruction():

@@ -271,7 +271,7 @@ def _assert_launches_are_rows(launches, expect, dtype: str = "float16") -> None:
 
 @pytest.mark.parametrize("case", ["3x3 residual", "3x3 float neighbours", "3x3 residual split", "1x1", "stem",
                                   "stem pixels", "1x1 tma", "1x1 tma_ws float neighbours", "3x3 tma float neighbours",
-                                  "3x3 tma_w residual"])
+                                  "3x3 tma_w residual", "3x3 tma_b_ws residual", "3x3 tma_b_p residual"])
 @pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
 def test_8bit_gate_variants_are_the_launches(case, dtype, monkeypatch):
     """The gate's 8-bit rows specialize exactly as the 8-bit launches at those layers do: the
@@ -329,6 +329,13 @@ def test_8bit_gate_variants_are_the_launches(case, dtype, monkeypatch):
                                       residual=nhwc(32, 64, 56, 56), residual_scale=0.1, out_inv=2.0,
                                       config=Config(64, 64, 64, 4, 4, variant="tma_w"))
         expect = [("conv", "3x3/s1/relu/res [layer1]", "tma_w")]
+    elif case in ("3x3 tma_b_ws residual", "3x3 tma_b_p residual"):
+        variant = case.split()[1]
+        call = lambda: K.conv_bn_relu(K.zero_bordered(nhwc(32, 64, 56, 56), 1), nhwc(64, 64, 3, 3), s(64),  # noqa: E731
+                                      padding=1, scale=s(64), residual=nhwc(32, 64, 56, 56), residual_scale=0.1,
+                                      out_inv=2.0, config=Config(64, 64, 64, 4, 4, variant=variant))
+        tag = {"tma_b_ws": "/ws", "tma_b_p": "/persistent"}[variant]
+        expect = [("conv", f"3x3/s1/relu/res/x:bordered{tag} [resnet18 layer1]", variant)]
     else:
         pixels = case == "stem pixels"
         x = torch.zeros(32, 3, 224, 224, dtype=torch.uint8 if pixels else torch.float32)

@@ -325,7 +325,8 @@ def test_8bit_config_spaces():
         for kernel in ("conv", "conv_stem", "conv_grouped", "conv1x1"):
             space = config_space(kernel, dtype)
             # (Hopper's default target: the TMA kernels too, tests/test_config.py)
-            tma = {"conv1x1": ("tma", "tma_ws"), "conv": ("tma", "tma_w")}.get(kernel, ())
+            tma = {"conv1x1": ("tma", "tma_ws"),
+                   "conv": ("tma", "tma_w", "tma_b", "tma_b_ws", "tma_b_p")}.get(kernel, ())
             assert space and all(c.variant in ("ptr", *tma) and c.BLOCK_K >= 32 for c in space), (kernel, dtype)
             assert select_config(kernel, dtype, M=64, N=16, K=16).BLOCK_K >= 32
         assert config_space("splitk_reduce", dtype)
@@ -363,8 +364,9 @@ def test_8bit_refusals(device):
         K.conv_bn_relu(x.float(), qw.float(), b, padding=1, scale=scale)
     with pytest.raises(ValueError, match="BLOCK_K=16"):
         conv(scale=scale, out_inv=1.0, config=Config(32, 32, 16, 4, 1))
-    with pytest.raises(ValueError, match="the tma_b kernels run float weights only"):
-        conv(scale=scale, out_inv=1.0, config=Config(64, 64, 64, 4, 4, variant="tma_b"))
+    with pytest.raises(ValueError, match="a bordered conv reads its input in w's dtype"):
+        K.conv_bn_relu(K.zero_bordered(x.half(), 1), qw, b, padding=1, scale=scale, in_inv=2.0, out_inv=1.0,
+                       config=Config(64, 64, 64, 4, 4, variant="tma_b"))
     with pytest.raises(ValueError, match="runs float weights only"):
         K.conv1x1(x, qw[:, :, :1, :1].contiguous(memory_format=torch.channels_last), b, stride=2, pool=True,
                   scale=scale, out_inv=1.0)

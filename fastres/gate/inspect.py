@@ -54,8 +54,8 @@ class KernelReport:
     spill_count: int = 0  # AMD only: VGPRs + SGPRs the compiler says it spilled
     tma_insts: int = 0  # NVIDIA: UTMALDG / UTMASTG (the TMA unit's bulk tensor loads and stores)
     setmaxnreg_insts: int = 0  # NVIDIA: USETMAXREG (warp specialization rebalancing registers)
-    # sm_90: HGMMAs whose A operand comes from registers (``HGMMA.. Rd, Ra, gdesc[..]``) rather
-    # than shared memory (``HGMMA.. Rd, gdesc[..]``: both operands' descriptors)
+    # sm_90: wgmmas whose A operand comes from registers (``HGMMA.. Rd, Ra, gdesc[..]``; IGMMA,
+    # QGMMA alike) rather than shared memory (``HGMMA.. Rd, gdesc[..]``: both operands' descriptors)
     register_a_insts: int = 0
 
     @property
@@ -91,6 +91,10 @@ def parse_resource_usage(text: str) -> dict[str, int]:
     return found
 
 
+# sm_90's wgmma opcodes: float16 / bfloat16 / tf32 (HGMMA), int8 (IGMMA), e4m3 (QGMMA).
+_WGMMA_OPS = ("HGMMA", "IGMMA", "QGMMA")
+
+
 def scan_sass(sass: str, *, target: Target = DEFAULT_TARGET) -> dict[str, int]:
     """Count the target's tensor-core instructions and LDL/STL (local memory: spills) in a SASS
     dump: ``{"hgmma": .., "local_insts": ..}`` on sm_90 (the first key is the opcode, lowercase)."""
@@ -101,8 +105,9 @@ def scan_sass(sass: str, *, target: Target = DEFAULT_TARGET) -> dict[str, int]:
     return {op.lower(): len(tensor_core), "local_insts": len(_SPILL_RE.findall(sass)),
             "tma_insts": len(re.findall(r"\bUTMA(?:LDG|STG)\b", sass)),
             "setmaxnreg_insts": len(re.findall(r"\bUSETMAXREG\b", sass)),
-            # (wgmma's own operand forms: other targets' MMAs always read registers)
-            "register_a_insts": len(re.findall(r"\bHGMMA\.\S+\s+R\d+,\s*R\d+,", sass)) if op == "HGMMA" else 0}
+            # (wgmma's own operand forms, its 8-bit opcodes IGMMA / QGMMA alike: other targets'
+            # MMAs always read registers)
+            "register_a_insts": len(re.findall(rf"\b{op}\.\S+\s+R\d+,\s*R\d+,", sass)) if op in _WGMMA_OPS else 0}
 
 
 def inspect_cubin(cubin: bytes, *, target: Target = DEFAULT_TARGET) -> KernelReport:

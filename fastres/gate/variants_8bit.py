@@ -5,9 +5,9 @@ its per-channel dequantization scale (``s_ptr``, float32), 8-bit activations in 
 (``out_inv``), an 8-bit residual with its scale (``r_scale``); and, where a quantized layer
 meets float ones, a float16 input quantized as it is loaded (``in_inv``) with a float16
 residual and output, the heaviest epilogue. int8 splits store int32 partials (the launcher's
-float32 workspace viewed as int32). The pointer kernels, the 1x1 TMA GEMM (``tma``, ``tma_ws``)
-and the TMA conv (``tma``, ``tma_w``), unsplit (tuning offers 8-bit TMA tiles unsplit); the
-bordered convs run float weights;
+float32 workspace viewed as int32). The pointer kernels, the 1x1 TMA GEMM (``tma``, ``tma_ws``),
+the TMA conv (``tma``, ``tma_w``) and the bordered ones (``tma_b``, ``tma_b_ws``, ``tma_b_p``:
+8-bit inputs only), unsplit (tuning offers 8-bit TMA tiles unsplit);
 no fused split (tuning offers ``fused_k`` in float16 only), no average-pool shortcut (float
 weights only) and no classifier (``kernels/head.py`` runs float weights).
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .variants import (TRITON_TYPE, Variant, _conv_tma_variant, _conv_variant, _gemm1x1_variant, _gemm_tma_variant,
-                       _splitk_reduce_variant)
+from .variants import (TRITON_TYPE, Variant, _conv_bordered_variant, _conv_tma_variant, _conv_variant,
+                       _gemm1x1_variant, _gemm_tma_variant, _splitk_reduce_variant)
 
 QUANT_DTYPES = ("int8", "float8_e4m3fn")
 # The scalars are fp32 kernel arguments the JIT never specializes: any value stands for all.
@@ -63,9 +63,13 @@ def quant_variants(kernel: str, dtype: str, family: str = "ptr") -> list[Variant
         if not a_tma:  # (TMA activations run stride 1 only)
             rows.insert(0, q(_conv_tma_variant("layer2.0", 3, 2, 1, 128, 128, 56, False, a_tma=False)))
         return rows
+    if kernel == "conv" and family in ("tma_b", "tma_b_ws", "tma_b_p"):
+        kw = {"ws": family == "tma_b_ws", "persistent": family == "tma_b_p"}
+        return [q(_conv_bordered_variant("resnet18 layer1", 64, 64, 56, True, **kw)),
+                q(_conv_bordered_variant("deeplabv3 layer3", 256, 256, 65, False, dilation=2, **kw))]
     if family != "ptr":
         raise ValueError(f"8-bit {kernel} runs no {family!r} kernel: the pointer kernels, tma / tma_ws for conv1x1, "
-                         f"tma / tma_w for conv")
+                         f"tma / tma_w and the bordered ones for conv")
     if kernel == "conv_stem":
         from ..kernels.conv import NORM_IEEE
 
