@@ -77,9 +77,15 @@ class Step:
         stride = self.spec.stride if self.spec is not None else 1
         dilation = self.spec.dilation if self.spec is not None else 1
         segments, bordered = self._grid_rows()
-        return tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
-                                 stride=stride, dilation=dilation, segments=segments, bordered=bordered,
-                                 **_planned_for(device))
+        cands = tuning_candidates(self.space, dtype, M=m, N=n, K=k, taps=taps, residual=self.residual is not None,
+                                  stride=stride, dilation=dilation, segments=segments, bordered=bordered,
+                                  **_planned_for(device))
+        p = self.precision
+        if p is not None and p.eight_bit and p.src != p.compute:
+            # A bordered conv reads its input in its weights' dtype, never a float one to quantize
+            # (kernels/conv_bordered.py).
+            cands = tuple(c for c in cands if not c.bordered)
+        return cands
 
     def with_tile(self, config: Config, device: DeviceInfo) -> "Step":
         """This launch with `config`'s tile and the K split the planner gives that tile at this

@@ -120,3 +120,16 @@ def test_value_names_and_ranges():
         Ranges(torch.int8, {"input": 0.0})
     with pytest.raises(TypeError, match="int8 or torch.float8_e4m3fn"):
         Quantized(torch.float16, ())
+
+
+def test_a_float_input_keeps_an_8bit_conv_off_the_bordered_kernels():
+    """A bordered conv reads its input in its weights' dtype: an 8-bit 3x3 reading a float16
+    activation (quantized at load) is offered the other Hopper kernels, not the bordered ones;
+    one reading an 8-bit activation is offered those too."""
+    h100 = DeviceInfo("NVIDIA H100 80GB HBM3", sms=132)
+    s = _schedule(keep=("layer1.0.conv1",))
+    after_float, after_int8 = _step(s, "layer1.0.conv2"), _step(s, "layer1.1.conv2")
+    assert after_float.precision.src == torch.float16 and after_int8.precision.src == torch.int8
+    mixed = after_float.candidates(torch.int8, h100)
+    assert {"tma", "tma_w"} <= {c.variant for c in mixed} and not any(c.bordered for c in mixed)
+    assert any(c.bordered for c in after_int8.candidates(torch.int8, h100))
