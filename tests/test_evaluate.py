@@ -259,7 +259,8 @@ def test_a_quantized_file_beside_the_float_model_it_stands_for(setup, quantized,
     for k, v in f32.params().items():
         want = q.params()[k].float()
         if k.removesuffix(".weight") in q.quantized.layers:
-            want = want * q.params()[k.replace(".weight", ".weight_scale")][:, None, None, None]
+            scale = q.params()[k.replace(".weight", ".weight_scale")]  # per output channel (per class for fc)
+            want = want * scale.view(-1, *[1] * (want.dim() - 1))
         assert torch.equal(v.cpu(), want), k
 
 

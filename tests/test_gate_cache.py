@@ -6,7 +6,7 @@ import json
 
 from fastres.gate.cache import cache_file, row_key
 from fastres.gate.target import SM90
-from fastres.gate.variants import variants
+from fastres.gate.rows import variants
 from fastres.kernels.config import Config
 
 

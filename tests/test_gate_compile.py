@@ -8,7 +8,7 @@ import torch
 
 from fastres.gate.compile import arg_names, kernel_fn, specialize
 from fastres.gate.target import SM90
-from fastres.gate.variants import variants
+from fastres.gate.rows import variants
 from fastres.kernels.config import Config
 from gate_helpers import run_python
 

@@ -9,7 +9,8 @@ from fastres.gate.compile import CONFIG_META, arg_defaults, arg_names, specializ
 from fastres.gate.keys import unaligned, unspecialized
 from fastres.gate.target import GFX942, SM80, SM90, SM100, TARGETS
 from fastres.gate.selection import dispatchable, engine_space, has_engine_space, heaviest, tensor_core_required
-from fastres.gate.variants import DTYPES, variants
+from fastres.gate.rows import variants
+from fastres.gate.variants import DTYPES
 from fastres.kernels.config import KERNELS, Config, config_space
 from gate_helpers import DTYPE_NAMES
 

@@ -5,7 +5,6 @@ system, the reference and how far an output is from it. Both the per-layer measu
 what this builds; in an 8-bit dtype the sets and the reference are fastres.benchmark.quantized's."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import TYPE_CHECKING, Callable
 
@@ -16,30 +15,11 @@ from ..precision import QUANT_DTYPES
 from .environment import baseline_flags
 from .geometry import ConvLayer
 from .numerics import code_distance, rel_error
-from .quantized import BASELINE_NOTE, CodeReference, code_reference, quantized_layer_inputs, stem_reads_float
+from .quantized import (BASELINE_NOTE, CodeReference, LayerInputs, code_reference, quantized_layer_inputs,
+                        stem_reads_float)
 
 if TYPE_CHECKING:
     from ..kernels import Config
-    from .quantized import QuantOperands
-
-
-@dataclasses.dataclass
-class LayerInputs:
-    """One input set of a conv: activation, weights, float32 bias (and cast to the dtype), residual,
-    output; an 8-bit conv's scales (`quant`, None for a float one)."""
-
-    x: torch.Tensor
-    w: torch.Tensor
-    b: torch.Tensor
-    b_cast: torch.Tensor
-    r: torch.Tensor | None
-    out: torch.Tensor
-    quant: QuantOperands | None = None
-
-    @property
-    def quant_kwargs(self) -> dict:
-        """The launchers' scale, in_inv, residual_scale and out_inv (none for a float conv)."""
-        return self.quant.kwargs() if self.quant is not None else {}
 
 
 def layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device, n: int, gen: torch.Generator) -> list[LayerInputs]:

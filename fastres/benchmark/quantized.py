@@ -33,7 +33,6 @@ from ..errors import first_line
 if TYPE_CHECKING:
     from ..precision import Ranges
     from .geometry import ConvLayer
-    from .layer_calls import LayerInputs
 
 BASELINE_NOTE = ("cuDNN runs no int8 or float8_e4m3fn convolution through torch: its float16 record of the same "
                  "point stands beside this one")
@@ -83,6 +82,25 @@ class QuantOperands:
         return dict(scale=self.scale, in_inv=self.in_inv, residual_scale=self.residual_scale, out_inv=self.out_inv)
 
 
+
+@dataclasses.dataclass
+class LayerInputs:
+    """One input set of a conv: activation, weights, float32 bias (and cast to the dtype), residual,
+    output; an 8-bit conv's scales (`quant`, None for a float one)."""
+
+    x: torch.Tensor
+    w: torch.Tensor
+    b: torch.Tensor
+    b_cast: torch.Tensor
+    r: torch.Tensor | None
+    out: torch.Tensor
+    quant: QuantOperands | None = None
+
+    @property
+    def quant_kwargs(self) -> dict:
+        """The launchers' scale, in_inv, residual_scale and out_inv (none for a float conv)."""
+        return self.quant.kwargs() if self.quant is not None else {}
+
 def quantized_layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device, n: int,
                            gen: torch.Generator) -> list[LayerInputs]:
     """`n` input sets of `layer` in the 8-bit `dtype`, channels_last: input codes (the stem's
@@ -92,7 +110,6 @@ def quantized_layer_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, dev
     from ..precision import Ranges
     from ..quant.quantize import _quantized_weight
     from ..quant.reference import quantize_codes
-    from .layer_calls import LayerInputs
 
     cl = torch.channels_last
 

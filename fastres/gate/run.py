@@ -34,7 +34,8 @@ from ..errors import first_line
 from .compile import FAMILIES, blank_row, compile_row, row_family
 from .target import DEFAULT_TARGET, Target
 from .selection import dispatchable, engine_space, has_engine_space, heaviest
-from .variants import DTYPES, Variant, config_family, dtype_name, variants
+from .rows import variants
+from .variants import DTYPES, Variant, config_family, dtype_name
 
 if TYPE_CHECKING:
     from ..kernels.config import Config

@@ -335,7 +335,7 @@ def _precisions(dtype: str) -> tuple[str, ...]:
     return ("ieee", "tf32") if dtype == "float32" else ("ieee",)
 
 
-def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list[Variant]:
+def float_variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list[Variant]:
     """The specializations of `kernel` the engine dispatches at `dtype` (what the gate compiles)
     for configs of `family` (``config_family``; the TMA families: ``_tma_variants``).
 
@@ -362,13 +362,10 @@ def variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -> list
 
     Every split-K variant of conv and conv1x1 comes twice: summed by the reduce launch, and
     fused (summed by the tile's last program: the ``fused_k`` configs, dispatched on Hopper).
-    8-bit dtypes (int8, float8_e4m3fn): ``fastres.gate.variants_8bit``.
+    8-bit dtypes (int8, float8_e4m3fn): ``fastres.gate.variants_8bit.quant_variants``; the two
+    together: ``fastres.gate.rows.variants``.
     """
-    from .variants_8bit import QUANT_DTYPES, quant_variants
-
     dt = dtype_name(dtype)
-    if dt in QUANT_DTYPES:
-        return quant_variants(kernel, dt, family)
     if family != "ptr":
         return _tma_variants(kernel, family)
     out: list[Variant] = []
