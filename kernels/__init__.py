@@ -48,7 +48,8 @@ else:
     if interpreting():
         skip_discarded_overflow_checks()
     from .config import Config, config_space, select_config, tuning_candidates, use_config
-    from .conv import conv_bn_relu, pixel_norm, stem_conv
+    from .conv import conv_bn_relu, stem_conv
+    from .pixels import pixel_norm
     from .conv_bordered import zero_bordered
     from .elementwise import add_relu
     from .fold import fold_bn

@@ -30,29 +30,8 @@ from .indexing import grouped_tile, nhwc_rows
 from .reduction import conv_problem, reduction  # noqa: F401 - conv_problem, reduction: kernels.conv.*
 from .splitk import conv_split, finish_tile, reduce_partials, split_counters, split_workspace
 from .launch import launch
+from .pixels import NORM_FMA, NORM_IEEE, NORM_NONE, check_norm, normalize_pixels
 from .quant import check_block_k, check_fp8_device, gemm_operand, mma, partials_dtype
-
-# How the stem turns what it loads into the GEMM operand (the NORMALIZE meta-parameter).
-NORM_NONE, NORM_FMA, NORM_IEEE = 0, 1, 2
-# Rows of a pixel_norm table ([4, C] float32).
-_MEAN, _STD, _SCALE, _SHIFT = range(4)
-
-
-@triton.jit
-def _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE: tl.constexpr):
-    """uint8 pixels -> ((a / 255) - mean[c]) / std[c] in float32; 0 where a_ok is False (the
-    zero padding is zero in normalized space). c: the channel of each K column."""
-    v = a.to(tl.float32)
-    if NORMALIZE == 2:
-        mean = tl.load(n_ptr + 0 * C + c, mask=k_ok, other=0.0)
-        std = tl.load(n_ptr + 1 * C + c, mask=k_ok, other=1.0)
-        v = tl.math.div_rn(tl.math.div_rn(v, 255.0) - mean[None, :], std[None, :])
-    else:
-        scale = tl.load(n_ptr + 2 * C + c, mask=k_ok, other=0.0)
-        shift = tl.load(n_ptr + 3 * C + c, mask=k_ok, other=0.0)
-        v = v * scale[None, :] + shift[None, :]
-    return tl.where(a_ok, v, 0.0)
-
 
 # Not specialized on: the sizes that vary with the batch or the input's spatial size (so a new
 # input size compiles nothing: NHWC strides with channel counts divisible by 16 keep their
@@ -122,7 +101,7 @@ def _conv_kernel(
             a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + x_row[:, None] + (dh * sxh + dw * sxw + c * sxc)[None, :], mask=a_ok, other=0.0)
             if NORMALIZE != 0:
-                a = _normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE)
+                a = normalize_pixels(a, c, k_ok, a_ok, n_ptr, C, NORMALIZE)
             b = tl.load(
                 w_ptr + w_col[None, :] + (kh * swh + kw * sww + c * swc)[:, None],
                 mask=k_ok[:, None] & n_ok[None, :], other=0.0,
@@ -452,40 +431,6 @@ def conv_bn_relu(
     return _launch_conv(x, w, b, g, relu, residual, out, config, workspace, counters)
 
 
-def pixel_norm(mean, std, device: torch.device | str | None = None) -> torch.Tensor:
-    """The table `stem_conv(..., normalize=)` reads for pixels normalized as torchvision does,
-    ((x / 255) - mean) / std per channel: float32 [4, C], rows mean, std (as torchvision casts
-    them) and the multiply-add's 1 / (255 std) and -mean / std (computed in float64, rounded once).
-    """
-    m64 = torch.as_tensor(mean, dtype=torch.float64).flatten()
-    s64 = torch.as_tensor(std, dtype=torch.float64).flatten()
-    if m64.numel() != s64.numel() or m64.numel() == 0:
-        raise ValueError(f"mean and std must have one value per channel, got {m64.numel()} and {s64.numel()}")
-    if not bool((s64 > 0).all()) or not bool(torch.isfinite(m64).all() and torch.isfinite(s64).all()):
-        raise ValueError(f"std must be positive and mean and std finite, got mean {m64.tolist()}, std {s64.tolist()}")
-    rows = (m64.float(), s64.float(), (1.0 / (255.0 * s64)).float(), (-m64 / s64).float())
-    return torch.stack(rows).to(device)
-
-
-def _check_norm(x: torch.Tensor, normalize: torch.Tensor | None) -> None:
-    if normalize is None:
-        if x.dtype == torch.uint8:
-            raise TypeError("x is uint8 (pixels): pass normalize=pixel_norm(mean, std) to say how to normalize them")
-        return
-    if x.dtype != torch.uint8:
-        raise TypeError(f"normalize= is for uint8 pixels, but x is {x.dtype} (normalize float inputs beforehand)")
-    C = x.shape[1]
-    if not isinstance(normalize, torch.Tensor) or normalize.dtype != torch.float32 or tuple(normalize.shape) != (4, C):
-        got = f"{normalize.dtype} {tuple(normalize.shape)}" if isinstance(normalize, torch.Tensor) else type(normalize).__name__
-        raise ValueError(f"normalize must be pixel_norm(mean, std): float32 of shape (4, {C}), got {got}")
-    if not normalize.is_contiguous():
-        raise ValueError("normalize must be contiguous (as pixel_norm makes it)")
-    if normalize.device != x.device:
-        raise ValueError(f"normalize is on {normalize.device} but x is on {x.device}")
-    if C >= 16:
-        raise ValueError(f"uint8 pixels with {C} channels: the stem normalizes pixels of up to 15 channels (its flat-K path)")
-
-
 def stem_conv(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -520,5 +465,5 @@ def stem_conv(
     """
     g = check_conv_args(x, w, b, stride, padding, None, out, input_precision, any_input="pixels", scale=scale,
                         in_inv=in_inv, out_inv=out_inv)
-    _check_norm(x, normalize)
+    check_norm(x, normalize)
     return _launch_conv(x, w, b, g, relu, None, out, config, workspace, counters, normalize)

@@ -109,7 +109,7 @@ def _conv_variant(
     groups: int = 1, split_k: int | None = None, dilation: int = 1,
 ) -> Variant:
     """A ``_conv_kernel`` launch as ``kernels/conv.py`` makes it (``_launch_conv``); normalize:
-    the stem's NORMALIZE mode for uint8 pixels (kernels.conv.NORM_FMA / NORM_IEEE); fused: a
+    the stem's NORMALIZE mode for uint8 pixels (kernels.pixels.NORM_FMA / NORM_IEEE); fused: a
     split summed in the kernel (a ``fused_k`` config); groups: a grouped conv (ResNeXt), whose
     K loop runs over the input channels of a tile's groups (``k_loop``'s K: one group's); split_k:
     the split asked for, where the heuristic's 64x64 tiles would not split the layer."""
@@ -378,7 +378,7 @@ def float_variants(kernel: str, dtype: str | torch.dtype, family: str = "ptr") -
                 out.append(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, prec, x_type=nhwc))
             # uint8 pixels (fastres.predict's batches: NCHW), normalized in the loads as the
             # launcher does for this dtype
-            from ..kernels.conv import NORM_FMA, NORM_IEEE
+            from ..kernels.pixels import NORM_FMA, NORM_IEEE
 
             mode = NORM_IEEE if dt == "float32" else NORM_FMA
             out.append(_conv_variant("stem pixels", 7, 2, 3, 3, 64, 224, False, prec, x_type="u8", x_nchw=True,

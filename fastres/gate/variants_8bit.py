@@ -71,7 +71,7 @@ def quant_variants(kernel: str, dtype: str, family: str = "ptr") -> list[Variant
         raise ValueError(f"8-bit {kernel} runs no {family!r} kernel: the pointer kernels, tma / tma_ws for conv1x1, "
                          f"tma / tma_w and the bordered ones for conv")
     if kernel == "conv_stem":
-        from ..kernels.conv import NORM_IEEE
+        from ..kernels.pixels import NORM_IEEE
 
         # the user's float32 NCHW image; uint8 pixels, normalized as torchvision does (IEEE)
         return [q(_conv_variant("stem", 7, 2, 3, 3, 64, 224, False, "ieee", x_type="fp32", x_nchw=True)),

@@ -7,10 +7,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class CalibrationImages:

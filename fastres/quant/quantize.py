@@ -22,9 +22,10 @@ import torch
 
 from ..device import DeviceInfo
 from ..engine import ResNet
-from ..precision import CLASSIFIER, INPUT, POOLED, QMAX, QUANT_DTYPES, Precision, Quantized, Ranges, short
+from ..precision import (CLASSIFIER, INPUT, POOLED, QMAX, QUANT_DTYPES, Precision, Quantized, Ranges, short,
+                         value_names)
 from ..progress import Progress
-from ..schedule import STEM, Step, build_schedule
+from ..schedule import Step, build_schedule
 from .calibrate import RangeObserver, choose_amax, clipped_fraction
 from .intake import intake
 from .reference import classifier_step, conv_step, run_schedule
@@ -259,10 +260,11 @@ def _relative(diff: float, norm: float) -> float:
 def _layer_errors(engine: ResNet, params, qparams, ranges: Ranges, dtype, batches, progress: bool) -> dict:
     """{conv: (relative L2 error of its dequantized 8-bit output against its float output, the
     scale name of its input)}, every conv computed in 8 bits from the float forward's input."""
-    sums: dict[str, list] = {}
+    sums: dict[str, list] = {}  # conv -> [squared error, squared float output, input's scale name]
+    inputs: dict[str, str] = {}  # conv -> its input's scale name (the same at every batch shape)
 
     def on_conv(step: Step, a, r, y):
-        src = INPUT if step.kernel == STEM else sums.get(("src", step.layer))
+        src = inputs[step.layer]
         pr = Precision(dtype, torch.float32, dtype, None if r is None else torch.float32, src, step.layer)
         q = conv_step(step, pr, a, r, qp, ranges, torch.float32, exact=False) * ranges.scale(step.layer)
         acc = sums.setdefault(step.layer, [0.0, 0.0, src])
@@ -273,17 +275,14 @@ def _layer_errors(engine: ResNet, params, qparams, ranges: Ranges, dtype, batche
         for x in _batches(batches):
             qp = _on(qparams, x)
             schedule = _schedule(engine, x, params)
-            names = _input_names(schedule)
-            sums.update({("src", k): v for k, v in names.items()})
+            inputs.update(_input_names(schedule))
             run_schedule(schedule, _on(params, x), x, on_conv=on_conv)
             bar.update()
-    return {k: (_relative(v[0], v[1]), v[2]) for k, v in sums.items() if isinstance(k, str)}
+    return {k: (_relative(v[0], v[1]), v[2]) for k, v in sums.items()}
 
 
 def _input_names(schedule) -> dict[str, str]:
     """conv layer -> the scale name of its input activation."""
-    from ..precision import value_names
-
     launches = [(s.kernel, s.layer) for s in schedule.steps]
     names = value_names(launches, schedule.wiring, len(schedule.values))
     return {s.layer: (INPUT if src is None else names[src]) for s, (src, _, _) in zip(schedule.steps, schedule.wiring)}
