@@ -304,3 +304,27 @@ def test_shut_down_counts_its_503s_once_for_concurrent_and_repeated_calls():
     assert list(both) == [5, 5] and again == 5, (both, again)
     assert all(isinstance(a, Draining) and a.message == "first" for a in answers), answers
 
+
+
+def test_a_request_of_several_rows_is_never_split():
+    """Items of 3, 3, 2 and 1 rows at max_batch 8, all queued while a batch runs: the next
+    batch takes 3 + 3 + 2 = 8 rows, the 1-row item waits for the one after (as Triton's
+    dynamic batcher, a batch closes before a request that would take it past max_batch); an
+    item of more rows than max_batch is refused."""
+    async def main():
+        gate = asyncio.Event()
+        engine = Engine(gate)
+        batcher = RequestBatcher(engine, max_batch=MAX_BATCH, wait_s=0.0, max_queue=32)
+        first = asyncio.ensure_future(batcher.submit("first"))
+        await until(lambda: engine.sizes == [1], what="the first batch running")
+        rest = [asyncio.ensure_future(batcher.submit(name, rows=rows))
+                for name, rows in (("a", 3), ("b", 3), ("c", 2), ("d", 1))]
+        await until(lambda: batcher.queued_rows == 9, what="9 rows queued")
+        with pytest.raises(ValueError, match="1 to max_batch"):
+            await batcher.submit("huge", rows=MAX_BATCH + 1)
+        gate.set()
+        return await first, await asyncio.gather(*rest), engine.sizes
+
+    first, rest, sizes = asyncio.run(main())
+    assert sizes == [1, 3, 1], sizes  # items per batch: the rows were 1, 8 and 1
+    assert [r[1] for r in rest] == [3, 3, 3, 1]

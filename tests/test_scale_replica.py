@@ -1,6 +1,6 @@
 """fastres.scale.serve.ImageClassifier without Ray: the replica's HTTP handling driven through
 ASGI, its engine replaced by a stand-in of fixed cost per batch (a real Predictor is built,
-then its predict_bytes swapped). Bodies are read (408 past their timeout) before a request
+then its Feed's decode and run swapped). Bodies are read (408 past their timeout) before a request
 queues, and a stalled body does not hold valid traffic; a full queue is a 503 with
 Retry-After at once; a deadline is a 504; a drain answers every request in flight, and
 reports its 503s once however often it is asked; every answer is JSON. The order of events
@@ -8,6 +8,7 @@ comes from the stand-in's gate and the batcher's state (`until`), not from sleep
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import threading
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 from fastres.predict.output import Prediction, Top
+from fastres.predict.pipeline import Item
+from fastres.scale.feed import BatchTimes
 from predict_helpers import pixels
 import scale_helpers  # noqa: F401 - Ray's test environment, set before ray is imported
 from test_build import calibrated
@@ -34,26 +37,34 @@ def weights(tmp_path_factory):
 
 
 class StandIn:
-    """predict_bytes of fixed cost (`cost` s per batch, whatever its size), answering each body
-    with its own length as the class index; `gate`, when cleared, holds every batch."""
+    """The replica's Feed.run and Feed.decode, of fixed cost (`cost` s per batch, whatever
+    its size): each body is "decoded" at once into its length, which answers as the class
+    index; `gate`, when cleared, holds every batch."""
 
     def __init__(self, cost: float = 0.05):
         self.cost, self.sizes = cost, []
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, bodies, *, pad_to=None):
-        self.sizes.append(len(bodies))
+    def decode(self, body):
+        done = concurrent.futures.Future()
+        done.set_result(Item(0, None, crop=torch.tensor(len(body))))
+        return done
+
+    def __call__(self, items, rows):
+        self.sizes.append(len(items))
         self.gate.wait(30)
         time.sleep(self.cost)
-        return [Prediction(None, top=(Top(len(b), f"class {len(b)}", 1.0),)) for b in bodies]
+        preds = [Prediction(None, top=(Top(int(it.crop), f"class {int(it.crop)}", 1.0),)) for it in items]
+        return preds, BatchTimes(0.0, self.cost, 0.0)
 
 
 def replica(weights, **options):
     from fastres.scale.serve import ImageClassifier
 
     clf = ImageClassifier(str(weights), max_batch=MAX_BATCH, resize=40, crop=32, topk=1, workers=1, **options)
-    clf.predictor.predict_bytes = clf.engine = StandIn()
+    clf.engine = StandIn()
+    clf.feed.run, clf.feed.decode = clf.engine, clf.engine.decode
     return clf
 
 
@@ -192,14 +203,14 @@ def test_a_drain_past_its_time_answers_503(weights):
 def test_every_answer_is_json(weights):
     clf = replica(weights)
 
-    def broken(bodies, *, pad_to=None):
+    def broken(items, rows):
         raise RuntimeError("engine exploded")
 
     async def main():
         answers = {"route": await call(clf, png(0), path="/nope"), "method": await call(clf, None, method="GET"),
                    "empty": await call(clf, b""), "text": await call(clf, b"not an image at all"),
                    "content-length": await call(clf, png(0), headers={"content-length": "ten"})}
-        clf.predictor.predict_bytes = broken
+        clf.feed.run = broken
         answers["engine"] = await call(clf, png(0))
         return answers
 

@@ -140,8 +140,8 @@ def load_item(index: int, path: str | None, transform: Transform, max_pixels: in
 class _Batch:
     """One submitted batch: its items, its slot, and (until read back) its device results."""
 
-    def __init__(self, items: list[Item], slot: int):
-        self.items, self.slot = items, slot
+    def __init__(self, items: list[Item], slot: int, rows: int):
+        self.items, self.slot, self.rows = items, slot, rows
         self.values = self.indices = self.logits = None
         self.events: dict[str, torch.cuda.Event] = {}
         self.cpu_model_s = 0.0
@@ -197,8 +197,15 @@ class ImageBatcher:
             self.stream = None
 
     # -- one batch in -------------------------------------------------------------------------
-    def submit(self, items: list[Item]) -> _Batch:
-        batch = _Batch(items, self._slot)
+    def submit(self, items: list[Item], rows: int | None = None) -> _Batch:
+        """Queue one batch: its items' crops (or nvjpeg's JPEGs) into a buffer slot, to the
+        device, through the engine. rows: the rows the engine runs (default the batch size;
+        at least the live items), the first ones of the buffers: a server pads each batch to
+        the smallest of its captured sizes, through one set of buffers."""
+        rows = self.batch_size if rows is None else int(rows)
+        if not 1 <= rows <= self.batch_size:
+            raise ValueError(f"rows must be between 1 and the batch size {self.batch_size}, got {rows}")
+        batch = _Batch(items, self._slot, rows)
         self._slot ^= 1
         if any(it.jpeg is not None for it in items):
             self._decode_on_gpu(batch)
@@ -206,8 +213,10 @@ class ImageBatcher:
         batch.items = items
         if not live:
             return batch
+        if len(live) > rows:
+            raise ValueError(f"{len(live)} images for a batch of {rows} rows")
         if any(it.crop.dtype != torch.uint8 for it in live):
-            x = self._float_batch(live)
+            x = self._float_batch(live, rows)
             return self._forward(batch, x, pixels=False)
         return self._forward(batch, self._pixel_batch(batch, live), pixels=True)
 
@@ -268,7 +277,7 @@ class ImageBatcher:
         crops copied in place; rows past the live items keep old pixels (their results are dropped)."""
         s = batch.slot
         t0 = time.perf_counter()
-        host, dev = self.host[s], self.dev[s]
+        host, dev = self.host[s][:batch.rows], self.dev[s][:batch.rows]
         if not self.cuda:
             for row, it in enumerate(live):
                 host[row].copy_(it.crop)
@@ -294,9 +303,9 @@ class ImageBatcher:
         self.stages.add(preprocess=time.perf_counter() - t0)
         return dev
 
-    def _float_batch(self, live: list[Item]) -> torch.Tensor:
+    def _float_batch(self, live: list[Item], rows: int) -> torch.Tensor:
         """A batch holding 16-bit images: float32, normalized as torchvision does (each image
-        scaled by its own dtype's maximum), padded to the batch size."""
+        scaled by its own dtype's maximum), padded to `rows`."""
         t0 = time.perf_counter()
         if self.cuda:
             current = torch.cuda.current_stream(self.device)
@@ -304,7 +313,7 @@ class ImageBatcher:
             for it in live:
                 if it.crop.device.type == "cuda":
                     it.crop.record_stream(current)
-        x = torch.zeros((self.batch_size, 3, *self.hw), device=self.device)
+        x = torch.zeros((rows, 3, *self.hw), device=self.device)
         for row, it in enumerate(live):
             x[row] = self.transform.normalize(it.crop.to(self.device))
         self.stages.add(preprocess=time.perf_counter() - t0)

@@ -45,6 +45,12 @@ from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 TIMEOUT_S = 30.0  # the deadline of a request, from its arrival at the replica
 BODY_TIMEOUT_S = 15.0  # the time to receive a whole body
 DRAIN_S = 30.0  # the time given to the requests in flight on shutdown
+# The watchdog (`fastres.scale.feed.Watchdog`): a batch running longer than WATCHDOG_FACTOR
+# times its size's usual time (at least WATCHDOG_MIN_S; WATCHDOG_FIRST_S for a size's first
+# batch) marks the replica unhealthy.
+WATCHDOG_FACTOR = 10.0
+WATCHDOG_MIN_S = 5.0
+WATCHDOG_FIRST_S = 300.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,6 +80,11 @@ class Draining(Refused):
     """The server is shutting down and takes no new request (503)."""
 
 
+class Unhealthy(Refused):
+    """The replica is unhealthy (a batch hung): its requests are answered 503 while Serve
+    replaces it."""
+
+
 class DeadlineExceeded(Refused):
     """The request's deadline passed before its answer was ready (504)."""
 
@@ -85,16 +96,19 @@ class _Waiting:
     item: Any
     future: asyncio.Future
     queued_at: float
+    rows: int = 1  # the batch rows the item takes (a request of several images takes several)
 
 
 class RequestBatcher(Generic[T, R]):
     """A replica's requests in, batches of them through `run`, one batch at a time.
 
-    run: an async function of a list of items (1 to max_batch) that returns one result per
-    item, in order; its exception is every request's of that batch. wait_s: how long the
-    first request queued waits for others (0: a batch is whatever is queued when the engine
-    is free). max_queue: how many requests may wait, not counting the running batch; at
-    least max_batch, since the next batch gathers there.
+    run: an async function of a list of items (holding 1 to max_batch rows in all: an item
+    takes the rows it was submitted with, 1 by default) that returns one result per item, in
+    order; its exception is every request's of that batch. wait_s: how long the first request
+    queued waits for others (0: a batch is whatever is queued when the engine is free).
+    max_queue: how many rows may wait, not counting the running batch; at least max_batch,
+    since the next batch gathers there. As Triton's dynamic batcher, a batch never splits a
+    request: it closes before an item that would take it past max_batch rows.
     clock: seconds, monotonic (tests may pass their own)."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int, wait_s: float,
@@ -121,15 +135,18 @@ class RequestBatcher(Generic[T, R]):
 
     # -- requests --------------------------------------------------------------------------
 
-    async def submit(self, item: T, deadline: float | None = None) -> R:
-        """The result of `item` once its batch has run. Raises QueueFull or Draining at once,
-        DeadlineExceeded when `deadline` (on `clock`) passes first, or what `run` raised."""
+    async def submit(self, item: T, deadline: float | None = None, rows: int = 1) -> R:
+        """The result of `item` (taking `rows` rows of a batch, 1 to max_batch) once its batch
+        has run. Raises QueueFull or Draining at once, DeadlineExceeded when `deadline` (on
+        `clock`) passes first, or what `run` raised."""
+        if not 1 <= rows <= self.max_batch:
+            raise ValueError(f"an item takes 1 to max_batch ({self.max_batch}) rows, got {rows}")
         self.admit()
         self._start()
         now = self.clock()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        waiting = _Waiting(item, asyncio.get_running_loop().create_future(), now)
+        waiting = _Waiting(item, asyncio.get_running_loop().create_future(), now, int(rows))
         self.queue.append(waiting)
         self._changed.set()
         try:
@@ -154,8 +171,8 @@ class RequestBatcher(Generic[T, R]):
         before it reads a body it would not use)."""
         if self.draining:
             raise Draining("the server is shutting down: it takes no new request")
-        if len(self.queue) >= self.max_queue:
-            raise QueueFull(f"the server is busy: {len(self.queue)} requests wait already (its queue holds "
+        if (queued := self.queued_rows) >= self.max_queue:
+            raise QueueFull(f"the server is busy: {queued} requests wait already (its queue holds "
                             f"{self.max_queue}); retry later", self._drain_estimate())
 
     def drain(self) -> None:
@@ -202,8 +219,13 @@ class RequestBatcher(Generic[T, R]):
 
     @property
     def running(self) -> int:
-        """Requests in the batch that runs now."""
-        return len(self._batch)
+        """Rows in the batch that runs now."""
+        return sum(w.rows for w in self._batch)
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue (a request of one image is one row)."""
+        return sum(w.rows for w in self.queue)
 
     @property
     def mean_batch(self) -> float:
@@ -211,7 +233,7 @@ class RequestBatcher(Generic[T, R]):
 
     def _drain_estimate(self) -> float:
         """Seconds until the queue, as it is, has run: what Retry-After says (rounded up, at least 1)."""
-        batches = math.ceil((len(self.queue) + 1) / self.max_batch) + (1 if self.running else 0)
+        batches = math.ceil((self.queued_rows + 1) / self.max_batch) + (1 if self.running else 0)
         return batches * self._batch_s
 
     # -- the batch loop --------------------------------------------------------------------
@@ -248,17 +270,17 @@ class RequestBatcher(Generic[T, R]):
             finally:
                 took = self.clock() - t0
                 self._batch_s = took if not self._batch_s else 0.8 * self._batch_s + 0.2 * took
-                self.batches.append(len(batch))
+                self.batches.append(sum(w.rows for w in batch))
                 self.batches_run += 1
                 self._batch = []
                 if not self.queue:
                     self._idle.set()
 
     async def _next_batch(self) -> list[_Waiting]:
-        """Up to max_batch live requests, once max_batch are queued, the first queued has
-        waited wait_s (already passed when it queued while the last batch ran), or a drain
-        began. The first is whichever is first now: each caller that gives up removes its own
-        entry, and the close time follows the queue's head."""
+        """Live requests holding up to max_batch rows, once max_batch rows are queued, the
+        first queued has waited wait_s (already passed when it queued while the last batch
+        ran), or a drain began. The first is whichever is first now: each caller that gives up
+        removes its own entry, and the close time follows the queue's head."""
         while True:
             self._changed.clear()
             if not self.queue:
@@ -266,9 +288,13 @@ class RequestBatcher(Generic[T, R]):
                 await self._changed.wait()
                 continue
             left = self.queue[0].queued_at + self.wait_s - self.clock()
-            if len(self.queue) >= self.max_batch or left <= 0 or self.draining:
-                n = min(self.max_batch, len(self.queue))
-                return [self.queue.popleft() for _ in range(n)]
+            if self.queued_rows >= self.max_batch or left <= 0 or self.draining:
+                batch = [self.queue.popleft()]
+                rows = batch[0].rows
+                while self.queue and rows + self.queue[0].rows <= self.max_batch:
+                    rows += self.queue[0].rows
+                    batch.append(self.queue.popleft())
+                return batch
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
             except asyncio.TimeoutError:

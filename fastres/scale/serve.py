@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import os
 import time
@@ -35,7 +34,10 @@ from typing import Any
 from ..batch_shapes import MAX_BATCH_LIMIT, batch_sizes, padded_size
 from ..predict.images import DEFAULT_MAX_PIXELS
 from ..errors import first_line
-from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, Draining, Refused, RequestBatcher
+from .batcher import (BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, WATCHDOG_FACTOR, WATCHDOG_FIRST_S, WATCHDOG_MIN_S, Draining,
+                      Refused, RequestBatcher, Unhealthy)
+from .feed import Feed, Watchdog
+from .work import Answer, Work
 from .cluster import Placement, cluster_placement, for_workers, import_serve
 from .http import MAX_BODY, HttpError, check_image, predict_answer, read_body, route
 
@@ -43,6 +45,7 @@ serve = import_serve()
 logger = logging.getLogger("ray.serve")
 
 APP_NAME = "fastres"
+HEALTH_CHECK_S = 2.0  # how often Serve asks a replica whether it is healthy (a hung batch: see _hung)
 READ_SLOTS = 64  # requests a replica may hold while their bodies arrive, over its queue and batch
 
 
@@ -67,7 +70,8 @@ class ImageClassifier:
                  body_timeout_s: float = BODY_TIMEOUT_S, max_body: int = MAX_BODY, topk: int = 5,
                  resize: int | None = None, crop: int | None = None, labels: Any = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None, warmup: bool | None = None,
-                 preprocess: str = "exact"):
+                 preprocess: str = "exact", watchdog_factor: float = WATCHDOG_FACTOR,
+                 watchdog_min_s: float = WATCHDOG_MIN_S, watchdog_first_s: float = WATCHDOG_FIRST_S):
         import torch
 
         from ..kernels import interpreting
@@ -84,8 +88,11 @@ class ImageClassifier:
                                    max_pixels=max_pixels, preprocess=preprocess)
         self.timeout_s, self.body_timeout_s = float(timeout_s), float(body_timeout_s)
         # One engine thread: batches run one at a time, and the event loop keeps reading
-        # bodies and queueing requests, which form the next batch meanwhile.
+        # bodies and queueing requests, which form the next batch meanwhile; the Feed's pool
+        # decodes each request as it arrives, so the next batch is decoded while this one runs.
         self.engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastres-engine")
+        self.feed = Feed(self.predictor, max_batch=max_batch, workers=self.predictor.workers)
+        self.watchdog = Watchdog(watchdog_factor, watchdog_min_s, watchdog_first_s)
         self.batcher = RequestBatcher(self.classify, max_batch=max_batch, wait_s=batch_wait_ms / 1000,
                                max_queue=max_queue or default_queue(max_batch))
         self.broken: str | None = None
@@ -94,14 +101,14 @@ class ImageClassifier:
         logger.info("fastres replica ready: %r, batch sizes %s", self.predictor, self.sizes)
 
     def _warm_up(self) -> None:
-        """Compile and capture every batch size now, not on the first requests that need it
-        (under the interpreter nothing is compiled or captured: the default skips it there)."""
-        import torch
+        """Compile and capture every batch size now, through the replica's own buffers, not on
+        the first requests that need it (under the interpreter nothing is compiled or
+        captured: the default skips it there)."""
+        import numpy as np
 
         crop = self.predictor.transform.crop
         for size in self.sizes:
-            self.predictor.predict_tensors(torch.zeros((size, 3, crop, crop), dtype=torch.uint8), preprocess=False,
-                                           pad_to=size)
+            self.feed.run(self.feed.pixels(np.zeros((size, crop, crop, 3), dtype=np.uint8)), size)
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse
@@ -110,14 +117,22 @@ class ImageClassifier:
         try:
             path = route(request.method, request.url.path)
             if path == "/healthz":
+                if self.broken is not None:
+                    return JSONResponse({"error": f"this replica is unhealthy ({self.broken})"}, status_code=503)
                 if self.batcher.draining:
                     return JSONResponse({"error": "the server is shutting down"}, status_code=503)
-                return JSONResponse({"status": "ok", "queued": len(self.batcher.queue),
+                return JSONResponse({"status": "ok", "queued": self.batcher.queued_rows,
                                      "running": self.batcher.running})
-            self.batcher.admit()  # a full queue or a drain: refused before the body is read
+            self.admit()  # a full queue, a drain or a hung engine: refused before the body is read
             body = await read_body(request.headers, request.stream(), self.max_body, self.body_timeout_s)
             check_image(body, self.max_pixels)
-            status, payload, n = await self.batcher.submit(body, deadline=arrived + self.timeout_s)
+            work = Work([self.feed.decode(body)])
+            try:
+                answer = await self.batcher.submit(work, deadline=arrived + self.timeout_s, rows=work.rows)
+            finally:
+                work.cancel()  # left before its batch (deadline, drain): its decode, if not begun, is dropped
+            status, payload = answer.predict_answer()
+            n = answer.requests
         except (HttpError, Refused) as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug here is still a JSON answer, not Serve's plain text
@@ -125,23 +140,57 @@ class ImageClassifier:
             return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
         return JSONResponse(payload, status_code=status, headers={"x-fastres-batch": str(n)})
 
-    async def classify(self, bodies: list[bytearray]) -> list[tuple[int, dict, int]]:
-        """(status, JSON body, requests in the batch) for each body, in order: the batcher's
-        run function, one batch at a time."""
-        n = len(bodies)
-        size = padded_size(n, self.sizes)
-        run = functools.partial(self.predictor.predict_bytes, bodies, pad_to=size)
+    def admit(self) -> None:
+        """Refuse a request now (503) when this replica cannot take it: a hung batch marked it
+        unhealthy, it drains, or its queue is full."""
+        if self.broken is not None:
+            raise Unhealthy(f"this replica is unhealthy ({self.broken}); it is being replaced, retry")
+        self.batcher.admit()
+
+    async def classify(self, works: list[Work]) -> list[Answer]:
+        """One Answer per Work, in order: the batcher's run function, one batch at a time.
+        Waits for what is left of the batch's decoding, runs the engine on the engine thread
+        at the batch's padded size, under the watchdog."""
+        t0 = time.perf_counter()
+        for work in works:
+            work.started = t0
+            await work.ready()
+        decoded = time.perf_counter()
+        items = [it for work in works for it in work.items]
+        live = sum(it.error is None for it in items)
+        size = padded_size(max(1, live), self.sizes)
+        run = self.engine_thread.submit(self.feed.run, items, size)
+        limit = self.watchdog.limit(size)
         try:
-            preds = await asyncio.get_running_loop().run_in_executor(self.engine_thread, run)
+            preds, times = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(run)), limit)
+        except asyncio.TimeoutError:
+            self._hung(size, limit)
+            raise Unhealthy(f"the batch ran over {limit:.3g} s, {self.watchdog.factor:g} times its usual time: "
+                            "this replica is marked unhealthy and will be replaced") from None
         except Exception as exc:  # noqa: BLE001 - answered as 500; the replica decides whether it can go on
             message = first_line(exc)
-            logger.exception("fastres batch of %d failed", n)
+            logger.exception("fastres batch of %d failed", len(items))
             if "CUDA" in message or "cuda" in message:
                 # A CUDA error poisons the process: the health check tells Serve to replace it.
                 self.broken = message
-            return [(500, {"error": f"internal error: {message}"}, n)] * n
-        logger.info("fastres batch of %d request(s), run at %d rows", n, size)
-        return [(*predict_answer(p), n) for p in preds]
+            return [Answer(len(works), error=f"internal error: {message}") for _ in works]
+        self.watchdog.record(size, time.perf_counter() - decoded)
+        logger.info("fastres batch of %d request(s), %d image(s), run at %d rows", len(works), len(items), size)
+        out, start = [], 0
+        for work in works:
+            n = len(work.items)
+            out.append(Answer(len(works), preds[start:start + n], times, decoded - work.started))
+            start += n
+        return out
+
+    def _hung(self, size: int, limit: float) -> None:
+        """A batch ran past the watchdog's limit: mark the replica unhealthy (its health
+        check fails, so Serve replaces it), refuse new requests, and answer every request it
+        holds with 503 now, rather than leave them waiting on an engine that may never return."""
+        self.broken = f"a batch of {size} rows ran past {limit:.3g} s"
+        logger.error("fastres replica unhealthy: %s", self.broken)
+        self.batcher.drain()
+        self.batcher.abort(Unhealthy(f"this replica is unhealthy ({self.broken}); it is being replaced, retry"))
 
     async def drain(self, seconds: float) -> tuple[str, int, int]:
         """Take no new request (503 from now on) and return once every request queued or
@@ -190,6 +239,7 @@ def app(weights: str | os.PathLike, *, replicas: int = 1, max_batch: int = 8, ba
     deployment = serve.deployment(ImageClassifier, name="ImageClassifier", num_replicas=replicas,
                                   max_ongoing_requests=ongoing_limit(max_batch, max_queue),
                                   graceful_shutdown_timeout_s=drain_s + 5, graceful_shutdown_wait_loop_s=0.5,
+                                  health_check_period_s=HEALTH_CHECK_S,
                                   ray_actor_options=placement.ray_options())
     options["labels"] = for_workers(options.get("labels"))
     return deployment.bind(str(for_workers(weights)), device=placement.device, max_batch=max_batch,
