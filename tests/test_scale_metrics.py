@@ -51,7 +51,8 @@ def parsed(text: bytes) -> dict:
 def test_counts_follow_triton():
     clock = Clock()
     m = replica("r0", clock)
-    serve_batch(m, [1, 8], [10.5, 20.5])  # Triton's docs: batch-1 and batch-8 batched -> 2 requests, 9 inferences, 1 execution
+    # Triton's docs: a batch-1 and a batch-8 request batched: 2 requests, 9 inferences, 1 execution.
+    serve_batch(m, [1, 8], [10.5, 20.5])
     serve_batch(m, [1], [0.0])
     for reason in ("REJECTED", "REJECTED", "BACKEND", "CANCELED"):
         m.failure(reason)
