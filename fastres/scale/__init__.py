@@ -11,6 +11,8 @@ Nothing here is imported by `import fastres`; ray is imported only by the module
   ``predict_files`` around it
 - ``http``: the HTTP side of the server without Ray: routes, body limits, JSON errors
 - ``batcher``: the replica's queue (batches that form while one runs, its bound, deadlines, drain)
+- ``metrics``: Triton Inference Server's Prometheus metrics, counted per replica and summed
+  over replicas, for ``GET /metrics``
 - ``serve``: the Serve deployment (batched by ``batcher``, padded to captured batch sizes) and ``app``
 - ``cli``: ``fastres serve``, and the ``--ray`` path of ``fastres predict``
 """
