@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -13,6 +15,14 @@ import pytest
 from fastres.scale.oip import (HEADER_LENGTH, ModelInfo, OipError, grpc_infer_response, grpc_model_metadata,
                                grpc_server_metadata, http_error, http_infer_response, match, model_metadata,
                                parse_grpc_infer, parse_http_infer, server_metadata)
+
+
+def test_imports_alone():
+    """The codec imports neither tritonclient (the gRPC functions import it when called), nor
+    torch, nor ray."""
+    code = "import sys, fastres.scale.oip; print(sorted({'tritonclient', 'grpc', 'torch', 'ray'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
 
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
