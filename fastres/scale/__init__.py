@@ -10,6 +10,8 @@ Nothing here is imported by `import fastres`; ray is imported only by the module
 - ``data``: ``Classifier``, the callable class for ``Dataset.map_batches``; ``classify`` and
   ``predict_files`` around it
 - ``http``: the HTTP side of the server without Ray: routes, body limits, JSON errors
+- ``oip``: the Open Inference Protocol (KServe v2, as Triton speaks it) without Ray or I/O: REST
+  routes, metadata, inference requests parsed and answers encoded, over REST and gRPC
 - ``batcher``: the replica's queue (batches that form while one runs, its bound, deadlines, drain)
 - ``metrics``: Triton Inference Server's Prometheus metrics, counted per replica and summed
   over replicas, for ``GET /metrics``
