@@ -115,7 +115,7 @@ def server(tmp_path_factory):
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fastres", "serve", "--address", cluster.address, "--port", str(port),
-             "--weights", "r18.pth", "--labels", "labels.txt", "--dtype", "float32", "--resize", str(RESIZE),
+             "--grpc-port", "0", "--weights", "r18.pth", "--labels", "labels.txt", "--dtype", "float32", "--resize", str(RESIZE),
              "--crop", str(CROP), "--topk", str(TOPK), "--max-batch", str(MAX_BATCH), "--max-body-mb", "1",
              "--body-timeout-s", str(BODY_TIMEOUT_S), "--drain-s", "60", "--insecure-no-ray-auth"],
             cwd=root, env=dict(cluster.env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
@@ -282,7 +282,8 @@ def test_its_own_cluster_with_token_auth_then_sigint_leaves_nothing(tmp_path):
     port, log = free_port(), tmp_path / "serve.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fastres", "serve", "--port", str(port), "--weights", "r18.pth", "--dtype",
+            [sys.executable, "-m", "fastres", "serve", "--port", str(port), "--grpc-port", "0", "--weights", "r18.pth",
+             "--dtype",
              "float32", "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4", "--batch-wait-ms",
              "600000"],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)

@@ -129,6 +129,8 @@ class Predictor:
             raise ValueError(f"topk must be between 1 and the model's {num_classes} classes, got {topk}")
         self.topk = int(topk)
         self.labels = class_labels(num_classes, labels, self.weights_name)
+        # Names, not indices: given, or ImageNet's (what Triton's classification appends).
+        self.has_labels = labels is not None or self.labels != [str(i) for i in range(num_classes)]
         cuda = self.device.type == "cuda"
         self.batch_size = int(batch_size or (GPU_BATCH if cuda else CPU_BATCH))
         if self.batch_size < 1:

@@ -64,6 +64,9 @@ class Refused(Exception):
     def __init__(self, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.message, self.retry_after_s = message, retry_after_s
+        # Whether the request had a place in the queue (or a batch) when refused: a server's
+        # metrics count those refusals as failures, not the ones at the door.
+        self.queued = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -154,7 +157,9 @@ class RequestBatcher(Generic[T, R]):
                 return await asyncio.shield(waiting.future)
             return await asyncio.wait_for(asyncio.shield(waiting.future), deadline - now)
         except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"no answer within the request's deadline ({deadline - now:.3g} s)") from None
+            late = DeadlineExceeded(f"no answer within the request's deadline ({deadline - now:.3g} s)")
+            late.queued = True
+            raise late from None
         finally:
             # Left the queue unanswered (deadline, or the caller cancelled): the batch loop skips it.
             if not waiting.future.done():
@@ -203,6 +208,7 @@ class RequestBatcher(Generic[T, R]):
         """Answer every request still queued or running with `exc` now (a running batch's
         results are dropped when it ends): how many were answered so."""
         n = 0
+        exc.queued = True
         for w in [*self.queue, *self._batch]:
             if not w.future.done():
                 w.future.set_exception(exc)

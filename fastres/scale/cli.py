@@ -12,10 +12,11 @@ import threading
 import time
 
 from ..predict.options import DTYPE_NAMES, add_preprocess_argument
-from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S
+from .batcher import BODY_TIMEOUT_S, DRAIN_S, TIMEOUT_S, WATCHDOG_FACTOR, WATCHDOG_MIN_S
 from ..errors import first_line
 
 DEFAULT_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "path on every node that runs a replica")
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                   help=f"gRPC port of the Open Inference Protocol (default {DEFAULT_GRPC_PORT}, as Triton's; 0: no gRPC)")
+    p.add_argument("--model-name", default=None,
+                   help="the model's name in the Open Inference Protocol's paths and metrics (default: its "
+                        "architecture, e.g. resnet50)")
     p.add_argument("--replicas", type=int, default=1, help="replicas, one GPU each (default 1)")
     p.add_argument("--max-batch", type=int, default=8, help="most requests in one batch (default 8)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
@@ -50,6 +56,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="on SIGINT or SIGTERM: new requests get 503, those in flight have this many seconds to be "
                         f"answered (then 503), then the server exits (default {DRAIN_S:g})")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
+    p.add_argument("--watchdog-factor", type=float, default=WATCHDOG_FACTOR,
+                   help="a batch running longer than this many times its size's usual time (at least "
+                        f"--watchdog-min-s) marks the replica unhealthy: Serve replaces it, and the requests it holds "
+                        f"get 503 (default {WATCHDOG_FACTOR:g}; 0: no watchdog)")
+    p.add_argument("--watchdog-min-s", type=float, default=WATCHDOG_MIN_S,
+                   help=f"the watchdog's shortest limit in seconds (default {WATCHDOG_MIN_S:g})")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels (default 89478485, PIL's decompression-bomb limit)")
     add_preprocess_argument(p)
@@ -142,6 +154,13 @@ def main(args) -> int:
     _positive(args, ("replicas", "max_batch", "resize", "crop", "topk", "max_pixels", "max_queue"))
     if not 1 <= args.port <= 65535:
         raise _user_error(f"--port must be between 1 and 65535, got {args.port}")
+    if not 0 <= args.grpc_port <= 65535 or args.grpc_port == args.port:
+        raise _user_error(f"--grpc-port must be between 0 (no gRPC) and 65535, and not --port, got {args.grpc_port}")
+    if args.watchdog_factor < 0 or not args.watchdog_min_s > 0:
+        raise _user_error(f"--watchdog-factor must be >= 0 and --watchdog-min-s > 0, got {args.watchdog_factor} and "
+                          f"{args.watchdog_min_s}")
+    if args.model_name is not None and not args.model_name.strip("/") or "/" in (args.model_name or ""):
+        raise _user_error(f"--model-name must be a non-empty name without '/', got {args.model_name!r}")
     if args.batch_wait_ms < 0:
         raise _user_error(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
     for name in ("max_body_mb", "timeout_s", "body_timeout_s", "drain_s"):
@@ -153,7 +172,14 @@ def main(args) -> int:
     except RayNotInstalled as exc:
         raise _user_error(str(exc)) from None
     from ..batch_shapes import MAX_BATCH_LIMIT
-    from .serve import APP_NAME, app, default_queue, drain_app
+    from .serve import APP_NAME, app, default_queue, drain_app, grpc_options
+
+    if args.grpc_port:
+        try:
+            import tritonclient.grpc.service_pb2  # noqa: F401 - the replicas parse gRPC messages with it
+        except ImportError:
+            raise _user_error("gRPC needs tritonclient's generated service: pip install 'tritonclient[grpc]' (the "
+                              "ray extra has it), or pass --grpc-port 0 to serve HTTP only") from None
 
     if args.max_batch > MAX_BATCH_LIMIT:
         raise _user_error(f"--max-batch must be at most {MAX_BATCH_LIMIT}, got {args.max_batch}")
@@ -171,6 +197,8 @@ def main(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if how == STARTED:
         _check_port_free(args.host, args.port, how)
+        if args.grpc_port:
+            _check_port_free("0.0.0.0", args.grpc_port, how)  # Serve's gRPC proxy binds every interface
     deployed = False
     try:
         placement = _placement(args)
@@ -179,12 +207,18 @@ def main(args) -> int:
                           body_timeout_s=args.body_timeout_s, drain_s=args.drain_s,
                           max_body=int(args.max_body_mb * 1e6), placement=placement, dtype=args.dtype,
                           topk=args.topk, resize=args.resize, crop=args.crop, labels=args.labels,
-                          preprocess=args.preprocess,
+                          preprocess=args.preprocess, model_name=args.model_name,
+                          watchdog_factor=args.watchdog_factor, watchdog_min_s=args.watchdog_min_s,
                           **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+        if args.grpc_port:
+            print(f"fastres serve: note: gRPC listens on port {args.grpc_port} of every interface, whatever --host "
+                  "says (Ray Serve's gRPC proxy has no address option); --grpc-port 0 turns it off",
+                  file=sys.stderr, flush=True)
         print(f"fastres serve: {args.replicas} replica(s) of {model.engine.arch} ({model.engine.num_classes} classes), "
               f"{placement.describe()}; batches of up to {args.max_batch}, {args.batch_wait_ms:g} ms wait; up to "
               f"{max_queue} requests queued per replica, {args.timeout_s:g} s deadline", file=sys.stderr, flush=True)
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port},
+                    **({"grpc_options": grpc_options(args.grpc_port)} if args.grpc_port else {}))
         deployed = True
         try:
             serve.run(application, name=APP_NAME, route_prefix="/")
@@ -192,8 +226,11 @@ def main(args) -> int:
             print(f"fastres serve: error: the application did not start: {first_line(exc, typed=False)}", file=sys.stderr)
             return 1
         if not stop.is_set():
-            print(f"fastres serve: ready at http://{args.host}:{args.port}/predict (POST an image; GET /healthz); "
-                  "Ctrl-C stops", file=sys.stderr, flush=True)
+            name = args.model_name or model.engine.arch
+            grpc = f"; gRPC on {args.host}:{args.grpc_port}" if args.grpc_port else ""
+            print(f"fastres serve: ready at http://{args.host}:{args.port}/predict (POST an image; GET /healthz, "
+                  f"/metrics); Open Inference Protocol: POST /v2/models/{name}/infer{grpc}; Ctrl-C stops",
+                  file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
         print(f"fastres serve: stopping: new requests get 503; those in flight have {args.drain_s:g} s",

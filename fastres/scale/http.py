@@ -15,7 +15,7 @@ from ..predict.images import ImageError, check_decodable
 from .batcher import BODY_TIMEOUT_S
 
 MAX_BODY = 20_000_000  # bytes: the default limit of one request body (20 MB)
-ROUTES = {"/predict": "POST", "/healthz": "GET"}
+ROUTES = {"/predict": "POST", "/healthz": "GET", "/metrics": "GET"}
 
 
 class HttpError(Exception):
@@ -27,12 +27,13 @@ class HttpError(Exception):
 
 
 def route(method: str, path: str) -> str:
-    """The route a request asks for ("/predict" or "/healthz"): 404 for another path, 405
+    """The route a request asks for ("/predict", "/healthz" or "/metrics"): 404 for another path, 405
     (with Allow) for another method. HEAD is answered as GET."""
     path = path.rstrip("/") or "/"
     if path not in ROUTES:
         listed = ", ".join(f"{m} {p}" for p, m in ROUTES.items())
-        raise HttpError(404, f"no route {method} {path}: this server answers {listed}")
+        raise HttpError(404, f"no route {method} {path}: this server answers {listed}, and the Open Inference "
+                             "Protocol under /v2")
     allowed = ROUTES[path]
     if method.upper() != allowed and not (allowed == "GET" and method.upper() == "HEAD"):
         what = "with an image file's bytes as the body" if allowed == "POST" else "without a body"

@@ -9,17 +9,16 @@ import dataclasses
 from ..predict.output import Prediction
 from ..predict.pipeline import Item
 from .feed import BatchTimes
-from .http import predict_answer
 
 
 class Work:
     """One request's images: Items, or Futures of Items still decoding on the replica's pool.
-    `started`: when its batch began (perf_counter seconds)."""
+    `queued`, `started`: when it was queued and when its batch began (time.monotonic)."""
 
     def __init__(self, items: list[Item | concurrent.futures.Future]):
         self._pending = items
         self.items: list[Item] = []
-        self.started = 0.0
+        self.queued = self.started = 0.0
 
     @property
     def rows(self) -> int:
@@ -48,9 +47,3 @@ class Answer:
     times: BatchTimes | None = None
     wait_s: float = 0.0
     error: str | None = None
-
-    def predict_answer(self) -> tuple[int, dict]:
-        """(status, JSON body) for `POST /predict`: its one image's answer, or 500."""
-        if self.error is not None:
-            return 500, {"error": self.error}
-        return predict_answer(self.preds[0])
