@@ -71,7 +71,8 @@ class Endpoints:
             if route == "model_ready":
                 return Response(status_code=200 if self.ready else 503)
             self.admit()  # a full queue, a drain or a hung engine: refused before the body is read
-            body = await read_body(request.headers, request.stream(), self.max_body, self.body_timeout_s)
+            body = await read_body(request.headers, request.stream(), self.max_body, self.body_timeout_s,
+                                   empty="empty body: POST an inference request's JSON")
             req = oip.parse_http_infer(body, request.headers, self.model_info, self.max_body)
             del body  # the request holds its images (views, or copies where inflated)
             preds, requests = await self.infer(arrived, images=req.images, pixels=req.pixels)

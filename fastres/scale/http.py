@@ -15,6 +15,7 @@ from ..predict.images import ImageError, check_decodable
 from .batcher import BODY_TIMEOUT_S
 
 MAX_BODY = 20_000_000  # bytes: the default limit of one request body (20 MB)
+EMPTY_IMAGE = "empty body: POST the bytes of an image file (JPEG, PNG, GIF or WEBP)"
 ROUTES = {"/predict": "POST", "/healthz": "GET", "/metrics": "GET"}
 
 
@@ -42,20 +43,20 @@ def route(method: str, path: str) -> str:
 
 
 async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int = MAX_BODY,
-                    timeout_s: float | None = BODY_TIMEOUT_S) -> bytearray:
+                    timeout_s: float | None = BODY_TIMEOUT_S, empty: str = EMPTY_IMAGE) -> bytearray:
     """The request body (a bytearray: the decoders read it in place), at most `limit` bytes: a Content-Length over it is refused before
     any of the body is read, and a body that grows past it (chunked, or a lying header) as
-    soon as it does (413). An empty body is a 400. A body not received in full within
+    soon as it does (413). An empty body is a 400 saying `empty`. A body not received in full within
     `timeout_s` (None: no limit) is a 408: a client that stalls does not hold the server."""
     if timeout_s is None:
-        return await _read_body(headers, chunks, limit)
+        return await _read_body(headers, chunks, limit, empty)
     try:
-        return await asyncio.wait_for(_read_body(headers, chunks, limit), timeout_s)
+        return await asyncio.wait_for(_read_body(headers, chunks, limit, empty), timeout_s)
     except asyncio.TimeoutError:
         raise HttpError(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
 
 
-async def _read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytearray:
+async def _read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int, empty: str) -> bytearray:
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -74,7 +75,7 @@ async def _read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], l
             raise HttpError(413, f"body over the limit of {limit} bytes")
         body += chunk
     if not body:
-        raise HttpError(400, "empty body: POST the bytes of an image file (JPEG, PNG, GIF or WEBP)")
+        raise HttpError(400, empty)
     return body
 
 
