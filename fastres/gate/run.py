@@ -101,7 +101,10 @@ def _run_chunk(chunk: list[Task]) -> list[dict]:
     try:
         return compile_rows(chunk)
     except Exception as exc:
-        return [_error_row(task, exc) for task in chunk]
+        if len(chunk) == 1:
+            return [_error_row(chunk[0], exc)]
+        # the gate broke on some row: find which, row by row, and report the others' results
+        return [row for task in chunk for row in _run_chunk([task])]
 
 
 # Distinct binaries per chunk: enough that nvdisasm's start-up (about 0.3 CPU-seconds) is a
@@ -114,7 +117,11 @@ def chunks(todo: list[Task], indices: list[int], size: int = CHUNK) -> list[list
     distinct binaries (``binary_key``), every row of a binary in the chunk of its first."""
     groups: dict[tuple[str, str], list[int]] = {}
     for i in indices:
-        groups.setdefault((todo[i].target.name, binary_key(todo[i])), []).append(i)
+        try:
+            key = binary_key(todo[i])
+        except Exception:  # a row the gate cannot specialize: alone, its worker reports it
+            key = f"row {i}"
+        groups.setdefault((todo[i].target.name, key), []).append(i)
     out: list[list[int]] = []
     count, last = 0, None
     for (target, _), rows in groups.items():
