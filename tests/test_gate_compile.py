@@ -106,3 +106,70 @@ def test_specialization_mirrors_the_jit():
     sig, consts, attrs, _ = specialize(fn, cfg, "float16", nchw)
     assert sig["x_ptr"] == "*fp32" and sig["w_ptr"] == "*fp16"
     assert sig["sxw"] == "constexpr" and sig["sxc"] == "i32" and idx["sxc"] in attrs  # H*W = 50176
+
+
+_BATCH = r"""
+import json, os, re, subprocess, tempfile
+import triton
+from triton.compiler import ASTSource
+from fastres.gate.compile import binary_key, compile_rows, launched_fn, specialize
+from fastres.gate.inspect import disassemble, find_cuobjdump
+from fastres.gate.run import chunks, tasks
+from fastres.gate.target import SM80, SM90
+
+def opcodes(sass):
+    return [m.group(1) for m in re.finditer(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)]
+
+# one nvdisasm run over two kernels' code lists each as cuobjdump lists its cubin alone
+cubins = []
+for t in (tasks(kernels=["conv1x1"], dtypes=["float16"])[0], tasks(kernels=["add_relu"], dtypes=["float16"])[0]):
+    fn = launched_fn(t.kernel, t.config, t.variant)
+    sig, consts, attrs, opts = specialize(fn, t.config, t.dtype, t.variant)
+    cubins.append(triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                                 target=SM90.gpu_target(), options=opts).asm["cubin"])
+together = [opcodes(s) for s in disassemble(cubins, target=SM90)]
+alone = []
+for cubin in cubins:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        open(path, "wb").write(cubin)
+        alone.append(opcodes(subprocess.run([find_cuobjdump(), "--dump-sass", path], capture_output=True, text=True,
+                                            check=True).stdout))
+
+# rows of one binary: the split-K sum at each float dtype (its code does not depend on it)
+same = [t for t in tasks(kernels=["splitk_reduce"], target=SM80) if t.dtype in ("float16", "bfloat16", "float32")]
+by_key = {}
+for t in same:
+    by_key.setdefault(binary_key(t), []).append(t)
+shared_rows = next(ts for ts in by_key.values() if len(ts) == 3)
+calls = []
+real = triton.compile
+triton.compile = lambda *a, **k: calls.append(1) or real(*a, **k)
+rows = compile_rows(shared_rows)
+todo = same + tasks(kernels=["add_relu"], target=SM90)[:3] + same[:1]
+parts = chunks(todo, list(range(len(todo))), size=2)
+print(json.dumps({"together": together, "alone": alone, "rows": rows, "compiles": len(calls), "n": len(todo),
+                  "chunks": parts, "keys": [len({binary_key(todo[i]) for i in c}) for c in parts],
+                  "targets": [len({todo[i].target for i in c}) for c in parts]}))
+"""
+
+
+def test_gate_lists_many_kernels_at_once_and_compiles_each_binary_once():
+    """One nvdisasm run over several kernels' code gives each the listing cuobjdump gives its
+    cubin alone (opcode for opcode); rows of one binary are compiled once, judged each, and
+    share a chunk of the pool's work."""
+    proc = run_python(["-c", _BATCH])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    assert out["together"] == out["alone"] and all(out["alone"]), out["alone"]
+    wgmma = [sum(op.startswith("HGMMA.") for op in ops) for ops in out["together"]]
+    assert wgmma[0] > 0 and wgmma[1] == 0, wgmma  # the GEMM's wgmma stays in the GEMM's listing
+    rows = out["rows"]
+    assert out["compiles"] == 1 and [r["dtype"] for r in rows] == ["float16", "bfloat16", "float32"]
+    assert all(r["ok"] and r["target"] == "sm_80" for r in rows), rows
+    measured = ("registers", "stack", "shared", "local_insts", "tensor_core_insts")
+    assert len({tuple(r[k] for k in measured) for r in rows}) == 1, rows
+    # chunks: each of one target and at most `size` distinct binaries, a binary's rows together
+    assert sorted(i for c in out["chunks"] for i in c) == list(range(out["n"]))
+    assert set(out["keys"]) <= {1, 2} and 2 in out["keys"] and set(out["targets"]) == {1}, out
+    assert any({0, out["n"] - 1} <= set(c) for c in out["chunks"]), out  # a repeated row sits with its binary's first

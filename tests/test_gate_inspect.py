@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from fastres.gate.inspect import inspect_amdgcn, parse_amdgcn, parse_resource_usage, scan_sass
-from fastres.gate.target import GFX942, SM80, SM90, SM100
+from fastres.gate.inspect import cubin_text, inspect_amdgcn, parse_amdgcn, parse_resource_usage, sass_arch, scan_sass
+from fastres.gate.target import GFX942, SM80, SM86, SM90, SM100, SM120
 
 _SASS = """
         /*53b0*/                   HGMMA.64x64x16.F32 R56, R88, gdesc[UR36], RZ, !UPT ;
@@ -173,3 +173,35 @@ def test_parse_amdgcn_clean_kernel_and_garbage():
     assert inspect_amdgcn(clean.replace("uses_dynamic_stack: false", "uses_dynamic_stack: true"), target=GFX942).spills
     with pytest.raises(RuntimeError, match="vgpr_count"):
         parse_amdgcn("\tv_mfma_f32_32x32x8_f16 v[0:15], v[0:1], v[2:3], v[0:15]\n")
+
+
+def _elf(sections: dict[str, bytes]) -> bytes:
+    """A minimal little-endian ELF64 file with these sections (and its section-name table)."""
+    import struct
+
+    names = b"\0" + b"".join(n.encode() + b"\0" for n in [*sections, ".shstrtab"])
+    body, headers, at = b"", [struct.pack("<IIQQQQIIQQ", *[0] * 10)], 64
+    for name, data in [*sections.items(), (".shstrtab", names)]:
+        headers.append(struct.pack("<IIQQQQIIQQ", names.index(name.encode() + b"\0"), 1, 0, 0, at + len(body),
+                                   len(data), 0, 0, 16, 0))
+        body += data
+    shoff = 64 + len(body)
+    head = (b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HHIQQQIHHHHHH", 2, 190, 1, 0, 0, shoff, 0, 64, 0, 0,
+                                                               64, len(headers), len(headers) - 1))
+    return head + body + b"".join(headers)
+
+
+def test_cubin_text_is_the_code_sections_in_order():
+    a, b = bytes(range(32)), bytes(range(100, 116))
+    elf = _elf({".nv.info": b"info", ".text._k": a, ".nv.constant0._k": b"c" * 8, ".text._helper": b})
+    assert cubin_text(elf) == a + b
+    with pytest.raises(ValueError, match="16-byte"):
+        cubin_text(_elf({".text._k": bytes(24)}))
+    with pytest.raises(ValueError, match="16-byte"):
+        cubin_text(_elf({".nv.info": b"no code"}))
+    with pytest.raises(ValueError, match="ELF64"):
+        cubin_text(b"not an elf at all")
+
+
+def test_sass_arch_is_the_architecture_ptxas_compiles_for():
+    assert [sass_arch(t) for t in (SM80, SM86, SM90, SM100, SM120)] == ["SM80", "SM86", "SM90a", "SM100a", "SM120a"]

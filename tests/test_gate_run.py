@@ -153,3 +153,23 @@ def test_tasks_carry_their_target():
     other = dataclasses.replace(SM90, name="sm_89", max_shared=1024)
     listed = tasks(kernels=["add_relu"], target=other)
     assert listed and {t.target for t in listed} == {other}
+
+
+def test_a_row_that_breaks_the_gate_fails_alone(monkeypatch):
+    """A chunk whose compile raises (the gate's fault, not a kernel's) is retried row by row:
+    the broken row is reported as a gate error (never cached), the others keep their results."""
+    import fastres.gate.run as run
+
+    chunk = tasks(kernels=["add_relu"])[:3]
+    bad = chunk[1]
+
+    def compile_rows(ts):
+        if bad in ts:
+            raise OSError("ptxas vanished")
+        return [{"kernel": t.kernel, "variant": t.variant.name, "ok": True} for t in ts]
+
+    monkeypatch.setattr(run, "compile_rows", compile_rows)
+    rows = run._run_chunk(chunk)
+    assert [r["variant"] for r in rows] == [t.variant.name for t in chunk]
+    assert rows[0]["ok"] and rows[2]["ok"] and not rows[1]["ok"]
+    assert rows[1]["error"].startswith("gate error: ") and "ptxas vanished" in rows[1]["error"] and rows[1]["_transient"]

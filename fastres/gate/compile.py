@@ -6,7 +6,10 @@ divisible by 16 gets the ``tt.divisibility = 16`` attribute, other integers are 
 ``specialize`` applies those rules to a variant's launch arguments (``fastres.gate.variants``),
 so ``compile_row`` compiles, with ``triton.compile(ASTSource(...))`` and no GPU, exactly the
 binary the engine would run for that layer, then judges it from its binary
-(``fastres.gate.inspect``: the cubin on NVIDIA, the amdgcn listing on AMD).
+(``fastres.gate.inspect``: the cubin on NVIDIA, the amdgcn listing on AMD). ``compile_rows``
+does that for many rows at once: rows whose binaries are the same (``binary_key``: the same
+jit function, specialization, options and target) are compiled once and each judged, and
+the cubins of one architecture are listed by one nvdisasm run (``inspect_kernels``).
 
 A row fails on a compile error, a spill (NVIDIA: STACK > 0 or any LDL/STL; AMD: scratch or a
 spilled VGPR / SGPR), shared memory (triton's ``metadata.shared``, what the launch asks for)
@@ -29,15 +32,17 @@ warp specialization, a bordered one (``tma_b``, ``tma_b_ws``) where wgmma takes 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from ..errors import first_line
-from .inspect import inspect_kernel
+from .inspect import KernelReport, inspect_kernels
 from .keys import unaligned, unspecialized
 from .target import DEFAULT_TARGET, Target, for_dtype
 from .selection import tensor_core_required
@@ -222,32 +227,85 @@ def with_hopper_keys(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One row to compile (picklable: it is what a worker process receives)."""
+
+    kernel: str
+    config: Config
+    dtype: str
+    variant: Variant
+    target: Target
+
+
+def binary_key(task: Task) -> str:
+    """What the binary of `task` depends on, as triton's JIT and ``triton.compile`` see it: the
+    jit function (name and source key), the specialization (``specialize``), the launch
+    options and the target (with its dtype's tensor-core opcode, which the reading counts).
+    Rows of equal keys compile to the same binary (e.g. the split-K sum's, whose code does not
+    depend on the engine's dtype)."""
+    fn = launched_fn(task.kernel, task.config, task.variant)
+    signature, constexprs, attrs, options = specialize(fn, task.config, task.dtype, task.variant)
+    target = for_dtype(task.target, dtype_name(task.dtype))
+    return json.dumps([fn_name(fn), fn.cache_key, signature, sorted(constexprs.items()), sorted(attrs.items()), options,
+                       dataclasses.astuple(target)], default=str)
+
+
 def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
                 target: Target = DEFAULT_TARGET) -> dict[str, Any]:
     """Compile one row for `target` and judge it from its binary (no cache)."""
+    return compile_rows([Task(kernel, config, dtype, variant, target)])[0]
+
+
+def compile_rows(tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """Compile and judge `tasks` (no cache), one row each, in order: each distinct binary
+    (``binary_key``) compiled once, the binaries read together (``inspect_kernels``). A row's
+    ``seconds``: its binary's compile time and its share of the reading."""
     import triton
     from triton.compiler import ASTSource
 
-    target = for_dtype(target, dtype_name(dtype))  # (an 8-bit GEMM's own tensor-core opcode)
-    row = blank_row(kernel, config, dtype, variant, target)
-    t0 = time.perf_counter()
-    fn = launched_fn(kernel, config, variant)
-    signature, constexprs, attrs, options = specialize(fn, config, dtype, variant)
-    try:
-        compiled = triton.compile(
-            ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-            target=target.gpu_target(), options=options,
-        )
-    except (OSError, subprocess.SubprocessError, MemoryError):
-        raise  # the toolchain could not run (missing ptxas, no memory...): not the kernel's fault
-    except Exception as exc:  # a compile error is a result, not a crash of the gate
-        # triton's CompilationError puts the source excerpt first and the reason last.
-        row["error"] = "compile error: " + first_line(exc, last=True, limit=400)
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        return row
+    keys = [binary_key(t) for t in tasks]
+    # key -> (the compiled kernel, or the compile error's text; seconds; target)
+    built: dict[str, tuple[Any, float, Target]] = {}
+    for t, key in zip(tasks, keys):
+        if key in built:
+            continue
+        target = for_dtype(t.target, dtype_name(t.dtype))  # (an 8-bit GEMM's own tensor-core opcode)
+        t0 = time.perf_counter()
+        fn = launched_fn(t.kernel, t.config, t.variant)
+        signature, constexprs, attrs, options = specialize(fn, t.config, t.dtype, t.variant)
+        try:
+            compiled: Any = triton.compile(
+                ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                target=target.gpu_target(), options=options,
+            )
+        except (OSError, subprocess.SubprocessError, MemoryError):
+            raise  # the toolchain could not run (missing ptxas, no memory...): not the kernel's fault
+        except Exception as exc:  # a compile error is a result, not a crash of the gate
+            # triton's CompilationError puts the source excerpt first and the reason last.
+            compiled = "compile error: " + first_line(exc, last=True, limit=400)
+        built[key] = (compiled, time.perf_counter() - t0, target)
 
-    seen = inspect_kernel(compiled.asm, target=target)
-    shared = int(compiled.metadata.shared)
+    ok = [key for key, (compiled, _, _) in built.items() if not isinstance(compiled, str)]
+    t0 = time.perf_counter()
+    seen = dict(zip(ok, inspect_kernels([(built[key][0].asm, built[key][2]) for key in ok])))
+    share = (time.perf_counter() - t0) / max(1, len(ok))
+    rows = []
+    for t, key in zip(tasks, keys):
+        compiled, seconds, _ = built[key]
+        if isinstance(compiled, str):
+            rows.append(dict(blank_row(t.kernel, t.config, t.dtype, t.variant, t.target), error=compiled,
+                             seconds=round(seconds, 2)))
+        else:
+            rows.append(judge(t, seen[key], int(compiled.metadata.shared), round(seconds + share, 2)))
+    return rows
+
+
+def judge(task: Task, seen: KernelReport, shared: int, seconds: float) -> dict[str, Any]:
+    """The row of `task` whose binary reads as `seen` and asks for `shared` bytes of shared
+    memory at launch (triton's ``metadata.shared``): ``ok`` and ``error`` say what fails."""
+    target = for_dtype(task.target, dtype_name(task.dtype))
+    row = blank_row(task.kernel, task.config, task.dtype, task.variant, target)
     row.update(
         registers=seen.registers, stack=seen.stack, static_shared=seen.static_shared, shared=shared,
         local_insts=seen.local_insts, tensor_core_insts=seen.tensor_core_insts, sgprs=seen.sgprs,
@@ -272,5 +330,5 @@ def compile_row(kernel: str, config: Config, dtype: str, variant: Variant, *,
         problems.append("warp-specialized variant without USETMAXREG (triton dropped the specialization)")
     row["ok"] = not problems
     row["error"] = "; ".join(problems) or None
-    row["seconds"] = round(time.perf_counter() - t0, 2)
+    row["seconds"] = seconds
     return with_hopper_keys(row)

@@ -13,6 +13,11 @@ most register pressure), about a third of the rows, which keeps ``--target all``
 budget; ``all_variants=True`` (``fastres check --all-variants``) compiles every variant there
 too.
 
+The pool. Rows are handed to the workers in chunks of up to ``CHUNK`` distinct binaries of one
+target (``chunks``), each compiled and read at once (``compile_rows``): a chunk pays nvdisasm's
+start-up once, and rows with the same binary (``binary_key``) share a chunk, so it is compiled
+once.
+
 The interpreter. With ``TRITON_INTERPRET=1`` ``@triton.jit`` gives interpreter functions that
 ``triton.compile`` refuses, and the choice is made when ``fastres.kernels`` is imported. So
 the gate refuses to run under it (``fastres check``: one line on stderr, exit 2; unset the
@@ -22,7 +27,6 @@ without it.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import sys
 from typing import TYPE_CHECKING, Any, Iterable
@@ -31,7 +35,7 @@ import torch
 
 from .cache import cache_file, kernel_key, load_cache, row_key, save_cache
 from ..errors import first_line
-from .compile import FAMILIES, blank_row, compile_row, row_family
+from .compile import FAMILIES, Task, binary_key, blank_row, compile_row, compile_rows, row_family
 from .target import DEFAULT_TARGET, Target
 from .selection import dispatchable, engine_space, has_engine_space, heaviest
 from .rows import variants
@@ -87,28 +91,46 @@ def check_one(kernel: str, config: Config, dtype: str | torch.dtype, variant: Va
     return dict(row, cached=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One row to compile (picklable: it is what a worker process receives)."""
-
-    kernel: str
-    config: Config
-    dtype: str
-    variant: Variant
-    target: Target
-
-
 def _error_row(task: Task, exc: BaseException) -> dict:
     """The gate itself broke on a row (not the kernel): report it, never cache it."""
     row = blank_row(task.kernel, task.config, task.dtype, task.variant, task.target)
     return dict(row, error="gate error: " + first_line(exc, last=True, limit=400), _transient=True)
 
 
-def _run_task(task: Task) -> dict:
+def _run_chunk(chunk: list[Task]) -> list[dict]:
     try:
-        return compile_row(task.kernel, task.config, task.dtype, task.variant, target=task.target)
+        return compile_rows(chunk)
     except Exception as exc:
-        return _error_row(task, exc)
+        if len(chunk) == 1:
+            return [_error_row(chunk[0], exc)]
+        # the gate broke on some row: find which, row by row, and report the others' results
+        return [row for task in chunk for row in _run_chunk([task])]
+
+
+# Distinct binaries per chunk: enough that nvdisasm's start-up (about 0.3 CPU-seconds) is a
+# small part of a chunk's listing, few enough that two workers finish close together.
+CHUNK = 16
+
+
+def chunks(todo: list[Task], indices: list[int], size: int = CHUNK) -> list[list[int]]:
+    """`indices` of `todo` in chunks for ``compile_rows``: each of one target, of at most `size`
+    distinct binaries (``binary_key``), every row of a binary in the chunk of its first."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in indices:
+        try:
+            key = binary_key(todo[i])
+        except Exception:  # a row the gate cannot specialize: alone, its worker reports it
+            key = f"row {i}"
+        groups.setdefault((todo[i].target.name, key), []).append(i)
+    out: list[list[int]] = []
+    count, last = 0, None
+    for (target, _), rows in groups.items():
+        if not out or target != last or count == size:
+            out.append([])
+            count, last = 0, target
+        out[-1].extend(rows)
+        count += 1
+    return out
 
 
 def as_targets(target: Target | Iterable[Target]) -> tuple[Target, ...]:
@@ -209,21 +231,24 @@ def gate_rows(
             fresh.clear()
 
     try:
-        if jobs <= 1 or len(missing) <= 1:
-            for i in missing:
-                done(i, _run_task(todo[i]))
+        work = chunks(todo, missing)
+        if jobs <= 1 or len(work) <= 1:
+            for chunk in work:
+                for i, row in zip(chunk, _run_chunk([todo[i] for i in chunk])):
+                    done(i, row)
         else:
             # spawn: a fresh interpreter per worker (no forked torch / triton state).
             ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(missing)), mp_context=ctx) as pool:
-                futures = {pool.submit(_run_task, todo[i]): i for i in missing}
+            with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=ctx) as pool:
+                futures = {pool.submit(_run_chunk, [todo[i] for i in chunk]): chunk for chunk in work}
                 for fut in concurrent.futures.as_completed(futures):
-                    i = futures[fut]
+                    chunk = futures[fut]
                     try:
-                        row = fut.result()
-                    except Exception as exc:  # a worker died (e.g. out of memory): report the row
-                        row = _error_row(todo[i], exc)
-                    done(i, row)
+                        rows_done = fut.result()
+                    except Exception as exc:  # a worker died (e.g. out of memory): report its rows
+                        rows_done = [_error_row(todo[i], exc) for i in chunk]
+                    for i, row in zip(chunk, rows_done):
+                        done(i, row)
     finally:
         bar.close()
         if use_cache:
