@@ -220,3 +220,15 @@ def test_every_answer_is_json(weights):
         assert status == want[name] and set(body) == {"error"}, (name, status, body)
         assert headers["content-type"] == "application/json"
     assert "engine exploded" in answers["engine"][1]["error"]
+
+
+def test_a_request_of_more_images_than_a_batch_goes_in_parts(weights):
+    """8 images at max_batch 4 and a queue of 4: two parts of 4, each a batch of its own, both
+    admitted at once (the second is not refused because the first filled the queue); the
+    predictions come back in the request's order."""
+    clf = replica(weights, max_queue=MAX_BATCH)
+    bodies = [bytearray(png(i)) for i in range(2 * MAX_BATCH)]
+
+    preds, requests = asyncio.run(clf.infer(time.monotonic(), images=bodies))
+    assert [p.top[0].index for p in preds] == [len(b) for b in bodies]
+    assert clf.engine.sizes == [MAX_BATCH, MAX_BATCH] and requests == 1

@@ -138,13 +138,18 @@ class RequestBatcher(Generic[T, R]):
 
     # -- requests --------------------------------------------------------------------------
 
-    async def submit(self, item: T, deadline: float | None = None, rows: int = 1) -> R:
+    async def submit(self, item: T, deadline: float | None = None, rows: int = 1, bound: bool = True) -> R:
         """The result of `item` (taking `rows` rows of a batch, 1 to max_batch) once its batch
         has run. Raises QueueFull or Draining at once, DeadlineExceeded when `deadline` (on
-        `clock`) passes first, or what `run` raised."""
+        `clock`) passes first, or what `run` raised. bound=False: the queue's bound was checked
+        by the caller already (`admit`), for all the parts of one request at once, so that a
+        request is never refused half queued."""
         if not 1 <= rows <= self.max_batch:
             raise ValueError(f"an item takes 1 to max_batch ({self.max_batch}) rows, got {rows}")
-        self.admit()
+        if bound:
+            self.admit()
+        elif self.draining:
+            raise Draining("the server is shutting down: it takes no new request")
         self._start()
         now = self.clock()
         if deadline is not None and deadline <= now:

@@ -185,6 +185,7 @@ class ImageClassifier(Endpoints):
         further. Records the request in the metrics (Triton's rules: `fastres.scale.metrics`).
         Raises HttpError (400: an image that does not decode; 500: the engine failed) or a
         refusal (503, 504)."""
+        self.admit()  # once for all its parts, before any decodes (its body may have taken a while)
         if images is not None:
             for i, body in enumerate(images):
                 try:
@@ -230,7 +231,7 @@ class ImageClassifier(Endpoints):
 
     async def _submit(self, work: Work, deadline: float) -> Answer:
         work.queued = time.monotonic()
-        return await self.batcher.submit(work, deadline=deadline, rows=work.rows)
+        return await self.batcher.submit(work, deadline=deadline, rows=work.rows, bound=False)
 
     def metrics_snapshot(self) -> dict:
         """This replica's metrics now (`ReplicaMetrics.snapshot`), its queue as pending."""
