@@ -29,18 +29,18 @@ def classifier(weights, **options):
 
 
 def test_feed_runs_what_predict_bytes_runs(weights):
-    clf = classifier(weights, max_batch=4, workers=2)
-    bodies = [bytearray(png(i)) for i in range(3)]
+    clf = classifier(weights, max_batch=2, workers=2)
+    bodies = [bytearray(png(i)) for i in range(2)]
     items = [clf.feed.decode(b).result() for b in bodies]
-    preds, times = clf.feed.run(items, 4)
-    want = clf.predictor.predict_bytes(bodies, pad_to=4)
+    preds, times = clf.feed.run(items, 2)
+    want = clf.predictor.predict_bytes(bodies, pad_to=2)
     assert [p.top for p in preds] == [p.top for p in want]
     for got, ref in zip(preds, want):
         torch.testing.assert_close(got.logits, ref.logits, rtol=0, atol=0)  # same kernels, same rows
     assert times.infer_s > 0 and times.input_s >= 0 and times.output_s >= 0
     # Already cropped HWC pixels: the crops above, laid out as they come off the wire.
     hwc = np.stack([it.crop.permute(1, 2, 0).numpy() for it in items])
-    again, _ = clf.feed.run(clf.feed.pixels(hwc), 4)
+    again, _ = clf.feed.run(clf.feed.pixels(hwc), 2)
     for got, ref in zip(again, want):
         torch.testing.assert_close(got.logits, ref.logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"uint8 \[N, 32, 32, 3\], got uint8 \[1, 32, 31, 3\]"):
