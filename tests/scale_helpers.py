@@ -165,3 +165,21 @@ class LocalRay:
 
 
 CLUSTER = LocalRay()
+
+
+def start_serve(args: list[str], cwd: Path, env: dict, log: Path, timeout: float = 240):
+    """`fastres serve ARGS` in its own process (stderr to `log`), returned once it says it is
+    ready; a test failure with its log's tail if it exits or is not ready within `timeout` s."""
+    import subprocess
+    import sys
+
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fastres", "serve", *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + timeout
+    while "fastres serve: ready at" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"fastres serve did not get ready (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    return proc

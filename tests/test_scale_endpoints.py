@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 import torch
 
-from scale_helpers import CLUSTER, free_port, ray_or_skip
+from scale_helpers import CLUSTER, free_port, ray_or_skip, start_serve
 from test_build import calibrated
 from test_scale_serve import CROP, REPO, RESIZE, encoded
 
@@ -39,19 +37,11 @@ def server(tmp_path_factory):
     (root / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
     port, grpc_port = free_port(), free_port()
     log = root / "serve.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fastres", "serve", "--address", cluster.address, "--port", str(port),
-             "--grpc-port", str(grpc_port), "--model-name", MODEL, "--weights", "r18.pth", "--labels",
-             "labels.txt", "--dtype", "float32", "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4",
-             "--max-body-mb", "1", "--insecure-no-ray-auth"],
-            cwd=root, env=dict(cluster.env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 240
-    while "fastres serve: ready at" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"fastres serve did not get ready (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
+    proc = start_serve(["--address", cluster.address, "--port", str(port), "--grpc-port", str(grpc_port),
+                        "--model-name", MODEL, "--weights", "r18.pth", "--labels", "labels.txt", "--dtype", "float32",
+                        "--resize", str(RESIZE), "--crop", str(CROP), "--max-batch", "4", "--max-body-mb", "1",
+                        "--insecure-no-ray-auth"],
+                       root, dict(cluster.env, PYTHONPATH=str(REPO)), log)
     predictor = Predictor(root / "r18.pth", device="cpu", dtype="float32", resize=RESIZE, crop=CROP,
                           labels=root / "labels.txt", topk=3, cuda_graph=False)
     yield f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", predictor

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from predict_helpers import pixels, torchvision_reference
-from scale_helpers import CLUSTER, alive, descendants, free_port, is_ray, ray_or_skip
+from scale_helpers import CLUSTER, alive, descendants, free_port, is_ray, ray_or_skip, start_serve
 from test_build import calibrated
 from wait_helpers import wait_until
 
@@ -112,19 +112,11 @@ def server(tmp_path_factory):
     (root / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))
     port = free_port()
     log = root / "serve.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fastres", "serve", "--address", cluster.address, "--port", str(port),
-             "--grpc-port", "0", "--weights", "r18.pth", "--labels", "labels.txt", "--dtype", "float32", "--resize", str(RESIZE),
-             "--crop", str(CROP), "--topk", str(TOPK), "--max-batch", str(MAX_BATCH), "--max-body-mb", "1",
-             "--body-timeout-s", str(BODY_TIMEOUT_S), "--drain-s", "60", "--insecure-no-ray-auth"],
-            cwd=root, env=dict(cluster.env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 240
-    while "fastres serve: ready at" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"fastres serve did not get ready (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
+    proc = start_serve(["--address", cluster.address, "--port", str(port), "--grpc-port", "0", "--weights", "r18.pth",
+                        "--labels", "labels.txt", "--dtype", "float32", "--resize", str(RESIZE), "--crop", str(CROP),
+                        "--topk", str(TOPK), "--max-batch", str(MAX_BATCH), "--max-body-mb", "1", "--body-timeout-s",
+                        str(BODY_TIMEOUT_S), "--drain-s", "60", "--insecure-no-ray-auth"],
+                       root, dict(cluster.env, PYTHONPATH=str(REPO)), log)
     yield proc, f"http://127.0.0.1:{port}", log, model
     if proc.poll() is None:
         proc.kill()

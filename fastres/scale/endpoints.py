@@ -112,12 +112,8 @@ class Endpoints:
     async def ModelReady(self, request, grpc_context=None):  # noqa: N802
         from tritonclient.grpc import service_pb2
 
-        request = parse("ModelReady", request)
-        try:
-            oip.check_model(self.model_info, request.name, request.version)
-        except oip.OipError as exc:
-            return _grpc_error(grpc_context, exc, service_pb2.ModelReadyResponse())
-        return service_pb2.ModelReadyResponse(ready=self.ready)
+        error = self._unknown_model("ModelReady", request, grpc_context, service_pb2.ModelReadyResponse())
+        return error or service_pb2.ModelReadyResponse(ready=self.ready)
 
     async def ServerMetadata(self, request, grpc_context=None):  # noqa: N802
         return oip.grpc_server_metadata()
@@ -125,12 +121,18 @@ class Endpoints:
     async def ModelMetadata(self, request, grpc_context=None):  # noqa: N802
         from tritonclient.grpc import service_pb2
 
-        request = parse("ModelMetadata", request)
+        error = self._unknown_model("ModelMetadata", request, grpc_context, service_pb2.ModelMetadataResponse())
+        return error or oip.grpc_model_metadata(self.model_info)
+
+    def _unknown_model(self, method: str, request, grpc_context, empty):
+        """None when the request names the served model (and version), else `empty` with
+        NOT_FOUND and the message on the context."""
+        request = parse(method, request)
         try:
             oip.check_model(self.model_info, request.name, request.version)
         except oip.OipError as exc:
-            return _grpc_error(grpc_context, exc, service_pb2.ModelMetadataResponse())
-        return oip.grpc_model_metadata(self.model_info)
+            return _grpc_error(grpc_context, exc, empty)
+        return None
 
     async def ModelInfer(self, request, grpc_context=None):  # noqa: N802
         from tritonclient.grpc import service_pb2
